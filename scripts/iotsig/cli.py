@@ -1,0 +1,146 @@
+"""The command-line base every script shares (as csvkit's CSVKitUtility): the same flags,
+the same one-line `PROG: error: FILE: problem` style, exit codes, progress and summary."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import OutputError, ToolError
+
+MAC_PATTERN = re.compile(r"^[0-9a-f]{2}([:-])(?:[0-9a-f]{2}\1){4}[0-9a-f]{2}$", re.I)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that unfinished files are cleaned up on the way out."""
+
+
+def ipv4_or_ipv6(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+def ipv4(text: str) -> str:
+    address = ipv4_or_ipv6(text)
+    if ":" in address:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address")
+    return address
+
+
+def mac_address(text: str) -> str:
+    if not MAC_PATTERN.match(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a MAC address (like 50:c7:bf:ed:0a:54)")
+    return text.strip().lower().replace("-", ":")
+
+
+def ensure_output_dir(path: Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(path, f"cannot create output directory ({e.strerror})") from None
+    if not path.is_dir():
+        raise OutputError(path, "is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(path, "output directory is not writable")
+    return path
+
+
+class Command:
+    """Subclasses set `prog` and `description`, add their own arguments and `run`."""
+
+    prog = "iotsig"
+    description = ""
+    epilog = ""
+    default_output_dir = Path("output")
+
+    def __init__(self):
+        self.quiet = False
+        self.warnings = 0
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+    def parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(
+            prog=self.prog, description=self.description, epilog=self.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.add_arguments(parser)
+        parser.add_argument("-o", "--output-dir", type=Path, default=self.default_output_dir,
+                            help="where to write the outputs (default: %(default)s/)")
+        parser.add_argument("-q", "--quiet", action="store_true",
+                            help="no progress bar and no summary; warnings and errors still show")
+        parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+        return parser
+
+    # Messages: progress and warnings on stderr, the closing summary on stdout.
+    def warn(self, message: str) -> None:
+        self.warnings += 1
+        print(f"{self.prog}: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+    def error(self, message: str) -> None:
+        print(f"{self.prog}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(message, flush=True)
+
+    def progress(self, **options):
+        from tqdm import tqdm
+        # disable=None: a bar on a terminal, nothing in a pipe or a CI log.
+        return tqdm(disable=True if self.quiet else None, file=sys.stderr, leave=False,
+                    dynamic_ncols=True, **options)
+
+    def main(self, argv: list[str] | None = None) -> int:
+        args = self.parser().parse_args(argv)
+        self.quiet = args.quiet
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            return self.run(args) or EXIT_OK
+        except ToolError as e:
+            self.error(str(e))
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            self.error("interrupted; unfinished output files were removed")
+            return EXIT_INTERRUPTED
+        except Terminated:
+            self.error("terminated; unfinished output files were removed")
+            return 128 + signal.SIGTERM
+        except BrokenPipeError:
+            return EXIT_ERROR
+        except MemoryError:
+            self.error("out of memory")
+            return EXIT_ERROR
+        except Exception as e:  # a bug: say it on one line; IOTSIG_DEBUG=1 shows the traceback
+            if os.environ.get("IOTSIG_DEBUG"):
+                raise
+            self.error(f"internal error: {type(e).__name__}: {e} "
+                       "(run again with IOTSIG_DEBUG=1 for a traceback, and report it)")
+            return EXIT_ERROR
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def entry_point(command_class):
+    sys.exit(command_class().main())

@@ -1,0 +1,142 @@
+"""CSV reading and writing shared by every stage: whole-or-nothing files, spreadsheet-safe
+text, and column checks that name what is wrong."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError, OutputError
+from .schema import Table
+
+# A spreadsheet takes a cell starting with one of these for a formula (OWASP "CSV
+# injection"); a leading apostrophe makes it text. Cells that already start with an
+# apostrophe get one more, so reading back strips exactly one and nothing is ambiguous.
+FORMULA_CHARS = frozenset("=+-@\t\r'")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; on success it replaces `path`, on any
+    exception (including Ctrl-C) it is removed, so no half-written file ever shows."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as e:
+        raise OutputError(path.parent, f"cannot write here ({e.strerror})") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        try:
+            Path(tmp).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise OutputError(path, f"cannot write ({e.strerror})") from None
+
+
+def escape_formulas(series: pd.Series) -> pd.Series:
+    # Checked once per distinct value: packet fields repeat a lot, and str ops are slow.
+    codes, uniques = pd.factorize(series, sort=False)
+    risky = np.array([isinstance(u, str) and u[:1] in FORMULA_CHARS for u in uniques] + [False])
+    if not risky.any():
+        return series
+    escaped = np.array(["'" + u if r else u for u, r in zip(uniques, risky)] + [""], dtype=object)
+    return series.where(~risky[codes], escaped[codes])
+
+
+def unescape_formulas(series: pd.Series) -> pd.Series:
+    return series.str.replace(r"^'", "", regex=True)
+
+
+def to_csv_text(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
+    """The frame as it goes on disk: schema column order, text escaped, bools as 1/0."""
+    out = frame.reindex(columns=table.names).copy()
+    for name in table.of_type("text"):
+        if out[name].dtype == object or pd.api.types.is_string_dtype(out[name]):
+            out[name] = escape_formulas(out[name])
+    for name in table.of_type("bool"):
+        col = out[name]
+        if col.dtype == bool:
+            out[name] = col.astype(int)
+    return out
+
+
+def write_table(frame: pd.DataFrame, table: Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        try:
+            to_csv_text(frame, table).to_csv(tmp, index=False, lineterminator="\n")
+        except OSError as e:
+            raise OutputError(path, f"cannot write ({e.strerror})") from None
+
+
+def read_table(path: Path | str, table: Table, required: list[str] | None = None,
+               source=None) -> pd.DataFrame:
+    """Read a CSV of `table`: text stays text (no NaN), numbers are checked and converted,
+    and a missing column or an unparsable value is an InputError naming it."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(source if source is not None else path, dtype=str,
+                            keep_default_na=False, na_filter=False)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, not a CSV file") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(path, f"empty file: not a {table.name} CSV (no header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from None
+    needed = table.names if required is None else required
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise InputError(path, f"not a {table.name} CSV: missing column(s) {', '.join(missing)}")
+    for name in frame.columns:
+        column = table.by_name.get(name)
+        if column is None:
+            continue
+        frame[name] = _convert(frame[name], column.type, path, name)
+    return frame
+
+
+def _convert(raw: pd.Series, kind: str, path: Path, name: str) -> pd.Series:
+    if kind == "text":
+        return unescape_formulas(raw)
+    if kind == "str":
+        return raw
+    blank = raw.str.strip() == ""
+    if kind == "bool":
+        lowered = raw.str.strip().str.lower()
+        valid = lowered.isin(["1", "0", "true", "false", ""])
+        _fail_on(~valid, raw, path, name, "not 1/0")
+        return lowered.map({"1": 1.0, "true": 1.0, "0": 0.0, "false": 0.0, "": np.nan})
+    numbers = pd.to_numeric(raw.where(~blank), errors="coerce")
+    _fail_on(numbers.isna() & ~blank, raw, path, name, "not a number")
+    if kind == "int":
+        _fail_on(numbers.notna() & (numbers % 1 != 0), raw, path, name, "not a whole number")
+        return numbers.astype("Int64")
+    return numbers.astype(float)
+
+
+def _fail_on(bad: pd.Series, raw: pd.Series, path: Path, name: str, problem: str) -> None:
+    if bad.any():
+        position = int(np.flatnonzero(bad.to_numpy())[0])
+        line = position + 2  # header is line 1
+        raise InputError(path, f"line {line}, column {name}: {raw.iloc[position]!r} is {problem}")
+
+
+def empty_frame(table: Table) -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in table.names})

@@ -1,0 +1,298 @@
+"""PCAP/PCAPNG -> packets CSV: one row per frame, streamed out of tshark's fields export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import csvio, tshark
+from .errors import InputError
+from .schema import PACKETS
+
+# The Wireshark fields exported, in tshark's output order.
+FIELDS = [
+    "frame.number", "frame.time_epoch", "frame.len", "frame.protocols",
+    "eth.src", "eth.dst", "eth.src.oui_resolved", "eth.dst.oui_resolved", "sll.src.eth",
+    "ip.src", "ip.dst", "ip.proto", "ipv6.src", "ipv6.dst", "ipv6.nxt",
+    "arp.opcode", "arp.src.hw_mac", "arp.src.proto_ipv4", "arp.dst.proto_ipv4",
+    "tcp.srcport", "tcp.dstport", "tcp.flags", "tcp.len",
+    "udp.srcport", "udp.dstport", "udp.length", "icmp.type", "icmpv6.type",
+    "dns.qry.name", "dns.qry.type", "dns.flags.response", "dns.a", "dns.aaaa",
+    "http.request.method", "http.host", "http.request.uri", "http.response.code",
+    "tls.handshake.extensions_server_name",
+    "dhcp.option.dhcp", "dhcp.option.hostname",
+    "coap.type", "coap.code", "coap.opt.uri_path_recon",
+]
+CHUNK_ROWS = 20_000
+
+IP_PROTOCOLS = {"1": "icmp", "2": "igmp", "4": "ipip", "6": "tcp", "17": "udp", "41": "ipv6",
+                "47": "gre", "50": "esp", "51": "ah", "58": "icmpv6", "89": "ospf",
+                "103": "pim", "112": "vrrp", "132": "sctp"}
+DNS_TYPES = {"1": "A", "2": "NS", "5": "CNAME", "6": "SOA", "12": "PTR", "13": "HINFO",
+             "15": "MX", "16": "TXT", "28": "AAAA", "33": "SRV", "35": "NAPTR", "41": "OPT",
+             "43": "DS", "46": "RRSIG", "47": "NSEC", "48": "DNSKEY", "52": "TLSA",
+             "64": "SVCB", "65": "HTTPS", "255": "ANY"}
+DHCP_TYPES = {"1": "discover", "2": "offer", "3": "request", "4": "decline", "5": "ack",
+              "6": "nak", "7": "release", "8": "inform", "9": "forcerenew",
+              "10": "leasequery", "11": "leaseunassigned", "12": "leaseunknown",
+              "13": "leaseactive"}
+COAP_TYPES = {"0": "CON", "1": "NON", "2": "ACK", "3": "RST"}
+COAP_METHODS = {"0": "EMPTY", "1": "GET", "2": "POST", "3": "PUT", "4": "DELETE",
+                "5": "FETCH", "6": "PATCH", "7": "iPATCH"}
+ARP_OPCODES = {"1": "request", "2": "reply", "3": "rarp-request", "4": "rarp-reply"}
+TCP_FLAG_LETTERS = [(0x02, "S"), (0x10, "A"), (0x01, "F"), (0x04, "R"), (0x08, "P"),
+                    (0x20, "U"), (0x40, "E"), (0x80, "C")]
+
+
+@dataclass
+class Translation:
+    capture: Path
+    output: Path | None = None
+    packets: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def output_path(capture: Path, output_dir: Path) -> Path:
+    return Path(output_dir) / f"{Path(capture).name}.packets.csv"
+
+
+def translate(capture: Path, output: Path, device_mac: str | None = None,
+              device_ip: str | None = None,
+              on_packets: Callable[[int], None] | None = None) -> Translation:
+    """Write the packets CSV of one capture to `output`, whole or not at all."""
+    capture = Path(capture)
+    tshark.check_capture(capture)
+    result = Translation(capture, output)
+    with tempfile.TemporaryFile() as stderr, csvio.atomic_path(output) as tmp:
+        process = tshark.popen_fields(capture, FIELDS, stderr)
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as sink:
+                sink.write(",".join(PACKETS.names) + "\n")
+                for raw in _read_chunks(process.stdout):
+                    rows = build_rows(raw, capture.name, device_mac, device_ip)
+                    csvio.to_csv_text(rows, PACKETS).to_csv(
+                        sink, header=False, index=False, lineterminator="\n", float_format="%.6f")
+                    result.packets += len(rows)
+                    if on_packets:
+                        on_packets(len(rows))
+        except BaseException:
+            process.kill()
+            raise
+        finally:
+            process.stdout.close()
+            process.wait()
+        stderr.seek(0)
+        warnings, errors = tshark.stderr_problems(stderr.read().decode("utf-8", "replace"))
+        if errors and not result.packets:
+            raise InputError(capture, "tshark could not read it: " + "; ".join(errors))
+        if not result.packets and not warnings:
+            raise InputError(capture, "capture contains no packets")
+        if not result.packets:
+            raise InputError(capture, "no packet could be read: " + "; ".join(warnings))
+        result.warnings = [f"{capture}: {w} (kept the {result.packets} packets read)"
+                           for w in warnings + errors]
+    return result
+
+
+def _read_chunks(stream):
+    """tshark's tab-separated lines as string frames. tshark escapes tabs and newlines
+    inside values, so a line is a row. A thread drains the pipe so that tshark never waits
+    for pandas: the two run on two cores."""
+    reader = pd.read_csv(io.BufferedReader(PipeDrainer(stream), 1 << 20), sep="\t", header=None, names=FIELDS, dtype=str,
+                         quoting=csv.QUOTE_NONE, na_filter=False, keep_default_na=False,
+                         chunksize=CHUNK_ROWS, encoding="utf-8", encoding_errors="replace",
+                         engine="c")
+    try:
+        yield from reader
+    except pd.errors.EmptyDataError:
+        return
+
+
+class PipeDrainer(io.RawIOBase):
+    """A readable stream over a pipe that a background thread empties as fast as the
+    writer fills it (os.read releases the GIL)."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, pipe):
+        self._blocks: queue.Queue = queue.Queue()
+        self._pending = b""
+        self._thread = threading.Thread(target=self._drain, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, pipe):
+        try:
+            while block := pipe.read1(self.BLOCK) if hasattr(pipe, "read1") else pipe.read(self.BLOCK):
+                self._blocks.put(block)
+        except (OSError, ValueError):  # pipe closed under us: the reader is gone
+            pass
+        finally:
+            self._blocks.put(b"")
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._pending:
+            self._pending = self._blocks.get()
+            if not self._pending:
+                self._blocks.put(b"")  # keep answering end-of-file
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = None,
+               device_ip: str | None = None) -> pd.DataFrame:
+    """tshark's raw fields -> the packets CSV columns (vectorised)."""
+    out = pd.DataFrame(index=raw.index)
+    out["capture"] = capture_name
+    out["frame_number"] = raw["frame.number"]
+    ts = pd.to_numeric(raw["frame.time_epoch"], errors="coerce")
+    out["ts"] = ts.round(6)
+    micros = (ts.fillna(0) * 1e6).round().astype("int64").to_numpy().astype("datetime64[us]")
+    out["time_utc"] = np.char.add(np.datetime_as_string(micros, unit="us"), "Z")
+    out["frame_len"] = raw["frame.len"]
+
+    arp = raw["arp.opcode"] != ""
+    out["eth_src"] = _first_nonblank(raw["eth.src"], raw["sll.src.eth"], raw["arp.src.hw_mac"])
+    out["eth_src_vendor"] = _first(raw["eth.src.oui_resolved"])
+    out["eth_dst"] = _first(raw["eth.dst"])
+    out["eth_dst_vendor"] = _first(raw["eth.dst.oui_resolved"])
+
+    has_v4, has_v6 = raw["ip.src"] != "", raw["ipv6.src"] != ""
+    out["ip_version"] = np.select([has_v4, has_v6], ["4", "6"], "")
+    out["ip_src"] = _first(np.select([has_v4, has_v6, arp],
+                                     [raw["ip.src"], raw["ipv6.src"], raw["arp.src.proto_ipv4"]], ""))
+    out["ip_dst"] = _first(np.select([has_v4, has_v6, arp],
+                                     [raw["ip.dst"], raw["ipv6.dst"], raw["arp.dst.proto_ipv4"]], ""))
+
+    layers = raw["frame.protocols"]
+    highest = _map_uniques(layers, lambda s: s.rsplit(":", 1)[-1])
+    out["highest_layer"] = highest
+    icmp, icmp6 = raw["icmp.type"] != "", raw["icmpv6.type"] != ""
+    tcp, udp = raw["tcp.srcport"] != "", raw["udp.srcport"] != ""
+    ip_number = _first(np.where(has_v4, raw["ip.proto"], raw["ipv6.nxt"]))
+    by_number = _map_uniques(ip_number, lambda n: IP_PROTOCOLS.get(n, f"ip-proto-{n}" if n else ""))
+    non_ip = ~(has_v4 | has_v6)
+    link_proto = _map_uniques(layers, _link_protocol)
+    # ICMP first: an ICMP error quotes the TCP/UDP header of the packet it answers.
+    out["l4_proto"] = np.select([icmp, icmp6, tcp, udp, non_ip],
+                                ["icmp", "icmpv6", "tcp", "udp", link_proto], by_number)
+    transport = (tcp | udp) & ~(icmp | icmp6)
+    out["src_port"] = np.where(transport, _first(np.where(tcp, raw["tcp.srcport"], raw["udp.srcport"])), "")
+    out["dst_port"] = np.where(transport, _first(np.where(tcp, raw["tcp.dstport"], raw["udp.dstport"])), "")
+    out["tcp_flags"] = np.where(transport & tcp, _map_uniques(_first(raw["tcp.flags"]), _tcp_letters), "")
+    udp_payload = pd.to_numeric(_first(raw["udp.length"]), errors="coerce") - 8
+    out["l4_payload_len"] = np.select(
+        [transport & tcp, transport & udp],
+        [_first(raw["tcp.len"]), udp_payload.astype("Int64").astype(str).replace("<NA>", "")], "")
+    out["icmp_type"] = _first(np.where(icmp, raw["icmp.type"], raw["icmpv6.type"]))
+    out["arp_opcode"] = _map_uniques(_first(raw["arp.opcode"]), ARP_OPCODES.get)
+
+    out["dns_qry_name"] = _distinct(raw["dns.qry.name"])
+    out["dns_qry_type"] = _map_uniques(raw["dns.qry.type"], _mapper(DNS_TYPES, "TYPE"))
+    out["dns_flags_response"] = _first(raw["dns.flags.response"])
+    both = (raw["dns.a"] != "") & (raw["dns.aaaa"] != "")
+    out["dns_answer_addrs"] = np.where(both, raw["dns.a"] + ";" + raw["dns.aaaa"],
+                                       raw["dns.a"] + raw["dns.aaaa"])
+    out["http_request_method"] = _distinct(raw["http.request.method"])
+    out["http_host"] = _distinct(raw["http.host"])
+    out["http_request_uri"] = raw["http.request.uri"]
+    out["http_response_code"] = _first(raw["http.response.code"])
+    out["tls_server_name"] = _distinct(raw["tls.handshake.extensions_server_name"])
+    out["dhcp_msg_type"] = _map_uniques(raw["dhcp.option.dhcp"], _mapper(DHCP_TYPES, "type-"))
+    out["dhcp_hostname"] = raw["dhcp.option.hostname"]
+    out["coap_type"] = _map_uniques(raw["coap.type"], _mapper(COAP_TYPES, ""))
+    out["coap_code"] = _map_uniques(raw["coap.code"], _coap_codes)
+    out["coap_uri"] = raw["coap.opt.uri_path_recon"]
+    out["direction"] = packet_direction(out, device_mac, device_ip)
+    return out
+
+
+def packet_direction(rows: pd.DataFrame, device_mac: str | None, device_ip: str | None):
+    if not device_mac and not device_ip:
+        return ""
+    sent = np.zeros(len(rows), bool)
+    received = np.zeros(len(rows), bool)
+    if device_mac:
+        mac = device_mac.lower()
+        sent |= (rows["eth_src"].str.lower() == mac).to_numpy()
+        received |= (rows["eth_dst"].str.lower() == mac).to_numpy()
+    if device_ip:
+        sent |= (rows["ip_src"] == device_ip).to_numpy()
+        received |= (rows["ip_dst"] == device_ip).to_numpy()
+    return np.select([sent, received], ["sent", "received"], "other")
+
+
+def _first(values) -> pd.Series:
+    """First occurrence of an aggregated field ('a;b' -> 'a')."""
+    return _map_uniques(values, lambda s: s.split(";", 1)[0])
+
+
+def _first_nonblank(*columns: pd.Series) -> pd.Series:
+    result = _first(columns[0])
+    for column in columns[1:]:
+        result = result.where(result != "", _first(column))
+    return result
+
+
+def _map_uniques(values, function) -> pd.Series:
+    """Apply a Python function once per distinct value: packet fields repeat a lot."""
+    series = pd.Series(values) if not isinstance(values, pd.Series) else values
+    codes, uniques = pd.factorize(series, sort=False)
+    mapped = np.array([function(u) or "" for u in uniques] + [""], dtype=object)
+    return pd.Series(mapped[codes], index=series.index, dtype=object)
+
+
+def _distinct(values: pd.Series) -> pd.Series:
+    return _map_uniques(values, lambda s: ";".join(dict.fromkeys(s.split(";"))) if s else "")
+
+
+def _mapper(names: dict, unknown_prefix: str):
+    def name_all(value: str) -> str:
+        if not value:
+            return ""
+        parts = (names.get(v, f"{unknown_prefix}{v}") for v in value.split(";"))
+        return ";".join(dict.fromkeys(parts))
+    return name_all
+
+
+def _coap_codes(value: str) -> str:
+    def one(code: str) -> str:
+        number = int(code)
+        return COAP_METHODS.get(code) if number < 32 else f"{number >> 5}.{number & 31:02d}"
+    return ";".join(dict.fromkeys(one(c) for c in value.split(";") if c.isdigit())) if value else ""
+
+
+def _tcp_letters(value: str) -> str:
+    if not value:
+        return ""
+    bits = int(value, 16)
+    return "".join(letter for bit, letter in TCP_FLAG_LETTERS if bits & bit)
+
+
+def _link_protocol(layers: str) -> str:
+    names = [p for p in layers.split(":") if p not in ("eth", "ethertype", "sll", "llc",
+                                                       "data", "vlan", "radiotap", "wlan_radio")]
+    return names[0] if names else (layers.rsplit(":", 1)[-1] if layers else "")
+
+
+def translate_many(captures: list[Path], output_dir: Path, device_mac=None, device_ip=None,
+                   jobs: int = 0, on_packets: Callable[[int], None] | None = None):
+    """Translate several captures, one tshark per core. Yields (capture, Translation or
+    ToolError) as each finishes; one bad capture does not stop the others."""
+    from .parallel import run_parallel
+    tasks = [(translate, (c, output_path(c, output_dir), device_mac, device_ip)) for c in captures]
+    yield from run_parallel(tasks, jobs=jobs, on_progress=on_packets)

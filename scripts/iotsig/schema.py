@@ -1,0 +1,200 @@
+"""The one definition of every CSV the tools write: column names, types and meaning.
+
+Each stage checks the columns it needs with `Table.require` and names what is missing;
+the README's column tables are generated from here (`python -m iotsig.schema`).
+
+Types: "text" free text (file names, or packet content an attacker controls: escaped
+against spreadsheet formulas on write, see csvio), "str" a token from a typed field or a
+fixed vocabulary (addresses, MACs, protocol names, flags), "int", "float", "bool" (1/0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    meaning: str
+    source: str = ""  # the Wireshark field(s) or computation it comes from
+
+
+class Table:
+    def __init__(self, name: str, columns: list[Column]):
+        self.name = name
+        self.columns = columns
+        self.by_name = {c.name: c for c in columns}
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def of_type(self, *types: str) -> list[str]:
+        return [c.name for c in self.columns if c.type in types]
+
+    def markdown(self) -> str:
+        rows = ["| column | type | meaning | from |", "|---|---|---|---|"]
+        rows += [f"| `{c.name}` | {c.type} | {c.meaning} | {c.source} |" for c in self.columns]
+        return "\n".join(rows)
+
+
+def _cols(*specs: tuple) -> list[Column]:
+    return [Column(*spec) for spec in specs]
+
+
+PACKETS = Table("packets", _cols(
+    ("capture", "text", "capture file name the packet was read from", "file name"),
+    ("frame_number", "int", "frame number in the capture, from 1", "frame.number"),
+    ("ts", "float", "capture time, epoch seconds with microseconds", "frame.time_epoch"),
+    ("time_utc", "str", "the same time, readable, ISO 8601 UTC", "frame.time_epoch"),
+    ("frame_len", "int", "bytes on the wire", "frame.len"),
+    ("eth_src", "str", "source MAC", "eth.src, sll.src.eth, arp.src.hw_mac"),
+    ("eth_src_vendor", "str", "vendor of the source MAC (Wireshark's OUI database)",
+     "eth.src.oui_resolved"),
+    ("eth_dst", "str", "destination MAC", "eth.dst"),
+    ("eth_dst_vendor", "str", "vendor of the destination MAC", "eth.dst.oui_resolved"),
+    ("ip_version", "int", "4 or 6 for IP packets (outermost IP header), empty otherwise",
+     "ip / ipv6"),
+    ("ip_src", "str", "source address: IPv4 or IPv6; the sender IP for ARP",
+     "ip.src, ipv6.src, arp.src.proto_ipv4"),
+    ("ip_dst", "str", "destination address: IPv4 or IPv6; the target IP for ARP",
+     "ip.dst, ipv6.dst, arp.dst.proto_ipv4"),
+    ("l4_proto", "str", "transport protocol: tcp, udp, icmp, icmpv6, igmp, ..., "
+     "or the link-layer protocol of non-IP frames (arp, eapol, ...)",
+     "ip.proto, ipv6.nxt, frame.protocols"),
+    ("src_port", "int", "TCP/UDP source port", "tcp.srcport, udp.srcport"),
+    ("dst_port", "int", "TCP/UDP destination port", "tcp.dstport, udp.dstport"),
+    ("tcp_flags", "str", "TCP flags set, as tcpdump letters: S SYN, A ACK, F FIN, R RST, "
+     "P PSH, U URG, E ECE, C CWR", "tcp.flags"),
+    ("l4_payload_len", "int", "TCP/UDP payload bytes", "tcp.len, udp.length - 8"),
+    ("highest_layer", "str", "the last protocol Wireshark dissected", "frame.protocols"),
+    ("icmp_type", "int", "ICMP or ICMPv6 type", "icmp.type, icmpv6.type"),
+    ("arp_opcode", "str", "request or reply", "arp.opcode"),
+    ("dns_qry_name", "text", "DNS/mDNS query name(s), ';' between several", "dns.qry.name"),
+    ("dns_qry_type", "str", "query type (A, AAAA, PTR, ...), ';' between several",
+     "dns.qry.type"),
+    ("dns_flags_response", "bool", "1 for a DNS response, 0 for a query",
+     "dns.flags.response"),
+    ("dns_answer_addrs", "str", "addresses answered (A and AAAA records), ';' between them",
+     "dns.a, dns.aaaa"),
+    ("http_request_method", "text", "HTTP (and SSDP) request method", "http.request.method"),
+    ("http_host", "text", "HTTP Host header", "http.host"),
+    ("http_request_uri", "text", "HTTP request URI", "http.request.uri"),
+    ("http_response_code", "int", "HTTP status code", "http.response.code"),
+    ("tls_server_name", "text", "TLS (and QUIC) server name indication",
+     "tls.handshake.extensions_server_name"),
+    ("dhcp_msg_type", "str", "DHCP message type: discover, offer, request, ack, ...",
+     "dhcp.option.dhcp"),
+    ("dhcp_hostname", "text", "DHCP client host name option", "dhcp.option.hostname"),
+    ("coap_type", "str", "CoAP message type: CON, NON, ACK, RST", "coap.type"),
+    ("coap_code", "str", "CoAP method (GET, POST, PUT, DELETE) or response code (2.05 ...)",
+     "coap.code"),
+    ("coap_uri", "text", "CoAP URI path", "coap.opt.uri_path_recon"),
+    ("direction", "str", "with --device-mac/--device-ip: sent (by the device), "
+     "received, or other", "computed"),
+))
+
+APP_FIELDS = ["dns_qry_name", "dns_qry_type", "http_request_method", "http_request_uri",
+              "coap_type", "coap_code", "coap_uri", "dhcp_msg_type", "tls_server_name"]
+
+_DIRECTION_STATS = []
+for _side, _who in (("orig", "originator"), ("resp", "responder")):
+    for _stat in ("min", "max", "mean", "std"):
+        _DIRECTION_STATS.append((f"{_side}_size_{_stat}", "float",
+                                 f"{_stat} frame length of the {_who}'s packets", "frame_len"))
+    for _stat in ("min", "max", "mean", "std"):
+        _DIRECTION_STATS.append((f"{_side}_iat_{_stat}", "float",
+                                 f"{_stat} seconds between the {_who}'s packets", "ts"))
+
+FLOWS = Table("flows", _cols(
+    ("uid", "text", "flow id, unique in the file: capture name and flow number", "computed"),
+    ("capture", "text", "capture file the packets came from", "capture"),
+    ("ts", "float", "time of the first packet, epoch seconds", "ts"),
+    ("duration", "float", "seconds from the first to the last packet", "ts"),
+    ("proto", "str", "tcp, udp, icmp, icmpv6, ... or arp and other link-layer protocols",
+     "l4_proto"),
+    ("service", "str", "application protocol seen (dns, http, tls, dhcp, coap, ...)",
+     "highest_layer"),
+    ("orig_h", "str", "originator address: sent the first packet (for TCP, the SYN)",
+     "ip_src/ip_dst (MAC for non-IP frames)"),
+    ("orig_p", "int", "originator port", "src_port/dst_port"),
+    ("resp_h", "str", "responder address", "ip_src/ip_dst"),
+    ("resp_p", "int", "responder port", "src_port/dst_port"),
+    ("orig_pkts", "int", "packets sent by the originator", "count"),
+    ("orig_bytes", "int", "TCP/UDP payload bytes sent by the originator (as Zeek)",
+     "l4_payload_len"),
+    ("orig_frame_bytes", "int", "frame bytes sent by the originator (as tshark -z conv)",
+     "frame_len"),
+    ("resp_pkts", "int", "packets sent by the responder", "count"),
+    ("resp_bytes", "int", "TCP/UDP payload bytes sent by the responder", "l4_payload_len"),
+    ("resp_frame_bytes", "int", "frame bytes sent by the responder", "frame_len"),
+    ("first_frame", "int", "frame number of the first packet", "frame_number"),
+    ("last_frame", "int", "frame number of the last packet", "frame_number"),
+    ("device_side", "str", "which side is the device under study: orig, resp, or empty",
+     "--device-ip or direction"),
+    ("orig_mac", "str", "originator MAC", "eth_src/eth_dst"),
+    ("orig_vendor", "str", "originator MAC vendor", "eth_src_vendor"),
+    ("resp_mac", "str", "responder MAC", "eth_src/eth_dst"),
+    ("resp_vendor", "str", "responder MAC vendor", "eth_dst_vendor"),
+    ("remote_h", "str", "the other party's address when the device is one side, "
+     "else the responder", "orig_h/resp_h"),
+    ("remote_name", "text", "the remote party's domain: the name the capture's DNS answers "
+     "gave that address before the flow, else the TLS server name, else the HTTP host",
+     "dns_answer_addrs, tls_server_name, http_host"),
+    ("remote_class", "str", "gateway (the device's DNS/DHCP server or router), local "
+     "(private, link-local), multicast, broadcast or external", "remote_h"),
+    ("dns_qry_name", "text", "DNS query names, ';' between distinct values", "dns_qry_name"),
+    ("dns_qry_type", "str", "DNS query types", "dns_qry_type"),
+    ("http_request_method", "text", "HTTP request methods", "http_request_method"),
+    ("http_request_uri", "text", "HTTP request URIs", "http_request_uri"),
+    ("http_host", "text", "HTTP hosts", "http_host"),
+    ("tls_server_name", "text", "TLS server names", "tls_server_name"),
+    ("dhcp_msg_type", "str", "DHCP message types", "dhcp_msg_type"),
+    ("coap_type", "str", "CoAP message types", "coap_type"),
+    ("coap_code", "str", "CoAP methods / codes", "coap_code"),
+    ("coap_uri", "text", "CoAP URI paths", "coap_uri"),
+    ("icmp_type", "str", "ICMP types", "icmp_type"),
+    ("arp_opcode", "str", "ARP opcodes", "arp_opcode"),
+    *_DIRECTION_STATS,
+    ("first_sizes", "text", "frame lengths of the first 10 packets, negative when sent by "
+     "the responder", "frame_len"),
+))
+
+SIGNATURE_VERSION = 1
+
+SIGNATURE = Table("signature", _cols(
+    ("signature_version", "int", f"format version of this file ({SIGNATURE_VERSION})", ""),
+    ("event", "text", "event name (the --device-name unless --event is given)", ""),
+    ("device_name", "text", "device under study", "--device-name"),
+    ("device_ip", "str", "device address in the training recordings", "--device-ip"),
+    ("pattern", "text", "pattern name, C-safe, as used in profile.yaml", "computed"),
+    ("order", "int", "position in the event, from 1", "median start offset"),
+    ("role", "str", "background (also seen without the event) or event", "--baseline"),
+    ("device_side", "str", "orig: the device opened the flow; resp: the other side did",
+     "flows.device_side"),
+    ("proto", "str", "tcp, udp, icmp, arp, ...", "flows.proto"),
+    ("remote", "text", "the remote party: domain name, else address, else class", "flows"),
+    ("remote_kind", "str", "domain, address or class", "computed"),
+    ("remote_class", "str", "gateway, local, multicast, broadcast, external", "flows"),
+    ("server_port", "int", "the fixed (server-side) port", "flows.resp_p"),
+    *[(f, "text", "application field, as in the flows CSV", "flows." + f)
+      for f in APP_FIELDS + ["icmp_type", "arp_opcode"]],
+    ("recordings_seen", "int", "recordings the pattern appeared in", "computed"),
+    ("recordings_total", "int", "recordings given", "computed"),
+    ("start_offset_median", "float", "median seconds from the first pattern flow of each "
+     "recording", "flows.ts"),
+    ("flows_min", "int", "fewest matching flows in one recording", "count"),
+    ("flows_max", "int", "most matching flows in one recording", "count"),
+    *[(f"{m}_{b}", "float", f"{b} of {m} over the pattern's flows", "flows." + m)
+      for m in ("orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes", "duration",
+                "orig_size_min", "orig_size_max", "resp_size_min", "resp_size_max")
+      for b in ("min", "max")],
+    ("remote_addrs", "str", "addresses the remote party had, ';' between them", "flows"),
+))
+
+
+if __name__ == "__main__":  # print the README's column tables
+    for table in (PACKETS, FLOWS, SIGNATURE):
+        print(f"### {table.name} CSV\n\n{table.markdown()}\n")

@@ -1,0 +1,99 @@
+"""Finding tshark and running its fields export."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import InputError, ToolError
+
+INSTALL_HINT = ("tshark not found: install it with 'sudo apt-get install tshark' "
+                "(Debian/Ubuntu) or set TSHARK_PATH to the tshark binary")
+
+# pcap (both byte orders, micro- and nanosecond) and pcapng section header block.
+CAPTURE_MAGICS = {
+    bytes.fromhex("d4c3b2a1"), bytes.fromhex("a1b2c3d4"),
+    bytes.fromhex("4d3cb2a1"), bytes.fromhex("a1b23c4d"),
+    bytes.fromhex("0a0d0d0a"),
+}
+# tshark says these when it could read part of a file: keep what it read, and warn.
+PARTIAL_READ_MARKERS = ("cut short in the middle of a packet", "appears to be damaged or corrupt",
+                        "has a packet with a network type that differs",
+                        "appears to have been cut short")
+
+
+@functools.lru_cache(maxsize=1)
+def tshark_path() -> str:
+    """tshark's path: $TSHARK_PATH, else what pyshark finds (PATH and the usual places)."""
+    candidates = [os.environ.get("TSHARK_PATH"), shutil.which("tshark")]
+    try:
+        from pyshark.tshark.tshark import get_process_path
+        candidates.append(get_process_path())
+    except Exception:  # pyshark raises its own not-found exception; we say it our way
+        pass
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise ToolError(INSTALL_HINT)
+
+
+def check_capture(path: Path) -> None:
+    """Refuse what is not a pcap/pcapng file before tshark guesses another format for it
+    (tshark reads a 6-byte text file as 'MP4 media' and an empty one as ERF, silently)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(24)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, not a capture") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from None
+    if not head:
+        raise InputError(path, "empty file (0 bytes): not a capture")
+    if head[:4] not in CAPTURE_MAGICS:
+        raise InputError(path, "not a pcap or pcapng capture (unknown file header "
+                               f"{head[:4].hex()})")
+    if head[:4] != bytes.fromhex("0a0d0d0a") and len(head) < 24:
+        raise InputError(path, "truncated pcap header: not a complete capture")
+
+
+def fields_command(capture: Path, fields: list[str], display_filter: str | None = None
+                   ) -> list[str]:
+    """The argument list (never a shell string) for a tab-separated fields export.
+    -n: no name resolution (no DNS lookups for addresses); MAC vendors still come from
+    the OUI database through the *.oui_resolved fields."""
+    command = [tshark_path(), "-n", "-r", str(capture), "-T", "fields",
+               "-E", "header=n", "-E", "separator=/t", "-E", "occurrence=a",
+               "-E", "aggregator=;", "-E", "quote=n"]
+    if display_filter:
+        command += ["-Y", display_filter]
+    for field in fields:
+        command += ["-e", field]
+    return command
+
+
+def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
+    # ./file keeps a name starting with '-' from being read as an option by tshark.
+    capture = Path(capture)
+    if not capture.is_absolute() and str(capture).startswith("-"):
+        capture = Path(".") / capture
+    env = dict(os.environ, LC_ALL="C.UTF-8")
+    return subprocess.Popen(fields_command(capture, fields), stdout=subprocess.PIPE,
+                            stderr=stderr, stdin=subprocess.DEVNULL, env=env)
+
+
+def stderr_problems(text: str) -> tuple[list[str], list[str]]:
+    """Split tshark's stderr into (partial-read warnings, other errors), dropping noise."""
+    warnings, errors = [], []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("Running as user"):
+            continue
+        line = line.removeprefix("tshark: ")
+        (warnings if any(m in line for m in PARTIAL_READ_MARKERS) else errors).append(line)
+    return warnings, errors
