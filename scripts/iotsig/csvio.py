@@ -67,10 +67,10 @@ def to_csv_text(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
     for name in table.of_type("text"):
         if out[name].dtype == object or pd.api.types.is_string_dtype(out[name]):
             out[name] = escape_formulas(out[name])
-    for name in table.of_type("bool"):
-        col = out[name]
-        if col.dtype == bool:
-            out[name] = col.astype(int)
+    for name in table.of_type("bool", "int"):
+        column = out[name]
+        if column.dtype == bool or pd.api.types.is_float_dtype(column):
+            out[name] = column.round().astype("Int64")  # 443, not 443.0
     return out
 
 
@@ -83,13 +83,55 @@ def write_table(frame: pd.DataFrame, table: Table, path: Path) -> None:
 
 
 def read_table(path: Path | str, table: Table, required: list[str] | None = None,
-               source=None) -> pd.DataFrame:
+               columns: list[str] | None = None, compact: bool = False) -> pd.DataFrame:
     """Read a CSV of `table`: text stays text (no NaN), numbers are checked and converted,
-    and a missing column or an unparsable value is an InputError naming it."""
+    and a missing column or an unparsable value is an InputError naming it.
+    columns: read only these (default all). compact: strings as categories and numbers
+    parsed by the C reader, for million-row files."""
     path = Path(path)
+    header = _read_header(path, table)
+    needed = table.names if required is None else required
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise InputError(path, f"not a {table.name} CSV: missing column(s) {', '.join(missing)}")
+    wanted = [c for c in header if columns is None or c in columns]
+    numeric = [c for c in wanted if c in table.by_name
+               and table.by_name[c].type in ("int", "float", "bool")]
+    if compact:
+        try:
+            frame = _read(path, usecols=wanted, keep_default_na=False,
+                          na_values={c: [""] for c in numeric},
+                          dtype={c: ("float64" if c in numeric else "category") for c in wanted})
+        except ValueError:  # an unparsable number: read as text to say where
+            frame = None
+        if frame is not None:
+            for name in numeric:
+                _check_numbers(frame[name], table.by_name[name].type, path, name)
+            for name in wanted:
+                if name in table.by_name and table.by_name[name].type == "text":
+                    frame[name] = frame[name].cat.rename_categories(
+                        unescape_formulas(frame[name].cat.categories.to_series()).to_numpy())
+            return frame
+    frame = _read(path, usecols=wanted, dtype=str, keep_default_na=False, na_filter=False)
+    for name in wanted:
+        column = table.by_name.get(name)
+        if column is not None:
+            frame[name] = _convert(frame[name], column.type, path, name)
+    return frame
+
+
+def _read(path: Path, **options) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(source if source is not None else path, dtype=str,
-                            keep_default_na=False, na_filter=False)
+        return pd.read_csv(path, **options)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from None
+
+
+def _read_header(path: Path, table: Table) -> list[str]:
+    try:
+        return list(pd.read_csv(path, nrows=0, dtype=str).columns)
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except IsADirectoryError:
@@ -100,16 +142,16 @@ def read_table(path: Path | str, table: Table, required: list[str] | None = None
         raise InputError(path, f"not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
     except OSError as e:
         raise InputError(path, f"cannot read ({e.strerror})") from None
-    needed = table.names if required is None else required
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InputError(path, f"not a {table.name} CSV: missing column(s) {', '.join(missing)}")
-    for name in frame.columns:
-        column = table.by_name.get(name)
-        if column is None:
-            continue
-        frame[name] = _convert(frame[name], column.type, path, name)
-    return frame
+
+
+def _check_numbers(numbers: pd.Series, kind: str, path: Path, name: str) -> None:
+    values = numbers.to_numpy()
+    if kind == "int":
+        _fail_on(pd.Series(~np.isnan(values) & (values % 1 != 0)), numbers.astype(str), path,
+                 name, "not a whole number")
+    elif kind == "bool":
+        _fail_on(pd.Series(~np.isnan(values) & ~np.isin(values, [0, 1])), numbers.astype(str),
+                 path, name, "not 1/0")
 
 
 def _convert(raw: pd.Series, kind: str, path: Path, name: str) -> pd.Series:

@@ -1,0 +1,82 @@
+"""stream-identifier: packets CSVs -> one flows CSV each."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import csvio, flows
+from ..cli import Command, ensure_output_dir, ipv4_or_ipv6
+from ..errors import ToolError
+from ..schema import FLOWS, PACKETS
+
+
+class StreamIdentifier(Command):
+    prog = "stream-identifier.py"
+    description = (
+        "Merge packet rows (packet-translator's CSVs, or any CSV with the same columns) into "
+        "flow rows, Zeek conn.log style: counts, bytes, timing and size statistics, the "
+        "remote party's domain name and class, the application fingerprint.\n"
+        "Writes OUTPUT_DIR/<name>.flows.csv for each <name>.packets.csv.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("packets", nargs="+", type=Path, metavar="PACKETS_CSV")
+        parser.add_argument("--device-ip", type=ipv4_or_ipv6, action="append", default=[],
+                            metavar="IP", help="address of the device under study (repeatable); "
+                            "default: the packets' direction column")
+        parser.add_argument("--idle-timeout", type=_positive, default=flows.DEFAULT_IDLE_TIMEOUT,
+                            metavar="S", help="a flow ends after S seconds without a packet "
+                            "(default: %(default)s)")
+        parser.add_argument("--max-duration", type=_positive, default=flows.DEFAULT_MAX_DURATION,
+                            metavar="S", help="a flow is cut into chunks of at most S seconds "
+                            "(default: %(default)s)")
+
+    def run(self, args):
+        output_dir = ensure_output_dir(args.output_dir)
+        options = flows.FlowOptions(args.idle_timeout, args.max_duration, tuple(args.device_ip))
+        _, failed = identify_streams(self, args.packets, output_dir, options)
+        return 1 if failed else 0
+
+
+def flows_path(packets_csv: Path, output_dir: Path) -> Path:
+    name = Path(packets_csv).name
+    stem = name[:-len(".packets.csv")] if name.endswith(".packets.csv") else Path(name).stem
+    return Path(output_dir) / f"{stem}.flows.csv"
+
+
+def identify_streams(command: Command, packet_files: list[Path], output_dir: Path,
+                     options: flows.FlowOptions):
+    """Build and write the flows of each packets CSV; shared with main.py."""
+    written, failed = [], []
+    started = time.monotonic()
+    with command.progress(total=len(packet_files), unit=" file",
+                          desc="identifying flows") as bar:
+        for packets_csv in packet_files:
+            try:
+                packets = csvio.read_table(packets_csv, PACKETS, required=flows.REQUIRED,
+                                           columns=flows.REQUIRED + flows.OPTIONAL, compact=True)
+                table = flows.build_flows(packets, options)
+                output = flows_path(packets_csv, output_dir)
+                csvio.write_table(table, FLOWS, output)
+                written.append((output, len(packets), len(table)))
+            except ToolError as e:
+                command.error(str(e))
+                failed.append(packets_csv)
+            bar.update()
+    for output, n_packets, n_flows in written:
+        command.say(f"wrote {output} ({n_flows} flows from {n_packets} packets)")
+    command.say(f"stream-identifier: {sum(w[2] for w in written)} flows in {len(written)} "
+                f"file(s) in {time.monotonic() - started:.1f} s"
+                + (f"; {len(failed)} file(s) failed" if failed else ""))
+    return [w[0] for w in written], failed
+
+
+def _positive(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
