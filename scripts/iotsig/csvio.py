@@ -99,7 +99,7 @@ def read_table(path: Path | str, table: Table, required: list[str] | None = None
                and table.by_name[c].type in ("int", "float", "bool")]
     if compact:
         try:
-            frame = _read(path, usecols=wanted, keep_default_na=False,
+            frame = _read(path, usecols=wanted, keep_default_na=False, memory_map=True,
                           na_values={c: [""] for c in numeric},
                           dtype={c: ("float64" if c in numeric else "category") for c in wanted})
         except ValueError:  # an unparsable number: read as text to say where
@@ -147,11 +147,13 @@ def _read_header(path: Path, table: Table) -> list[str]:
 def _check_numbers(numbers: pd.Series, kind: str, path: Path, name: str) -> None:
     values = numbers.to_numpy()
     if kind == "int":
-        _fail_on(pd.Series(~np.isnan(values) & (values % 1 != 0)), numbers.astype(str), path,
-                 name, "not a whole number")
+        bad, problem = ~np.isnan(values) & (values % 1 != 0), "not a whole number"
     elif kind == "bool":
-        _fail_on(pd.Series(~np.isnan(values) & ~np.isin(values, [0, 1])), numbers.astype(str),
-                 path, name, "not 1/0")
+        bad, problem = ~np.isnan(values) & ~np.isin(values, [0, 1]), "not 1/0"
+    else:
+        return
+    if bad.any():
+        _fail_on(pd.Series(bad), numbers.astype(str), path, name, problem)
 
 
 def _convert(raw: pd.Series, kind: str, path: Path, name: str) -> pd.Series:
