@@ -18,6 +18,8 @@ from .schema import Table
 # injection"); a leading apostrophe makes it text. Cells that already start with an
 # apostrophe get one more, so reading back strips exactly one and nothing is ambiguous.
 FORMULA_CHARS = frozenset("=+-@\t\r'")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -30,6 +32,7 @@ def atomic_path(path: Path):
     except OSError as e:
         raise OutputError(path.parent, f"cannot write here ({e.strerror})") from None
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -66,8 +66,8 @@ def _categorical(packets: pd.DataFrame, name: str, n: int) -> pd.Series:
     if name not in packets:
         return pd.Series(pd.Categorical.from_codes(np.zeros(n, np.int8), [""]))
     column = packets[name].reset_index(drop=True)
-    if name == "dns_flags_response" and not isinstance(column.dtype, pd.CategoricalDtype):
-        column = column.map({1: "1", 0: "0", 1.0: "1", 0.0: "0"}).fillna(column.astype(object))
+    if pd.api.types.is_numeric_dtype(column):  # e.g. icmp_type read as a number: 3, not 3.0
+        column = column.astype("Int64").astype(str).replace("<NA>", "")
     if not isinstance(column.dtype, pd.CategoricalDtype):
         column = column.astype(object).where(column.notna(), "").astype(str).astype("category")
     elif column.isna().any() or "" not in column.cat.categories:
@@ -87,9 +87,6 @@ def _prepare(packets: pd.DataFrame) -> pd.DataFrame:
     p = pd.DataFrame(index=pd.RangeIndex(n))
     for name in TEXT_COLUMNS:
         p[name] = _categorical(packets, name, n)
-    if (p["dns_flags_response"] == "1.0").any():
-        p["dns_flags_response"] = p["dns_flags_response"].cat.rename_categories(
-            lambda c: {"1.0": "1", "0.0": "0"}.get(c, c))
     for name in ("ts", "frame_len", "frame_number", "src_port", "dst_port", "l4_payload_len"):
         p[name] = pd.to_numeric(packets[name], errors="coerce").to_numpy(dtype=float)
     for name in ("ts", "frame_len", "l4_payload_len"):

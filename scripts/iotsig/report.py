@@ -1,0 +1,118 @@
+"""pattern.txt: the signature for people, readable without a manual."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .profile import describe_remote, policy
+
+RULE = "=" * 78
+
+
+def pattern_text(signature) -> str:
+    s = signature
+    lines = [f"Signature of event '{s.event}' on device {s.device_name} "
+             f"({s.device_ip}{', ' + s.device_mac if s.device_mac else ''})",
+             f"Recordings: {len(s.recordings)} ({', '.join(s.recordings)})",
+             f"A pattern must be seen in at least {_needed(s)} of {len(s.recordings)} "
+             f"recordings (--support {s.support:g}).", ""]
+    for warning in s.warnings:
+        lines.append(f"Warning: {warning}")
+    if s.warnings:
+        lines.append("")
+    if not s.baseline_given:
+        lines += ["Background: no baseline recordings (--baseline / --idle) were given, so "
+                  "traffic the device", "sends anyway could not be told apart from the event "
+                  "by comparison. Patterns that", "repeat as several flows in every recording, "
+                  "spread beyond the event's burst, are", "listed as likely background below; "
+                  "record the device idle and pass it as a baseline", "to be sure.", ""]
+    events = s.event_patterns
+    lines += [RULE, f"Event patterns, in event order ({len(events)})", RULE, ""]
+    if events.empty:
+        lines += ["None: the recordings have no flow in common that is not background.", ""]
+    for number, row in enumerate(events.itertuples(), 1):
+        lines += _block(number, row, s)
+    background = s.background_patterns
+    title = "Background patterns (seen without the event too)" if s.baseline_given \
+        else "Likely background patterns (repeating throughout each recording)"
+    lines += [RULE, f"{title} ({len(background)})", RULE, ""]
+    if background.empty:
+        lines += ["None.", ""]
+    for number, row in enumerate(background.itertuples(), 1):
+        lines += _block(number, row, s)
+    lines += [RULE, f"Left out: seen in too few recordings ({len(s.noise)} fingerprints)", RULE, ""]
+    if s.noise.empty:
+        lines.append("None.")
+    for row in s.noise.itertuples():
+        lines.append(f"- {_summary_line(row, s)}: in {row.recordings_seen}/{len(s.recordings)} "
+                     f"recordings ({row.flows} flow{'s' if row.flows != 1 else ''})")
+    return "\n".join(lines) + "\n"
+
+
+def _needed(signature) -> int:
+    import math
+    return max(1, math.ceil(signature.support * len(signature.recordings) - 1e-9))
+
+
+def _block(number: int, row, s) -> list[str]:
+    device = f"device {s.device_ip}"
+    remote = describe_remote(row)
+    device_opens = row.device_side == "orig"
+    arrow = f"{device}  ->  {remote}" if device_opens else f"{remote}  ->  {device}"
+    opener = "the device opens the flow" if device_opens else "the remote party opens the flow"
+    lines = [f"{number}. {row.pattern}", f"   {arrow}   ({opener})"]
+    lines.append(f"   protocol: {_protocol(row)}")
+    application = _application_fields(row)
+    if application:
+        lines.append(f"   application: {application}")
+    offset = "" if pd.isna(row.start_offset_median) else \
+        f", starts {row.start_offset_median:+.3f} s after the event's first flow (median)"
+    lines.append(f"   seen in {row.recordings_seen}/{row.recordings_total} recordings{offset}")
+    flows = _range(row.flows_min, row.flows_max)
+    lines.append(f"   flows per recording: {flows}")
+    sent, received = ("orig", "resp") if device_opens else ("resp", "orig")
+    def both(metric_low: str, metric_high: str, unit: str = "") -> str:
+        by_device = _range(getattr(row, metric_low.format(sent)), getattr(row, metric_high.format(sent)))
+        by_remote = _range(getattr(row, metric_low.format(received)),
+                           getattr(row, metric_high.format(received)))
+        return f"sent by the device {by_device}{unit}, by the remote party {by_remote}{unit}"
+    lines.append(f"   packets: {both('{}_pkts_min', '{}_pkts_max')}")
+    lines.append(f"   bytes: {both('{}_frame_bytes_min', '{}_frame_bytes_max')}")
+    lines.append(f"   packet sizes: {both('{}_size_min_min', '{}_size_max_max', ' bytes')}")
+    lines.append(f"   duration: {_range(row.duration_min, row.duration_max, seconds=True)}")
+    if policy(row, "ipv4") is None:
+        lines.append("   (not expressible in the firewall profile format: left out of profile.yaml)")
+    return lines + [""]
+
+
+def _protocol(row) -> str:
+    proto = str(row.proto).upper()
+    if pd.isna(row.server_port):
+        return proto
+    who = "the device" if row.server_side == "device" else "the remote party"
+    return f"{proto} port {int(row.server_port)} (served by {who})"
+
+
+def _application_fields(row) -> str:
+    labels = [("DNS query", row.dns_qry_name), ("type", row.dns_qry_type),
+              ("HTTP", row.http_request_method), ("URI", row.http_request_uri),
+              ("CoAP", row.coap_type), ("code", row.coap_code), ("URI", row.coap_uri),
+              ("DHCP", row.dhcp_msg_type), ("TLS server name", row.tls_server_name),
+              ("ICMP type", row.icmp_type), ("ARP", row.arp_opcode)]
+    return ", ".join(f"{label} {value}" for label, value in labels
+                     if isinstance(value, str) and value)
+
+
+def _summary_line(row, s) -> str:
+    remote = row.remote
+    port = "" if pd.isna(row.server_port) or row.server_port < 0 else f"/{int(row.server_port)}"
+    app = _application_fields(row)
+    direction = "device -> " if row.device_side == "orig" else "-> device from "
+    return f"{str(row.proto).upper()}{port} {direction}{remote}" + (f" [{app}]" if app else "")
+
+
+def _range(low, high, seconds: bool = False) -> str:
+    if pd.isna(low) or pd.isna(high):
+        return "-"
+    fmt = (lambda v: f"{v:.3f} s") if seconds else (lambda v: f"{int(v)}")
+    return fmt(low) if low == high else f"{fmt(low)} to {fmt(high)}"
