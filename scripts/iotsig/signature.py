@@ -115,10 +115,17 @@ def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
     f.loc[f["server_port"].isna(), "server_side"] = ""
     # The URI without its query string: queries carry tokens and times that change.
     f["http_request_uri"] = f["http_request_uri"].fillna("").str.replace(r"\?[^;]*", "", regex=True)
-    for name in FINGERPRINT_FIELDS:
-        f[name] = f[name].fillna("").astype(str)
+    for name in FINGERPRINT_FIELDS:  # a set of values, in one spelling: "reply;request"
+        f[name] = _canonical_sets(f[name].fillna("").astype(str))
     f["server_port"] = pd.to_numeric(f["server_port"], errors="coerce").fillna(-1).astype(int)
     return f
+
+
+def _canonical_sets(values: pd.Series) -> pd.Series:
+    codes, uniques = pd.factorize(values)
+    spelled = [";".join(sorted(set(u.split(";")) - {""})) for u in uniques]
+    return pd.Series(pd.Index(spelled, dtype=object)[codes] if len(uniques) else values,
+                     index=values.index, dtype=object)
 
 
 def extract(recordings: list[Recording], device_name: str, device_ip: str,

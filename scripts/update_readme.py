@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+"""Regenerate the README's column tables from scripts/iotsig/schema.py."""
+
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from iotsig.schema import FLOWS, PACKETS, SIGNATURE  # noqa: E402
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def columns_markdown() -> str:
+    return "\n".join(f"### {t.name} CSV\n\n{t.markdown()}\n" for t in (PACKETS, FLOWS, SIGNATURE))
+
+
+def updated(text: str) -> str:
+    return re.sub(r"(<!-- columns:start -->\n).*?(<!-- columns:end -->)",
+                  lambda m: m.group(1) + columns_markdown() + "\n" + m.group(2), text, flags=re.S)
+
+
+if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    README.write_text(updated(README.read_text()))
