@@ -61,7 +61,17 @@ def escape_formulas(series: pd.Series) -> pd.Series:
 
 
 def unescape_formulas(series: pd.Series) -> pd.Series:
-    return series.str.replace(r"^'", "", regex=True)
+    """Undo escape_formulas: strip one leading apostrophe (checked once per distinct value)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        categories = series.cat.categories
+        if not categories.str.startswith("'").any():
+            return series
+        return series.cat.rename_categories(categories.str.replace(r"^'", "", regex=True))
+    codes, uniques = pd.factorize(series, sort=False)
+    escaped = np.array([isinstance(u, str) and u.startswith("'") for u in uniques] + [False])
+    if not escaped.any():
+        return series
+    return series.where(~escaped[codes], series.str.slice(1))
 
 
 def to_csv_text(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
@@ -89,8 +99,8 @@ def read_table(path: Path | str, table: Table, required: list[str] | None = None
                columns: list[str] | None = None, compact: bool = False) -> pd.DataFrame:
     """Read a CSV of `table`: text stays text (no NaN), numbers are checked and converted,
     and a missing column or an unparsable value is an InputError naming it.
-    columns: read only these (default all). compact: strings as categories and numbers
-    parsed by the C reader, for million-row files."""
+    columns: read only these (default all). compact: strings as categories, for
+    million-row files."""
     path = Path(path)
     header = _read_header(path, table)
     needed = table.names if required is None else required
@@ -100,26 +110,22 @@ def read_table(path: Path | str, table: Table, required: list[str] | None = None
     wanted = [c for c in header if columns is None or c in columns]
     numeric = [c for c in wanted if c in table.by_name
                and table.by_name[c].type in ("int", "float", "bool")]
-    if compact:
-        try:
-            frame = _read(path, usecols=wanted, keep_default_na=False, memory_map=True,
-                          na_values={c: [""] for c in numeric},
-                          dtype={c: ("float64" if c in numeric else "category") for c in wanted})
-        except ValueError:  # an unparsable number: read as text to say where
-            frame = None
-        if frame is not None:
-            for name in numeric:
-                _check_numbers(frame[name], table.by_name[name].type, path, name)
-            for name in wanted:
-                if name in table.by_name and table.by_name[name].type == "text":
-                    frame[name] = frame[name].cat.rename_categories(
-                        unescape_formulas(frame[name].cat.categories.to_series()).to_numpy())
-            return frame
-    frame = _read(path, usecols=wanted, dtype=str, keep_default_na=False, na_filter=False)
-    for name in wanted:
-        column = table.by_name.get(name)
-        if column is not None:
-            frame[name] = _convert(frame[name], column.type, path, name)
+    text = [c for c in wanted if c in table.by_name and table.by_name[c].type == "text"]
+    try:  # numbers parsed by the C reader: many times faster than converting strings
+        frame = _read(path, usecols=wanted, keep_default_na=False, memory_map=True,
+                      na_values={c: [""] for c in numeric},
+                      dtype={c: ("float64" if c in numeric else "category" if compact else str)
+                             for c in wanted})
+    except ValueError:  # an unparsable number: read again as text to say where
+        frame = _read(path, usecols=wanted, dtype=str, keep_default_na=False, na_filter=False)
+        for name in wanted:
+            if name in table.by_name:
+                frame[name] = _convert(frame[name], table.by_name[name].type, path, name)
+        return frame
+    for name in numeric:
+        _check_numbers(frame[name], table.by_name[name].type, path, name)
+    for name in text:
+        frame[name] = unescape_formulas(frame[name])
     return frame
 
 
@@ -164,7 +170,7 @@ def _convert(raw: pd.Series, kind: str, path: Path, name: str) -> pd.Series:
         return unescape_formulas(raw)
     if kind == "str":
         return raw
-    blank = raw.str.strip() == ""
+    blank = raw == ""
     if kind == "bool":
         lowered = raw.str.strip().str.lower()
         valid = lowered.isin(["1", "0", "true", "false", ""])
