@@ -32,6 +32,14 @@ NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 MULTICAST_ALIASES = {"224.0.0.251": "mdns", "239.255.255.250": "ssdp", "224.0.1.187": "coap"}
 CLASS_ALIASES = {"gateway", "local", "external", "broadcast"}
+# Every string the translator reads as an address alias rather than a domain name.
+ADDRESS_ALIASES = {"self", "gateway", "local", "external", "broadcast", "udp-broadcast", "phone",
+                   "all", "mdns", "ssdp", "coap", "igmpv3", "default", "gateway-local"}
+# The translator pastes names, URIs and methods into C string literals and code unescaped:
+# a quote, a backslash or a control character would change the code it generates.
+UNSAFE_CHARS = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+TOKEN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")   # a DNS qtype or an HTTP/SSDP method
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def build_profile(signature) -> dict:
@@ -55,13 +63,16 @@ def build_profile(signature) -> dict:
 
 
 def dump_profile(profile: dict, header: str = "") -> str:
-    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    comment = "".join(f"# {printable(line)}\n" for line in header.splitlines())
     return comment + yaml.safe_dump(profile, sort_keys=False, allow_unicode=True,
                                     default_flow_style=False, width=1000)
 
 
 def policy(row, family: str) -> dict | None:
-    """One pattern -> one policy, oriented originator (src) -> responder (dst)."""
+    """One pattern -> one policy, oriented originator (src) -> responder (dst); None when
+    the format cannot express it (`unexpressible` says why)."""
+    if unexpressible(row):
+        return None
     protocols = {}
     application = _application(row)
     if application:
@@ -73,8 +84,6 @@ def policy(row, family: str) -> dict | None:
     elif proto in ("icmp", "icmpv6", "igmp") and proto not in protocols:
         protocols[proto] = {"type": int(row.icmp_type)} if proto != "igmp" and \
             str(row.icmp_type).isdigit() else {}
-    elif proto not in ("tcp", "udp", "arp", "icmp", "icmpv6", "igmp"):
-        return None  # not expressible in the firewall's format (pattern.txt says so)
     if proto != "arp":
         remote = _address_value(row)
         ends = ("self", remote) if row.device_side == "orig" else (remote, "self")
@@ -92,6 +101,61 @@ def policy(row, family: str) -> dict | None:
     if stats:
         result["stats"] = stats
     return result
+
+
+def unexpressible(row) -> str:
+    """Why a pattern cannot become a firewall policy, or "" when it can. Values come from
+    packets: a name the firewall cannot match safely is left out rather than written."""
+    if row.proto not in ("tcp", "udp", "arp", "icmp", "icmpv6", "igmp"):
+        return f"the profile format has no section for {row.proto} frames"
+    if row.dns_qry_name:
+        for name in _items(row.dns_qry_name):
+            problem = domain_problem(name) or ("starts with $, the firewall's suffix wildcard"
+                                               if name.startswith("$") else "")
+            if problem:
+                return f"the DNS query name {name!r} {problem}"
+        for qtype in _items(row.dns_qry_type):
+            if not TOKEN.match(qtype):
+                return f"the DNS query type {qtype!r} is not a type name"
+    elif row.http_request_method:
+        method = _first(row.http_request_method)
+        if not TOKEN.match(method):
+            return f"the HTTP method {method!r} is not a method name"
+        uri = _first(row.http_request_uri)
+        if UNSAFE_CHARS.search(uri) or uri.endswith("*"):
+            return f"the HTTP URI {uri!r} holds a quote, backslash or control character, " \
+                   "or ends with *, the firewall's prefix wildcard"
+    elif (row.coap_type or row.coap_code) and UNSAFE_CHARS.search(_first(row.coap_uri)):
+        return f"the CoAP URI {_first(row.coap_uri)!r} holds a quote, backslash or " \
+               "control character"
+    return ""
+
+
+def domain_problem(name) -> str:
+    """Why `name` cannot be written as a domain name in a firewall rule, or "": the
+    translator puts it in a C string literal, and a DNS name has labels of 1 to 63
+    characters and 253 characters at most."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if UNSAFE_CHARS.search(name):
+        return "holds a quote, backslash or control character"
+    body = name[1:].removeprefix(".") if name.startswith("$") else name  # $.pool.ntp.org
+    body = body[:-1] if body.endswith(".") else body
+    if not body:
+        return "matches every name"
+    if len(body) > 253:
+        return "is longer than 253 characters"
+    if any(not 1 <= len(label) <= 63 for label in body.split(".")):
+        return "has an empty label or one longer than 63 characters"
+    return ""
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+        return True
+    except ValueError:
+        return False
 
 
 def _server_is_orig(row) -> bool:
@@ -115,7 +179,25 @@ def _address_value(row):
         return remote if remote in CLASS_ALIASES else _class_alias(remote)
     if row.remote_kind == "address":
         return MULTICAST_ALIASES.get(remote, remote)
+    if remote_name_problem(row):  # then the addresses it had
+        addresses = _items(row.remote_addrs)
+        return addresses[0] if len(addresses) == 1 else addresses
     return remote  # a domain name: the firewall resolves it from the DNS traffic it sees
+
+
+def remote_name_problem(row) -> str:
+    """Why the remote party's domain name cannot stand for it in the profile, or "": the
+    translator would read it as something else (an alias such as `external`, an address,
+    a network), or it is not a name the firewall can match."""
+    if row.remote_kind != "domain":
+        return ""
+    remote = str(row.remote)
+    if remote in ADDRESS_ALIASES or _is_address(remote):
+        return f"the name {remote!r} would be read as an address alias or a network"
+    if remote.startswith("$"):
+        return f"the name {remote!r} starts with $, the firewall's suffix wildcard"
+    problem = domain_problem(remote)
+    return f"the name {remote!r} {problem}" if problem else ""
 
 
 def _class_alias(klass: str) -> str:
@@ -126,8 +208,12 @@ def _first(values: str) -> str:
     return str(values).split(";")[0] if values and not pd.isna(values) else ""
 
 
+def _items(values) -> list[str]:
+    return [v for v in str(values).split(";") if v] if values and not pd.isna(values) else []
+
+
 def _values(values: str):
-    items = [v for v in str(values).split(";") if v] if values and not pd.isna(values) else []
+    items = _items(values)
     return items[0] if len(items) == 1 else items
 
 
@@ -161,7 +247,9 @@ def _application(row) -> dict:
         kind = _first(row.dhcp_msg_type)
         return {"dhcp": {"type": kind, "client-mac": "self"}} if kind in DHCP_TYPES else {}
     if row.proto == "arp":
-        kind = _first(row.arp_opcode) or "request"
+        opcodes = _items(row.arp_opcode)
+        kind = "reply" if opcodes and "request" not in opcodes and "reply" in opcodes \
+            else "request"
         remote = _address_value(row)
         if row.device_side == "orig":
             fields = {"type": kind, "sha": "self", "spa": "self", "tpa": remote}
@@ -187,6 +275,11 @@ def _stats(row) -> dict:
     if not pd.isna(row.duration_max) and row.duration_max > 0:
         stats["duration"] = f"{row.duration_max:.3f} s"
     return stats
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control characters (newlines included) shown escaped, as \\n."""
+    return CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 def _c_name(text: str) -> str:
@@ -261,6 +354,7 @@ def _check_policy(where: str, name, policy_, in_interaction: bool) -> list[str]:
     for key, value in (policy_.get("stats") or {}).items():
         if key not in STATS_KEYS:
             problems.append(f"{where}.stats: unknown stat {key!r}")
+            continue
         for item in (value.values() if isinstance(value, dict) else [value]):
             if not _stat_ok(key, item):
                 problems.append(f"{where}.stats.{key}: invalid value {item!r}")
@@ -284,8 +378,18 @@ def _check_value(where: str, protocol: str, field_name: str, value) -> list[str]
         elif protocol == "arp" and field_name == "type" and item not in ARP_TYPES:
             problems.append(f"{where}: {item!r} is not an ARP type")
         elif field_name in ("domain-name", "uri", "qtype", "method", "src", "dst") and \
-                (not isinstance(item, str) or not item or "\n" in item):
-            problems.append(f"{where}: {item!r} is not a one-line string")
+                (not isinstance(item, str) or not item):
+            problems.append(f"{where}: {item!r} is not a string")
+        elif field_name == "domain-name" and domain_problem(item):
+            problems.append(f"{where}: {item!r} {domain_problem(item)}")
+        elif field_name in ("src", "dst") and protocol in ("ipv4", "ipv6") and \
+                item not in ADDRESS_ALIASES and not _is_address(item) and domain_problem(item):
+            problems.append(f"{where}: {item!r} is not an address, an alias or a domain "
+                            f"name: it {domain_problem(item)}")
+        elif field_name in ("qtype", "method") and not TOKEN.match(item):
+            problems.append(f"{where}: {item!r} is not a {field_name} name")
+        elif field_name == "uri" and UNSAFE_CHARS.search(item):
+            problems.append(f"{where}: {item!r} holds a quote, backslash or control character")
         elif field_name == "response" and not isinstance(item, bool):
             problems.append(f"{where}: must be true or false")
     return problems

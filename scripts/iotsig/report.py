@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .profile import describe_remote, policy
+from .profile import describe_remote, printable, remote_name_problem, unexpressible
 
 RULE = "=" * 78
 
@@ -46,7 +46,8 @@ def pattern_text(signature) -> str:
     for row in s.noise.itertuples():
         lines.append(f"- {_summary_line(row, s)}: in {row.recordings_seen}/{len(s.recordings)} "
                      f"recordings ({row.flows} flow{'s' if row.flows != 1 else ''})")
-    return "\n".join(lines) + "\n"
+    # Names come from packets: a newline in one must not start a line of its own.
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _needed(signature) -> int:
@@ -80,8 +81,11 @@ def _block(number: int, row, s) -> list[str]:
     lines.append(f"   bytes: {both('{}_frame_bytes_min', '{}_frame_bytes_max')}")
     lines.append(f"   packet sizes: {both('{}_size_min_min', '{}_size_max_max', ' bytes')}")
     lines.append(f"   duration: {_range(row.duration_min, row.duration_max, seconds=True)}")
-    if policy(row, "ipv4") is None:
-        lines.append("   (not expressible in the firewall profile format: left out of profile.yaml)")
+    reason = unexpressible(row)
+    if reason:
+        lines.append(f"   (left out of profile.yaml: {reason})")
+    elif remote_name_problem(row):
+        lines.append(f"   (profile.yaml gives its addresses: {remote_name_problem(row)})")
     return lines + [""]
 
 

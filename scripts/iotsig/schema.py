@@ -178,7 +178,8 @@ SIGNATURE = Table("signature", _cols(
     ("remote", "text", "the remote party: domain name, else address, else class", "flows"),
     ("remote_kind", "str", "domain, address or class", "computed"),
     ("remote_class", "str", "gateway, local, multicast, broadcast, external", "flows"),
-    ("server_port", "int", "the fixed (server-side) port", "flows.resp_p"),
+    ("server_port", "int", "the fixed (server-side) port", "flows.orig_p/resp_p"),
+    ("server_side", "str", "who holds the fixed port: device or remote", "computed"),
     *[(f, "text", "application field, as in the flows CSV", "flows." + f)
       for f in APP_FIELDS + ["icmp_type", "arp_opcode"]],
     ("recordings_seen", "int", "recordings the pattern appeared in", "computed"),
@@ -198,3 +199,86 @@ SIGNATURE = Table("signature", _cols(
 if __name__ == "__main__":  # print the README's column tables
     for table in (PACKETS, FLOWS, SIGNATURE):
         print(f"### {table.name} CSV\n\n{table.markdown()}\n")
+
+
+INVENTORY = Table("inventory", _cols(
+    ("mac", "str", "MAC address seen as a frame's source or destination", "eth_src, eth_dst"),
+    ("vendor", "str", "vendor from Wireshark's OUI database (empty: unregistered, or a "
+     "locally administered address)", "eth_src_vendor, eth_dst_vendor"),
+    ("role", "str", "device (the device under study), gateway (a router: sends from outside "
+     "addresses, or owns the device's gateway address), host, multicast or broadcast",
+     "computed"),
+    ("is_device", "bool", "1 for the device under study", "--device-ip / --device-mac"),
+    ("ipv4", "str", "IPv4 addresses it sent from (ARP sender addresses too), ';' between "
+     "them; a gateway's own local addresses only", "ip_src"),
+    ("ipv6", "str", "IPv6 addresses it sent from, ';' between them; a gateway's own only",
+     "ip_src"),
+    ("dhcp_hostname", "text", "host names it gave in DHCP requests, ';' between them",
+     "dhcp_hostname"),
+    ("pkts_sent", "int", "frames it sent", "eth_src"),
+    ("bytes_sent", "int", "frame bytes it sent", "frame_len"),
+    ("pkts_received", "int", "frames sent to it (to a broadcast or multicast MAC: on its row)",
+     "eth_dst"),
+    ("bytes_received", "int", "frame bytes sent to it", "frame_len"),
+    ("first_ts", "float", "first frame from or to it, epoch seconds", "ts"),
+    ("last_ts", "float", "last frame from or to it, epoch seconds", "ts"),
+    ("first_time_utc", "str", "first_ts, readable, ISO 8601 UTC", "ts"),
+    ("last_time_utc", "str", "last_ts, readable, ISO 8601 UTC", "ts"),
+    ("captures", "int", "captures it appears in", "capture"),
+    ("relayed_addrs", "int", "for a gateway: outside addresses it forwarded frames from",
+     "ip_src"),
+))
+
+
+DETECTIONS = Table("detections", _cols(
+    ("capture", "text", "capture (or flows CSV) the event was found in", "file name"),
+    ("event", "text", "event the signature describes", "signature.event"),
+    ("device_name", "text", "device the signature was learned on", "signature.device_name"),
+    ("device_ip", "str", "device address whose flows were matched", "signature.device_ip"),
+    ("start", "float", "first packet of the occurrence's first matched flow, epoch seconds",
+     "flows.ts"),
+    ("end", "float", "last packet of its last matched flow, epoch seconds",
+     "flows.ts + duration"),
+    ("start_utc", "str", "start, readable, ISO 8601 UTC", "start"),
+    ("first_frame", "int", "first frame of the matched flows in the capture", "flows.first_frame"),
+    ("last_frame", "int", "last frame of the matched flows", "flows.last_frame"),
+    ("score", "float", "share of the signature's event patterns found in the window (0-1)",
+     "computed"),
+    ("patterns_matched", "int", "event patterns found", "computed"),
+    ("patterns_total", "int", "event patterns in the signature", "signature"),
+    ("matched_patterns", "text", "names of the patterns found, in the order seen, ';' "
+     "between them", "signature.pattern"),
+    ("missing_patterns", "text", "names of the event patterns not found", "signature.pattern"),
+    ("out_of_order", "text", "patterns found, but not in the signature's order (fewest to "
+     "leave out for the rest to be in order)", "signature.order"),
+    ("flows", "text", "uids of the matched flows, ';' between them", "flows.uid"),
+    ("status", "str", "detected, or explained (an overlapping occurrence of another event of "
+     "the same device accounts for all its flows and is more complete)", "computed"),
+    ("explained_by", "text", "for status explained: that other event", "computed"),
+    ("signature", "text", "signature CSV the event came from", "file name"),
+))
+
+EVALUATION = Table("evaluation", _cols(
+    ("device", "text", "device folder", "EVENTS_DIR/DEVICE"),
+    ("event", "text", "event folder", "EVENTS_DIR/DEVICE/EVENT"),
+    ("recordings", "int", "captures of the event", "count"),
+    ("train", "int", "captures the signature was learned from", "--train-share, --seed"),
+    ("positives", "int", "held-out captures of the event", "count"),
+    ("negatives", "int", "held-out captures of the device's other events, and captures of "
+     "other devices", "count"),
+    ("event_patterns", "int", "event patterns in the learned signature", "signature"),
+    ("background_patterns", "int", "patterns also seen in the baseline", "signature"),
+    ("tp", "int", "positives in which the event was detected", "event-detector"),
+    ("fp", "int", "negatives in which the event was detected", "event-detector"),
+    ("tn", "int", "negatives without a detection of the event", "event-detector"),
+    ("fn", "int", "positives without a detection of the event", "event-detector"),
+    ("precision", "float", "tp / (tp + fp); empty when nothing was detected", "computed"),
+    ("recall", "float", "tp / (tp + fn)", "computed"),
+    ("f1", "float", "harmonic mean of precision and recall", "computed"),
+    ("seconds", "float", "time to learn the signature and run the detector on every test "
+     "capture (translation excluded: shared, see the run's total)", "computed"),
+    ("signature", "text", "the event patterns, in event order, ';' between them",
+     "signature.pattern"),
+    ("signature_csv", "text", "the learned signature CSV, relative to the output directory",
+     "computed"),
+))

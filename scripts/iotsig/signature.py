@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import csvio
 from .errors import InputError, ToolError
+from .flows import address_class
 from .schema import FLOWS, SIGNATURE, SIGNATURE_VERSION
 
 FINGERPRINT_FIELDS = ["dns_qry_name", "dns_qry_type", "http_request_method", "http_request_uri",
@@ -63,10 +64,18 @@ class Signature:
 
 
 def read_recordings(paths: list[Path]) -> list[Recording]:
+    """One recording per flows CSV, named after its file (after its path where two files
+    share a name: each must count as a recording of its own)."""
+    resolved = [Path(p).resolve() for p in paths]
+    for number, path in enumerate(resolved):
+        if path in resolved[:number]:
+            raise InputError(paths[number], "given twice: each flows CSV is one recording")
+    names = [_recording_name(p) for p in paths]
+    names = [str(p) if names.count(n) > 1 else n for n, p in zip(names, paths)]
     recordings = []
-    for path in paths:
-        flows = csvio.read_table(path, FLOWS, required=REQUIRED, compact=False)
-        recordings.append(Recording(_recording_name(path), flows))
+    for path, name in zip(paths, names):
+        flows = csvio.read_table(path, FLOWS, required=REQUIRED, columns=REQUIRED + ["remote_h"])
+        recordings.append(Recording(name, flows))
     return recordings
 
 
@@ -96,7 +105,10 @@ def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
     """Add the fingerprint columns (specific remote, and the generalised one)."""
     f = flows
     remote_is_orig = f["device_side"] == "resp"
-    f["remote_h"] = np.where(remote_is_orig, f["orig_h"], f["resp_h"])
+    remote_h = np.where(remote_is_orig, f["orig_h"], f["resp_h"])
+    if "remote_h" in f:  # (optional column)
+        _describe_remote(f, remote_h)
+    f["remote_h"] = remote_h
     name = f["remote_name"].fillna("")
     klass = f["remote_class"].fillna("")
     use_class = klass.isin(CLASS_NAMES)
@@ -119,6 +131,26 @@ def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
         f[name] = _canonical_sets(f[name].fillna("").astype(str))
     f["server_port"] = pd.to_numeric(f["server_port"], errors="coerce").fillna(-1).astype(int)
     return f
+
+
+def _describe_remote(f: pd.DataFrame, remote_h: np.ndarray) -> None:
+    """remote_name and remote_class describe the flows CSV's remote_h. Where that is not
+    the remote party seen from the device (stream-identifier ran without knowing the
+    device and took the responder, the device itself), they describe the wrong party:
+    take the class the CSV gives that address elsewhere, else its class by address alone,
+    and no name."""
+    other = (f["remote_h"].astype(str).to_numpy() != remote_h)
+    if not other.any():
+        return
+    known = pd.Series(f["remote_class"].to_numpy()[~other], index=remote_h[~other])
+    known = known[~known.index.duplicated() & (known != "")]
+    addresses = pd.Series(remote_h[other])
+    classes = addresses.map(known)
+    unknown = classes.isna()
+    codes, uniques = pd.factorize(addresses[unknown])
+    classes[unknown] = np.array([address_class(u) for u in uniques] + [""], dtype=object)[codes]
+    f.loc[other, "remote_class"] = classes.to_numpy()
+    f.loc[other, "remote_name"] = ""
 
 
 def _canonical_sets(values: pd.Series) -> pd.Series:
@@ -158,6 +190,9 @@ def extract(recordings: list[Recording], device_name: str, device_ip: str,
     if baseline:
         base = [device_flows(r, device_ip, device_mac) for r in baseline]
         base = fingerprints(pd.concat(base, ignore_index=True)) if any(len(b) for b in base) else None
+        if base is None:
+            warnings.append(f"device IP {device_ip} does not appear in the baseline "
+                            f"({', '.join(r.name for r in baseline)}): nothing is background")
         if base is not None:
             # A pattern is background when the baseline has the same fingerprint, at the
             # same level of detail (a pattern by class matches a baseline flow by class).
@@ -242,7 +277,7 @@ def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, ev
     summary["device_ip"] = device_ip
     summary["pattern"] = policy_names(summary)
     summary["server_port"] = summary["server_port"].where(summary["server_port"] >= 0)
-    return summary.reindex(columns=SIGNATURE.names + ["server_side"])
+    return summary.reindex(columns=SIGNATURE.names)
 
 
 def _repeating(per_recording: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:

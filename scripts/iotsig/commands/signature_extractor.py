@@ -68,8 +68,10 @@ def extract_and_write(command: Command, flow_files, baseline_files, args, output
     csvio.write_text(paths["profile"], profile.dump_profile(document, header))
     signature.write_signature_csv(result, paths["signature"])
     events, background = len(result.event_patterns), len(result.background_patterns)
-    if not events:
-        command.warn("the recordings have no event pattern in common: outputs are empty")
+    if not events and not background:
+        command.warn("the recordings have no flow in common: the outputs hold no pattern")
+    elif not events:
+        command.warn("every flow the recordings have in common is background: no event pattern")
     for key in ("pattern", "profile", "signature"):
         command.say(f"wrote {paths[key]}")
     command.say(f"signature-extractor: {events} event pattern(s), {background} background, "
