@@ -1,8 +1,10 @@
 """Packets CSV -> flows CSV: one row per flow, Zeek conn.log style, all in vectorised pandas.
 
 A flow is the packets of one 5-tuple (both directions) of one capture. It ends after
-`idle_timeout` seconds without a packet, at a new TCP SYN once the connection had other
-packets (port reuse), and is cut every `max_duration` seconds counted from its first packet.
+`idle_timeout` seconds without a packet, at a new TCP SYN once the connection was closed
+(a FIN or RST since the previous SYN: port reuse; a retransmitted SYN stays in its flow), and
+is cut every `max_duration` seconds counted from its first packet. SYN and SYN-ACK are
+recognised with or without the ECN bits (E, C).
 Non-IP frames are grouped by their addresses and protocol (ARP by sender/target IP).
 """
 
@@ -31,7 +33,11 @@ REQUIRED = ["capture", "frame_number", "ts", "frame_len", "eth_src", "eth_dst", 
 OPTIONAL = ["eth_src_vendor", "eth_dst_vendor", "icmp_type", "arp_opcode", "direction"]
 FLOW_TEXT_FIELDS = APP_FIELDS + ["http_host", "icmp_type", "arp_opcode"]
 GENERIC_LAYERS = {"", "eth", "sll", "ip", "ipv6", "tcp", "udp", "data", "icmp", "icmpv6",
-                  "arp", "igmp", "ethertype", "llc", "vlan", "_ws.malformed", "_ws.short"}
+                  "arp", "igmp", "ethertype", "llc", "vlan", "_ws.malformed", "_ws.short",
+                  # content carried by a protocol, not a protocol of its own
+                  "x509ce", "x509af", "x509sat", "x509if", "pkix1explicit", "pkix1implicit",
+                  "ocsp", "cms", "ber", "image-jfif", "image-gif", "png", "media",
+                  "data-text-lines", "xml", "urlencoded-form", "mime_multipart"}
 
 
 @dataclass
@@ -123,11 +129,19 @@ def _assign_flows(p: pd.DataFrame, options: FlowOptions) -> None:
     order = np.lexsort((p["position"].to_numpy(), ts_all, conversation))
     conversation = conversation[order]
     ts = ts_all[order]
-    pure_syn = (p["tcp_flags"] == "S").to_numpy()[order]
+    syn, _, closing = (kind[order] for kind in _tcp_kinds(p["tcp_flags"]))
     same = np.r_[False, conversation[1:] == conversation[:-1]]
     gap = np.r_[np.inf, np.diff(ts)]
-    previous_syn = np.r_[False, pure_syn[:-1]]
-    new_flow = ~same | (gap > options.idle_timeout) | (pure_syn & ~previous_syn)
+    new_flow = ~same | (gap > options.idle_timeout)
+    # Port reuse: a SYN starts a new flow when a FIN or RST came after the previous SYN of
+    # the same segment (or after the segment's start): not for a retransmitted SYN.
+    closes_before = np.cumsum(closing) - closing
+    first_row = np.flatnonzero(new_flow)[np.cumsum(new_flow) - 1]
+    syn_rows = np.flatnonzero(syn)
+    previous_syn = np.r_[0, syn_rows[:-1]]
+    follows_syn = np.r_[False, first_row[syn_rows[1:]] == first_row[syn_rows[:-1]]]
+    since = np.where(follows_syn, closes_before[previous_syn], closes_before[first_row[syn_rows]])
+    new_flow[syn_rows[closes_before[syn_rows] > since]] = True
     segment = np.cumsum(new_flow)
     segment_start = ts[np.flatnonzero(new_flow)][segment - 1]
     chunk = np.floor((ts - segment_start) / options.max_duration).astype(np.int64)
@@ -147,6 +161,17 @@ def _assign_flows(p: pd.DataFrame, options: FlowOptions) -> None:
     p.index = pd.RangeIndex(len(taken))
 
 
+def _tcp_kinds(flags: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per packet: SYN (without ACK), SYN-ACK, and FIN or RST; the ECN bits (E, C) of an
+    ECN-setup SYN or SYN-ACK are ignored. Decided once per distinct flags value."""
+    categories = [str(c).replace("E", "").replace("C", "") for c in flags.cat.categories]
+    codes = flags.cat.codes.to_numpy()
+    def table(test):
+        return np.array([test(c) for c in categories] + [False])[codes]  # code -1: none
+    return (table(lambda c: c == "S"), table(lambda c: c == "SA"),
+            table(lambda c: "F" in c or "R" in c))
+
+
 def _flow_starts(flow: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
 
@@ -161,8 +186,9 @@ def _orient(p: pd.DataFrame) -> np.ndarray:
     first_dst_port = p["dst_port"].to_numpy()[starts]
     looks_reply = (first_src_port < 1024) & (first_dst_port >= 1024)
     orig_key[looks_reply] = p["dst_key"].to_numpy()[starts][looks_reply]
-    for flag, key in (("SA", "dst_key"), ("S", "src_key")):  # SYN wins over SYN-ACK
-        rows = np.flatnonzero((p["tcp_flags"] == flag).to_numpy())
+    syn, syn_ack, _ = _tcp_kinds(p["tcp_flags"])
+    for kind, key in ((syn_ack, "dst_key"), (syn, "src_key")):  # SYN wins over SYN-ACK
+        rows = np.flatnonzero(kind)
         if len(rows):
             first_rows = pd.Series(rows).groupby(flow[rows]).first()
             orig_key[first_rows.index.to_numpy()] = p[key].to_numpy()[first_rows.to_numpy()]
@@ -202,7 +228,8 @@ def _aggregate(p: pd.DataFrame, is_orig: np.ndarray) -> pd.DataFrame:
         for stat, values in _group_stats(side_flow, sizes[mask], n).items():
             out[f"{side}_size_{stat}"] = np.round(values, 3)
         side_ts = ts[mask]
-        follows = np.r_[False, side_flow[1:] == side_flow[:-1]]
+        follows = np.zeros(len(side_flow), dtype=bool)  # (np.r_[False, ...] is 1 long when empty)
+        follows[1:] = side_flow[1:] == side_flow[:-1]
         gaps = np.diff(side_ts, prepend=0.0)[follows]
         for stat, values in _group_stats(side_flow[follows], gaps, n).items():
             out[f"{side}_iat_{stat}"] = np.round(values, 6)
