@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from iotsig.schema import FLOWS, PACKETS, SIGNATURE  # noqa: E402
+from iotsig.schema import ALL_TABLES  # noqa: E402
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def columns_markdown() -> str:
-    return "\n".join(f"### {t.name} CSV\n\n{t.markdown()}\n" for t in (PACKETS, FLOWS, SIGNATURE))
+    return "\n".join(f"### {t.name} CSV\n\n{t.markdown()}\n" for t in ALL_TABLES)
 
 
 def updated(text: str) -> str:

@@ -169,8 +169,9 @@ def test_every_intermediate_csv_is_in_the_output_dir(toggle):
         assert set(flows["capture"]) == {capture.name}
         assert flows["orig_pkts"].sum() + flows["resp_pkts"].sum() == len(packets)
     expected = {f"{c.name}.{kind}.csv" for c in TPLINK_CAPTURES for kind in ("packets", "flows")}
-    assert {p.name for p in toggle.dir.iterdir()} == expected | {"pattern.txt", "profile.yaml",
-                                                                 "signature.csv"}
+    assert {p.name for p in toggle.dir.iterdir()} == expected | {
+        "pattern.txt", "profile.yaml", "signature.csv", "inventory.csv", "endpoint-map.png",
+        "endpoint-map.svg", "timeline.png", "report.html"}
 
 
 def test_progress_and_closing_summary_are_printed(toggle):
@@ -182,7 +183,8 @@ def test_progress_and_closing_summary_are_printed(toggle):
     assert ("signature-extractor: 3 event pattern(s), 1 background, 3 fingerprint(s) left "
             "out as noise, from 3 recording(s)") in out
     assert re.fullmatch(rf"main: done in \d+\.\d s; every intermediate CSV is in "
-                        rf"{re.escape(str(toggle.dir))}/", out.splitlines()[-1])
+                        rf"{re.escape(str(toggle.dir))}/; to look at it all, open "
+                        rf"{re.escape(str(toggle.dir / 'report.html'))}", out.splitlines()[-1])
 
 
 # --- profile.yaml ------------------------------------------------------------------------

@@ -196,10 +196,6 @@ SIGNATURE = Table("signature", _cols(
 ))
 
 
-if __name__ == "__main__":  # print the README's column tables
-    for table in (PACKETS, FLOWS, SIGNATURE):
-        print(f"### {table.name} CSV\n\n{table.markdown()}\n")
-
 
 INVENTORY = Table("inventory", _cols(
     ("mac", "str", "MAC address seen as a frame's source or destination", "eth_src, eth_dst"),
@@ -282,3 +278,10 @@ EVALUATION = Table("evaluation", _cols(
     ("signature_csv", "text", "the learned signature CSV, relative to the output directory",
      "computed"),
 ))
+
+
+ALL_TABLES = [PACKETS, FLOWS, SIGNATURE, INVENTORY, DETECTIONS, EVALUATION]
+
+if __name__ == "__main__":  # print the README's column tables
+    for table in ALL_TABLES:
+        print(f"### {table.name} CSV\n\n{table.markdown()}\n")

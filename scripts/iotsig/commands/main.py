@@ -11,6 +11,7 @@ from ..errors import ToolError
 from .packet_translator import translate_captures
 from .signature_extractor import add_signature_arguments, extract_and_write
 from .stream_identifier import identify_streams
+from .traffic_report import report_after_main
 
 
 class Main(Command):
@@ -35,6 +36,9 @@ class Main(Command):
                             metavar="S", help="flow maximum duration (default: %(default)s)")
         parser.add_argument("-j", "--jobs", type=int, default=0,
                             help="captures translated at once (default: one per core)")
+        parser.add_argument("--no-report", action="store_true",
+                            help="skip the traffic report (inventory.csv, endpoint map, "
+                            "timeline, report.html)")
 
     def run(self, args):
         started = time.monotonic()
@@ -49,8 +53,9 @@ class Main(Command):
             idle_dir = ensure_output_dir(output_dir / "idle")
             idle_flows = self.captures_to_flows(args.idle, idle_dir, args, options)
         extract_and_write(self, event_flows, idle_flows, args, output_dir)
+        report = None if args.no_report else report_after_main(self, event_flows, output_dir, args)
         self.say(f"main: done in {time.monotonic() - started:.1f} s; every intermediate CSV "
-                 f"is in {output_dir}/")
+                 f"is in {output_dir}/" + (f"; to look at it all, open {report}" if report else ""))
         return 0
 
     def captures_to_flows(self, captures, output_dir, args, options) -> list[Path]:

@@ -1,0 +1,372 @@
+"""traffic-report.py and main.py's report: inventory.csv, the endpoint map (PNG, SVG), the
+timeline (PNG) and report.html, on the TP-Link captures and on made-up flows (50 endpoints,
+hostile names), as a user runs them; the library where a picture's geometry is checked."""
+
+from __future__ import annotations
+
+import html.parser
+import math
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
+
+from matplotlib.text import Text
+
+from iotsig import csvio, traffic_report
+from iotsig.schema import FLOWS, INVENTORY, PACKETS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPORT_FILES = ["inventory.csv", "endpoint-map.png", "endpoint-map.svg", "timeline.png",
+                "report.html"]
+TPLINK_VENDOR = "Tp-Link Technologies Co.,Ltd."
+CLOUD = "use1-api.tplinkra.com"
+
+
+@pytest.fixture(scope="module")
+def toggle(tmp_path_factory):
+    """main.py TpLinkPlug 192.168.1.135 data/*.pcap --event toggle: the report included."""
+    output = tmp_path_factory.mktemp("report")
+    result = run_script("main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", output,
+                        "--event", "toggle")
+    return output, result
+
+
+class StrictParser(html.parser.HTMLParser):
+    """html.parser, plus what it lets pass: unclosed or stray tags, and every link and
+    picture source collected."""
+    VOID = {"meta", "img", "br", "hr", "link", "input", "source", "wbr", "col", "area"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors, self.urls, self.text = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("src", "href", "xlink:href", "action", "data"):
+                self.urls.append(value or "")
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse_html(path: Path) -> StrictParser:
+    parser = StrictParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    assert parser.errors == [] and parser.stack == [], (parser.errors, parser.stack)
+    return parser
+
+
+def assert_offline(parser: StrictParser) -> None:
+    """Pictures are data URIs, links are relative or in-page: nothing is fetched."""
+    for url in parser.urls:
+        assert not re.match(r"^\s*([a-z][a-z0-9+.-]*:|//)", url, re.I) or \
+            url.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")), url
+
+
+def assert_report_files(output: Path, names=REPORT_FILES) -> None:
+    for name in names:
+        data = (output / name).read_bytes()
+        assert data, name
+        if name.endswith(".png"):
+            assert data.startswith(PNG_MAGIC), name
+        elif name.endswith(".svg"):
+            assert ET.fromstring(data).tag == "{http://www.w3.org/2000/svg}svg"
+    assert not list(output.glob(".*.part")), "a temporary file was left behind"
+
+
+# --- main.py on the TP-Link captures -------------------------------------------------------
+
+def test_main_writes_every_report_file_valid_and_says_so(toggle):
+    output, result = toggle
+    assert_report_files(output)
+    parser = parse_html(output / "report.html")
+    assert_offline(parser)
+    for name in REPORT_FILES:
+        assert f"wrote {output / name}" in result.stdout
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("main: done in ") and last.endswith(f"open {output / 'report.html'}")
+    assert result.stderr == ""
+
+
+def test_report_names_the_cloud_server_and_the_phone(toggle):
+    output, _ = toggle
+    text = " ".join(parse_html(output / "report.html").text)
+    assert CLOUD in text and PHONE_IP in text and GATEWAY_IP in text
+    assert "tls-443-use1-api-tplinkra-com" in text          # pattern.txt is in it
+    assert "Tp-Link Technologies Co.,Ltd." in text          # and the inventory
+
+
+def test_report_links_every_csv_of_the_output_dir_relatively(toggle):
+    output, _ = toggle
+    parser = parse_html(output / "report.html")
+    csvs = {p.name for p in output.glob("*.csv")}
+    assert len(csvs) == 8      # 3 packets, 3 flows, signature, inventory
+    assert csvs <= set(parser.urls)
+    for url in parser.urls:
+        if url.endswith(".csv"):
+            assert (output / url).is_file()
+    # The pictures are inside the page, not beside it.
+    assert sum(u.startswith("data:image/") for u in parser.urls) == 2
+
+
+def test_inventory_rows(toggle):
+    output, _ = toggle
+    table = csvio.read_table(output / "inventory.csv", INVENTORY)
+    assert list(pd.read_csv(output / "inventory.csv", nrows=0).columns) == INVENTORY.names
+    rows = table.set_index("mac")
+    assert list(table["mac"])[0] == PLUG_MAC                 # the device first
+    plug = rows.loc[PLUG_MAC]
+    assert (plug["is_device"], plug["role"], plug["vendor"], plug["ipv4"]) == \
+        (1, "device", TPLINK_VENDOR, PLUG_IP)
+    assert table["is_device"].sum() == 1
+    phone = rows[rows["ipv4"] == PHONE_IP].iloc[0]
+    assert (phone["role"], phone["is_device"]) == ("host", 0)
+    # The router forwards the cloud server's frames: its own address only, the rest counted.
+    router = rows[rows["role"] == "gateway"]
+    assert len(router) == 1 and router.iloc[0]["ipv4"] == GATEWAY_IP
+    assert router.iloc[0]["relayed_addrs"] == 3           # one server address per recording
+    # Every frame is counted once as sent and once as received.
+    packets = pd.concat([csvio.read_table(output / f"{c.name}.packets.csv", PACKETS)
+                         for c in TPLINK_CAPTURES])
+    assert table["pkts_sent"].sum() == len(packets) == table["pkts_received"].sum()
+    assert table["bytes_sent"].sum() == packets["frame_len"].sum()
+    sent_by_plug = packets[packets["eth_src"] == PLUG_MAC]
+    assert plug["pkts_sent"] == len(sent_by_plug)
+    assert plug["bytes_sent"] == sent_by_plug["frame_len"].sum()
+    assert plug["first_ts"] == packets["ts"].min() and plug["captures"] == 3
+    assert plug["first_time_utc"] == packets["time_utc"].min()
+
+
+def test_timeline_marks_each_event_pattern_once_per_recording(toggle):
+    output, _ = toggle
+    inputs = traffic_report.read_inputs(sorted(output.glob("*.flows.csv")))
+    from iotsig.signature import read_signature_csv
+    patterns = read_signature_csv(output / "signature.csv")
+    device = traffic_report.find_device(inputs, signature=patterns)
+    matched = traffic_report.match_patterns(traffic_report.device_flows(inputs.flows, device),
+                                            patterns)
+    events = matched[matched["role"] == "event"]
+    counts = events.groupby(["pattern", "capture"]).size()
+    assert len(counts) == 3 * 3 and set(counts) == {1}
+    assert set(matched["pattern"]) == set(patterns["pattern"])
+
+
+def test_no_report_skips_it(tmp_path):
+    result = run_script("main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", tmp_path,
+                        "--no-report", "-q")
+    assert result.stdout == ""
+    assert not any((tmp_path / name).exists() for name in REPORT_FILES)
+    assert (tmp_path / "signature.csv").exists()
+
+
+# --- traffic-report.py on its own ---------------------------------------------------------
+
+def test_flows_only_makes_everything_but_the_inventory(toggle, tmp_path):
+    output, _ = toggle
+    result = run_script("traffic-report.py", *sorted(output.glob("*.flows.csv")),
+                        "--signature", output / "signature.csv", "-o", tmp_path)
+    assert_report_files(tmp_path, [n for n in REPORT_FILES if n != "inventory.csv"])
+    assert not (tmp_path / "inventory.csv").exists()
+    text = " ".join(parse_html(tmp_path / "report.html").text)
+    assert "needs the packets" in text and CLOUD in text
+    assert "no inventory" in result.stdout
+
+
+def test_packets_only_rebuilds_the_flows(toggle, tmp_path):
+    output, _ = toggle
+    result = run_script("traffic-report.py", *sorted(output.glob("*.packets.csv")),
+                        "--device-ip", PLUG_IP, "-o", tmp_path)
+    assert_report_files(tmp_path)
+    assert "rebuilt from the packets" in result.stderr
+    assert CLOUD in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize("make, complaint", [
+    (lambda d: d / "missing.flows.csv", "no such file"),
+    (lambda d: _write(d / "other.csv", "a,b,c\n1,2,3\n"), "neither a packets CSV"),
+    (lambda d: _write(d / "empty.csv", ""), "empty file"),
+    (lambda d: _write(d / "signature.csv", "signature_version,pattern\n1,x\n"),
+     "give it with --signature"),
+])
+def test_bad_input_is_one_error_line(tmp_path, make, complaint):
+    path = make(tmp_path)
+    result = run_script("traffic-report.py", path, "-o", tmp_path / "out", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"traffic-report.py: error: {path}: ")
+    assert complaint in lines[0]
+    assert not any((tmp_path / "out" / name).exists() for name in REPORT_FILES)
+
+
+def test_flows_without_a_device_ask_for_one(tmp_path):
+    flows = _synthetic_flows(3)
+    flows["device_side"] = ""
+    csvio.write_table(flows, FLOWS, tmp_path / "x.flows.csv")
+    result = run_script("traffic-report.py", tmp_path / "x.flows.csv", "-o", tmp_path,
+                        check=False)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "--device-ip" in result.stderr
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- hostile names ------------------------------------------------------------------------
+
+def test_hostile_names_are_escaped_in_the_report(tmp_path):
+    hostile = '<script>alert("x")</script>'
+    flows = _synthetic_flows(4)
+    flows.loc[0, "remote_name"] = hostile + ".example.com"
+    flows.loc[1, "remote_name"] = "$\\frac{a}{b}$ \x1b[31m\u202eevil"   # mathtext, control chars
+    csvio.write_table(flows, FLOWS, tmp_path / "x.flows.csv")
+    (tmp_path / "pattern.txt").write_text(f"1. {hostile}\n   device -> <img src=x onerror=y>\n")
+    run_script("traffic-report.py", tmp_path / "x.flows.csv", "--pattern",
+               tmp_path / "pattern.txt", "--device-name", "<b>plug</b>", "-o", tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "<script" not in page.lower() and "<img src=x" not in page and "<b>plug" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;.example.com" in page
+    assert "&lt;img src=x onerror=y&gt;" in page
+    assert_offline(parse_html(tmp_path / "report.html"))
+    assert_report_files(tmp_path, ["endpoint-map.png", "endpoint-map.svg", "timeline.png"])
+
+
+# --- 50 endpoints: labels must not run into each other ------------------------------------
+
+def _synthetic_flows(n: int, device: str = PLUG_IP) -> pd.DataFrame:
+    """One to three flows from the device to each of n remote parties: every class, long
+    and short names, several protocols."""
+    rows = []
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        klass = "gateway" if i == 0 else ["external", "external", "external", "local",
+                                          "multicast"][i % 5]
+        address = {"gateway": "192.168.1.1", "local": f"192.168.1.{20 + i}",
+                   "multicast": f"239.255.{i}.250"}.get(klass, f"52.{i}.7.{i + 1}")
+        name = "" if klass != "external" or i % 4 == 0 else \
+            f"api{i}.eu-west-{i % 3}.iot-cloud-service-{i}.example.com"
+        port, proto, service = [(443, "tcp", "tls"), (53, "udp", "dns"), (80, "tcp", "http"),
+                                (1900, "udp", "ssdp"), (8883, "tcp", "")][i % 5]
+        for j in range(1 + i % 3):
+            size = int(rng.integers(60, 200_000))
+            rows.append({"uid": f"synthetic.pcap#{len(rows) + 1}", "capture": "synthetic.pcap",
+                         "ts": 1.7e9 + i * 0.7 + j * 0.2, "duration": 0.4, "proto": proto,
+                         "service": service, "orig_h": device, "orig_p": 40000 + i,
+                         "resp_h": address, "resp_p": port + j, "orig_pkts": 3,
+                         "orig_bytes": size // 3, "orig_frame_bytes": size // 2,
+                         "resp_pkts": 2, "resp_bytes": size // 4, "resp_frame_bytes": size // 2,
+                         "device_side": "orig", "remote_h": address, "remote_name": name,
+                         "remote_class": klass, "orig_mac": PLUG_MAC,
+                         "resp_mac": "c0:56:27:73:46:0b"})
+    return pd.DataFrame(rows)
+
+
+def _label_boxes(figure):
+    """Each endpoint label as the four corners of its (rotated) text box, in pixels."""
+    renderer = figure.canvas.get_renderer()
+    boxes = []
+    for text in figure.findobj(lambda a: isinstance(a, Text) and a.get_label() == "endpoint-label"):
+        if text.get_rotation() == 0:   # (horizontal, maybe several lines)
+            box = text.get_window_extent(renderer)
+            boxes.append(np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1],
+                                   [box.x0, box.y1]]))
+            continue
+        angle = math.radians(text.get_rotation())
+        text.set_rotation(0)
+        extent = text.get_window_extent(renderer)
+        text.set_rotation(math.degrees(angle))
+        width, height = extent.width, extent.height
+        ax, ay = text.get_transform().transform(text.get_position())
+        ha = text.get_horizontalalignment()
+        x0 = {"left": 0, "center": -width / 2, "right": -width}[ha]
+        corners = np.array([[x0, -height / 2], [x0 + width, -height / 2],
+                            [x0 + width, height / 2], [x0, height / 2]])
+        rotation = np.array([[math.cos(angle), -math.sin(angle)],
+                             [math.sin(angle), math.cos(angle)]])
+        boxes.append(corners @ rotation.T + [ax, ay])
+    return boxes
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Separating axis test for two convex quadrilaterals."""
+    for polygon in (a, b):
+        for k in range(4):
+            edge = polygon[(k + 1) % 4] - polygon[k]
+            axis = np.array([-edge[1], edge[0]])
+            pa, pb = a @ axis, b @ axis
+            if pa.max() <= pb.min() or pb.max() <= pa.min():
+                return False
+    return True
+
+
+@pytest.mark.parametrize("n", [3, 12, 50, 80])
+def test_endpoint_labels_do_not_overlap_and_stay_in_the_picture(n):
+    flows = _synthetic_flows(n)
+    device = traffic_report.Device(ip=PLUG_IP, mac=PLUG_MAC, name="TpLinkPlug")
+    ends = traffic_report.endpoints(traffic_report.device_flows(flows, device))
+    assert len(ends) == n
+    figure = traffic_report.endpoint_map_figure(ends, device)
+    figure.canvas.draw()
+    boxes = _label_boxes(figure)
+    assert len(boxes) == n
+    clashes = [(i, j) for i in range(n) for j in range(i + 1, n) if _overlap(boxes[i], boxes[j])]
+    assert clashes == []
+    width, height = figure.get_size_inches() * figure.dpi
+    for box in boxes:   # inside the canvas, so nothing is cut off even before tight saving
+        assert box[:, 0].min() >= 0 and box[:, 0].max() <= width
+        assert box[:, 1].min() >= 0 and box[:, 1].max() <= height
+
+
+def test_fifty_endpoints_through_the_command(tmp_path):
+    csvio.write_table(_synthetic_flows(50), FLOWS, tmp_path / "fifty.flows.csv")
+    result = run_script("traffic-report.py", tmp_path / "fifty.flows.csv", "-o", tmp_path)
+    assert "50 remote parties" in result.stdout
+    assert_report_files(tmp_path, ["endpoint-map.png", "endpoint-map.svg", "timeline.png"])
+    assert "api47.eu-west-2.iot-cloud-service-47.example.com" in (tmp_path / "report.html").read_text()   # the table has all
+
+
+def test_more_parties_than_fit_are_folded_into_one_node():
+    flows = _synthetic_flows(120)
+    device = traffic_report.Device(ip=PLUG_IP, name="plug")
+    ends = traffic_report.endpoints(traffic_report.device_flows(flows, device))
+    folded = traffic_report._fold_small(ends, traffic_report.MAX_MAP_NODES)
+    assert len(folded) == traffic_report.MAX_MAP_NODES
+    assert folded["bytes"].sum() == ends["bytes"].sum()
+    assert folded["remote"].iloc[-1].startswith(f"{120 - traffic_report.MAX_MAP_NODES + 1} more")
+
+
+# --- time bins ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("longest, width", [(27.0, 1.0), (4.0, 0.1), (0.16, 0.001),
+                                            (0.0, 0.001), (86400.0, 60.0)])
+def test_bin_width_fits_real_and_fake_timing(longest, width):
+    # The public event captures have fake 1 ms spacing (a recording lasts 0.16 s); the
+    # TP-Link ones in data/ real time (about 27 s).
+    assert traffic_report.bin_width(longest) == width
+
+
+def test_flow_bytes_are_spread_over_the_bins_they_cover():
+    flows = pd.DataFrame({"capture": ["c", "c"], "ts": [100.0, 102.5], "duration": [1.99, 0.0],
+                          "side": ["orig", "resp"], "orig_frame_bytes": [200, 30],
+                          "resp_frame_bytes": [100, 70]})
+    bins = traffic_report._spread_flows(flows, pd.Series({"c": 100.0}), 1.0)
+    by_bin = bins.set_index("bin")
+    assert by_bin.loc[0, "sent"] == pytest.approx(100) and by_bin.loc[1, "sent"] == pytest.approx(100)
+    assert by_bin.loc[2, "sent"] == pytest.approx(70) and by_bin.loc[2, "received"] == pytest.approx(30)
+    assert bins["sent"].sum() == pytest.approx(270) and bins["received"].sum() == pytest.approx(130)
