@@ -153,9 +153,14 @@ def _describe_remote(f: pd.DataFrame, remote_h: np.ndarray) -> None:
     f.loc[other, "remote_name"] = ""
 
 
+def canonical_set(value: str) -> str:
+    """A set-valued field in one spelling: 'request;reply' and 'reply;request' -> 'reply;request'."""
+    return ";".join(sorted(set(str(value).split(";")) - {""}))
+
+
 def _canonical_sets(values: pd.Series) -> pd.Series:
     codes, uniques = pd.factorize(values)
-    spelled = [";".join(sorted(set(u.split(";")) - {""})) for u in uniques]
+    spelled = [canonical_set(u) for u in uniques]
     return pd.Series(pd.Index(spelled, dtype=object)[codes] if len(uniques) else values,
                      index=values.index, dtype=object)
 

@@ -1,0 +1,175 @@
+"""event-detector: signature CSVs + captures (or flows CSVs) -> detections CSV."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .. import csvio, detector, flows, tshark
+from ..cli import Command, ensure_output_dir
+from ..errors import InputError, ToolError
+from ..schema import DETECTIONS
+from .packet_translator import translate_captures
+from .stream_identifier import flows_path, identify_streams
+
+OUTPUT_NAME = "detections.csv"
+
+
+class EventDetector(Command):
+    prog = "event-detector.py"
+    description = (
+        "Find the events of one or more signatures (signature-extractor's signature.csv) "
+        "in captures. Each argument is recognised by its content: a signature CSV, a "
+        "pcap/pcapng capture (translated into OUTPUT_DIR/<capture>.packets.csv and "
+        ".flows.csv first), a flows CSV or a packets CSV.\n"
+        "A flow matches a pattern when its fingerprint is the pattern's (the remote domain "
+        "taken from the capture's own DNS answers) and its packet and byte counts are within "
+        "the learned ranges widened by --tolerance. Matched flows are grouped into "
+        "occurrence windows, scored by the share of the signature's event patterns they "
+        "hold; where occurrences of several events of one device overlap, the more complete "
+        "explanation wins.\n"
+        f"Writes OUTPUT_DIR/{OUTPUT_NAME} and prints one summary line per capture.")
+    epilog = ("example: event-detector.py toggle/signature.csv boot/signature.csv "
+              "new-capture.pcap -o detections/")
+
+    def add_arguments(self, parser):
+        parser.add_argument("inputs", nargs="+", type=Path, metavar="SIGNATURE_CSV|PCAP|FLOWS_CSV",
+                            help="signature CSVs, then captures or flows CSVs (any order)")
+        parser.add_argument("--window", type=_positive, metavar="S",
+                            help="longest occurrence, in seconds (default: per signature, "
+                            f"{detector.WINDOW_FACTOR:g} times the learned event span, at least "
+                            f"{detector.MIN_WINDOW:g} s)")
+        parser.add_argument("--tolerance", type=_non_negative, default=detector.DEFAULT_TOLERANCE,
+                            metavar="FRACTION", help="widen the learned packet and byte count "
+                            "ranges by this share (default: %(default)s)")
+        parser.add_argument("--min-score", type=_score, default=detector.DEFAULT_MIN_SCORE,
+                            metavar="FRACTION", help="share of the event patterns an occurrence "
+                            "needs to be reported (default: %(default)s)")
+        parser.add_argument("--strict-order", action="store_true",
+                            help="count patterns seen out of the signature's order as missing")
+        parser.add_argument("--idle-timeout", type=_positive, default=flows.DEFAULT_IDLE_TIMEOUT,
+                            metavar="S", help="flow idle timeout for captures (default: "
+                            "%(default)s, as main.py)")
+        parser.add_argument("--max-duration", type=_positive, default=flows.DEFAULT_MAX_DURATION,
+                            metavar="S", help="flow maximum duration for captures (default: "
+                            "%(default)s)")
+        parser.add_argument("-j", "--jobs", type=int, default=0,
+                            help="captures translated at once (default: one per core)")
+
+    def run(self, args):
+        started = time.monotonic()
+        kinds = {"signature": [], "capture": [], "flows": [], "packets": []}
+        for path in args.inputs:
+            kinds[detector.classify(path)].append(path)
+        if not kinds["signature"]:
+            raise ToolError("no signature CSV among the arguments (a CSV with a "
+                            "signature_version column, as signature-extractor writes)")
+        inputs = kinds["capture"] + kinds["flows"] + kinds["packets"]
+        if not inputs:
+            raise ToolError("no capture or flows CSV among the arguments: nothing to search")
+        signatures = []
+        for path in kinds["signature"]:
+            for signature in detector.read_signatures(path, args.tolerance):
+                if not signature.patterns:
+                    self.warn(f"{path}: event {signature.event!r} has no event pattern "
+                              "(all background): it cannot be detected")
+                    continue
+                signatures.append(signature)
+        if not signatures:
+            raise ToolError("none of the signatures has an event pattern")
+        _check_names(inputs)
+        output_dir = ensure_output_dir(args.output_dir)
+        sources, failed = self.flow_files(kinds, output_dir, signatures, args)
+
+        options = detector.DetectOptions(args.min_score, args.window, args.strict_order)
+        found = []
+        for name, flows_csv in sources:
+            try:
+                table = detector.read_flows(flows_csv)
+            except InputError as e:
+                self.error(str(e))
+                failed.append(name)
+                continue
+            occurrences = detector.detect(table, name, signatures, options)
+            found += occurrences
+            self.say(detector.summary_line(name, occurrences))
+        output = output_dir / OUTPUT_NAME
+        csvio.write_table(detector.detections_frame(found), DETECTIONS, output)
+        detected = sum(o.status == "detected" for o in found)
+        self.say(f"wrote {output}")
+        self.say(f"event-detector: {detected} detection(s) of {len(signatures)} event "
+                 f"signature(s) in {len(sources)} capture(s) in {time.monotonic() - started:.1f} s"
+                 + (f"; {len(failed)} input(s) failed" if failed else ""))
+        return 1 if failed else 0
+
+    def flow_files(self, kinds, output_dir, signatures, args):
+        """(name, flows CSV) per input, in the order given; pcaps and packets CSVs go
+        through packet-translator and stream-identifier first."""
+        failed = []
+        options = flows.FlowOptions(args.idle_timeout, args.max_duration,
+                                    tuple(dict.fromkeys(s.device_ip for s in signatures)))
+        packet_files = {}
+        if kinds["capture"]:
+            tshark.tshark_path()
+            written, bad = translate_captures(self, kinds["capture"], output_dir, jobs=args.jobs)
+            failed += bad
+            packet_files.update({Path(t.capture): t.output for t in written})
+        for path in kinds["packets"]:
+            packet_files[path] = path
+        if packet_files:
+            _, bad = identify_streams(self, list(packet_files.values()), output_dir, options)
+            failed += bad
+        sources = []
+        for path in kinds["capture"] + kinds["packets"]:
+            if path in packet_files:
+                output = flows_path(packet_files[path], output_dir)
+                if output.exists() and packet_files[path] not in failed:
+                    sources.append((Path(path).name, output))
+        sources += [(Path(p).name, p) for p in kinds["flows"]]
+        order = {Path(p).name: i for i, p in enumerate(kinds["capture"] + kinds["flows"]
+                                                         + kinds["packets"])}
+        return sorted(sources, key=lambda s: order.get(s[0], 0)), failed
+
+
+def _check_names(paths) -> None:
+    """Each capture's CSVs and detections are named after its file: two inputs with one
+    name would overwrite each other."""
+    seen = {}
+    for path in paths:
+        seen.setdefault(Path(path).name, []).append(str(path))
+    for name, same in seen.items():
+        if len(same) > 1:
+            raise ToolError(f"{len(same)} inputs are named {name} ({', '.join(same)}): "
+                            "give each capture a file name of its own")
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _score(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 1")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value

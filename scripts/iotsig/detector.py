@@ -1,0 +1,503 @@
+"""Find learned events in captures: signature CSVs + flows -> occurrences (detections).
+
+A capture's flows are fingerprinted the way signature-extractor fingerprints its training
+recordings (signature.device_flows and signature.fingerprints: one definition of a
+fingerprint). A flow matches a pattern when its fingerprint is the pattern's (device side,
+L4 protocol, fixed server port, application fields, and the remote party: the domain the
+capture's own DNS answers gave its address, else the class or the address the pattern
+names) and its packet and byte counts lie within the pattern's learned ranges widened by a
+tolerance. Matched flows are grouped into occurrence windows; an occurrence's score is the
+share of the signature's event patterns it contains. Where occurrences of several
+signatures of one device overlap, the one that accounts for the others' flows and for
+more besides (a boot that also does what a toggle does) wins; the others are kept in the
+output, marked as explained by it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import csvio, signature as sig
+from .errors import InputError
+from .schema import DETECTIONS, FLOWS
+from .tshark import CAPTURE_MAGICS
+
+DEFAULT_TOLERANCE = 0.5      # counts may be 50% below the learned minimum / above the maximum
+DEFAULT_MIN_SCORE = 0.75     # share of the event patterns an occurrence needs
+MIN_WINDOW = 10.0            # seconds: the shortest automatic occurrence window
+WINDOW_FACTOR = 3.0          # automatic window: this many times the learned event span
+COUNT_METRICS = ["orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes"]
+# The fingerprint but its remote party (matched on its own: by name, class or address).
+KEY_COLUMNS = [c for c in sig.FINGERPRINT if c != "remote"]
+PORT = KEY_COLUMNS.index("server_port")
+FLOW_EXTRAS = ["capture", "first_frame", "last_frame", "remote_h"]
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs: what each argument is, by content
+# ---------------------------------------------------------------------------------------
+
+def classify(path: Path) -> str:
+    """'capture', 'signature', 'flows' or 'packets', from the file's first bytes / header."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, not a capture or CSV file") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from None
+    if not head:
+        raise InputError(path, "empty file: not a capture, signature CSV or flows CSV")
+    if head[:4] in CAPTURE_MAGICS:
+        return "capture"
+    first_line = head.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip()
+    columns = {c.strip().strip('"') for c in first_line.split(",")}
+    if "signature_version" in columns:
+        return "signature"
+    if {"uid", "orig_h"} <= columns:
+        return "flows"
+    if {"frame_number", "ip_src"} <= columns:
+        return "packets"
+    raise InputError(path, "not a pcap/pcapng capture (unknown file header "
+                           f"{head[:4].hex()}), nor a signature CSV (no signature_version "
+                           "column), nor a flows CSV (no uid and orig_h columns)")
+
+
+# ---------------------------------------------------------------------------------------
+# Signatures
+# ---------------------------------------------------------------------------------------
+
+def canonical(value) -> str:
+    """A set-valued field in one spelling, as signature.fingerprints writes it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return sig.canonical_set(value)
+
+
+def _port(value) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return -1
+    return -1 if math.isnan(number) else int(number)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    name: str
+    order: int
+    role: str
+    key: tuple                  # the KEY_COLUMNS: side, proto, server port, app fields
+    remote: str
+    remote_kind: str
+    remote_addrs: frozenset
+    ranges: tuple               # ((metric, low, high), ...): NaN bounds are no bound
+    flows_max: int
+    start_offset: float
+
+    @property
+    def general(self) -> bool:
+        return self.remote_kind == "class" and self.remote in sig.GENERALISABLE
+
+    def remote_matches(self, remote: str, remote_general: str, remote_kind: str,
+                       remote_h: str) -> bool:
+        if self.general:
+            return remote_general == self.remote
+        if remote == self.remote:
+            return True
+        # A domain the capture never resolved (its DNS answer came before the capture
+        # started): the addresses the domain had in the training recordings still tell.
+        return self.remote_kind == "domain" and remote_kind != "domain" \
+            and remote_h in self.remote_addrs
+
+    def counts_match(self, values: dict) -> bool:
+        for metric, low, high in self.ranges:
+            value = values[metric]
+            if value != value:  # NaN: the flow does not say
+                continue
+            if (low == low and value < low) or (high == high and value > high):
+                return False
+        return True
+
+
+@dataclass
+class EventSignature:
+    source: str
+    event: str
+    device_name: str
+    device_ip: str
+    patterns: list[Pattern]          # event patterns, in event order
+    background: list[Pattern]
+    span: float                      # learned seconds from the first to the last event flow
+
+    @property
+    def label(self) -> str:
+        return f"{self.device_name}/{self.event}"
+
+    def window(self, override: float | None) -> float:
+        if override:
+            return override
+        return max(MIN_WINDOW, WINDOW_FACTOR * self.span)
+
+    def fingerprints(self) -> set[tuple]:
+        return {(p.key, p.remote, p.remote_kind) for p in self.patterns + self.background}
+
+
+def read_signatures(path: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[EventSignature]:
+    """The signatures in one signature CSV (one per event and device it holds). Refuses a
+    file with missing columns or another format version, naming the problem."""
+    frame = sig.read_signature_csv(path)  # checks every column and the version
+    if frame.empty:
+        raise InputError(path, "signature CSV without any pattern")
+    signatures = []
+    groups = frame.groupby(["event", "device_name", "device_ip"], sort=False, dropna=False)
+    for (event, device_name, device_ip), rows in groups:
+        if not str(device_ip).strip():
+            raise InputError(path, f"event {event!r}: empty device_ip: the detector cannot "
+                                   "tell which flows are the device's")
+        patterns = [_pattern(row, tolerance) for row in rows.itertuples(index=False)]
+        events = sorted((p for p in patterns if p.role == "event"), key=lambda p: p.order)
+        background = [p for p in patterns if p.role != "event"]
+        event_rows = rows[rows["role"] == "event"]
+        ends = (pd.to_numeric(event_rows["start_offset_median"], errors="coerce").fillna(0)
+                + pd.to_numeric(event_rows["duration_max"], errors="coerce").fillna(0))
+        starts = pd.to_numeric(event_rows["start_offset_median"], errors="coerce").fillna(0)
+        span = float(ends.max() - starts.min()) if len(event_rows) else 0.0
+        signatures.append(EventSignature(str(path), str(event), str(device_name),
+                                         str(device_ip).strip(), events, background,
+                                         max(span, 0.0)))
+    return signatures
+
+
+def _key(values: dict) -> tuple:
+    """A pattern's or a fingerprinted flow's KEY_COLUMNS, spelled one way."""
+    return tuple(_port(values[c]) if c == "server_port" else
+                 canonical(values[c]) if c in sig.FINGERPRINT_FIELDS else
+                 ("" if values[c] != values[c] else str(values[c])) for c in KEY_COLUMNS)
+
+
+def _pattern(row, tolerance: float) -> Pattern:
+    values = row._asdict()
+    key = _key(values)
+    ranges = []
+    for metric in COUNT_METRICS:
+        low, high = values[f"{metric}_min"], values[f"{metric}_max"]
+        ranges.append((metric, low * (1 - tolerance) if low == low else low,
+                       high * (1 + tolerance) if high == high else high))
+    flows_max = values["flows_max"]
+    addresses = frozenset(a for a in str(values["remote_addrs"] or "").split(";") if a)
+    offset = values["start_offset_median"]
+    return Pattern(str(values["pattern"]), _port(values["order"]), str(values["role"]), key,
+                   str(values["remote"]), str(values["remote_kind"]), addresses, tuple(ranges),
+                   int(flows_max) if flows_max == flows_max and flows_max >= 1 else 1,
+                   float(offset) if offset == offset else 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Flows of a capture, seen from one device
+# ---------------------------------------------------------------------------------------
+
+def read_flows(path: Path) -> pd.DataFrame:
+    """A flows CSV: the columns a fingerprint needs (named when missing), and the frame
+    numbers and remote address where the file has them."""
+    return csvio.read_table(path, FLOWS, required=sig.REQUIRED,
+                            columns=sig.REQUIRED + FLOW_EXTRAS)
+
+
+def device_view(flows: pd.DataFrame, capture: str, device_ip: str) -> pd.DataFrame:
+    """The capture's flows that involve the device, fingerprinted as in training."""
+    mine = sig.device_flows(sig.Recording(capture, flows), device_ip, None)
+    if mine.empty:
+        return mine
+    view = sig.fingerprints(mine)
+    view["end"] = view["ts"] + view["duration"].fillna(0)
+    for column in ("first_frame", "last_frame"):
+        if column not in view:
+            view[column] = np.nan
+    if "uid" not in view:
+        view["uid"] = [f"{capture}:{i}" for i in range(len(view))]
+    return view
+
+
+# ---------------------------------------------------------------------------------------
+# Occurrences
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class DetectOptions:
+    # (the count tolerance is applied when reading the signatures: read_signatures)
+    min_score: float = DEFAULT_MIN_SCORE
+    window: float | None = None     # seconds; None: from each signature's learned span
+    strict_order: bool = False      # count patterns seen out of order as missing
+
+
+@dataclass
+class Occurrence:
+    capture: str
+    signature: EventSignature
+    flows: dict = field(default_factory=dict)   # pattern name -> [view row positions]
+    matched: list = field(default_factory=list)   # pattern names, in the order seen
+    out_of_order: list = field(default_factory=list)
+    start: float = math.nan
+    end: float = math.nan
+    first_frame: float = math.nan
+    last_frame: float = math.nan
+    uids: list = field(default_factory=list)
+    pattern_uids: dict = field(default_factory=dict)   # pattern name -> [flow uids]
+    status: str = "detected"
+    explained_by: str = ""
+    strict: bool = False
+
+    @property
+    def total(self) -> int:
+        return len(self.signature.patterns)
+
+    @property
+    def counted(self) -> list:
+        """The matched patterns that count towards the score."""
+        if self.strict:
+            return [m for m in self.matched if m not in self.out_of_order]
+        return self.matched
+
+    @property
+    def score(self) -> float:
+        return len(self.counted) / self.total if self.total else 0.0
+
+    @property
+    def missing(self) -> list:
+        counted = set(self.counted)
+        return [p.name for p in self.signature.patterns if p.name not in counted]
+
+    def rank(self) -> tuple:
+        """More complete first, then more evidence, then the more specific signature."""
+        return (round(self.score, 9), len(self.counted), self.total,
+                -len(self.out_of_order))
+
+
+def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
+    """For each flow of the view, the index of the pattern it matches, or -1. Where
+    several would match, the one naming the remote most precisely wins."""
+    result = np.full(len(view), -1, dtype=np.int64)
+    if view.empty or not patterns:
+        return result
+    by_key: dict[tuple, list[int]] = {}
+    for number, pattern in enumerate(patterns):
+        by_key.setdefault(pattern.key, []).append(number)
+    for numbers in by_key.values():  # specific remotes before classes
+        numbers.sort(key=lambda n: patterns[n].general)
+    keys = view[KEY_COLUMNS].astype(object).to_numpy()
+    remotes = view[["remote", "remote_general", "remote_kind", "remote_h"]].astype(str).to_numpy()
+    counts = {m: pd.to_numeric(view[m], errors="coerce").to_numpy(dtype=float)
+              for m in COUNT_METRICS}
+    for row in range(len(view)):
+        key = list(keys[row])  # (fingerprints() already spelled the sets canonically)
+        key[PORT] = int(key[PORT])
+        candidates = by_key.get(tuple(key))
+        if not candidates:
+            continue
+        values = {m: counts[m][row] for m in COUNT_METRICS}
+        for number in candidates:
+            pattern = patterns[number]
+            if pattern.remote_matches(*remotes[row]) and pattern.counts_match(values):
+                result[row] = number
+                break
+    return result
+
+
+def find_occurrences(view: pd.DataFrame, signature: EventSignature, capture: str,
+                     options: DetectOptions) -> list[Occurrence]:
+    """Group the flows matching the signature's event patterns into occurrences: an
+    occurrence spans at most the window from its first flow, and the pattern it opened
+    with, seen more often than in any training recording, opens the next one (the event
+    starting again: with compressed timestamps two events can fall in one window; other
+    patterns may repeat, as retries do)."""
+    if view.empty or not signature.patterns:
+        return []
+    matches = match_flows(view, signature.patterns)
+    rows = np.flatnonzero(matches >= 0)
+    if not len(rows):
+        return []
+    order = np.lexsort((view["first_frame"].to_numpy(dtype=float)[rows],
+                        view["ts"].to_numpy(dtype=float)[rows]))
+    rows = rows[order]
+    window = signature.window(options.window)
+    ts = view["ts"].to_numpy(dtype=float)
+    occurrences, current, anchor, opened = [], None, None, 0.0
+    for row in rows:
+        pattern = signature.patterns[matches[row]]
+        restart = pattern is anchor and len(current.flows[pattern.name]) >= pattern.flows_max
+        if current is None or ts[row] - opened > window or restart:
+            current = Occurrence(capture, signature, strict=options.strict_order)
+            occurrences.append(current)
+            anchor, opened = pattern, ts[row]
+        current.flows.setdefault(pattern.name, []).append(row)
+    for occurrence in occurrences:
+        _describe(occurrence, view)
+    return occurrences
+
+
+def _describe(occurrence: Occurrence, view: pd.DataFrame) -> None:
+    rows = [r for rs in occurrence.flows.values() for r in rs]
+    part = view.iloc[sorted(rows)]
+    occurrence.start = float(part["ts"].min())
+    occurrence.end = float(part["end"].max())
+    occurrence.first_frame = float(part["first_frame"].min())
+    occurrence.last_frame = float(part["last_frame"].max())
+    occurrence.uids = part.sort_values(["ts", "first_frame"])["uid"].astype(str).tolist()
+    uids = view["uid"].astype(str).to_numpy()
+    occurrence.pattern_uids = {name: [uids[r] for r in rs] for name, rs in occurrence.flows.items()}
+    first_seen = sorted(occurrence.flows, key=lambda n: (
+        view["ts"].iat[occurrence.flows[n][0]], view["first_frame"].iat[occurrence.flows[n][0]]))
+    occurrence.matched = first_seen
+    positions = {p.name: p.order for p in occurrence.signature.patterns}
+    occurrence.out_of_order = out_of_order(first_seen, positions)
+
+
+def out_of_order(seen: list[str], positions: dict) -> list[str]:
+    """The fewest patterns to leave out for the rest to appear in the signature's order
+    (the complement of a longest increasing subsequence)."""
+    sequence = [positions[name] for name in seen]
+    tails, tail_index, previous = [], [], [-1] * len(sequence)
+    for i, value in enumerate(sequence):
+        k = bisect.bisect_left(tails, value)
+        if k == len(tails):
+            tails.append(value)
+            tail_index.append(i)
+        else:
+            tails[k] = value
+            tail_index[k] = i
+        previous[i] = tail_index[k - 1] if k else -1
+    keep, i = set(), tail_index[-1] if tail_index else -1
+    while i >= 0:
+        keep.add(i)
+        i = previous[i]
+    return [name for i, name in enumerate(seen) if i not in keep]
+
+
+def resolve(occurrences: list[Occurrence]) -> None:
+    """Among overlapping occurrences of one device's signatures, keep the best
+    explanation. An occurrence is explained by an overlapping one that accounts for all
+    its flows (each is a flow the other matched, or one whose fingerprint the other
+    signature knows, as an event or a background pattern: it brings no evidence of its
+    own) and accounts for more flows, or as many with a better rank (score, patterns)."""
+    ranked = sorted(occurrences, key=lambda o: (len(o.uids), o.rank()), reverse=True)
+    accepted: list[Occurrence] = []
+    for occurrence in ranked:
+        for better in accepted:
+            if better.signature.device_ip != occurrence.signature.device_ip \
+                    or better.signature is occurrence.signature:
+                continue
+            larger = len(better.uids) > len(occurrence.uids) or (
+                len(better.uids) == len(occurrence.uids) and better.rank() > occurrence.rank())
+            if larger and _overlap(occurrence, better) and _explains(better, occurrence):
+                occurrence.status = "explained"
+                occurrence.explained_by = better.signature.event
+                break
+        else:
+            accepted.append(occurrence)
+
+
+def _overlap(a: Occurrence, b: Occurrence) -> bool:
+    if set(a.uids) & set(b.uids):
+        return True
+    return a.start <= b.end and b.start <= a.end
+
+
+def _explains(better: Occurrence, other: Occurrence) -> bool:
+    claimed = set(better.uids)
+    known = better.signature.fingerprints()
+    patterns = {p.name: p for p in other.signature.patterns}
+    for name in other.matched:
+        pattern = patterns[name]
+        if (pattern.key, pattern.remote, pattern.remote_kind) in known:
+            continue
+        if set(other.pattern_uids[name]) <= claimed:
+            continue
+        return False
+    return True
+
+
+def detect(flows: pd.DataFrame, capture: str, signatures: list[EventSignature],
+           options: DetectOptions | None = None, timings: dict | None = None
+           ) -> list[Occurrence]:
+    """Every occurrence scoring at least options.min_score, explained ones marked.
+    timings: if given, seconds spent per signature label are added to it (the device's
+    fingerprinted view counted for each signature that uses it: as if run alone)."""
+    options = options or DetectOptions()
+    views: dict[str, tuple[pd.DataFrame, float]] = {}
+    found = []
+    for signature in signatures:
+        started = time.perf_counter()
+        if signature.device_ip not in views:
+            view = device_view(flows, capture, signature.device_ip)
+            views[signature.device_ip] = (view, time.perf_counter() - started)
+            started = time.perf_counter()
+        view, view_seconds = views[signature.device_ip]
+        for occurrence in find_occurrences(view, signature, capture, options):
+            if occurrence.score >= options.min_score - 1e-9:
+                found.append(occurrence)
+        if timings is not None:
+            timings[signature.label] = (timings.get(signature.label, 0.0) + view_seconds
+                                        + time.perf_counter() - started)
+    resolve(found)
+    return sorted(found, key=lambda o: (o.start, o.signature.event))
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------
+
+def utc(ts: float) -> str:
+    if ts != ts:
+        return ""
+    micros = np.array([round(ts * 1e6)], dtype="int64").astype("datetime64[us]")
+    return str(np.datetime_as_string(micros, unit="ms")[0]) + "Z"
+
+
+def detections_frame(occurrences: list[Occurrence]) -> pd.DataFrame:
+    rows = []
+    for o in occurrences:
+        s = o.signature
+        rows.append({
+            "capture": o.capture, "event": s.event, "device_name": s.device_name,
+            "device_ip": s.device_ip, "start": round(o.start, 6), "end": round(o.end, 6),
+            "start_utc": utc(o.start), "first_frame": o.first_frame, "last_frame": o.last_frame,
+            "score": round(o.score, 4), "patterns_matched": len(o.counted),
+            "patterns_total": o.total, "matched_patterns": ";".join(o.counted),
+            "missing_patterns": ";".join(o.missing),
+            "out_of_order": ";".join(o.out_of_order), "flows": ";".join(o.uids),
+            "status": o.status, "explained_by": o.explained_by, "signature": s.source})
+    if not rows:
+        return csvio.empty_frame(DETECTIONS)
+    return pd.DataFrame(rows, columns=DETECTIONS.names)
+
+
+def summary_line(capture: str, occurrences: list[Occurrence]) -> str:
+    detected = [o for o in occurrences if o.status == "detected"]
+    explained = [o for o in occurrences if o.status != "detected"]
+    if not detected:
+        text = f"{capture}: no event detected"
+    else:
+        parts = [f"{o.signature.event} at {utc(o.start)} (frames {_frames(o)}, score "
+                 f"{o.score:.2f}, {len(o.counted)}/{o.total} patterns)" for o in detected]
+        text = f"{capture}: {len(detected)} detection(s): " + "; ".join(parts)
+    if explained:
+        text += "; explained by a better match: " + ", ".join(
+            f"{o.signature.event} (by {o.explained_by})" for o in explained)
+    return text
+
+
+def _frames(o: Occurrence) -> str:
+    if o.first_frame != o.first_frame:
+        return "?"
+    return f"{int(o.first_frame)}-{int(o.last_frame)}"

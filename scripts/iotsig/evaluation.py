@@ -1,0 +1,456 @@
+"""How well do signatures find their event again? Learn on a share of the recordings, detect
+on the rest, count.
+
+EVENTS_DIR is laid out DEVICE/EVENT/*.pcap (one capture per recording of the event) and a
+device table (name -> ipv4) says which address is each device. For each device and event:
+  - a reproducible training share of the event's recordings (seeded by --seed, the device
+    and the event) is learned into a signature, with the training recordings of the same
+    device's other events as the baseline: a flow the device also makes in another event
+    is not evidence of this one (boot traffic contains much of toggle traffic);
+  - the detector runs with every learned signature at once, as a user would, on the
+    held-out recordings;
+  - positives: the event's held-out recordings; negatives: the held-out recordings of the
+    device's other events, and every recording of the other devices (none of which the
+    signature saw). A capture counts as a detection of the event when the detector
+    reports it there with status "detected".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import csvio, detector, flows, packets, report, signature as sig
+from .errors import InputError
+from .parallel import run_parallel
+from .schema import EVALUATION, FLOWS, PACKETS
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+BASELINES = ("other-events", "none")
+
+
+@dataclass
+class Capture:
+    device: str
+    event: str
+    path: Path
+    train: bool = False
+    flows_csv: Path | None = None
+    flows: pd.DataFrame | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.device}/{self.event}/{self.path.name}"
+
+    @property
+    def recording(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class EventResult:
+    device: str
+    event: str
+    captures: list
+    signature: sig.Signature | None = None
+    event_signature: detector.EventSignature | None = None
+    signature_csv: Path | None = None
+    learn_seconds: float = 0.0
+    detect_seconds: float = 0.0
+    tp: list = field(default_factory=list)
+    fp: list = field(default_factory=list)
+    tn: list = field(default_factory=list)
+    fn: list = field(default_factory=list)
+    comparison: list = field(default_factory=list)
+
+    @property
+    def train(self):
+        return [c for c in self.captures if c.train]
+
+    @property
+    def test(self):
+        return [c for c in self.captures if not c.train]
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------
+
+def read_devices(path: Path) -> dict[str, str]:
+    """name -> IPv4 address, from a YAML mapping of device name -> {ipv4: ...}."""
+    import ipaddress
+    import yaml
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(path, f"not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(document, dict):
+        raise InputError(path, "not a device table (expected a mapping: name -> {ipv4: ...})")
+    devices = {}
+    for name, entry in document.items():
+        address = entry.get("ipv4") if isinstance(entry, dict) else None
+        if address is None:
+            continue
+        try:
+            devices[str(name)] = str(ipaddress.IPv4Address(str(address).strip()))
+        except ValueError:
+            raise InputError(path, f"device {name}: {address!r} is not an IPv4 address") from None
+    if not devices:
+        raise InputError(path, "no device with an ipv4 address")
+    return devices
+
+
+def discover(events_dir: Path) -> dict[tuple[str, str], list[Path]]:
+    """(device, event) -> its captures, from EVENTS_DIR/DEVICE/EVENT/*.pcap."""
+    events_dir = Path(events_dir)
+    if not events_dir.is_dir():
+        raise InputError(events_dir, "no such directory" if not events_dir.exists()
+                         else "not a directory")
+    found = {}
+    for device_dir in sorted(p for p in events_dir.iterdir() if p.is_dir()):
+        for event_dir in sorted(p for p in device_dir.iterdir() if p.is_dir()):
+            captures = sorted(p for p in event_dir.iterdir()
+                              if p.is_file() and p.name.lower().endswith(CAPTURE_SUFFIXES))
+            if captures:
+                found[(device_dir.name, event_dir.name)] = captures
+    if not found:
+        raise InputError(events_dir, "no DEVICE/EVENT/*.pcap captures in it")
+    return found
+
+
+def split(captures: list[Path], share: float, seed: int, device: str, event: str
+          ) -> tuple[list[Path], list[Path]]:
+    """A reproducible training share (at least one, and one left to test)."""
+    ordered = sorted(captures, key=lambda p: p.name)
+    shuffled = list(ordered)
+    random.Random(f"{seed}:{device}:{event}").shuffle(shuffled)
+    count = min(len(ordered) - 1, max(1, math.ceil(share * len(ordered) - 1e-9)))
+    train = set(shuffled[:count])
+    return [p for p in ordered if p in train], [p for p in ordered if p not in train]
+
+
+# ---------------------------------------------------------------------------------------
+# Translation: every capture once, on every core
+# ---------------------------------------------------------------------------------------
+
+def capture_to_flows(capture: Path, packets_csv: Path, flows_csv: Path, device_ip: str,
+                     on_packets=None) -> Path:
+    """packet-translator then stream-identifier for one capture, as main.py runs them
+    (the device's address given to both); in one worker process."""
+    packets.translate(capture, packets_csv, None, device_ip, on_packets=on_packets)
+    table = csvio.read_table(packets_csv, PACKETS, required=flows.REQUIRED,
+                             columns=flows.REQUIRED + flows.OPTIONAL, compact=True)
+    result = flows.build_flows(table, flows.FlowOptions(device_ips=(device_ip,)))
+    csvio.write_table(result, FLOWS, flows_csv)
+    return flows_csv
+
+
+def translate_all(captures: list[Capture], cache_dir: Path, devices: dict[str, str],
+                  jobs: int = 0, on_packets=None) -> list[tuple[Capture, Exception]]:
+    tasks, by_path = [], {}
+    for capture in captures:
+        folder = cache_dir / capture.device / capture.event
+        folder.mkdir(parents=True, exist_ok=True)
+        packets_csv = packets.output_path(capture.path, folder)
+        capture.flows_csv = folder / f"{capture.path.name}.flows.csv"
+        tasks.append((capture_to_flows, (capture.path, packets_csv, capture.flows_csv,
+                                         devices[capture.device])))
+        by_path[capture.path] = capture
+    failures = []
+    for path, result in run_parallel(tasks, jobs=jobs, on_progress=on_packets):
+        if isinstance(result, Exception):
+            failures.append((by_path[path], result))
+    return failures
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------
+
+def learn(result: EventResult, others_train: list[Capture], device_ip: str, support: float,
+          baseline_mode: str, output_dir: Path) -> None:
+    started = time.perf_counter()
+    recordings = [sig.Recording(c.recording, c.flows) for c in result.train]
+    baseline = None
+    if baseline_mode == "other-events" and others_train:
+        baseline = [sig.Recording(c.recording, c.flows) for c in others_train]
+    learned = sig.extract(recordings, result.device, device_ip, None, support, result.event,
+                          baseline)
+    folder = output_dir / "signatures" / result.device / result.event
+    folder.mkdir(parents=True, exist_ok=True)
+    result.signature_csv = folder / "signature.csv"
+    sig.write_signature_csv(learned, result.signature_csv)
+    csvio.write_text(folder / "pattern.txt", report.pattern_text(learned))
+    result.signature = learned
+    result.learn_seconds = time.perf_counter() - started
+
+
+def score(result: EventResult, captures: list[Capture], detected: dict[str, set]) -> None:
+    key = (result.device, result.event)
+    for capture in captures:
+        hit = key in detected.get(capture.name, set())
+        if capture.device == result.device and capture.event == result.event:
+            if capture.train:
+                continue
+            (result.tp if hit else result.fn).append(capture.name)
+        elif capture.device == result.device:
+            if capture.train:  # its baseline: not a fair negative
+                continue
+            (result.fp if hit else result.tn).append(capture.name)
+        else:
+            (result.fp if hit else result.tn).append(capture.name)
+
+
+def metrics(result: EventResult) -> dict:
+    tp, fp, tn, fn = (len(result.tp), len(result.fp), len(result.tn), len(result.fn))
+    precision = tp / (tp + fp) if tp + fp else math.nan
+    recall = tp / (tp + fn) if tp + fn else math.nan
+    f1 = (2 * precision * recall / (precision + recall)
+          if precision == precision and recall == recall and precision + recall else
+          (0.0 if tp + fn else math.nan))
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "precision": precision, "recall": recall,
+            "f1": f1}
+
+
+def table(results: list[EventResult], output_dir: Path) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        m = metrics(r)
+        patterns = r.event_signature.patterns if r.event_signature else []
+        rows.append({
+            "device": r.device, "event": r.event, "recordings": len(r.captures),
+            "train": len(r.train), "positives": m["tp"] + m["fn"],
+            "negatives": m["fp"] + m["tn"], "event_patterns": len(patterns),
+            "background_patterns": len(r.event_signature.background) if r.event_signature else 0,
+            **{k: m[k] for k in ("tp", "fp", "tn", "fn")},
+            **{k: round(m[k], 4) if m[k] == m[k] else math.nan
+               for k in ("precision", "recall", "f1")},
+            "seconds": round(r.learn_seconds + r.detect_seconds, 3),
+            "signature": ";".join(p.name for p in patterns),
+            "signature_csv": str(r.signature_csv.relative_to(output_dir)) if r.signature_csv else ""})
+    return pd.DataFrame(rows, columns=EVALUATION.names)
+
+
+# ---------------------------------------------------------------------------------------
+# The published analysis (expected-tree.json): which flows its authors found
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class PaperFlow:
+    key: str
+    proto: str
+    src: str
+    dst: str
+    port: int | None
+    dns_name: str = ""
+    dns_type: str = ""
+    http_method: str = ""
+    http_uri: str = ""
+    dns_response: bool = False
+
+    @property
+    def device_involved(self) -> bool:
+        return "self" in (self.src, self.dst)
+
+    @property
+    def remote(self) -> str:
+        return self.dst if self.src == "self" else self.src
+
+    def describe(self) -> str:
+        ends = f"{self.src} -> {self.dst}".replace("self", "device")
+        text = f"{self.proto.upper()}{'/' + str(self.port) if self.port else ''} {ends}"
+        if self.dns_name:
+            text += f" DNS {self.dns_name}" + (f" {self.dns_type}" if self.dns_type else "")
+        if self.http_method:
+            text += f" HTTP {self.http_method} {self.http_uri}"
+        return text
+
+
+def paper_flows(path: Path) -> list[PaperFlow]:
+    """The root's children of a published event tree: the flows of the event's signature."""
+    try:
+        tree = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"not a readable event tree ({e})") from None
+    found = []
+    for child in tree.get("0_root", {}).get("children", []):
+        for key, node in child.items():
+            data = node.get("data") or [None, []]
+            for policy in data[1] if len(data) > 1 else []:
+                found.append(_paper_flow(key, policy.get("protocols", {})))
+    return found
+
+
+def _paper_flow(key: str, protocols: dict) -> PaperFlow:
+    ip = protocols.get("ipv4") or protocols.get("ipv6") or {}
+    proto = next((p for p in ("tcp", "udp") if p in protocols), "")
+    ports = protocols.get(proto, {}) if proto else {}
+    port = ports.get("dst-port", ports.get("src-port"))
+    flow = PaperFlow(key, proto, str(ip.get("src", "")), str(ip.get("dst", "")),
+                     int(port) if port is not None else None)
+    dns = protocols.get("dns") or protocols.get("mdns") or {}
+    flow.dns_name, flow.dns_type = str(dns.get("domain-name", "")), str(dns.get("qtype", ""))
+    flow.dns_response = bool(dns.get("response", False))
+    http = protocols.get("http") or {}
+    flow.http_method, flow.http_uri = str(http.get("method", "")), str(http.get("uri", ""))
+    return flow
+
+
+def _same_flow(flow: PaperFlow, row) -> bool:
+    """The same device flow: protocol, fixed port and remote party (by name or address)."""
+    if not flow.device_involved or flow.proto != str(row.proto) or flow.port is None:
+        return False
+    if row.server_port != row.server_port or int(row.server_port) != flow.port:
+        return False
+    remotes = {str(row.remote)} | set(str(getattr(row, "remote_addrs", "") or "").split(";"))
+    return flow.remote in remotes
+
+
+def _matches(flow: PaperFlow, row) -> bool:
+    """The same flow with the same application fields (those the paper gives)."""
+    if not _same_flow(flow, row):
+        return False
+    if flow.dns_name and flow.dns_name not in str(row.dns_qry_name).split(";"):
+        return False
+    if flow.dns_type and flow.dns_type not in str(row.dns_qry_type).split(";"):
+        return False
+    if flow.http_method and flow.http_method not in str(row.http_request_method).split(";"):
+        return False
+    return True
+
+
+def compare(paper: list[PaperFlow], learned: sig.Signature, device_ip: str) -> list[dict]:
+    """Rows: what both found, only the project, only the paper (with what the project
+    saw of the paper's flow, when it saw it)."""
+    rows, used = [], set()
+    patterns = learned.patterns
+    noise = learned.noise
+    for flow in paper:
+        hits = [p for p in patterns.itertuples() if _matches(flow, p)]
+        if hits:
+            used.update(h.pattern for h in hits)
+            roles = {h.role for h in hits}
+            rows.append({"found_by": "both", "paper": flow.describe(),
+                         "project": ", ".join(f"{h.pattern} ({h.role})" for h in hits),
+                         "note": "" if roles == {"event"} else
+                         "the project counts it as background: the device's other events "
+                         "make it too"})
+            continue
+        near = [p for p in patterns.itertuples() if _same_flow(flow, p)]
+        if near:
+            used.update(p.pattern for p in near)
+            what = ("names an mDNS answer record: the packets CSV keeps DNS query names "
+                    "(dns.qry.name), not answer names" if flow.dns_response else
+                    "its application fields differ")
+            rows.append({"found_by": "only the paper", "paper": flow.describe(),
+                         "project": ", ".join(f"{p.pattern} ({p.role})" for p in near),
+                         "note": f"the project has the flow, but the paper's {what}"})
+            continue
+        rows.append({"found_by": "only the paper", "paper": flow.describe(), "project": "",
+                     "note": _why_not(flow, noise, learned, device_ip)})
+    for p in patterns.itertuples():
+        if p.pattern not in used and p.role == "event":
+            rows.append({"found_by": "only the project", "paper": "", "project": p.pattern,
+                         "note": _describe_pattern(p)})
+    return rows
+
+
+def _why_not(flow: PaperFlow, noise: pd.DataFrame, learned: sig.Signature, device_ip) -> str:
+    if not flow.device_involved:
+        if ":" in flow.src or ":" in flow.dst:
+            return ("IPv6 (the device's link-local address): the project follows the "
+                    "device's IPv4 address")
+        return ("not the device's traffic (the phone's own connections): the project's "
+                "signatures are the device's flows only")
+    total = len(learned.recordings)
+    for row in noise.itertuples():
+        row_remote = {str(row.remote)}
+        if flow.proto == str(row.proto) and flow.remote in row_remote | {"self"} \
+                and (flow.port is None or flow.port == getattr(row, "server_port", None)) \
+                and (not flow.dns_name or flow.dns_name in str(row.dns_qry_name).split(";")):
+            return (f"seen in {row.recordings_seen}/{total} training recordings only "
+                    "(below --support 1)")
+    if flow.remote and not flow.remote.replace(".", "").isdigit():
+        return ("no flow to that name in the training recordings as the project names "
+                "remotes (by the capture's own DNS answers)")
+    return "no such flow in the training recordings"
+
+
+def _describe_pattern(p) -> str:
+    side = "device opens" if p.device_side == "orig" else "remote opens"
+    port = f"/{int(p.server_port)}" if p.server_port == p.server_port else ""
+    fields = [(label, getattr(p, name)) for label, name in (
+        ("DNS", "dns_qry_name"), ("type", "dns_qry_type"), ("HTTP", "http_request_method"),
+        ("URI", "http_request_uri"), ("DHCP", "dhcp_msg_type"), ("TLS", "tls_server_name"),
+        ("CoAP", "coap_code"), ("ARP", "arp_opcode"), ("ICMP type", "icmp_type"))]
+    application = " ".join(f"{label} {value}" for label, value in fields
+                           if isinstance(value, str) and value)
+    return (f"{str(p.proto).upper()}{port} {p.remote} ({side})"
+            + (f", {application}" if application else "")
+            + f", {p.recordings_seen}/{p.recordings_total} recordings")
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------
+
+def markdown(frame: pd.DataFrame, results: list[EventResult], settings: dict,
+             timings: dict, output_dir: Path) -> str:
+    lines = ["# Event detection: evaluation", ""]
+    lines.append("Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".")
+    lines.append("")
+    header = ["device", "event", "recordings (train / positives / negatives)", "patterns",
+              "TP", "FP", "TN", "FN", "precision", "recall", "F1", "seconds", "signature"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in frame.itertuples():
+        lines.append("| " + " | ".join([
+            str(row.device), str(row.event),
+            f"{row.recordings} ({row.train} / {row.positives} / {row.negatives})",
+            f"{row.event_patterns} (+{row.background_patterns} background)",
+            str(row.tp), str(row.fp), str(row.tn), str(row.fn),
+            _num(row.precision), _num(row.recall), _num(row.f1), f"{row.seconds:.2f}",
+            "<br>".join(f"{i}. `{p}`" for i, p in enumerate(str(row.signature).split(";"), 1)
+                        if p)]) + " |")
+    lines += ["", "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + ".",
+              "Per-event seconds: learning the signature plus matching it in every test "
+              "capture (translation is shared and counted once, above).", ""]
+    for r in results:
+        lines += [f"## {r.device} / {r.event}", ""]
+        if r.signature_csv:
+            lines += [f"Signature: `{r.signature_csv.parent.relative_to(output_dir)}/"
+                      "` (signature.csv, pattern.txt).", ""]
+        for label, names in (("missed (false negatives)", r.fn),
+                             ("false detections (false positives)", r.fp)):
+            if names:
+                lines.append(f"- {label}: " + ", ".join(f"`{n}`" for n in names))
+        if r.fn or r.fp:
+            lines.append("")
+        if r.comparison:
+            lines += ["Compared with the published analysis (expected-tree.json):", "",
+                      "| found by | paper's flow | project's pattern | note |",
+                      "|---|---|---|---|"]
+            for c in r.comparison:
+                lines.append(f"| {c['found_by']} | {_cell(c['paper'])} | "
+                             f"{_cell(c['project'])} | {_cell(c['note'])} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value) -> str:
+    return "-" if value != value else f"{value:.3f}"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
