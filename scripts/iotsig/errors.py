@@ -12,8 +12,14 @@ class InputError(ToolError):
         self.path, self.problem = path, problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self):  # picklable: errors come back from worker processes
+        return type(self), (self.path, self.problem)
+
 
 class OutputError(ToolError):
     def __init__(self, path, problem: str):
         self.path, self.problem = path, problem
         super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem)

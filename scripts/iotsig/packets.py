@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import queue
@@ -15,14 +16,14 @@ import numpy as np
 import pandas as pd
 
 from . import csvio, tshark
-from .errors import InputError
+from .errors import InputError, OutputError
 from .schema import PACKETS
 
 # The Wireshark fields exported, in tshark's output order.
 FIELDS = [
     "frame.number", "frame.time_epoch", "frame.len", "frame.protocols",
     "eth.src", "eth.dst", "eth.src.oui_resolved", "eth.dst.oui_resolved", "sll.src.eth",
-    "ip.src", "ip.dst", "ip.proto", "ipv6.src", "ipv6.dst", "ipv6.nxt",
+    "ip.src", "ip.dst", "ip.proto", "ipv6.src", "ipv6.dst", "ipv6.nxt", "ipv6.fraghdr.nxt",
     "arp.opcode", "arp.src.hw_mac", "arp.src.proto_ipv4", "arp.dst.proto_ipv4",
     "tcp.srcport", "tcp.dstport", "tcp.flags", "tcp.len",
     "udp.srcport", "udp.dstport", "udp.length", "icmp.type", "icmpv6.type",
@@ -72,7 +73,8 @@ def translate(capture: Path, output: Path, device_mac: str | None = None,
     capture = Path(capture)
     tshark.check_capture(capture)
     result = Translation(capture, output)
-    with tempfile.TemporaryFile() as stderr, csvio.atomic_path(output) as tmp:
+    with tempfile.TemporaryFile() as stderr, _output_errors(output), \
+            csvio.atomic_path(output) as tmp:
         process = tshark.popen_fields(capture, FIELDS, stderr)
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as sink:
@@ -101,6 +103,17 @@ def translate(capture: Path, output: Path, device_mac: str | None = None,
         result.warnings = [f"{capture}: {w} (kept the {result.packets} packets read)"
                            for w in warnings + errors]
     return result
+
+
+@contextlib.contextmanager
+def _output_errors(output: Path):
+    """Writing or renaming the CSV failed (disk full, a directory in the way...): that is
+    this capture's one-line error, not an internal error that stops the other captures.
+    atomic_path, inside, has already removed the temporary file."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(output, f"cannot write ({e.strerror or e})") from None
 
 
 def _read_chunks(stream):
@@ -183,7 +196,10 @@ def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = No
     out["highest_layer"] = highest
     icmp, icmp6 = raw["icmp.type"] != "", raw["icmpv6.type"] != ""
     tcp, udp = raw["tcp.srcport"] != "", raw["udp.srcport"] != ""
-    ip_number = _first(np.where(has_v4, raw["ip.proto"], raw["ipv6.nxt"]))
+    # An IPv6 fragment's next header is 44 (the fragment header): take the one after it,
+    # so that a later fragment says udp, as it does in IPv4, not ip-proto-44.
+    v6_number = raw["ipv6.fraghdr.nxt"].where(raw["ipv6.fraghdr.nxt"] != "", raw["ipv6.nxt"])
+    ip_number = _first(np.where(has_v4, raw["ip.proto"], v6_number))
     by_number = _map_uniques(ip_number, lambda n: IP_PROTOCOLS.get(n, f"ip-proto-{n}" if n else ""))
     non_ip = ~(has_v4 | has_v6)
     link_proto = _map_uniques(layers, _link_protocol)

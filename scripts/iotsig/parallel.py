@@ -11,14 +11,39 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from .errors import ToolError
 
 _progress_queue = None
+_stopping = False   # the running task was stopped by a signal and is cleaning up
+_deferred = 0       # a further signal that came during that clean-up
 
 
 def _worker_init(progress_queue):
     global _progress_queue
     _progress_queue = progress_queue
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    from .cli import _raise_terminated
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    _between_tasks()
+
+
+def _between_tasks() -> None:
+    """An idle worker has nothing to clean up: Ctrl-C or SIGTERM end it quietly (an
+    exception out of the pool's wait for work would print a traceback)."""
+    signal.signal(signal.SIGINT, _exit_quietly)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _stop_task(signum, frame):
+    """The first Ctrl-C or SIGTERM stops the task, whose unfinished files are removed on
+    the way out. The next ones (Ctrl-C reaches every process of the terminal, and then the
+    parent terminates its workers) must not break into that clean-up: the worker exits
+    once it is done (_call)."""
+    global _stopping, _deferred
+    if _stopping:
+        _deferred = signum
+        return
+    _stopping = True
+    from .cli import Terminated
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def _report(count: int) -> None:
@@ -26,10 +51,18 @@ def _report(count: int) -> None:
 
 
 def _call(function, arguments):
+    global _stopping, _deferred
+    _stopping, _deferred = False, 0
+    signal.signal(signal.SIGINT, _stop_task)
+    signal.signal(signal.SIGTERM, _stop_task)
     try:
         return function(*arguments, on_packets=_report)
     except ToolError as e:
         return e
+    finally:
+        _between_tasks()
+        if _deferred:  # asked to stop twice: the files are clean, leave now
+            os._exit(128 + _deferred)
 
 
 def cores() -> int:

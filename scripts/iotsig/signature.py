@@ -145,7 +145,7 @@ def _describe_remote(f: pd.DataFrame, remote_h: np.ndarray) -> None:
     known = pd.Series(f["remote_class"].to_numpy()[~other], index=remote_h[~other])
     known = known[~known.index.duplicated() & (known != "")]
     addresses = pd.Series(remote_h[other])
-    classes = addresses.map(known)
+    classes = addresses.map(known).astype(object)  # strings go in: never float NaNs
     unknown = classes.isna()
     codes, uniques = pd.factorize(addresses[unknown])
     classes[unknown] = np.array([address_class(u) for u in uniques] + [""], dtype=object)[codes]

@@ -235,7 +235,8 @@ def inventory(packets: pd.DataFrame, device: Device,
     pairs = pairs[(pairs["mac"] != "") & (pairs["ip"] != "")]
     kinds = {ip: _address_kind(ip) for ip in pairs["ip"].unique()}
     pairs["version"] = pairs["ip"].map(lambda ip: kinds[ip][0])
-    pairs["global"] = pairs["ip"].map(lambda ip: kinds[ip][1])
+    # bool even when empty: an empty object column would index columns, not rows
+    pairs["global"] = pairs["ip"].map(lambda ip: kinds[ip][1]).astype(bool)
     pairs["net"] = pairs["ip"].map(lambda ip: kinds[ip][2])
     pairs = pairs[pairs["version"] > 0]
     routers = _routers(pairs, gateway_addresses or set())

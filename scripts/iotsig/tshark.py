@@ -28,7 +28,14 @@ PARTIAL_READ_MARKERS = ("cut short in the middle of a packet", "appears to be da
 @functools.lru_cache(maxsize=1)
 def tshark_path() -> str:
     """tshark's path: $TSHARK_PATH, else what pyshark finds (PATH and the usual places)."""
-    candidates = [os.environ.get("TSHARK_PATH"), shutil.which("tshark")]
+    configured = os.environ.get("TSHARK_PATH")
+    if configured:  # asked for by name: never silently run another tshark instead
+        if os.path.isfile(configured) and os.access(configured, os.X_OK):
+            return configured
+        raise ToolError(f"TSHARK_PATH={configured} is not an executable file: point it at "
+                        "the tshark binary, or unset it and install tshark with "
+                        "'sudo apt-get install tshark' (Debian/Ubuntu)")
+    candidates = [shutil.which("tshark")]
     try:
         from pyshark.tshark.tshark import get_process_path
         candidates.append(get_process_path())
@@ -83,17 +90,28 @@ def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
     if not capture.is_absolute() and str(capture).startswith("-"):
         capture = Path(".") / capture
     env = dict(os.environ, LC_ALL="C.UTF-8")
-    return subprocess.Popen(fields_command(capture, fields), stdout=subprocess.PIPE,
-                            stderr=stderr, stdin=subprocess.DEVNULL, env=env)
+    command = fields_command(capture, fields)
+    try:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr,
+                                stdin=subprocess.DEVNULL, env=env)
+    except OSError as e:  # a ToolError, not an OSError: callers take OSError for output ones
+        raise ToolError(f"cannot run {command[0]} ({e.strerror or e})") from None
 
 
 def stderr_problems(text: str) -> tuple[list[str], list[str]]:
     """Split tshark's stderr into (partial-read warnings, other errors), dropping noise."""
     warnings, errors = [], []
+    last = None
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("Running as user"):
             continue
         line = line.removeprefix("tshark: ")
-        (warnings if any(m in line for m in PARTIAL_READ_MARKERS) else errors).append(line)
+        if line.startswith("(") and last is not None:
+            # tshark's detail of the message before it, e.g. "(pcap: File has 4294967040-byte
+            # packet, bigger than maximum of 262144)": one problem, one line
+            last[-1] += " " + line
+            continue
+        last = warnings if any(m in line for m in PARTIAL_READ_MARKERS) else errors
+        last.append(line)
     return warnings, errors
