@@ -169,6 +169,9 @@ class PipeDrainer(io.RawIOBase):
 def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = None,
                device_ip: str | None = None) -> pd.DataFrame:
     """tshark's raw fields -> the packets CSV columns (vectorised)."""
+    # Positional index: columns built from numpy arrays come back as Series indexed 0..n-1,
+    # and a later chunk's index (20000...) would not line up with them.
+    raw = raw.reset_index(drop=True)
     out = pd.DataFrame(index=raw.index)
     out["capture"] = capture_name
     out["frame_number"] = raw["frame.number"]
