@@ -9,7 +9,7 @@ if ! command -v tshark >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     # tshark asks whether non-root users may capture; answer for it (reading files needs no capture rights).
     echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq tshark >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark >/dev/null
 fi
 python3 -m pip install -q -r requirements.txt
 if [ "${1:-}" != "--no-demo" ]; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,35 @@ def run_script(name: str, *args, check: bool = True, env: dict | None = None,
 @pytest.fixture
 def run():
     return run_script
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs("size=8k") or mount_tmpfs("ro"): a fresh tmpfs, unmounted after the test.
+    The only way to give root a full disk or a read-only directory; skips without mount
+    rights."""
+    mounted = []
+
+    def mount(options: str, name: str = "tmpfs") -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        if os.geteuid() != 0 or not shutil.which("mount") or subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(point)
+        return point
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, mount_tmpfs):
+    """A directory nobody may write into: mode 555, or for root (who ignores the mode) a
+    read-only tmpfs."""
+    if os.geteuid() == 0:
+        return mount_tmpfs("ro,size=1m", "read-only")
+    point = tmp_path / "read-only"
+    point.mkdir(mode=0o555)
+    return point
