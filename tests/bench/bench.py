@@ -1,0 +1,613 @@
+#!/usr/bin/env python3
+"""Benchmarks (not pytest tests). One subcommand per stage, each printing a Markdown table,
+writing it to tests/bench/<stage>-results.md and a verdict line to stderr.
+
+    python tests/bench/bench.py translator  # packet-translator.py against bare tshark
+    python tests/bench/bench.py flows       # stream-identifier.py on a 1,000,000-row packets CSV
+    python tests/bench/bench.py signature   # signature-extractor.py, 100 recordings x 10,000 flows
+
+The inputs are built once and cached in tests/.bench/ (git-ignored): the big capture from
+the shared public captures (../shared/pcaps next to the repository) with mergecap; its
+packets CSV, repeated to the wanted rows; synthetic recordings from the TP-Link captures
+in data/.
+To add a benchmark for another stage: write a `bench_<stage>(args)` function and register
+it in `main()` with its own subparser; reuse `big_capture()`, `Timer` or `measure()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from iotsig import csvio, flows  # noqa: E402
+from iotsig.packets import FIELDS  # noqa: E402  the translator's own field list and
+from iotsig.schema import FLOWS, PACKETS  # noqa: E402
+from iotsig.tshark import fields_command, tshark_path  # noqa: E402  tshark options
+
+SHARED = REPO.parent / "shared" / "pcaps"
+CACHE = REPO / "tests" / ".bench"
+TRANSLATOR = REPO / "scripts" / "packet-translator.py"
+STREAM_IDENTIFIER = REPO / "scripts" / "stream-identifier.py"
+SIGNATURE_EXTRACTOR = REPO / "scripts" / "signature-extractor.py"
+MAIN = REPO / "scripts" / "main.py"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "translator-results.md"
+FLOWS_RESULTS = HERE / "flows-results.md"
+SIGNATURE_RESULTS = HERE / "signature-results.md"
+MIN_PACKETS = 300_000  # the big capture's size: the translator's default, so one cache serves all
+# The device of the TP-Link captures in data/ (data/README.md).
+TPLINK = sorted((REPO / "data").glob("*.pcap"))
+DEVICE_NAME, DEVICE_IP = "TpLinkPlug", "192.168.1.135"
+SEED = 1  # the synthetic recordings are the same from run to run
+RECORDINGS_VERSION = 2  # bump when synthetic_recording() changes: the cache is rebuilt
+# tshark is run exactly as the translator runs it (packets.py: tshark.popen_fields).
+TSHARK_ENV = dict(os.environ, LC_ALL="C.UTF-8")
+
+
+def shared_captures(shared: Path) -> list[Path]:
+    files = (sorted(shared.glob("protocols/*")) + sorted(shared.glob("events/*/*/*.pcap"))
+             + sorted(shared.glob("tplink-plug-kasa/*.pcap")))
+    files = [f for f in files if f.suffix in (".pcap", ".pcapng")]
+    if not files:
+        sys.exit(f"bench: no captures under {shared}: the shared captures are needed")
+    return files
+
+
+def packet_count(capture: Path) -> int:
+    out = subprocess.run(["capinfos", "-c", "-M", "-T", "-r", str(capture)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split("\t")[-1])
+
+
+def run(command: list, **options) -> None:
+    subprocess.run([str(c) for c in command], check=True, **options)
+
+
+def big_capture(shared: Path, min_packets: int) -> tuple[Path, int]:
+    """One pcapng of all the shared captures, concatenated as many times as needed to reach
+    min_packets; rebuilt only when the inputs or the target change."""
+    inputs = shared_captures(shared)
+    key = hashlib.sha256(json.dumps(
+        [min_packets] + [(str(f.relative_to(shared)), f.stat().st_size) for f in inputs]
+    ).encode()).hexdigest()[:12]
+    big, meta = CACHE / f"big-{key}.pcapng", CACHE / f"big-{key}.json"
+    if big.exists() and meta.exists():
+        return big, json.loads(meta.read_text())["packets"]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for old in CACHE.glob("big-*"):
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    print(f"bench: building the big capture from {len(inputs)} shared captures "
+          f"(once; cached in {CACHE.relative_to(REPO)}/)", file=sys.stderr)
+    one_set = CACHE / "one-set.pcapng"
+    run(["mergecap", "-F", "pcapng", "-a", "-w", one_set, *inputs])
+    per_set = packet_count(one_set)
+    repeats = math.ceil(min_packets / per_set)
+    run(["mergecap", "-F", "pcapng", "-a", "-w", big, *[one_set] * repeats])
+    one_set.unlink()
+    packets = packet_count(big)
+    meta.write_text(json.dumps({"packets": packets, "repeats": repeats, "inputs": len(inputs)}))
+    return big, packets
+
+
+def halves(big: Path, packets: int) -> list[Path]:
+    """The big capture cut in two files of (nearly) the same number of packets."""
+    folder = big.with_suffix(".halves")
+    parts = sorted(folder.glob("half_*.pcapng"))
+    if len(parts) == 2:
+        return parts
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    run(["editcap", "-F", "pcapng", "-c", math.ceil(packets / 2), big, folder / "half.pcapng"])
+    parts = sorted(folder.glob("half_*.pcapng"))
+    assert len(parts) == 2, parts
+    return parts
+
+
+class Timer:
+    """Wall and CPU seconds (user + system, of every process started: tshark, workers) of
+    each run; the median per measure. Runs are interleaved (round 1 of every measure, then
+    round 2...) so that a load change on the machine hits all measures alike."""
+
+    def __init__(self):
+        self.wall: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
+
+    def run(self, name: str, start) -> None:
+        """start() starts the processes and returns them; each is waited for here."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        for process in start():
+            if process.wait() != 0:
+                sys.exit(f"bench: {name}: {process.args[:4]}... exited {process.returncode}")
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        self.wall.setdefault(name, []).append(wall)
+        self.cpu.setdefault(name, []).append(cpu)
+
+    def median(self, name: str) -> tuple[float, float]:
+        return statistics.median(self.wall[name]), statistics.median(self.cpu[name])
+
+
+def bare_tshark(captures: list[Path], workdir: Path):
+    """tshark's fields export alone, exactly the translator's fields and -E options, each
+    capture written to a file; several captures run at once."""
+    def start():
+        processes = []
+        for i, capture in enumerate(captures):
+            with open(workdir / f"bare-{i}.tsv", "wb") as sink:
+                processes.append(subprocess.Popen(
+                    fields_command(capture, FIELDS), stdout=sink, stderr=subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL, env=TSHARK_ENV))
+        return processes
+    return start
+
+
+def translator(captures: list[Path], output: Path, jobs: int, one_cpu: bool = False):
+    """one_cpu: the whole run (Python and tshark) held to CPU 0 with taskset."""
+    command = [sys.executable, TRANSLATOR, *captures, "-o", output, "-q", "-j", str(jobs)]
+    command = ["taskset", "-c", "0", *command] if one_cpu else command
+    return lambda: [subprocess.Popen([str(c) for c in command], stdin=subprocess.DEVNULL)]
+
+
+def bench_translator(args) -> None:
+    big, packets = big_capture(args.shared, args.min_packets)
+    parts = halves(big, packets)
+    cores = len(os.sched_getaffinity(0))
+    print(f"bench: {packets:,} packets in {big.relative_to(REPO)}; median of {args.repeat} "
+          f"runs each; {cores} core(s)", file=sys.stderr)
+    load_before = os.getloadavg()[0]
+    timer = Timer()
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        work = Path(tmp)
+        measures = {
+            "bare": bare_tshark([big], work),
+            "translator": translator([big], work / "one", 1),
+            "bare x2": bare_tshark(parts, work),
+            "j1": translator(parts, work / "j1", 1),
+            "j1 one core": translator(parts, work / "j1-one-core", 1, one_cpu=True),
+            "j2": translator(parts, work / "j2", 2),
+        }
+        for round_number in range(args.repeat):
+            for name, start in measures.items():
+                print(f"bench: round {round_number + 1}/{args.repeat}: {name}", file=sys.stderr)
+                timer.run(name, start)
+
+    (bare, bare_cpu), (one, one_cpu) = timer.median("bare"), timer.median("translator")
+    (two_bare, two_bare_cpu), (serial, serial_cpu) = timer.median("bare x2"), timer.median("j1")
+    parallel, parallel_cpu = timer.median("j2")
+    pinned, pinned_cpu = timer.median("j1 one core")
+    ratio, speedup, core_speedup = one / bare, serial / parallel, pinned / parallel
+    rows = [
+        ("bare `tshark -T fields` (same fields and -E options), 1 capture", bare, bare_cpu,
+         "1.00 (reference)"),
+        ("`packet-translator.py`, 1 capture", one, one_cpu,
+         f"**{ratio:.2f}** × bare tshark (target ≤ 1.15); {one_cpu / bare_cpu:.2f}× its CPU"),
+        ("2 bare tsharks at once, 2 half captures", two_bare, two_bare_cpu,
+         f"{bare / two_bare:.2f}× the 1-capture tshark (what 2 cores allow)"),
+        ("`taskset -c 0 packet-translator.py -j 1`, 2 half captures: everything on 1 core",
+         pinned, pinned_cpu, "1.00 (reference: one core)"),
+        ("`packet-translator.py -j 1`, 2 half captures (tshark and Python on 2 cores)",
+         serial, serial_cpu, f"{pinned / serial:.2f}× the one-core run"),
+        ("`packet-translator.py -j 2`, 2 half captures", parallel, parallel_cpu,
+         f"**{core_speedup:.2f}×** the one-core run (target near 2); {speedup:.2f}× -j 1"),
+    ]
+    table = ["| run | wall time | CPU time | packets/s (wall) | compared |",
+             "|---|---:|---:|---:|---|"]
+    table += [f"| {name} | {wall:.2f} s | {cpu:.2f} s | {packets / wall:,.0f} | {note} |"
+              for name, wall, cpu, note in rows]
+    text = "\n".join([
+        f"{packets:,} packets (the shared public captures concatenated with "
+        f"`mergecap -F pcapng -a`); median of {args.repeat} interleaved runs; {cores} core(s) "
+        f"({_cpu_model()}), load average {load_before:.1f} before the runs (other work on "
+        f"the machine); "
+        f"tshark {_tshark_version()}, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}. CPU time: user + system of every process of the run.",
+        "", *table, "",
+        "The translator's Python side (reading tshark's output, building and writing the "
+        f"rows) costs {(one_cpu - bare_cpu) / bare_cpu:.0%} of tshark's CPU time again; it "
+        "runs on the second core while tshark dissects, which is how one capture stays near "
+        "bare tshark's wall time. So -j 1 already keeps two cores partly busy, and -j 2 gains "
+        "over it only what is left; the speedup from one core to two is the -j 2 run against "
+        "the one held to one core.", "",
+        *([f"The machine was busy (load average above {cores / 2:g} before the runs): wall "
+           "times and speedups "
+           "are pessimistic; the CPU times still compare the work done.", ""]
+          if load_before > cores / 2 else []),
+        "Produced by `python tests/bench/bench.py translator`.", ""])
+    print(text)
+    RESULTS.write_text(text)
+    print(f"bench: written to {RESULTS.relative_to(REPO)}", file=sys.stderr)
+    print(f"bench: translator/tshark = {ratio:.2f} (target <= 1.15): "
+          f"{'met' if ratio <= 1.15 else 'NOT met'}; 2 cores over 1 core = {core_speedup:.2f}; "
+          f"-j 2 over -j 1 = {speedup:.2f}", file=sys.stderr)
+
+
+# Runs a command and prints its exit code, wall and CPU seconds and peak memory (KiB).
+MEASURE = """import json, resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.call(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=sys.stderr)
+wall = time.perf_counter() - started
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps([code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss]))"""
+
+
+def measure(command: list) -> tuple[float, float, float]:
+    """Run command once: wall seconds, CPU seconds (user + system, with its children) and
+    peak memory (MB), through a small Python process of its own. Not from here: on Linux a
+    child's ru_maxrss includes the peak of the process it was forked from (exec keeps the
+    old address space's peak), and this one holds big tables; and one wrapper per run, as
+    RUSAGE_CHILDREN's ru_maxrss is the largest over every child ever waited for."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, *map(str, command)],
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    code, wall, cpu, maxrss = json.loads(out)
+    if code != 0:
+        sys.exit(f"bench: {Path(command[1]).name} exited {code}")
+    return wall, cpu, maxrss * 1024 / 1e6  # KiB -> MB
+
+
+def machine(cores: int, load_before: float) -> str:
+    return (f"{cores} core(s) ({_cpu_model()}), load average {load_before:.1f} before the runs "
+            f"(other work on the machine); tshark {_tshark_version()}, Python "
+            f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+
+
+def busy_note(cores: int, load_before: float) -> list[str]:
+    if load_before <= cores / 2:
+        return []
+    return [f"The machine was busy (load average above {cores / 2:g} before the runs): wall "
+            "times are pessimistic; the CPU times still compare the work done.", ""]
+
+
+def write_results(path: Path, text: str, verdict: str) -> None:
+    print(text)
+    path.write_text(text)
+    print(f"bench: written to {path.relative_to(REPO)}", file=sys.stderr)
+    print(f"bench: {verdict}", file=sys.stderr)
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def one_core(cpu: float, wall: float) -> bool:
+    """CPU time counts every thread and child process: more than the wall time means more
+    than one core at work."""
+    return cpu <= 1.05 * wall
+
+
+def cores_note(program: str, cpu: float, wall: float) -> str:
+    share = f"its CPU time is {cpu / wall:.2f}× its wall time"
+    if one_core(cpu, wall):
+        return (f"{program} runs on one core: {share} (user + system of the process and of "
+                "any child), and it starts no worker process (it does not use "
+                "`iotsig.parallel`, unlike packet-translator).")
+    return f"{program} used MORE than one core: {share}."
+
+
+# --- flows: stream-identifier.py ---------------------------------------------------------
+
+def sources_key(*modules: str) -> str:
+    """A short hash of iotsig's sources (the named modules, else all): an input made with
+    the tools is made again when their code changes."""
+    folder = REPO / "scripts" / "iotsig"
+    files = [folder / m for m in modules] if modules else sorted(folder.rglob("*.py"))
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+
+
+def translated(big: Path) -> Path:
+    """The big capture's packets CSV, by the translator's current code. Named big-* so that
+    big_capture()'s clean-up drops it with the capture it came from."""
+    key = sources_key("packets.py", "tshark.py", "csvio.py", "schema.py")
+    csv = CACHE / f"{big.stem}.{key}.packets.csv"
+    if csv.exists():
+        return csv
+    for old in CACHE.glob(f"{big.stem}.*.packets.csv"):
+        old.unlink()
+    print("bench: translating the big capture (once)", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        run([sys.executable, TRANSLATOR, big, "--device-ip", DEVICE_IP, "-o", tmp, "-q"])
+        (Path(tmp) / f"{big.name}.packets.csv").rename(csv)
+    return csv
+
+
+def big_packets_csv(big: Path, rows: int) -> tuple[Path, dict]:
+    """The big capture's packets CSV repeated to exactly `rows` rows. The big capture is
+    itself `repeats` copies of the shared captures, with the same times: each copy of those
+    packets (the last one cut short) has its ts shifted by the copy's number times the
+    span of the capture plus the idle timeout, so that no flow runs from one copy into
+    another. The shift is whole seconds: only the integer part of ts changes, every other
+    value is byte for byte the translator's (the first copy is unchanged). time_utc is
+    left as is: stream-identifier does not read it (flows.REQUIRED, flows.OPTIONAL)."""
+    base = translated(big)
+    name = f"{big.stem}-{rows}.{base.name.split('.')[1]}"  # the translation's key
+    out, meta = CACHE / f"{name}.packets.csv", CACHE / f"{name}.json"
+    if out.exists() and meta.exists():
+        return out, json.loads(meta.read_text())
+    for old in [*CACHE.glob(f"{big.stem}-*.packets.csv"), *CACHE.glob(f"{big.stem}-*.json")]:
+        old.unlink()  # one size kept: they are large
+    print(f"bench: writing {rows:,} packet rows (once)", file=sys.stderr)
+    packets = pd.read_csv(base, dtype=str, keep_default_na=False)
+    repeats = json.loads(big.with_suffix(".json").read_text())["repeats"]
+    per_copy, left = divmod(len(packets), repeats)
+    assert not left, (len(packets), repeats)
+    seconds, dot, fraction = (packets["ts"].str.partition(".")[i] for i in range(3))
+    seconds = seconds.astype("int64")
+    ts = pd.to_numeric(packets["ts"])
+    shift = math.ceil(ts.max() - ts.min()) + math.ceil(flows.DEFAULT_IDLE_TIMEOUT) + 1
+    copy = np.arange(len(packets)) // per_copy  # which copy of the shared captures
+    part = out.with_suffix(".part")
+    for k in range(math.ceil(rows / len(packets))):  # the big CSV once at a time: memory
+        n = min(len(packets), rows - k * len(packets))
+        moved = seconds.iloc[:n] + (copy[:n] + k * repeats) * shift
+        chunk = packets.iloc[:n].assign(ts=moved.astype(str) + dot.iloc[:n] + fraction.iloc[:n])
+        chunk.to_csv(part, mode="a" if k else "w", header=not k, index=False, lineterminator="\n")
+    part.rename(out)
+    info = {"rows": rows, "per_copy": per_copy, "copies": math.ceil(rows / per_copy),
+            "big_packets": len(packets), "repeats": repeats, "shift": shift}
+    meta.write_text(json.dumps(info))
+    return out, info
+
+
+def flows_in_process(packets_csv: Path, output: Path) -> dict[str, tuple[float, float]]:
+    """The library calls of stream-identifier (commands/stream_identifier.py,
+    identify_streams) with its defaults, timed phase by phase: (wall, CPU) seconds, without
+    the interpreter's start-up and imports."""
+    times = {}
+    def timed(name, call):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = call()
+        times[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+        return result
+    packets = timed("read", lambda: csvio.read_table(
+        packets_csv, PACKETS, required=flows.REQUIRED,
+        columns=flows.REQUIRED + flows.OPTIONAL, compact=True))
+    table = timed("build", lambda: flows.build_flows(packets, flows.FlowOptions()))
+    timed("write", lambda: csvio.write_table(table, FLOWS, output))
+    times["total"] = tuple(map(sum, zip(*times.values())))
+    times["flows"] = len(table)
+    return times
+
+
+def bench_flows(args) -> None:
+    big, packets = big_capture(args.shared, MIN_PACKETS)
+    packets_csv, info = big_packets_csv(big, args.rows)
+    rows, cores = info["rows"], len(os.sched_getaffinity(0))
+    print(f"bench: {rows:,} rows in {packets_csv.relative_to(REPO)}; median of {args.repeat} "
+          f"runs each; {cores} core(s)", file=sys.stderr)
+    load_before = os.getloadavg()[0]
+    cli, phases, startup = [], [], []
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        for round_number in range(args.repeat):  # interleaved, as Timer does
+            print(f"bench: round {round_number + 1}/{args.repeat}", file=sys.stderr)
+            cli.append(measure([sys.executable, STREAM_IDENTIFIER, packets_csv, "-o", tmp, "-q"]))
+            startup.append(measure([sys.executable, STREAM_IDENTIFIER, "--version"]))
+            phases.append(flows_in_process(packets_csv, Path(tmp) / "in-process.flows.csv"))
+
+    wall = statistics.median(r[0] for r in cli)
+    cpu = statistics.median(r[1] for r in cli)
+    peak = max(r[2] for r in cli)
+    rate = rows / wall
+    median = {name: tuple(statistics.median(p[name][i] for p in phases) for i in (0, 1))
+              for name in ("read", "build", "write", "total")}
+    table = ["| run | wall time | CPU time | rows/s (wall) | peak memory | compared |",
+             "|---|---:|---:|---:|---:|---|",
+             f"| `stream-identifier.py PACKETS.csv -o DIR -q` (a fresh process: start-up "
+             f"and imports included) | {wall:.2f} s | {cpu:.2f} s | {rate:,.0f} | "
+             f"{peak:,.0f} MB | **{rate:,.0f} rows/s** (target ≥ 300,000 on one core): "
+             f"{met(rate >= 300_000)}; peak (target < 2 GB): {met(peak < 2000)} |"]
+    start_wall, start_cpu = (statistics.median(r[i] for r in startup) for i in (0, 1))
+    table.append(f"| `stream-identifier.py --version`: start-up and imports alone | "
+                 f"{start_wall:.2f} s | {start_cpu:.2f} s | | | "
+                 f"{start_wall / wall:.0%} of the CLI's wall time |")
+    labels = {"read": "`csvio.read_table`", "build": "`flows.build_flows`",
+              "write": "`csvio.write_table`", "total": "read + build + write"}
+    table += [f"| in process: {labels[name]} | {w:.2f} s | {c:.2f} s | {rows / w:,.0f} | | "
+              f"{w / median['total'][0]:.0%} of in-process time |"
+              for name, (w, c) in median.items()]
+    text = "\n".join([
+        f"{rows:,} packet rows: the packets CSV of the big capture ({info['big_packets']:,} "
+        f"packets: {info['repeats']} copies of the {info['per_copy']:,} packets of the shared "
+        f"public captures, concatenated with `mergecap -F pcapng -a`; translated with "
+        f"`--device-ip {DEVICE_IP}`), repeated to {info['copies']} copies of those packets, "
+        f"copy number n with its `ts` shifted n × {info['shift']:,} s (the captures' span "
+        f"plus the idle timeout: copies never share a flow); {phases[-1]['flows']:,} flows. "
+        f"Median of {args.repeat} interleaved runs; peak memory: the largest of the runs' "
+        f"maximum resident set size; {machine(cores, load_before)}. CPU time: user + system "
+        "of the process and of any child it starts.",
+        "", *table, "",
+        cores_note("stream-identifier", cpu, wall), "",
+        *busy_note(cores, load_before),
+        "Produced by `python tests/bench/bench.py flows`.", ""])
+    write_results(FLOWS_RESULTS, text,
+                  f"stream-identifier = {rate:,.0f} rows/s (target >= 300,000): "
+                  f"{met(rate >= 300_000)}; peak {peak:,.0f} MB (target < 2 GB): "
+                  f"{met(peak < 2000)}; CPU/wall = {cpu / wall:.2f} "
+                  f"({'one core' if one_core(cpu, wall) else 'MORE than one core'}); in process "
+                  f"{rows / median['total'][0]:,.0f} rows/s")
+
+
+# --- signature: signature-extractor.py ---------------------------------------------------
+
+def real_flows() -> list[pd.DataFrame]:
+    """The flows of the three TP-Link recordings, by main.py, as text."""
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        run([sys.executable, MAIN, DEVICE_NAME, DEVICE_IP, *TPLINK, "-o", tmp, "--no-report", "-q"],
+            stdout=subprocess.DEVNULL)
+        return [pd.read_csv(f, dtype=str, keep_default_na=False)
+                for f in sorted(Path(tmp).glob("*.flows.csv"))]
+
+
+def random_ipv4(rng: np.random.Generator, n: int) -> list[str]:
+    """Public-looking addresses (11-99.x.x.x: no private, loopback or link-local range)."""
+    octets = np.column_stack([rng.integers(11, 100, n), rng.integers(0, 256, (n, 3))])
+    return [".".join(map(str, row)) for row in octets.tolist()]
+
+
+def synthetic_recording(real: pd.DataFrame, pool: pd.DataFrame, size: int, name: str,
+                        rng: np.random.Generator) -> pd.DataFrame:
+    """A real recording's flows (the event and its background: the patterns to find) plus
+    flows sampled from the device's real outgoing ones, sent from a random ephemeral port to
+    random external addresses and ports at random times: noise that differs in every
+    recording, up to `size` flows."""
+    noise = pool.sample(n=size - len(real), replace=True, random_state=rng)
+    noise = noise.reset_index(drop=True)
+    n = len(noise)
+    addresses = random_ipv4(rng, n)
+    noise["orig_p"] = rng.integers(49152, 65536, n).astype(str)
+    noise["resp_p"] = rng.integers(1, 65536, n).astype(str)
+    noise["resp_h"] = noise["remote_h"] = addresses
+    noise["remote_name"], noise["remote_class"] = "", "external"
+    start = pd.to_numeric(real["ts"])
+    window = max(float(start.max() - start.min()), 60.0)
+    noise["ts"] = np.round(float(start.min()) + rng.uniform(0, window, n), 6).astype(str)
+    frame = pd.concat([real, noise], ignore_index=True)
+    frame = frame.iloc[np.argsort(pd.to_numeric(frame["ts"]).to_numpy(), kind="stable")]
+    frame["capture"] = name
+    frame["uid"] = [f"{name}#{i}" for i in range(1, len(frame) + 1)]  # unique in the file
+    return frame
+
+
+def recordings(count: int, size: int) -> list[Path]:
+    """`count` synthetic flows CSVs of `size` flows each; built once (again when the
+    tools' code changes: the real flows come from main.py)."""
+    inputs = [count, size, SEED, RECORDINGS_VERSION, sources_key()]
+    inputs += [(f.name, f.stat().st_size) for f in TPLINK]
+    key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:12]
+    folder = CACHE / f"recordings-{key}"
+    if folder.is_dir():
+        return sorted(folder.glob("*.flows.csv"))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for old in CACHE.glob("recordings-*"):
+        shutil.rmtree(old)
+    print(f"bench: writing {count} recordings of {size:,} flows (once)", file=sys.stderr)
+    real = real_flows()
+    assert len(real) == len(TPLINK) and all(len(r) < size for r in real), [len(r) for r in real]
+    pool = pd.concat(real, ignore_index=True)
+    # Flows the device opened, with ports to vary. (Flows it answered would keep its own
+    # server port, 9999: one pattern "inbound from external to 9999" in every recording.)
+    pool = pool[pool["proto"].isin(["tcp", "udp"]) & (pool["orig_h"] == DEVICE_IP)]
+    rng = np.random.default_rng(SEED)
+    part = folder.with_suffix(".part")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir()
+    for i in range(count):
+        name = f"rec-{i:03d}"
+        frame = synthetic_recording(real[i % len(real)], pool, size, name, rng)
+        frame.to_csv(part / f"{name}.flows.csv", index=False, lineterminator="\n")
+    part.rename(folder)  # whole or nothing: an interrupted build is not taken for the cache
+    return sorted(folder.glob("*.flows.csv"))
+
+
+def bench_signature(args) -> None:
+    files = recordings(args.recordings, args.flows)
+    total, cores = args.recordings * args.flows, len(os.sched_getaffinity(0))
+    print(f"bench: {len(files)} recordings of {args.flows:,} flows in "
+          f"{files[0].parent.relative_to(REPO)}; median of {args.repeat} runs; {cores} core(s)",
+          file=sys.stderr)
+    load_before = os.getloadavg()[0]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        for round_number in range(args.repeat):
+            print(f"bench: run {round_number + 1}/{args.repeat}", file=sys.stderr)
+            runs.append(measure([sys.executable, SIGNATURE_EXTRACTOR, *files, "--device-name",
+                                 DEVICE_NAME, "--device-ip", DEVICE_IP, "-o", tmp, "-q"]))
+        patterns = pd.read_csv(Path(tmp) / "signature.csv", dtype=str, keep_default_na=False)
+    found, events = len(patterns), int((patterns["role"] == "event").sum())
+    wall = statistics.median(r[0] for r in runs)
+    cpu = statistics.median(r[1] for r in runs)
+    peak = max(r[2] for r in runs)
+    table = ["| run | wall time | CPU time | flows/s (wall) | peak memory | compared |",
+             "|---|---:|---:|---:|---:|---|",
+             f"| `signature-extractor.py` {len(files)} flows CSVs `--device-name {DEVICE_NAME} "
+             f"--device-ip {DEVICE_IP} -o DIR -q` | {wall:.2f} s | {cpu:.2f} s | "
+             f"{total / wall:,.0f} | {peak:,.0f} MB | **{wall:.2f} s** (target < 10 s on one "
+             f"core): {met(wall < 10)}; {found} patterns ({events} event; at least 3 expected) |"]
+    text = "\n".join([
+        f"{len(files)} synthetic recordings of {args.flows:,} flows each ({total:,} flows): each "
+        "holds the real flows of one of the three TP-Link captures in data/ (flows by "
+        "`main.py`: TCP/9999 phone to plug, the DNS query for use1-api.tplinkra.com, TLS/443 to "
+        "it, and their background) and flows sampled from those, sent to random external "
+        f"addresses and ports at random times, different in every recording (seed {SEED}). "
+        f"Median of {args.repeat} runs; peak memory: the largest of the runs' maximum resident "
+        f"set size; {machine(cores, load_before)}. CPU time: user + system of the process "
+        "and of any child it starts.",
+        "", *table, "",
+        cores_note("signature-extractor", cpu, wall), "",
+        *busy_note(cores, load_before),
+        "Produced by `python tests/bench/bench.py signature`.", ""])
+    write_results(SIGNATURE_RESULTS, text,
+                  f"signature-extractor = {wall:.2f} s for {len(files)} x {args.flows:,} flows "
+                  f"(target < 10 s): {met(wall < 10)}; {found} patterns found ({events} event; "
+                  f"at least 3 expected): {met(found >= 3)}; peak {peak:,.0f} MB")
+    if found < 3:
+        sys.exit(f"bench: signature-extractor found {found} pattern(s), at least 3 expected")
+
+
+def _tshark_version() -> str:
+    out = subprocess.run([tshark_path(), "--version"], capture_output=True, text=True).stdout
+    return out.split()[2] if out.startswith("TShark") else "?"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    translator = sub.add_parser("translator", help="packet-translator.py against bare tshark")
+    translator.add_argument("--min-packets", type=int, default=MIN_PACKETS,
+                            help="size of the big capture (default: %(default)s)")
+    translator.add_argument("--repeat", type=int, default=3,
+                            help="runs per measure; the median is reported (default: 3)")
+    translator.add_argument("--shared", type=Path, default=SHARED,
+                            help="the shared captures (default: ../shared/pcaps)")
+    translator.set_defaults(function=bench_translator)
+
+    flows_parser = sub.add_parser("flows", help="stream-identifier.py on a big packets CSV")
+    flows_parser.add_argument("--rows", type=int, default=1_000_000,
+                              help="rows of the packets CSV (default: %(default)s)")
+    flows_parser.add_argument("--shared", type=Path, default=SHARED,
+                              help="the shared captures (default: ../shared/pcaps)")
+    flows_parser.set_defaults(function=bench_flows)
+
+    signature = sub.add_parser("signature", help="signature-extractor.py on many recordings")
+    signature.add_argument("--recordings", type=int, default=100,
+                           help="flows CSVs, one per recording (default: %(default)s)")
+    signature.add_argument("--flows", type=int, default=10_000,
+                           help="flows per recording (default: %(default)s)")
+    signature.set_defaults(function=bench_signature)
+    for benchmark in (flows_parser, signature):
+        benchmark.add_argument("--repeat", type=int, default=3,
+                               help="runs; the median is reported (default: 3)")
+    args = parser.parse_args()
+    args.function(args)
+
+
+if __name__ == "__main__":
+    main()
