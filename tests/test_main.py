@@ -336,5 +336,5 @@ def test_captures_with_one_file_name_are_refused_before_anything_is_written(tmp_
                         check=False)
     assert result.returncode == 1
     assert_clean_run(result)
-    assert result.stderr.startswith("main.py: error: 3 captures are named plug.pcap (")
+    assert result.stderr.startswith("main.py: error: 3 captures share the name plug.pcap (")
     assert not (tmp_path / "out").exists()

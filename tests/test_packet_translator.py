@@ -748,3 +748,15 @@ def test_chunks_give_the_same_rows_as_one_read(monkeypatch, tmp_path):
     packets.translate(capture, tmp_path / "chunked.csv", device_ip=PLUG_IP)
     assert capinfos_count(capture) > 3 * 7
     assert (tmp_path / "chunked.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+def test_captures_with_one_file_name_are_refused(tmp_path):
+    """Their CSVs would be one file, the second overwriting the first."""
+    copies = []
+    for folder, capture in zip(("a", "b"), TPLINK_CAPTURES):
+        (tmp_path / folder).mkdir()
+        copies.append(tmp_path / folder / "plug.pcap")
+        shutil.copy(capture, copies[-1])
+    result = translate(tmp_path / "out", *copies, check=False, options=())
+    assert_failed_cleanly(result, tmp_path / "out", "2 captures share the name plug.pcap",
+                          str(copies[0]), str(copies[1]))

@@ -527,6 +527,26 @@ def test_a_warning_exactly_when_the_file_is_damaged(sweep):
     assert len(cut) > 30 and all("cut short" in o.warnings[0] for o in cut if o.damaged)
 
 
+@pytest.mark.sweep
+def test_outcome_table(sweep):
+    """The counts the README gives (python3 -m pytest tests/test_robustness.py -s -k
+    outcome_table prints them): inputs by kind, and what the translator made of them."""
+    labels = ["rows", "rows + warning", "error"]
+    table = collections.defaultdict(collections.Counter)
+    for o in sweep.outcomes:
+        table[o.case.kind][o.label] += 1
+    lines = ["| input | files | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * 3]
+    for kind, counts in table.items():
+        lines.append(f"| {kind} | {sum(counts.values())} | "
+                     + " | ".join(str(counts[label]) for label in labels) + " |")
+    total = collections.Counter(o.label for o in sweep.outcomes)
+    lines.append(f"| all | {len(sweep.outcomes)} | "
+                 + " | ".join(str(total[label]) for label in labels) + " |")
+    print("\n" + "\n".join(lines))
+    assert sum(total.values()) == len(sweep.cases) and set(total) <= set(labels)
+    assert total["rows"] > total["error"] > 0
+
+
 # --- the sweep: stream-identifier -------------------------------------------------------------
 
 @pytest.mark.sweep

@@ -8,6 +8,7 @@ captures are made with text2pcap/editcap and small packets CSVs by hand.
 from __future__ import annotations
 
 import re
+import shutil
 import struct
 import subprocess
 from datetime import datetime, timedelta
@@ -733,6 +734,20 @@ def test_one_bad_input_does_not_stop_the_others(tmp_path, out):
     assert [p.name for p in (tmp_path / "o").iterdir()] == [flows_csv("", TPLINK_CAPTURES[1]).name]
     assert flows_csv(tmp_path / "o", TPLINK_CAPTURES[1]).read_text() == \
         flows_csv(out, TPLINK_CAPTURES[1]).read_text()
+
+
+def test_inputs_that_would_write_one_flows_csv_are_refused(tmp_path, out):
+    """x.packets.csv and x.csv both make x.flows.csv: refused before anything is written."""
+    source = packets_csv(out, TPLINK_CAPTURES[0])
+    (tmp_path / "a").mkdir()
+    first, second = tmp_path / "x.packets.csv", tmp_path / "a" / "x.csv"
+    shutil.copy(source, first)
+    shutil.copy(source, second)
+    result = run_script("stream-identifier.py", first, second, "-o", tmp_path / "o",
+                        check=False)
+    check_clean_failure(result, tmp_path / "o", "2 packets CSVs share the name x.flows.csv",
+                        str(first), str(second))
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_failed_run_leaves_the_previous_output_alone(tmp_path, out):

@@ -56,6 +56,20 @@ def ensure_output_dir(path: Path) -> Path:
     return path
 
 
+def check_distinct_names(inputs, output_dir: Path, kind: str, output_name=None) -> None:
+    """Outputs are named after their input's file name: two inputs with one name (or one
+    input given twice) would overwrite each other's output, and count as one recording."""
+    by_name: dict[str, list[str]] = {}
+    for item in inputs:
+        name = output_name(item) if output_name else Path(item).name
+        by_name.setdefault(name, []).append(str(item))
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            raise ToolError(f"{len(paths)} {kind} share the name {name} ({', '.join(paths)}): "
+                            f"their outputs would overwrite each other in {output_dir}/; give "
+                            "each a file name of its own")
+
+
 class Command:
     """Subclasses set `prog` and `description`, add their own arguments and `run`."""
 

@@ -4,6 +4,7 @@ text, and column checks that name what is wrong."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import tempfile
 from pathlib import Path
@@ -111,11 +112,13 @@ def read_table(path: Path | str, table: Table, required: list[str] | None = None
     numeric = [c for c in wanted if c in table.by_name
                and table.by_name[c].type in ("int", "float", "bool")]
     text = [c for c in wanted if c in table.by_name and table.by_name[c].type == "text"]
-    try:  # numbers parsed by the C reader: many times faster than converting strings
-        frame = _read(path, usecols=wanted, keep_default_na=False, memory_map=True,
-                      na_values={c: [""] for c in numeric},
-                      dtype={c: ("float64" if c in numeric else "category" if compact else str)
-                             for c in wanted})
+    try:  # numbers parsed by the reader: many times faster than converting strings
+        frame = _read_fast(path, wanted, numeric, compact)
+        if frame is None:
+            frame = _read(path, usecols=wanted, keep_default_na=False, memory_map=True,
+                          na_values={c: [""] for c in numeric},
+                          dtype={c: ("float64" if c in numeric else "category" if compact
+                                     else str) for c in wanted})
     except ValueError:  # an unparsable number: read again as text to say where
         frame = _read(path, usecols=wanted, dtype=str, keep_default_na=False, na_filter=False)
         for name in wanted:
@@ -129,6 +132,26 @@ def read_table(path: Path | str, table: Table, required: list[str] | None = None
     return frame
 
 
+def _read_fast(path: Path, wanted: list[str], numeric: list[str], compact: bool):
+    """pyarrow's CSV reader, three times faster than pandas' (one thread: the stages run
+    on one core each). None when it cannot take the file as it is (a bad number, a ragged
+    row, bad UTF-8...): pandas reads it then, and says where the problem is."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    text = pa.dictionary(pa.int32(), pa.string()) if compact else pa.string()
+    try:
+        table = pacsv.read_csv(
+            path, read_options=pacsv.ReadOptions(use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.float64() if c in numeric else text for c in wanted},
+                include_columns=wanted, null_values=[""], strings_can_be_null=False,
+                quoted_strings_can_be_null=False))
+    except (pa.ArrowException, OSError):
+        return None
+    return table.to_pandas(self_destruct=True)
+
+
 def _read(path: Path, **options) -> pd.DataFrame:
     try:
         return pd.read_csv(path, **options)
@@ -139,15 +162,20 @@ def _read(path: Path, **options) -> pd.DataFrame:
 
 
 def _read_header(path: Path, table: Table) -> list[str]:
+    # The csv module, not pandas: read_csv(nrows=0) costs ~20 ms a file (its parser set-up)
     try:
-        return list(pd.read_csv(path, nrows=0, dtype=str).columns)
+        with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: Excel's BOM
+            header = next((row for row in csv.reader(handle) if row), None)
+        if not header:
+            raise pd.errors.EmptyDataError
+        return header
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except IsADirectoryError:
         raise InputError(path, "is a directory, not a CSV file") from None
     except pd.errors.EmptyDataError:
         raise InputError(path, f"empty file: not a {table.name} CSV (no header)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(path, f"not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
     except OSError as e:
         raise InputError(path, f"cannot read ({e.strerror})") from None

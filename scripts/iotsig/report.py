@@ -9,6 +9,10 @@ from .profile import describe_remote, printable, remote_name_problem, unexpressi
 RULE = "=" * 78
 
 
+# A busy network gives thousands of one-off fingerprints: pattern.txt is for reading.
+NOISE_LISTED = 200
+
+
 def pattern_text(signature) -> str:
     s = signature
     lines = [f"Signature of event '{s.event}' on device {s.device_name} "
@@ -43,9 +47,13 @@ def pattern_text(signature) -> str:
     lines += [RULE, f"Left out: seen in too few recordings ({len(s.noise)} fingerprints)", RULE, ""]
     if s.noise.empty:
         lines.append("None.")
-    for row in s.noise.itertuples():
+    for row in s.noise.head(NOISE_LISTED).itertuples():  # the nearest misses first
         lines.append(f"- {_summary_line(row, s)}: in {row.recordings_seen}/{len(s.recordings)} "
                      f"recordings ({row.flows} flow{'s' if row.flows != 1 else ''})")
+    if len(s.noise) > NOISE_LISTED:
+        rest = s.noise.iloc[NOISE_LISTED:]
+        lines.append(f"- and {len(rest)} more, each in at most {rest['recordings_seen'].max()}/"
+                     f"{len(s.recordings)} recordings ({rest['flows'].sum()} flows)")
     # Names come from packets: a newline in one must not start a line of its own.
     return "\n".join(printable(line) for line in lines) + "\n"
 

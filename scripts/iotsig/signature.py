@@ -9,6 +9,7 @@ is a fingerprint present in at least `support` of the recordings.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,8 @@ def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
     f["server_side"] = np.where(server_is_orig == device_is_orig, "device", "remote")
     f.loc[f["server_port"].isna(), "server_side"] = ""
     # The URI without its query string: queries carry tokens and times that change.
-    f["http_request_uri"] = f["http_request_uri"].fillna("").str.replace(r"\?[^;]*", "", regex=True)
+    f["http_request_uri"] = _map_distinct(f["http_request_uri"].fillna(""),
+                                          lambda u: re.sub(r"\?[^;]*", "", u))
     for name in FINGERPRINT_FIELDS:  # a set of values, in one spelling: "reply;request"
         f[name] = _canonical_sets(f[name].fillna("").astype(str))
     f["server_port"] = pd.to_numeric(f["server_port"], errors="coerce").fillna(-1).astype(int)
@@ -159,9 +161,14 @@ def canonical_set(value: str) -> str:
 
 
 def _canonical_sets(values: pd.Series) -> pd.Series:
+    return _map_distinct(values, canonical_set)
+
+
+def _map_distinct(values: pd.Series, function) -> pd.Series:
+    """function applied once per distinct value: a million flows hold a few thousand."""
     codes, uniques = pd.factorize(values)
-    spelled = [canonical_set(u) for u in uniques]
-    return pd.Series(pd.Index(spelled, dtype=object)[codes] if len(uniques) else values,
+    mapped = [function(u) for u in uniques]
+    return pd.Series(pd.Index(mapped, dtype=object)[codes] if len(uniques) else values,
                      index=values.index, dtype=object)
 
 
@@ -223,9 +230,12 @@ def _assign_keys(flows: pd.DataFrame, needed: int) -> np.ndarray:
     """Fingerprint keys: the specific fingerprint where it recurs often enough, else the
     generalised one (a local or external peer by its class, for peers whose address
     changes between recordings, e.g. a cloud server without a DNS name)."""
-    specific = flows.groupby(FINGERPRINT, sort=False, dropna=False).ngroup().to_numpy()
-    general = flows.groupby(_general_columns(), sort=False, dropna=False).ngroup().to_numpy()
-    support = flows.groupby(specific)["recording"].transform("nunique").to_numpy()
+    codes = {c: pd.factorize(flows[c], use_na_sentinel=False)[0]
+             for c in {*FINGERPRINT, *_general_columns(), "recording"}}
+    specific = _group_ids([codes[c] for c in FINGERPRINT])
+    general = _group_ids([codes[c] for c in _general_columns()])
+    pairs = np.unique(_group_ids([specific, codes["recording"]]), return_index=True)[1]
+    support = np.bincount(specific[pairs], minlength=specific.max() + 1)[specific]
     stable = support >= needed
     flows["generalised"] = ~stable
     flows["remote"] = np.where(stable, flows["remote"], flows["remote_general"])
@@ -234,11 +244,24 @@ def _assign_keys(flows: pd.DataFrame, needed: int) -> np.ndarray:
     return np.where(stable, specific, general + specific.max() + 1)
 
 
+def _group_ids(codes: list[np.ndarray]) -> np.ndarray:
+    """Row -> group number (in order of first appearance, as groupby's ngroup) for the
+    combination of several factorized columns: one factorization per column, shared by
+    the groupings that use it."""
+    ids = codes[0]
+    for column in codes[1:]:
+        ids = pd.factorize(ids * (int(column.max()) + 1) + column)[0]
+    return ids
+
+
 def _device_mac(flows: pd.DataFrame) -> str:
     macs = pd.concat([flows.loc[flows["device_side"] == "orig", "orig_mac"],
-                      flows.loc[flows["device_side"] == "resp", "resp_mac"]]).str.lower()
-    macs = macs[macs.str.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", na=False)]
-    return macs.mode().iloc[0] if len(macs) else ""
+                      flows.loc[flows["device_side"] == "resp", "resp_mac"]])
+    counts = macs.value_counts()  # checked once per distinct MAC
+    counts.index = counts.index.str.lower()
+    counts = counts.groupby(level=0).sum()
+    counts = counts[counts.index.str.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", na=False)]
+    return counts.sort_index().idxmax() if len(counts) else ""
 
 
 def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, event: str,
@@ -304,12 +327,17 @@ def _noise(flows: pd.DataFrame, n: int) -> pd.DataFrame:
                "flows", *FINGERPRINT_FIELDS]
     if flows.empty:
         return pd.DataFrame(columns=columns)
-    grouped = flows.groupby("key", sort=False)
-    noise = grouped[FINGERPRINT].first()
-    noise["recordings_seen"] = grouped["recording"].nunique()
-    noise["flows"] = grouped.size()
+    # Counted with numpy: a busy network gives as many one-off fingerprints as flows.
+    keys = pd.factorize(flows["key"])[0]
+    first = np.unique(keys, return_index=True)[1]
+    noise = flows.iloc[first][FINGERPRINT].reset_index(drop=True)
+    recording = pd.factorize(flows["recording"])[0]
+    pairs = np.unique(_group_ids([keys, recording]), return_index=True)[1]
+    noise["recordings_seen"] = np.bincount(keys[pairs], minlength=len(first))
+    noise["flows"] = np.bincount(keys, minlength=len(first))
     noise["recordings_total"] = n
-    return noise.sort_values(["recordings_seen", "flows"], ascending=False).reset_index(drop=True)
+    return noise.sort_values(["recordings_seen", "flows"], ascending=False,
+                             kind="stable").reset_index(drop=True)
 
 
 def policy_names(patterns: pd.DataFrame) -> list[str]:

@@ -35,15 +35,16 @@ def tshark_path() -> str:
         raise ToolError(f"TSHARK_PATH={configured} is not an executable file: point it at "
                         "the tshark binary, or unset it and install tshark with "
                         "'sudo apt-get install tshark' (Debian/Ubuntu)")
-    candidates = [shutil.which("tshark")]
-    try:
+    found = shutil.which("tshark")
+    if found and os.access(found, os.X_OK):
+        return found
+    try:  # only now: importing pyshark costs a tenth of a second of every run's start
         from pyshark.tshark.tshark import get_process_path
-        candidates.append(get_process_path())
+        found = get_process_path()
     except Exception:  # pyshark raises its own not-found exception; we say it our way
-        pass
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
+        found = None
+    if found and os.path.isfile(found) and os.access(found, os.X_OK):
+        return found
     raise ToolError(INSTALL_HINT)
 
 

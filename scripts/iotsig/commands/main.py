@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .. import flows, tshark
-from ..cli import Command, ensure_output_dir, ipv4
+from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4
 from ..errors import ToolError
 from .packet_translator import translate_captures
 from .signature_extractor import add_signature_arguments, extract_and_write
@@ -43,8 +43,8 @@ class Main(Command):
     def run(self, args):
         started = time.monotonic()
         tshark.tshark_path()
-        _check_names(args.captures, args.output_dir)
-        _check_names(args.idle, args.output_dir / "idle")
+        check_distinct_names(args.captures, args.output_dir, "captures")
+        check_distinct_names(args.idle, args.output_dir / "idle", "captures")
         output_dir = ensure_output_dir(args.output_dir)
         options = flows.FlowOptions(args.idle_timeout, args.max_duration, (args.device_ip,))
         event_flows = self.captures_to_flows(args.captures, output_dir, args, options)
@@ -73,16 +73,3 @@ class Main(Command):
             raise ToolError("could not build the flows of every recording (see above)")
         self.say("")
         return flow_files
-
-
-def _check_names(captures, output_dir) -> None:
-    """Each capture's CSVs are named after its file: two captures with one name (or one
-    capture given twice) would overwrite each other and count as one recording."""
-    by_name = {}
-    for capture in captures:
-        by_name.setdefault(Path(capture).name, []).append(str(capture))
-    for name, paths in by_name.items():
-        if len(paths) > 1:
-            raise ToolError(f"{len(paths)} captures are named {name} ({', '.join(paths)}): "
-                            f"their CSVs would overwrite each other in {output_dir}/; give "
-                            "each recording a file name of its own")

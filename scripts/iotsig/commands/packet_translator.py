@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .. import packets, tshark
-from ..cli import Command, ensure_output_dir, ipv4_or_ipv6, mac_address
+from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4_or_ipv6, mac_address
 from ..errors import ToolError
 
 
@@ -29,6 +29,7 @@ class PacketTranslator(Command):
 
     def run(self, args):
         tshark.tshark_path()  # fail early, with the install hint, if tshark is missing
+        check_distinct_names(args.captures, args.output_dir, "captures")
         output_dir = ensure_output_dir(args.output_dir)
         written, failed = translate_captures(self, args.captures, output_dir, args.device_mac,
                                              args.device_ip, args.jobs)

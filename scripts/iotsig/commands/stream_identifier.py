@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .. import csvio, flows
-from ..cli import Command, ensure_output_dir, ipv4_or_ipv6
+from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4_or_ipv6
 from ..errors import ToolError
 from ..schema import FLOWS, PACKETS
 
@@ -32,6 +32,8 @@ class StreamIdentifier(Command):
                             "(default: %(default)s)")
 
     def run(self, args):
+        check_distinct_names(args.packets, args.output_dir, "packets CSVs",
+                             output_name=lambda p: flows_path(p, ".").name)
         output_dir = ensure_output_dir(args.output_dir)
         options = flows.FlowOptions(args.idle_timeout, args.max_duration, tuple(args.device_ip))
         _, failed = identify_streams(self, args.packets, output_dir, options)
