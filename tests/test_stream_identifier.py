@@ -769,13 +769,13 @@ def test_an_interrupted_write_leaves_no_file(tmp_path, out, monkeypatch):
     """Whole or nothing: a write that fails half-way (disk full) leaves neither the output
     nor its temporary file."""
     flows = build_flows(read_packets(packets_csv(out, TPLINK_CAPTURES[0])))
-    real_to_csv = pd.DataFrame.to_csv
+    real_write_rows = csvio.write_rows
 
-    def disk_full(self, path, *args, **kwargs):
-        real_to_csv(self.head(2), path, *args, **kwargs)
+    def disk_full(sink, frame, *args, **kwargs):
+        real_write_rows(sink, frame.head(2), *args, **kwargs)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    monkeypatch.setattr(csvio, "write_rows", disk_full)
     with pytest.raises(OutputError, match="No space left"):
         csvio.write_table(flows, FLOWS, tmp_path / "x.flows.csv")
     assert list(tmp_path.iterdir()) == []

@@ -73,7 +73,10 @@ def _categorical(packets: pd.DataFrame, name: str, n: int) -> pd.Series:
         return pd.Series(pd.Categorical.from_codes(np.zeros(n, np.int8), [""]))
     column = packets[name].reset_index(drop=True)
     if pd.api.types.is_numeric_dtype(column):  # e.g. icmp_type read as a number: 3, not 3.0
-        column = column.astype("Int64").astype(str).replace("<NA>", "")
+        codes, uniques = pd.factorize(column)  # spelled once per distinct number
+        labels = [f"{u:.0f}" if float(u).is_integer() else repr(u) for u in uniques]
+        codes = np.where(codes < 0, len(labels), codes)
+        return pd.Series(pd.Categorical.from_codes(codes, pd.Index(labels + [""]).unique()))
     if not isinstance(column.dtype, pd.CategoricalDtype):
         column = column.astype(object).where(column.notna(), "").astype(str).astype("category")
     elif column.isna().any() or "" not in column.cat.categories:
