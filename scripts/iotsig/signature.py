@@ -96,8 +96,11 @@ def device_flows(recording: Recording, device_ip: str, device_mac: str | None) -
     if device_mac:
         orig |= (flows["orig_mac"].str.lower() == device_mac) & ~resp
         resp |= (flows["resp_mac"].str.lower() == device_mac) & ~orig & (flows["resp_h"] != flows["orig_h"])
-    mine = flows[orig | resp].copy()
-    mine["device_side"] = np.where(orig[orig | resp], "orig", "resp")
+    involved = (orig | resp).to_numpy()
+    # A shallow frame when every flow is the device's: the columns are copied once, by
+    # the caller's concat (a hundred recordings of 10,000 flows are a GB of text).
+    mine = flows.copy(deep=False) if involved.all() else flows[involved].copy()
+    mine["device_side"] = np.where(orig.to_numpy()[involved], "orig", "resp")
     mine["recording"] = recording.name
     return mine
 
@@ -165,11 +168,15 @@ def _canonical_sets(values: pd.Series) -> pd.Series:
 
 
 def _map_distinct(values: pd.Series, function) -> pd.Series:
-    """function applied once per distinct value: a million flows hold a few thousand."""
-    codes, uniques = pd.factorize(values)
-    mapped = [function(u) for u in uniques]
-    return pd.Series(pd.Index(mapped, dtype=object)[codes] if len(uniques) else values,
-                     index=values.index, dtype=object)
+    """function applied once per distinct value (not to "", left as it is): a million
+    flows hold a few thousand, and most of these fields are empty."""
+    array = values.to_numpy(dtype=object)
+    filled = np.flatnonzero(array != "")
+    codes, uniques = pd.factorize(array[filled])
+    result = array.copy()
+    if len(uniques):
+        result[filled] = np.array([function(u) for u in uniques], dtype=object)[codes]
+    return pd.Series(result, index=values.index, dtype=object)
 
 
 def extract(recordings: list[Recording], device_name: str, device_ip: str,
@@ -186,7 +193,9 @@ def extract(recordings: list[Recording], device_name: str, device_ip: str,
                         + ", ".join(r.name for r in recordings))
     if absent:
         warnings.append(f"device IP {device_ip} does not appear in: {', '.join(absent)}")
-    flows = fingerprints(pd.concat(per_recording, ignore_index=True))
+    flows = pd.concat(per_recording, ignore_index=True)
+    del per_recording  # the concat holds the only copy needed from here
+    flows = fingerprints(flows)
     mac = device_mac or _device_mac(flows)
     if not mac:
         warnings.append("no --device-mac given and no MAC seen sending from "
@@ -217,7 +226,7 @@ def extract(recordings: list[Recording], device_name: str, device_ip: str,
                     background_keys.add(key)
     patterns = _summarise(flows[in_pattern], n, device_name, device_ip, event,
                           background_keys, baseline is not None)
-    noise = _noise(flows[~in_pattern], n)
+    noise = _noise(flows.loc[~in_pattern, [*FINGERPRINT, "key", "recording"]], n)
     return Signature(device_name, device_ip, mac or "", event, [r.name for r in recordings],
                      support, patterns, noise, baseline is not None, warnings)
 
@@ -230,8 +239,7 @@ def _assign_keys(flows: pd.DataFrame, needed: int) -> np.ndarray:
     """Fingerprint keys: the specific fingerprint where it recurs often enough, else the
     generalised one (a local or external peer by its class, for peers whose address
     changes between recordings, e.g. a cloud server without a DNS name)."""
-    codes = {c: pd.factorize(flows[c], use_na_sentinel=False)[0]
-             for c in {*FINGERPRINT, *_general_columns(), "recording"}}
+    codes = {c: _codes(flows[c]) for c in {*FINGERPRINT, *_general_columns(), "recording"}}
     specific = _group_ids([codes[c] for c in FINGERPRINT])
     general = _group_ids([codes[c] for c in _general_columns()])
     pairs = np.unique(_group_ids([specific, codes["recording"]]), return_index=True)[1]
@@ -244,14 +252,32 @@ def _assign_keys(flows: pd.DataFrame, needed: int) -> np.ndarray:
     return np.where(stable, specific, general + specific.max() + 1)
 
 
+def _codes(values: pd.Series) -> np.ndarray:
+    """pd.factorize's codes, hashing only the cells that are not "": most application
+    fields of most flows are empty."""
+    array = values.to_numpy()
+    if array.dtype != object:
+        return pd.factorize(array, use_na_sentinel=False)[0]
+    filled = array != ""
+    codes = np.zeros(len(array), np.int64)
+    codes[filled] = pd.factorize(array[filled], use_na_sentinel=False)[0] + 1
+    return codes
+
+
 def _group_ids(codes: list[np.ndarray]) -> np.ndarray:
     """Row -> group number (in order of first appearance, as groupby's ngroup) for the
     combination of several factorized columns: one factorization per column, shared by
     the groupings that use it."""
-    ids = codes[0]
+    if not len(codes[0]):
+        return codes[0]
+    ids, span = codes[0], int(codes[0].max()) + 1
     for column in codes[1:]:
-        ids = pd.factorize(ids * (int(column.max()) + 1) + column)[0]
-    return ids
+        size = int(column.max()) + 1
+        if span * size >= 1 << 62:  # renumber densely before the product overflows
+            ids = pd.factorize(ids)[0]
+            span = int(ids.max()) + 1
+        ids, span = ids * size + column, span * size
+    return pd.factorize(ids)[0]
 
 
 def _device_mac(flows: pd.DataFrame) -> str:
