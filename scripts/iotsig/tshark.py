@@ -93,10 +93,23 @@ def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
     env = dict(os.environ, LC_ALL="C.UTF-8")
     command = fields_command(capture, fields)
     try:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr,
-                                stdin=subprocess.DEVNULL, env=env)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr,
+                                   stdin=subprocess.DEVNULL, env=env)
     except OSError as e:  # a ToolError, not an OSError: callers take OSError for output ones
         raise ToolError(f"cannot run {command[0]} ({e.strerror or e})") from None
+    _widen_pipe(process.stdout)
+    return process
+
+
+def _widen_pipe(pipe) -> None:
+    """A 1 MB pipe instead of 64 KB: Python holds its GIL for tens of milliseconds in C
+    calls (CSV parsing and writing), and meanwhile tshark must not stall on a full pipe."""
+    import fcntl
+    try:
+        size = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), min(size, 1 << 20))
+    except (OSError, ValueError):  # not Linux, or not allowed: the default pipe works too
+        pass
 
 
 def stderr_problems(text: str) -> tuple[list[str], list[str]]:
