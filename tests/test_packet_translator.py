@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from conftest import CAPTURES, DATA, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
+from packet_bytes import transport_packet
 
 from iotsig import csvio
 from iotsig.schema import PACKETS
@@ -382,40 +383,16 @@ PLAIN_URI = '/search?q=a,b&t="x"'  # a comma and a quote, no formula character
 SOURCE_PORTS = itertools.count(40000)
 
 
-def _checksum(data: bytes) -> int:
-    data += b"\0" * (len(data) % 2)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _ipv4(src: str, dst: str, protocol: int, payload: bytes) -> bytes:
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, protocol, 0,
-                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + payload
-
-
-def _transport(src: str, dst: str, protocol: int, header: bytes, checksum_at: int,
-               payload: bytes) -> bytes:
-    segment = header + payload
-    pseudo = (ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
-              + struct.pack("!BBH", 0, protocol, len(segment)))
-    checksum = _checksum(pseudo + segment) or 0xFFFF
-    segment = segment[:checksum_at] + struct.pack("!H", checksum) + segment[checksum_at + 2:]
-    return _ipv4(src, dst, protocol, segment)
-
-
 def udp_frame(payload: bytes, dport: int, dst: str = SERVER_IP,
               dst_mac: str = SERVER_MAC) -> bytes:
     header = struct.pack("!HHHH", next(SOURCE_PORTS), dport, 8 + len(payload), 0)
-    return _ethernet(_transport(PLUG_IP, dst, 17, header, 6, payload), dst_mac)
+    return _ethernet(transport_packet(PLUG_IP, dst, 17, header, 6, payload), dst_mac)
 
 
 def tcp_frame(payload: bytes, dport: int = 80) -> bytes:
     # A new connection (source port) each: the same bytes again would be a retransmission.
     header = struct.pack("!HHIIBBHHH", next(SOURCE_PORTS), dport, 1, 1, 5 << 4, 0x18, 65535, 0, 0)
-    return _ethernet(_transport(PLUG_IP, SERVER_IP, 6, header, 16, payload), SERVER_MAC)
+    return _ethernet(transport_packet(PLUG_IP, SERVER_IP, 6, header, 16, payload), SERVER_MAC)
 
 
 def _ethernet(packet: bytes, dst_mac: str) -> bytes:

@@ -11,7 +11,6 @@ per core), so it stays within a few minutes on two cores."""
 
 from __future__ import annotations
 
-import ast
 import collections
 import concurrent.futures
 import csv
@@ -30,8 +29,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import (CAPTURES, DATA, PLUG_IP, PLUG_MAC, GATEWAY_IP, SCRIPTS, TPLINK_CAPTURES,
-                      run_script)
+from conftest import CAPTURES, GATEWAY_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
+from packet_bytes import transport_packet
 
 from iotsig import csvio
 from iotsig.profile import validate_profile
@@ -159,39 +158,15 @@ def mutations(folder: Path) -> list[Case]:
 
 # --- captures built byte by byte -------------------------------------------------------------
 
-def _checksum(data: bytes) -> int:
-    data += b"\0" * (len(data) % 2)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def ipv4_packet(src: str, dst: str, protocol: int, payload: bytes) -> bytes:
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, protocol, 0,
-                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + payload
-
-
-def _transport(src: str, dst: str, protocol: int, header: bytes, checksum_at: int,
-               payload: bytes) -> bytes:
-    segment = header + payload
-    pseudo = (ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
-              + struct.pack("!BBH", 0, protocol, len(segment)))
-    checksum = _checksum(pseudo + segment) or 0xFFFF
-    segment = segment[:checksum_at] + struct.pack("!H", checksum) + segment[checksum_at + 2:]
-    return ipv4_packet(src, dst, protocol, segment)
-
-
 def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-    return _transport(src, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0), 6,
+    return transport_packet(src, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0), 6,
                       payload)
 
 
 def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: int, payload: bytes = b"",
                seq: int = 1, ack: int = 1) -> bytes:
     header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
-    return _transport(src, dst, 6, header, 16, payload)
+    return transport_packet(src, dst, 6, header, 16, payload)
 
 
 def ethernet(packet: bytes, src_mac: str = PLUG_MAC, dst_mac: str = "00:11:22:33:44:55") -> bytes:

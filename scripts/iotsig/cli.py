@@ -119,6 +119,7 @@ class Command:
                     dynamic_ncols=True, **options)
 
     def main(self, argv: list[str] | None = None) -> int:
+        _keep_freed_memory()
         args = self.parser().parse_args(argv)
         self.quiet = args.quiet
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -146,6 +147,19 @@ class Command:
             return EXIT_ERROR
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _keep_freed_memory() -> None:
+    """glibc gives big arrays back to the kernel when they are freed, and the next one is
+    faulted in again page by page: a second of system time in a million-row stage. Keep
+    freed arrays up to 32 MB (glibc's largest threshold) in the heap instead."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: the defaults work, only slower
+        pass
 
 
 def _raise_terminated(signum, frame):

@@ -207,7 +207,6 @@ def _aggregate(p: pd.DataFrame, is_orig: np.ndarray) -> pd.DataFrame:
     out["capture"] = values_at(p["capture"], starts)
     out["uid"] = out["capture"] + "#" + pd.Series(np.arange(1, n + 1)).astype(str)
     ts = p["ts"].to_numpy()
-    ends = np.r_[starts[1:], len(flow)] - 1
     out["ts"] = np.minimum.reduceat(ts, starts)
     out["duration"] = np.round(np.maximum.reduceat(ts, starts) - out["ts"].to_numpy(), 6)
     out["proto"] = values_at(p["l4_proto"], starts)

@@ -583,17 +583,11 @@ def main() -> None:
     translator = sub.add_parser("translator", help="packet-translator.py against bare tshark")
     translator.add_argument("--min-packets", type=int, default=MIN_PACKETS,
                             help="size of the big capture (default: %(default)s)")
-    translator.add_argument("--repeat", type=int, default=3,
-                            help="runs per measure; the median is reported (default: 3)")
-    translator.add_argument("--shared", type=Path, default=SHARED,
-                            help="the shared captures (default: ../shared/pcaps)")
     translator.set_defaults(function=bench_translator)
 
     flows_parser = sub.add_parser("flows", help="stream-identifier.py on a big packets CSV")
     flows_parser.add_argument("--rows", type=int, default=1_000_000,
                               help="rows of the packets CSV (default: %(default)s)")
-    flows_parser.add_argument("--shared", type=Path, default=SHARED,
-                              help="the shared captures (default: ../shared/pcaps)")
     flows_parser.set_defaults(function=bench_flows)
 
     signature = sub.add_parser("signature", help="signature-extractor.py on many recordings")
@@ -602,9 +596,12 @@ def main() -> None:
     signature.add_argument("--flows", type=int, default=10_000,
                            help="flows per recording (default: %(default)s)")
     signature.set_defaults(function=bench_signature)
-    for benchmark in (flows_parser, signature):
+    for benchmark in (translator, flows_parser, signature):
         benchmark.add_argument("--repeat", type=int, default=3,
                                help="runs; the median is reported (default: 3)")
+    for benchmark in (translator, flows_parser):  # they start from the big capture
+        benchmark.add_argument("--shared", type=Path, default=SHARED,
+                               help="the shared captures (default: ../shared/pcaps)")
     args = parser.parse_args()
     args.function(args)
 
