@@ -8,6 +8,7 @@ import copy
 import re
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -519,3 +520,25 @@ def test_hostile_names_cannot_break_the_outputs(hostile_runs, value, usable):
         assert "profile.yaml gives its addresses" in run.text
     if not usable:
         assert value not in strings_in(run.profile)
+
+
+def test_pattern_txt_lists_the_nearest_misses_and_counts_the_rest(flows, tmp_path):
+    """A busy network gives thousands of one-off fingerprints: pattern.txt names the 200
+    seen in most recordings and counts the others on one line."""
+    def with_one_offs(source, number):
+        frame = csvio.read_table(source, FLOWS)
+        extra = pd.concat([frame[frame["resp_p"] == 443].head(1)] * 150, ignore_index=True)
+        extra["resp_h"] = [f"198.51.{number}.{i}" for i in range(150)]
+        extra["remote_h"], extra["remote_name"], extra["tls_server_name"] = extra["resp_h"], "", ""
+        extra["resp_p"] = 8000 + 150 * number + np.arange(150)  # a port per one-off
+        csvio.write_table(pd.concat([frame, extra], ignore_index=True), FLOWS,
+                          tmp_path / source.name)
+        return tmp_path / source.name
+    run = extract(tmp_path / "out", [with_one_offs(f, n) for n, f in enumerate(flows)])
+    left_out = sections(run.text)["Left"]
+    listed = [line for line in left_out.splitlines() if line.startswith("- ")]
+    assert len(listed) == 201 and listed[-1].startswith("- and ")
+    total = int(re.search(r"\((\d+) fingerprints\)", run.text).group(1))
+    assert total >= 450
+    assert re.match(rf"- and {total - 200} more, each in at most 1/3 recordings \(\d+ flows\)",
+                    listed[-1])
