@@ -171,4 +171,12 @@ def _one_line(message: str) -> str:
 
 
 def entry_point(command_class):
-    sys.exit(command_class().main())
+    code = command_class().main()
+    # Every output is written and closed: leave without the interpreter's teardown, which
+    # frees a million-row table object by object (a quarter of a second for nothing).
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said anyway
+            pass
+    os._exit(code)

@@ -172,7 +172,7 @@ def _read_fast(path: Path, wanted: list[str], numeric: list[str], text: list[str
         return None, text
     if not compact:  # (categories are checked once each anyway)
         text = [c for c in text if pc.any(pc.starts_with(table[c], "'")).as_py()]
-    return table.to_pandas(self_destruct=True), text
+    return table.to_pandas(self_destruct=True, use_threads=False), text
 
 
 def _read(path: Path, **options) -> pd.DataFrame:

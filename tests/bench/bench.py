@@ -5,6 +5,8 @@ writing it to tests/bench/<stage>-results.md and a verdict line to stderr.
     python tests/bench/bench.py translator  # packet-translator.py against bare tshark
     python tests/bench/bench.py flows       # stream-identifier.py on a 1,000,000-row packets CSV
     python tests/bench/bench.py signature   # signature-extractor.py, 100 recordings x 10,000 flows
+    python tests/bench/bench.py evaluate    # evaluate.py on the shared events: time and F1
+    python tests/bench/bench.py report      # what the traffic report adds to main.py
 
 The inputs are built once and cached in tests/.bench/ (git-ignored): the big capture from
 the shared public captures (../shared/pcaps next to the repository) with mergecap; its
@@ -52,6 +54,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "translator-results.md"
 FLOWS_RESULTS = HERE / "flows-results.md"
 SIGNATURE_RESULTS = HERE / "signature-results.md"
+EVALUATE_RESULTS = HERE / "evaluate-results.md"
+REPORT_RESULTS = HERE / "report-results.md"
+EVALUATE = REPO / "scripts" / "evaluate.py"
 MIN_PACKETS = 300_000  # the big capture's size: the translator's default, so one cache serves all
 # The device of the TP-Link captures in data/ (data/README.md).
 TPLINK = sorted((REPO / "data").glob("*.pcap"))
@@ -562,6 +567,70 @@ def bench_signature(args) -> None:
         sys.exit(f"bench: signature-extractor found {found} pattern(s), at least 3 expected")
 
 
+# --- evaluate: evaluate.py on the shared events -------------------------------------------
+
+def bench_evaluate(args) -> None:
+    """The whole evaluation of the shared events (learn, detect, score), as a user runs it."""
+    events = args.shared / "events"
+    if not (events / "devices.yaml").is_file():
+        sys.exit(f"bench: no {events}/devices.yaml: the shared event recordings are needed")
+    cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        for round_number in range(args.repeat):
+            print(f"bench: run {round_number + 1}/{args.repeat}", file=sys.stderr)
+            runs.append(measure([sys.executable, EVALUATE, events, events / "devices.yaml",
+                                 "-o", tmp, "-q"]))
+        table = pd.read_csv(Path(tmp) / "evaluation.csv")
+    wall = statistics.median(r[0] for r in runs)
+    cpu = statistics.median(r[1] for r in runs)
+    recordings = len(list(events.glob("*/*/*.pcap")))
+    rows = ["| device | event | recordings | precision | recall | F1 |", "|---|---|---:|---:|---:|---:|"]
+    rows += [f"| {r.device} | {r.event} | {r.recordings} | {r.precision:.3f} | {r.recall:.3f} | "
+             f"{r.f1:.3f} |" for r in table.itertuples()]
+    worst = table["f1"].min()
+    text = "\n".join([
+        f"`evaluate.py` on the shared event recordings ({recordings} captures, "
+        f"{len(table)} events): median of {args.repeat} runs; {machine(cores, load_before)}.",
+        "", "| run | wall time | CPU time | compared |", "|---|---:|---:|---|",
+        f"| `evaluate.py ../shared/pcaps/events ../shared/pcaps/events/devices.yaml -o DIR -q` "
+        f"| {wall:.1f} s | {cpu:.1f} s | **{wall:.0f} s** (target < 120 s): {met(wall < 120)} |",
+        "", *rows, "", *busy_note(cores, load_before),
+        "Produced by `python tests/bench/bench.py evaluate`.", ""])
+    write_results(EVALUATE_RESULTS, text, f"evaluate = {wall:.1f} s (target < 120 s): "
+                  f"{met(wall < 120)}; lowest F1 {worst:.3f} (target >= 0.95): {met(worst >= 0.95)}")
+
+
+# --- report: what the traffic report adds to main.py ---------------------------------------
+
+def bench_report(args) -> None:
+    """main.py on the sample captures with and without the traffic report, interleaved."""
+    cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    times = {"with": [], "without": []}
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        for round_number in range(args.repeat):
+            print(f"bench: round {round_number + 1}/{args.repeat}", file=sys.stderr)
+            for name, extra in (("without", ["--no-report"]), ("with", [])):
+                command = [sys.executable, MAIN, DEVICE_NAME, DEVICE_IP, *TPLINK, "-q",
+                           "-o", Path(tmp) / name, *extra]
+                times[name].append(measure(command)[0])
+    without, with_report = (statistics.median(times[k]) for k in ("without", "with"))
+    added = with_report - without
+    text = "\n".join([
+        f"`main.py {DEVICE_NAME} {DEVICE_IP} data/*.pcap` (the three sample captures) with and "
+        f"without the traffic report; median of {args.repeat} interleaved runs; "
+        f"{machine(cores, load_before)}.", "",
+        "| run | wall time |", "|---|---:|",
+        f"| `main.py ... --no-report` | {without:.2f} s |",
+        f"| `main.py ...` (inventory.csv, endpoint map PNG/SVG, timeline, report.html) | "
+        f"{with_report:.2f} s |",
+        f"| the report adds | **{added:.2f} s** (target ≤ 3 s): {met(added <= 3)} |", "",
+        *busy_note(cores, load_before),
+        "Produced by `python tests/bench/bench.py report`.", ""])
+    write_results(REPORT_RESULTS, text, f"the report adds {added:.2f} s to main.py "
+                  f"(target <= 3 s): {met(added <= 3)}")
+
+
 def _tshark_version() -> str:
     out = subprocess.run([tshark_path(), "--version"], capture_output=True, text=True).stdout
     return out.split()[2] if out.startswith("TShark") else "?"
@@ -596,10 +665,14 @@ def main() -> None:
     signature.add_argument("--flows", type=int, default=10_000,
                            help="flows per recording (default: %(default)s)")
     signature.set_defaults(function=bench_signature)
-    for benchmark in (translator, flows_parser, signature):
+    evaluate = sub.add_parser("evaluate", help="evaluate.py on the shared event recordings")
+    evaluate.set_defaults(function=bench_evaluate)
+    report = sub.add_parser("report", help="what the traffic report adds to main.py")
+    report.set_defaults(function=bench_report)
+    for benchmark in (translator, flows_parser, signature, evaluate, report):
         benchmark.add_argument("--repeat", type=int, default=3,
                                help="runs; the median is reported (default: 3)")
-    for benchmark in (translator, flows_parser):  # they start from the big capture
+    for benchmark in (translator, flows_parser, evaluate):  # they read the shared captures
         benchmark.add_argument("--shared", type=Path, default=SHARED,
                                help="the shared captures (default: ../shared/pcaps)")
     args = parser.parse_args()
