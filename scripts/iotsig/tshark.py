@@ -27,7 +27,8 @@ PARTIAL_READ_MARKERS = ("cut short in the middle of a packet", "appears to be da
 
 @functools.lru_cache(maxsize=1)
 def tshark_path() -> str:
-    """tshark's path: $TSHARK_PATH, else what pyshark finds (PATH and the usual places)."""
+    """tshark's path: $TSHARK_PATH, else the one on PATH, else what pyshark finds in the
+    usual places."""
     configured = os.environ.get("TSHARK_PATH")
     if configured:  # asked for by name: never silently run another tshark instead
         if os.path.isfile(configured) and os.access(configured, os.X_OK):
