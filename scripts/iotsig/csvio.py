@@ -159,6 +159,9 @@ def _read_fast(path: Path, wanted: list[str], numeric: list[str], text: list[str
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
+    # glibc's allocator, which keeps freed memory (cli._keep_freed_memory), rather than
+    # pyarrow's jemalloc: a third less system time in page faults on a million rows.
+    pa.set_memory_pool(pa.system_memory_pool())
     kind = pa.dictionary(pa.int32(), pa.string()) if compact else pa.string()
     try:
         table = pacsv.read_csv(
