@@ -750,6 +750,20 @@ def test_inputs_that_would_write_one_flows_csv_are_refused(tmp_path, out):
     assert not (tmp_path / "o").exists()
 
 
+def test_rows_without_a_time_are_kept_with_a_warning(tmp_path, out):
+    source = packets_csv(out, TPLINK_CAPTURES[0])
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    frame.loc[[3, 7], "ts"] = ""  # emptied by hand in a spreadsheet
+    edited = tmp_path / "x.packets.csv"
+    frame.to_csv(edited, index=False)
+    result = run_script("stream-identifier.py", "-q", edited, "-o", tmp_path / "o")
+    assert result.returncode == 0
+    assert result.stderr == (f"stream-identifier.py: warning: {edited}: 2 row(s) without ts "
+                             "(first on line 5): taken as time 0, their flows start in 1970\n")
+    flows = read_flows(tmp_path / "o" / "x.flows.csv")
+    assert int(flows["orig_pkts"].sum() + flows["resp_pkts"].sum()) == len(frame)
+
+
 def test_a_failed_run_leaves_the_previous_output_alone(tmp_path, out):
     source = packets_csv(out, TPLINK_CAPTURES[0])
     path = tmp_path / "x.packets.csv"
