@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from .. import csvio, detector, evaluation, tshark
-from ..cli import Command, ensure_output_dir
+from ..cli import Command, ensure_output_dir, fraction, non_negative, positive
 from ..errors import ToolError
 from ..schema import DETECTIONS, EVALUATION
-from .event_detector import _non_negative, _positive, _score
 
 
 class Evaluate(Command):
@@ -35,22 +33,22 @@ class Evaluate(Command):
                             help="folder of DEVICE/EVENT/*.pcap")
         parser.add_argument("devices", type=Path, metavar="DEVICES_YAML",
                             help="device table: name -> {ipv4: address}")
-        parser.add_argument("--train-share", type=_share, default=0.5, metavar="FRACTION",
+        parser.add_argument("--train-share", type=fraction, default=0.5, metavar="FRACTION",
                             help="share of each event's recordings to learn from (default: "
                             "%(default)s; at least one recording each side)")
         parser.add_argument("--seed", type=int, default=0, metavar="N",
                             help="seed of the reproducible split (default: %(default)s)")
-        parser.add_argument("--support", type=_share, default=1.0, metavar="FRACTION",
+        parser.add_argument("--support", type=fraction, default=1.0, metavar="FRACTION",
                             help="signature-extractor's --support (default: %(default)s)")
         parser.add_argument("--baseline", choices=evaluation.BASELINES, default="other-events",
                             help="what a signature is learned against: the training recordings "
                             "of the device's other events (default), or nothing")
-        parser.add_argument("--window", type=_positive, metavar="S",
+        parser.add_argument("--window", type=positive, metavar="S",
                             help="event-detector's --window (default: per signature)")
-        parser.add_argument("--tolerance", type=_non_negative,
+        parser.add_argument("--tolerance", type=non_negative,
                             default=detector.DEFAULT_TOLERANCE, metavar="FRACTION",
                             help="event-detector's --tolerance (default: %(default)s)")
-        parser.add_argument("--min-score", type=_score, default=detector.DEFAULT_MIN_SCORE,
+        parser.add_argument("--min-score", type=fraction, default=detector.DEFAULT_MIN_SCORE,
                             metavar="FRACTION",
                             help="event-detector's --min-score (default: %(default)s)")
         parser.add_argument("-j", "--jobs", type=int, default=0,
@@ -167,13 +165,3 @@ class Evaluate(Command):
 
 def _fmt(value) -> str:
     return "-" if value != value else f"{value:.3f}"
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 1")
-    return value

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from .. import csvio, detector, flows, tshark
-from ..cli import Command, ensure_output_dir
+from ..cli import (Command, check_distinct_names, ensure_output_dir, fraction, non_negative,
+                   positive)
 from ..errors import InputError, ToolError
 from ..schema import DETECTIONS
 from .packet_translator import translate_captures
@@ -36,22 +36,22 @@ class EventDetector(Command):
     def add_arguments(self, parser):
         parser.add_argument("inputs", nargs="+", type=Path, metavar="SIGNATURE_CSV|PCAP|FLOWS_CSV",
                             help="signature CSVs, then captures or flows CSVs (any order)")
-        parser.add_argument("--window", type=_positive, metavar="S",
+        parser.add_argument("--window", type=positive, metavar="S",
                             help="longest occurrence, in seconds (default: per signature, "
                             f"{detector.WINDOW_FACTOR:g} times the learned event span, at least "
                             f"{detector.MIN_WINDOW:g} s)")
-        parser.add_argument("--tolerance", type=_non_negative, default=detector.DEFAULT_TOLERANCE,
+        parser.add_argument("--tolerance", type=non_negative, default=detector.DEFAULT_TOLERANCE,
                             metavar="FRACTION", help="widen the learned packet and byte count "
                             "ranges by this share (default: %(default)s)")
-        parser.add_argument("--min-score", type=_score, default=detector.DEFAULT_MIN_SCORE,
+        parser.add_argument("--min-score", type=fraction, default=detector.DEFAULT_MIN_SCORE,
                             metavar="FRACTION", help="share of the event patterns an occurrence "
                             "needs to be reported (default: %(default)s)")
         parser.add_argument("--strict-order", action="store_true",
                             help="count patterns seen out of the signature's order as missing")
-        parser.add_argument("--idle-timeout", type=_positive, default=flows.DEFAULT_IDLE_TIMEOUT,
+        parser.add_argument("--idle-timeout", type=positive, default=flows.DEFAULT_IDLE_TIMEOUT,
                             metavar="S", help="flow idle timeout for captures (default: "
                             "%(default)s, as main.py)")
-        parser.add_argument("--max-duration", type=_positive, default=flows.DEFAULT_MAX_DURATION,
+        parser.add_argument("--max-duration", type=positive, default=flows.DEFAULT_MAX_DURATION,
                             metavar="S", help="flow maximum duration for captures (default: "
                             "%(default)s)")
         parser.add_argument("-j", "--jobs", type=int, default=0,
@@ -78,7 +78,7 @@ class EventDetector(Command):
                 signatures.append(signature)
         if not signatures:
             raise ToolError("none of the signatures has an event pattern")
-        _check_names(inputs)
+        check_distinct_names(inputs, args.output_dir, "inputs")
         output_dir = ensure_output_dir(args.output_dir)
         sources, failed = self.flow_files(kinds, output_dir, signatures, args)
 
@@ -130,46 +130,3 @@ class EventDetector(Command):
         order = {Path(p).name: i for i, p in enumerate(kinds["capture"] + kinds["flows"]
                                                          + kinds["packets"])}
         return sorted(sources, key=lambda s: order.get(s[0], 0)), failed
-
-
-def _check_names(paths) -> None:
-    """Each capture's CSVs and detections are named after its file: two inputs with one
-    name would overwrite each other."""
-    seen = {}
-    for path in paths:
-        seen.setdefault(Path(path).name, []).append(str(path))
-    for name, same in seen.items():
-        if len(same) > 1:
-            raise ToolError(f"{len(same)} inputs are named {name} ({', '.join(same)}): "
-                            "give each capture a file name of its own")
-
-
-def _positive(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _score(text: str) -> float:
-    value = _number(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 1")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import csvio, profile, report, signature
-from ..cli import Command, ensure_output_dir, ipv4_or_ipv6, mac_address
+from ..cli import Command, ensure_output_dir, fraction, ipv4_or_ipv6, mac_address
 from ..errors import ToolError
 
 OUTPUT_NAMES = {"pattern": "pattern.txt", "profile": "profile.yaml", "signature": "signature.csv"}
@@ -41,7 +41,7 @@ def add_signature_arguments(parser, device_required: bool = True):
                             help="the device's address in the recordings")
     parser.add_argument("--device-mac", type=mac_address, metavar="MAC",
                         help="the device's MAC (default: the MAC that sends from --device-ip)")
-    parser.add_argument("--support", type=_fraction, default=1.0, metavar="FRACTION",
+    parser.add_argument("--support", type=fraction, default=1.0, metavar="FRACTION",
                         help="share of the recordings a pattern must appear in "
                         "(default: 1, all of them)")
     parser.add_argument("--event", default="event", metavar="NAME",
@@ -78,14 +78,3 @@ def extract_and_write(command: Command, flow_files, baseline_files, args, output
                 f"{len(result.noise)} fingerprint(s) left out as noise, from "
                 f"{len(recordings)} recording(s)")
     return result, paths
-
-
-def _fraction(text: str) -> float:
-    import argparse
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 1")
-    return value

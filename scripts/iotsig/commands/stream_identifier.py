@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .. import csvio, flows
-from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4_or_ipv6
+from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4_or_ipv6, positive
 from ..errors import ToolError
 from ..schema import FLOWS, PACKETS
 
@@ -24,10 +24,10 @@ class StreamIdentifier(Command):
         parser.add_argument("--device-ip", type=ipv4_or_ipv6, action="append", default=[],
                             metavar="IP", help="address of the device under study (repeatable); "
                             "default: the packets' direction column")
-        parser.add_argument("--idle-timeout", type=_positive, default=flows.DEFAULT_IDLE_TIMEOUT,
+        parser.add_argument("--idle-timeout", type=positive, default=flows.DEFAULT_IDLE_TIMEOUT,
                             metavar="S", help="a flow ends after S seconds without a packet "
                             "(default: %(default)s)")
-        parser.add_argument("--max-duration", type=_positive, default=flows.DEFAULT_MAX_DURATION,
+        parser.add_argument("--max-duration", type=positive, default=flows.DEFAULT_MAX_DURATION,
                             metavar="S", help="a flow is cut into chunks of at most S seconds "
                             "(default: %(default)s)")
 
@@ -82,14 +82,3 @@ def _warn_blank_times(command: Command, packets_csv: Path, packets) -> None:
         line = int(blank.argmax()) + 2  # the header is line 1
         command.warn(f"{packets_csv}: {int(blank.sum())} row(s) without ts (first on line "
                      f"{line}): taken as time 0, their flows start in 1970")
-
-
-def _positive(text: str) -> float:
-    import argparse
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
