@@ -11,7 +11,7 @@ from ..cli import (Command, check_distinct_names, ensure_output_dir, fraction, n
 from ..errors import InputError, ToolError
 from ..schema import DETECTIONS
 from .packet_translator import translate_captures
-from .stream_identifier import flows_path, identify_streams
+from .stream_identifier import add_flow_arguments, flows_path, identify_streams
 
 OUTPUT_NAME = "detections.csv"
 
@@ -48,12 +48,7 @@ class EventDetector(Command):
                             "needs to be reported (default: %(default)s)")
         parser.add_argument("--strict-order", action="store_true",
                             help="count patterns seen out of the signature's order as missing")
-        parser.add_argument("--idle-timeout", type=positive, default=flows.DEFAULT_IDLE_TIMEOUT,
-                            metavar="S", help="flow idle timeout for captures (default: "
-                            "%(default)s, as main.py)")
-        parser.add_argument("--max-duration", type=positive, default=flows.DEFAULT_MAX_DURATION,
-                            metavar="S", help="flow maximum duration for captures (default: "
-                            "%(default)s)")
+        add_flow_arguments(parser)  # for captures, as main.py builds flows
         parser.add_argument("-j", "--jobs", type=int, default=0,
                             help="captures translated at once (default: one per core)")
 

@@ -10,7 +10,7 @@ from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4
 from ..errors import ToolError
 from .packet_translator import translate_captures
 from .signature_extractor import add_signature_arguments, extract_and_write
-from .stream_identifier import identify_streams
+from .stream_identifier import add_flow_arguments, identify_streams
 from .traffic_report import report_after_main
 
 
@@ -30,10 +30,7 @@ class Main(Command):
         parser.add_argument("--idle", nargs="+", type=Path, default=[], metavar="PCAP",
                             help="captures of the same device without the event (baseline)")
         add_signature_arguments(parser, device_required=False)
-        parser.add_argument("--idle-timeout", type=float, default=flows.DEFAULT_IDLE_TIMEOUT,
-                            metavar="S", help="flow idle timeout (default: %(default)s)")
-        parser.add_argument("--max-duration", type=float, default=flows.DEFAULT_MAX_DURATION,
-                            metavar="S", help="flow maximum duration (default: %(default)s)")
+        add_flow_arguments(parser)
         parser.add_argument("-j", "--jobs", type=int, default=0,
                             help="captures translated at once (default: one per core)")
         parser.add_argument("--no-report", action="store_true",

@@ -24,12 +24,7 @@ class StreamIdentifier(Command):
         parser.add_argument("--device-ip", type=ipv4_or_ipv6, action="append", default=[],
                             metavar="IP", help="address of the device under study (repeatable); "
                             "default: the packets' direction column")
-        parser.add_argument("--idle-timeout", type=positive, default=flows.DEFAULT_IDLE_TIMEOUT,
-                            metavar="S", help="a flow ends after S seconds without a packet "
-                            "(default: %(default)s)")
-        parser.add_argument("--max-duration", type=positive, default=flows.DEFAULT_MAX_DURATION,
-                            metavar="S", help="a flow is cut into chunks of at most S seconds "
-                            "(default: %(default)s)")
+        add_flow_arguments(parser)
 
     def run(self, args):
         check_distinct_names(args.packets, args.output_dir, "packets CSVs",
@@ -38,6 +33,16 @@ class StreamIdentifier(Command):
         options = flows.FlowOptions(args.idle_timeout, args.max_duration, tuple(args.device_ip))
         _, failed = identify_streams(self, args.packets, output_dir, options)
         return 1 if failed else 0
+
+
+def add_flow_arguments(parser) -> None:
+    """--idle-timeout and --max-duration, for every command that builds flows."""
+    parser.add_argument("--idle-timeout", type=positive, default=flows.DEFAULT_IDLE_TIMEOUT,
+                        metavar="S", help="a flow ends after S seconds without a packet "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-duration", type=positive, default=flows.DEFAULT_MAX_DURATION,
+                        metavar="S", help="a flow is cut into chunks of at most S seconds "
+                        "(default: %(default)s)")
 
 
 def flows_path(packets_csv: Path, output_dir: Path) -> Path:
