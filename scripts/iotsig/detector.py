@@ -27,7 +27,7 @@ import pandas as pd
 from . import csvio, signature as sig
 from .errors import InputError
 from .schema import DETECTIONS, FLOWS
-from .tshark import CAPTURE_MAGICS
+from .tshark import CAPTURE_MAGICS, file_head
 
 DEFAULT_TOLERANCE = 0.5      # counts may be 50% below the learned minimum / above the maximum
 DEFAULT_MIN_SCORE = 0.75     # share of the event patterns an occurrence needs
@@ -47,15 +47,7 @@ FLOW_EXTRAS = ["capture", "first_frame", "last_frame", "remote_h"]
 def classify(path: Path) -> str:
     """'capture', 'signature', 'flows' or 'packets', from the file's first bytes / header."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4096)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a directory, not a capture or CSV file") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read ({e.strerror})") from None
+    head = file_head(path, 4096, "a capture or CSV file")
     if not head:
         raise InputError(path, "empty file: not a capture, signature CSV or flows CSV")
     if head[:4] in CAPTURE_MAGICS:

@@ -49,19 +49,25 @@ def tshark_path() -> str:
     raise ToolError(INSTALL_HINT)
 
 
+def file_head(path: Path, size: int, expected: str) -> bytes:
+    """The first `size` bytes of an input file, or its one-line error (`expected`: what the
+    file should have been, for the directory case)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, f"is a directory, not {expected}") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from None
+
+
 def check_capture(path: Path) -> None:
     """Refuse what is not a pcap/pcapng file before tshark guesses another format for it
     (tshark reads a 6-byte text file as 'MP4 media' and an empty one as ERF, silently)."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(24)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a directory, not a capture") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read ({e.strerror})") from None
+    head = file_head(path, 24, "a capture")
     if not head:
         raise InputError(path, "empty file (0 bytes): not a capture")
     if head[:4] not in CAPTURE_MAGICS:
