@@ -7,6 +7,7 @@ captures are made with text2pcap/editcap and small packets CSVs by hand.
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import struct
@@ -495,6 +496,49 @@ def test_port_reuse_in_a_hand_made_csv(tmp_path):
     assert list(flows.ts) == [0.0, 5.0, 9.0, 12.0, 13.0] and (flows.orig_h == A).all()
     assert list(flows.orig_pkts) == [3, 4, 3, 1, 1] and list(flows.resp_pkts) == [2, 3, 2, 1, 0]
     assert list(flows.first_frame) == [1, 6, 13, 18, 20]
+
+
+def test_fingerprints_are_distinct_values_in_time_order(tmp_path):
+    """A flow's application fields: each distinct value once, in the order of the packets'
+    times (not their rows), multi-valued cells split, generic layers left out of service;
+    the DNS answer names the later connection to one of its addresses."""
+    server = "93.184.216.34"
+    rows = [packet(2.0, A, B, "udp", 50000, 53, highest_layer="dns",
+                   dns_qry_name="b.example;a.example", dns_qry_type="A"),
+            packet(1.0, A, B, "udp", 50000, 53, highest_layer="dns", dns_qry_name="a.example",
+                   dns_qry_type="A"),
+            packet(2.5, B, A, "udp", 53, 50000, highest_layer="dns", dns_qry_name="b.example",
+                   dns_qry_type="A", dns_flags_response=1,
+                   dns_answer_addrs=f"10.9.9.9;{server}"),
+            packet(3.0, A, server, "tcp", 40000, 443, "S", highest_layer="tcp"),
+            packet(3.1, server, A, "tcp", 443, 40000, "SA", highest_layer="tcp"),
+            packet(3.2, A, server, "tcp", 40000, 443, "PA", highest_layer="tls",
+                   tls_server_name="www.example"),
+            packet(3.3, A, server, "tcp", 40000, 443, "PA", highest_layer="tls",
+                   tls_server_name="www.example")]
+    flows = flows_of(write_packets(tmp_path / "app.packets.csv", rows), device_ips=(A,))
+    dns, tls = one(flows, proto="udp"), one(flows, proto="tcp")
+    assert dns.dns_qry_name == "a.example;b.example" and dns.dns_qry_type == "A"
+    assert dns.service == "dns" and (dns.orig_pkts, dns.resp_pkts) == (2, 1)
+    assert dns.first_frame == 1 and dns.last_frame == 3 and dns.ts == 1.0
+    assert tls.service == "tls" and tls.tls_server_name == "www.example"
+    assert tls.remote_name == "b.example" and tls.first_sizes == "60 -60 60 60"
+
+
+def test_cells_that_need_quotes_read_back_whole(tmp_path):
+    """Commas, quotes, line feeds and carriage returns in a cell: quoted (RFC 4180), so
+    the csv module, pandas and a spreadsheet read the same cell back."""
+    uris = ['/a,b', '/say "hi"', '/line\nfeed', '/carriage\rreturn', '/plain']
+    rows = [packet(float(i), A, B, "tcp", 40000 + i, 80, "PA", highest_layer="http",
+                   http_request_method="GET", http_request_uri=uri) for i, uri in enumerate(uris)]
+    path = write_packets(tmp_path / "quotes.packets.csv", rows)
+    run_script("stream-identifier.py", "-q", path, "-o", tmp_path)
+    written = (tmp_path / "quotes.flows.csv").read_bytes().decode()
+    assert '"/carriage\rreturn"' in written and '"/a,b"' in written
+    with open(tmp_path / "quotes.flows.csv", newline="") as handle:
+        cells = [row[FLOWS.names.index("http_request_uri")] for row in csv.reader(handle)][1:]
+    assert cells == uris
+    assert list(read_flows(tmp_path / "quotes.flows.csv").http_request_uri) == uris
 
 
 # ---------------------------------------------------------------- IPv6, missed SYN, ICMP

@@ -11,6 +11,7 @@ Non-IP frames are grouped by their addresses and protocol (ARP by sender/target 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -53,10 +54,10 @@ def build_flows(packets: pd.DataFrame, options: FlowOptions | None = None) -> pd
     if packets.empty:
         return pd.DataFrame(columns=FLOWS.names)
     p = _prepare(packets)
-    _assign_flows(p, options)
-    is_orig = _orient(p)
-    flows = _aggregate(p, is_orig)
-    _label_device(flows, p, is_orig, options)
+    s = _in_flow_order(p, *_assign_flows(p, options))
+    is_orig = _orient(s)
+    flows = _aggregate(s, p, is_orig)
+    _label_device(flows, s, p, is_orig, options)
     _name_remote(flows, p, options)
     return flows.reindex(columns=FLOWS.names)
 
@@ -66,12 +67,17 @@ def build_flows(packets: pd.DataFrame, options: FlowOptions | None = None) -> pd
 TEXT_COLUMNS = ["capture", "l4_proto", "tcp_flags", "highest_layer", "eth_src", "eth_dst",
                 "ip_src", "ip_dst", "direction", "eth_src_vendor", "eth_dst_vendor",
                 *FLOW_TEXT_FIELDS, "dns_flags_response", "dns_answer_addrs"]
+# What the flow statistics read packet by packet, gathered in flow order; the text columns
+# stay in capture order and are looked up by row (most are empty in most packets).
+FLOW_ORDER_COLUMNS = ["ts", "frame_len", "frame_number", "src_port", "dst_port",
+                      "l4_payload_len", "src_addr", "dst_addr", "src_key", "dst_key",
+                      "syn", "syn_ack"]
 
 
 def _categorical(packets: pd.DataFrame, name: str, n: int) -> pd.Series:
     if name not in packets:
         return pd.Series(pd.Categorical.from_codes(np.zeros(n, np.int8), [""]))
-    column = packets[name].reset_index(drop=True)
+    column = packets[name]
     if pd.api.types.is_numeric_dtype(column):  # e.g. icmp_type read as a number: 3, not 3.0
         codes, uniques = pd.factorize(column)  # spelled once per distinct number
         labels = [f"{u:.0f}" if float(u).is_integer() else repr(u) for u in uniques]
@@ -91,16 +97,24 @@ def values_at(column: pd.Series, rows: np.ndarray) -> np.ndarray:
     return categories[column.cat.codes.to_numpy()[rows]]
 
 
-def _prepare(packets: pd.DataFrame) -> pd.DataFrame:
+class Packets(dict):
+    """The packets' columns by name, in capture order: text as categorical Series, numbers
+    as numpy arrays (a dict, not a DataFrame, which would copy each column put in it), and
+    the vocabulary that src_addr and dst_addr index."""
+    addresses: np.ndarray
+
+
+def _prepare(packets: pd.DataFrame) -> Packets:
     n = len(packets)
-    p = pd.DataFrame(index=pd.RangeIndex(n))
+    if not packets.index.equals(pd.RangeIndex(n)):  # e.g. several CSVs concatenated
+        packets = packets.reset_index(drop=True)
+    p = Packets()
     for name in TEXT_COLUMNS:
         p[name] = _categorical(packets, name, n)
     for name in ("ts", "frame_len", "frame_number", "src_port", "dst_port", "l4_payload_len"):
         p[name] = pd.to_numeric(packets[name], errors="coerce").to_numpy(dtype=float)
     for name in ("ts", "frame_len", "l4_payload_len"):
-        p[name] = p[name].fillna(0.0)
-    p["position"] = np.arange(n)
+        p[name] = np.nan_to_num(p[name], nan=0.0)
     # Address of each side: IP when there is one (ARP sender/target IP too), else MAC;
     # all four columns coded against one vocabulary so that the two sides compare.
     vocabulary = pd.Index(pd.unique(np.concatenate(
@@ -112,28 +126,30 @@ def _prepare(packets: pd.DataFrame) -> pd.DataFrame:
     empty = vocabulary.get_loc("") if "" in vocabulary else -2
     p["src_addr"] = np.where(ip_src != empty, ip_src, coded("eth_src"))
     p["dst_addr"] = np.where(ip_dst != empty, ip_dst, coded("eth_dst"))
-    p.attrs["addresses"] = np.asarray(vocabulary, dtype=object)
-    src_port = np.nan_to_num(p["src_port"].to_numpy(), nan=-1).astype(np.int64)
-    dst_port = np.nan_to_num(p["dst_port"].to_numpy(), nan=-1).astype(np.int64)
-    p["src_key"] = p["src_addr"].to_numpy(np.int64) * PORT_SPAN + src_port + 1
-    p["dst_key"] = p["dst_addr"].to_numpy(np.int64) * PORT_SPAN + dst_port + 1
+    p.addresses = np.asarray(vocabulary, dtype=object)
+    src_port = np.nan_to_num(p["src_port"], nan=-1).astype(np.int64)
+    dst_port = np.nan_to_num(p["dst_port"], nan=-1).astype(np.int64)
+    p["src_key"] = p["src_addr"].astype(np.int64) * PORT_SPAN + src_port + 1
+    p["dst_key"] = p["dst_addr"].astype(np.int64) * PORT_SPAN + dst_port + 1
+    p["syn"], p["syn_ack"], p["closing"] = _tcp_kinds(p["tcp_flags"])
     return p
 
 
-def _assign_flows(p: pd.DataFrame, options: FlowOptions) -> None:
-    """Give each packet a flow number, flows numbered by their first packet, and sort
-    the packets by flow and time."""
-    low = np.minimum(p["src_key"].to_numpy(), p["dst_key"].to_numpy())
-    high = np.maximum(p["src_key"].to_numpy(), p["dst_key"].to_numpy())
-    conversation = pd.DataFrame({"c": p["capture"].cat.codes, "l": p["l4_proto"].cat.codes,
-                                 "lo": low, "hi": high}
-                                ).groupby(["c", "l", "lo", "hi"], sort=False).ngroup().to_numpy()
-    ts_all = p["ts"].to_numpy()
-    order = np.lexsort((p["position"].to_numpy(), ts_all, conversation))
-    conversation = conversation[order]
-    ts = ts_all[order]
-    syn, _, closing = (kind[order] for kind in _tcp_kinds(p["tcp_flags"]))
-    same = np.r_[False, conversation[1:] == conversation[:-1]]
+def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The packets in flow order, flows numbered by their first packet and packets in time
+    order within a flow: for each, its row in p and its flow number."""
+    # Conversation: capture, protocol and both endpoints (lower key first); sorted by it,
+    # then time. lexsort is stable: packets at the same time keep their capture order.
+    conversation = [p["capture"].cat.codes.to_numpy(), p["l4_proto"].cat.codes.to_numpy(),
+                    np.minimum(p["src_key"], p["dst_key"]), np.maximum(p["src_key"], p["dst_key"])]
+    order = np.lexsort([p["ts"], *reversed(conversation)])
+    same = np.ones(len(order), dtype=bool)
+    same[0] = False
+    for key in conversation:
+        in_order = key[order]
+        same[1:] &= in_order[1:] == in_order[:-1]
+    ts = p["ts"][order]
+    syn, closing = p["syn"][order], p["closing"][order]
     gap = np.r_[np.inf, np.diff(ts)]
     new_flow = ~same | (gap > options.idle_timeout)
     # Port reuse: a SYN starts a new flow when a FIN or RST came after the previous SYN of
@@ -149,19 +165,22 @@ def _assign_flows(p: pd.DataFrame, options: FlowOptions) -> None:
     segment_start = ts[np.flatnonzero(new_flow)][segment - 1]
     chunk = np.floor((ts - segment_start) / options.max_duration).astype(np.int64)
     new_flow |= np.r_[False, (chunk[1:] != chunk[:-1]) & same[1:]]
-    # Renumber flows by (first timestamp, first frame) so the CSV reads in time order.
-    flow_in_order = np.cumsum(new_flow) - 1
+    # Number the flows by (first timestamp, first row) so the CSV reads in time order, and
+    # move each flow's run of packets to its place: no second sort of a million packets.
     starts = np.flatnonzero(new_flow)
-    rank = np.empty(len(starts), np.int64)
-    rank[np.lexsort((p["position"].to_numpy()[order][starts], ts[starts]))] = np.arange(len(starts))
-    flow = rank[flow_in_order]
-    final = np.lexsort((np.arange(len(flow)), flow))   # stable: keeps time order in a flow
-    taken = p.take(order[final])
-    taken["flow"] = flow[final]
-    p.drop(p.index, inplace=True)  # replace p's content in place: the caller holds p
-    for name in taken.columns:
-        p[name] = taken[name].to_numpy() if name not in TEXT_COLUMNS else taken[name].reset_index(drop=True)
-    p.index = pd.RangeIndex(len(taken))
+    lengths = np.diff(np.r_[starts, len(order)])
+    by_first = np.lexsort((order[starts], ts[starts]))
+    place = np.empty(len(starts), np.int64)
+    place[by_first] = np.cumsum(lengths[by_first]) - lengths[by_first]
+    flow_in_order = np.cumsum(new_flow) - 1
+    rows = np.empty_like(order)
+    rows[place[flow_in_order] + np.arange(len(order)) - starts[flow_in_order]] = order
+    return rows, np.repeat(np.arange(len(starts)), lengths[by_first])
+
+
+def _in_flow_order(p: Packets, rows: np.ndarray, flow: np.ndarray) -> dict[str, np.ndarray]:
+    """The packets' numbers in flow order, with each packet's row in p."""
+    return {"row": rows, "flow": flow, **{name: p[name][rows] for name in FLOW_ORDER_COLUMNS}}
 
 
 def _tcp_kinds(flags: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,48 +198,47 @@ def _flow_starts(flow: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
 
 
-def _orient(p: pd.DataFrame) -> np.ndarray:
+def _orient(s: dict[str, np.ndarray]) -> np.ndarray:
     """orig = sender of the TCP SYN, else receiver of the SYN-ACK, else the first packet's
     sender; a first packet from a well-known port to a high one is taken for a reply."""
-    flow = p["flow"].to_numpy()
+    flow = s["flow"]
     starts = _flow_starts(flow)
-    orig_key = p["src_key"].to_numpy()[starts].copy()
-    first_src_port = p["src_port"].to_numpy()[starts]
-    first_dst_port = p["dst_port"].to_numpy()[starts]
+    orig_key = s["src_key"][starts].copy()
+    first_src_port = s["src_port"][starts]
+    first_dst_port = s["dst_port"][starts]
     looks_reply = (first_src_port < 1024) & (first_dst_port >= 1024)
-    orig_key[looks_reply] = p["dst_key"].to_numpy()[starts][looks_reply]
-    syn, syn_ack, _ = _tcp_kinds(p["tcp_flags"])
-    for kind, key in ((syn_ack, "dst_key"), (syn, "src_key")):  # SYN wins over SYN-ACK
-        rows = np.flatnonzero(kind)
+    orig_key[looks_reply] = s["dst_key"][starts][looks_reply]
+    for kind, key in (("syn_ack", "dst_key"), ("syn", "src_key")):  # SYN wins over SYN-ACK
+        rows = np.flatnonzero(s[kind])
         if len(rows):
             first_rows = pd.Series(rows).groupby(flow[rows]).first()
-            orig_key[first_rows.index.to_numpy()] = p[key].to_numpy()[first_rows.to_numpy()]
-    return p["src_key"].to_numpy() == orig_key[flow]
+            orig_key[first_rows.index.to_numpy()] = s[key][first_rows.to_numpy()]
+    return s["src_key"] == orig_key[flow]
 
 
-def _aggregate(p: pd.DataFrame, is_orig: np.ndarray) -> pd.DataFrame:
-    addresses = p.attrs["addresses"]
-    flow = p["flow"].to_numpy()
+def _aggregate(s: dict[str, np.ndarray], p: Packets, is_orig: np.ndarray) -> pd.DataFrame:
+    addresses = p.addresses
+    flow, rows = s["flow"], s["row"]
     starts = _flow_starts(flow)
     n = len(starts)
     out = pd.DataFrame(index=pd.RangeIndex(n))
-    out["capture"] = values_at(p["capture"], starts)
+    out["capture"] = values_at(p["capture"], rows[starts])
     out["uid"] = out["capture"] + "#" + pd.Series(np.arange(1, n + 1)).astype(str)
-    ts = p["ts"].to_numpy()
+    ts = s["ts"]
     out["ts"] = np.minimum.reduceat(ts, starts)
     out["duration"] = np.round(np.maximum.reduceat(ts, starts) - out["ts"].to_numpy(), 6)
-    out["proto"] = values_at(p["l4_proto"], starts)
+    out["proto"] = values_at(p["l4_proto"], rows[starts])
 
     # Endpoints: from the first packet, swapped where it was sent by the responder.
     first_is_orig = is_orig[starts]
-    src_addr, dst_addr = p["src_addr"].to_numpy()[starts], p["dst_addr"].to_numpy()[starts]
-    src_port, dst_port = p["src_port"].to_numpy()[starts], p["dst_port"].to_numpy()[starts]
+    src_addr, dst_addr = s["src_addr"][starts], s["dst_addr"][starts]
+    src_port, dst_port = s["src_port"][starts], s["dst_port"][starts]
     out["orig_h"] = addresses[np.where(first_is_orig, src_addr, dst_addr)]
     out["resp_h"] = addresses[np.where(first_is_orig, dst_addr, src_addr)]
     out["orig_p"] = np.where(first_is_orig, src_port, dst_port)
     out["resp_p"] = np.where(first_is_orig, dst_port, src_port)
 
-    sizes, payload = p["frame_len"].to_numpy(), p["l4_payload_len"].to_numpy()
+    sizes, payload = s["frame_len"], s["l4_payload_len"]
     for side, mask in (("orig", is_orig), ("resp", ~is_orig)):
         side_flow = flow[mask]
         counts = np.bincount(side_flow, minlength=n)
@@ -236,24 +254,25 @@ def _aggregate(p: pd.DataFrame, is_orig: np.ndarray) -> pd.DataFrame:
         for stat, values in _group_stats(side_flow[follows], gaps, n).items():
             out[f"{side}_iat_{stat}"] = np.round(values, 6)
         # MAC and vendor of the side: from its first packet.
-        side_rows = np.flatnonzero(mask)
-        first = side_rows[_flow_starts(side_flow)] if len(side_rows) else side_rows
-        which = side_flow[_flow_starts(side_flow)] if len(side_rows) else side_rows
+        side_rows = rows[mask]
+        side_starts = _flow_starts(side_flow) if len(side_flow) else side_flow
         for column, source in (("mac", "eth_src"), ("vendor", "eth_src_vendor")):
             values = np.full(n, "", dtype=object)
-            values[which] = values_at(p[source], first)
+            values[side_flow[side_starts]] = values_at(p[source], side_rows[side_starts])
             out[f"{side}_{column}"] = values
     # A responder that never sent: its MAC is the destination of the originator's packets.
     silent = (out["resp_mac"] == "").to_numpy()
-    out.loc[silent, "resp_mac"] = values_at(p["eth_dst"], starts[silent])
-    out.loc[silent, "resp_vendor"] = values_at(p["eth_dst_vendor"], starts[silent])
+    out.loc[silent, "resp_mac"] = values_at(p["eth_dst"], rows[starts[silent]])
+    out.loc[silent, "resp_vendor"] = values_at(p["eth_dst_vendor"], rows[starts[silent]])
 
-    frames = p["frame_number"].to_numpy()
+    frames = s["frame_number"]
     out["first_frame"] = np.fmin.reduceat(frames, starts)
     out["last_frame"] = np.fmax.reduceat(frames, starts)
-    out["service"] = _distinct_per_flow(flow, p["highest_layer"], n, skip=GENERIC_LAYERS)
+    place = np.empty_like(rows)
+    place[rows] = np.arange(len(rows))  # each row's place in flow order
+    out["service"] = _distinct_per_flow(p["highest_layer"], place, s, n, skip=GENERIC_LAYERS)
     for name in FLOW_TEXT_FIELDS:
-        out[name] = _distinct_per_flow(flow, p[name], n)
+        out[name] = _distinct_per_flow(p[name], place, s, n)
     out["first_sizes"] = _first_sizes(flow, starts, sizes, is_orig, n)
     return out
 
@@ -277,24 +296,39 @@ def _group_stats(groups: np.ndarray, values: np.ndarray, n: int) -> dict[str, np
     return result
 
 
-def _distinct_per_flow(flow: np.ndarray, column: pd.Series, n: int,
+def _distinct_per_flow(column: pd.Series, place: np.ndarray, s: dict[str, np.ndarray], n: int,
                        skip: set | None = None) -> np.ndarray:
-    """Distinct non-empty values of each flow, ';'-joined in first-seen order."""
-    keep = (column != "").to_numpy()
-    if skip:
-        keep &= ~column.isin(skip).to_numpy()
+    """Distinct non-empty values of each flow, ';'-joined in first-seen order. Only the
+    packets that carry a value are looked at: most columns are empty in most packets."""
+    wanted = np.append(~column.cat.categories.isin((skip or set()) | {""}), False)  # code -1
     result = np.full(n, "", dtype=object)
-    if not keep.any():
+    hits = np.sort(place[np.flatnonzero(wanted[column.cat.codes.to_numpy()])])  # flow order
+    if not len(hits):
         return result
-    rows = np.flatnonzero(keep)
-    pairs = pd.DataFrame({"flow": flow[rows], "value": values_at(column, rows)})
-    if any(";" in c for c in column.cat.categories):
-        pairs = pairs.assign(value=pairs["value"].str.split(";")).explode("value")
-        pairs = pairs[pairs["value"] != ""]
-    pairs = pairs.drop_duplicates()  # keeps first-seen order within each flow
-    groups, joined = _join_sorted(pairs["flow"].to_numpy(), pairs["value"].to_numpy(), ";")
+    which, value, vocabulary = _split_values(column, s["row"][hits])
+    flow = s["flow"][hits][which]
+    first = ~pd.Series(flow * len(vocabulary) + value).duplicated().to_numpy()
+    groups, joined = _join_sorted(flow[first], vocabulary[value[first]], ";")
     result[groups] = joined
     return result
+
+
+def _split_values(column: pd.Series, rows: np.ndarray):
+    """The non-empty ';'-separated values of a categorical column at `rows` (a DNS answer
+    holds several addresses), split once per distinct cell: for each value, the index in
+    rows it comes from and its code in the vocabulary returned."""
+    parts = [str(label).split(";") for label in column.cat.categories]
+    codes, vocabulary = pd.factorize(np.array([v for x in parts for v in x], dtype=object))
+    vocabulary = np.asarray(vocabulary, dtype=object)
+    counts = np.array([len(x) for x in parts] + [0])  # code -1: no value
+    first = np.cumsum(counts) - counts
+    cells = column.cat.codes.to_numpy()[rows]
+    per_row = counts[cells]
+    which = np.repeat(np.arange(len(rows)), per_row)
+    within = np.arange(len(which)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    value = codes[first[cells][which] + within]
+    keep = vocabulary[value] != ""
+    return which[keep], value[keep], vocabulary
 
 
 def _join_sorted(groups: np.ndarray, values: np.ndarray, separator: str):
@@ -311,42 +345,57 @@ def _first_sizes(flow: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
                  is_orig: np.ndarray, n: int) -> np.ndarray:
     position = np.arange(len(flow)) - np.repeat(starts, np.diff(np.r_[starts, len(flow)]))
     head = np.flatnonzero(position < FIRST_SIZES)
-    signed = np.where(is_orig[head], sizes[head], -sizes[head]).astype(np.int64).astype(str)
-    groups, joined = _join_sorted(flow[head], signed.astype(object), " ")
+    signed = np.where(is_orig[head], sizes[head], -sizes[head]).astype(np.int64)
+    codes, uniques = pd.factorize(signed)  # spelled once per distinct size
+    spelled = np.array([str(u) for u in uniques], dtype=object)[codes]
+    groups, joined = _join_sorted(flow[head], spelled, " ")
     result = np.full(n, "", dtype=object)
     result[groups] = joined
     return result
 
 
-def _label_device(flows: pd.DataFrame, p: pd.DataFrame, is_orig: np.ndarray,
+def _label_device(flows: pd.DataFrame, s: dict[str, np.ndarray], p: Packets, is_orig: np.ndarray,
                   options: FlowOptions) -> None:
     if options.device_ips:
         orig = flows["orig_h"].isin(options.device_ips).to_numpy()
         resp = flows["resp_h"].isin(options.device_ips).to_numpy()
     else:  # from the packets' direction column, when the translator was told the device
-        sent = (p["direction"] == "sent").to_numpy()
+        rows = s["row"]
+        sent = (p["direction"] == "sent").to_numpy()[rows]
+        known = sent | (p["direction"] == "received").to_numpy()[rows]
         device_sent_as = pd.Series(np.where(sent, is_orig, ~is_orig))
-        known = sent | (p["direction"] == "received").to_numpy()
-        votes = device_sent_as[known].groupby(p["flow"].to_numpy()[known]).mean()
+        votes = device_sent_as[known].groupby(s["flow"][known]).mean()
         share = votes.reindex(range(len(flows))).to_numpy()
         orig, resp = share > 0.5, share < 0.5
     flows["device_side"] = np.select([orig, resp], ["orig", "resp"], "")
     flows["remote_h"] = np.where(flows["device_side"] == "resp", flows["orig_h"], flows["resp_h"])
 
 
-def _name_remote(flows: pd.DataFrame, p: pd.DataFrame, options: FlowOptions) -> None:
+def _name_remote(flows: pd.DataFrame, p: Packets, options: FlowOptions) -> None:
     names = _dns_names_for_flows(flows, p, options)
-    tls = flows["tls_server_name"].str.split(";").str[0].fillna("")
-    host = flows["http_host"].str.split(";").str[0].str.replace(r":\d+$", "", regex=True).fillna("")
+    tls = _first_value(flows["tls_server_name"])
+    host = _first_value(flows["http_host"], strip=_PORT)
     remote_is_orig = (flows["device_side"] == "resp").to_numpy()
     # The TLS/HTTP names belong to the server: only use them when the remote is the server.
-    tls = tls.where(~remote_is_orig, "")
-    host = host.where(~remote_is_orig, "")
+    tls = np.where(remote_is_orig, "", tls)
+    host = np.where(remote_is_orig, "", host)
     flows["remote_name"] = np.where(names != "", names, np.where(tls != "", tls, host))
     flows["remote_class"] = _classify(flows["remote_h"].to_numpy(), _gateways(p, options))
 
 
-def _dns_names_for_flows(flows: pd.DataFrame, p: pd.DataFrame, options: FlowOptions) -> np.ndarray:
+_PORT = re.compile(r":\d+$")
+
+
+def _first_value(cells: pd.Series, strip: re.Pattern | None = None) -> np.ndarray:
+    """The first of each cell's ';'-separated values (without `strip`), once per distinct cell."""
+    codes, uniques = pd.factorize(cells.to_numpy())
+    firsts = [str(u).split(";")[0] for u in uniques]
+    if strip:
+        firsts = [strip.sub("", f) for f in firsts]
+    return np.array(firsts + [""], dtype=object)[codes]
+
+
+def _dns_names_for_flows(flows: pd.DataFrame, p: Packets, options: FlowOptions) -> np.ndarray:
     """The query name whose DNS answer gave the flow's remote address, latest answer at or
     before the flow's start, in the same capture (and to the device, when it is known)."""
     answers = (p["dns_flags_response"] == "1") & (p["dns_answer_addrs"] != "")
@@ -358,13 +407,12 @@ def _dns_names_for_flows(flows: pd.DataFrame, p: pd.DataFrame, options: FlowOpti
     if not answers.any():
         return result
     rows = np.flatnonzero(answers.to_numpy())
-    table = pd.DataFrame({"capture": values_at(p["capture"], rows), "ts": p["ts"].to_numpy()[rows],
-                          "name": values_at(p["dns_qry_name"], rows),
-                          "addr": values_at(p["dns_answer_addrs"], rows)})
-    table["name"] = table["name"].str.split(";").str[0]
-    table["addr"] = table["addr"].str.split(";")
-    table = table.explode("addr")[["capture", "ts", "addr", "name"]]
-    table = table[table["addr"] != ""].sort_values("ts", kind="stable")
+    which, addr, vocabulary = _split_values(p["dns_answer_addrs"], rows)
+    rows = rows[which]
+    table = pd.DataFrame({"capture": values_at(p["capture"], rows), "ts": p["ts"][rows],
+                          "addr": vocabulary[addr],
+                          "name": _first_value(pd.Series(values_at(p["dns_qry_name"], rows)))}
+                         ).sort_values("ts", kind="stable")
     lookup = pd.DataFrame({"capture": flows["capture"].to_numpy(), "ts": flows["ts"].to_numpy(),
                            "addr": flows["remote_h"].to_numpy(), "row": np.arange(len(flows))}
                           ).sort_values("ts", kind="stable")
@@ -373,13 +421,13 @@ def _dns_names_for_flows(flows: pd.DataFrame, p: pd.DataFrame, options: FlowOpti
     return result
 
 
-def _gateways(p: pd.DataFrame, options: FlowOptions) -> set[str]:
+def _gateways(p: Packets, options: FlowOptions) -> set[str]:
     """Local addresses acting as the device's DNS server, DHCP server or router."""
     def addresses(column: str, where) -> set[str]:
         return set(values_at(p[column], np.flatnonzero(np.asarray(where))))
     not_icmp = (p["l4_proto"] != "icmp").to_numpy()
-    dns_servers = addresses("ip_dst", (p["dst_port"].to_numpy() == 53) & not_icmp)
-    dns_servers |= addresses("ip_src", (p["src_port"].to_numpy() == 53) & not_icmp)
+    dns_servers = addresses("ip_dst", (p["dst_port"] == 53) & not_icmp)
+    dns_servers |= addresses("ip_src", (p["src_port"] == 53) & not_icmp)
     dhcp_servers = addresses("ip_src", p["dhcp_msg_type"].isin(["offer", "ack"]))
     # The router: the MAC that packets to external addresses go to; its local IPs.
     categories = p["ip_dst"].cat.categories
