@@ -124,13 +124,13 @@ def _prepare(packets: pd.DataFrame) -> Packets:
         return vocabulary.get_indexer(p[name].cat.categories)[p[name].cat.codes.to_numpy()]
     ip_src, ip_dst = coded("ip_src"), coded("ip_dst")
     empty = vocabulary.get_loc("") if "" in vocabulary else -2
-    p["src_addr"] = np.where(ip_src != empty, ip_src, coded("eth_src"))
-    p["dst_addr"] = np.where(ip_dst != empty, ip_dst, coded("eth_dst"))
+    p["src_addr"] = np.where(ip_src != empty, ip_src, coded("eth_src")).astype(np.int64)
+    p["dst_addr"] = np.where(ip_dst != empty, ip_dst, coded("eth_dst")).astype(np.int64)
     p.addresses = np.asarray(vocabulary, dtype=object)
     src_port = np.nan_to_num(p["src_port"], nan=-1).astype(np.int64)
     dst_port = np.nan_to_num(p["dst_port"], nan=-1).astype(np.int64)
-    p["src_key"] = p["src_addr"].astype(np.int64) * PORT_SPAN + src_port + 1
-    p["dst_key"] = p["dst_addr"].astype(np.int64) * PORT_SPAN + dst_port + 1
+    p["src_key"] = p["src_addr"] * PORT_SPAN + src_port + 1
+    p["dst_key"] = p["dst_addr"] * PORT_SPAN + dst_port + 1
     p["syn"], p["syn_ack"], p["closing"] = _tcp_kinds(p["tcp_flags"])
     return p
 
