@@ -808,6 +808,46 @@ def test_rows_without_a_time_are_kept_with_a_warning(tmp_path, out):
     assert int(flows["orig_pkts"].sum() + flows["resp_pkts"].sum()) == len(frame)
 
 
+def test_rows_without_a_frame_length_are_counted_with_a_warning(tmp_path, out):
+    source = packets_csv(out, TPLINK_CAPTURES[0])
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    frame.loc[[10], "frame_len"] = ""
+    edited = tmp_path / "x.packets.csv"
+    frame.to_csv(edited, index=False)
+    result = run_script("stream-identifier.py", "-q", edited, "-o", tmp_path / "o")
+    assert result.stderr == (f"stream-identifier.py: warning: {edited}: 1 row(s) without "
+                             "frame_len (first on line 12): counted as 0 bytes\n")
+    flows = read_flows(tmp_path / "o" / "x.flows.csv")
+    whole = read_flows(flows_csv(out, TPLINK_CAPTURES[0]))
+    lost = int(frame.frame_len.where(frame.frame_len != "", None).isna().sum())
+    assert lost == 1 and int((flows.orig_pkts + flows.resp_pkts).sum()) == len(frame)
+    total = (flows.orig_frame_bytes + flows.resp_frame_bytes).sum()
+    whole_total = (whole.orig_frame_bytes + whole.resp_frame_bytes).sum()
+    assert whole_total - total == int(pd.read_csv(source).frame_len[10])
+
+
+def test_addresses_typed_by_hand_in_another_spelling(tmp_path):
+    """IPv6 in capitals or uncompressed, MACs in capitals, as a person might type them:
+    the same endpoints as tshark's spelling, and the DNS answer still names the flow."""
+    device, server = "fd00::5", "2001:db8::10"
+    rows = [packet(1.0, device, "fd00::1", "udp", 50000, 53, highest_layer="dns",
+                   dns_qry_name="cloud.example", dns_qry_type="AAAA"),
+            packet(1.1, "FD00:0:0::1", device, "udp", 53, 50000, highest_layer="dns",
+                   dns_qry_name="cloud.example", dns_qry_type="AAAA", dns_flags_response=1,
+                   dns_answer_addrs="2001:DB8:0::10"),
+            packet(2.0, device, server, "tcp", 40000, 443, "S"),
+            packet(2.1, "2001:DB8::10", device.upper(), "tcp", 443, 40000, "SA"),
+            packet(2.2, device, server, "tcp", 40000, 443, "A")]
+    rows[3]["eth_src"] = rows[3]["eth_src"].upper().replace("02:", "0A:", 1)
+    rows[4]["eth_dst"] = rows[3]["eth_src"]
+    flows = flows_of(write_packets(tmp_path / "typed.packets.csv", rows), device_ips=(device,))
+    assert len(flows) == 2
+    tls = one(flows, proto="tcp")
+    assert (tls.orig_h, tls.resp_h, tls.orig_pkts, tls.resp_pkts) == (device, server, 2, 1)
+    assert tls.remote_name == "cloud.example" and tls.resp_mac == rows[3]["eth_src"].lower()
+    assert one(flows, proto="udp").resp_h == "fd00::1"
+
+
 def test_a_failed_run_leaves_the_previous_output_alone(tmp_path, out):
     source = packets_csv(out, TPLINK_CAPTURES[0])
     path = tmp_path / "x.packets.csv"

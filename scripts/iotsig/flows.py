@@ -91,6 +91,31 @@ def _categorical(packets: pd.DataFrame, name: str, n: int) -> pd.Series:
     return column
 
 
+def _respelled(column: pd.Series, spell) -> pd.Series:
+    """The categorical column with each category spelled by `spell`; categories that come
+    out the same are merged."""
+    categories = column.cat.categories
+    spelled = [spell(c) for c in categories]
+    if spelled == list(categories):
+        return column
+    codes, uniques = pd.factorize(np.array(spelled, dtype=object))
+    return pd.Series(pd.Categorical.from_codes(codes[column.cat.codes.to_numpy()], uniques))
+
+
+@lru_cache(maxsize=65536)
+def canonical_ip(text: str) -> str:
+    """An IP address as tshark and Python write it (IPv6 in lower case, zeros compressed);
+    other text as it is."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return text
+
+
+def _canonical_ips(cell: str) -> str:
+    return ";".join(canonical_ip(part) for part in cell.split(";"))
+
+
 def values_at(column: pd.Series, rows: np.ndarray) -> np.ndarray:
     """The strings of a categorical column at some rows, as an object array."""
     categories = np.asarray(column.cat.categories, dtype=object)
@@ -111,6 +136,11 @@ def _prepare(packets: pd.DataFrame) -> Packets:
     p = Packets()
     for name in TEXT_COLUMNS:
         p[name] = _categorical(packets, name, n)
+    # One spelling per address, as tshark writes them, whatever a person typed in a CSV.
+    for name, spell in (("ip_src", canonical_ip), ("ip_dst", canonical_ip),
+                        ("eth_src", str.lower), ("eth_dst", str.lower),
+                        ("dns_answer_addrs", _canonical_ips)):
+        p[name] = _respelled(p[name], spell)
     for name in ("ts", "frame_len", "frame_number", "src_port", "dst_port", "l4_payload_len"):
         p[name] = pd.to_numeric(packets[name], errors="coerce").to_numpy(dtype=float)
     for name in ("ts", "frame_len", "l4_payload_len"):

@@ -62,7 +62,7 @@ def identify_streams(command: Command, packet_files: list[Path], output_dir: Pat
             try:
                 packets = csvio.read_table(packets_csv, PACKETS, required=flows.REQUIRED,
                                            columns=flows.REQUIRED + flows.OPTIONAL, compact=True)
-                _warn_blank_times(command, packets_csv, packets)
+                _warn_blank_cells(command, packets_csv, packets)
                 table = flows.build_flows(packets, options)
                 output = flows_path(packets_csv, output_dir)
                 csvio.write_table(table, FLOWS, output)
@@ -79,11 +79,13 @@ def identify_streams(command: Command, packet_files: list[Path], output_dir: Pat
     return [w[0] for w in written], failed
 
 
-def _warn_blank_times(command: Command, packets_csv: Path, packets) -> None:
-    """A row without ts (a cell emptied by hand) still lands in a flow, at time 0: say so
-    rather than let it open a flow in 1970 unnoticed."""
-    blank = packets["ts"].isna().to_numpy()
-    if blank.any():
-        line = int(blank.argmax()) + 2  # the header is line 1
-        command.warn(f"{packets_csv}: {int(blank.sum())} row(s) without ts (first on line "
-                     f"{line}): taken as time 0, their flows start in 1970")
+def _warn_blank_cells(command: Command, packets_csv: Path, packets) -> None:
+    """A row whose ts or frame_len was emptied by hand still lands in a flow: say so rather
+    than let it open a flow in 1970 or count as an empty frame unnoticed."""
+    for name, effect in (("ts", "taken as time 0, their flows start in 1970"),
+                         ("frame_len", "counted as 0 bytes")):
+        blank = packets[name].isna().to_numpy()
+        if blank.any():
+            line = int(blank.argmax()) + 2  # the header is line 1
+            command.warn(f"{packets_csv}: {int(blank.sum())} row(s) without {name} (first on "
+                         f"line {line}): {effect}")
