@@ -99,6 +99,9 @@ def write_table(frame: pd.DataFrame, table: Table, path: Path) -> None:
             raise OutputError(path, f"cannot write ({e.strerror})") from None
 
 
+WRITE_BATCH_ROWS = 50_000  # bounds the memory of the spelled cells
+
+
 def write_rows(sink, frame: pd.DataFrame, float_format: str | None = None) -> None:
     """The frame's rows (as to_csv_text gives them) as CSV: floats as repr (shortest
     round-trip, as pandas writes them) or float_format, missing values as empty cells, a
@@ -109,9 +112,6 @@ def write_rows(sink, frame: pd.DataFrame, float_format: str | None = None) -> No
         batch = frame.iloc[start:start + WRITE_BATCH_ROWS]
         columns = [_spelled(batch[name], float_format) for name in batch.columns]
         sink.write("\n".join(map(",".join, zip(*columns))) + "\n")
-
-
-WRITE_BATCH_ROWS = 50_000  # bounds the memory of the spelled cells
 
 
 def _spelled(column: pd.Series, float_format: str | None) -> list[str]:
