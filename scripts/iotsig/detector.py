@@ -27,6 +27,7 @@ import pandas as pd
 from . import csvio, signature as sig
 from .errors import InputError
 from .schema import DETECTIONS, FLOWS
+from .timefmt import utc
 from .tshark import CAPTURE_MAGICS, file_head
 
 DEFAULT_TOLERANCE = 0.5      # counts may be 50% below the learned minimum / above the maximum
@@ -448,13 +449,6 @@ def detect(flows: pd.DataFrame, capture: str, signatures: list[EventSignature],
 # ---------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------
-
-def utc(ts: float) -> str:
-    if ts != ts:
-        return ""
-    micros = np.array([round(ts * 1e6)], dtype="int64").astype("datetime64[us]")
-    return str(np.datetime_as_string(micros, unit="ms")[0]) + "Z"
-
 
 def detections_frame(occurrences: list[Occurrence]) -> pd.DataFrame:
     rows = []

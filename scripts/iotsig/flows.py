@@ -10,14 +10,13 @@ Non-IP frames are grouped by their addresses and protocol (ARP by sender/target 
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
+from .parties import address_class, canonical_ip, canonical_ips
 from .schema import APP_FIELDS, FLOWS
 
 DEFAULT_IDLE_TIMEOUT = 120.0   # NFStream's default idle timeout
@@ -102,20 +101,6 @@ def _respelled(column: pd.Series, spell) -> pd.Series:
     return pd.Series(pd.Categorical.from_codes(codes[column.cat.codes.to_numpy()], uniques))
 
 
-@lru_cache(maxsize=65536)
-def canonical_ip(text: str) -> str:
-    """An IP address as tshark and Python write it (IPv6 in lower case, zeros compressed);
-    other text as it is."""
-    try:
-        return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        return text
-
-
-def _canonical_ips(cell: str) -> str:
-    return ";".join(canonical_ip(part) for part in cell.split(";"))
-
-
 def values_at(column: pd.Series, rows: np.ndarray) -> np.ndarray:
     """The strings of a categorical column at some rows, as an object array."""
     categories = np.asarray(column.cat.categories, dtype=object)
@@ -139,7 +124,7 @@ def _prepare(packets: pd.DataFrame) -> Packets:
     # One spelling per address, as tshark writes them, whatever a person typed in a CSV.
     for name, spell in (("ip_src", canonical_ip), ("ip_dst", canonical_ip),
                         ("eth_src", str.lower), ("eth_dst", str.lower),
-                        ("dns_answer_addrs", _canonical_ips)):
+                        ("dns_answer_addrs", canonical_ips)):
         p[name] = _respelled(p[name], spell)
     for name in ("ts", "frame_len", "frame_number", "src_port", "dst_port", "l4_payload_len"):
         p[name] = pd.to_numeric(packets[name], errors="coerce").to_numpy(dtype=float)
@@ -466,29 +451,6 @@ def _gateways(p: Packets, options: FlowOptions) -> set[str]:
     router_ips = addresses("ip_src", p["eth_src"].isin(router_macs))
     candidates = (dns_servers | dhcp_servers | router_ips) - {"", "0.0.0.0"}
     return {a for a in candidates if address_class(a) == "local"}
-
-
-@lru_cache(maxsize=65536)
-def address_class(address: str) -> str:
-    """local, multicast, broadcast or external (gateway is decided per capture)."""
-    if not address:
-        return ""
-    if ":" in address and len(address) == 17 and address.count(":") == 5 and "." not in address \
-            and all(len(part) == 2 for part in address.split(":")):  # a MAC (non-IP frames)
-        if address.lower() == "ff:ff:ff:ff:ff:ff":
-            return "broadcast"
-        return "multicast" if int(address[:2], 16) & 1 else "local"
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return "external"
-    if ip.version == 4 and (ip == ipaddress.IPv4Address("255.255.255.255")):
-        return "broadcast"
-    if ip.is_multicast:
-        return "multicast"
-    if ip.is_private or ip.is_link_local or ip.is_loopback or ip.is_unspecified:
-        return "local"
-    return "external"
 
 
 def _classify(addresses: np.ndarray, gateways: set[str]) -> np.ndarray:

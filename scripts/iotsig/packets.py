@@ -18,6 +18,7 @@ import pandas as pd
 from . import csvio, tshark
 from .errors import InputError, OutputError
 from .schema import PACKETS
+from .timefmt import utc_text
 
 # The Wireshark fields exported, in tshark's output order.
 FIELDS = [
@@ -177,8 +178,7 @@ def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = No
     out["frame_number"] = raw["frame.number"]
     ts = pd.to_numeric(raw["frame.time_epoch"], errors="coerce")
     out["ts"] = ts.round(6)
-    micros = (ts.fillna(0) * 1e6).round().astype("int64").to_numpy().astype("datetime64[us]")
-    out["time_utc"] = np.char.add(np.datetime_as_string(micros, unit="us"), "Z")
+    out["time_utc"] = utc_text(ts)
     out["frame_len"] = raw["frame.len"]
 
     arp = raw["arp.opcode"] != ""

@@ -10,7 +10,7 @@ import re
 import pandas as pd
 import yaml
 
-from .flows import address_class
+from .parties import address_class
 
 # Protocols and fields the firewall's translator reads.
 KNOWN_FIELDS = {
@@ -413,17 +413,3 @@ def _is_ip(value, family: str) -> bool:
         return ipaddress.ip_address(str(value)).version == (4 if family == "ipv4" else 6)
     except ValueError:
         return False
-
-
-def describe_remote(row) -> str:
-    """How pattern.txt names the remote party."""
-    remote = str(row.remote)
-    addresses = [a for a in str(row.remote_addrs).split(";") if a and a != remote]
-    if row.remote_kind == "domain":
-        shown = ", ".join(addresses[:4]) + (" ..." if len(addresses) > 4 else "")
-        return f"{remote} ({shown})" if shown else remote
-    if row.remote_kind == "class":
-        shown = ", ".join(addresses[:4]) + (" ..." if len(addresses) > 4 else "")
-        return f"{remote} ({shown})" if shown else remote
-    klass = row.remote_class if isinstance(row.remote_class, str) else address_class(remote)
-    return f"{remote} ({klass})" if klass else remote

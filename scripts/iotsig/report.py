@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .profile import describe_remote, printable, remote_name_problem, unexpressible
+from .parties import describe_remote
+from .profile import printable, remote_name_problem, unexpressible
 
 RULE = "=" * 78
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import csvio
 from .errors import InputError, ToolError
-from .flows import address_class
+from .parties import remote_party, server_ports
 from .schema import FLOWS, SIGNATURE, SIGNATURE_VERSION
 
 FINGERPRINT_FIELDS = ["dns_qry_name", "dns_qry_type", "http_request_method", "http_request_uri",
@@ -108,10 +108,14 @@ def device_flows(recording: Recording, device_ip: str, device_mac: str | None) -
 def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
     """Add the fingerprint columns (specific remote, and the generalised one)."""
     f = flows
-    remote_is_orig = f["device_side"] == "resp"
-    remote_h = np.where(remote_is_orig, f["orig_h"], f["resp_h"])
+    device_is_orig = (f["device_side"] == "orig").to_numpy()
     if "remote_h" in f:  # (optional column)
-        _describe_remote(f, remote_h)
+        remote_h, name, klass = remote_party(f["orig_h"], f["resp_h"], device_is_orig,
+                                             f["remote_h"], f["remote_name"].fillna(""),
+                                             f["remote_class"].fillna(""))
+        f["remote_name"], f["remote_class"] = name, klass
+    else:
+        remote_h = np.where(device_is_orig, f["resp_h"], f["orig_h"])
     f["remote_h"] = remote_h
     name = f["remote_name"].fillna("")
     klass = f["remote_class"].fillna("")
@@ -119,14 +123,8 @@ def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
     f["remote"] = np.where(name != "", name, np.where(use_class, klass, f["remote_h"]))
     f["remote_kind"] = np.where(name != "", "domain", np.where(use_class, "class", "address"))
     f["remote_general"] = np.where((name == "") & klass.isin(GENERALISABLE), klass, f["remote"])
-    orig_p, resp_p = f["orig_p"].astype("Float64"), f["resp_p"].astype("Float64")
-    # The fixed port: the responder's, unless the originator's is lower and the responder's
-    # looks ephemeral (e.g. the plug answering from 9999 to the phone's random port).
-    orig_serves = (orig_p < resp_p) & (resp_p >= 1024)
-    orig_serves = orig_serves.fillna(False).astype(bool)
-    f["server_port"] = np.where(orig_serves, orig_p, resp_p)
-    server_is_orig = orig_serves.to_numpy()
-    device_is_orig = (f["device_side"] == "orig").to_numpy()
+    port, server_is_orig = server_ports(f["orig_p"], f["resp_p"])
+    f["server_port"] = port
     f["server_side"] = np.where(server_is_orig == device_is_orig, "device", "remote")
     f.loc[f["server_port"].isna(), "server_side"] = ""
     # The URI without its query string: queries carry tokens and times that change.
@@ -136,26 +134,6 @@ def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
         f[name] = _canonical_sets(f[name].fillna("").astype(str))
     f["server_port"] = pd.to_numeric(f["server_port"], errors="coerce").fillna(-1).astype(int)
     return f
-
-
-def _describe_remote(f: pd.DataFrame, remote_h: np.ndarray) -> None:
-    """remote_name and remote_class describe the flows CSV's remote_h. Where that is not
-    the remote party seen from the device (stream-identifier ran without knowing the
-    device and took the responder, the device itself), they describe the wrong party:
-    take the class the CSV gives that address elsewhere, else its class by address alone,
-    and no name."""
-    other = (f["remote_h"].astype(str).to_numpy() != remote_h)
-    if not other.any():
-        return
-    known = pd.Series(f["remote_class"].to_numpy()[~other], index=remote_h[~other])
-    known = known[~known.index.duplicated() & (known != "")]
-    addresses = pd.Series(remote_h[other])
-    classes = addresses.map(known).astype(object)  # strings go in: never float NaNs
-    unknown = classes.isna()
-    codes, uniques = pd.factorize(addresses[unknown])
-    classes[unknown] = np.array([address_class(u) for u in uniques] + [""], dtype=object)[codes]
-    f.loc[other, "remote_class"] = classes.to_numpy()
-    f.loc[other, "remote_name"] = ""
 
 
 def canonical_set(value: str) -> str:
