@@ -46,24 +46,9 @@ FLOW_EXTRAS = ["capture", "first_frame", "last_frame", "remote_h"]
 # ---------------------------------------------------------------------------------------
 
 def classify(path: Path) -> str:
-    """'capture', 'signature', 'flows' or 'packets', from the file's first bytes / header."""
-    path = Path(path)
-    head = file_head(path, 4096, "a capture or CSV file")
-    if not head:
-        raise InputError(path, "empty file: not a capture, signature CSV or flows CSV")
-    if head[:4] in CAPTURE_MAGICS:
-        return "capture"
-    first_line = head.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip()
-    columns = {c.strip().strip('"') for c in first_line.split(",")}
-    if "signature_version" in columns:
-        return "signature"
-    if {"uid", "orig_h"} <= columns:
-        return "flows"
-    if {"frame_number", "ip_src"} <= columns:
-        return "packets"
-    raise InputError(path, "not a pcap/pcapng capture (unknown file header "
-                           f"{head[:4].hex()}), nor a signature CSV (no signature_version "
-                           "column), nor a flows CSV (no uid and orig_h columns)")
+    """'capture', 'signature', 'flows' or 'packets': inputs.file_kind, the one rule."""
+    from .inputs import file_kind
+    return file_kind(path, ("capture", "signature", "flows"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -86,29 +86,9 @@ class Report:
 
 
 def csv_kind(path: Path) -> str:
-    """'packets', 'flows' (or 'signature') by the CSV's header; an InputError otherwise."""
-    path = Path(path)
-    try:
-        header = set(pd.read_csv(path, nrows=0, dtype=str).columns)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a directory, not a CSV file") from None
-    except pd.errors.EmptyDataError:
-        raise InputError(path, "empty file: neither a packets nor a flows CSV") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read ({e.strerror})") from None
-    if {"uid", "orig_h", "resp_h"} <= header:
-        return "flows"
-    if {"frame_number", "frame_len", "ip_src"} <= header:
-        return "packets"
-    if {"signature_version", "pattern"} <= header:
-        return "signature"
-    shown = ", ".join(sorted(header)[:6]) + (", ..." if len(header) > 6 else "")
-    raise InputError(path, "neither a packets CSV (frame_number, frame_len, ip_src, ...) nor "
-                           f"a flows CSV (uid, orig_h, resp_h, ...): its columns are {shown}")
+    """'packets', 'flows' (or 'signature', 'capture'): inputs.file_kind, the one rule."""
+    from .inputs import file_kind
+    return file_kind(path, ("packets", "flows"))
 
 
 def read_inputs(paths: list[Path]) -> Inputs:
@@ -117,6 +97,9 @@ def read_inputs(paths: list[Path]) -> Inputs:
         kind = csv_kind(path)
         if kind == "signature":
             raise InputError(path, "is a signature CSV: give it with --signature")
+        if kind == "capture":
+            raise InputError(path, "is a capture: give its packets or flows CSVs (main.py "
+                                   "or packet-translator.py writes them)")
         (inputs.packet_files if kind == "packets" else inputs.flow_files).append(Path(path))
     if inputs.packet_files:
         wanted = PACKET_COLUMNS + PACKET_OPTIONAL

@@ -1,0 +1,71 @@
+"""What an input file is, by its content: one rule for every command.
+
+A capture by its first four bytes (pcap or pcapng magic); a CSV by the columns of its header
+line: a signature CSV has signature_version and pattern, a flows CSV uid, orig_h and resp_h,
+a packets CSV frame_number, frame_len and ip_src. Anything else is one InputError line
+that says what the file is not (and, for a text file, which columns it has).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .errors import InputError
+from .tshark import CAPTURE_MAGICS, file_head
+
+KINDS = ("capture", "signature", "flows", "packets")
+# The columns that make a CSV of each kind (checked in this order).
+CSV_COLUMNS = {"signature": ("signature_version", "pattern"),
+               "flows": ("uid", "orig_h", "resp_h"),
+               "packets": ("frame_number", "frame_len", "ip_src")}
+HEADER_BYTES = 1 << 16       # a header line longer than this is no CSV of ours
+
+
+def file_kind(path: Path, expected: tuple[str, ...] = KINDS) -> str:
+    """'capture', 'signature', 'flows' or 'packets'. `expected` (the kinds the caller
+    takes) only words the error for a file of none of them."""
+    path = Path(path)
+    head = file_head(path, HEADER_BYTES, "a capture or CSV file")
+    if not head:
+        raise InputError(path, f"empty file (0 bytes): not {_listing(expected, ' or ')}")
+    if head[:4] in CAPTURE_MAGICS:
+        return "capture"
+    columns = header_columns(head)
+    for kind, needed in CSV_COLUMNS.items():
+        if columns is not None and set(needed) <= set(columns):
+            return kind
+    raise InputError(path, _not_any(expected, head, columns))
+
+
+def header_columns(head: bytes) -> list[str] | None:
+    """The column names of a CSV's first line; None when it is not text."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:   # not merely a character cut at the end of the head
+            return None
+        text = head[:e.start].decode("utf-8")
+    line = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
+    if not line.isprintable():
+        return None
+    return [c.strip() for c in next(csv.reader([line]), [])]
+
+
+def _listing(kinds, joiner: str) -> str:
+    names = {"capture": "a pcap/pcapng capture"}
+    words = [names.get(k, f"a {k} CSV") for k in kinds]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + joiner + words[-1]
+
+
+def _not_any(expected, head: bytes, columns: list[str] | None) -> str:
+    csvs = [f"a {k} CSV ({', '.join(CSV_COLUMNS[k])}, ...)" for k in expected if k != "capture"]
+    if "capture" in expected:
+        text = f"not a pcap/pcapng capture (unknown file header {head[:4].hex()})"
+        text += "".join(f", nor {c}" for c in csvs)
+    else:
+        text = "neither " + " nor ".join(csvs) if len(csvs) > 1 else f"not {csvs[0]}"
+    if columns is None:
+        return text + ": not text"
+    shown = ", ".join(columns[:6]) + (", ..." if len(columns) > 6 else "")
+    return text + f": its columns are {shown}"
