@@ -2,11 +2,9 @@
 """Regenerate the README's column tables from scripts/iotsig/schema.py."""
 
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from iotsig.schema import ALL_TABLES  # noqa: E402
+from iotsig.schema import ALL_TABLES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

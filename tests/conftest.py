@@ -14,16 +14,11 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 DATA = REPO / "data"
 CAPTURES = Path(__file__).resolve().parent / "captures"   # copied public captures
+SHARED = REPO.parent / "shared"  # the shared public captures beside the repo, when present
 TPLINK_CAPTURES = sorted(DATA.glob("*.pcap"))
 PLUG_IP, PLUG_MAC, PHONE_IP, GATEWAY_IP = ("192.168.1.135", "50:c7:bf:ed:0a:54",
                                            "192.168.1.110", "192.168.1.1")
-
-sys.path.insert(0, str(SCRIPTS))
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "sweep: the heavy robustness sweep (still run by .ci/run)")
-    config.addinivalue_line("markers", "spreadsheet: needs LibreOffice (soffice)")
+# The markers (slow, sweep, spreadsheet) are registered in pyproject.toml.
 
 
 def run_script(name: str, *args, check: bool = True, env: dict | None = None,

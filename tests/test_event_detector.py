@@ -10,10 +10,10 @@ import subprocess
 import pandas as pd
 import pytest
 
-from conftest import CAPTURES, DATA, PLUG_IP, run_script
-
 from iotsig import csvio, detector
 from iotsig.schema import DETECTIONS, EVALUATION, SIGNATURE
+
+from conftest import CAPTURES, DATA, PLUG_IP, run_script
 
 EVENTS = CAPTURES / "events"
 TOGGLES = sorted((EVENTS / "TpLinkPlug" / "toggle").glob("*.pcap"))

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import CAPTURES, PLUG_IP, SCRIPTS, TPLINK_CAPTURES, run_script
-
 from iotsig import csvio
 from iotsig.schema import PACKETS
+
+from conftest import CAPTURES, PLUG_IP, SCRIPTS, TPLINK_CAPTURES, run_script
 
 BACKGROUND = CAPTURES / "sweep" / "protocols" / "coap_mqtt.pcap"   # 8,516 packets
 MAIN_OUTPUTS = {"pattern.txt", "profile.yaml", "signature.csv"}
@@ -58,7 +58,8 @@ def wait_for_part_file(folder: Path, process: subprocess.Popen, timeout: float =
     while time.monotonic() < deadline:
         if folder.is_dir() and any(p.name.endswith(".part") for p in folder.rglob("*")):
             return
-        assert process.poll() is None, f"finished before it could be stopped: {process.stderr.read()}"
+        assert process.poll() is None, \
+            f"finished before it could be stopped: {process.stderr.read()}"
         time.sleep(0.02)
     raise AssertionError("no output file was started")
 
@@ -99,7 +100,7 @@ def test_stopped_main_leaves_no_half_file_and_a_rerun_finishes(how, long_recordi
     result = run_script("main.py", "-q", "TpLinkPlug", PLUG_IP, *long_recordings, "-o", out,
                         "--no-report")
     assert result.stderr == ""
-    assert MAIN_OUTPUTS <= {p.name for p in out.iterdir()}
+    assert {p.name for p in out.iterdir()} >= MAIN_OUTPUTS
     for capture in long_recordings:
         assert packet_rows(out / f"{capture.name}.packets.csv") == capinfos_count(capture)
     signature = pd.read_csv(out / "signature.csv")
@@ -137,11 +138,11 @@ def test_full_disk_then_room_again(mount_tmpfs, tmp_path):
     for path in disk.iterdir():
         assert not path.name.endswith(".part")
         assert path.stat().st_size > 0
-    assert not MAIN_OUTPUTS <= {p.name for p in disk.iterdir()}
+    assert not {p.name for p in disk.iterdir()} >= MAIN_OUTPUTS
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
     run_script(*command)
-    assert MAIN_OUTPUTS <= {p.name for p in disk.iterdir()}
+    assert {p.name for p in disk.iterdir()} >= MAIN_OUTPUTS
     for capture in TPLINK_CAPTURES:
         assert packet_rows(disk / f"{capture.name}.packets.csv") == capinfos_count(capture)
 

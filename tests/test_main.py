@@ -11,15 +11,25 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from conftest import GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
-from signature_checks import (C_NAME, DOMAIN, NO_BASELINE, assert_clean_run, assert_no_outputs,
-                              background_section, block_names, load_handwritten, load_profile,
-                              policy_names, sections)
-
 from iotsig import csvio
 from iotsig.schema import FLOWS, PACKETS
 from iotsig.signature import read_signature_csv
 from iotsig.tshark import tshark_path
+
+from conftest import GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
+from signature_checks import (
+    C_NAME,
+    DOMAIN,
+    NO_BASELINE,
+    assert_clean_run,
+    assert_no_outputs,
+    background_section,
+    block_names,
+    load_handwritten,
+    load_profile,
+    policy_names,
+    sections,
+)
 
 
 def _main(output_dir, *options, captures=TPLINK_CAPTURES, check=True):

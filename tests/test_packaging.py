@@ -6,6 +6,7 @@ import re
 import pytest
 
 import iotsig
+
 from conftest import REPO, SCRIPTS
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+

@@ -22,12 +22,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from conftest import CAPTURES, DATA, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
-from packet_bytes import transport_packet
-
 from iotsig import csvio
 from iotsig.schema import PACKETS
 from iotsig.tshark import tshark_path
+
+from conftest import CAPTURES, DATA, PLUG_IP, PLUG_MAC, SHARED, TPLINK_CAPTURES, run_script
+from packet_bytes import transport_packet
 
 TRANSLATOR = "packet-translator.py"
 ALL_CAPTURES = TPLINK_CAPTURES + sorted(
@@ -182,10 +182,11 @@ def test_fields_equal_tshark_output(capture, translated):
     assert_same(rows, "http_request_uri", tshark["http.request.uri"])
 
 
-SHARED_PROTOCOLS = CAPTURES.parent.parent.parent / "shared" / "pcaps" / "protocols"
+SHARED_PROTOCOLS = SHARED / "pcaps" / "protocols"
 
 
-@pytest.mark.skipif(not SHARED_PROTOCOLS.is_dir(), reason="no ../shared/pcaps beside the repo")
+@pytest.mark.skipif(not SHARED_PROTOCOLS.is_dir(),
+                    reason=f"../shared not found: {SHARED_PROTOCOLS}")
 def test_every_shared_protocol_capture_when_present(tmp_path):
     # The big ones too (CoAP/MQTT, QUIC, fragmented garbage, an Alexa session in pcapng).
     shared = sorted(SHARED_PROTOCOLS.glob("*.pcap*"))

@@ -29,13 +29,21 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CAPTURES, GATEWAY_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
-from packet_bytes import transport_packet
-
 from iotsig import csvio
 from iotsig.profile import validate_profile
 from iotsig.schema import EVALUATION, FLOWS, PACKETS, SIGNATURE
 from iotsig.tshark import tshark_path
+
+from conftest import (
+    CAPTURES,
+    GATEWAY_IP,
+    PLUG_IP,
+    PLUG_MAC,
+    SHARED,
+    TPLINK_CAPTURES,
+    run_script,
+)
+from packet_bytes import transport_packet
 
 SWEEP_CAPTURES = CAPTURES / "sweep"            # the shared captures no other test needed
 DEVICES = yaml.safe_load((SWEEP_CAPTURES / "events" / "devices.yaml").read_text())
@@ -125,7 +133,7 @@ def mutations(folder: Path) -> list[Case]:
         rng = random.Random(number)
         suffix = source.suffix
 
-        def add(path, kind, variant):
+        def add(path, kind, variant, source=source):
             cases.append(Case(path, kind, source.name, variant))
 
         for probability, offset in ERROR_RUNS:
@@ -159,8 +167,8 @@ def mutations(folder: Path) -> list[Case]:
 # --- captures built byte by byte -------------------------------------------------------------
 
 def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-    return transport_packet(src, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0), 6,
-                      payload)
+    header = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+    return transport_packet(src, dst, 17, header, 6, payload)
 
 
 def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: int, payload: bytes = b"",
@@ -285,7 +293,8 @@ def garbage_cases(folder: Path) -> list[Case]:
     cases = []
     for name, data in made.items():
         (folder / name).write_bytes(data)
-        kind = "zero-length" if not data else "no packets" if "header-only" in name else "random bytes"
+        kind = ("zero-length" if not data else "no packets" if "header-only" in name
+                else "random bytes")
         cases.append(Case(folder / name, kind))
     return cases
 
@@ -410,8 +419,8 @@ def sweep(tmp_path_factory):
     for case, (count, damaged) in zip(cases, counts):
         mine = [line for line in lines if f": {case.path}: " in line]
         outcome = Outcome(case, count, damaged,
-                          warnings=tuple(l for l in mine if ": warning: " in l),
-                          errors=tuple(l for l in mine if ": error: " in l))
+                          warnings=tuple(m for m in mine if ": warning: " in m),
+                          errors=tuple(m for m in mine if ": error: " in m))
         path = out / f"{case.path.name}.packets.csv"
         if path.exists():
             outcome.csv, outcome.rows = path, data_lines(path)
@@ -435,12 +444,17 @@ def test_the_corpus_has_every_capture_and_over_200_mutations(sweep):
     mutated = sum(n for kind, n in kinds.items() if kind.startswith(("editcap", "head", "byte")))
     assert mutated >= 200, kinds
     assert {"random bytes", "zero-length", "link layers", "several interfaces"} <= set(kinds)
-    shared = Path("/work/shared/pcaps")  # where they were copied from, when it is here
-    if shared.is_dir():
-        have = {c.source for c in sweep.cases if c.kind == "public capture"}
-        left_out = {"alexa-app.pcapng"}  # 1.5 MB: its first 2000 packets are in sweep/
-        missing = {p.name for p in shared.rglob("*") if p.suffix in CAPTURE_SUFFIXES} - have
-        assert missing == left_out
+
+
+@pytest.mark.sweep
+def test_the_corpus_has_every_shared_capture(sweep):
+    shared = SHARED / "pcaps"  # where they were copied from
+    if not shared.is_dir():
+        pytest.skip(f"../shared not found: {shared}")
+    have = {c.source for c in sweep.cases if c.kind == "public capture"}
+    left_out = {"alexa-app.pcapng"}  # 1.5 MB: its first 2000 packets are in sweep/
+    missing = {p.name for p in shared.rglob("*") if p.suffix in CAPTURE_SUFFIXES} - have
+    assert missing == left_out
 
 
 @pytest.mark.sweep
@@ -576,7 +590,7 @@ def _outputs_or_one_error(result, folder: Path, what: str, outputs=("pattern.txt
     if result.returncode == 0:
         check_signature_outputs(folder)
     else:
-        errors = [l for l in result.stderr.splitlines() if ": error: " in l]
+        errors = [line for line in result.stderr.splitlines() if ": error: " in line]
         assert errors, what
         assert not any((folder / name).exists() for name in outputs), what
 
@@ -635,8 +649,7 @@ def mained(sweep):
         result = run_script("main.py", "-q", "TpLinkPlug", PLUG_IP, *arguments, "-o", folder,
                             check=False)
         return name, folder, result
-    return dict((name, (folder, result)) for name, folder, result
-                in parallel(main, runs.items()))
+    return {name: (folder, result) for name, folder, result in parallel(main, runs.items())}
 
 
 @pytest.mark.sweep
@@ -666,7 +679,7 @@ def test_link_layers_give_the_same_signature_as_ethernet(mained):
 def detected(sweep, extracted):
     """event-detector with the TP-Link toggle signature learned from data/, over every
     flows CSV of the sweep in one run, and over damaged and unreadable captures."""
-    signature = dict((n, f) for n, f, _ in extracted)["TpLinkPlug-toggle"] / "signature.csv"
+    signature = {n: f for n, f, _ in extracted}["TpLinkPlug-toggle"] / "signature.csv"
     flow_files = [flows_csv(o.csv) for o in sweep.outcomes if o.csv]
     over_flows = run_script("event-detector.py", "-q", signature, *flow_files,
                             "-o", sweep.base / "detected-flows", check=False, timeout=900)
@@ -694,7 +707,7 @@ def test_event_detector_over_damaged_captures(sweep, detected):
     result = detected.damaged
     check_messages(result, "event-detector.py")
     assert result.returncode == 1
-    errors = [l for l in result.stderr.splitlines() if ": error: " in l]
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1 and "header-only.pcap: capture contains no packets" in errors[0]
     check_output_dir(sweep.base / "detected-damaged")
     assert (sweep.base / "detected-damaged" / "detections.csv").is_file()
@@ -714,7 +727,7 @@ def test_event_detector_refuses_what_is_no_capture_nor_csv(sweep, detected):
 @pytest.fixture(scope="module")
 def reported(sweep, extracted):
     """traffic-report on the packets and flows CSVs of several groups."""
-    signatures = dict((n, f) for n, f, _ in extracted)
+    signatures = {n: f for n, f, _ in extracted}
     groups = _groups(sweep)
     chosen = ["link-layers", "tplink-E0.1-1", "tplink-overwrite32", "tplink-snap",
               "tplink-relabel", "HueLight-toggle", "quic", "ip_fragmented_garbage"]
@@ -764,7 +777,7 @@ def test_evaluate_with_damaged_and_unreadable_recordings(sweep, tmp_path):
                         "--train-share", "0.5", check=False)
     check_messages(result, "evaluate.py")
     check_output_dir(tmp_path / "evaluation")
-    errors = [l for l in result.stderr.splitlines() if ": error: " in l]
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
     assert result.returncode == 1 and len(errors) == 1, result.stderr
     assert "toggle/3.pcap: empty file (0 bytes): not a capture" in errors[0]
     table = csvio.read_table(tmp_path / "evaluation" / "evaluation.csv", EVALUATION)

@@ -12,15 +12,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
-from signature_checks import (C_NAME, DOMAIN, NO_BASELINE, assert_clean_run, assert_no_outputs,
-                              background_section, block_names, load_handwritten, load_profile,
-                              policy_names, sections, strings_in)
-
 from iotsig import csvio, signature
 from iotsig.errors import InputError
 from iotsig.profile import build_profile, policy, printable, unexpressible, validate_profile
 from iotsig.schema import FLOWS, SIGNATURE, SIGNATURE_VERSION
+
+from conftest import PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
+from signature_checks import (
+    C_NAME,
+    DOMAIN,
+    NO_BASELINE,
+    assert_clean_run,
+    assert_no_outputs,
+    background_section,
+    block_names,
+    load_handwritten,
+    load_profile,
+    policy_names,
+    sections,
+    strings_in,
+)
 
 
 @pytest.fixture(scope="module")
@@ -476,9 +487,9 @@ def hostile_runs(flows, tmp_path_factory):
         base = tmp_path_factory.mktemp(f"hostile{number}")
         edited = [edit_flows(
             source, base / source.name,
-            dns_qry_name=lambda f: f["dns_qry_name"].replace(DOMAIN, value),
-            remote_name=lambda f: f["remote_name"].replace(DOMAIN, value),
-            tls_server_name=lambda f: f["tls_server_name"].replace(DOMAIN, value))
+            dns_qry_name=lambda f, value=value: f["dns_qry_name"].replace(DOMAIN, value),
+            remote_name=lambda f, value=value: f["remote_name"].replace(DOMAIN, value),
+            tls_server_name=lambda f, value=value: f["tls_server_name"].replace(DOMAIN, value))
             for source in flows]
         runs[value] = extract(base / "out", edited)
     return runs

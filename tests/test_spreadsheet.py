@@ -32,10 +32,18 @@ from xml.etree import ElementTree
 
 import pytest
 
-from test_packet_translator import (dns_query, http_get, packets_csv, tcp_frame, translate,
-                                    tshark_fields, udp_frame, write_capture)
-
 from iotsig.schema import PACKETS
+
+from test_packet_translator import (
+    dns_query,
+    http_get,
+    packets_csv,
+    tcp_frame,
+    translate,
+    tshark_fields,
+    udp_frame,
+    write_capture,
+)
 
 SOFFICE = shutil.which("soffice")
 pytestmark = [

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import (CAPTURES, GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES,
-                      run_script)
 from iotsig import csvio
 from iotsig.errors import InputError, OutputError
 from iotsig.flows import FlowOptions, build_flows
 from iotsig.schema import FLOWS, PACKETS
+
+from conftest import CAPTURES, GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
 
 CLOUD_NAME = "use1-api.tplinkra.com"
 REPO_CAPTURES = TPLINK_CAPTURES + sorted(
@@ -130,7 +130,7 @@ def check_clean_failure(result, output_dir: Path, *words: str) -> None:
 # Hand-made packets CSVs: every PACKETS column, empty unless set.
 def packet(ts: float, src: str, dst: str, proto: str = "udp", sport=None, dport=None,
            flags: str = "", length: int = 60, payload: int | None = None, **fields) -> dict:
-    row = {name: "" for name in PACKETS.names}
+    row = dict.fromkeys(PACKETS.names, "")
     row.update(ts=ts, ip_src=src, ip_dst=dst, l4_proto=proto, frame_len=length,
                src_port="" if sport is None else sport, dst_port="" if dport is None else dport,
                tcp_flags=flags, eth_src="02:00:00:00:00:%02x" % (hash(src) % 256),
@@ -209,7 +209,7 @@ def out(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ipv6_capture() -> Path:
     if not IPV6_CAPTURE.exists():
-        pytest.fail(f"{IPV6_CAPTURE} is missing (copy it from /work/shared/pcaps/protocols/)")
+        pytest.fail(f"{IPV6_CAPTURE} is missing (copy it from ../shared/pcaps/protocols/)")
     return IPV6_CAPTURE
 
 
@@ -342,7 +342,7 @@ def test_arp_grouped_by_addresses_and_type(out, capture):
     # One flow per pair of addresses, apart from the other protocols between the same hosts.
     assert len(arp_flows) == arp.pair.nunique()
     assert not (flows.proto.isin(["tcp", "udp"]) & flows.arp_opcode.ne("")).any()
-    for pair, frames in arp.groupby("pair"):
+    for _, frames in arp.groupby("pair"):
         first = frames.iloc[0]
         flow = one(arp_flows, orig_h=first.src, resp_h=first.dst)
         by_orig, by_resp = frames[frames.src == first.src], frames[frames.src != first.src]
@@ -418,8 +418,8 @@ def test_flows_nobody_answered(tmp_path):
     """A capture where no flow has a reply (one NTP request; broadcasts): the responder's
     columns are zero or empty, its MAC is where the packets went."""
     rows = [packet(0.0, A, "162.159.200.1", "udp", 123, 123, length=90),
-            packet(1.0, A, "255.255.255.255", "udp", 68, 67, length=342, eth_dst="ff:ff:ff:ff:ff:ff"),
-            packet(2.0, A, "255.255.255.255", "udp", 68, 67, length=342, eth_dst="ff:ff:ff:ff:ff:ff")]
+            *(packet(ts, A, "255.255.255.255", "udp", 68, 67, length=342,
+                     eth_dst="ff:ff:ff:ff:ff:ff") for ts in (1.0, 2.0))]
     path = write_packets(tmp_path / "silent.packets.csv", rows)
     run_script("stream-identifier.py", "-q", path, "-o", tmp_path, "--device-ip", A)
     flows = read_flows(tmp_path / "silent.flows.csv")
@@ -602,10 +602,12 @@ def test_a_syn_ack_first_makes_its_receiver_the_originator(tmp_path):
     rows = [packet(0.0, B, A, "tcp", 443, 40000, "SA"), packet(0.1, A, B, "tcp", 40000, 443, "A"),
             packet(0.2, A, B, "tcp", 40000, 443, "PA", length=300)]
     # A flow between two high ports whose first captured packet is from the server side.
-    rows += [packet(1.0, B, A, "tcp", 8883, 50001, "PA"), packet(1.1, A, B, "tcp", 50001, 8883, "A"),
+    rows += [packet(1.0, B, A, "tcp", 8883, 50001, "PA"),
+             packet(1.1, A, B, "tcp", 50001, 8883, "A"),
              packet(1.2, B, A, "tcp", 8883, 50001, "SA")]  # a late SYN-ACK decides
     # An ECN-setup SYN-ACK (SYN, ACK, ECE) first, between two high ports.
-    rows += [packet(2.0, B, A, "tcp", 8884, 50002, "SAE"), packet(2.1, A, B, "tcp", 50002, 8884, "A")]
+    rows += [packet(2.0, B, A, "tcp", 8884, 50002, "SAE"),
+             packet(2.1, A, B, "tcp", 50002, 8884, "A")]
     flows = flows_of(write_packets(tmp_path / "late.packets.csv", rows), device_ips=(A,))
     ecn = one(flows, resp_p=8884)
     assert (ecn.orig_h, ecn.orig_p, ecn.orig_pkts, ecn.resp_pkts) == (A, 50002, 1, 1)
@@ -679,9 +681,10 @@ def test_a_person_edited_csv(tmp_path, out):
     edited["my score"] = range(len(edited))
     edited["dns_flags_response"] = edited["dns_flags_response"].replace({"1": "true", "0": "false"})
     edited["ts"] = edited["ts"].str.rstrip("0")  # a spreadsheet drops trailing zeros
-    edited["src_port"] = edited["src_port"].where(edited["src_port"] == "", edited["src_port"] + ".0")
+    ports = edited["src_port"]
+    edited["src_port"] = ports.where(ports == "", ports + ".0")
     # A packet typed in at the end: a UDP datagram from the plug to the phone, few fields.
-    typed = {c: "" for c in edited.columns}
+    typed = dict.fromkeys(edited.columns, "")
     typed.update(capture=original.capture[0], frame_number="51", ts="1724059999.5",
                  frame_len="100", ip_src=PLUG_IP, ip_dst=PHONE_IP, l4_proto="udp",
                  src_port="5000", dst_port="6000", l4_payload_len="58", note="added")
@@ -697,7 +700,8 @@ def test_a_person_edited_csv(tmp_path, out):
                "remote_name", "remote_class", "dns_qry_name", "tls_server_name", "first_sizes"]
     pd.testing.assert_frame_equal(flows[columns].iloc[:-1], whole[columns])
     added = flows.iloc[-1]
-    assert (added.orig_h, added.orig_p, added.resp_h, added.resp_p) == (PLUG_IP, 5000, PHONE_IP, 6000)
+    assert ((added.orig_h, added.orig_p, added.resp_h, added.resp_p)
+            == (PLUG_IP, 5000, PHONE_IP, 6000))
     assert (added.orig_pkts, added.resp_pkts, added.orig_bytes, added.first_frame) == (1, 0, 58, 51)
     assert added.orig_vendor == "" and added.device_side == "orig"
 

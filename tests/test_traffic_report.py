@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
-
 from matplotlib.text import Text
 
 from iotsig import csvio, traffic_report
 from iotsig.schema import FLOWS, INVENTORY, PACKETS
+
+from conftest import GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = ["inventory.csv", "endpoint-map.png", "endpoint-map.svg", "timeline.png",
@@ -338,7 +337,8 @@ def test_fifty_endpoints_through_the_command(tmp_path):
     result = run_script("traffic-report.py", tmp_path / "fifty.flows.csv", "-o", tmp_path)
     assert "50 remote parties" in result.stdout
     assert_report_files(tmp_path, ["endpoint-map.png", "endpoint-map.svg", "timeline.png"])
-    assert "api47.eu-west-2.iot-cloud-service-47.example.com" in (tmp_path / "report.html").read_text()   # the table has all
+    page = (tmp_path / "report.html").read_text()
+    assert "api47.eu-west-2.iot-cloud-service-47.example.com" in page  # the table has all
 
 
 def test_more_parties_than_fit_are_folded_into_one_node():
@@ -367,6 +367,8 @@ def test_flow_bytes_are_spread_over_the_bins_they_cover():
                           "resp_frame_bytes": [100, 70]})
     bins = traffic_report._spread_flows(flows, pd.Series({"c": 100.0}), 1.0)
     by_bin = bins.set_index("bin")
-    assert by_bin.loc[0, "sent"] == pytest.approx(100) and by_bin.loc[1, "sent"] == pytest.approx(100)
-    assert by_bin.loc[2, "sent"] == pytest.approx(70) and by_bin.loc[2, "received"] == pytest.approx(30)
+    assert by_bin.loc[0, "sent"] == pytest.approx(100)
+    assert by_bin.loc[1, "sent"] == pytest.approx(100)
+    assert by_bin.loc[2, "sent"] == pytest.approx(70)
+    assert by_bin.loc[2, "received"] == pytest.approx(30)
     assert bins["sent"].sum() == pytest.approx(270) and bins["received"].sum() == pytest.approx(130)

@@ -36,14 +36,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from iotsig import csvio, flows
+from iotsig.packets import FIELDS  # the translator's own field list and
+from iotsig.schema import FLOWS, PACKETS
+from iotsig.tshark import fields_command, tshark_path  # tshark options
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-
-from iotsig import csvio, flows  # noqa: E402
-from iotsig.packets import FIELDS  # noqa: E402  the translator's own field list and
-from iotsig.schema import FLOWS, PACKETS  # noqa: E402
-from iotsig.tshark import fields_command, tshark_path  # noqa: E402  tshark options
-
 SHARED = REPO.parent / "shared" / "pcaps"
 CACHE = REPO / "tests" / ".bench"
 TRANSLATOR = REPO / "scripts" / "packet-translator.py"
@@ -585,7 +583,8 @@ def bench_evaluate(args) -> None:
     wall = statistics.median(r[0] for r in runs)
     cpu = statistics.median(r[1] for r in runs)
     recordings = len(list(events.glob("*/*/*.pcap")))
-    rows = ["| device | event | recordings | precision | recall | F1 |", "|---|---|---:|---:|---:|---:|"]
+    rows = ["| device | event | recordings | precision | recall | F1 |",
+            "|---|---|---:|---:|---:|---:|"]
     rows += [f"| {r.device} | {r.event} | {r.recordings} | {r.precision:.3f} | {r.recall:.3f} | "
              f"{r.f1:.3f} |" for r in table.itertuples()]
     worst = table["f1"].min()
@@ -597,8 +596,9 @@ def bench_evaluate(args) -> None:
         f"| {wall:.1f} s | {cpu:.1f} s | **{wall:.0f} s** (target < 120 s): {met(wall < 120)} |",
         "", *rows, "", *busy_note(cores, load_before),
         "Produced by `python tests/bench/bench.py evaluate`.", ""])
-    write_results(EVALUATE_RESULTS, text, f"evaluate = {wall:.1f} s (target < 120 s): "
-                  f"{met(wall < 120)}; lowest F1 {worst:.3f} (target >= 0.95): {met(worst >= 0.95)}")
+    write_results(EVALUATE_RESULTS, text,
+                  f"evaluate = {wall:.1f} s (target < 120 s): {met(wall < 120)}; "
+                  f"lowest F1 {worst:.3f} (target >= 0.95): {met(worst >= 0.95)}")
 
 
 # --- report: what the traffic report adds to main.py ---------------------------------------
