@@ -75,6 +75,33 @@ def _finite(text: str) -> float:
     return value
 
 
+def add_flow_arguments(parser) -> None:
+    """--idle-timeout and --max-duration, for every command that builds flows."""
+    from .flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION
+    parser.add_argument("--idle-timeout", type=positive, default=DEFAULT_IDLE_TIMEOUT,
+                        metavar="S", help="a flow ends after S seconds without a packet "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-duration", type=positive, default=DEFAULT_MAX_DURATION,
+                        metavar="S", help="a flow is cut into chunks of at most S seconds "
+                        "(default: %(default)s)")
+
+
+def add_signature_arguments(parser, device_required: bool = True) -> None:
+    """The signature options of signature-extractor.py and main.py."""
+    if device_required:
+        parser.add_argument("--device-name", required=True, metavar="NAME",
+                            help="device name, as the firewall profile will call it")
+        parser.add_argument("--device-ip", required=True, type=ipv4_or_ipv6, metavar="IP",
+                            help="the device's address in the recordings")
+    parser.add_argument("--device-mac", type=mac_address, metavar="MAC",
+                        help="the device's MAC (default: the MAC that sends from --device-ip)")
+    parser.add_argument("--support", type=fraction, default=1.0, metavar="FRACTION",
+                        help="share of the recordings a pattern must appear in "
+                        "(default: 1, all of them)")
+    parser.add_argument("--event", default="event", metavar="NAME",
+                        help="event name for the profile's interaction (default: %(default)s)")
+
+
 def ensure_output_dir(path: Path) -> Path:
     path = Path(path)
     try:

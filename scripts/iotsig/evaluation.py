@@ -26,10 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import csvio, detector, flows, packets, report, signature as sig
+from . import detector, pipeline, signature as sig
 from .errors import InputError
-from .parallel import run_parallel
-from .schema import EVALUATION, FLOWS, PACKETS
+from .schema import EVALUATION
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 BASELINES = ("other-events", "none")
@@ -145,33 +144,22 @@ def split(captures: list[Path], share: float, seed: int, device: str, event: str
 # Translation: every capture once, on every core
 # ---------------------------------------------------------------------------------------
 
-def capture_to_flows(capture: Path, packets_csv: Path, flows_csv: Path, device_ip: str,
-                     on_packets=None) -> Path:
-    """packet-translator then stream-identifier for one capture, as main.py runs them
-    (the device's address given to both); in one worker process."""
-    packets.translate(capture, packets_csv, None, device_ip, on_packets=on_packets)
-    table = csvio.read_table(packets_csv, PACKETS, required=flows.REQUIRED,
-                             columns=flows.REQUIRED + flows.OPTIONAL, compact=True)
-    result = flows.build_flows(table, flows.FlowOptions(device_ips=(device_ip,)))
-    csvio.write_table(result, FLOWS, flows_csv)
-    return flows_csv
-
-
 def translate_all(captures: list[Capture], cache_dir: Path, devices: dict[str, str],
                   jobs: int = 0, on_packets=None) -> list[tuple[Capture, Exception]]:
+    """pipeline.captures_to_flows for every capture (as main.py runs it, with the device's
+    address), into CACHE_DIR/DEVICE/EVENT/; each capture's flows_csv is set."""
     tasks, by_path = [], {}
     for capture in captures:
         folder = cache_dir / capture.device / capture.event
         folder.mkdir(parents=True, exist_ok=True)
-        packets_csv = packets.output_path(capture.path, folder)
-        capture.flows_csv = folder / f"{capture.path.name}.flows.csv"
-        tasks.append((capture_to_flows, (capture.path, packets_csv, capture.flows_csv,
-                                         devices[capture.device])))
+        tasks.append(pipeline.Job(capture.path, folder, devices[capture.device]))
         by_path[capture.path] = capture
     failures = []
-    for path, result in run_parallel(tasks, jobs=jobs, on_progress=on_packets):
+    for path, result in pipeline.captures_to_flows(tasks, jobs=jobs, on_packets=on_packets):
         if isinstance(result, Exception):
             failures.append((by_path[path], result))
+        else:
+            by_path[path].flows_csv = result.flows_csv
     return failures
 
 
@@ -181,18 +169,18 @@ def translate_all(captures: list[Capture], cache_dir: Path, devices: dict[str, s
 
 def learn(result: EventResult, others_train: list[Capture], device_ip: str, support: float,
           baseline_mode: str, output_dir: Path) -> None:
+    """pipeline.learn (main.py's) on the training recordings, written by
+    pipeline.write_signature into OUTPUT_DIR/signatures/DEVICE/EVENT/."""
     started = time.perf_counter()
     recordings = [sig.Recording(c.recording, c.flows) for c in result.train]
     baseline = None
     if baseline_mode == "other-events" and others_train:
         baseline = [sig.Recording(c.recording, c.flows) for c in others_train]
-    learned = sig.extract(recordings, result.device, device_ip, None, support, result.event,
-                          baseline)
+    learned = pipeline.learn(recordings, result.device, device_ip, None, support, result.event,
+                             baseline)
     folder = output_dir / "signatures" / result.device / result.event
     folder.mkdir(parents=True, exist_ok=True)
-    result.signature_csv = folder / "signature.csv"
-    sig.write_signature_csv(learned, result.signature_csv)
-    csvio.write_text(folder / "pattern.txt", report.pattern_text(learned))
+    result.signature_csv = pipeline.write_signature(learned, folder)["signature"]
     result.signature = learned
     result.learn_seconds = time.perf_counter() - started
 

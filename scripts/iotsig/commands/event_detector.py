@@ -5,13 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import csvio, detector, flows, tshark
-from ..cli import (Command, check_distinct_names, ensure_output_dir, fraction, non_negative,
-                   positive)
+from .. import csvio, detector, flows, pipeline, tshark
+from ..cli import (Command, add_flow_arguments, check_distinct_names, ensure_output_dir,
+                   fraction, non_negative, positive)
 from ..errors import InputError, ToolError
 from ..schema import DETECTIONS
-from .packet_translator import translate_captures
-from .stream_identifier import add_flow_arguments, flows_path, identify_streams
 
 OUTPUT_NAME = "detections.csv"
 
@@ -100,27 +98,58 @@ class EventDetector(Command):
 
     def flow_files(self, kinds, output_dir, signatures, args):
         """(name, flows CSV) per input, in the order given; pcaps and packets CSVs go
-        through packet-translator and stream-identifier first."""
+        through packet-translator and stream-identifier first (pipeline), as main.py runs
+        them, with the signatures' device addresses."""
         failed = []
         options = flows.FlowOptions(args.idle_timeout, args.max_duration,
                                     tuple(dict.fromkeys(s.device_ip for s in signatures)))
-        packet_files = {}
+        flow_files = {}
+        started = time.monotonic()
+        translations, written = [], []
         if kinds["capture"]:
             tshark.tshark_path()
-            written, bad = translate_captures(self, kinds["capture"], output_dir, jobs=args.jobs)
-            failed += bad
-            packet_files.update({Path(t.capture): t.output for t in written})
-        for path in kinds["packets"]:
-            packet_files[path] = path
-        if packet_files:
-            _, bad = identify_streams(self, list(packet_files.values()), output_dir, options)
-            failed += bad
-        sources = []
-        for path in kinds["capture"] + kinds["packets"]:
-            if path in packet_files:
-                output = flows_path(packet_files[path], output_dir)
-                if output.exists() and packet_files[path] not in failed:
-                    sources.append((Path(path).name, output))
+            with self.progress(unit=" packets", unit_scale=True,
+                               desc=f"translating {len(kinds['capture'])} capture(s)") as bar:
+                for capture, result in pipeline.captures_to_flows(
+                        kinds["capture"], output_dir, options=options, jobs=args.jobs,
+                        on_packets=bar.update):
+                    if isinstance(result, ToolError):
+                        self.error(str(result))
+                        failed.append(capture)
+                        continue
+                    for warning in result.warnings:
+                        self.warn(warning)
+                    translations.append(result.translation)
+                    written.append(result.flows)
+                    flow_files[capture] = result.flows_csv
+        translate_seconds = time.monotonic() - started
+        flows_seconds = sum(w.seconds for w in written)
+        if kinds["capture"]:
+            for line in pipeline.translated_lines(translations, len(failed),
+                                                  translate_seconds - flows_seconds):
+                self.say(line)
+        if kinds["packets"]:
+            with self.progress(total=len(kinds["packets"]), unit=" file",
+                               desc="identifying flows") as bar:
+                for path in kinds["packets"]:
+                    step = time.monotonic()
+                    try:
+                        result = pipeline.packets_to_flows(path, output_dir, options)
+                    except ToolError as e:
+                        self.error(str(e))
+                        failed.append(path)
+                    else:
+                        for warning in result.warnings:
+                            self.warn(warning)
+                        written.append(result)
+                        flow_files[path] = result.flows_csv
+                    flows_seconds += time.monotonic() - step
+                    bar.update()
+        if written:
+            for line in pipeline.flows_lines(written, 0, flows_seconds):
+                self.say(line)
+        sources = [(Path(p).name, flow_files[p]) for p in kinds["capture"] + kinds["packets"]
+                   if p in flow_files]
         sources += [(Path(p).name, p) for p in kinds["flows"]]
         order = {Path(p).name: i for i, p in enumerate(kinds["capture"] + kinds["flows"]
                                                          + kinds["packets"])}

@@ -5,13 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import flows, tshark
-from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4
+from .. import flows, pipeline, traffic_report, tshark
+from ..cli import (Command, add_flow_arguments, add_signature_arguments, check_distinct_names,
+                   ensure_output_dir, ipv4)
 from ..errors import ToolError
-from .packet_translator import translate_captures
-from .signature_extractor import add_signature_arguments, extract_and_write
-from .stream_identifier import add_flow_arguments, identify_streams
-from .traffic_report import report_after_main
 
 
 class Main(Command):
@@ -49,24 +46,92 @@ class Main(Command):
         if args.idle:
             idle_dir = ensure_output_dir(output_dir / "idle")
             idle_flows = self.captures_to_flows(args.idle, idle_dir, args, options)
-        extract_and_write(self, event_flows, idle_flows, args, output_dir)
-        report = None if args.no_report else report_after_main(self, event_flows, output_dir, args)
+
+        learned = pipeline.learn(event_flows, args.device_name, args.device_ip,
+                                 args.device_mac, args.support, args.event, idle_flows or None)
+        for warning in learned.warnings:
+            self.warn(warning)
+        paths = pipeline.write_signature(learned, output_dir)
+        empty = pipeline.empty_signature_warning(learned)
+        if empty:
+            self.warn(empty)
+        for line in pipeline.signature_lines(learned, paths):
+            self.say(line)
+
+        report = None if args.no_report else self.report(event_flows, output_dir, args)
         self.say(f"main: done in {time.monotonic() - started:.1f} s; every intermediate CSV "
                  f"is in {output_dir}/" + (f"; to look at it all, open {report}" if report else ""))
         return 0
 
     def captures_to_flows(self, captures, output_dir, args, options) -> list[Path]:
-        translated, failed = translate_captures(self, captures, output_dir, args.device_mac,
-                                                args.device_ip, args.jobs)
+        """Each capture through packet-translator and stream-identifier (one worker per
+        core); the flows CSVs in the order the captures were given."""
+        started = time.monotonic()
+        done, failed = {}, []
+        with self.progress(unit=" packets", unit_scale=True,
+                           desc=f"translating {len(captures)} capture(s)") as bar:
+            for capture, result in pipeline.captures_to_flows(
+                    captures, output_dir, args.device_ip, args.device_mac, options, args.jobs,
+                    on_packets=bar.update):
+                if isinstance(result, ToolError):
+                    self.error(str(result))
+                    failed.append(capture)
+                    continue
+                for warning in result.warnings:
+                    self.warn(warning)
+                done[Path(capture)] = result
         if failed:
             raise ToolError(f"{len(failed)} of {len(captures)} capture(s) could not be read "
                             "(see above): fix or leave them out, a signature needs every "
                             "recording it is given")
-        order = {Path(c): i for i, c in enumerate(captures)}
-        packet_files = [t.output for t in sorted(translated, key=lambda t: order[Path(t.capture)])]
+        converted = [done[Path(c)] for c in captures]
+        elapsed = time.monotonic() - started
+        flows_seconds = sum(c.flows.seconds for c in converted)
+        for line in pipeline.translated_lines([c.translation for c in converted], 0,
+                                              elapsed - flows_seconds):
+            self.say(line)
         self.say("")
-        flow_files, failed = identify_streams(self, packet_files, output_dir, options)
-        if failed:
-            raise ToolError("could not build the flows of every recording (see above)")
+        for line in pipeline.flows_lines([c.flows for c in converted], 0, flows_seconds):
+            self.say(line)
         self.say("")
-        return flow_files
+        return [c.flows_csv for c in converted]
+
+    def report(self, flow_files, output_dir: Path, args):
+        """The last step: the traffic report of the event recordings just processed (their
+        packets CSVs beside the flows CSVs). Returns report.html's path, or None when it
+        could not be made: the signature is written by then, so that is a warning."""
+        packet_files = [p for p in (pipeline.packets_path(
+            Path(f).name[:-len(".flows.csv")], Path(f).parent) for f in flow_files)
+            if p.is_file()]
+        self.say("")
+        started = time.monotonic()
+        try:
+            with self.progress(total=5, unit=" step", desc="traffic report") as bar:
+                bar.set_postfix_str("reading")
+                inputs = traffic_report.read_inputs([*packet_files, *flow_files])
+                bar.update()
+
+                def step(name):
+                    bar.set_postfix_str(name)
+                    bar.update()
+
+                result = traffic_report.build_report(
+                    inputs, output_dir, device_ip=args.device_ip, device_mac=args.device_mac,
+                    device_name=args.device_name, signature_path=output_dir / "signature.csv",
+                    pattern_path=output_dir / "pattern.txt", step=step)
+        except ToolError as e:
+            self.warn(f"no traffic report: {e}")
+            return None
+        for note in result.notes:
+            self.warn(note)
+        for key in ("inventory", "map_png", "map_svg", "timeline", "report"):
+            if key in result.paths:
+                self.say(f"wrote {result.paths[key]}")
+        macs = ("no inventory (no packets CSV)" if result.inventory is None else
+                f"{len(result.inventory)} MAC(s)")
+        parties = "party" if len(result.endpoints) == 1 else "parties"
+        self.say(f"traffic-report: {macs}, {len(result.endpoints)} remote {parties} of "
+                 f"{result.device.ip or result.device.mac}, {len(result.matched)} flow(s) "
+                 f"matched to signature patterns, in {time.monotonic() - started:.1f} s; open "
+                 f"{result.paths['report']}")
+        return result.paths["report"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import packets, tshark
+from .. import packets, pipeline, tshark
 from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4_or_ipv6, mac_address
 from ..errors import ToolError
 
@@ -38,7 +38,7 @@ class PacketTranslator(Command):
 
 def translate_captures(command: Command, captures: list[Path], output_dir: Path,
                        device_mac=None, device_ip=None, jobs: int = 0):
-    """Translate with a progress bar, warn and report per capture; shared with main.py."""
+    """Translate with a progress bar, warn and report per capture."""
     started = time.monotonic()
     written, failed = [], []
     with command.progress(unit=" packets", unit_scale=True,
@@ -52,10 +52,6 @@ def translate_captures(command: Command, captures: list[Path], output_dir: Path,
             for warning in result.warnings:
                 command.warn(warning)
             written.append(result)
-    elapsed = time.monotonic() - started
-    total = sum(r.packets for r in written)
-    for result in sorted(written, key=lambda r: str(r.capture)):
-        command.say(f"wrote {result.output} ({result.packets} packets)")
-    command.say(f"packet-translator: {total} packets from {len(written)} capture(s) in "
-                f"{elapsed:.1f} s" + (f"; {len(failed)} capture(s) failed" if failed else ""))
+    for line in pipeline.translated_lines(written, len(failed), time.monotonic() - started):
+        command.say(line)
     return written, failed
