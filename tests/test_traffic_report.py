@@ -7,6 +7,10 @@ from __future__ import annotations
 import html.parser
 import math
 import re
+import resource
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,9 +20,9 @@ import pytest
 from matplotlib.text import Text
 
 from iotsig import csvio, traffic_report
-from iotsig.schema import FLOWS, INVENTORY, PACKETS
+from iotsig.schema import FLOWS, INVENTORY, PACKETS, SIGNATURE, SIGNATURE_VERSION
 
-from conftest import GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
+from conftest import GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, SCRIPTS, TPLINK_CAPTURES, run_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = ["inventory.csv", "endpoint-map.png", "endpoint-map.svg", "timeline.png",
@@ -240,10 +244,31 @@ def test_hostile_names_are_escaped_in_the_report(tmp_path):
                tmp_path / "pattern.txt", "--device-name", "<b>plug</b>", "-o", tmp_path)
     page = (tmp_path / "report.html").read_text()
     assert "<script" not in page.lower() and "<img src=x" not in page and "<b>plug" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;.example.com" in page
+    text = "".join(parse_html(tmp_path / "report.html").text)   # shown as text, escaped
+    assert hostile + ".example.com" in text and "<img src=x onerror=y>" in text
     assert "&lt;img src=x onerror=y&gt;" in page
     assert_offline(parse_html(tmp_path / "report.html"))
     assert_report_files(tmp_path, ["endpoint-map.png", "endpoint-map.svg", "timeline.png"])
+
+
+def test_control_characters_are_written_out_in_the_report(tmp_path):
+    """A DNS name or DHCP host name with control or direction characters: the page shows
+    them as text (\\x1b), never raw (a terminal escape, a right-to-left override)."""
+    flows = _synthetic_flows(4)
+    flows.loc[0, "remote_name"] = "bell\x01.evil\x1b[31m.example.com"
+    flows.loc[1, "remote_name"] = "abc\u202egnp.exe"
+    csvio.write_table(flows, FLOWS, tmp_path / "x.flows.csv")
+    (tmp_path / "pattern.txt").write_text("1. dns-\x1b]0;title\x07\n   line\ttwo\n")
+    run_script("traffic-report.py", tmp_path / "x.flows.csv", "--pattern",
+               tmp_path / "pattern.txt", "--device-name", "plug\u2066", "-o", tmp_path)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    raw = re.findall(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]",
+                     page)
+    assert raw == []
+    for shown in [r"bell\x01.evil\x1b[31m.example.com", r"abc\u202egnp.exe",
+                  r"dns-\x1b]0;title\x07", r"plug\u2066"]:
+        assert shown in page, shown
+    assert "line\ttwo" in page        # tab and newline are kept in pattern.txt
 
 
 # --- 50 endpoints: labels must not run into each other ------------------------------------
@@ -345,7 +370,7 @@ def test_more_parties_than_fit_are_folded_into_one_node():
     flows = _synthetic_flows(120)
     device = traffic_report.Device(ip=PLUG_IP, name="plug")
     ends = traffic_report.endpoints(traffic_report.device_flows(flows, device))
-    folded = traffic_report._fold_small(ends, traffic_report.MAX_MAP_NODES)
+    folded = traffic_report.fold_small(ends, traffic_report.MAX_MAP_NODES)
     assert len(folded) == traffic_report.MAX_MAP_NODES
     assert folded["bytes"].sum() == ends["bytes"].sum()
     assert folded["remote"].iloc[-1].startswith(f"{120 - traffic_report.MAX_MAP_NODES + 1} more")
@@ -365,10 +390,86 @@ def test_flow_bytes_are_spread_over_the_bins_they_cover():
     flows = pd.DataFrame({"capture": ["c", "c"], "ts": [100.0, 102.5], "duration": [1.99, 0.0],
                           "side": ["orig", "resp"], "orig_frame_bytes": [200, 30],
                           "resp_frame_bytes": [100, 70]})
-    bins = traffic_report._spread_flows(flows, pd.Series({"c": 100.0}), 1.0)
+    bins = traffic_report.spread_flows(flows, pd.Series({"c": 100.0}), 1.0)
     by_bin = bins.set_index("bin")
     assert by_bin.loc[0, "sent"] == pytest.approx(100)
     assert by_bin.loc[1, "sent"] == pytest.approx(100)
     assert by_bin.loc[2, "sent"] == pytest.approx(70)
     assert by_bin.loc[2, "received"] == pytest.approx(30)
     assert bins["sent"].sum() == pytest.approx(270) and bins["received"].sum() == pytest.approx(130)
+
+
+# --- a huge signature: every picture and table bounded, time linear in flows ----------------
+
+def _scan(n: int, folder: Path) -> tuple[Path, Path]:
+    """A port scan as signature-extractor sees it: n flows from the device to n addresses in
+    two recordings, and a signature with one pattern per address (n patterns)."""
+    addresses = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(n)]
+    flows = pd.DataFrame({
+        "uid": [f"scan#{i + 1}" for i in range(n)], "capture": ["a.pcap", "b.pcap"] * (n // 2),
+        "ts": 1.7e9 + np.arange(n) * 0.001, "duration": 0.0005, "proto": "tcp",
+        "service": "", "orig_h": PLUG_IP, "orig_p": 40000, "resp_h": addresses,
+        "resp_p": 80, "orig_pkts": 1, "orig_bytes": 0, "orig_frame_bytes": 60,
+        "resp_pkts": 1, "resp_bytes": 0, "resp_frame_bytes": 60, "device_side": "orig",
+        "remote_h": addresses, "remote_name": "", "remote_class": "local"})
+    patterns = pd.DataFrame({
+        "signature_version": SIGNATURE_VERSION, "event": "scan", "device_name": "scanner",
+        "device_ip": PLUG_IP, "pattern": [f"tcp-80-{a.replace('.', '-')}" for a in addresses],
+        "order": np.arange(1, n + 1), "role": "event", "device_side": "orig", "proto": "tcp",
+        "remote": addresses, "remote_kind": "address", "remote_class": "local",
+        "server_port": 80, "server_side": "remote", "recordings_seen": 1,
+        "recordings_total": 2, "flows_min": 1, "flows_max": 1, "remote_addrs": addresses})
+    csvio.write_table(flows, FLOWS, folder / "scan.flows.csv")
+    csvio.write_table(patterns.reindex(columns=SIGNATURE.names), SIGNATURE,
+                      folder / "signature.csv")
+    return folder / "scan.flows.csv", folder / "signature.csv"
+
+
+def _limited_memory():
+    # A regression (a join of every flow with every pattern) fails fast instead of
+    # taking the machine's memory: 4 GB of address space is plenty for this report.
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+def test_a_signature_of_twenty_thousand_patterns_is_reported_in_seconds(tmp_path):
+    """Two recordings of a scan gave 50,001 patterns and a report that ran 15 minutes; the
+    timeline drew a row per pattern and the matching joined every flow with every pattern."""
+    flows, signature = _scan(20_000, tmp_path)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(SCRIPTS / "traffic-report.py"), flows,
+                             "--signature", signature, "-o", tmp_path / "out"],
+                            capture_output=True, text=True, timeout=120,
+                            preexec_fn=_limited_memory)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 60, elapsed              # about 4 s; the old code: out of memory
+    assert "20000 flow(s) matched" in result.stdout
+    out = tmp_path / "out"
+    assert_report_files(out, [n for n in REPORT_FILES if n != "inventory.csv"])
+    width, height = _png_size(out / "timeline.png")
+    assert height < 2500                      # 30 pattern rows, whatever the signature
+    page = (out / "report.html").read_text()
+    assert "The signature has 20,000 patterns" in page
+    assert "The first 1,000 of 20,000 remote parties" in page
+    assert page.count("<tr>") <= 1001 and len(page) < 2_000_000
+    parse_html(out / "report.html")
+
+
+def test_the_timeline_folds_patterns_beyond_thirty_rows():
+    patterns = pd.DataFrame({"pattern": [f"p{i}" for i in range(100)], "order": range(100),
+                             "role": ["event"] * 90 + ["background"] * 10})
+    matched = pd.DataFrame({"pattern": ["p50"] * 5 + ["p95"] * 3 + ["p1"]})
+    shown = traffic_report.timeline_rows(patterns, matched)
+    assert len(shown) == traffic_report.MAX_TIMELINE_ROWS
+    assert list(shown["pattern"][:3]) == ["p0", "p1", "p2"]      # numbers kept, in order
+    assert {"p50", "p95"} <= set(shown["pattern"])               # the most flows kept
+    assert shown["pattern"].iloc[-1].startswith("71 other patterns")
+    rows = traffic_report.row_of(shown, pd.Series(["p50", "p99", "p0"]))
+    assert list(rows) == [list(shown["pattern"]).index("p50"), len(shown) - 1, 0]
+    small = traffic_report.timeline_rows(patterns.head(30), matched)
+    assert list(small["pattern"]) == [f"p{i}" for i in range(30)]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")

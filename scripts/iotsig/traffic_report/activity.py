@@ -1,0 +1,221 @@
+"""The timeline's data: which flows match which signature pattern, the rows of the pattern
+strip (folded beyond a readable number), and the device's bytes per time bin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import signature as sig
+from .inputs import Device, Inputs, text
+
+MATCH_COLUMNS = ["capture", "pattern", "order", "role", "start", "end"]
+MAX_TIMELINE_ROWS = 30      # pattern rows in the strip: beyond, the rest share one row
+
+
+# ---------------------------------------------------------------------------------------
+# Signature patterns in the recordings
+
+
+def match_patterns(mine: pd.DataFrame, patterns: pd.DataFrame | None) -> pd.DataFrame:
+    """Which of the device's flows belong to which signature pattern: the flows'
+    fingerprints recomputed (iotsig.signature.fingerprints) and compared column by column;
+    a generalised pattern (remote by class) matches on the class. Two joins on the whole
+    key (remote party included): linear in flows plus patterns, plus the matches."""
+    if patterns is None or patterns.empty or mine.empty:
+        return pd.DataFrame(columns=MATCH_COLUMNS)
+    f = _fingerprinted(mine)
+    # Every fingerprint column but the remote party, which is joined on below.
+    keys = [c for c in sig.FINGERPRINT if c != "remote" and c in patterns and c in f]
+    p = patterns[patterns["remote"].notna()].reset_index(drop=True)
+    p = p.assign(server_port=pd.to_numeric(p["server_port"], errors="coerce").fillna(-1)
+                 .astype(int), remote=text(p["remote"]), _p=np.arange(len(p)))
+    for name in keys:
+        if name != "server_port":
+            p[name] = text(p[name])
+            f[name] = text(f[name])
+    left = f[keys + ["remote", "remote_general"]].assign(_row=np.arange(len(f)))
+    right = p[keys + ["remote", "pattern", "order", "role", "_p"]]
+    exact = left.merge(right, on=[*keys, "remote"])
+    general = left.merge(right.rename(columns={"remote": "remote_general"}),
+                         on=[*keys, "remote_general"])
+    merged = pd.concat([exact, general], ignore_index=True).drop_duplicates(["_row", "_p"])
+    merged = merged.sort_values(["_row", "_p"], kind="stable")
+    rows = merged["_row"].to_numpy()
+    start = mine["ts"].to_numpy(dtype=float)[rows]
+    duration = np.nan_to_num(pd.to_numeric(mine["duration"], errors="coerce").to_numpy()[rows])
+    return pd.DataFrame({"capture": text(mine["capture"]).to_numpy()[rows],
+                         "pattern": merged["pattern"].to_numpy(),
+                         "order": merged["order"].to_numpy(), "role": merged["role"].to_numpy(),
+                         "start": start, "end": start + duration})
+
+
+def _fingerprinted(mine: pd.DataFrame) -> pd.DataFrame:
+    """The device's flows with their fingerprint columns, the remote party as device_flows
+    worked it out (name and class checked against the address seen from the device)."""
+    needed = ["orig_h", "resp_h", "orig_p", "resp_p", "remote_name", "remote_class",
+              *sig.FINGERPRINT_FIELDS]
+    wanted = set(needed) | {"capture", "ts", "duration", "proto", "remote_h"}
+    f = mine[[c for c in mine.columns if c in wanted]].copy()
+    for name in needed:
+        if name not in f:
+            f[name] = ""
+    f["device_side"] = mine["side"].to_numpy()
+    f["remote_h"] = mine["remote_addr"].to_numpy()
+    f["remote_name"] = np.where(mine["remote"] != mine["remote_addr"], mine["remote"], "")
+    f["remote_class"] = mine["klass"].to_numpy()
+    for name in ["remote_name", "remote_class", "http_request_uri", *sig.FINGERPRINT_FIELDS]:
+        f[name] = text(f[name])
+    f = sig.fingerprints(f)
+    if "remote_general" not in f:
+        f["remote_general"] = f["remote"]
+    f["remote"] = text(f["remote"])
+    f["remote_general"] = text(f["remote_general"])
+    return f
+
+
+def timeline_rows(patterns: pd.DataFrame | None, matched: pd.DataFrame,
+                  limit: int = MAX_TIMELINE_ROWS) -> pd.DataFrame:
+    """The rows of the timeline's pattern strip: event patterns in event order, then the
+    others, numbered. More than `limit`: the limit - 1 with the most matched flows keep a
+    row (in that order), the rest share one last row (role 'other', number '+')."""
+    if patterns is None or patterns.empty:
+        return pd.DataFrame(columns=["pattern", "role", "number"])
+    shown = patterns[["pattern", "role", "order"]].copy()
+    shown["event"] = shown["role"] == "event"
+    shown = shown.sort_values(["event", "order"], ascending=[False, True])
+    shown["number"] = np.arange(1, len(shown) + 1)
+    shown = shown.reset_index(drop=True)
+    if len(shown) <= limit:
+        return shown
+    flows = matched.groupby("pattern").size() if len(matched) else pd.Series(dtype=int)
+    shown["flows"] = shown["pattern"].map(flows).fillna(0)
+    top = shown.sort_values(["flows", "number"], ascending=[False, True]).head(limit - 1)
+    kept = shown.loc[sorted(top.index)]
+    rest = len(shown) - len(kept)
+    other = pd.DataFrame([{"pattern": f"{rest:,} other patterns, fewer flows: in this row",
+                           "role": "other", "number": "+"}])
+    return pd.concat([kept[["pattern", "role", "number"]], other], ignore_index=True)
+
+
+def row_of(shown: pd.DataFrame, names: pd.Series) -> np.ndarray:
+    """The strip row of each pattern name (a folded one: the last row; -1: none)."""
+    position = dict(zip(shown["pattern"], range(len(shown))))
+    folded = len(shown) - 1 if len(shown) and shown["role"].iloc[-1] == "other" else -1
+    return names.map(position).fillna(folded).to_numpy(dtype=int)
+
+
+# ---------------------------------------------------------------------------------------
+# Activity per time bin
+
+
+def bin_width(longest: float, at_least: int = 20, at_most: int = 3000) -> float:
+    """1 s when that gives at least `at_least` bars; finer for short recordings (the public
+    event captures have fake 1 ms packet spacing: a whole recording lasts a fraction of a
+    second), coarser for long ones (at most `at_most` bars)."""
+    if longest > at_most:
+        for width in (10.0, 60.0, 600.0, 3600.0):
+            if longest / width <= at_most:
+                return width
+        return 86400.0
+    for width in (1.0, 0.1, 0.01):
+        if longest / width >= at_least:
+            return width
+    return 0.001
+
+
+def recording_starts(inputs: Inputs) -> pd.Series:
+    """Start of each recording (capture): its first packet, else its first flow."""
+    starts = []
+    for frame in (inputs.packets, inputs.flows):
+        if frame is not None and len(frame):
+            starts.append(frame.groupby(text(frame["capture"]).to_numpy())["ts"].min())
+    if not starts:
+        return pd.Series(dtype=float)
+    return pd.concat(starts).groupby(level=0, sort=False).min()
+
+
+def recording_ends(inputs: Inputs) -> pd.Series:
+    """End of each recording: its last packet, or the end of its last flow if later."""
+    ends = []
+    p, f = inputs.packets, inputs.flows
+    if p is not None and len(p):
+        ends.append(p.groupby(text(p["capture"]).to_numpy())["ts"].max())
+    if f is not None and len(f):
+        end = f["ts"] + pd.to_numeric(f["duration"], errors="coerce").fillna(0)
+        ends.append(end.groupby(text(f["capture"]).to_numpy()).max())
+    if not ends:
+        return pd.Series(dtype=float)
+    return pd.concat(ends).groupby(level=0, sort=False).max()
+
+
+def activity(inputs: Inputs, device: Device, starts: pd.Series, width: float,
+             mine: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Bytes sent and received by the device per time bin of each recording: columns
+    capture, bin, sent, received. From the packets where given, else spread evenly over
+    each flow's duration."""
+    parts = []
+    from_packets = set()
+    if inputs.packets is not None and len(inputs.packets):
+        from_packets = set(text(inputs.packets["capture"]).unique())
+        parts.append(_packet_bins(inputs.packets, device, starts, width))
+    if mine is not None and len(mine):
+        f = mine[~text(mine["capture"]).isin(from_packets)]
+        if len(f):
+            parts.append(spread_flows(f, starts, width))
+    if not parts:
+        return pd.DataFrame(columns=["capture", "bin", "sent", "received"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def _packet_bins(p: pd.DataFrame, device: Device, starts: pd.Series,
+                 width: float) -> pd.DataFrame:
+    capture = text(p["capture"])
+    sent = pd.Series(False, index=p.index)
+    received = pd.Series(False, index=p.index)
+    if device.ip:
+        sent |= text(p["ip_src"]) == device.ip
+        received |= text(p["ip_dst"]) == device.ip
+    if device.mac:
+        sent |= text(p["eth_src"]).str.lower() == device.mac
+        received |= text(p["eth_dst"]).str.lower() == device.mac
+    received &= ~sent
+    keep = (sent | received).to_numpy()
+    offset = p["ts"].to_numpy(dtype=float) - capture.map(starts).to_numpy(dtype=float)
+    size = p["frame_len"].fillna(0).to_numpy(dtype=float)
+    frame = pd.DataFrame({"capture": capture.to_numpy()[keep],
+                          "bin": np.floor(offset[keep] / width).astype(np.int64),
+                          "sent": np.where(sent.to_numpy(), size, 0)[keep],
+                          "received": np.where(received.to_numpy(), size, 0)[keep]})
+    return frame.groupby(["capture", "bin"], as_index=False)[["sent", "received"]].sum()
+
+
+def spread_flows(f: pd.DataFrame, starts: pd.Series, width: float) -> pd.DataFrame:
+    """Each flow's bytes spread evenly over the bins it covers (a difference array per
+    recording: no loop over flows)."""
+    capture = text(f["capture"]).to_numpy()
+    offset = f["ts"].to_numpy(dtype=float) - pd.Series(capture).map(starts).to_numpy(dtype=float)
+    duration = np.nan_to_num(pd.to_numeric(f["duration"], errors="coerce").to_numpy(dtype=float))
+    first = np.floor(offset / width).astype(np.int64)
+    last = np.maximum(np.floor((offset + duration) / width).astype(np.int64), first)
+    count = last - first + 1
+    device_orig = (f["side"] == "orig").to_numpy()
+    orig_b = pd.to_numeric(f["orig_frame_bytes"], errors="coerce").fillna(0).to_numpy()
+    resp_b = pd.to_numeric(f["resp_frame_bytes"], errors="coerce").fillna(0).to_numpy()
+    sent = np.where(device_orig, orig_b, resp_b) / count
+    received = np.where(device_orig, resp_b, orig_b) / count
+    codes, names = pd.factorize(capture)
+    span = int(last.max()) + 2
+    key_start = codes.astype(np.int64) * span + first
+    key_end = codes.astype(np.int64) * span + last + 1
+    out = []
+    for values in (sent, received):
+        diff = np.zeros(len(names) * span)
+        np.add.at(diff, key_start, values)
+        np.add.at(diff, key_end, -values)
+        out.append(np.cumsum(diff.reshape(len(names), span), axis=1).ravel())
+    total = out[0] + out[1]
+    nonzero = np.flatnonzero(np.abs(total) > 1e-9)
+    return pd.DataFrame({"capture": np.asarray(names, dtype=object)[nonzero // span],
+                         "bin": nonzero % span, "sent": out[0][nonzero],
+                         "received": out[1][nonzero]})

@@ -1,0 +1,93 @@
+"""The device's flows, each with its remote party (parties.remote_party) and a protocol
+label, and one row per remote party."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..parties import remote_party, server_ports
+from .inputs import Device, text
+from .inventory import sort_addresses
+
+CLASS_ORDER = ["gateway", "local", "multicast", "broadcast", "external", ""]
+ENDPOINT_COLUMNS = ["remote", "remote_class", "addresses", "protocols", "flows", "pkts",
+                    "bytes", "first_ts"]
+
+
+def device_flows(flows: pd.DataFrame | None, device: Device) -> pd.DataFrame:
+    """The flows the device is a side of, with the remote party and a protocol label."""
+    extra = ["side", "remote_addr", "remote", "klass", "label", "bytes", "pkts"]
+    if flows is None or flows.empty:
+        return pd.DataFrame(columns=[*(flows.columns if flows is not None else []), *extra])
+    me = {a for a in (device.ip, device.mac) if a}   # non-IP flows are keyed by MAC
+    orig = text(flows["orig_h"]).str.lower().isin(me)
+    resp = text(flows["resp_h"]).str.lower().isin(me) & ~orig
+    mine = flows[orig | resp].copy()
+    device_is_orig = orig[orig | resp].to_numpy()
+    mine["side"] = np.where(device_is_orig, "orig", "resp")
+    remote_h, name, klass = remote_party(
+        text(mine["orig_h"]).to_numpy(), text(mine["resp_h"]).to_numpy(), device_is_orig,
+        text(mine["remote_h"]).to_numpy(), text(mine["remote_name"]).to_numpy(),
+        text(mine["remote_class"]).to_numpy())
+    mine["remote_addr"] = remote_h
+    mine["remote"] = np.where(name != "", name, remote_h)
+    mine["klass"] = klass
+    mine["label"] = protocol_labels(mine)
+    mine["bytes"] = _sum(mine, "orig_frame_bytes", "resp_frame_bytes")
+    mine["pkts"] = _sum(mine, "orig_pkts", "resp_pkts")
+    return mine
+
+
+def _sum(frame: pd.DataFrame, a: str, b: str) -> pd.Series:
+    return (pd.to_numeric(frame[a], errors="coerce").fillna(0)
+            + pd.to_numeric(frame[b], errors="coerce").fillna(0))
+
+
+def protocol_labels(f: pd.DataFrame) -> np.ndarray:
+    """tcp/443 tls, udp/53 dns, arp, icmp: protocol, the fixed (server) port, the service."""
+    port, _ = server_ports(f["orig_p"], f["resp_p"])
+    known = ~np.isnan(port)
+    port_text = np.full(len(port), "", dtype=object)
+    port_text[known] = np.char.add("/", port[known].astype(np.int64).astype(str)).astype(object)
+    service = text(f["service"]).to_numpy().astype(object)
+    proto = text(f["proto"]).to_numpy().astype(object)
+    service_text = np.where((service != "") & (service != proto), " " + service, "")
+    return (proto.astype(object) + port_text + service_text).astype(object)
+
+
+def endpoints(mine: pd.DataFrame) -> pd.DataFrame:
+    """One row per remote party the device talked to (domain name where known, else the
+    address): class, addresses, protocols (by bytes), flows, packets, bytes."""
+    if mine.empty:
+        return pd.DataFrame(columns=ENDPOINT_COLUMNS)
+    grouped = mine.groupby("remote", sort=False)
+    table = pd.DataFrame({"flows": grouped.size(), "pkts": grouped["pkts"].sum(),
+                          "bytes": grouped["bytes"].sum(), "first_ts": grouped["ts"].min()})
+    by_class = mine.groupby(["remote", "klass"], sort=False)["bytes"].sum().reset_index()
+    by_class = by_class.sort_values("bytes", ascending=False).drop_duplicates("remote")
+    table["remote_class"] = by_class.set_index("remote")["klass"].reindex(table.index).fillna("")
+    addresses = mine[["remote", "remote_addr"]].drop_duplicates()
+    table["addresses"] = addresses.groupby("remote")["remote_addr"].agg(
+        lambda a: ";".join(sort_addresses(a))).reindex(table.index).fillna("")
+    labels = mine.groupby(["remote", "label"], sort=False)["bytes"].sum().reset_index()
+    labels = labels.sort_values(["remote", "bytes"], ascending=[True, False])
+    table["protocols"] = labels.groupby("remote")["label"].agg(", ".join).reindex(table.index)
+    table = table.reset_index(names="remote")
+    table["rank"] = table["remote_class"].map({c: i for i, c in enumerate(CLASS_ORDER)}).fillna(9)
+    table = table.sort_values(["rank", "bytes", "remote"], ascending=[True, False, True])
+    return table.reindex(columns=ENDPOINT_COLUMNS).reset_index(drop=True)
+
+
+def fold_small(ends: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """At most `limit` rows: the largest by bytes (in their order), the rest as one."""
+    if len(ends) <= limit:
+        return ends
+    keep = ends.nlargest(limit - 1, "bytes")
+    rest = ends.drop(keep.index)
+    other = pd.DataFrame([{"remote": f"{len(rest)} more parties (see the table)",
+                           "remote_class": "", "addresses": "", "protocols": "various",
+                           "flows": rest["flows"].sum(), "pkts": rest["pkts"].sum(),
+                           "bytes": rest["bytes"].sum(), "first_ts": rest["first_ts"].min()}])
+    kept = ends.loc[ends.index.isin(keep.index)]   # keep the class grouping order
+    return pd.concat([kept, other], ignore_index=True)
