@@ -75,6 +75,7 @@ def packet_rows(path: Path) -> int:
     return len(pd.read_csv(path, usecols=["frame_number"]))
 
 
+@pytest.mark.slow  # main.py on three ~85,000-packet recordings, twice each
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_stopped_main_leaves_no_half_file_and_a_rerun_finishes(how, long_recordings, tmp_path):
     out = tmp_path / "out"
@@ -107,6 +108,7 @@ def test_stopped_main_leaves_no_half_file_and_a_rerun_finishes(how, long_recordi
     assert {9999, 53, 443} <= set(signature["server_port"])
 
 
+@pytest.mark.slow  # builds the ~85,000-packet recordings
 def test_translator_stopped_between_captures_keeps_the_finished_ones(long_recordings, tmp_path):
     """One capture at a time (-j 1): SIGTERM while the second is written leaves the first
     CSV whole, nothing of the second."""
@@ -124,6 +126,7 @@ def test_translator_stopped_between_captures_keeps_the_finished_ones(long_record
     assert packet_rows(first) == capinfos_count(long_recordings[0])
 
 
+@pytest.mark.slow  # main.py twice, on a full then a larger tmpfs
 def test_full_disk_then_room_again(mount_tmpfs, tmp_path):
     """main.py on a disk too small for its CSVs: one error naming the file, nothing half
     written; given room, the same command finishes."""

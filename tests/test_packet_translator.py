@@ -185,6 +185,7 @@ def test_fields_equal_tshark_output(capture, translated):
 SHARED_PROTOCOLS = SHARED / "pcaps" / "protocols"
 
 
+@pytest.mark.slow  # 45,000 packets, translated and checked against tshark
 @pytest.mark.skipif(not SHARED_PROTOCOLS.is_dir(),
                     reason=f"../shared not found: {SHARED_PROTOCOLS}")
 def test_every_shared_protocol_capture_when_present(tmp_path):
@@ -705,6 +706,7 @@ def test_disk_full_leaves_no_partial_csv(mount_tmpfs):
 
 # --- several captures at once -------------------------------------------------------------
 
+@pytest.mark.slow  # six captures translated twice (-j 1 and -j 2)
 def test_parallel_jobs_write_the_same_csvs(tmp_path):
     captures = TPLINK_CAPTURES + [by_name("mdns.pcap"), by_name("dhcp.pcapng"),
                                   by_name("6in4tunnel.pcap")]

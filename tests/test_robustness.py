@@ -47,6 +47,8 @@ from packet_bytes import transport_packet
 
 SWEEP_CAPTURES = CAPTURES / "sweep"            # the shared captures no other test needed
 DEVICES = yaml.safe_load((SWEEP_CAPTURES / "events" / "devices.yaml").read_text())
+pytestmark = pytest.mark.slow  # the sweep: minutes of tshark on hundreds of files
+
 CAPTURE_SUFFIXES = (".pcap", ".pcapng")
 TRANSLATOR = "packet-translator.py"
 MESSAGE = re.compile(r"^[\w.-]+\.py: (warning|error): \S")

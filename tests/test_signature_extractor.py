@@ -126,6 +126,7 @@ def test_a_signature_csv_with_missing_columns_is_refused_naming_them(default, tm
         signature.read_signature_csv(tmp_path / "cut.csv")
 
 
+@pytest.mark.slow  # the whole pipeline again, without the device options
 def test_flows_made_without_knowing_the_device_give_the_same_signature(default, tmp_path):
     """The fixture's flows CSVs were made without --device-ip, so their remote_h,
     remote_name and remote_class describe the responder, the plug itself when the phone
@@ -495,6 +496,7 @@ def hostile_runs(flows, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow  # one extraction per hostile name
 @pytest.mark.parametrize("value, usable", HOSTILE, ids=[repr(v)[:24] for v, _ in HOSTILE])
 def test_hostile_names_cannot_break_the_outputs(hostile_runs, value, usable):
     run = hostile_runs[value]
