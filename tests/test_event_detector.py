@@ -68,8 +68,11 @@ def spliced(tmp_path_factory):
 
 def test_finds_each_event_where_its_packets_are(signatures, spliced, tmp_path):
     capture, (boot, toggle, realtime) = spliced
+    # The real-time toggle is not anonymised: its UDP/9999 state broadcast keeps its payload
+    # (1022-byte frames; 1005 in the anonymised training recordings), so that pattern's
+    # packet profile rightly does not match, nor does the ARP the training shared: 3 of 5.
     result = run_script("event-detector.py", signatures["toggle"], signatures["boot"],
-                        capture, "-o", tmp_path)
+                        capture, "-o", tmp_path, "--min-score", "0.6")
     found = _detections(tmp_path)
     found = found[found["status"] == "detected"].sort_values("first_frame").reset_index()
     assert list(found["event"]) == ["boot", "toggle", "toggle"], found
@@ -87,13 +90,14 @@ def test_finds_each_event_where_its_packets_are(signatures, spliced, tmp_path):
     for row, (times, _, _) in zip(found.iloc[:2].itertuples(), spans):
         # An event recording is the event: the detection covers most of it.
         assert row.end - row.start > 0.5 * (max(times) - min(times)), row
-    # The real-time capture: the toggle takes seconds (and the capture goes on after it).
-    assert 1.0 < found.loc[2, "end"] - found.loc[2, "start"] < 15.0
+    # The real-time capture: the toggle lasts through its TLS exchange (most of a second).
+    assert 0.5 < found.loc[2, "end"] - found.loc[2, "start"] < 15.0
     # The held-out toggle recording whole. The boot's ARP exchange with the gateway may
     # miss (with the anonymiser's timestamps the toggle recording's ARP comes 18 s before
     # it, within the flow idle timeout: the two merge into one flow), and the real-time
     # toggle lacks what three training recordings happened to share (an ARP from .167).
-    assert found.loc[1, "score"] == 1.0 and found["score"].min() >= 0.75
+    assert found.loc[1, "score"] == 1.0 and found["score"].min() >= 0.6
+    assert "udp-9999" in found.loc[2, "missing_patterns"]
     assert f"{capture.name}: 3 detection(s): toggle at 2024-08-19T09:34:14.271Z" in result.stdout
     assert result.stderr == ""
 
@@ -146,7 +150,8 @@ def test_a_window_another_event_explains_is_not_counted(signatures, spliced, tmp
     run_script("event-detector.py", signatures["toggle"], superset_csv, capture,
                "-o", tmp_path / "out", "-q")
     flows = detector.read_flows(tmp_path / "out" / f"{capture.name}.flows.csv")
-    options = detector.DetectOptions(window=60.0)  # the boot and toggle recordings' span
+    # (the boot and toggle recordings' span; the real-time toggle's score: see above)
+    options = detector.DetectOptions(window=60.0, min_score=0.6)
     found = detector.detect(flows, capture.name, [toggle, superset], options)
     first = [o for o in found if o.first_frame <= recordings_end]  # boot and toggle
     by_event = {o.signature.event: o for o in first}
@@ -184,9 +189,9 @@ def test_a_signature_with_missing_columns_is_refused(signatures, tmp_path):
 def test_a_signature_of_an_unknown_version_is_refused(signatures, tmp_path):
     frame = pd.read_csv(signatures["toggle"], dtype=str, keep_default_na=False)
     future = tmp_path / "future.csv"
-    frame.assign(signature_version="2").to_csv(future, index=False)
+    frame.assign(signature_version="99").to_csv(future, index=False)
     message = _refused(tmp_path, future)
-    assert f"{future}: signature version [2] is not supported" in message
+    assert f"{future}: signature version [99] is not supported" in message
 
 
 def test_an_input_that_is_nothing_known_is_refused(signatures, tmp_path):

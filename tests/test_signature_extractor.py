@@ -111,11 +111,20 @@ def test_signature_csv_agrees_with_the_library_and_profile(default, flows):
 
 def test_a_signature_csv_of_another_version_is_refused_clearly(default, tmp_path):
     frame = pd.read_csv(default.dir / "signature.csv", dtype=str, keep_default_na=False)
-    frame["signature_version"] = "2"
-    frame.to_csv(tmp_path / "v2.csv", index=False)
-    with pytest.raises(InputError, match=r"v2\.csv: signature version \[2\] is not supported "
-                                         r"\(this tool reads version 1\)"):
-        signature.read_signature_csv(tmp_path / "v2.csv")
+    frame["signature_version"] = "99"
+    frame.to_csv(tmp_path / "v99.csv", index=False)
+    with pytest.raises(InputError, match=r"v99\.csv: signature version \[99\] is not supported "
+                                         rf"\(this tool reads version {SIGNATURE_VERSION}"):
+        signature.read_signature_csv(tmp_path / "v99.csv")
+
+
+def test_a_version_1_signature_without_packet_profiles_is_named_as_old(default, tmp_path):
+    frame = pd.read_csv(default.dir / "signature.csv", dtype=str, keep_default_na=False)
+    frame = frame.drop(columns=["packet_profile"]).assign(signature_version="1")
+    frame.to_csv(tmp_path / "v1.csv", index=False)
+    with pytest.raises(InputError, match=r"v1\.csv: signature version \[1\] is not supported.*"
+                                         "learn the signature again"):
+        signature.read_signature_csv(tmp_path / "v1.csv")
 
 
 def test_a_signature_csv_with_missing_columns_is_refused_naming_them(default, tmp_path):

@@ -38,6 +38,7 @@ COUNT_METRICS = ["orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes
 # The fingerprint but its remote party (matched on its own: by name, class or address).
 KEY_COLUMNS = [c for c in sig.FINGERPRINT if c != "remote"]
 PORT = KEY_COLUMNS.index("server_port")
+DNS_NAME = KEY_COLUMNS.index("dns_qry_name")
 FLOW_EXTRAS = ["capture", "first_frame", "last_frame", "remote_h"]
 
 
@@ -82,6 +83,7 @@ class Pattern:
     ranges: tuple               # ((metric, low, high), ...): NaN bounds are no bound
     flows_max: int
     start_offset: float
+    profile: tuple = ()         # ((low, high), ...): sizes of the first payload packets
 
     @property
     def general(self) -> bool:
@@ -97,6 +99,13 @@ class Pattern:
         # started): the addresses the domain had in the training recordings still tell.
         return self.remote_kind == "domain" and remote_kind != "domain" \
             and remote_h in self.remote_addrs
+
+    @property
+    def is_dns(self) -> bool:
+        return bool(self.key[DNS_NAME])
+
+    def packets_match(self, sizes: np.ndarray) -> bool:
+        return bool(sig.profile_matches(sizes[None, :], self.profile)[0])
 
     def counts_match(self, values: dict) -> bool:
         for metric, low, high in self.ranges:
@@ -178,7 +187,8 @@ def _pattern(row, tolerance: float) -> Pattern:
     return Pattern(str(values["pattern"]), _port(values["order"]), str(values["role"]), key,
                    str(values["remote"]), str(values["remote_kind"]), addresses, tuple(ranges),
                    int(flows_max) if flows_max == flows_max and flows_max >= 1 else 1,
-                   float(offset) if offset == offset else 0.0)
+                   float(offset) if offset == offset else 0.0,
+                   sig.parse_profile(values["packet_profile"]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,10 +245,15 @@ class Occurrence:
     status: str = "detected"
     explained_by: str = ""
     strict: bool = False
+    unobservable: frozenset = frozenset()   # patterns the capture cannot show
+
+    @property
+    def expected(self) -> list:
+        return [p for p in self.signature.patterns if p.name not in self.unobservable]
 
     @property
     def total(self) -> int:
-        return len(self.signature.patterns)
+        return len(self.expected)
 
     @property
     def counted(self) -> list:
@@ -254,7 +269,7 @@ class Occurrence:
     @property
     def missing(self) -> list:
         counted = set(self.counted)
-        return [p.name for p in self.signature.patterns if p.name not in counted]
+        return [p.name for p in self.expected if p.name not in counted]
 
     def rank(self) -> tuple:
         """More complete first, then more evidence, then the more specific signature."""
@@ -277,6 +292,7 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
     remotes = view[["remote", "remote_general", "remote_kind", "remote_h"]].astype(str).to_numpy()
     counts = {m: pd.to_numeric(view[m], errors="coerce").to_numpy(dtype=float)
               for m in COUNT_METRICS}
+    sizes = sig.payload_matrix(view["first_payload_sizes"])
     for row in range(len(view)):
         key = list(keys[row])  # (fingerprints() already spelled the sets canonically)
         key[PORT] = int(key[PORT])
@@ -286,7 +302,8 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
         values = {m: counts[m][row] for m in COUNT_METRICS}
         for number in candidates:
             pattern = patterns[number]
-            if pattern.remote_matches(*remotes[row]) and pattern.counts_match(values):
+            if pattern.remote_matches(*remotes[row]) and pattern.counts_match(values) \
+                    and pattern.packets_match(sizes[row]):
                 result[row] = number
                 break
     return result
@@ -310,12 +327,18 @@ def find_occurrences(view: pd.DataFrame, signature: EventSignature, capture: str
     rows = rows[order]
     window = signature.window(options.window)
     ts = view["ts"].to_numpy(dtype=float)
+    # A device with cached addresses sends no DNS query: where the capture shows none at
+    # all, the DNS patterns are not expected (the other patterns still name their remote
+    # by the addresses learned in training).
+    no_dns = not (view["dns_qry_name"].astype(str) != "").any()
+    unobservable = frozenset(p.name for p in signature.patterns if p.is_dns and no_dns)
     occurrences, current, anchor, opened = [], None, None, 0.0
     for row in rows:
         pattern = signature.patterns[matches[row]]
         restart = pattern is anchor and len(current.flows[pattern.name]) >= pattern.flows_max
         if current is None or ts[row] - opened > window or restart:
-            current = Occurrence(capture, signature, strict=options.strict_order)
+            current = Occurrence(capture, signature, strict=options.strict_order,
+                                 unobservable=unobservable)
             occurrences.append(current)
             anchor, opened = pattern, ts[row]
         current.flows.setdefault(pattern.name, []).append(row)

@@ -17,21 +17,23 @@ import numpy as np
 import pandas as pd
 
 from .parties import address_class, canonical_ip, canonical_ips
-from .schema import APP_FIELDS, FLOWS
+from .fields import FLOW_FIELDS
+from .schema import FLOWS
 
 DEFAULT_IDLE_TIMEOUT = 120.0   # NFStream's default idle timeout
 DEFAULT_MAX_DURATION = 600.0
 FIRST_SIZES = 10
 PORT_SPAN = 65537              # endpoint key = address code * PORT_SPAN + port + 1
 
-# Columns the flow builder reads from a packets CSV.
+# Columns the flow builder reads from a packets CSV: the packet's own, and what names the
+# remote party (DNS answers, TLS server name, HTTP host). The other application fields are
+# carried into the flows where the packets CSV has them.
 REQUIRED = ["capture", "frame_number", "ts", "frame_len", "eth_src", "eth_dst", "ip_src",
             "ip_dst", "l4_proto", "src_port", "dst_port", "tcp_flags", "l4_payload_len",
-            "highest_layer", "dns_qry_name", "dns_qry_type", "dns_flags_response",
-            "dns_answer_addrs", "http_request_method", "http_host", "http_request_uri",
-            "tls_server_name", "dhcp_msg_type", "coap_type", "coap_code", "coap_uri"]
-OPTIONAL = ["eth_src_vendor", "eth_dst_vendor", "icmp_type", "arp_opcode", "direction"]
-FLOW_TEXT_FIELDS = APP_FIELDS + ["http_host", "icmp_type", "arp_opcode"]
+            "highest_layer", "dns_qry_name", "dns_flags_response", "dns_answer_addrs",
+            "http_host", "tls_server_name"]
+OPTIONAL = ["eth_src_vendor", "eth_dst_vendor", "direction",
+            *[f for f in FLOW_FIELDS if f not in REQUIRED]]
 GENERIC_LAYERS = {"", "eth", "sll", "ip", "ipv6", "tcp", "udp", "data", "icmp", "icmpv6",
                   "arp", "igmp", "ethertype", "llc", "vlan", "_ws.malformed", "_ws.short",
                   # content carried by a protocol, not a protocol of its own
@@ -65,7 +67,7 @@ def build_flows(packets: pd.DataFrame, options: FlowOptions | None = None) -> pd
 # distinct strings, and integer codes sort, group and compare fast in little memory.
 TEXT_COLUMNS = ["capture", "l4_proto", "tcp_flags", "highest_layer", "eth_src", "eth_dst",
                 "ip_src", "ip_dst", "direction", "eth_src_vendor", "eth_dst_vendor",
-                *FLOW_TEXT_FIELDS, "dns_flags_response", "dns_answer_addrs"]
+                *FLOW_FIELDS, "dns_flags_response", "dns_answer_addrs"]
 # What the flow statistics read packet by packet, gathered in flow order; the text columns
 # stay in capture order and are looked up by row (most are empty in most packets).
 FLOW_ORDER_COLUMNS = ["ts", "frame_len", "frame_number", "src_port", "dst_port",
@@ -286,9 +288,10 @@ def _aggregate(s: dict[str, np.ndarray], p: Packets, is_orig: np.ndarray) -> pd.
     place = np.empty_like(rows)
     place[rows] = np.arange(len(rows))  # each row's place in flow order
     out["service"] = _distinct_per_flow(p["highest_layer"], place, s, n, skip=GENERIC_LAYERS)
-    for name in FLOW_TEXT_FIELDS:
+    for name in FLOW_FIELDS:
         out[name] = _distinct_per_flow(p[name], place, s, n)
     out["first_sizes"] = _first_sizes(flow, starts, sizes, is_orig, n)
+    out["first_payload_sizes"] = _first_payload_sizes(flow, sizes, payload, is_orig, n)
     return out
 
 
@@ -361,9 +364,33 @@ def _first_sizes(flow: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
     position = np.arange(len(flow)) - np.repeat(starts, np.diff(np.r_[starts, len(flow)]))
     head = np.flatnonzero(position < FIRST_SIZES)
     signed = np.where(is_orig[head], sizes[head], -sizes[head]).astype(np.int64)
+    return _spell_sizes(flow[head], signed, n)
+
+
+def _first_payload_sizes(flow: np.ndarray, sizes: np.ndarray, payload: np.ndarray,
+                         is_orig: np.ndarray, n: int) -> np.ndarray:
+    """The signed frame lengths of each flow's first packets that carry payload (requests
+    and replies: what tells apart two events that use the same flow, as in PingPong). A
+    packet repeated at once, same direction and size, counts once: a retransmission or a
+    capture's duplicate must not shift the sequence."""
+    carrying = np.flatnonzero(np.nan_to_num(payload) > 0)
+    flow = flow[carrying]
+    signed = np.where(is_orig[carrying], sizes[carrying], -sizes[carrying]).astype(np.int64)
+    repeated = np.r_[False, (flow[1:] == flow[:-1]) & (signed[1:] == signed[:-1])]
+    flow, signed = flow[~repeated], signed[~repeated]
+    if not len(flow):
+        return np.full(n, "", dtype=object)
+    starts = _flow_starts(flow)
+    position = np.arange(len(flow)) - np.repeat(starts, np.diff(np.r_[starts, len(flow)]))
+    head = np.flatnonzero(position < FIRST_SIZES)
+    return _spell_sizes(flow[head], signed[head], n)
+
+
+def _spell_sizes(flow: np.ndarray, signed: np.ndarray, n: int) -> np.ndarray:
+    """Each flow's sizes, space-separated; flows without any: ''."""
     codes, uniques = pd.factorize(signed)  # spelled once per distinct size
     spelled = np.array([str(u) for u in uniques], dtype=object)[codes]
-    groups, joined = _join_sorted(flow[head], spelled, " ")
+    groups, joined = _join_sorted(flow, spelled, " ")
     result = np.full(n, "", dtype=object)
     result[groups] = joined
     return result

@@ -15,43 +15,29 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import csvio, tshark
+from . import csvio, fields, tshark
+from .fields import first, map_uniques
 from .errors import InputError, OutputError
 from .schema import PACKETS
 from .timefmt import utc_text
 
-# The Wireshark fields exported, in tshark's output order.
-FIELDS = [
+# The Wireshark fields exported, in tshark's output order: what the packet and transport
+# columns need, then every application field of the registry.
+FIELDS = list(dict.fromkeys([
     "frame.number", "frame.time_epoch", "frame.len", "frame.protocols",
     "eth.src", "eth.dst", "eth.src.oui_resolved", "eth.dst.oui_resolved", "sll.src.eth",
     "ip.src", "ip.dst", "ip.proto", "ipv6.src", "ipv6.dst", "ipv6.nxt", "ipv6.fraghdr.nxt",
     "arp.opcode", "arp.src.hw_mac", "arp.src.proto_ipv4", "arp.dst.proto_ipv4",
     "tcp.srcport", "tcp.dstport", "tcp.flags", "tcp.len",
     "udp.srcport", "udp.dstport", "udp.length", "icmp.type", "icmpv6.type",
-    "dns.qry.name", "dns.qry.type", "dns.flags.response", "dns.a", "dns.aaaa",
-    "http.request.method", "http.host", "http.request.uri", "http.response.code",
-    "tls.handshake.extensions_server_name",
-    "dhcp.option.dhcp", "dhcp.option.hostname",
-    "coap.type", "coap.code", "coap.opt.uri_path_recon",
-]
+    *fields.TSHARK_FIELDS,
+]))
 # Rows per chunk: fewer chunks cost less CPU; the 1 MB pipe keeps tshark going meanwhile.
 CHUNK_ROWS = 20_000
 
 IP_PROTOCOLS = {"1": "icmp", "2": "igmp", "4": "ipip", "6": "tcp", "17": "udp", "41": "ipv6",
                 "47": "gre", "50": "esp", "51": "ah", "58": "icmpv6", "89": "ospf",
                 "103": "pim", "112": "vrrp", "132": "sctp"}
-DNS_TYPES = {"1": "A", "2": "NS", "5": "CNAME", "6": "SOA", "12": "PTR", "13": "HINFO",
-             "15": "MX", "16": "TXT", "28": "AAAA", "33": "SRV", "35": "NAPTR", "41": "OPT",
-             "43": "DS", "46": "RRSIG", "47": "NSEC", "48": "DNSKEY", "52": "TLSA",
-             "64": "SVCB", "65": "HTTPS", "255": "ANY"}
-DHCP_TYPES = {"1": "discover", "2": "offer", "3": "request", "4": "decline", "5": "ack",
-              "6": "nak", "7": "release", "8": "inform", "9": "forcerenew",
-              "10": "leasequery", "11": "leaseunassigned", "12": "leaseunknown",
-              "13": "leaseactive"}
-COAP_TYPES = {"0": "CON", "1": "NON", "2": "ACK", "3": "RST"}
-COAP_METHODS = {"0": "EMPTY", "1": "GET", "2": "POST", "3": "PUT", "4": "DELETE",
-                "5": "FETCH", "6": "PATCH", "7": "iPATCH"}
-ARP_OPCODES = {"1": "request", "2": "reply", "3": "rarp-request", "4": "rarp-reply"}
 TCP_FLAG_LETTERS = [(0x02, "S"), (0x10, "A"), (0x01, "F"), (0x04, "R"), (0x08, "P"),
                     (0x20, "U"), (0x40, "E"), (0x80, "C")]
 
@@ -183,59 +169,42 @@ def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = No
 
     arp = raw["arp.opcode"] != ""
     out["eth_src"] = _first_nonblank(raw["eth.src"], raw["sll.src.eth"], raw["arp.src.hw_mac"])
-    out["eth_src_vendor"] = _first(raw["eth.src.oui_resolved"])
-    out["eth_dst"] = _first(raw["eth.dst"])
-    out["eth_dst_vendor"] = _first(raw["eth.dst.oui_resolved"])
+    out["eth_src_vendor"] = first(raw["eth.src.oui_resolved"])
+    out["eth_dst"] = first(raw["eth.dst"])
+    out["eth_dst_vendor"] = first(raw["eth.dst.oui_resolved"])
 
     has_v4, has_v6 = raw["ip.src"] != "", raw["ipv6.src"] != ""
     out["ip_version"] = np.select([has_v4, has_v6], ["4", "6"], "")
-    out["ip_src"] = _first(np.select([has_v4, has_v6, arp],
+    out["ip_src"] = first(np.select([has_v4, has_v6, arp],
                                      [raw["ip.src"], raw["ipv6.src"], raw["arp.src.proto_ipv4"]], ""))
-    out["ip_dst"] = _first(np.select([has_v4, has_v6, arp],
+    out["ip_dst"] = first(np.select([has_v4, has_v6, arp],
                                      [raw["ip.dst"], raw["ipv6.dst"], raw["arp.dst.proto_ipv4"]], ""))
 
     layers = raw["frame.protocols"]
-    highest = _map_uniques(layers, lambda s: s.rsplit(":", 1)[-1])
+    highest = map_uniques(layers, lambda s: s.rsplit(":", 1)[-1])
     out["highest_layer"] = highest
     icmp, icmp6 = raw["icmp.type"] != "", raw["icmpv6.type"] != ""
     tcp, udp = raw["tcp.srcport"] != "", raw["udp.srcport"] != ""
     # An IPv6 fragment's next header is 44 (the fragment header): take the one after it,
     # so that a later fragment says udp, as it does in IPv4, not ip-proto-44.
     v6_number = raw["ipv6.fraghdr.nxt"].where(raw["ipv6.fraghdr.nxt"] != "", raw["ipv6.nxt"])
-    ip_number = _first(np.where(has_v4, raw["ip.proto"], v6_number))
-    by_number = _map_uniques(ip_number, lambda n: IP_PROTOCOLS.get(n, f"ip-proto-{n}" if n else ""))
+    ip_number = first(np.where(has_v4, raw["ip.proto"], v6_number))
+    by_number = map_uniques(ip_number, lambda n: IP_PROTOCOLS.get(n, f"ip-proto-{n}" if n else ""))
     non_ip = ~(has_v4 | has_v6)
-    link_proto = _map_uniques(layers, _link_protocol)
+    link_proto = map_uniques(layers, _link_protocol)
     # ICMP first: an ICMP error quotes the TCP/UDP header of the packet it answers.
     out["l4_proto"] = np.select([icmp, icmp6, tcp, udp, non_ip],
                                 ["icmp", "icmpv6", "tcp", "udp", link_proto], by_number)
     transport = (tcp | udp) & ~(icmp | icmp6)
-    out["src_port"] = np.where(transport, _first(np.where(tcp, raw["tcp.srcport"], raw["udp.srcport"])), "")
-    out["dst_port"] = np.where(transport, _first(np.where(tcp, raw["tcp.dstport"], raw["udp.dstport"])), "")
-    out["tcp_flags"] = np.where(transport & tcp, _map_uniques(_first(raw["tcp.flags"]), _tcp_letters), "")
-    udp_payload = pd.to_numeric(_first(raw["udp.length"]), errors="coerce") - 8
+    out["src_port"] = np.where(transport, first(np.where(tcp, raw["tcp.srcport"], raw["udp.srcport"])), "")
+    out["dst_port"] = np.where(transport, first(np.where(tcp, raw["tcp.dstport"], raw["udp.dstport"])), "")
+    out["tcp_flags"] = np.where(transport & tcp, map_uniques(first(raw["tcp.flags"]), _tcp_letters), "")
+    udp_payload = pd.to_numeric(first(raw["udp.length"]), errors="coerce") - 8
     out["l4_payload_len"] = np.select(
         [transport & tcp, transport & udp],
-        [_first(raw["tcp.len"]), udp_payload.astype("Int64").astype(str).replace("<NA>", "")], "")
-    out["icmp_type"] = _first(np.where(icmp, raw["icmp.type"], raw["icmpv6.type"]))
-    out["arp_opcode"] = _map_uniques(_first(raw["arp.opcode"]), ARP_OPCODES.get)
-
-    out["dns_qry_name"] = _distinct(raw["dns.qry.name"])
-    out["dns_qry_type"] = _map_uniques(raw["dns.qry.type"], _mapper(DNS_TYPES, "TYPE"))
-    out["dns_flags_response"] = _first(raw["dns.flags.response"])
-    both = (raw["dns.a"] != "") & (raw["dns.aaaa"] != "")
-    out["dns_answer_addrs"] = np.where(both, raw["dns.a"] + ";" + raw["dns.aaaa"],
-                                       raw["dns.a"] + raw["dns.aaaa"])
-    out["http_request_method"] = _distinct(raw["http.request.method"])
-    out["http_host"] = _distinct(raw["http.host"])
-    out["http_request_uri"] = raw["http.request.uri"]
-    out["http_response_code"] = _first(raw["http.response.code"])
-    out["tls_server_name"] = _distinct(raw["tls.handshake.extensions_server_name"])
-    out["dhcp_msg_type"] = _map_uniques(raw["dhcp.option.dhcp"], _mapper(DHCP_TYPES, "type-"))
-    out["dhcp_hostname"] = raw["dhcp.option.hostname"]
-    out["coap_type"] = _map_uniques(raw["coap.type"], _mapper(COAP_TYPES, ""))
-    out["coap_code"] = _map_uniques(raw["coap.code"], _coap_codes)
-    out["coap_uri"] = raw["coap.opt.uri_path_recon"]
+        [first(raw["tcp.len"]), udp_payload.astype("Int64").astype(str).replace("<NA>", "")], "")
+    for app in fields.REGISTRY:
+        out[app.name] = app.spell(*(raw[t] for t in app.tshark))
     out["direction"] = packet_direction(out, device_mac, device_ip)
     return out
 
@@ -255,44 +224,11 @@ def packet_direction(rows: pd.DataFrame, device_mac: str | None, device_ip: str 
     return np.select([sent, received], ["sent", "received"], "other")
 
 
-def _first(values) -> pd.Series:
-    """First occurrence of an aggregated field ('a;b' -> 'a')."""
-    return _map_uniques(values, lambda s: s.split(";", 1)[0])
-
-
 def _first_nonblank(*columns: pd.Series) -> pd.Series:
-    result = _first(columns[0])
+    result = first(columns[0])
     for column in columns[1:]:
-        result = result.where(result != "", _first(column))
+        result = result.where(result != "", first(column))
     return result
-
-
-def _map_uniques(values, function) -> pd.Series:
-    """Apply a Python function once per distinct value: packet fields repeat a lot."""
-    series = pd.Series(values) if not isinstance(values, pd.Series) else values
-    codes, uniques = pd.factorize(series, sort=False)
-    mapped = np.array([function(u) or "" for u in uniques] + [""], dtype=object)
-    return pd.Series(mapped[codes], index=series.index, dtype=object)
-
-
-def _distinct(values: pd.Series) -> pd.Series:
-    return _map_uniques(values, lambda s: ";".join(dict.fromkeys(s.split(";"))) if s else "")
-
-
-def _mapper(names: dict, unknown_prefix: str):
-    def name_all(value: str) -> str:
-        if not value:
-            return ""
-        parts = (names.get(v, f"{unknown_prefix}{v}") for v in value.split(";"))
-        return ";".join(dict.fromkeys(parts))
-    return name_all
-
-
-def _coap_codes(value: str) -> str:
-    def one(code: str) -> str:
-        number = int(code)
-        return COAP_METHODS.get(code) if number < 32 else f"{number >> 5}.{number & 31:02d}"
-    return ";".join(dict.fromkeys(one(c) for c in value.split(";") if c.isdigit())) if value else ""
 
 
 def _tcp_letters(value: str) -> str:

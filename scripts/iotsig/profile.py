@@ -10,6 +10,7 @@ import re
 import pandas as pd
 import yaml
 
+from . import fields as app_fields
 from .parties import address_class
 
 # Protocols and fields the firewall's translator reads.
@@ -24,10 +25,11 @@ KNOWN_FIELDS = {
 }
 POLICY_KEYS = {"protocols", "bidirectional", "initiator", "timeout", "stats"}
 STATS_KEYS = {"rate", "packet-size", "packet-count", "duration"}
-COAP_TYPES = {"CON", "NON", "ACK", "RST"}
-COAP_METHODS = {"GET", "POST", "PUT", "DELETE"}
-DHCP_TYPES = {"discover", "offer", "request", "decline", "ack", "nak", "release", "inform"}
-ARP_TYPES = {"request", "reply"}
+# The values of the packets' vocabularies (fields.py) that the firewall knows.
+COAP_TYPES = set(app_fields.COAP_TYPES.values())
+COAP_METHODS = {app_fields.COAP_METHODS[code] for code in "1234"}
+DHCP_TYPES = {app_fields.DHCP_TYPES[str(code)] for code in range(1, 9)}
+ARP_TYPES = {app_fields.ARP_OPCODES[code] for code in "12"}
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 MULTICAST_ALIASES = {"224.0.0.251": "mdns", "239.255.255.250": "ssdp", "224.0.1.187": "coap"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .fields import application_text
 from .parties import describe_remote
+from .signature import parse_profile
 from .profile import printable, remote_name_problem, unexpressible
 
 RULE = "=" * 78
@@ -72,7 +74,7 @@ def _block(number: int, row, s) -> list[str]:
     opener = "the device opens the flow" if device_opens else "the remote party opens the flow"
     lines = [f"{number}. {row.pattern}", f"   {arrow}   ({opener})"]
     lines.append(f"   protocol: {_protocol(row)}")
-    application = _application_fields(row)
+    application = application_text(row)
     if application:
         lines.append(f"   application: {application}")
     offset = "" if pd.isna(row.start_offset_median) else \
@@ -90,12 +92,26 @@ def _block(number: int, row, s) -> list[str]:
     lines.append(f"   bytes: {both('{}_frame_bytes_min', '{}_frame_bytes_max')}")
     lines.append(f"   packet sizes: {both('{}_size_min_min', '{}_size_max_max', ' bytes')}")
     lines.append(f"   duration: {_range(row.duration_min, row.duration_max, seconds=True)}")
+    profile = _profile_words(row.packet_profile, device_opens)
+    if profile:
+        lines.append(f"   packet profile (first packets with payload, frame bytes): {profile}")
     reason = unexpressible(row)
     if reason:
         lines.append(f"   (left out of profile.yaml: {reason})")
     elif remote_name_problem(row):
         lines.append(f"   (profile.yaml gives its addresses: {remote_name_problem(row)})")
     return lines + [""]
+
+
+def _profile_words(text, device_opens: bool) -> str:
+    """'172 -115' -> 'remote party 172, device 115' (from the device's point of view)."""
+    words = []
+    for low, high in parse_profile(text):
+        by_originator = low > 0
+        who = "device" if by_originator == device_opens else "remote party"
+        low, high = sorted((abs(low), abs(high)))
+        words.append(f"{who} {low:.0f}" + (f" to {high:.0f}" if high > low else ""))
+    return ", ".join(words)
 
 
 def _protocol(row) -> str:
@@ -106,20 +122,10 @@ def _protocol(row) -> str:
     return f"{proto} port {int(row.server_port)} (served by {who})"
 
 
-def _application_fields(row) -> str:
-    labels = [("DNS query", row.dns_qry_name), ("type", row.dns_qry_type),
-              ("HTTP", row.http_request_method), ("URI", row.http_request_uri),
-              ("CoAP", row.coap_type), ("code", row.coap_code), ("URI", row.coap_uri),
-              ("DHCP", row.dhcp_msg_type), ("TLS server name", row.tls_server_name),
-              ("ICMP type", row.icmp_type), ("ARP", row.arp_opcode)]
-    return ", ".join(f"{label} {value}" for label, value in labels
-                     if isinstance(value, str) and value)
-
-
 def _summary_line(row, s) -> str:
     remote = row.remote
     port = "" if pd.isna(row.server_port) or row.server_port < 0 else f"/{int(row.server_port)}"
-    app = _application_fields(row)
+    app = application_text(row)
     direction = "device -> " if row.device_side == "orig" else "-> device from "
     return f"{str(row.proto).upper()}{port} {direction}{remote}" + (f" [{app}]" if app else "")
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import fields
+
 
 @dataclass(frozen=True)
 class Column:
@@ -70,34 +72,10 @@ PACKETS = Table("packets", _cols(
      "P PSH, U URG, E ECE, C CWR", "tcp.flags"),
     ("l4_payload_len", "int", "TCP/UDP payload bytes", "tcp.len, udp.length - 8"),
     ("highest_layer", "str", "the last protocol Wireshark dissected", "frame.protocols"),
-    ("icmp_type", "int", "ICMP or ICMPv6 type", "icmp.type, icmpv6.type"),
-    ("arp_opcode", "str", "request or reply", "arp.opcode"),
-    ("dns_qry_name", "text", "DNS/mDNS query name(s), ';' between several", "dns.qry.name"),
-    ("dns_qry_type", "str", "query type (A, AAAA, PTR, ...), ';' between several",
-     "dns.qry.type"),
-    ("dns_flags_response", "bool", "1 for a DNS response, 0 for a query",
-     "dns.flags.response"),
-    ("dns_answer_addrs", "str", "addresses answered (A and AAAA records), ';' between them",
-     "dns.a, dns.aaaa"),
-    ("http_request_method", "text", "HTTP (and SSDP) request method", "http.request.method"),
-    ("http_host", "text", "HTTP Host header", "http.host"),
-    ("http_request_uri", "text", "HTTP request URI", "http.request.uri"),
-    ("http_response_code", "int", "HTTP status code", "http.response.code"),
-    ("tls_server_name", "text", "TLS (and QUIC) server name indication",
-     "tls.handshake.extensions_server_name"),
-    ("dhcp_msg_type", "str", "DHCP message type: discover, offer, request, ack, ...",
-     "dhcp.option.dhcp"),
-    ("dhcp_hostname", "text", "DHCP client host name option", "dhcp.option.hostname"),
-    ("coap_type", "str", "CoAP message type: CON, NON, ACK, RST", "coap.type"),
-    ("coap_code", "str", "CoAP method (GET, POST, PUT, DELETE) or response code (2.05 ...)",
-     "coap.code"),
-    ("coap_uri", "text", "CoAP URI path", "coap.opt.uri_path_recon"),
+    *[(f.name, f.type, f.meaning, ", ".join(f.tshark)) for f in fields.REGISTRY],
     ("direction", "str", "with --device-mac/--device-ip: sent (by the device), "
      "received, or other", "computed"),
 ))
-
-APP_FIELDS = ["dns_qry_name", "dns_qry_type", "http_request_method", "http_request_uri",
-              "coap_type", "coap_code", "coap_uri", "dhcp_msg_type", "tls_server_name"]
 
 _DIRECTION_STATS = []
 for _side, _who in (("orig", "originator"), ("resp", "responder")):
@@ -145,24 +123,19 @@ FLOWS = Table("flows", _cols(
      "dns_answer_addrs, tls_server_name, http_host"),
     ("remote_class", "str", "gateway (the device's DNS/DHCP server or router), local "
      "(private, link-local), multicast, broadcast or external", "remote_h"),
-    ("dns_qry_name", "text", "DNS query names, ';' between distinct values", "dns_qry_name"),
-    ("dns_qry_type", "str", "DNS query types", "dns_qry_type"),
-    ("http_request_method", "text", "HTTP request methods", "http_request_method"),
-    ("http_request_uri", "text", "HTTP request URIs", "http_request_uri"),
-    ("http_host", "text", "HTTP hosts", "http_host"),
-    ("tls_server_name", "text", "TLS server names", "tls_server_name"),
-    ("dhcp_msg_type", "str", "DHCP message types", "dhcp_msg_type"),
-    ("coap_type", "str", "CoAP message types", "coap_type"),
-    ("coap_code", "str", "CoAP methods / codes", "coap_code"),
-    ("coap_uri", "text", "CoAP URI paths", "coap_uri"),
-    ("icmp_type", "str", "ICMP types", "icmp_type"),
-    ("arp_opcode", "str", "ARP opcodes", "arp_opcode"),
+    # A flow's field is the set of its packets' values: text stays text, the rest is "str".
+    *[(f.name, "text" if f.type == "text" else "str", f.flow_meaning, f.name)
+      for f in fields.REGISTRY if f.in_flows],
     *_DIRECTION_STATS,
     ("first_sizes", "text", "frame lengths of the first 10 packets, negative when sent by "
      "the responder", "frame_len"),
+    ("first_payload_sizes", "text", "the packet profile: frame lengths of the first 10 packets "
+     "that carry TCP/UDP payload (requests and replies), negative when sent by the responder; "
+     "a packet repeated at once (same direction and size: a retransmission or a duplicate) "
+     "counts once", "frame_len, l4_payload_len"),
 ))
 
-SIGNATURE_VERSION = 1
+SIGNATURE_VERSION = 2
 
 SIGNATURE = Table("signature", _cols(
     ("signature_version", "int", f"format version of this file ({SIGNATURE_VERSION})", ""),
@@ -181,7 +154,7 @@ SIGNATURE = Table("signature", _cols(
     ("server_port", "int", "the fixed (server-side) port", "flows.orig_p/resp_p"),
     ("server_side", "str", "who holds the fixed port: device or remote", "computed"),
     *[(f, "text", "application field, as in the flows CSV", "flows." + f)
-      for f in APP_FIELDS + ["icmp_type", "arp_opcode"]],
+      for f in fields.FINGERPRINT_FIELDS],
     ("recordings_seen", "int", "recordings the pattern appeared in", "computed"),
     ("recordings_total", "int", "recordings given", "computed"),
     ("start_offset_median", "float", "median seconds from the first pattern flow of each "
@@ -193,6 +166,10 @@ SIGNATURE = Table("signature", _cols(
                 "orig_size_min", "orig_size_max", "resp_size_min", "resp_size_max")
       for b in ("min", "max")],
     ("remote_addrs", "str", "addresses the remote party had, ';' between them", "flows"),
+    ("packet_profile", "str", "the sizes of the first packets that carry payload, as in the "
+     "flows' first_payload_sizes, that every flow of the pattern has: one item per packet, "
+     "LOW..HIGH or one size, negative when sent by the responder (e.g. '178..182 -395'); "
+     "empty when the flows carry no payload", "flows.first_payload_sizes"),
 ))
 
 
@@ -257,11 +234,19 @@ DETECTIONS = Table("detections", _cols(
 EVALUATION = Table("evaluation", _cols(
     ("device", "text", "device folder", "EVENTS_DIR/DEVICE"),
     ("event", "text", "event folder", "EVENTS_DIR/DEVICE/EVENT"),
+    ("protocol", "text", "baseline: every signature, learned against the device's other "
+     "events, on every recording; user: the signature main.py learns with no baseline, alone, "
+     "on the held-out recordings of its physical device", "--protocol"),
+    ("status", "text", "evaluated, no event pattern (it cannot be detected: counted with "
+     "F1 0), or failed (no figure; why in note)", "computed"),
+    ("note", "text", "why the event failed, or what to know about its figure", "computed"),
     ("recordings", "int", "captures of the event", "count"),
     ("train", "int", "captures the signature was learned from", "--train-share, --seed"),
     ("positives", "int", "held-out captures of the event", "count"),
-    ("negatives", "int", "held-out captures of the device's other events, and captures of "
-     "other devices", "count"),
+    ("negatives", "int", "strict: held-out captures of the device's other events, and "
+     "(baseline protocol) every capture of the other devices or (user protocol) the held-out "
+     "captures of the same physical device driven by another app (folder DeviceApp)",
+     "count"),
     ("event_patterns", "int", "event patterns in the learned signature", "signature"),
     ("background_patterns", "int", "patterns also seen in the baseline", "signature"),
     ("tp", "int", "positives in which the event was detected", "event-detector"),
@@ -271,6 +256,14 @@ EVALUATION = Table("evaluation", _cols(
     ("precision", "float", "tp / (tp + fp); empty when nothing was detected", "computed"),
     ("recall", "float", "tp / (tp + fn)", "computed"),
     ("f1", "float", "harmonic mean of precision and recall", "computed"),
+    ("negatives_per_device", "int", "negatives without the recordings of the same physical "
+     "device through another app with the same event name (DeviceApp/EVENT for "
+     "Device/EVENT, and the reverse): the same change by another route", "count"),
+    ("fp_per_device", "int", "fp among negatives_per_device", "event-detector"),
+    ("tn_per_device", "int", "tn among negatives_per_device", "event-detector"),
+    ("precision_per_device", "float", "tp / (tp + fp_per_device)", "computed"),
+    ("f1_per_device", "float", "F1 with precision_per_device (recall is the same)",
+     "computed"),
     ("seconds", "float", "time to learn the signature and run the detector on every test "
      "capture (translation excluded: shared, see the run's total)", "computed"),
     ("signature", "text", "the event patterns, in event order, ';' between them",

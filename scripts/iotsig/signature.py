@@ -16,22 +16,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import csvio
+from . import csvio, fields
 from .errors import InputError, ToolError
+from .fields import FINGERPRINT_FIELDS
 from .parties import remote_party, server_ports
 from .schema import FLOWS, SIGNATURE, SIGNATURE_VERSION
 
-FINGERPRINT_FIELDS = ["dns_qry_name", "dns_qry_type", "http_request_method", "http_request_uri",
-                      "coap_type", "coap_code", "coap_uri", "dhcp_msg_type", "tls_server_name",
-                      "icmp_type", "arp_opcode"]
 FINGERPRINT = ["device_side", "proto", "remote", "server_port", "server_side",
                *FINGERPRINT_FIELDS]
 REQUIRED = ["uid", "ts", "duration", "proto", "orig_h", "orig_p", "resp_h", "resp_p",
             "orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes", "orig_mac",
             "resp_mac", "remote_name", "remote_class", "orig_size_min", "orig_size_max",
-            "resp_size_min", "resp_size_max", *[f for f in FINGERPRINT_FIELDS]]
+            "resp_size_min", "resp_size_max", "first_payload_sizes", *FINGERPRINT_FIELDS]
 RANGE_METRICS = ["orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes", "duration",
                  "orig_size_min", "orig_size_max", "resp_size_min", "resp_size_max"]
+# Packet profiles (PingPong's insight: request/reply sizes tell apart events that share
+# every flow). A profile is the packet sizes that recur among the first PROFILE_PACKETS
+# payload packets of a pattern's flows; sizes closer than PROFILE_GAP bytes are one item
+# (a brightness value's digits vary a request by a few bytes), and a flow carries an item
+# when one of its sizes lies in the item's range widened by PROFILE_SLACK bytes.
+PROFILE_PACKETS = 6
+PROFILE_GAP = 16
+PROFILE_SLACK = 4
 CLASS_NAMES = {"gateway", "broadcast"}   # always written as their class: addresses vary
 GENERALISABLE = {"local", "external", "multicast"}
 
@@ -181,6 +187,9 @@ def extract(recordings: list[Recording], device_name: str, device_ip: str,
     n = len(recordings)
     needed = max(1, math.ceil(support * n - 1e-9))
     flows["key"] = _assign_keys(flows, needed)
+    keys, profiles = profile_patterns(flows["key"].to_numpy(), _codes(flows["recording"]),
+                                      payload_matrix(flows["first_payload_sizes"]), needed)
+    flows["key"] = keys
     counted = flows.groupby("key")["recording"].nunique()
     keep = counted[counted >= needed].index
     in_pattern = flows["key"].isin(keep)
@@ -193,20 +202,171 @@ def extract(recordings: list[Recording], device_name: str, device_ip: str,
             warnings.append(f"device IP {device_ip} does not appear in the baseline "
                             f"({', '.join(r.name for r in baseline)}): nothing is background")
         if base is not None:
-            # A pattern is background when the baseline has the same fingerprint, at the
-            # same level of detail (a pattern by class matches a baseline flow by class).
-            specific = set(map(tuple, base[FINGERPRINT].to_numpy().tolist()))
-            general = set(map(tuple, base[_general_columns()].to_numpy().tolist()))
-            firsts = flows[in_pattern].groupby("key").first()
-            for key, row in firsts.iterrows():
-                fingerprint = tuple(row[FINGERPRINT])
-                if fingerprint in (general if row["generalised"] else specific):
-                    background_keys.add(key)
+            background_keys = _background_keys(flows[in_pattern], profiles, base)
     patterns = _summarise(flows[in_pattern], n, device_name, device_ip, event,
-                          background_keys, baseline is not None)
+                          background_keys, baseline is not None, profiles)
     noise = _noise(flows.loc[~in_pattern, [*FINGERPRINT, "key", "recording"]], n)
     return Signature(device_name, device_ip, mac or "", event, [r.name for r in recordings],
                      support, patterns, noise, baseline is not None, warnings)
+
+
+def _background_keys(pattern_flows: pd.DataFrame, profiles: dict, base: pd.DataFrame) -> set:
+    """The patterns the baseline also has: a baseline flow with the same fingerprint, at the
+    same level of detail (a pattern by class matches a baseline flow by class), whose
+    packets fit the pattern's profile. An event that shares all its flows with another
+    event keeps the patterns whose packets differ."""
+    base_sizes = payload_matrix(base["first_payload_sizes"])
+    rows_of = {False: _rows_by(base, FINGERPRINT), True: _rows_by(base, _general_columns())}
+    found = set()
+    firsts = pattern_flows.groupby("key").first()
+    for key, row in firsts.iterrows():
+        rows = rows_of[bool(row["generalised"])].get(tuple(row[FINGERPRINT]))
+        if rows is not None and profile_matches(base_sizes[rows], profiles.get(key, ())).any():
+            found.add(key)
+    return found
+
+
+def _rows_by(frame: pd.DataFrame, columns: list[str]) -> dict[tuple, np.ndarray]:
+    return {key if isinstance(key, tuple) else (key,): rows
+            for key, rows in frame.groupby(columns, sort=False).indices.items()}
+
+
+def payload_matrix(sizes: pd.Series, width: int = PROFILE_PACKETS) -> np.ndarray:
+    """first_payload_sizes -> a float matrix, one row per flow, the first `width` signed
+    sizes (NaN where a flow has fewer, or where a cell is not a number). Parsed once per
+    distinct cell."""
+    codes, uniques = pd.factorize(sizes.fillna("").astype(str), use_na_sentinel=False)
+    table = np.full((len(uniques) + 1, width), np.nan)
+    for row, text in enumerate(uniques):
+        for column, item in enumerate(text.split()[:width]):
+            try:
+                table[row, column] = float(item)
+            except ValueError:
+                break
+    return table[codes]
+
+
+def profile_patterns(keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray,
+                     needed: int) -> tuple[np.ndarray, dict]:
+    """Fingerprint keys -> (keys of fingerprint and packet profile, {key: profile}).
+
+    An item is a packet size that recurs: the sizes of a key's flows, cut where a gap wider
+    than PROFILE_GAP bytes separates them, that appear in `needed` recordings. Each flow
+    carries some of its key's items; the flows that carry the same items, where they recur,
+    are a pattern whose profile is those items (patterns of one fingerprint with different
+    packets are different patterns), and a flow that carries more joins the most specific
+    such pattern it contains. A key without a recurring set of items stays one pattern,
+    profiled by the items all its flows carry."""
+    labels = pd.factorize(keys)[0]
+    rows, positions = np.nonzero(~np.isnan(sizes))
+    values = sizes[rows, positions]
+    items = _size_items(labels[rows], rows, values)
+    order = np.argsort(items, kind="stable")
+    rows, values, positions, items = rows[order], values[order], positions[order], items[order]
+    recurring = _support(items, recordings[rows])[items] >= needed if len(items) else items > 0
+    rows, values, positions, items = (a[recurring] for a in (rows, values, positions, items))
+    ranges = pd.DataFrame({"item": items, "low": values, "high": values, "at": positions}
+                          ).groupby("item").agg({"low": "min", "high": "max", "at": "median"})
+    carried = _carried_items(rows, items, len(labels))
+    groups = _group_ids([labels, pd.factorize(carried)[0]])
+    support = _support(groups, recordings)
+    firsts = np.unique(groups, return_index=True)[1]   # each group's first flow
+    target = np.arange(len(firsts))                    # group -> the pattern it joins
+    profiles = {}
+    owners = labels[firsts]
+    recurring_keys = np.flatnonzero(_support(labels, recordings) >= needed)
+    rare = ~np.isin(owners, recurring_keys)  # noise anyway: one group per key
+    target[rare] = pd.Series(np.flatnonzero(rare)).groupby(owners[rare]).transform("first").to_numpy()
+    for members in pd.Series(np.flatnonzero(~rare)).groupby(owners[~rare]):
+        members = members[1].to_numpy()
+        sets = {g: frozenset(carried[firsts[g]].split()) for g in members}
+        stable = [g for g in members if support[g] >= needed]
+        if not stable:  # one pattern: what all its flows carry
+            target[members] = members[0]
+            profiles[members[0]] = frozenset.intersection(*sets.values())
+            continue
+        profiles.update((g, sets[g]) for g in stable)
+        for g in set(members) - set(stable):
+            within = [h for h in stable if sets[h] <= sets[g]]
+            if within:
+                target[g] = max(within, key=lambda h: (len(sets[h]), -h))
+    final = target[groups]
+    profiles = {g: tuple(_item_range(ranges, i) for i in
+                         sorted(items_, key=lambda i: ranges.at[int(i), "at"]))
+                for g, items_ in profiles.items()}
+    return final, profiles
+
+
+def _size_items(keys: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Item number of each (key, flow, size): a key's distinct sizes in order, one item
+    until a gap wider than PROFILE_GAP, or two sizes one flow carries both of (two
+    packets, not one packet whose size varies: the toggle's 265 and 281)."""
+    if not len(values):
+        return np.zeros(0, np.int64)
+    table = pd.DataFrame({"key": keys, "row": rows, "size": values})
+    own = table.drop_duplicates().sort_values(["row", "size"])
+    same_flow = own["row"].to_numpy()[1:] == own["row"].to_numpy()[:-1]
+    both = pd.DataFrame({"key": own["key"].to_numpy()[:-1][same_flow],
+                         "size": own["size"].to_numpy()[:-1][same_flow],
+                         "next": own["size"].to_numpy()[1:][same_flow]}).drop_duplicates()
+    sizes = table[["key", "size"]].drop_duplicates().sort_values(["key", "size"])
+    sizes["next"] = sizes["size"].shift(-1).where(sizes["key"].shift(-1) == sizes["key"])
+    apart = sizes.merge(both.assign(together=True), on=["key", "size", "next"], how="left")
+    cut_after = (apart["next"] - apart["size"] > PROFILE_GAP) | apart["together"].eq(True) \
+        | apart["next"].isna()
+    apart["item"] = np.r_[0, np.cumsum(cut_after.to_numpy()[:-1])]
+    return table.merge(apart[["key", "size", "item"]], on=["key", "size"], how="left"
+                       )["item"].to_numpy()
+
+
+def _carried_items(rows: np.ndarray, items: np.ndarray, n: int) -> np.ndarray:
+    """Each flow's recurring items as text ('3 7'): one value per distinct set."""
+    carried = np.full(n, "", dtype=object)
+    if len(rows):
+        pairs = np.unique(np.c_[rows, items], axis=0)
+        starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]])
+        text = pairs[:, 1].astype(str)
+        bounds = np.r_[starts, len(pairs)]
+        carried[pairs[starts, 0]] = [" ".join(text[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return carried
+
+
+def _item_range(ranges: pd.DataFrame, item: str) -> tuple[float, float]:
+    return float(ranges.at[int(item), "low"]), float(ranges.at[int(item), "high"])
+
+
+def _support(groups: np.ndarray, recordings: np.ndarray) -> np.ndarray:
+    """Recordings each group appears in."""
+    if not len(groups):
+        return np.zeros(0, np.int64)
+    pairs = np.unique(_group_ids([groups, recordings]), return_index=True)[1]
+    return np.bincount(groups[pairs], minlength=groups.max() + 1)
+
+
+def profile_matches(sizes: np.ndarray, profile: tuple, slack: float = PROFILE_SLACK) -> np.ndarray:
+    """Which rows of a payload_matrix carry every item of a learned profile (a size within
+    the item's range, widened by `slack` bytes); every row fits an empty profile."""
+    fits = np.ones(len(sizes), bool)
+    for low, high in profile:
+        with np.errstate(invalid="ignore"):
+            fits &= ((sizes >= low - slack) & (sizes <= high + slack)).any(axis=1)
+    return fits
+
+
+def profile_text(profile: tuple) -> str:
+    """((178, 182), (-395, -395)) -> '178..182 -395': the signature CSV's spelling."""
+    return " ".join(f"{lo:.0f}" if lo == hi else f"{lo:.0f}..{hi:.0f}" for lo, hi in profile)
+
+
+def parse_profile(text) -> tuple:
+    """profile_text's inverse; '' (or a missing cell) is the empty profile."""
+    if not isinstance(text, str) or not text.strip():
+        return ()
+    profile = []
+    for item in text.split():
+        low, _, high = item.partition("..")
+        profile.append((float(low), float(high or low)))
+    return tuple(profile)
 
 
 def _general_columns() -> list[str]:
@@ -269,7 +429,7 @@ def _device_mac(flows: pd.DataFrame) -> str:
 
 
 def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, event: str,
-               background_keys: set, baseline_given: bool) -> pd.DataFrame:
+               background_keys: set, baseline_given: bool, profiles: dict) -> pd.DataFrame:
     if flows.empty:
         return csvio.empty_frame(SIGNATURE)
     grouped = flows.groupby("key", sort=False)
@@ -285,6 +445,7 @@ def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, ev
         summary[f"{metric}_min"] = values.groupby(flows["key"]).min()
         summary[f"{metric}_max"] = values.groupby(flows["key"]).max()
     summary["remote_addrs"] = grouped["remote_h"].agg(lambda a: ";".join(sorted(set(a))))
+    summary["packet_profile"] = [profile_text(profiles.get(key, ())) for key in summary.index]
     summary["role"] = "event"
     summary.loc[summary.index.isin(background_keys), "role"] = "background"
     if not baseline_given:
@@ -366,16 +527,16 @@ def policy_names(patterns: pd.DataFrame) -> list[str]:
     return names
 
 
+# A protocol that is another one's on its well-known port.
+PORT_ALIASES = {("dns", 5353): "mdns", ("http", 1900): "ssdp"}
+
+
 def _application_label(row) -> str:
-    if row.dns_qry_name:
-        return "mdns" if row.server_port == 5353 else "dns"
-    if row.http_request_method:
-        return "ssdp" if row.server_port == 1900 else "http"
-    for label, value in (("coap", row.coap_code), ("dhcp", row.dhcp_msg_type),
-                         ("tls", row.tls_server_name), ("icmp", row.icmp_type),
-                         ("arp", row.arp_opcode)):
-        if value:
-            return label
+    """The protocol of the pattern's first application field: dns, http, tls, ..."""
+    for name in FINGERPRINT_FIELDS:
+        if getattr(row, name):
+            protocol = fields.BY_NAME[name].protocol
+            return PORT_ALIASES.get((protocol, row.server_port), protocol)
     return ""
 
 
@@ -391,9 +552,13 @@ def write_signature_csv(signature: Signature, path: Path) -> None:
 
 
 def read_signature_csv(path: Path) -> pd.DataFrame:
-    frame = csvio.read_table(path, SIGNATURE)
-    versions = set(frame["signature_version"].dropna().astype(int))
+    """A signature CSV of this version; another version is refused before its columns are
+    checked, so that an old file is named as old rather than as broken."""
+    versions = csvio.read_table(path, SIGNATURE, required=["signature_version"],
+                                columns=["signature_version"])["signature_version"]
+    versions = set(versions.dropna().astype(int))
     if versions - {SIGNATURE_VERSION}:
         raise InputError(path, f"signature version {sorted(versions)} is not supported "
-                               f"(this tool reads version {SIGNATURE_VERSION})")
-    return frame
+                               f"(this tool reads version {SIGNATURE_VERSION}: learn the "
+                               "signature again with this version)")
+    return csvio.read_table(path, SIGNATURE)
