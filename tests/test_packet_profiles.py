@@ -1,0 +1,137 @@
+"""Packet profiles (issue 13): events that share every flow are told apart by their packets,
+and detection does not need DNS. Real captures from ../shared/pcaps/events (skipped with a
+reason where ../shared is absent), run through the real scripts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from iotsig import csvio, signature
+from iotsig.schema import DETECTIONS, FLOWS, SIGNATURE
+
+from conftest import CAPTURES, SHARED, run_script
+
+EVENTS = SHARED / "pcaps" / "events"
+BULB_IP = "192.168.1.231"   # TapoLight in ../shared/pcaps/events/devices.yaml
+PLUG_IP = "192.168.1.135"
+
+
+def _recordings(device: str, event: str) -> list:
+    folder = EVENTS / device / event
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found: ../shared/pcaps/events is needed beside the repo")
+    return sorted(folder.glob("*.pcap"))
+
+
+def _detected(output_dir) -> list[tuple[str, str]]:
+    found = csvio.read_table(output_dir / "detections.csv", DETECTIONS)
+    found = found[found["status"] == "detected"]
+    return sorted(zip(found["capture"], found["event"]))
+
+
+# --- the flows CSV ----------------------------------------------------------------------
+
+def test_payload_sizes_are_the_first_payload_packets_signed_and_deduplicated():
+    flows = signature.payload_matrix(pd.Series(["345 -194 265 -787", "", "81 -145", "x 1"]))
+    assert flows.shape == (4, signature.PROFILE_PACKETS)
+    assert flows[0, :4].tolist() == [345, -194, 265, -787]
+    assert np.isnan(flows[1]).all() and np.isnan(flows[3]).all()  # (not a number: no sizes)
+    assert flows[2, :2].tolist() == [81, -145] and np.isnan(flows[2, 2:]).all()
+
+
+def test_the_flows_csv_shows_the_request_that_tells_two_bulb_actions_apart(tmp_path):
+    """The phone's HTTP request to the bulb is 345 bytes for set_color and 281 for toggle,
+    in every recording; each packet is captured twice (it counts once)."""
+    for event, request in (("set_color", 345), ("toggle", 281)):
+        capture = _recordings("TapoLight", event)[0]
+        run_script("main.py", "TapoLight", BULB_IP, capture, "-o", tmp_path / event, "-q",
+                   "--no-report")
+        flows = csvio.read_table(tmp_path / event / f"{capture.name}.flows.csv", FLOWS)
+        http = flows[(flows["http_request_method"] == "POST") & (flows["resp_h"] == BULB_IP)]
+        assert len(http) == 1
+        sizes = http["first_payload_sizes"].iat[0].split()
+        assert sizes[:2] == [str(request), "-194"], sizes  # not "281 281 -194 -194"
+
+
+# --- learning ---------------------------------------------------------------------------
+
+def _learn(event: str, train: list, others: list, out, *extra) -> pd.DataFrame:
+    run_script("main.py", "TapoLight", BULB_IP, *train, "--idle", *others, "--event", event,
+               "-o", out, "-q", "--no-report", *extra)
+    return csvio.read_table(out / "signature.csv", SIGNATURE)
+
+
+@pytest.mark.slow
+def test_same_flow_events_get_patterns_made_of_the_packets_that_differ(tmp_path):
+    """toggle against set_color as baseline (same HTTP flow, phone to bulb): before packet
+    profiles every flow was background and toggle had no event pattern."""
+    toggles = _recordings("TapoLight", "toggle")[:6]
+    colours = _recordings("TapoLight", "set_color")[:10]
+    learned = _learn("toggle", toggles, colours, tmp_path / "toggle")
+    events = learned[learned["role"] == "event"]
+    http = events[events["http_request_method"] == "POST"]
+    assert len(http) == 1, learned[["pattern", "role", "packet_profile"]]
+    profile = signature.parse_profile(http["packet_profile"].iat[0])
+    assert (281.0, 281.0) in profile and (345.0, 345.0) not in profile
+    text = (tmp_path / "toggle" / "pattern.txt").read_text()
+    assert "packet profile (first packets with payload, frame bytes): remote party 281" in text
+
+
+@pytest.mark.slow
+def test_the_detector_tells_same_flow_events_apart(tmp_path):
+    """Signatures learned without any baseline (what a user of main.py alone has) still
+    do not take a set_color for a toggle, nor the reverse."""
+    toggles, colours = _recordings("TapoLight", "toggle"), _recordings("TapoLight", "set_color")
+    local = [c for c in colours if _has_local_request(c)]
+    signatures = {}
+    for event, recordings in (("toggle", toggles[:5]), ("set_color", local[:5])):
+        run_script("main.py", "TapoLight", BULB_IP, *recordings, "--event", event,
+                   "-o", tmp_path / event, "-q", "--no-report")
+        signatures[event] = tmp_path / event / "signature.csv"
+    held_out = [toggles[6], local[6]]
+    run_script("event-detector.py", *signatures.values(), *held_out, "-o", tmp_path / "d", "-q")
+    assert _detected(tmp_path / "d") == sorted([(toggles[6].name, "toggle"),
+                                                (local[6].name, "set_color")])
+
+
+def _has_local_request(capture) -> bool:
+    """set_color goes through the phone's HTTP request to the bulb in some recordings and
+    through the cloud in others."""
+    out = subprocess.run(["tshark", "-n", "-r", str(capture), "-Y",
+                          f"http.request and ip.dst=={BULB_IP}", "-T", "fields",
+                          "-e", "frame.number"], capture_output=True, text=True, check=True)
+    return bool(out.stdout.strip())
+
+
+# --- detection without DNS ----------------------------------------------------------------
+
+def _without_dns(capture, folder):
+    editcap_less = folder / capture.name
+    subprocess.run([shutil.which("tshark") or "tshark", "-n", "-r", str(capture),
+                    "-Y", "not dns", "-w", str(editcap_less)], check=True, capture_output=True)
+    return editcap_less
+
+
+def test_an_event_is_found_in_a_capture_without_any_dns(tmp_path):
+    """A device with cached addresses sends no DNS query: the packet profiles and the
+    addresses learned in training still find the toggle and the boot."""
+    toggles = sorted((CAPTURES / "events" / "TpLinkPlug" / "toggle").glob("*.pcap"))
+    boots = sorted((CAPTURES / "events" / "TpLinkPlug" / "boot").glob("*.pcap"))
+    for event, train, other in (("toggle", toggles[:3], boots[:3]),
+                                ("boot", boots[:3], toggles[:3])):
+        run_script("main.py", "TpLinkPlug", PLUG_IP, *train, "--idle", *other, "--event", event,
+                   "-o", tmp_path / event, "-q", "--no-report")
+    stripped = tmp_path / "stripped"
+    stripped.mkdir()
+    held_out = [_without_dns(c, stripped) for c in (toggles[3], boots[3])]
+    run_script("event-detector.py", tmp_path / "toggle" / "signature.csv",
+               tmp_path / "boot" / "signature.csv", *held_out, "-o", tmp_path / "d", "-q")
+    assert _detected(tmp_path / "d") == sorted([(held_out[0].name, "toggle"),
+                                                (held_out[1].name, "boot")])
+    found = csvio.read_table(tmp_path / "d" / "detections.csv", DETECTIONS)
+    assert not found["missing_patterns"].fillna("").str.contains("dns-").any()
