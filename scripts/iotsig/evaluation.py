@@ -2,17 +2,30 @@
 on the rest, count.
 
 EVENTS_DIR is laid out DEVICE/EVENT/*.pcap (one capture per recording of the event) and a
-device table (name -> ipv4) says which address is each device. For each device and event:
-  - a reproducible training share of the event's recordings (seeded by --seed, the device
-    and the event) is learned into a signature, with the training recordings of the same
-    device's other events as the baseline: a flow the device also makes in another event
-    is not evidence of this one (boot traffic contains much of toggle traffic);
-  - the detector runs with every learned signature at once, as a user would, on the
-    held-out recordings;
-  - positives: the event's held-out recordings; negatives: the held-out recordings of the
-    device's other events, and every recording of the other devices (none of which the
-    signature saw). A capture counts as a detection of the event when the detector
-    reports it there with status "detected".
+device table (name -> ipv4) says which address is each device. Two protocols:
+
+baseline (the default): for each device and event, a reproducible training share of the
+  event's recordings (seeded by --seed, the device and the event) is learned into a
+  signature, with the training recordings of the same device's other events as the baseline
+  (a flow the device also makes in another event is not evidence of this one); the detector
+  runs with every learned signature at once, as a user would, on every recording. Positives:
+  the event's held-out recordings; negatives: the held-out recordings of the device's other
+  events, and every recording of the other devices.
+user: what a user with only main.py gets. Each event's signature is learned by main.py's
+  code (pipeline.learn) from the training share with no baseline, and event-detector runs
+  with that one signature on the held-out recordings of the event (positives) and of the
+  device's other events, the same physical device driven by another app included
+  (negatives).
+
+A folder DeviceApp with the same address as Device (HueLightEssentials, HueLight) is the same
+physical device driven by another app. Two figures: strict, where its recordings are
+negatives like any other; per device, where its recordings of an event of the same name
+(HueLightEssentials/toggle for HueLight/toggle) are left out: the same physical change,
+reached by another route.
+
+A capture counts as a detection of the event when the detector reports it there with status
+"detected". An event that cannot be learned (its device never appears in its recordings...)
+is reported with the reason, and the others still run.
 """
 
 from __future__ import annotations
@@ -26,12 +39,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import detector, pipeline, signature as sig
+from . import detector, fields, pipeline, signature as sig
 from .errors import InputError
 from .schema import EVALUATION
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 BASELINES = ("other-events", "none")
+PROTOCOLS = ("baseline", "user")
+NOTHING = "nothing"
 
 
 @dataclass
@@ -66,7 +81,22 @@ class EventResult:
     fp: list = field(default_factory=list)
     tn: list = field(default_factory=list)
     fn: list = field(default_factory=list)
+    left_out: list = field(default_factory=list)   # negatives left out of the per-device figure
     comparison: list = field(default_factory=list)
+    status: str = "evaluated"                      # evaluated, no event pattern, failed
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.device}/{self.event}"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.device, self.event)
+
+    @property
+    def detectable(self) -> bool:
+        return self.event_signature is not None and bool(self.event_signature.patterns)
 
     @property
     def train(self):
@@ -185,24 +215,71 @@ def learn(result: EventResult, others_train: list[Capture], device_ip: str, supp
     result.learn_seconds = time.perf_counter() - started
 
 
-def score(result: EventResult, captures: list[Capture], detected: dict[str, set]) -> None:
-    key = (result.device, result.event)
+def same_device(devices: dict[str, str], a: str, b: str) -> bool:
+    """Two folders of one physical device: the same, or Device and DeviceApp (the same
+    ipv4 in the device table, one folder name a prefix of the other)."""
+    if a == b:
+        return True
+    return (devices.get(a) is not None and devices.get(a) == devices.get(b)
+            and (a.startswith(b) or b.startswith(a)))
+
+
+def detect_all(results: list[EventResult], captures: list[Capture], devices: dict[str, str],
+               protocol: str, options: detector.DetectOptions):
+    """Run the detector as the protocol says. Returns (capture name -> {(device, event)
+    detected}, every occurrence, seconds per signature label)."""
+    timings, detected, occurrences = {}, {c.name: set() for c in captures}, []
+
+    def run(capture, signatures):
+        found = detector.detect(capture.flows, capture.name, signatures, options, timings)
+        occurrences.extend(found)
+        detected[capture.name].update((o.signature.device_name, o.signature.event)
+                                      for o in found if o.status == "detected")
+
+    learned = [r for r in results if r.detectable]
+    if protocol == "baseline":  # every signature at once, on every capture
+        signatures = [r.event_signature for r in learned]
+        if signatures:
+            for capture in captures:
+                run(capture, signatures)
+    else:  # each signature alone, on the held-out recordings of its physical device
+        for result in learned:
+            for capture in captures:
+                if not capture.train and same_device(devices, capture.device, result.device):
+                    run(capture, [result.event_signature])
+    return detected, occurrences, timings
+
+
+def score(result: EventResult, captures: list[Capture], detected: dict[str, set],
+          devices: dict[str, str] | None = None, protocol: str = "baseline") -> None:
+    """Positives: the event's held-out recordings. Negatives (strict): baseline protocol,
+    the held-out recordings of the device's other events and every recording of the other
+    devices; user protocol, the held-out recordings of the same physical device's other
+    events. A negative of the same physical device through another app with the same event
+    name is also put in left_out: the per-device figure leaves it out."""
+    devices = devices or {}
+    result.tp, result.fp, result.tn, result.fn, result.left_out = [], [], [], [], []
     for capture in captures:
-        hit = key in detected.get(capture.name, set())
-        if capture.device == result.device and capture.event == result.event:
-            if capture.train:
-                continue
-            (result.tp if hit else result.fn).append(capture.name)
-        elif capture.device == result.device:
-            if capture.train:  # its baseline: not a fair negative
-                continue
-            (result.fp if hit else result.tn).append(capture.name)
-        else:
-            (result.fp if hit else result.tn).append(capture.name)
+        hit = result.key in detected.get(capture.name, set())
+        if (capture.device, capture.event) == result.key:
+            if not capture.train:
+                (result.tp if hit else result.fn).append(capture.name)
+            continue
+        physical = same_device(devices, capture.device, result.device)
+        if protocol == "user" and (capture.train or not physical):
+            continue
+        if capture.device == result.device and capture.train:  # its baseline: not fair
+            continue
+        (result.fp if hit else result.tn).append(capture.name)
+        if physical and capture.device != result.device and capture.event == result.event:
+            result.left_out.append(capture.name)
 
 
-def metrics(result: EventResult) -> dict:
-    tp, fp, tn, fn = (len(result.tp), len(result.fp), len(result.tn), len(result.fn))
+def metrics(result: EventResult, per_device: bool = False) -> dict:
+    left_out = set(result.left_out) if per_device else set()
+    tp, fn = len(result.tp), len(result.fn)
+    fp = len([n for n in result.fp if n not in left_out])
+    tn = len([n for n in result.tn if n not in left_out])
     precision = tp / (tp + fp) if tp + fp else math.nan
     recall = tp / (tp + fn) if tp + fn else math.nan
     f1 = (2 * precision * recall / (precision + recall)
@@ -212,23 +289,72 @@ def metrics(result: EventResult) -> dict:
             "f1": f1}
 
 
-def table(results: list[EventResult], output_dir: Path) -> pd.DataFrame:
+def _rounded(value):
+    return round(value, 4) if value == value else math.nan
+
+
+def table(results: list[EventResult], output_dir: Path, protocol: str = "baseline"
+          ) -> pd.DataFrame:
     rows = []
     for r in results:
-        m = metrics(r)
         patterns = r.event_signature.patterns if r.event_signature else []
-        rows.append({
-            "device": r.device, "event": r.event, "recordings": len(r.captures),
-            "train": len(r.train), "positives": m["tp"] + m["fn"],
-            "negatives": m["fp"] + m["tn"], "event_patterns": len(patterns),
-            "background_patterns": len(r.event_signature.background) if r.event_signature else 0,
-            **{k: m[k] for k in ("tp", "fp", "tn", "fn")},
-            **{k: round(m[k], 4) if m[k] == m[k] else math.nan
-               for k in ("precision", "recall", "f1")},
-            "seconds": round(r.learn_seconds + r.detect_seconds, 3),
-            "signature": ";".join(p.name for p in patterns),
-            "signature_csv": str(r.signature_csv.relative_to(output_dir)) if r.signature_csv else ""})
+        row = {"device": r.device, "event": r.event, "protocol": protocol, "status": r.status,
+               "note": r.note, "recordings": len(r.captures), "train": len(r.train),
+               "event_patterns": len(patterns),
+               "background_patterns": len(r.event_signature.background)
+               if r.event_signature else 0,
+               "seconds": round(r.learn_seconds + r.detect_seconds, 3),
+               "signature": ";".join(p.name for p in patterns),
+               "signature_csv": str(r.signature_csv.relative_to(output_dir))
+               if r.signature_csv else ""}
+        if r.status != "failed":
+            m, d = metrics(r), metrics(r, per_device=True)
+            if not m["fp"] + m["tn"] and not r.note:
+                row["note"] = ("no negative: its device has no other recorded event (the "
+                               "precision is over its detections in positives only)")
+            row.update({"positives": m["tp"] + m["fn"], "negatives": m["fp"] + m["tn"],
+                        **{k: m[k] for k in ("tp", "fp", "tn", "fn")},
+                        **{k: _rounded(m[k]) for k in ("precision", "recall", "f1")},
+                        "negatives_per_device": d["fp"] + d["tn"], "fp_per_device": d["fp"],
+                        "tn_per_device": d["tn"],
+                        "precision_per_device": _rounded(d["precision"]),
+                        "f1_per_device": _rounded(d["f1"])})
+        rows.append(row)
     return pd.DataFrame(rows, columns=EVALUATION.names)
+
+
+def macro_f1(frame: pd.DataFrame, column: str = "f1") -> float:
+    """The mean F1 of the events that were evaluated (a failed one has no figure)."""
+    values = frame.loc[frame["status"] != "failed", column].astype(float).dropna()
+    return float(values.mean()) if len(values) else math.nan
+
+
+def confusion(results: list[EventResult], detected: dict[str, set]) -> pd.DataFrame:
+    """For each event (rows), how many of its held-out recordings were detected as each
+    learned event (columns), and in how many nothing was (a recording detected as two
+    events counts in both columns)."""
+    learned = [r for r in results if r.detectable]
+    rows = []
+    for r in results:
+        row = {"event": r.label, "held_out": len(r.test)}
+        found = [detected.get(c.name, set()) for c in r.test]
+        for other in learned:
+            row[other.label] = sum(other.key in f for f in found)
+        row[NOTHING] = sum(not f for f in found)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["event", "held_out", *(o.label for o in learned),
+                                       NOTHING])
+
+
+def confusion_table(frame: pd.DataFrame):
+    """The schema of confusion.csv: its columns are the run's learned events."""
+    from .schema import Column, Table
+    columns = [Column("event", "text", "the event whose held-out recordings these are"),
+               Column("held_out", "int", "its held-out recordings")]
+    columns += [Column(name, "int", f"of them, detected as {name}")
+                for name in frame.columns[2:-1]]
+    columns.append(Column(NOTHING, "int", "of them, with no detection"))
+    return Table("confusion", columns)
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,12 +505,7 @@ def _why_not(flow: PaperFlow, noise: pd.DataFrame, learned: sig.Signature, devic
 def _describe_pattern(p) -> str:
     side = "device opens" if p.device_side == "orig" else "remote opens"
     port = f"/{int(p.server_port)}" if p.server_port == p.server_port else ""
-    fields = [(label, getattr(p, name)) for label, name in (
-        ("DNS", "dns_qry_name"), ("type", "dns_qry_type"), ("HTTP", "http_request_method"),
-        ("URI", "http_request_uri"), ("DHCP", "dhcp_msg_type"), ("TLS", "tls_server_name"),
-        ("CoAP", "coap_code"), ("ARP", "arp_opcode"), ("ICMP type", "icmp_type"))]
-    application = " ".join(f"{label} {value}" for label, value in fields
-                           if isinstance(value, str) and value)
+    application = fields.application_text(p, " ")
     return (f"{str(p.proto).upper()}{port} {p.remote} ({side})"
             + (f", {application}" if application else "")
             + f", {p.recordings_seen}/{p.recordings_total} recordings")
@@ -395,35 +516,53 @@ def _describe_pattern(p) -> str:
 # ---------------------------------------------------------------------------------------
 
 def markdown(frame: pd.DataFrame, results: list[EventResult], settings: dict,
-             timings: dict, output_dir: Path) -> str:
+             timings: dict, output_dir: Path, confusion_frame: pd.DataFrame | None = None,
+             protocol: str = "baseline") -> str:
     lines = ["# Event detection: evaluation", ""]
     lines.append("Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".")
     lines.append("")
+    lines += [PROTOCOL_TEXT[protocol], ""]
+    lines += [summary_text(frame), ""]
     header = ["device", "event", "recordings (train / positives / negatives)", "patterns",
-              "TP", "FP", "TN", "FN", "precision", "recall", "F1", "seconds", "signature"]
+              "status", "TP", "FP", "TN", "FN", "precision", "recall", "F1",
+              "negatives per device", "FP per device", "precision per device",
+              "F1 per device", "seconds", "signature"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in frame.itertuples():
+        failed = row.status == "failed"
+        counts = ["-"] * 4 if failed else [str(int(getattr(row, k)))
+                                          for k in ("tp", "fp", "tn", "fn")]
+        per_device = ["-", "-"] if failed else [str(int(row.negatives_per_device)),
+                                                str(int(row.fp_per_device))]
+        split = (f"{row.recordings} ({row.train} / -)" if failed else
+                 f"{row.recordings} ({row.train} / {int(row.positives)} / "
+                 f"{int(row.negatives)})")
         lines.append("| " + " | ".join([
-            str(row.device), str(row.event),
-            f"{row.recordings} ({row.train} / {row.positives} / {row.negatives})",
+            str(row.device), str(row.event), split,
             f"{row.event_patterns} (+{row.background_patterns} background)",
-            str(row.tp), str(row.fp), str(row.tn), str(row.fn),
-            _num(row.precision), _num(row.recall), _num(row.f1), f"{row.seconds:.2f}",
+            str(row.status) + (f": {_cell(row.note)}" if failed and row.note else ""),
+            *counts, _num(row.precision), _num(row.recall), _num(row.f1), *per_device,
+            _num(row.precision_per_device), _num(row.f1_per_device), f"{row.seconds:.2f}",
             "<br>".join(f"{i}. `{p}`" for i, p in enumerate(str(row.signature).split(";"), 1)
                         if p)]) + " |")
     lines += ["", "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + ".",
               "Per-event seconds: learning the signature plus matching it in every test "
               "capture (translation is shared and counted once, above).", ""]
+    if confusion_frame is not None:
+        lines += confusion_markdown(confusion_frame, protocol)
     for r in results:
         lines += [f"## {r.device} / {r.event}", ""]
+        if r.status == "failed":
+            lines += [f"Failed: {r.note}", ""]
         if r.signature_csv:
             lines += [f"Signature: `{r.signature_csv.parent.relative_to(output_dir)}/"
-                      "` (signature.csv, pattern.txt).", ""]
+                      "` (signature.csv, pattern.txt, profile.yaml).", ""]
         for label, names in (("missed (false negatives)", r.fn),
-                             ("false detections (false positives)", r.fp)):
+                             ("false detections (false positives)", r.fp),
+                             ("left out of the per-device figure", r.left_out)):
             if names:
                 lines.append(f"- {label}: " + ", ".join(f"`{n}`" for n in names))
-        if r.fn or r.fp:
+        if r.fn or r.fp or r.left_out:
             lines.append("")
         if r.comparison:
             lines += ["Compared with the published analysis (expected-tree.json):", "",
@@ -434,6 +573,48 @@ def markdown(frame: pd.DataFrame, results: list[EventResult], settings: dict,
                              f"{_cell(c['project'])} | {_cell(c['note'])} |")
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+PROTOCOL_TEXT = {
+    "baseline": "Protocol: baseline. Each signature is learned from the training share of its "
+                "event with the training recordings of the device's other events as baseline; "
+                "the detector runs with every signature at once on every recording. Strict "
+                "negatives: the held-out recordings of the device's other events and every "
+                "recording of the other devices (the same physical device driven by another "
+                "app, folder DeviceApp, included); per device: without DeviceApp's recordings "
+                "of an event with the same name.",
+    "user": "Protocol: user (what main.py and event-detector give a user). Each signature is "
+            "learned by main.py's code from the training share of its event with no "
+            "baseline; event-detector runs with that one signature on the held-out recordings "
+            "of the event (positives) and of the same physical device's other events, "
+            "another app's folder (DeviceApp) included (strict negatives); per device: "
+            "without DeviceApp's recordings of an event with the same name.",
+}
+
+
+def summary_text(frame: pd.DataFrame) -> str:
+    evaluated = int((frame["status"] != "failed").sum())
+    failed = len(frame) - evaluated
+    return (f"Macro F1 over {evaluated} event(s): strict {_num(macro_f1(frame, 'f1'))}, "
+            f"per device {_num(macro_f1(frame, 'f1_per_device'))}"
+            + (f" ({failed} failed event(s) left out: no figure)" if failed else "") + ".")
+
+
+def confusion_markdown(frame: pd.DataFrame, protocol: str) -> list[str]:
+    columns = list(frame.columns[2:])
+    lines = ["## Confusion", "",
+             "For each event (rows), how many of its held-out recordings were detected as "
+             "each learned event (columns), and in how many nothing was detected. A recording "
+             "detected as two events counts in both; an event without an event pattern has no column."
+             + (" In the user protocol each signature only runs on the recordings of its own "
+                "physical device: the other cells are empty." if protocol == "user" else ""),
+             "", "| event | held out | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for row in frame.itertuples(index=False):
+        values = list(row)
+        lines.append(f"| {values[0]} | {values[1]} | "
+                     + " | ".join(str(v) if v else "·" for v in values[2:]) + " |")
+    return lines + [""]
 
 
 def _num(value) -> str:

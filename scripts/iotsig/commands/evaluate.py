@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -17,15 +18,23 @@ class Evaluate(Command):
         "Measure how well the project's signatures find their event again. EVENTS_DIR is "
         "laid out DEVICE/EVENT/*.pcap, one capture per recording; DEVICES_YAML maps each "
         "DEVICE to its address (name: {ipv4: ...}).\n"
-        "For each device and event: learn the signature from a reproducible training share "
-        "of the recordings (the training recordings of the device's other events as its "
-        "baseline), then run event-detector with every learned signature on the held-out "
-        "recordings of the event (positives), of the device's other events and of the other "
-        "devices (negatives).\n"
-        "Writes OUTPUT_DIR/evaluation.csv and evaluation.md (the table, each event's "
-        "signature, and the comparison with a published analysis where the event folder has "
-        "an expected-tree.json), detections.csv, signatures/DEVICE/EVENT/{signature.csv,"
-        "pattern.txt}, and every capture's CSVs in captures/.")
+        "--protocol baseline (default): for each device and event, learn the signature from "
+        "a reproducible training share of the recordings (the training recordings of the "
+        "device's other events as its baseline), then run event-detector with every learned "
+        "signature on the held-out recordings of the event (positives), of the device's "
+        "other events and of the other devices (negatives).\n"
+        "--protocol user: learn each signature as main.py does, with no baseline, and run "
+        "event-detector with that one signature on the held-out recordings of the event "
+        "(positives) and of its physical device's other events (negatives).\n"
+        "A folder DeviceApp with Device's address is the same physical device driven by "
+        "another app: strict figures count its recordings as negatives; per-device figures "
+        "leave out its recordings of an event with the same name. An event that cannot be "
+        "learned is reported with the reason; the others still run.\n"
+        "Writes OUTPUT_DIR/evaluation.csv and evaluation.md (the table, the macro F1, the "
+        "confusion table, each event's signature, and the comparison with a published "
+        "analysis where the event folder has an expected-tree.json), confusion.csv, "
+        "detections.csv, signatures/DEVICE/EVENT/{signature.csv,pattern.txt,profile.yaml}, "
+        "and every capture's CSVs in captures/.")
     default_output_dir = Path("output/evaluation")
 
     def add_arguments(self, parser):
@@ -36,13 +45,19 @@ class Evaluate(Command):
         parser.add_argument("--train-share", type=fraction, default=0.5, metavar="FRACTION",
                             help="share of each event's recordings to learn from (default: "
                             "%(default)s; at least one recording each side)")
+        parser.add_argument("--protocol", choices=evaluation.PROTOCOLS, default="baseline",
+                            help="baseline: every signature learned against the device's "
+                            "other events, all run at once on every recording (default); "
+                            "user: each signature learned as main.py does (no baseline), run "
+                            "alone on its device's held-out recordings")
         parser.add_argument("--seed", type=int, default=0, metavar="N",
                             help="seed of the reproducible split (default: %(default)s)")
         parser.add_argument("--support", type=fraction, default=1.0, metavar="FRACTION",
                             help="signature-extractor's --support (default: %(default)s)")
-        parser.add_argument("--baseline", choices=evaluation.BASELINES, default="other-events",
+        parser.add_argument("--baseline", choices=evaluation.BASELINES,
                             help="what a signature is learned against: the training recordings "
-                            "of the device's other events (default), or nothing")
+                            "of the device's other events (the baseline protocol's default), "
+                            "or nothing (the user protocol's only choice)")
         parser.add_argument("--window", type=positive, metavar="S",
                             help="event-detector's --window (default: per signature)")
         parser.add_argument("--tolerance", type=non_negative,
@@ -56,6 +71,10 @@ class Evaluate(Command):
 
     def run(self, args):
         started = time.monotonic()
+        if args.protocol == "user" and args.baseline == "other-events":
+            raise ToolError("--protocol user learns as main.py does, with no baseline: leave "
+                            "--baseline out")
+        baseline = args.baseline or ("other-events" if args.protocol == "baseline" else "none")
         devices = evaluation.read_devices(args.devices)
         found = evaluation.discover(args.events_dir)
         tshark.tshark_path()
@@ -96,71 +115,100 @@ class Evaluate(Command):
         self.say(f"evaluate: {len(captures)} capture(s) translated in {translate_seconds:.1f} s"
                  + (f"; {len(failures)} failed" if failures else ""))
 
-        # 2. Signatures, each against the same device's other events.
+        # 2. Signatures: one event that cannot be learned is reported, the others still run.
         step = time.monotonic()
         for result in results:
-            if not result.train or not result.test:
-                self.warn(f"{result.device}/{result.event}: too few readable captures: left out")
-                continue
-            others = [c for r in results if r.device == result.device and r is not result
-                      for c in r.train]
-            result_ip = devices[result.device]
-            evaluation.learn(result, others, result_ip, args.support, args.baseline, output_dir)
-            for warning in result.signature.warnings:
-                self.warn(f"{result.device}/{result.event}: {warning}")
-            signatures = detector.read_signatures(result.signature_csv, args.tolerance)
-            result.event_signature = signatures[0] if signatures else None
-            if result.event_signature and not result.event_signature.patterns:
-                self.warn(f"{result.device}/{result.event}: no event pattern: it cannot be "
-                          "detected")
+            self.learn(result, results, devices, baseline, output_dir, args)
         learn_seconds = time.monotonic() - step
-        results = [r for r in results if r.event_signature is not None]
 
-        # 3. Detection with every signature at once, on every capture.
+        # 3. Detection, as the protocol says.
         step = time.monotonic()
-        signatures = [r.event_signature for r in results if r.event_signature.patterns]
         options = detector.DetectOptions(args.min_score, args.window)
-        per_signature, detected, occurrences = {}, {}, []
-        for capture in captures:
-            found_here = detector.detect(capture.flows, capture.name, signatures, options,
-                                         per_signature)
-            occurrences += found_here
-            detected[capture.name] = {(o.signature.device_name, o.signature.event)
-                                      for o in found_here if o.status == "detected"}
+        detected, occurrences, per_signature = evaluation.detect_all(
+            results, captures, devices, args.protocol, options)
         detect_seconds = time.monotonic() - step
         for result in results:
-            result.detect_seconds = per_signature.get(result.event_signature.label, 0.0)
-            evaluation.score(result, captures, detected)
+            if result.status == "failed":
+                continue
+            if result.event_signature is not None:
+                result.detect_seconds = per_signature.get(result.event_signature.label, 0.0)
+            evaluation.score(result, captures, detected, devices, args.protocol)
             tree = args.events_dir / result.device / result.event / "expected-tree.json"
             if tree.is_file():
                 result.comparison = evaluation.compare(evaluation.paper_flows(tree),
                                                        result.signature, devices[result.device])
 
-        frame = evaluation.table(results, output_dir)
+        frame = evaluation.table(results, output_dir, args.protocol)
+        confusion = evaluation.confusion(results, detected)
         total = time.monotonic() - started
         timings = {"translation": translate_seconds, "learning": learn_seconds,
                    "detection": detect_seconds, "total": total}
-        settings = {"train share": args.train_share, "seed": args.seed,
-                    "support": args.support, "baseline": args.baseline,
+        settings = {"protocol": args.protocol, "train share": args.train_share,
+                    "seed": args.seed, "support": args.support, "baseline": baseline,
                     "tolerance": args.tolerance, "min score": args.min_score,
                     "window": args.window or "per signature"}
         paths = {name: output_dir / name for name in
-                 ("evaluation.csv", "evaluation.md", "detections.csv")}
+                 ("evaluation.csv", "evaluation.md", "confusion.csv", "detections.csv")}
         csvio.write_table(frame, EVALUATION, paths["evaluation.csv"])
         csvio.write_text(paths["evaluation.md"],
-                         evaluation.markdown(frame, results, settings, timings, output_dir))
+                         evaluation.markdown(frame, results, settings, timings, output_dir,
+                                             confusion, args.protocol))
+        csvio.write_table(confusion, evaluation.confusion_table(confusion),
+                          paths["confusion.csv"])
         csvio.write_table(detector.detections_frame(occurrences), DETECTIONS,
                           paths["detections.csv"])
         for row in frame.itertuples():
+            if row.status == "failed":
+                self.say(f"{row.device}/{row.event}: failed: {row.note}")
+                continue
             self.say(f"{row.device}/{row.event}: {row.event_patterns} pattern(s), TP {row.tp} "
                      f"FP {row.fp} TN {row.tn} FN {row.fn}, precision {_fmt(row.precision)} "
-                     f"recall {_fmt(row.recall)} F1 {_fmt(row.f1)}")
+                     f"recall {_fmt(row.recall)} F1 {_fmt(row.f1)} (per device: FP "
+                     f"{row.fp_per_device}, F1 {_fmt(row.f1_per_device)})")
         for path in paths.values():
             self.say(f"wrote {path}")
+        evaluated = sum(r.status != "failed" for r in results)
         self.say(f"evaluate: {len(results)} event(s), {len(captures)} capture(s) in "
                  f"{total:.1f} s (translation {translate_seconds:.1f} s, learning "
-                 f"{learn_seconds:.1f} s, detection {detect_seconds:.1f} s)")
+                 f"{learn_seconds:.1f} s, detection {detect_seconds:.1f} s); "
+                 f"{evaluation.summary_text(frame)}")
+        if not evaluated:
+            raise ToolError("no event could be evaluated (see the warnings above)")
         return 1 if failures else 0
+
+    def learn(self, result, results, devices, baseline, output_dir, args) -> None:
+        """Learn one event's signature; when it cannot be, the event is marked failed with
+        the reason, and a one-line warning says so."""
+        if not result.train or not result.test:
+            result.status = "failed"
+            result.note = (f"too few readable captures ({len(result.train)} to learn, "
+                           f"{len(result.test)} to test)")
+        else:
+            others = ([c for r in results if r.device == result.device and r is not result
+                       for c in r.train] if baseline == "other-events" else [])
+            try:
+                evaluation.learn(result, others, devices[result.device], args.support,
+                                 baseline, output_dir)
+            except ToolError as e:
+                result.status, result.note = "failed", str(e)
+            except Exception as e:  # a bug on this event's data: the others still run
+                if os.environ.get("IOTSIG_DEBUG"):
+                    raise
+                result.status = "failed"
+                result.note = (f"internal error: {type(e).__name__}: {e} (run again with "
+                               "IOTSIG_DEBUG=1 for a traceback, and report it)")
+        if result.status == "failed":
+            self.warn(f"{result.label}: not evaluated: {result.note}")
+            return
+        for warning in result.signature.warnings:
+            self.warn(f"{result.label}: {warning}")
+        signatures = detector.read_signatures(result.signature_csv, args.tolerance)
+        result.event_signature = signatures[0] if signatures else None
+        if not result.detectable:
+            result.status = "no event pattern"
+            result.note = ("every flow its training recordings share is background, or they "
+                           "share none: it cannot be detected")
+            self.warn(f"{result.label}: no event pattern: it cannot be detected")
 
 
 def _fmt(value) -> str:
