@@ -19,6 +19,17 @@ TPLINK_CAPTURES = sorted(DATA.glob("*.pcap"))
 PLUG_IP, PLUG_MAC, PHONE_IP, GATEWAY_IP = ("192.168.1.135", "50:c7:bf:ed:0a:54",
                                            "192.168.1.110", "192.168.1.1")
 # The markers (slow, sweep, spreadsheet) are registered in pyproject.toml.
+# The captures that per-capture checks run on in the quick tier (pytest -m "not slow"): DNS,
+# TLS, TCP, UDP, ARP, ICMP (the plug), HTTP over IPv6, DHCP in pcapng, mDNS.
+QUICK_CAPTURES = {"1724059939.pcap", "http_ipv6.pcap", "dhcp.pcapng", "mdns.pcap"}
+
+
+def quick_only(values, quick, name=lambda value: value.name) -> list:
+    """parametrize() values: those whose name is in `quick` in every tier, the others marked
+    slow (run by the full suite only)."""
+    return [pytest.param(value, id=name(value),
+                         marks=() if name(value) in quick else pytest.mark.slow)
+            for value in values]
 
 
 def run_script(name: str, *args, check: bool = True, env: dict | None = None,

@@ -172,6 +172,7 @@ def script_runs(inputs: Path) -> dict[str, list]:
     }
 
 
+@pytest.mark.slow  # every script; the quick tier has packet-translator's own check
 @pytest.mark.parametrize("script", list(script_runs(Path("."))))
 def test_read_only_output_dir(script, read_only_dir, pipeline_inputs):
     result = run_script(script, *script_runs(pipeline_inputs)[script], "-o", read_only_dir,

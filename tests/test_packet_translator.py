@@ -26,7 +26,17 @@ from iotsig import csvio
 from iotsig.schema import PACKETS
 from iotsig.tshark import tshark_path
 
-from conftest import CAPTURES, DATA, PLUG_IP, PLUG_MAC, SHARED, TPLINK_CAPTURES, run_script
+from conftest import (
+    CAPTURES,
+    DATA,
+    PLUG_IP,
+    PLUG_MAC,
+    QUICK_CAPTURES,
+    SHARED,
+    TPLINK_CAPTURES,
+    quick_only,
+    run_script,
+)
 from packet_bytes import transport_packet
 
 TRANSLATOR = "packet-translator.py"
@@ -125,7 +135,7 @@ def translated(tmp_path_factory) -> Path:
 
 # --- every capture: one row per packet, the values tshark gives --------------------------
 
-@pytest.mark.parametrize("capture", ALL_CAPTURES, ids=lambda p: p.name)
+@pytest.mark.parametrize("capture", quick_only(ALL_CAPTURES, QUICK_CAPTURES))
 def test_one_row_per_packet_in_capture_order(capture, translated):
     rows = pd.read_csv(packets_csv(translated, capture), dtype=str, keep_default_na=False)
     assert len(rows) == capinfos_count(capture)
@@ -134,7 +144,7 @@ def test_one_row_per_packet_in_capture_order(capture, translated):
     assert (rows["capture"] == capture.name).all()
 
 
-@pytest.mark.parametrize("capture", ALL_CAPTURES, ids=lambda p: p.name)
+@pytest.mark.parametrize("capture", quick_only(ALL_CAPTURES, QUICK_CAPTURES))
 def test_fields_equal_tshark_output(capture, translated):
     rows = read_packets(packets_csv(translated, capture))
     tshark = tshark_fields(
@@ -594,7 +604,8 @@ BAD_CAPTURES = {  # name: (how to make it, words the error line must contain)
 }
 
 
-@pytest.mark.parametrize("name", BAD_CAPTURES)
+@pytest.mark.parametrize("name", quick_only(
+    BAD_CAPTURES, {"notes.pcap", "header-only.pcap", "corrupt.pcap", "missing.pcap"}, str))
 def test_bad_capture_is_one_error_line_and_no_csv(name, tmp_path):
     make, problem = BAD_CAPTURES[name]
     capture = tmp_path / name
@@ -603,7 +614,7 @@ def test_bad_capture_is_one_error_line_and_no_csv(name, tmp_path):
     assert_failed_cleanly(result, tmp_path / "out", name, problem)
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("jobs", quick_only(["1", "2"], {"2"}, str))
 def test_one_bad_capture_among_good_ones(jobs, tmp_path):
     bad = tmp_path / "notes.pcap"
     bad.write_text("not a capture")

@@ -24,7 +24,17 @@ from iotsig.errors import InputError, OutputError
 from iotsig.flows import FlowOptions, build_flows
 from iotsig.schema import FLOWS, PACKETS
 
-from conftest import CAPTURES, GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, run_script
+from conftest import (
+    CAPTURES,
+    GATEWAY_IP,
+    PHONE_IP,
+    PLUG_IP,
+    PLUG_MAC,
+    QUICK_CAPTURES,
+    TPLINK_CAPTURES,
+    quick_only,
+    run_script,
+)
 
 CLOUD_NAME = "use1-api.tplinkra.com"
 REPO_CAPTURES = TPLINK_CAPTURES + sorted(
@@ -220,7 +230,7 @@ def test_the_repo_has_captures_to_check():
     assert IPV6_CAPTURE in REPO_CAPTURES
 
 
-@pytest.mark.parametrize("capture", REPO_CAPTURES, ids=lambda c: c.name)
+@pytest.mark.parametrize("capture", quick_only(REPO_CAPTURES, QUICK_CAPTURES))
 def test_every_packet_lands_in_exactly_one_flow(out, capture):
     packets = read_packets(packets_csv(out, capture))
     flows = read_flows(flows_csv(out, capture))
@@ -253,7 +263,7 @@ def test_every_packet_lands_in_exactly_one_flow(out, capture):
     assert flows.ts.is_monotonic_increasing
 
 
-@pytest.mark.parametrize("capture", REPO_CAPTURES, ids=lambda c: c.name)
+@pytest.mark.parametrize("capture", quick_only(REPO_CAPTURES, QUICK_CAPTURES))
 def test_the_script_writes_what_the_library_builds(out, capture):
     packets = read_packets(packets_csv(out, capture))
     library = build_flows(packets, FlowOptions(device_ips=(PLUG_IP,)))
@@ -364,6 +374,7 @@ def test_arp_grouped_by_addresses_and_type(out, capture):
     assert one(arp_flows, orig_h=GATEWAY_IP).remote_class == "gateway"
 
 
+@pytest.mark.slow  # the plug's captures translated with --device-ip and identified again
 def test_direction_column_gives_the_device_side(out, tmp_path):
     """Translated with --device-ip, the packets say which side is the device: the flows
     come out as with stream-identifier --device-ip."""

@@ -169,6 +169,7 @@ def test_timeline_marks_each_event_pattern_once_per_recording(toggle):
     assert set(matched["pattern"]) == set(patterns["pattern"])
 
 
+@pytest.mark.slow  # main.py once more, only to see the report left out
 def test_no_report_skips_it(tmp_path):
     result = run_script("main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", tmp_path,
                         "--no-report", "-q")
