@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from iotsig import csvio, signature
 from iotsig.schema import DETECTIONS, FLOWS, SIGNATURE
@@ -38,7 +39,7 @@ def _detected(output_dir) -> list[tuple[str, str]]:
 
 def test_payload_sizes_are_the_first_payload_packets_signed_and_deduplicated():
     flows = signature.payload_matrix(pd.Series(["345 -194 265 -787", "", "81 -145", "x 1"]))
-    assert flows.shape == (4, signature.PROFILE_PACKETS)
+    assert flows.shape == (4, signature.PROFILE_WINDOW)
     assert flows[0, :4].tolist() == [345, -194, 265, -787]
     assert np.isnan(flows[1]).all() and np.isnan(flows[3]).all()  # (not a number: no sizes)
     assert flows[2, :2].tolist() == [81, -145] and np.isnan(flows[2, 2:]).all()
@@ -135,3 +136,28 @@ def test_an_event_is_found_in_a_capture_without_any_dns(tmp_path):
                                                 (held_out[1].name, "boot")])
     found = csvio.read_table(tmp_path / "d" / "detections.csv", DETECTIONS)
     assert not found["missing_patterns"].fillna("").str.contains("dns-").any()
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_an_event_with_two_routes_gets_a_variant_per_route(tmp_path):
+    """The bulb's set_color goes from the phone straight to the bulb (HTTP) in some
+    recordings and through the cloud in others: nothing recurs in all of them that toggle
+    lacks. Each route becomes a variant of the signature, and each is detected."""
+    colours = _recordings("TapoLight", "set_color")
+    local = [c for c in colours if _has_local_request(c)]
+    cloud = [c for c in colours if c not in local]
+    train = local[:4] + cloud[:3]
+    toggles = _recordings("TapoLight", "toggle")[:6]
+    learned = _learn("set_color", train, toggles, tmp_path / "learn")
+    events = learned[learned["role"] == "event"]
+    assert sorted(set(events["variant"])) == [1, 2], events[["pattern", "variant"]]
+    profile = yaml.safe_load((tmp_path / "learn" / "profile.yaml").read_text())
+    assert list(profile["interactions"]) == ["set_color", "set_color-variant-2"]
+    assert "the event took 2 routes" in (tmp_path / "learn" / "pattern.txt").read_text()
+    held_out = [local[5], cloud[4], toggles[0].parent / _recordings("TapoLight", "toggle")[8].name]
+    run_script("event-detector.py", tmp_path / "learn" / "signature.csv", *held_out,
+               "-o", tmp_path / "d", "-q")
+    assert _detected(tmp_path / "d") == sorted([(local[5].name, "set_color"),
+                                                (cloud[4].name, "set_color")])

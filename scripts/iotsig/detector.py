@@ -147,8 +147,10 @@ def read_signatures(path: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[Ev
     if frame.empty:
         raise InputError(path, "signature CSV without any pattern")
     signatures = []
-    groups = frame.groupby(["event", "device_name", "device_ip"], sort=False, dropna=False)
-    for (event, device_name, device_ip), rows in groups:
+    # One signature per event, device and variant (a route the event takes).
+    groups = frame.groupby(["event", "device_name", "device_ip", "variant"], sort=False,
+                           dropna=False)
+    for (event, device_name, device_ip, _), rows in groups:
         if not str(device_ip).strip():
             raise InputError(path, f"event {event!r}: empty device_ip: the detector cannot "
                                    "tell which flows are the device's")

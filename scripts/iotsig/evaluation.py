@@ -73,7 +73,7 @@ class EventResult:
     event: str
     captures: list
     signature: sig.Signature | None = None
-    event_signature: detector.EventSignature | None = None
+    event_signatures: list = field(default_factory=list)   # one per variant (route)
     signature_csv: Path | None = None
     learn_seconds: float = 0.0
     detect_seconds: float = 0.0
@@ -96,7 +96,7 @@ class EventResult:
 
     @property
     def detectable(self) -> bool:
-        return self.event_signature is not None and bool(self.event_signature.patterns)
+        return any(signature.patterns for signature in self.event_signatures)
 
     @property
     def train(self):
@@ -238,7 +238,7 @@ def detect_all(results: list[EventResult], captures: list[Capture], devices: dic
 
     learned = [r for r in results if r.detectable]
     if protocol == "baseline":  # every signature at once, on every capture
-        signatures = [r.event_signature for r in learned]
+        signatures = [s for r in learned for s in r.event_signatures]
         if signatures:
             for capture in captures:
                 run(capture, signatures)
@@ -246,7 +246,7 @@ def detect_all(results: list[EventResult], captures: list[Capture], devices: dic
         for result in learned:
             for capture in captures:
                 if not capture.train and same_device(devices, capture.device, result.device):
-                    run(capture, [result.event_signature])
+                    run(capture, result.event_signatures)
     return detected, occurrences, timings
 
 
@@ -297,12 +297,11 @@ def table(results: list[EventResult], output_dir: Path, protocol: str = "baselin
           ) -> pd.DataFrame:
     rows = []
     for r in results:
-        patterns = r.event_signature.patterns if r.event_signature else []
+        patterns = [p for signature in r.event_signatures for p in signature.patterns]
         row = {"device": r.device, "event": r.event, "protocol": protocol, "status": r.status,
                "note": r.note, "recordings": len(r.captures), "train": len(r.train),
                "event_patterns": len(patterns),
-               "background_patterns": len(r.event_signature.background)
-               if r.event_signature else 0,
+               "background_patterns": sum(len(s.background) for s in r.event_signatures),
                "seconds": round(r.learn_seconds + r.detect_seconds, 3),
                "signature": ";".join(p.name for p in patterns),
                "signature_csv": str(r.signature_csv.relative_to(output_dir))

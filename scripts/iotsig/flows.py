@@ -374,12 +374,12 @@ def _first_payload_sizes(flow: np.ndarray, sizes: np.ndarray, payload: np.ndarra
     packet repeated at once, same direction and size, counts once: a retransmission or a
     capture's duplicate must not shift the sequence."""
     carrying = np.flatnonzero(np.nan_to_num(payload) > 0)
+    if not len(carrying):
+        return np.full(n, "", dtype=object)
     flow = flow[carrying]
     signed = np.where(is_orig[carrying], sizes[carrying], -sizes[carrying]).astype(np.int64)
     repeated = np.r_[False, (flow[1:] == flow[:-1]) & (signed[1:] == signed[:-1])]
     flow, signed = flow[~repeated], signed[~repeated]
-    if not len(flow):
-        return np.full(n, "", dtype=object)
     starts = _flow_starts(flow)
     position = np.arange(len(flow)) - np.repeat(starts, np.diff(np.r_[starts, len(flow)]))
     head = np.flatnonzero(position < FIRST_SIZES)

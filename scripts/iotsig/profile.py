@@ -57,10 +57,15 @@ def build_profile(signature) -> dict:
     background = {k: v for k, v in background.items() if v}
     if background:
         profile["single-policies"] = background
-    event = {row.pattern: policy(row, family) for row in signature.event_patterns.itertuples()}
-    event = {k: v for k, v in event.items() if v}
-    if event:
-        profile["interactions"] = {_c_name(signature.event) or "event": event}
+    interactions = {}
+    name = _c_name(signature.event) or "event"
+    for variant, rows in signature.event_patterns.groupby("variant", sort=True):
+        event = {row.pattern: policy(row, family) for row in rows.itertuples()}
+        event = {k: v for k, v in event.items() if v}
+        if event:  # a route of its own (see signature.extract): an interaction of its own
+            interactions[name if variant == 1 else f"{name}-variant-{variant}"] = event
+    if interactions:
+        profile["interactions"] = interactions
     return profile
 
 

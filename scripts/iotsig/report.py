@@ -79,6 +79,10 @@ def _block(number: int, row, s) -> list[str]:
         lines.append(f"   application: {application}")
     offset = "" if pd.isna(row.start_offset_median) else \
         f", starts {row.start_offset_median:+.3f} s after the event's first flow (median)"
+    if s.variants:
+        route = s.variants[int(row.variant) - 1]
+        lines.append(f"   variant {row.variant} of {len(s.variants)}: the route the event took "
+                     f"in {len(route)} recordings ({', '.join(route)})")
     lines.append(f"   seen in {row.recordings_seen}/{row.recordings_total} recordings{offset}")
     flows = _range(row.flows_min, row.flows_max)
     lines.append(f"   flows per recording: {flows}")

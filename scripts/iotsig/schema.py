@@ -143,6 +143,9 @@ SIGNATURE = Table("signature", _cols(
     ("device_name", "text", "device under study", "--device-name"),
     ("device_ip", "str", "device address in the training recordings", "--device-ip"),
     ("pattern", "text", "pattern name, C-safe, as used in profile.yaml", "computed"),
+    ("variant", "int", "the event's route this pattern belongs to, from 1: an event the app "
+     "performs by different routes (directly, through the cloud) has one variant per route, "
+     "each detected on its own", "computed"),
     ("order", "int", "position in the event, from 1", "median start offset"),
     ("role", "str", "background (also seen without the event) or event", "--baseline"),
     ("device_side", "str", "orig: the device opened the flow; resp: the other side did",

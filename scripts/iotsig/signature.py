@@ -35,9 +35,11 @@ RANGE_METRICS = ["orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes
 # payload packets of a pattern's flows; sizes closer than PROFILE_GAP bytes are one item
 # (a brightness value's digits vary a request by a few bytes), and a flow carries an item
 # when one of its sizes lies in the item's range widened by PROFILE_SLACK bytes.
-PROFILE_PACKETS = 6
+PROFILE_PACKETS = 6     # items are learned from the first 6 payload packets ...
+PROFILE_WINDOW = 10     # ... and found among the first 10 (a packet may come a little later)
 PROFILE_GAP = 16
 PROFILE_SLACK = 4
+MIN_VARIANT = 2         # recordings a route of the event needs to be learned on its own
 CLASS_NAMES = {"gateway", "broadcast"}   # always written as their class: addresses vary
 GENERALISABLE = {"local", "external", "multicast"}
 
@@ -60,6 +62,7 @@ class Signature:
     noise: pd.DataFrame                         # fingerprints below the support threshold
     baseline_given: bool = False
     warnings: list[str] = field(default_factory=list)
+    variants: list[list[str]] = field(default_factory=list)   # recordings of each route
 
     @property
     def event_patterns(self) -> pd.DataFrame:
@@ -166,6 +169,24 @@ def _map_distinct(values: pd.Series, function) -> pd.Series:
 def extract(recordings: list[Recording], device_name: str, device_ip: str,
             device_mac: str | None = None, support: float = 1.0, event: str = "event",
             baseline: list[Recording] | None = None) -> Signature:
+    """The signature of an event from its recordings (and, to tell background, a baseline).
+    Where nothing recurs in enough recordings that the baseline lacks, the event may take
+    several routes (the app reaches the device directly in some recordings, through the
+    cloud in others): the recordings are split by the distinctive patterns they share and
+    each route gets a signature of its own, a variant of the same event."""
+    learned = _extract_once(recordings, device_name, device_ip, device_mac, support, event,
+                            baseline)
+    if learned.event_patterns.empty and baseline and len(recordings) >= 2 * MIN_VARIANT:
+        routes = _route_variants(recordings, device_ip, device_mac, baseline)
+        if len(routes) > 1:
+            return _with_variants(learned, routes, recordings, device_name, device_ip,
+                                  device_mac, support, event, baseline)
+    return learned
+
+
+def _extract_once(recordings: list[Recording], device_name: str, device_ip: str,
+                  device_mac: str | None, support: float, event: str,
+                  baseline: list[Recording] | None) -> Signature:
     warnings = []
     if len(recordings) == 1:
         warnings.append("only one recording: a signature from one recording cannot tell "
@@ -210,6 +231,75 @@ def extract(recordings: list[Recording], device_name: str, device_ip: str,
                      support, patterns, noise, baseline is not None, warnings)
 
 
+def _route_variants(recordings: list[Recording], device_ip: str,
+                    device_mac: str | None, baseline: list[Recording]) -> list[list[str]]:
+    """Recordings grouped by route. A distinctive item is a packet size that recurs in a
+    fingerprint's flows in at least MIN_VARIANT recordings and that no baseline flow of the
+    same fingerprint carries (the bulb's 345-byte colour request, the cloud's 812-byte
+    command). Greedily, the item shared by the most recordings not yet grouped makes a
+    route of those recordings."""
+    flows = fingerprints(pd.concat([device_flows(r, device_ip, device_mac) for r in recordings],
+                                   ignore_index=True))
+    base = [device_flows(r, device_ip, device_mac) for r in baseline]
+    if not any(len(b) for b in base):
+        return []
+    base = fingerprints(pd.concat(base, ignore_index=True))
+    flows["key"] = _assign_keys(flows, MIN_VARIANT)
+    labels = pd.factorize(flows["key"])[0]
+    recording = _codes(flows["recording"])
+    rows, values, _, items = _recurring_items(labels, _support(labels, recording), recording,
+                                              payload_matrix(flows["first_payload_sizes"]),
+                                              MIN_VARIANT)
+    table = pd.DataFrame({"row": rows, "item": items, "size": values,
+                          "recording": flows["recording"].to_numpy()[rows]})
+    base_sizes = payload_matrix(base["first_payload_sizes"])
+    rows_of = {False: _rows_by(base, FINGERPRINT), True: _rows_by(base, _general_columns())}
+    shared_by = {}
+    for item, part in table.groupby("item"):
+        first = flows.iloc[int(part["row"].iat[0])]  # (as _background_keys looks it up)
+        in_base = rows_of[bool(first["generalised"])].get(tuple(first[FINGERPRINT]))
+        span = ((part["size"].min(), part["size"].max()),)
+        if in_base is None or not profile_matches(base_sizes[in_base], span).any():
+            shared_by[item] = frozenset(part["recording"])
+    routes, left = [], frozenset(r.name for r in recordings)
+    while shared_by:
+        best = max(shared_by, key=lambda i: (len(shared_by[i] & left), -i))
+        route = shared_by[best] & left
+        if len(route) < MIN_VARIANT:
+            break
+        routes.append([r.name for r in recordings if r.name in route])
+        left -= route
+    return routes
+
+
+def _with_variants(learned: Signature, routes: list[list[str]], recordings: list[Recording],
+                   device_name: str, device_ip: str, device_mac: str | None, support: float,
+                   event: str, baseline: list[Recording]) -> Signature:
+    """One signature whose patterns are those of each route's own signature, numbered by
+    route in the `variant` column; routes without an event pattern of their own are left
+    out."""
+    parts, kept = [], []
+    for names in routes:
+        route = _extract_once([r for r in recordings if r.name in names], device_name,
+                              device_ip, device_mac, support, event, baseline)
+        if route.event_patterns.empty:
+            continue
+        parts.append(route.patterns.assign(variant=len(parts) + 1))
+        kept.append(names)
+    if len(parts) < 2:
+        return learned
+    patterns = pd.concat(parts, ignore_index=True)
+    patterns["pattern"] = policy_names(patterns)
+    left_out = len(recordings) - sum(map(len, kept))
+    note = (f"no pattern recurs in every recording: the event took {len(kept)} routes, each "
+            "learned as a variant of its own (" + "; ".join(
+                f"variant {n}: {len(names)} recordings" for n, names in enumerate(kept, 1))
+            + (f"; {left_out} recording(s) fit none" if left_out else "") + ")")
+    return Signature(learned.device_name, learned.device_ip, learned.device_mac, event,
+                     learned.recordings, support, patterns.reindex(columns=SIGNATURE.names),
+                     learned.noise, True, learned.warnings + [note], kept)
+
+
 def _background_keys(pattern_flows: pd.DataFrame, profiles: dict, base: pd.DataFrame) -> set:
     """The patterns the baseline also has: a baseline flow with the same fingerprint, at the
     same level of detail (a pattern by class matches a baseline flow by class), whose
@@ -231,7 +321,7 @@ def _rows_by(frame: pd.DataFrame, columns: list[str]) -> dict[tuple, np.ndarray]
             for key, rows in frame.groupby(columns, sort=False).indices.items()}
 
 
-def payload_matrix(sizes: pd.Series, width: int = PROFILE_PACKETS) -> np.ndarray:
+def payload_matrix(sizes: pd.Series, width: int = PROFILE_WINDOW) -> np.ndarray:
     """first_payload_sizes -> a float matrix, one row per flow, the first `width` signed
     sizes (NaN where a flow has fewer, or where a cell is not a number). Parsed once per
     distinct cell."""
@@ -258,13 +348,9 @@ def profile_patterns(keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray
     such pattern it contains. A key without a recurring set of items stays one pattern,
     profiled by the items all its flows carry."""
     labels = pd.factorize(keys)[0]
-    rows, positions = np.nonzero(~np.isnan(sizes))
-    values = sizes[rows, positions]
-    items = _size_items(labels[rows], rows, values)
-    order = np.argsort(items, kind="stable")
-    rows, values, positions, items = rows[order], values[order], positions[order], items[order]
-    recurring = _support(items, recordings[rows])[items] >= needed if len(items) else items > 0
-    rows, values, positions, items = (a[recurring] for a in (rows, values, positions, items))
+    key_support = _support(labels, recordings)
+    rows, values, positions, items = _recurring_items(labels, key_support, recordings, sizes,
+                                                      needed)
     ranges = pd.DataFrame({"item": items, "low": values, "high": values, "at": positions}
                           ).groupby("item").agg({"low": "min", "high": "max", "at": "median"})
     carried = _carried_items(rows, items, len(labels))
@@ -274,7 +360,7 @@ def profile_patterns(keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray
     target = np.arange(len(firsts))                    # group -> the pattern it joins
     profiles = {}
     owners = labels[firsts]
-    recurring_keys = np.flatnonzero(_support(labels, recordings) >= needed)
+    recurring_keys = np.flatnonzero(key_support >= needed)
     rare = ~np.isin(owners, recurring_keys)  # noise anyway: one group per key
     target[rare] = pd.Series(np.flatnonzero(rare)).groupby(owners[rare]).transform("first").to_numpy()
     for members in pd.Series(np.flatnonzero(~rare)).groupby(owners[~rare]):
@@ -295,6 +381,20 @@ def profile_patterns(keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray
                          sorted(items_, key=lambda i: ranges.at[int(i), "at"]))
                 for g, items_ in profiles.items()}
     return final, profiles
+
+
+def _recurring_items(labels: np.ndarray, key_support: np.ndarray, recordings: np.ndarray,
+                     sizes: np.ndarray, needed: int) -> tuple[np.ndarray, ...]:
+    """(flow row, size, position, item) of every size that belongs to an item recurring in
+    `needed` recordings, sorted by item."""
+    common = key_support[labels] >= needed   # the other keys are noise whatever they carry
+    rows, positions = np.nonzero(~np.isnan(sizes[:, :PROFILE_PACKETS]) & common[:, None])
+    values = sizes[rows, positions]
+    items = _size_items(labels[rows], rows, values)
+    order = np.argsort(items, kind="stable")
+    rows, values, positions, items = rows[order], values[order], positions[order], items[order]
+    recurring = _support(items, recordings[rows])[items] >= needed if len(items) else items > 0
+    return tuple(a[recurring] for a in (rows, values, positions, items))
 
 
 def _size_items(keys: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -465,6 +565,7 @@ def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, ev
     summary["order"] = np.arange(1, len(summary) + 1)
     summary["recordings_total"] = n
     summary["signature_version"] = SIGNATURE_VERSION
+    summary["variant"] = 1
     summary["event"] = event
     summary["device_name"] = device_name
     summary["device_ip"] = device_ip

@@ -130,8 +130,8 @@ class Evaluate(Command):
         for result in results:
             if result.status == "failed":
                 continue
-            if result.event_signature is not None:
-                result.detect_seconds = per_signature.get(result.event_signature.label, 0.0)
+            if result.event_signatures:  # (variants share their label)
+                result.detect_seconds = per_signature.get(result.event_signatures[0].label, 0.0)
             evaluation.score(result, captures, detected, devices, args.protocol)
             tree = args.events_dir / result.device / result.event / "expected-tree.json"
             if tree.is_file():
@@ -202,8 +202,7 @@ class Evaluate(Command):
             return
         for warning in result.signature.warnings:
             self.warn(f"{result.label}: {warning}")
-        signatures = detector.read_signatures(result.signature_csv, args.tolerance)
-        result.event_signature = signatures[0] if signatures else None
+        result.event_signatures = detector.read_signatures(result.signature_csv, args.tolerance)
         if not result.detectable:
             result.status = "no event pattern"
             result.note = ("every flow its training recordings share is background, or they "
