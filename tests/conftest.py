@@ -32,6 +32,15 @@ def quick_only(values, quick, name=lambda value: value.name) -> list:
             for value in values]
 
 
+def quick_first(count: int, values: list) -> list:
+    """parametrize() values: the first `count` in every tier, the others marked slow (variants
+    of one check: a usage error per bad option, and the like)."""
+    return [value if index < count else
+            pytest.param(*(value if isinstance(value, tuple) else (value,)),
+                         marks=pytest.mark.slow)
+            for index, value in enumerate(values)]
+
+
 def run_script(name: str, *args, check: bool = True, env: dict | None = None,
                cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run scripts/<name> as a user would, capturing its output."""

@@ -34,6 +34,7 @@ from conftest import (
     QUICK_CAPTURES,
     SHARED,
     TPLINK_CAPTURES,
+    quick_first,
     quick_only,
     run_script,
 )
@@ -660,8 +661,8 @@ def test_corrupt_record_after_good_ones_keeps_them_and_warns_once(tmp_path):
     assert len(read_packets(packets_csv(tmp_path / "out", damaged))) == 10
 
 
-@pytest.mark.parametrize("tshark_path_value, on_path", [
-    ("", False), ("/nonexistent/tshark", False), ("/nonexistent/tshark", True)],
+@pytest.mark.parametrize("tshark_path_value, on_path", quick_first(1, [
+    ("", False), ("/nonexistent/tshark", False), ("/nonexistent/tshark", True)]),
     ids=["unset", "TSHARK_PATH-nonexistent", "TSHARK_PATH-nonexistent-tshark-on-PATH"])
 def test_tshark_missing_says_how_to_install_it(tshark_path_value, on_path, tmp_path):
     # An empty TSHARK_PATH counts as unset. A wrong one is refused even when another

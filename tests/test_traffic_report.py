@@ -432,6 +432,7 @@ def _limited_memory():
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
 
+@pytest.mark.slow  # a regression check on a 20,000-pattern signature
 def test_a_signature_of_twenty_thousand_patterns_is_reported_in_seconds(tmp_path):
     """Two recordings of a scan gave 50,001 patterns and a report that ran 15 minutes; the
     timeline drew a row per pattern and the matching joined every flow with every pattern."""
