@@ -4,6 +4,7 @@ the same one-line `PROG: error: FILE: problem` style, exit codes, progress and s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import re
@@ -171,6 +172,34 @@ class Command:
         if not self.quiet:
             print(message, flush=True)
 
+    def successes(self, results, failed: list):
+        """The (input, result) pairs that worked, each result's warnings said; a failed
+        input's error is said and the input kept in `failed` (the others go on)."""
+        for item, result in results:
+            if isinstance(result, ToolError):
+                self.error(str(result))
+                failed.append(item)
+                continue
+            for warning in result.warnings:
+                self.warn(warning)
+            yield item, result
+
+    def learn_and_write(self, flow_files, baseline_files, args, output_dir: Path):
+        """signature-extractor's step (main.py's last): learn, write the three outputs,
+        warn and summarise."""
+        from . import pipeline
+        learned = pipeline.learn(flow_files, args.device_name, args.device_ip, args.device_mac,
+                                 args.support, args.event, baseline_files or None)
+        for warning in learned.warnings:
+            self.warn(warning)
+        paths = pipeline.write_signature(learned, output_dir)
+        empty = pipeline.empty_signature_warning(learned)
+        if empty:
+            self.warn(empty)
+        for line in pipeline.signature_lines(learned, paths):
+            self.say(line)
+        return learned
+
     def progress(self, **options):
         from tqdm import tqdm
         # disable=None: a bar on a terminal, nothing in a pipe or a CI log.
@@ -234,8 +263,7 @@ def entry_point(command_class):
     # Every output is written and closed: leave without the interpreter's teardown, which
     # frees a million-row table object by object (a quarter of a second for nothing).
     for stream in (sys.stdout, sys.stderr):
-        try:
+        # (a closed pipe: nothing more can be said anyway)
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said anyway
-            pass
     os._exit(code)

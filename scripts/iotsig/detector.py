@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import csvio, signature as sig
+from . import csvio
+from . import signature as sig
 from .errors import InputError
 from .schema import DETECTIONS, FLOWS
 from .timefmt import utc
-from .tshark import CAPTURE_MAGICS, file_head
 
 DEFAULT_TOLERANCE = 0.5      # counts may be 50% below the learned minimum / above the maximum
 DEFAULT_MIN_SCORE = 0.75     # share of the event patterns an occurrence needs

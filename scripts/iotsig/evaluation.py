@@ -39,7 +39,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import detector, fields, pipeline, signature as sig
+from . import detector, fields, pipeline
+from . import signature as sig
 from .errors import InputError
 from .schema import EVALUATION
 
@@ -114,6 +115,7 @@ class EventResult:
 def read_devices(path: Path) -> dict[str, str]:
     """name -> IPv4 address, from a YAML mapping of device name -> {ipv4: ...}."""
     import ipaddress
+
     import yaml
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -439,9 +441,8 @@ def _matches(flow: PaperFlow, row) -> bool:
         return False
     if flow.dns_type and flow.dns_type not in str(row.dns_qry_type).split(";"):
         return False
-    if flow.http_method and flow.http_method not in str(row.http_request_method).split(";"):
-        return False
-    return True
+    return not (flow.http_method
+                and flow.http_method not in str(row.http_request_method).split(";"))
 
 
 def compare(paper: list[PaperFlow], learned: sig.Signature, device_ip: str) -> list[dict]:
@@ -604,7 +605,8 @@ def confusion_markdown(frame: pd.DataFrame, protocol: str) -> list[str]:
     lines = ["## Confusion", "",
              "For each event (rows), how many of its held-out recordings were detected as "
              "each learned event (columns), and in how many nothing was detected. A recording "
-             "detected as two events counts in both; an event without an event pattern has no column."
+             "detected as two events counts in both; an event without an event pattern has no "
+             "column."
              + (" In the user protocol each signature only runs on the recordings of its own "
                 "physical device: the other cells are empty." if protocol == "user" else ""),
              "", "| event | held out | " + " | ".join(columns) + " |",

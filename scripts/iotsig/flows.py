@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .parties import address_class, canonical_ip, canonical_ips
 from .fields import FLOW_FIELDS
+from .parties import address_class, canonical_ip, canonical_ips
 from .schema import FLOWS
 
 DEFAULT_IDLE_TIMEOUT = 120.0   # NFStream's default idle timeout
@@ -260,8 +260,8 @@ def _aggregate(s: dict[str, np.ndarray], p: Packets, is_orig: np.ndarray) -> pd.
         side_flow = flow[mask]
         counts = np.bincount(side_flow, minlength=n)
         out[f"{side}_pkts"] = counts
-        out[f"{side}_bytes"] = np.bincount(side_flow, payload[mask], minlength=n).astype(np.int64)
-        out[f"{side}_frame_bytes"] = np.bincount(side_flow, sizes[mask], minlength=n).astype(np.int64)
+        for column, values in ((f"{side}_bytes", payload), (f"{side}_frame_bytes", sizes)):
+            out[column] = np.bincount(side_flow, values[mask], minlength=n).astype(np.int64)
         for stat, values in _group_stats(side_flow, sizes[mask], n).items():
             out[f"{side}_size_{stat}"] = np.round(values, 3)
         side_ts = ts[mask]

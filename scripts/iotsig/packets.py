@@ -8,16 +8,16 @@ import io
 import queue
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from . import csvio, fields, tshark
-from .fields import first, map_uniques
 from .errors import InputError, OutputError
+from .fields import first, map_uniques
 from .schema import PACKETS
 from .timefmt import utc_text
 
@@ -107,7 +107,8 @@ def _read_chunks(stream):
     """tshark's tab-separated lines as string frames. tshark escapes tabs and newlines
     inside values, so a line is a row. A thread drains the pipe so that tshark never waits
     for pandas: the two run on two cores."""
-    reader = pd.read_csv(io.BufferedReader(PipeDrainer(stream), 1 << 20), sep="\t", header=None, names=FIELDS, dtype=str,
+    reader = pd.read_csv(io.BufferedReader(PipeDrainer(stream), 1 << 20), sep="\t", header=None,
+                         names=FIELDS, dtype=str,
                          quoting=csv.QUOTE_NONE, na_filter=False, keep_default_na=False,
                          chunksize=CHUNK_ROWS, encoding="utf-8", encoding_errors="replace",
                          engine="c")
@@ -131,7 +132,8 @@ class PipeDrainer(io.RawIOBase):
 
     def _drain(self, pipe):
         try:
-            while block := pipe.read1(self.BLOCK) if hasattr(pipe, "read1") else pipe.read(self.BLOCK):
+            read = pipe.read1 if hasattr(pipe, "read1") else pipe.read
+            while block := read(self.BLOCK):
                 self._blocks.put(block)
         except (OSError, ValueError):  # pipe closed under us: the reader is gone
             pass
@@ -175,10 +177,10 @@ def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = No
 
     has_v4, has_v6 = raw["ip.src"] != "", raw["ipv6.src"] != ""
     out["ip_version"] = np.select([has_v4, has_v6], ["4", "6"], "")
-    out["ip_src"] = first(np.select([has_v4, has_v6, arp],
-                                     [raw["ip.src"], raw["ipv6.src"], raw["arp.src.proto_ipv4"]], ""))
-    out["ip_dst"] = first(np.select([has_v4, has_v6, arp],
-                                     [raw["ip.dst"], raw["ipv6.dst"], raw["arp.dst.proto_ipv4"]], ""))
+    for end in ("src", "dst"):
+        out[f"ip_{end}"] = first(np.select(
+            [has_v4, has_v6, arp],
+            [raw[f"ip.{end}"], raw[f"ipv6.{end}"], raw[f"arp.{end}.proto_ipv4"]], ""))
 
     layers = raw["frame.protocols"]
     highest = map_uniques(layers, lambda s: s.rsplit(":", 1)[-1])
@@ -196,9 +198,11 @@ def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = No
     out["l4_proto"] = np.select([icmp, icmp6, tcp, udp, non_ip],
                                 ["icmp", "icmpv6", "tcp", "udp", link_proto], by_number)
     transport = (tcp | udp) & ~(icmp | icmp6)
-    out["src_port"] = np.where(transport, first(np.where(tcp, raw["tcp.srcport"], raw["udp.srcport"])), "")
-    out["dst_port"] = np.where(transport, first(np.where(tcp, raw["tcp.dstport"], raw["udp.dstport"])), "")
-    out["tcp_flags"] = np.where(transport & tcp, map_uniques(first(raw["tcp.flags"]), _tcp_letters), "")
+    for end in ("src", "dst"):
+        port = first(np.where(tcp, raw[f"tcp.{end}port"], raw[f"udp.{end}port"]))
+        out[f"{end}_port"] = np.where(transport, port, "")
+    flags = map_uniques(first(raw["tcp.flags"]), _tcp_letters)
+    out["tcp_flags"] = np.where(transport & tcp, flags, "")
     udp_payload = pd.to_numeric(first(raw["udp.length"]), errors="coerce") - 8
     out["l4_payload_len"] = np.select(
         [transport & tcp, transport & udp],

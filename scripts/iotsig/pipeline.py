@@ -10,13 +10,14 @@ step reads only the previous step's CSV.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
-from . import csvio, flows, packets, profile, report, signature as sig
+from . import csvio, flows, packets, profile, report
+from . import signature as sig
 from .errors import ToolError
 from .parallel import run_parallel
 from .schema import FLOWS, PACKETS

@@ -11,7 +11,6 @@ import pandas as pd
 import yaml
 
 from . import fields as app_fields
-from .parties import address_class
 
 # Protocols and fields the firewall's translator reads.
 KNOWN_FIELDS = {

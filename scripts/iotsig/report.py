@@ -6,8 +6,8 @@ import pandas as pd
 
 from .fields import application_text
 from .parties import describe_remote
-from .signature import parse_profile
 from .profile import printable, remote_name_problem, unexpressible
+from .signature import parse_profile
 
 RULE = "=" * 78
 
@@ -88,7 +88,8 @@ def _block(number: int, row, s) -> list[str]:
     lines.append(f"   flows per recording: {flows}")
     sent, received = ("orig", "resp") if device_opens else ("resp", "orig")
     def both(metric_low: str, metric_high: str, unit: str = "") -> str:
-        by_device = _range(getattr(row, metric_low.format(sent)), getattr(row, metric_high.format(sent)))
+        by_device = _range(getattr(row, metric_low.format(sent)),
+                           getattr(row, metric_high.format(sent)))
         by_remote = _range(getattr(row, metric_low.format(received)),
                            getattr(row, metric_high.format(received)))
         return f"sent by the device {by_device}{unit}, by the remote party {by_remote}{unit}"

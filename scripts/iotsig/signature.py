@@ -104,7 +104,8 @@ def device_flows(recording: Recording, device_ip: str, device_mac: str | None) -
     resp = flows["resp_h"] == device_ip
     if device_mac:
         orig |= (flows["orig_mac"].str.lower() == device_mac) & ~resp
-        resp |= (flows["resp_mac"].str.lower() == device_mac) & ~orig & (flows["resp_h"] != flows["orig_h"])
+        resp |= ((flows["resp_mac"].str.lower() == device_mac) & ~orig
+                 & (flows["resp_h"] != flows["orig_h"]))
     involved = (orig | resp).to_numpy()
     # A shallow frame when every flow is the device's: the columns are copied once, by
     # the caller's concat (a hundred recordings of 10,000 flows are a GB of text).
@@ -146,7 +147,7 @@ def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
 
 
 def canonical_set(value: str) -> str:
-    """A set-valued field in one spelling: 'request;reply' and 'reply;request' -> 'reply;request'."""
+    """A set-valued field in one spelling: 'request;reply' -> 'reply;request'."""
     return ";".join(sorted(set(str(value).split(";")) - {""}))
 
 
@@ -218,7 +219,8 @@ def _extract_once(recordings: list[Recording], device_name: str, device_ip: str,
     background_keys = set()
     if baseline:
         base = [device_flows(r, device_ip, device_mac) for r in baseline]
-        base = fingerprints(pd.concat(base, ignore_index=True)) if any(len(b) for b in base) else None
+        base = (fingerprints(pd.concat(base, ignore_index=True))
+                if any(len(b) for b in base) else None)
         if base is None:
             warnings.append(f"device IP {device_ip} does not appear in the baseline "
                             f"({', '.join(r.name for r in baseline)}): nothing is background")
@@ -362,7 +364,7 @@ def profile_patterns(keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray
     owners = labels[firsts]
     recurring_keys = np.flatnonzero(key_support >= needed)
     rare = ~np.isin(owners, recurring_keys)  # noise anyway: one group per key
-    target[rare] = pd.Series(np.flatnonzero(rare)).groupby(owners[rare]).transform("first").to_numpy()
+    target[rare] = pd.Series(np.flatnonzero(rare)).groupby(owners[rare]).transform("first")
     for members in pd.Series(np.flatnonzero(~rare)).groupby(owners[~rare]):
         members = members[1].to_numpy()
         sets = {g: frozenset(carried[firsts[g]].split()) for g in members}
@@ -559,8 +561,9 @@ def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, ev
     starts["offset"] = starts["first"] - starts["recording"].map(reference)
     summary["start_offset_median"] = starts.groupby("key")["offset"].median().round(6)
     summary = summary.reset_index(drop=True)
-    summary = summary.sort_values(["role", "start_offset_median"],
-                                  key=lambda c: c.map({"event": 0}).fillna(1) if c.name == "role" else c,
+    def events_first(column):
+        return column.map({"event": 0}).fillna(1) if column.name == "role" else column
+    summary = summary.sort_values(["role", "start_offset_median"], key=events_first,
                                   kind="stable").reset_index(drop=True)
     summary["order"] = np.arange(1, len(summary) + 1)
     summary["recordings_total"] = n

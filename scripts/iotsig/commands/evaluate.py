@@ -103,7 +103,7 @@ class Evaluate(Command):
                            desc=f"translating {len(captures)} capture(s)") as bar:
             failures = evaluation.translate_all(captures, output_dir / "captures", devices,
                                                 args.jobs, on_packets=bar.update)
-        for capture, problem in failures:
+        for _, problem in failures:
             self.error(str(problem))
         failed = {id(c) for c, _ in failures}
         for result in results:

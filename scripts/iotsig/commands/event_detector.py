@@ -6,8 +6,15 @@ import time
 from pathlib import Path
 
 from .. import csvio, detector, flows, pipeline, tshark
-from ..cli import (Command, add_flow_arguments, check_distinct_names, ensure_output_dir,
-                   fraction, non_negative, positive)
+from ..cli import (
+    Command,
+    add_flow_arguments,
+    check_distinct_names,
+    ensure_output_dir,
+    fraction,
+    non_negative,
+    positive,
+)
 from ..errors import InputError, ToolError
 from ..schema import DETECTIONS
 
@@ -110,15 +117,10 @@ class EventDetector(Command):
             tshark.tshark_path()
             with self.progress(unit=" packets", unit_scale=True,
                                desc=f"translating {len(kinds['capture'])} capture(s)") as bar:
-                for capture, result in pipeline.captures_to_flows(
-                        kinds["capture"], output_dir, options=options, jobs=args.jobs,
-                        on_packets=bar.update):
-                    if isinstance(result, ToolError):
-                        self.error(str(result))
-                        failed.append(capture)
-                        continue
-                    for warning in result.warnings:
-                        self.warn(warning)
+                results = pipeline.captures_to_flows(kinds["capture"], output_dir,
+                                                     options=options, jobs=args.jobs,
+                                                     on_packets=bar.update)
+                for capture, result in self.successes(results, failed):
                     translations.append(result.translation)
                     written.append(result.flows)
                     flow_files[capture] = result.flows_csv

@@ -6,8 +6,14 @@ import time
 from pathlib import Path
 
 from .. import flows, pipeline, traffic_report, tshark
-from ..cli import (Command, add_flow_arguments, add_signature_arguments, check_distinct_names,
-                   ensure_output_dir, ipv4)
+from ..cli import (
+    Command,
+    add_flow_arguments,
+    add_signature_arguments,
+    check_distinct_names,
+    ensure_output_dir,
+    ipv4,
+)
 from ..errors import ToolError
 
 
@@ -21,7 +27,8 @@ class Main(Command):
 
     def add_arguments(self, parser):
         parser.add_argument("device_name", metavar="DEVICE", help="device name (profile name)")
-        parser.add_argument("device_ip", metavar="IPV4", type=ipv4, help="the device's IPv4 address")
+        parser.add_argument("device_ip", metavar="IPV4", type=ipv4,
+                            help="the device's IPv4 address")
         parser.add_argument("captures", nargs="+", type=Path, metavar="PCAP",
                             help="one capture per recording of the event")
         parser.add_argument("--idle", nargs="+", type=Path, default=[], metavar="PCAP",
@@ -47,16 +54,7 @@ class Main(Command):
             idle_dir = ensure_output_dir(output_dir / "idle")
             idle_flows = self.captures_to_flows(args.idle, idle_dir, args, options)
 
-        learned = pipeline.learn(event_flows, args.device_name, args.device_ip,
-                                 args.device_mac, args.support, args.event, idle_flows or None)
-        for warning in learned.warnings:
-            self.warn(warning)
-        paths = pipeline.write_signature(learned, output_dir)
-        empty = pipeline.empty_signature_warning(learned)
-        if empty:
-            self.warn(empty)
-        for line in pipeline.signature_lines(learned, paths):
-            self.say(line)
+        self.learn_and_write(event_flows, idle_flows, args, output_dir)
 
         report = None if args.no_report else self.report(event_flows, output_dir, args)
         self.say(f"main: done in {time.monotonic() - started:.1f} s; every intermediate CSV "
@@ -70,15 +68,10 @@ class Main(Command):
         done, failed = {}, []
         with self.progress(unit=" packets", unit_scale=True,
                            desc=f"translating {len(captures)} capture(s)") as bar:
-            for capture, result in pipeline.captures_to_flows(
-                    captures, output_dir, args.device_ip, args.device_mac, options, args.jobs,
-                    on_packets=bar.update):
-                if isinstance(result, ToolError):
-                    self.error(str(result))
-                    failed.append(capture)
-                    continue
-                for warning in result.warnings:
-                    self.warn(warning)
+            results = pipeline.captures_to_flows(captures, output_dir, args.device_ip,
+                                                 args.device_mac, options, args.jobs,
+                                                 on_packets=bar.update)
+            for capture, result in self.successes(results, failed):
                 done[Path(capture)] = result
         if failed:
             raise ToolError(f"{len(failed)} of {len(captures)} capture(s) could not be read "

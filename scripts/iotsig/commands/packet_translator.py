@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .. import packets, pipeline, tshark
 from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4_or_ipv6, mac_address
-from ..errors import ToolError
 
 
 class PacketTranslator(Command):
@@ -43,15 +42,9 @@ def translate_captures(command: Command, captures: list[Path], output_dir: Path,
     written, failed = [], []
     with command.progress(unit=" packets", unit_scale=True,
                           desc=f"translating {len(captures)} capture(s)") as bar:
-        for capture, result in packets.translate_many(captures, output_dir, device_mac,
-                                                      device_ip, jobs, on_packets=bar.update):
-            if isinstance(result, ToolError):
-                command.error(str(result))
-                failed.append(capture)
-                continue
-            for warning in result.warnings:
-                command.warn(warning)
-            written.append(result)
+        results = packets.translate_many(captures, output_dir, device_mac, device_ip, jobs,
+                                         on_packets=bar.update)
+        written += [result for _, result in command.successes(results, failed)]
     for line in pipeline.translated_lines(written, len(failed), time.monotonic() - started):
         command.say(line)
     return written, failed

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import pipeline
 from ..cli import Command, add_signature_arguments, ensure_output_dir
 
 
@@ -26,14 +25,5 @@ class SignatureExtractor(Command):
 
     def run(self, args):
         output_dir = ensure_output_dir(args.output_dir)
-        result = pipeline.learn(args.flows, args.device_name, args.device_ip, args.device_mac,
-                                args.support, args.event, args.baseline or None)
-        for warning in result.warnings:
-            self.warn(warning)
-        paths = pipeline.write_signature(result, output_dir)
-        empty = pipeline.empty_signature_warning(result)
-        if empty:
-            self.warn(empty)
-        for line in pipeline.signature_lines(result, paths):
-            self.say(line)
+        self.learn_and_write(args.flows, args.baseline, args, output_dir)
         return 0

@@ -6,8 +6,7 @@ import time
 from pathlib import Path
 
 from .. import flows, pipeline
-from ..cli import (Command, add_flow_arguments, check_distinct_names, ensure_output_dir,
-                   ipv4_or_ipv6)
+from ..cli import Command, add_flow_arguments, check_distinct_names, ensure_output_dir, ipv4_or_ipv6
 from ..errors import ToolError
 
 

@@ -71,8 +71,9 @@ def write_report(command: Command, csv_files, output_dir: Path, device_ip=None,
             command.say(f"wrote {result.paths[key]}")
     macs = "no inventory (no packets CSV)" if result.inventory is None else \
         f"{len(result.inventory)} MAC(s)"
-    command.say(f"traffic-report: {macs}, {len(result.endpoints)} remote part"
-                f"{'y' if len(result.endpoints) == 1 else 'ies'} of {result.device.ip or result.device.mac}, "
+    parties = f"{'y' if len(result.endpoints) == 1 else 'ies'}"
+    command.say(f"traffic-report: {macs}, {len(result.endpoints)} remote part{parties} of "
+                f"{result.device.ip or result.device.mac}, "
                 f"{len(result.matched)} flow(s) matched to signature patterns, in "
                 f"{time.monotonic() - started:.1f} s; open {result.paths['report']}")
     return result
