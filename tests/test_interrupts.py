@@ -91,11 +91,18 @@ def test_stopped_main_leaves_no_half_file_and_a_rerun_finishes(how, long_recordi
     assert "Traceback" not in stdout + stderr
     assert stderr.strip().splitlines()[-1] == \
         f"main.py: error: {word}; unfinished output files were removed"
-    for path in out.rglob("*"):  # what is there is whole: packets CSVs of finished captures
+    # What is there is whole: the packets CSV and flows CSV of each capture that finished
+    # (each capture's worker writes both), nothing of the signature stage.
+    for path in out.rglob("*"):
         assert not path.name.endswith(".part"), f"left behind: {path}"
-        assert path.name.endswith(".packets.csv"), f"written before the translation ended: {path}"
-        assert packet_rows(path) == capinfos_count(
-            next(c for c in long_recordings if path.name.startswith(c.name)))
+        assert path.name.endswith((".packets.csv", ".flows.csv")), \
+            f"written before the translation ended: {path}"
+        capture = next(c for c in long_recordings if path.name.startswith(c.name))
+        if path.name.endswith(".packets.csv"):
+            assert packet_rows(path) == capinfos_count(capture)
+        else:
+            assert (out / f"{capture.name}.packets.csv").exists(), f"flows without packets: {path}"
+            assert not pd.read_csv(path).empty
     assert live_processes_of_group(process.pid) == []  # workers and tsharks stopped too
 
     result = run_script("main.py", "-q", "TpLinkPlug", PLUG_IP, *long_recordings, "-o", out,

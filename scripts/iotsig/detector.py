@@ -35,6 +35,7 @@ DEFAULT_MIN_SCORE = 0.75     # share of the event patterns an occurrence needs
 MIN_WINDOW = 10.0            # seconds: the shortest automatic occurrence window
 WINDOW_FACTOR = 3.0          # automatic window: this many times the learned event span
 COUNT_METRICS = ["orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes"]
+BYTE_METRICS = {"orig_frame_bytes", "resp_frame_bytes"}   # not used with a packet profile
 # The fingerprint but its remote party (matched on its own: by name, class or address).
 KEY_COLUMNS = [c for c in sig.FINGERPRINT if c != "remote"]
 PORT = KEY_COLUMNS.index("server_port")
@@ -109,6 +110,8 @@ class Pattern:
 
     def counts_match(self, values: dict) -> bool:
         for metric, low, high in self.ranges:
+            if self.profile and metric in BYTE_METRICS:
+                continue  # the profile bounds the packets that matter; the counts, the rest
             value = values[metric]
             if value != value:  # NaN: the flow does not say
                 continue

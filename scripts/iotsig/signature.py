@@ -39,6 +39,7 @@ PROFILE_PACKETS = 6     # items are learned from the first 6 payload packets ...
 PROFILE_WINDOW = 10     # ... and found among the first 10 (a packet may come a little later)
 PROFILE_GAP = 16
 PROFILE_SLACK = 4
+KEEP_ALIVE_PACKETS = 2
 MIN_VARIANT = 2         # recordings a route of the event needs to be learned on its own
 CLASS_NAMES = {"gateway", "broadcast"}   # always written as their class: addresses vary
 GENERALISABLE = {"local", "external", "multicast"}
@@ -551,7 +552,8 @@ def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, ev
     summary["role"] = "event"
     summary.loc[summary.index.isin(background_keys), "role"] = "background"
     if not baseline_given:
-        summary.loc[_repeating(per_recording, summary), "role"] = "background (inferred)"
+        inferred = _repeating(per_recording, summary) | _keep_alives(flows, summary)
+        summary.loc[inferred, "role"] = "background (inferred)"
     # Event order: median start relative to the first event-pattern flow of each recording.
     event_keys = summary.index[summary["role"] == "event"]
     starts = per_recording["first"].reset_index()
@@ -575,6 +577,18 @@ def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, ev
     summary["pattern"] = policy_names(summary)
     summary["server_port"] = summary["server_port"].where(summary["server_port"] >= 0)
     return summary.reindex(columns=SIGNATURE.names)
+
+
+def _keep_alives(flows: pd.DataFrame, summary: pd.DataFrame) -> np.ndarray:
+    """Without a baseline, a TCP fingerprint whose flows never carry payload and hold at
+    most KEEP_ALIVE_PACKETS packets each way is taken for background: the keep-alive of a
+    connection opened before the recording, which says nothing about the event (a
+    connection the event opens has its handshake, more packets)."""
+    quiet = (flows["first_payload_sizes"].fillna("") == "") & (flows["proto"] == "tcp") \
+        & (pd.to_numeric(flows["orig_pkts"], errors="coerce") <= KEEP_ALIVE_PACKETS) \
+        & (pd.to_numeric(flows["resp_pkts"], errors="coerce") <= KEEP_ALIVE_PACKETS)
+    keep_alive = quiet.groupby(flows["key"]).all()
+    return summary.index.isin(keep_alive[keep_alive].index)
 
 
 def _repeating(per_recording: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
