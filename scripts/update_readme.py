@@ -14,11 +14,16 @@ def columns_markdown() -> str:
 
 
 def updated(text: str) -> str:
-    return re.sub(r"(<!-- columns:start -->\n).*?(<!-- columns:end -->)",
-                  lambda m: m.group(1) + columns_markdown() + "\n" + m.group(2), text, flags=re.S)
+    return re.sub(
+        r"(<!-- columns:start -->\n).*?(<!-- columns:end -->)",
+        lambda m: m.group(1) + columns_markdown() + "\n" + m.group(2),
+        text,
+        flags=re.S,
+    )
 
 
 if __name__ == "__main__":
     import argparse
+
     argparse.ArgumentParser(description=__doc__).parse_args()
     README.write_text(updated(README.read_text()))

@@ -79,28 +79,58 @@ def _finite(text: str) -> float:
 def add_flow_arguments(parser) -> None:
     """--idle-timeout and --max-duration, for every command that builds flows."""
     from .flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION
-    parser.add_argument("--idle-timeout", type=positive, default=DEFAULT_IDLE_TIMEOUT,
-                        metavar="S", help="a flow ends after S seconds without a packet "
-                        "(default: %(default)s)")
-    parser.add_argument("--max-duration", type=positive, default=DEFAULT_MAX_DURATION,
-                        metavar="S", help="a flow is cut into chunks of at most S seconds "
-                        "(default: %(default)s)")
+
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="S",
+        help="a flow ends after S seconds without a packet (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-duration",
+        type=positive,
+        default=DEFAULT_MAX_DURATION,
+        metavar="S",
+        help="a flow is cut into chunks of at most S seconds (default: %(default)s)",
+    )
 
 
 def add_signature_arguments(parser, device_required: bool = True) -> None:
     """The signature options of signature-extractor.py and main.py."""
     if device_required:
-        parser.add_argument("--device-name", required=True, metavar="NAME",
-                            help="device name, as the firewall profile will call it")
-        parser.add_argument("--device-ip", required=True, type=ipv4_or_ipv6, metavar="IP",
-                            help="the device's address in the recordings")
-    parser.add_argument("--device-mac", type=mac_address, metavar="MAC",
-                        help="the device's MAC (default: the MAC that sends from --device-ip)")
-    parser.add_argument("--support", type=fraction, default=1.0, metavar="FRACTION",
-                        help="share of the recordings a pattern must appear in "
-                        "(default: 1, all of them)")
-    parser.add_argument("--event", default="event", metavar="NAME",
-                        help="event name for the profile's interaction (default: %(default)s)")
+        parser.add_argument(
+            "--device-name",
+            required=True,
+            metavar="NAME",
+            help="device name, as the firewall profile will call it",
+        )
+        parser.add_argument(
+            "--device-ip",
+            required=True,
+            type=ipv4_or_ipv6,
+            metavar="IP",
+            help="the device's address in the recordings",
+        )
+    parser.add_argument(
+        "--device-mac",
+        type=mac_address,
+        metavar="MAC",
+        help="the device's MAC (default: the MAC that sends from --device-ip)",
+    )
+    parser.add_argument(
+        "--support",
+        type=fraction,
+        default=1.0,
+        metavar="FRACTION",
+        help="share of the recordings a pattern must appear in (default: 1, all of them)",
+    )
+    parser.add_argument(
+        "--event",
+        default="event",
+        metavar="NAME",
+        help="event name for the profile's interaction (default: %(default)s)",
+    )
 
 
 def ensure_output_dir(path: Path) -> Path:
@@ -125,9 +155,11 @@ def check_distinct_names(inputs, output_dir: Path, kind: str, output_name=None) 
         by_name.setdefault(name, []).append(str(item))
     for name, paths in by_name.items():
         if len(paths) > 1:
-            raise ToolError(f"{len(paths)} {kind} share the name {name} ({', '.join(paths)}): "
-                            f"their outputs would overwrite each other in {output_dir}/; give "
-                            "each a file name of its own")
+            raise ToolError(
+                f"{len(paths)} {kind} share the name {name} ({', '.join(paths)}): "
+                f"their outputs would overwrite each other in {output_dir}/; give "
+                "each a file name of its own"
+            )
 
 
 class Command:
@@ -150,13 +182,25 @@ class Command:
 
     def parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(
-            prog=self.prog, description=self.description, epilog=self.epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter)
+            prog=self.prog,
+            description=self.description,
+            epilog=self.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         self.add_arguments(parser)
-        parser.add_argument("-o", "--output-dir", type=Path, default=self.default_output_dir,
-                            help="where to write the outputs (default: %(default)s/)")
-        parser.add_argument("-q", "--quiet", action="store_true",
-                            help="no progress bar and no summary; warnings and errors still show")
+        parser.add_argument(
+            "-o",
+            "--output-dir",
+            type=Path,
+            default=self.default_output_dir,
+            help="where to write the outputs (default: %(default)s/)",
+        )
+        parser.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="no progress bar and no summary; warnings and errors still show",
+        )
         parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
         return parser
 
@@ -188,8 +232,16 @@ class Command:
         """signature-extractor's step (main.py's last): learn, write the three outputs,
         warn and summarise."""
         from . import pipeline
-        learned = pipeline.learn(flow_files, args.device_name, args.device_ip, args.device_mac,
-                                 args.support, args.event, baseline_files or None)
+
+        learned = pipeline.learn(
+            flow_files,
+            args.device_name,
+            args.device_ip,
+            args.device_mac,
+            args.support,
+            args.event,
+            baseline_files or None,
+        )
         for warning in learned.warnings:
             self.warn(warning)
         paths = pipeline.write_signature(learned, output_dir)
@@ -202,9 +254,15 @@ class Command:
 
     def progress(self, **options):
         from tqdm import tqdm
+
         # disable=None: a bar on a terminal, nothing in a pipe or a CI log.
-        return tqdm(disable=True if self.quiet else None, file=sys.stderr, leave=False,
-                    dynamic_ncols=True, **options)
+        return tqdm(
+            disable=True if self.quiet else None,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+            **options,
+        )
 
     def main(self, argv: list[str] | None = None) -> int:
         _keep_freed_memory()
@@ -230,8 +288,10 @@ class Command:
         except Exception as e:  # a bug: say it on one line; IOTSIG_DEBUG=1 shows the traceback
             if os.environ.get("IOTSIG_DEBUG"):
                 raise
-            self.error(f"internal error: {type(e).__name__}: {e} "
-                       "(run again with IOTSIG_DEBUG=1 for a traceback, and report it)")
+            self.error(
+                f"internal error: {type(e).__name__}: {e} "
+                "(run again with IOTSIG_DEBUG=1 for a traceback, and report it)"
+            )
             return EXIT_ERROR
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -243,9 +303,10 @@ def _keep_freed_memory() -> None:
     freed arrays up to 32 MB (glibc's largest threshold) in the heap instead."""
     try:
         import ctypes
+
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):  # not glibc: the defaults work, only slower
         pass
 

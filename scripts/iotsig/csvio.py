@@ -109,7 +109,7 @@ def write_rows(sink, frame: pd.DataFrame, float_format: str | None = None) -> No
     spelled once per distinct value and rows are joined in C: 2.4 times as fast as
     csv.writer, which checks every cell, and 3.5 times DataFrame.to_csv."""
     for start in range(0, len(frame), WRITE_BATCH_ROWS):
-        batch = frame.iloc[start:start + WRITE_BATCH_ROWS]
+        batch = frame.iloc[start : start + WRITE_BATCH_ROWS]
         columns = [_spelled(batch[name], float_format) for name in batch.columns]
         sink.write("\n".join(map(",".join, zip(*columns))) + "\n")
 
@@ -134,8 +134,13 @@ def _csv_cell(value) -> str:
     return text
 
 
-def read_table(path: Path | str, table: Table, required: list[str] | None = None,
-               columns: list[str] | None = None, compact: bool = False) -> pd.DataFrame:
+def read_table(
+    path: Path | str,
+    table: Table,
+    required: list[str] | None = None,
+    columns: list[str] | None = None,
+    compact: bool = False,
+) -> pd.DataFrame:
     """Read a CSV of `table`: text stays text (no NaN), numbers are checked and converted,
     and a missing column or an unparsable value is an InputError naming it.
     columns: read only these (default all). compact: strings as categories, for
@@ -147,16 +152,26 @@ def read_table(path: Path | str, table: Table, required: list[str] | None = None
     if missing:
         raise InputError(path, f"not a {table.name} CSV: missing column(s) {', '.join(missing)}")
     wanted = [c for c in header if columns is None or c in columns]
-    numeric = [c for c in wanted if c in table.by_name
-               and table.by_name[c].type in ("int", "float", "bool")]
+    numeric = [
+        c
+        for c in wanted
+        if c in table.by_name and table.by_name[c].type in ("int", "float", "bool")
+    ]
     text = [c for c in wanted if c in table.by_name and table.by_name[c].type == "text"]
     try:  # numbers parsed by the reader: many times faster than converting strings
         frame, text = _read_fast(path, wanted, numeric, text, compact)
         if frame is None:
-            frame = _read(path, usecols=wanted, keep_default_na=False, memory_map=True,
-                          na_values={c: [""] for c in numeric},
-                          dtype={c: ("float64" if c in numeric else "category" if compact
-                                     else str) for c in wanted})
+            frame = _read(
+                path,
+                usecols=wanted,
+                keep_default_na=False,
+                memory_map=True,
+                na_values={c: [""] for c in numeric},
+                dtype={
+                    c: ("float64" if c in numeric else "category" if compact else str)
+                    for c in wanted
+                },
+            )
     except ValueError:  # an unparsable number: read again as text to say where
         frame = _read(path, usecols=wanted, dtype=str, keep_default_na=False, na_filter=False)
         for name in wanted:
@@ -170,8 +185,7 @@ def read_table(path: Path | str, table: Table, required: list[str] | None = None
     return frame
 
 
-def _read_fast(path: Path, wanted: list[str], numeric: list[str], text: list[str],
-               compact: bool):
+def _read_fast(path: Path, wanted: list[str], numeric: list[str], text: list[str], compact: bool):
     """pyarrow's CSV reader, three times faster than pandas' (one thread: the stages run
     on one core each), and the text columns that hold an escaped cell (the others need no
     unescaping). (None, text) when it cannot take the file as it is (a bad number, a ragged
@@ -179,18 +193,24 @@ def _read_fast(path: Path, wanted: list[str], numeric: list[str], text: list[str
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
+
     # glibc's allocator, which keeps freed memory (cli._keep_freed_memory), rather than
     # pyarrow's jemalloc: a third less system time in page faults on a million rows.
     pa.set_memory_pool(pa.system_memory_pool())
     kind = pa.dictionary(pa.int32(), pa.string()) if compact else pa.string()
     try:
         table = pacsv.read_csv(
-            path, read_options=pacsv.ReadOptions(use_threads=False),
+            path,
+            read_options=pacsv.ReadOptions(use_threads=False),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.float64() if c in numeric else kind for c in wanted},
-                include_columns=wanted, null_values=[""], strings_can_be_null=False,
-                quoted_strings_can_be_null=False))
+                include_columns=wanted,
+                null_values=[""],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
     except (pa.ArrowException, OSError):
         return None, text
     if not compact:  # (categories are checked once each anyway)

@@ -30,12 +30,12 @@ from .errors import InputError
 from .schema import DETECTIONS, FLOWS
 from .timefmt import utc
 
-DEFAULT_TOLERANCE = 0.5      # counts may be 50% below the learned minimum / above the maximum
-DEFAULT_MIN_SCORE = 0.75     # share of the event patterns an occurrence needs
-MIN_WINDOW = 10.0            # seconds: the shortest automatic occurrence window
-WINDOW_FACTOR = 3.0          # automatic window: this many times the learned event span
+DEFAULT_TOLERANCE = 0.5  # counts may be 50% below the learned minimum / above the maximum
+DEFAULT_MIN_SCORE = 0.75  # share of the event patterns an occurrence needs
+MIN_WINDOW = 10.0  # seconds: the shortest automatic occurrence window
+WINDOW_FACTOR = 3.0  # automatic window: this many times the learned event span
 COUNT_METRICS = ["orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes"]
-BYTE_METRICS = {"orig_frame_bytes", "resp_frame_bytes"}   # not used with a packet profile
+BYTE_METRICS = {"orig_frame_bytes", "resp_frame_bytes"}  # not used with a packet profile
 # The fingerprint but its remote party (matched on its own: by name, class or address).
 KEY_COLUMNS = [c for c in sig.FINGERPRINT if c != "remote"]
 PORT = KEY_COLUMNS.index("server_port")
@@ -47,15 +47,18 @@ FLOW_EXTRAS = ["capture", "first_frame", "last_frame", "remote_h"]
 # Inputs: what each argument is, by content
 # ---------------------------------------------------------------------------------------
 
+
 def classify(path: Path) -> str:
     """'capture', 'signature', 'flows' or 'packets': inputs.file_kind, the one rule."""
     from .inputs import file_kind
+
     return file_kind(path, ("capture", "signature", "flows"))
 
 
 # ---------------------------------------------------------------------------------------
 # Signatures
 # ---------------------------------------------------------------------------------------
+
 
 def canonical(value) -> str:
     """A set-valued field in one spelling, as signature.fingerprints writes it."""
@@ -77,29 +80,33 @@ class Pattern:
     name: str
     order: int
     role: str
-    key: tuple                  # the KEY_COLUMNS: side, proto, server port, app fields
+    key: tuple  # the KEY_COLUMNS: side, proto, server port, app fields
     remote: str
     remote_kind: str
     remote_addrs: frozenset
-    ranges: tuple               # ((metric, low, high), ...): NaN bounds are no bound
+    ranges: tuple  # ((metric, low, high), ...): NaN bounds are no bound
     flows_max: int
     start_offset: float
-    profile: tuple = ()         # ((low, high), ...): sizes of the first payload packets
+    profile: tuple = ()  # ((low, high), ...): sizes of the first payload packets
 
     @property
     def general(self) -> bool:
         return self.remote_kind == "class" and self.remote in sig.GENERALISABLE
 
-    def remote_matches(self, remote: str, remote_general: str, remote_kind: str,
-                       remote_h: str) -> bool:
+    def remote_matches(
+        self, remote: str, remote_general: str, remote_kind: str, remote_h: str
+    ) -> bool:
         if self.general:
             return remote_general == self.remote
         if remote == self.remote:
             return True
         # A domain the capture never resolved (its DNS answer came before the capture
         # started): the addresses the domain had in the training recordings still tell.
-        return self.remote_kind == "domain" and remote_kind != "domain" \
+        return (
+            self.remote_kind == "domain"
+            and remote_kind != "domain"
             and remote_h in self.remote_addrs
+        )
 
     @property
     def is_dns(self) -> bool:
@@ -126,9 +133,9 @@ class EventSignature:
     event: str
     device_name: str
     device_ip: str
-    patterns: list[Pattern]          # event patterns, in event order
+    patterns: list[Pattern]  # event patterns, in event order
     background: list[Pattern]
-    span: float                      # learned seconds from the first to the last event flow
+    span: float  # learned seconds from the first to the last event flow
 
     @property
     def label(self) -> str:
@@ -151,31 +158,49 @@ def read_signatures(path: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[Ev
         raise InputError(path, "signature CSV without any pattern")
     signatures = []
     # One signature per event, device and variant (a route the event takes).
-    groups = frame.groupby(["event", "device_name", "device_ip", "variant"], sort=False,
-                           dropna=False)
+    groups = frame.groupby(
+        ["event", "device_name", "device_ip", "variant"], sort=False, dropna=False
+    )
     for (event, device_name, device_ip, _), rows in groups:
         if not str(device_ip).strip():
-            raise InputError(path, f"event {event!r}: empty device_ip: the detector cannot "
-                                   "tell which flows are the device's")
+            raise InputError(
+                path,
+                f"event {event!r}: empty device_ip: the detector cannot "
+                "tell which flows are the device's",
+            )
         patterns = [_pattern(row, tolerance) for row in rows.itertuples(index=False)]
         events = sorted((p for p in patterns if p.role == "event"), key=lambda p: p.order)
         background = [p for p in patterns if p.role != "event"]
         event_rows = rows[rows["role"] == "event"]
-        ends = (pd.to_numeric(event_rows["start_offset_median"], errors="coerce").fillna(0)
-                + pd.to_numeric(event_rows["duration_max"], errors="coerce").fillna(0))
+        ends = pd.to_numeric(event_rows["start_offset_median"], errors="coerce").fillna(
+            0
+        ) + pd.to_numeric(event_rows["duration_max"], errors="coerce").fillna(0)
         starts = pd.to_numeric(event_rows["start_offset_median"], errors="coerce").fillna(0)
         span = float(ends.max() - starts.min()) if len(event_rows) else 0.0
-        signatures.append(EventSignature(str(path), str(event), str(device_name),
-                                         str(device_ip).strip(), events, background,
-                                         max(span, 0.0)))
+        signatures.append(
+            EventSignature(
+                str(path),
+                str(event),
+                str(device_name),
+                str(device_ip).strip(),
+                events,
+                background,
+                max(span, 0.0),
+            )
+        )
     return signatures
 
 
 def _key(values: dict) -> tuple:
     """A pattern's or a fingerprinted flow's KEY_COLUMNS, spelled one way."""
-    return tuple(_port(values[c]) if c == "server_port" else
-                 canonical(values[c]) if c in sig.FINGERPRINT_FIELDS else
-                 ("" if values[c] != values[c] else str(values[c])) for c in KEY_COLUMNS)
+    return tuple(
+        _port(values[c])
+        if c == "server_port"
+        else canonical(values[c])
+        if c in sig.FINGERPRINT_FIELDS
+        else ("" if values[c] != values[c] else str(values[c]))
+        for c in KEY_COLUMNS
+    )
 
 
 def _pattern(row, tolerance: float) -> Pattern:
@@ -184,27 +209,40 @@ def _pattern(row, tolerance: float) -> Pattern:
     ranges = []
     for metric in COUNT_METRICS:
         low, high = values[f"{metric}_min"], values[f"{metric}_max"]
-        ranges.append((metric, low * (1 - tolerance) if low == low else low,
-                       high * (1 + tolerance) if high == high else high))
+        ranges.append(
+            (
+                metric,
+                low * (1 - tolerance) if low == low else low,
+                high * (1 + tolerance) if high == high else high,
+            )
+        )
     flows_max = values["flows_max"]
     addresses = frozenset(a for a in str(values["remote_addrs"] or "").split(";") if a)
     offset = values["start_offset_median"]
-    return Pattern(str(values["pattern"]), _port(values["order"]), str(values["role"]), key,
-                   str(values["remote"]), str(values["remote_kind"]), addresses, tuple(ranges),
-                   int(flows_max) if flows_max == flows_max and flows_max >= 1 else 1,
-                   float(offset) if offset == offset else 0.0,
-                   sig.parse_profile(values["packet_profile"]))
+    return Pattern(
+        str(values["pattern"]),
+        _port(values["order"]),
+        str(values["role"]),
+        key,
+        str(values["remote"]),
+        str(values["remote_kind"]),
+        addresses,
+        tuple(ranges),
+        int(flows_max) if flows_max == flows_max and flows_max >= 1 else 1,
+        float(offset) if offset == offset else 0.0,
+        sig.parse_profile(values["packet_profile"]),
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Flows of a capture, seen from one device
 # ---------------------------------------------------------------------------------------
 
+
 def read_flows(path: Path) -> pd.DataFrame:
     """A flows CSV: the columns a fingerprint needs (named when missing), and the frame
     numbers and remote address where the file has them."""
-    return csvio.read_table(path, FLOWS, required=sig.REQUIRED,
-                            columns=sig.REQUIRED + FLOW_EXTRAS)
+    return csvio.read_table(path, FLOWS, required=sig.REQUIRED, columns=sig.REQUIRED + FLOW_EXTRAS)
 
 
 def device_view(flows: pd.DataFrame, capture: str, device_ip: str) -> pd.DataFrame:
@@ -226,31 +264,32 @@ def device_view(flows: pd.DataFrame, capture: str, device_ip: str) -> pd.DataFra
 # Occurrences
 # ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class DetectOptions:
     # (the count tolerance is applied when reading the signatures: read_signatures)
     min_score: float = DEFAULT_MIN_SCORE
-    window: float | None = None     # seconds; None: from each signature's learned span
-    strict_order: bool = False      # count patterns seen out of order as missing
+    window: float | None = None  # seconds; None: from each signature's learned span
+    strict_order: bool = False  # count patterns seen out of order as missing
 
 
 @dataclass
 class Occurrence:
     capture: str
     signature: EventSignature
-    flows: dict = field(default_factory=dict)   # pattern name -> [view row positions]
-    matched: list = field(default_factory=list)   # pattern names, in the order seen
+    flows: dict = field(default_factory=dict)  # pattern name -> [view row positions]
+    matched: list = field(default_factory=list)  # pattern names, in the order seen
     out_of_order: list = field(default_factory=list)
     start: float = math.nan
     end: float = math.nan
     first_frame: float = math.nan
     last_frame: float = math.nan
     uids: list = field(default_factory=list)
-    pattern_uids: dict = field(default_factory=dict)   # pattern name -> [flow uids]
+    pattern_uids: dict = field(default_factory=dict)  # pattern name -> [flow uids]
     status: str = "detected"
     explained_by: str = ""
     strict: bool = False
-    unobservable: frozenset = frozenset()   # patterns the capture cannot show
+    unobservable: frozenset = frozenset()  # patterns the capture cannot show
 
     @property
     def expected(self) -> list:
@@ -278,8 +317,7 @@ class Occurrence:
 
     def rank(self) -> tuple:
         """More complete first, then more evidence, then the more specific signature."""
-        return (round(self.score, 9), len(self.counted), self.total,
-                -len(self.out_of_order))
+        return (round(self.score, 9), len(self.counted), self.total, -len(self.out_of_order))
 
 
 def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
@@ -295,8 +333,9 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
         numbers.sort(key=lambda n: patterns[n].general)
     keys = view[KEY_COLUMNS].astype(object).to_numpy()
     remotes = view[["remote", "remote_general", "remote_kind", "remote_h"]].astype(str).to_numpy()
-    counts = {m: pd.to_numeric(view[m], errors="coerce").to_numpy(dtype=float)
-              for m in COUNT_METRICS}
+    counts = {
+        m: pd.to_numeric(view[m], errors="coerce").to_numpy(dtype=float) for m in COUNT_METRICS
+    }
     sizes = sig.payload_matrix(view["first_payload_sizes"])
     for row in range(len(view)):
         key = list(keys[row])  # (fingerprints() already spelled the sets canonically)
@@ -307,15 +346,19 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
         values = {m: counts[m][row] for m in COUNT_METRICS}
         for number in candidates:
             pattern = patterns[number]
-            if pattern.remote_matches(*remotes[row]) and pattern.counts_match(values) \
-                    and pattern.packets_match(sizes[row]):
+            if (
+                pattern.remote_matches(*remotes[row])
+                and pattern.counts_match(values)
+                and pattern.packets_match(sizes[row])
+            ):
                 result[row] = number
                 break
     return result
 
 
-def find_occurrences(view: pd.DataFrame, signature: EventSignature, capture: str,
-                     options: DetectOptions) -> list[Occurrence]:
+def find_occurrences(
+    view: pd.DataFrame, signature: EventSignature, capture: str, options: DetectOptions
+) -> list[Occurrence]:
     """Group the flows matching the signature's event patterns into occurrences: an
     occurrence spans at most the window from its first flow, and the pattern it opened
     with, seen more often than in any training recording, opens the next one (the event
@@ -327,8 +370,9 @@ def find_occurrences(view: pd.DataFrame, signature: EventSignature, capture: str
     rows = np.flatnonzero(matches >= 0)
     if not len(rows):
         return []
-    order = np.lexsort((view["first_frame"].to_numpy(dtype=float)[rows],
-                        view["ts"].to_numpy(dtype=float)[rows]))
+    order = np.lexsort(
+        (view["first_frame"].to_numpy(dtype=float)[rows], view["ts"].to_numpy(dtype=float)[rows])
+    )
     rows = rows[order]
     window = signature.window(options.window)
     ts = view["ts"].to_numpy(dtype=float)
@@ -342,8 +386,9 @@ def find_occurrences(view: pd.DataFrame, signature: EventSignature, capture: str
         pattern = signature.patterns[matches[row]]
         restart = pattern is anchor and len(current.flows[pattern.name]) >= pattern.flows_max
         if current is None or ts[row] - opened > window or restart:
-            current = Occurrence(capture, signature, strict=options.strict_order,
-                                 unobservable=unobservable)
+            current = Occurrence(
+                capture, signature, strict=options.strict_order, unobservable=unobservable
+            )
             occurrences.append(current)
             anchor, opened = pattern, ts[row]
         current.flows.setdefault(pattern.name, []).append(row)
@@ -362,8 +407,13 @@ def _describe(occurrence: Occurrence, view: pd.DataFrame) -> None:
     occurrence.uids = part.sort_values(["ts", "first_frame"])["uid"].astype(str).tolist()
     uids = view["uid"].astype(str).to_numpy()
     occurrence.pattern_uids = {name: [uids[r] for r in rs] for name, rs in occurrence.flows.items()}
-    first_seen = sorted(occurrence.flows, key=lambda n: (
-        view["ts"].iat[occurrence.flows[n][0]], view["first_frame"].iat[occurrence.flows[n][0]]))
+    first_seen = sorted(
+        occurrence.flows,
+        key=lambda n: (
+            view["ts"].iat[occurrence.flows[n][0]],
+            view["first_frame"].iat[occurrence.flows[n][0]],
+        ),
+    )
     occurrence.matched = first_seen
     positions = {p.name: p.order for p in occurrence.signature.patterns}
     occurrence.out_of_order = out_of_order(first_seen, positions)
@@ -400,11 +450,14 @@ def resolve(occurrences: list[Occurrence]) -> None:
     accepted: list[Occurrence] = []
     for occurrence in ranked:
         for better in accepted:
-            if better.signature.device_ip != occurrence.signature.device_ip \
-                    or better.signature is occurrence.signature:
+            if (
+                better.signature.device_ip != occurrence.signature.device_ip
+                or better.signature is occurrence.signature
+            ):
                 continue
             larger = len(better.uids) > len(occurrence.uids) or (
-                len(better.uids) == len(occurrence.uids) and better.rank() > occurrence.rank())
+                len(better.uids) == len(occurrence.uids) and better.rank() > occurrence.rank()
+            )
             if larger and _overlap(occurrence, better) and _explains(better, occurrence):
                 occurrence.status = "explained"
                 occurrence.explained_by = better.signature.event
@@ -433,9 +486,13 @@ def _explains(better: Occurrence, other: Occurrence) -> bool:
     return True
 
 
-def detect(flows: pd.DataFrame, capture: str, signatures: list[EventSignature],
-           options: DetectOptions | None = None, timings: dict | None = None
-           ) -> list[Occurrence]:
+def detect(
+    flows: pd.DataFrame,
+    capture: str,
+    signatures: list[EventSignature],
+    options: DetectOptions | None = None,
+    timings: dict | None = None,
+) -> list[Occurrence]:
     """Every occurrence scoring at least options.min_score, explained ones marked.
     timings: if given, seconds spent per signature label are added to it (the device's
     fingerprinted view counted for each signature that uses it: as if run alone)."""
@@ -453,8 +510,9 @@ def detect(flows: pd.DataFrame, capture: str, signatures: list[EventSignature],
             if occurrence.score >= options.min_score - 1e-9:
                 found.append(occurrence)
         if timings is not None:
-            timings[signature.label] = (timings.get(signature.label, 0.0) + view_seconds
-                                        + time.perf_counter() - started)
+            timings[signature.label] = (
+                timings.get(signature.label, 0.0) + view_seconds + time.perf_counter() - started
+            )
     resolve(found)
     return sorted(found, key=lambda o: (o.start, o.signature.event))
 
@@ -463,19 +521,34 @@ def detect(flows: pd.DataFrame, capture: str, signatures: list[EventSignature],
 # Output
 # ---------------------------------------------------------------------------------------
 
+
 def detections_frame(occurrences: list[Occurrence]) -> pd.DataFrame:
     rows = []
     for o in occurrences:
         s = o.signature
-        rows.append({
-            "capture": o.capture, "event": s.event, "device_name": s.device_name,
-            "device_ip": s.device_ip, "start": round(o.start, 6), "end": round(o.end, 6),
-            "start_utc": utc(o.start), "first_frame": o.first_frame, "last_frame": o.last_frame,
-            "score": round(o.score, 4), "patterns_matched": len(o.counted),
-            "patterns_total": o.total, "matched_patterns": ";".join(o.counted),
-            "missing_patterns": ";".join(o.missing),
-            "out_of_order": ";".join(o.out_of_order), "flows": ";".join(o.uids),
-            "status": o.status, "explained_by": o.explained_by, "signature": s.source})
+        rows.append(
+            {
+                "capture": o.capture,
+                "event": s.event,
+                "device_name": s.device_name,
+                "device_ip": s.device_ip,
+                "start": round(o.start, 6),
+                "end": round(o.end, 6),
+                "start_utc": utc(o.start),
+                "first_frame": o.first_frame,
+                "last_frame": o.last_frame,
+                "score": round(o.score, 4),
+                "patterns_matched": len(o.counted),
+                "patterns_total": o.total,
+                "matched_patterns": ";".join(o.counted),
+                "missing_patterns": ";".join(o.missing),
+                "out_of_order": ";".join(o.out_of_order),
+                "flows": ";".join(o.uids),
+                "status": o.status,
+                "explained_by": o.explained_by,
+                "signature": s.source,
+            }
+        )
     if not rows:
         return csvio.empty_frame(DETECTIONS)
     return pd.DataFrame(rows, columns=DETECTIONS.names)
@@ -487,12 +560,16 @@ def summary_line(capture: str, occurrences: list[Occurrence]) -> str:
     if not detected:
         text = f"{capture}: no event detected"
     else:
-        parts = [f"{o.signature.event} at {utc(o.start)} (frames {_frames(o)}, score "
-                 f"{o.score:.2f}, {len(o.counted)}/{o.total} patterns)" for o in detected]
+        parts = [
+            f"{o.signature.event} at {utc(o.start)} (frames {_frames(o)}, score "
+            f"{o.score:.2f}, {len(o.counted)}/{o.total} patterns)"
+            for o in detected
+        ]
         text = f"{capture}: {len(detected)} detection(s): " + "; ".join(parts)
     if explained:
         text += "; explained by a better match: " + ", ".join(
-            f"{o.signature.event} (by {o.explained_by})" for o in explained)
+            f"{o.signature.event} (by {o.explained_by})" for o in explained
+        )
     return text
 
 

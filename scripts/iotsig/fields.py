@@ -18,17 +18,54 @@ import numpy as np
 import pandas as pd
 
 # Vocabularies: Wireshark's numbers -> the names network people read.
-DNS_TYPES = {"1": "A", "2": "NS", "5": "CNAME", "6": "SOA", "12": "PTR", "13": "HINFO",
-             "15": "MX", "16": "TXT", "28": "AAAA", "33": "SRV", "35": "NAPTR", "41": "OPT",
-             "43": "DS", "46": "RRSIG", "47": "NSEC", "48": "DNSKEY", "52": "TLSA",
-             "64": "SVCB", "65": "HTTPS", "255": "ANY"}
-DHCP_TYPES = {"1": "discover", "2": "offer", "3": "request", "4": "decline", "5": "ack",
-              "6": "nak", "7": "release", "8": "inform", "9": "forcerenew",
-              "10": "leasequery", "11": "leaseunassigned", "12": "leaseunknown",
-              "13": "leaseactive"}
+DNS_TYPES = {
+    "1": "A",
+    "2": "NS",
+    "5": "CNAME",
+    "6": "SOA",
+    "12": "PTR",
+    "13": "HINFO",
+    "15": "MX",
+    "16": "TXT",
+    "28": "AAAA",
+    "33": "SRV",
+    "35": "NAPTR",
+    "41": "OPT",
+    "43": "DS",
+    "46": "RRSIG",
+    "47": "NSEC",
+    "48": "DNSKEY",
+    "52": "TLSA",
+    "64": "SVCB",
+    "65": "HTTPS",
+    "255": "ANY",
+}
+DHCP_TYPES = {
+    "1": "discover",
+    "2": "offer",
+    "3": "request",
+    "4": "decline",
+    "5": "ack",
+    "6": "nak",
+    "7": "release",
+    "8": "inform",
+    "9": "forcerenew",
+    "10": "leasequery",
+    "11": "leaseunassigned",
+    "12": "leaseunknown",
+    "13": "leaseactive",
+}
 COAP_TYPES = {"0": "CON", "1": "NON", "2": "ACK", "3": "RST"}
-COAP_METHODS = {"0": "EMPTY", "1": "GET", "2": "POST", "3": "PUT", "4": "DELETE",
-                "5": "FETCH", "6": "PATCH", "7": "iPATCH"}
+COAP_METHODS = {
+    "0": "EMPTY",
+    "1": "GET",
+    "2": "POST",
+    "3": "PUT",
+    "4": "DELETE",
+    "5": "FETCH",
+    "6": "PATCH",
+    "7": "iPATCH",
+}
 ARP_OPCODES = {"1": "request", "2": "reply", "3": "rarp-request", "4": "rarp-reply"}
 
 
@@ -81,34 +118,38 @@ def arp_opcode(values) -> pd.Series:
 
 def named(names: dict, unknown_prefix: str):
     """Numbers -> names from a vocabulary, unknown ones as prefix + number."""
+
     def name_all(value: str) -> str:
         if not value:
             return ""
         parts = (names.get(v, f"{unknown_prefix}{v}") for v in value.split(";"))
         return ";".join(dict.fromkeys(parts))
+
     return lambda values: map_uniques(values, name_all)
 
 
 def coap_codes(values) -> pd.Series:
     """CoAP code numbers -> a method (GET ...) or a response code class.detail (2.05)."""
+
     def one(code: str) -> str:
         number = int(code)
         return COAP_METHODS.get(code) if number < 32 else f"{number >> 5}.{number & 31:02d}"
 
     def spell(value: str) -> str:
         return ";".join(dict.fromkeys(one(c) for c in value.split(";") if c.isdigit()))
+
     return map_uniques(values, spell)
 
 
 @dataclass(frozen=True)
 class AppField:
-    name: str                 # the CSV column (packets, and flows/signature where carried)
-    tshark: tuple[str, ...]   # Wireshark fields read; the first is the one spelled
-    type: str                 # schema type: "text" (attacker-controlled), "str", "int", "bool"
-    meaning: str              # in the packets CSV
+    name: str  # the CSV column (packets, and flows/signature where carried)
+    tshark: tuple[str, ...]  # Wireshark fields read; the first is the one spelled
+    type: str  # schema type: "text" (attacker-controlled), "str", "int", "bool"
+    meaning: str  # in the packets CSV
     spell: object = distinct  # tshark's column(s) -> the CSV column, vectorised
-    label: str = ""           # pattern.txt / evaluation: "DNS query"; "" for packet-only
-    flow_meaning: str = ""    # in the flows CSV; "" when the field stays in the packets CSV
+    label: str = ""  # pattern.txt / evaluation: "DNS query"; "" for packet-only
+    flow_meaning: str = ""  # in the flows CSV; "" when the field stays in the packets CSV
     fingerprint: bool = True  # part of the flow fingerprint (when carried into flows)
 
     @property
@@ -121,52 +162,141 @@ class AppField:
 
 
 REGISTRY = [
-    AppField("dns_qry_name", ("dns.qry.name",), "text",
-             "DNS/mDNS query name(s), ';' between several",
-             label="DNS query", flow_meaning="DNS query names, ';' between distinct values"),
-    AppField("dns_qry_type", ("dns.qry.type",), "str",
-             "query type (A, AAAA, PTR, ...), ';' between several", named(DNS_TYPES, "TYPE"),
-             label="type", flow_meaning="DNS query types"),
-    AppField("dns_flags_response", ("dns.flags.response",), "bool",
-             "1 for a DNS response, 0 for a query", first),
-    AppField("dns_answer_addrs", ("dns.a", "dns.aaaa"), "str",
-             "addresses answered (A and AAAA records), ';' between them", joined),
-    AppField("http_request_method", ("http.request.method",), "text",
-             "HTTP (and SSDP) request method",
-             label="HTTP", flow_meaning="HTTP request methods"),
-    AppField("http_request_uri", ("http.request.uri",), "text", "HTTP request URI", as_is,
-             label="URI", flow_meaning="HTTP request URIs"),
-    AppField("http_host", ("http.host",), "text", "HTTP Host header",
-             label="host", flow_meaning="HTTP hosts", fingerprint=False),
+    AppField(
+        "dns_qry_name",
+        ("dns.qry.name",),
+        "text",
+        "DNS/mDNS query name(s), ';' between several",
+        label="DNS query",
+        flow_meaning="DNS query names, ';' between distinct values",
+    ),
+    AppField(
+        "dns_qry_type",
+        ("dns.qry.type",),
+        "str",
+        "query type (A, AAAA, PTR, ...), ';' between several",
+        named(DNS_TYPES, "TYPE"),
+        label="type",
+        flow_meaning="DNS query types",
+    ),
+    AppField(
+        "dns_flags_response",
+        ("dns.flags.response",),
+        "bool",
+        "1 for a DNS response, 0 for a query",
+        first,
+    ),
+    AppField(
+        "dns_answer_addrs",
+        ("dns.a", "dns.aaaa"),
+        "str",
+        "addresses answered (A and AAAA records), ';' between them",
+        joined,
+    ),
+    AppField(
+        "http_request_method",
+        ("http.request.method",),
+        "text",
+        "HTTP (and SSDP) request method",
+        label="HTTP",
+        flow_meaning="HTTP request methods",
+    ),
+    AppField(
+        "http_request_uri",
+        ("http.request.uri",),
+        "text",
+        "HTTP request URI",
+        as_is,
+        label="URI",
+        flow_meaning="HTTP request URIs",
+    ),
+    AppField(
+        "http_host",
+        ("http.host",),
+        "text",
+        "HTTP Host header",
+        label="host",
+        flow_meaning="HTTP hosts",
+        fingerprint=False,
+    ),
     AppField("http_response_code", ("http.response.code",), "int", "HTTP status code", first),
-    AppField("coap_type", ("coap.type",), "str", "CoAP message type: CON, NON, ACK, RST",
-             named(COAP_TYPES, ""), label="CoAP", flow_meaning="CoAP message types"),
-    AppField("coap_code", ("coap.code",), "str",
-             "CoAP method (GET, POST, PUT, DELETE) or response code (2.05 ...)", coap_codes,
-             label="code", flow_meaning="CoAP methods / codes"),
-    AppField("coap_uri", ("coap.opt.uri_path_recon",), "text", "CoAP URI path", as_is,
-             label="URI", flow_meaning="CoAP URI paths"),
-    AppField("dhcp_msg_type", ("dhcp.option.dhcp",), "str",
-             "DHCP message type: discover, offer, request, ack, ...", named(DHCP_TYPES, "type-"),
-             label="DHCP", flow_meaning="DHCP message types"),
-    AppField("dhcp_hostname", ("dhcp.option.hostname",), "text", "DHCP client host name option",
-             as_is),
-    AppField("tls_server_name", ("tls.handshake.extensions_server_name",), "text",
-             "TLS (and QUIC) server name indication",
-             label="TLS server name", flow_meaning="TLS server names"),
-    AppField("icmp_type", ("icmp.type", "icmpv6.type"), "int", "ICMP or ICMPv6 type",
-             first_present, label="ICMP type", flow_meaning="ICMP types"),
-    AppField("arp_opcode", ("arp.opcode",), "str", "request or reply",
-             arp_opcode, label="ARP", flow_meaning="ARP opcodes"),
+    AppField(
+        "coap_type",
+        ("coap.type",),
+        "str",
+        "CoAP message type: CON, NON, ACK, RST",
+        named(COAP_TYPES, ""),
+        label="CoAP",
+        flow_meaning="CoAP message types",
+    ),
+    AppField(
+        "coap_code",
+        ("coap.code",),
+        "str",
+        "CoAP method (GET, POST, PUT, DELETE) or response code (2.05 ...)",
+        coap_codes,
+        label="code",
+        flow_meaning="CoAP methods / codes",
+    ),
+    AppField(
+        "coap_uri",
+        ("coap.opt.uri_path_recon",),
+        "text",
+        "CoAP URI path",
+        as_is,
+        label="URI",
+        flow_meaning="CoAP URI paths",
+    ),
+    AppField(
+        "dhcp_msg_type",
+        ("dhcp.option.dhcp",),
+        "str",
+        "DHCP message type: discover, offer, request, ack, ...",
+        named(DHCP_TYPES, "type-"),
+        label="DHCP",
+        flow_meaning="DHCP message types",
+    ),
+    AppField(
+        "dhcp_hostname", ("dhcp.option.hostname",), "text", "DHCP client host name option", as_is
+    ),
+    AppField(
+        "tls_server_name",
+        ("tls.handshake.extensions_server_name",),
+        "text",
+        "TLS (and QUIC) server name indication",
+        label="TLS server name",
+        flow_meaning="TLS server names",
+    ),
+    AppField(
+        "icmp_type",
+        ("icmp.type", "icmpv6.type"),
+        "int",
+        "ICMP or ICMPv6 type",
+        first_present,
+        label="ICMP type",
+        flow_meaning="ICMP types",
+    ),
+    AppField(
+        "arp_opcode",
+        ("arp.opcode",),
+        "str",
+        "request or reply",
+        arp_opcode,
+        label="ARP",
+        flow_meaning="ARP opcodes",
+    ),
 ]
 BY_NAME = {f.name: f for f in REGISTRY}
-PACKET_FIELDS = [f.name for f in REGISTRY]                     # packets CSV columns
-FLOW_FIELDS = [f.name for f in REGISTRY if f.in_flows]         # carried into the flows CSV
+PACKET_FIELDS = [f.name for f in REGISTRY]  # packets CSV columns
+FLOW_FIELDS = [f.name for f in REGISTRY if f.in_flows]  # carried into the flows CSV
 FINGERPRINT_FIELDS = [f.name for f in REGISTRY if f.in_flows and f.fingerprint]
 TSHARK_FIELDS = [t for f in REGISTRY for t in f.tshark]
 
 
 def application_text(row, separator: str = ", ") -> str:
     """A pattern's application fields in words: 'DNS query a.example, type A'."""
-    return separator.join(f"{BY_NAME[name].label} {value}" for name in FINGERPRINT_FIELDS
-                          if isinstance(value := getattr(row, name, ""), str) and value)
+    return separator.join(
+        f"{BY_NAME[name].label} {value}"
+        for name in FINGERPRINT_FIELDS
+        if isinstance(value := getattr(row, name, ""), str) and value
+    )

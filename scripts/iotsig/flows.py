@@ -20,26 +20,78 @@ from .fields import FLOW_FIELDS
 from .parties import address_class, canonical_ip, canonical_ips
 from .schema import FLOWS
 
-DEFAULT_IDLE_TIMEOUT = 120.0   # NFStream's default idle timeout
+DEFAULT_IDLE_TIMEOUT = 120.0  # NFStream's default idle timeout
 DEFAULT_MAX_DURATION = 600.0
 FIRST_SIZES = 10
-PORT_SPAN = 65537              # endpoint key = address code * PORT_SPAN + port + 1
+PORT_SPAN = 65537  # endpoint key = address code * PORT_SPAN + port + 1
 
 # Columns the flow builder reads from a packets CSV: the packet's own, and what names the
 # remote party (DNS answers, TLS server name, HTTP host). The other application fields are
 # carried into the flows where the packets CSV has them.
-REQUIRED = ["capture", "frame_number", "ts", "frame_len", "eth_src", "eth_dst", "ip_src",
-            "ip_dst", "l4_proto", "src_port", "dst_port", "tcp_flags", "l4_payload_len",
-            "highest_layer", "dns_qry_name", "dns_flags_response", "dns_answer_addrs",
-            "http_host", "tls_server_name"]
-OPTIONAL = ["eth_src_vendor", "eth_dst_vendor", "direction",
-            *[f for f in FLOW_FIELDS if f not in REQUIRED]]
-GENERIC_LAYERS = {"", "eth", "sll", "ip", "ipv6", "tcp", "udp", "data", "icmp", "icmpv6",
-                  "arp", "igmp", "ethertype", "llc", "vlan", "_ws.malformed", "_ws.short",
-                  # content carried by a protocol, not a protocol of its own
-                  "x509ce", "x509af", "x509sat", "x509if", "pkix1explicit", "pkix1implicit",
-                  "ocsp", "cms", "ber", "image-jfif", "image-gif", "png", "media",
-                  "data-text-lines", "xml", "urlencoded-form", "mime_multipart"}
+REQUIRED = [
+    "capture",
+    "frame_number",
+    "ts",
+    "frame_len",
+    "eth_src",
+    "eth_dst",
+    "ip_src",
+    "ip_dst",
+    "l4_proto",
+    "src_port",
+    "dst_port",
+    "tcp_flags",
+    "l4_payload_len",
+    "highest_layer",
+    "dns_qry_name",
+    "dns_flags_response",
+    "dns_answer_addrs",
+    "http_host",
+    "tls_server_name",
+]
+OPTIONAL = [
+    "eth_src_vendor",
+    "eth_dst_vendor",
+    "direction",
+    *[f for f in FLOW_FIELDS if f not in REQUIRED],
+]
+GENERIC_LAYERS = {
+    "",
+    "eth",
+    "sll",
+    "ip",
+    "ipv6",
+    "tcp",
+    "udp",
+    "data",
+    "icmp",
+    "icmpv6",
+    "arp",
+    "igmp",
+    "ethertype",
+    "llc",
+    "vlan",
+    "_ws.malformed",
+    "_ws.short",
+    # content carried by a protocol, not a protocol of its own
+    "x509ce",
+    "x509af",
+    "x509sat",
+    "x509if",
+    "pkix1explicit",
+    "pkix1implicit",
+    "ocsp",
+    "cms",
+    "ber",
+    "image-jfif",
+    "image-gif",
+    "png",
+    "media",
+    "data-text-lines",
+    "xml",
+    "urlencoded-form",
+    "mime_multipart",
+}
 
 
 @dataclass
@@ -65,14 +117,38 @@ def build_flows(packets: pd.DataFrame, options: FlowOptions | None = None) -> pd
 
 # Text columns stay pandas categoricals throughout: a million packets carry a few thousand
 # distinct strings, and integer codes sort, group and compare fast in little memory.
-TEXT_COLUMNS = ["capture", "l4_proto", "tcp_flags", "highest_layer", "eth_src", "eth_dst",
-                "ip_src", "ip_dst", "direction", "eth_src_vendor", "eth_dst_vendor",
-                *FLOW_FIELDS, "dns_flags_response", "dns_answer_addrs"]
+TEXT_COLUMNS = [
+    "capture",
+    "l4_proto",
+    "tcp_flags",
+    "highest_layer",
+    "eth_src",
+    "eth_dst",
+    "ip_src",
+    "ip_dst",
+    "direction",
+    "eth_src_vendor",
+    "eth_dst_vendor",
+    *FLOW_FIELDS,
+    "dns_flags_response",
+    "dns_answer_addrs",
+]
 # What the flow statistics read packet by packet, gathered in flow order; the text columns
 # stay in capture order and are looked up by row (most are empty in most packets).
-FLOW_ORDER_COLUMNS = ["ts", "frame_len", "frame_number", "src_port", "dst_port",
-                      "l4_payload_len", "src_addr", "dst_addr", "src_key", "dst_key",
-                      "syn", "syn_ack"]
+FLOW_ORDER_COLUMNS = [
+    "ts",
+    "frame_len",
+    "frame_number",
+    "src_port",
+    "dst_port",
+    "l4_payload_len",
+    "src_addr",
+    "dst_addr",
+    "src_key",
+    "dst_key",
+    "syn",
+    "syn_ack",
+]
 
 
 def _categorical(packets: pd.DataFrame, name: str, n: int) -> pd.Series:
@@ -113,6 +189,7 @@ class Packets(dict):
     """The packets' columns by name, in capture order: text as categorical Series, numbers
     as numpy arrays (a dict, not a DataFrame, which would copy each column put in it), and
     the vocabulary that src_addr and dst_addr index."""
+
     addresses: np.ndarray
 
 
@@ -124,9 +201,13 @@ def _prepare(packets: pd.DataFrame) -> Packets:
     for name in TEXT_COLUMNS:
         p[name] = _categorical(packets, name, n)
     # One spelling per address, as tshark writes them, whatever a person typed in a CSV.
-    for name, spell in (("ip_src", canonical_ip), ("ip_dst", canonical_ip),
-                        ("eth_src", str.lower), ("eth_dst", str.lower),
-                        ("dns_answer_addrs", canonical_ips)):
+    for name, spell in (
+        ("ip_src", canonical_ip),
+        ("ip_dst", canonical_ip),
+        ("eth_src", str.lower),
+        ("eth_dst", str.lower),
+        ("dns_answer_addrs", canonical_ips),
+    ):
         p[name] = _respelled(p[name], spell)
     for name in ("ts", "frame_len", "frame_number", "src_port", "dst_port", "l4_payload_len"):
         p[name] = pd.to_numeric(packets[name], errors="coerce").to_numpy(dtype=float)
@@ -134,11 +215,20 @@ def _prepare(packets: pd.DataFrame) -> Packets:
         p[name] = np.nan_to_num(p[name], nan=0.0)
     # Address of each side: IP when there is one (ARP sender/target IP too), else MAC;
     # all four columns coded against one vocabulary so that the two sides compare.
-    vocabulary = pd.Index(pd.unique(np.concatenate(
-        [np.asarray(p[c].cat.categories, dtype=object)
-         for c in ("ip_src", "ip_dst", "eth_src", "eth_dst")])))
+    vocabulary = pd.Index(
+        pd.unique(
+            np.concatenate(
+                [
+                    np.asarray(p[c].cat.categories, dtype=object)
+                    for c in ("ip_src", "ip_dst", "eth_src", "eth_dst")
+                ]
+            )
+        )
+    )
+
     def coded(name):
         return vocabulary.get_indexer(p[name].cat.categories)[p[name].cat.codes.to_numpy()]
+
     ip_src, ip_dst = coded("ip_src"), coded("ip_dst")
     empty = vocabulary.get_loc("") if "" in vocabulary else -2
     p["src_addr"] = np.where(ip_src != empty, ip_src, coded("eth_src")).astype(np.int64)
@@ -157,8 +247,12 @@ def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndar
     order within a flow: for each, its row in p and its flow number."""
     # Conversation: capture, protocol and both endpoints (lower key first); sorted by it,
     # then time. lexsort is stable: packets at the same time keep their capture order.
-    conversation = [p["capture"].cat.codes.to_numpy(), p["l4_proto"].cat.codes.to_numpy(),
-                    np.minimum(p["src_key"], p["dst_key"]), np.maximum(p["src_key"], p["dst_key"])]
+    conversation = [
+        p["capture"].cat.codes.to_numpy(),
+        p["l4_proto"].cat.codes.to_numpy(),
+        np.minimum(p["src_key"], p["dst_key"]),
+        np.maximum(p["src_key"], p["dst_key"]),
+    ]
     order = np.lexsort([p["ts"], *reversed(conversation)])
     same = np.ones(len(order), dtype=bool)
     same[0] = False
@@ -205,10 +299,15 @@ def _tcp_kinds(flags: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ECN-setup SYN or SYN-ACK are ignored. Decided once per distinct flags value."""
     categories = [str(c).replace("E", "").replace("C", "") for c in flags.cat.categories]
     codes = flags.cat.codes.to_numpy()
+
     def table(test):
         return np.array([test(c) for c in categories] + [False])[codes]  # code -1: none
-    return (table(lambda c: c == "S"), table(lambda c: c == "SA"),
-            table(lambda c: "F" in c or "R" in c))
+
+    return (
+        table(lambda c: c == "S"),
+        table(lambda c: c == "SA"),
+        table(lambda c: "F" in c or "R" in c),
+    )
 
 
 def _flow_starts(flow: np.ndarray) -> np.ndarray:
@@ -314,8 +413,9 @@ def _group_stats(groups: np.ndarray, values: np.ndarray, n: int) -> dict[str, np
     return result
 
 
-def _distinct_per_flow(column: pd.Series, place: np.ndarray, s: dict[str, np.ndarray], n: int,
-                       skip: set | None = None) -> np.ndarray:
+def _distinct_per_flow(
+    column: pd.Series, place: np.ndarray, s: dict[str, np.ndarray], n: int, skip: set | None = None
+) -> np.ndarray:
     """Distinct non-empty values of each flow, ';'-joined in first-seen order. Only the
     packets that carry a value are looked at: most columns are empty in most packets."""
     wanted = np.append(~column.cat.categories.isin((skip or set()) | {""}), False)  # code -1
@@ -359,16 +459,18 @@ def _join_sorted(groups: np.ndarray, values: np.ndarray, separator: str):
     return groups[starts], np.array(joined, dtype=object)
 
 
-def _first_sizes(flow: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
-                 is_orig: np.ndarray, n: int) -> np.ndarray:
+def _first_sizes(
+    flow: np.ndarray, starts: np.ndarray, sizes: np.ndarray, is_orig: np.ndarray, n: int
+) -> np.ndarray:
     position = np.arange(len(flow)) - np.repeat(starts, np.diff(np.r_[starts, len(flow)]))
     head = np.flatnonzero(position < FIRST_SIZES)
     signed = np.where(is_orig[head], sizes[head], -sizes[head]).astype(np.int64)
     return _spell_sizes(flow[head], signed, n)
 
 
-def _first_payload_sizes(flow: np.ndarray, sizes: np.ndarray, payload: np.ndarray,
-                         is_orig: np.ndarray, n: int) -> np.ndarray:
+def _first_payload_sizes(
+    flow: np.ndarray, sizes: np.ndarray, payload: np.ndarray, is_orig: np.ndarray, n: int
+) -> np.ndarray:
     """The signed frame lengths of each flow's first packets that carry payload (requests
     and replies: what tells apart two events that use the same flow, as in PingPong). A
     packet repeated at once, same direction and size, counts once: a retransmission or a
@@ -396,8 +498,13 @@ def _spell_sizes(flow: np.ndarray, signed: np.ndarray, n: int) -> np.ndarray:
     return result
 
 
-def _label_device(flows: pd.DataFrame, s: dict[str, np.ndarray], p: Packets, is_orig: np.ndarray,
-                  options: FlowOptions) -> None:
+def _label_device(
+    flows: pd.DataFrame,
+    s: dict[str, np.ndarray],
+    p: Packets,
+    is_orig: np.ndarray,
+    options: FlowOptions,
+) -> None:
     if options.device_ips:
         orig = flows["orig_h"].isin(options.device_ips).to_numpy()
         resp = flows["resp_h"].isin(options.device_ips).to_numpy()
@@ -451,13 +558,22 @@ def _dns_names_for_flows(flows: pd.DataFrame, p: Packets, options: FlowOptions) 
     rows = np.flatnonzero(answers.to_numpy())
     which, addr, vocabulary = _split_values(p["dns_answer_addrs"], rows)
     rows = rows[which]
-    table = pd.DataFrame({"capture": values_at(p["capture"], rows), "ts": p["ts"][rows],
-                          "addr": vocabulary[addr],
-                          "name": _first_value(pd.Series(values_at(p["dns_qry_name"], rows)))}
-                         ).sort_values("ts", kind="stable")
-    lookup = pd.DataFrame({"capture": flows["capture"].to_numpy(), "ts": flows["ts"].to_numpy(),
-                           "addr": flows["remote_h"].to_numpy(), "row": np.arange(len(flows))}
-                          ).sort_values("ts", kind="stable")
+    table = pd.DataFrame(
+        {
+            "capture": values_at(p["capture"], rows),
+            "ts": p["ts"][rows],
+            "addr": vocabulary[addr],
+            "name": _first_value(pd.Series(values_at(p["dns_qry_name"], rows))),
+        }
+    ).sort_values("ts", kind="stable")
+    lookup = pd.DataFrame(
+        {
+            "capture": flows["capture"].to_numpy(),
+            "ts": flows["ts"].to_numpy(),
+            "addr": flows["remote_h"].to_numpy(),
+            "row": np.arange(len(flows)),
+        }
+    ).sort_values("ts", kind="stable")
     matched = pd.merge_asof(lookup, table, on="ts", by=["capture", "addr"], direction="backward")
     result[matched["row"].to_numpy()] = matched["name"].fillna("").to_numpy()
     return result
@@ -465,8 +581,10 @@ def _dns_names_for_flows(flows: pd.DataFrame, p: Packets, options: FlowOptions) 
 
 def _gateways(p: Packets, options: FlowOptions) -> set[str]:
     """Local addresses acting as the device's DNS server, DHCP server or router."""
+
     def addresses(column: str, where) -> set[str]:
         return set(values_at(p[column], np.flatnonzero(np.asarray(where))))
+
     not_icmp = (p["l4_proto"] != "icmp").to_numpy()
     dns_servers = addresses("ip_dst", (p["dst_port"] == 53) & not_icmp)
     dns_servers |= addresses("ip_src", (p["src_port"] == 53) & not_icmp)
@@ -482,6 +600,7 @@ def _gateways(p: Packets, options: FlowOptions) -> set[str]:
 
 def _classify(addresses: np.ndarray, gateways: set[str]) -> np.ndarray:
     codes, uniques = pd.factorize(addresses)
-    classes = np.array(["gateway" if u in gateways else address_class(u) for u in uniques]
-                       + [""], dtype=object)
+    classes = np.array(
+        ["gateway" if u in gateways else address_class(u) for u in uniques] + [""], dtype=object
+    )
     return classes[codes]

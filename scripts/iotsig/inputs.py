@@ -16,10 +16,12 @@ from .tshark import CAPTURE_MAGICS, file_head
 
 KINDS = ("capture", "signature", "flows", "packets")
 # The columns that make a CSV of each kind (checked in this order).
-CSV_COLUMNS = {"signature": ("signature_version", "pattern"),
-               "flows": ("uid", "orig_h", "resp_h"),
-               "packets": ("frame_number", "frame_len", "ip_src")}
-HEADER_BYTES = 1 << 16       # a header line longer than this is no CSV of ours
+CSV_COLUMNS = {
+    "signature": ("signature_version", "pattern"),
+    "flows": ("uid", "orig_h", "resp_h"),
+    "packets": ("frame_number", "frame_len", "ip_src"),
+}
+HEADER_BYTES = 1 << 16  # a header line longer than this is no CSV of ours
 
 
 def file_kind(path: Path, expected: tuple[str, ...] = KINDS) -> str:
@@ -43,9 +45,9 @@ def header_columns(head: bytes) -> list[str] | None:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as e:
-        if e.start < len(head) - 3:   # not merely a character cut at the end of the head
+        if e.start < len(head) - 3:  # not merely a character cut at the end of the head
             return None
-        text = head[:e.start].decode("utf-8")
+        text = head[: e.start].decode("utf-8")
     line = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
     if not line.isprintable():
         return None

@@ -23,23 +23,71 @@ from .timefmt import utc_text
 
 # The Wireshark fields exported, in tshark's output order: what the packet and transport
 # columns need, then every application field of the registry.
-FIELDS = list(dict.fromkeys([
-    "frame.number", "frame.time_epoch", "frame.len", "frame.protocols",
-    "eth.src", "eth.dst", "eth.src.oui_resolved", "eth.dst.oui_resolved", "sll.src.eth",
-    "ip.src", "ip.dst", "ip.proto", "ipv6.src", "ipv6.dst", "ipv6.nxt", "ipv6.fraghdr.nxt",
-    "arp.opcode", "arp.src.hw_mac", "arp.src.proto_ipv4", "arp.dst.proto_ipv4",
-    "tcp.srcport", "tcp.dstport", "tcp.flags", "tcp.len",
-    "udp.srcport", "udp.dstport", "udp.length", "icmp.type", "icmpv6.type",
-    *fields.TSHARK_FIELDS,
-]))
+FIELDS = list(
+    dict.fromkeys(
+        [
+            "frame.number",
+            "frame.time_epoch",
+            "frame.len",
+            "frame.protocols",
+            "eth.src",
+            "eth.dst",
+            "eth.src.oui_resolved",
+            "eth.dst.oui_resolved",
+            "sll.src.eth",
+            "ip.src",
+            "ip.dst",
+            "ip.proto",
+            "ipv6.src",
+            "ipv6.dst",
+            "ipv6.nxt",
+            "ipv6.fraghdr.nxt",
+            "arp.opcode",
+            "arp.src.hw_mac",
+            "arp.src.proto_ipv4",
+            "arp.dst.proto_ipv4",
+            "tcp.srcport",
+            "tcp.dstport",
+            "tcp.flags",
+            "tcp.len",
+            "udp.srcport",
+            "udp.dstport",
+            "udp.length",
+            "icmp.type",
+            "icmpv6.type",
+            *fields.TSHARK_FIELDS,
+        ]
+    )
+)
 # Rows per chunk: fewer chunks cost less CPU; the 1 MB pipe keeps tshark going meanwhile.
 CHUNK_ROWS = 20_000
 
-IP_PROTOCOLS = {"1": "icmp", "2": "igmp", "4": "ipip", "6": "tcp", "17": "udp", "41": "ipv6",
-                "47": "gre", "50": "esp", "51": "ah", "58": "icmpv6", "89": "ospf",
-                "103": "pim", "112": "vrrp", "132": "sctp"}
-TCP_FLAG_LETTERS = [(0x02, "S"), (0x10, "A"), (0x01, "F"), (0x04, "R"), (0x08, "P"),
-                    (0x20, "U"), (0x40, "E"), (0x80, "C")]
+IP_PROTOCOLS = {
+    "1": "icmp",
+    "2": "igmp",
+    "4": "ipip",
+    "6": "tcp",
+    "17": "udp",
+    "41": "ipv6",
+    "47": "gre",
+    "50": "esp",
+    "51": "ah",
+    "58": "icmpv6",
+    "89": "ospf",
+    "103": "pim",
+    "112": "vrrp",
+    "132": "sctp",
+}
+TCP_FLAG_LETTERS = [
+    (0x02, "S"),
+    (0x10, "A"),
+    (0x01, "F"),
+    (0x04, "R"),
+    (0x08, "P"),
+    (0x20, "U"),
+    (0x40, "E"),
+    (0x80, "C"),
+]
 
 
 @dataclass
@@ -54,15 +102,22 @@ def output_path(capture: Path, output_dir: Path) -> Path:
     return Path(output_dir) / f"{Path(capture).name}.packets.csv"
 
 
-def translate(capture: Path, output: Path, device_mac: str | None = None,
-              device_ip: str | None = None,
-              on_packets: Callable[[int], None] | None = None) -> Translation:
+def translate(
+    capture: Path,
+    output: Path,
+    device_mac: str | None = None,
+    device_ip: str | None = None,
+    on_packets: Callable[[int], None] | None = None,
+) -> Translation:
     """Write the packets CSV of one capture to `output`, whole or not at all."""
     capture = Path(capture)
     tshark.check_capture(capture)
     result = Translation(capture, output)
-    with tempfile.TemporaryFile() as stderr, _output_errors(output), \
-            csvio.atomic_path(output) as tmp:
+    with (
+        tempfile.TemporaryFile() as stderr,
+        _output_errors(output),
+        csvio.atomic_path(output) as tmp,
+    ):
         process = tshark.popen_fields(capture, FIELDS, stderr)
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as sink:
@@ -87,8 +142,9 @@ def translate(capture: Path, output: Path, device_mac: str | None = None,
             raise InputError(capture, "capture contains no packets")
         if not result.packets:
             raise InputError(capture, "no packet could be read: " + "; ".join(warnings))
-        result.warnings = [f"{capture}: {w} (kept the {result.packets} packets read)"
-                           for w in warnings + errors]
+        result.warnings = [
+            f"{capture}: {w} (kept the {result.packets} packets read)" for w in warnings + errors
+        ]
     return result
 
 
@@ -107,11 +163,20 @@ def _read_chunks(stream):
     """tshark's tab-separated lines as string frames. tshark escapes tabs and newlines
     inside values, so a line is a row. A thread drains the pipe so that tshark never waits
     for pandas: the two run on two cores."""
-    reader = pd.read_csv(io.BufferedReader(PipeDrainer(stream), 1 << 20), sep="\t", header=None,
-                         names=FIELDS, dtype=str,
-                         quoting=csv.QUOTE_NONE, na_filter=False, keep_default_na=False,
-                         chunksize=CHUNK_ROWS, encoding="utf-8", encoding_errors="replace",
-                         engine="c")
+    reader = pd.read_csv(
+        io.BufferedReader(PipeDrainer(stream), 1 << 20),
+        sep="\t",
+        header=None,
+        names=FIELDS,
+        dtype=str,
+        quoting=csv.QUOTE_NONE,
+        na_filter=False,
+        keep_default_na=False,
+        chunksize=CHUNK_ROWS,
+        encoding="utf-8",
+        encoding_errors="replace",
+        engine="c",
+    )
     try:
         yield from reader
     except pd.errors.EmptyDataError:
@@ -155,8 +220,12 @@ class PipeDrainer(io.RawIOBase):
         return size
 
 
-def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = None,
-               device_ip: str | None = None) -> pd.DataFrame:
+def build_rows(
+    raw: pd.DataFrame,
+    capture_name: str,
+    device_mac: str | None = None,
+    device_ip: str | None = None,
+) -> pd.DataFrame:
     """tshark's raw fields -> the packets CSV columns (vectorised)."""
     # Positional index: columns built from numpy arrays come back as Series indexed 0..n-1,
     # and a later chunk's index (20000...) would not line up with them.
@@ -178,9 +247,13 @@ def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = No
     has_v4, has_v6 = raw["ip.src"] != "", raw["ipv6.src"] != ""
     out["ip_version"] = np.select([has_v4, has_v6], ["4", "6"], "")
     for end in ("src", "dst"):
-        out[f"ip_{end}"] = first(np.select(
-            [has_v4, has_v6, arp],
-            [raw[f"ip.{end}"], raw[f"ipv6.{end}"], raw[f"arp.{end}.proto_ipv4"]], ""))
+        out[f"ip_{end}"] = first(
+            np.select(
+                [has_v4, has_v6, arp],
+                [raw[f"ip.{end}"], raw[f"ipv6.{end}"], raw[f"arp.{end}.proto_ipv4"]],
+                "",
+            )
+        )
 
     layers = raw["frame.protocols"]
     highest = map_uniques(layers, lambda s: s.rsplit(":", 1)[-1])
@@ -195,8 +268,9 @@ def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = No
     non_ip = ~(has_v4 | has_v6)
     link_proto = map_uniques(layers, _link_protocol)
     # ICMP first: an ICMP error quotes the TCP/UDP header of the packet it answers.
-    out["l4_proto"] = np.select([icmp, icmp6, tcp, udp, non_ip],
-                                ["icmp", "icmpv6", "tcp", "udp", link_proto], by_number)
+    out["l4_proto"] = np.select(
+        [icmp, icmp6, tcp, udp, non_ip], ["icmp", "icmpv6", "tcp", "udp", link_proto], by_number
+    )
     transport = (tcp | udp) & ~(icmp | icmp6)
     for end in ("src", "dst"):
         port = first(np.where(tcp, raw[f"tcp.{end}port"], raw[f"udp.{end}port"]))
@@ -206,7 +280,9 @@ def build_rows(raw: pd.DataFrame, capture_name: str, device_mac: str | None = No
     udp_payload = pd.to_numeric(first(raw["udp.length"]), errors="coerce") - 8
     out["l4_payload_len"] = np.select(
         [transport & tcp, transport & udp],
-        [first(raw["tcp.len"]), udp_payload.astype("Int64").astype(str).replace("<NA>", "")], "")
+        [first(raw["tcp.len"]), udp_payload.astype("Int64").astype(str).replace("<NA>", "")],
+        "",
+    )
     for app in fields.REGISTRY:
         out[app.name] = app.spell(*(raw[t] for t in app.tshark))
     out["direction"] = packet_direction(out, device_mac, device_ip)
@@ -243,15 +319,25 @@ def _tcp_letters(value: str) -> str:
 
 
 def _link_protocol(layers: str) -> str:
-    names = [p for p in layers.split(":") if p not in ("eth", "ethertype", "sll", "llc",
-                                                       "data", "vlan", "radiotap", "wlan_radio")]
+    names = [
+        p
+        for p in layers.split(":")
+        if p not in ("eth", "ethertype", "sll", "llc", "data", "vlan", "radiotap", "wlan_radio")
+    ]
     return names[0] if names else (layers.rsplit(":", 1)[-1] if layers else "")
 
 
-def translate_many(captures: list[Path], output_dir: Path, device_mac=None, device_ip=None,
-                   jobs: int = 0, on_packets: Callable[[int], None] | None = None):
+def translate_many(
+    captures: list[Path],
+    output_dir: Path,
+    device_mac=None,
+    device_ip=None,
+    jobs: int = 0,
+    on_packets: Callable[[int], None] | None = None,
+):
     """Translate several captures, one tshark per core. Yields (capture, Translation or
     ToolError) as each finishes; one bad capture does not stop the others."""
     from .parallel import run_parallel
+
     tasks = [(translate, (c, output_path(c, output_dir), device_mac, device_ip)) for c in captures]
     yield from run_parallel(tasks, jobs=jobs, on_progress=on_packets)

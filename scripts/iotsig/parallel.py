@@ -11,8 +11,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from .errors import ToolError
 
 _progress_queue = None
-_stopping = False   # the running task was stopped by a signal and is cleaning up
-_deferred = 0       # a further signal that came during that clean-up
+_stopping = False  # the running task was stopped by a signal and is cleaning up
+_deferred = 0  # a further signal that came during that clean-up
 
 
 def _worker_init(progress_queue):
@@ -43,6 +43,7 @@ def _stop_task(signum, frame):
         return
     _stopping = True
     from .cli import Terminated
+
     raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
@@ -85,8 +86,9 @@ def run_parallel(tasks, jobs: int = 0, on_progress=None):
         return
     context = multiprocessing.get_context("fork")
     progress_queue = context.Queue()
-    executor = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                                   initargs=(progress_queue,))
+    executor = ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_worker_init, initargs=(progress_queue,)
+    )
     try:
         pending = {executor.submit(_call, f, a): a[0] for f, a in tasks}
         while pending:

@@ -31,8 +31,12 @@ def canonical_ips(cell: str) -> str:
 
 
 def is_mac(address: str) -> bool:
-    return (len(address) == 17 and address.count(":") == 5 and "." not in address
-            and all(len(part) == 2 for part in address.split(":")))
+    return (
+        len(address) == 17
+        and address.count(":") == 5
+        and "." not in address
+        and all(len(part) == 2 for part in address.split(":"))
+    )
 
 
 @lru_cache(maxsize=65536)
@@ -74,8 +78,9 @@ def server_ports(orig_p, resp_p) -> tuple[np.ndarray, np.ndarray]:
     return np.where(orig_serves, orig_p, resp_p), orig_serves
 
 
-def remote_party(orig_h, resp_h, device_is_orig, described_h=None, names=None, classes=None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def remote_party(
+    orig_h, resp_h, device_is_orig, described_h=None, names=None, classes=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(address, name, class) of each flow's remote party seen from the device.
 
     A flows CSV's remote_name and remote_class describe its remote_h (`described_h`). Where
@@ -88,8 +93,11 @@ def remote_party(orig_h, resp_h, device_is_orig, described_h=None, names=None, c
     n = len(remote_h)
     names = np.full(n, "", dtype=object) if names is None else np.asarray(names, dtype=object)
     classes = np.full(n, "", dtype=object) if classes is None else np.asarray(classes, dtype=object)
-    described = (np.asarray(described_h, dtype=object).astype(str) == remote_h.astype(str)
-                 if described_h is not None else np.zeros(n, bool))
+    described = (
+        np.asarray(described_h, dtype=object).astype(str) == remote_h.astype(str)
+        if described_h is not None
+        else np.zeros(n, bool)
+    )
     name = np.where(described, names, "").astype(object)
     klass = np.where(described, classes, "").astype(object)
     missing = klass == ""

@@ -29,6 +29,7 @@ OUTPUT_NAMES = {"pattern": "pattern.txt", "profile": "profile.yaml", "signature"
 # Names of the intermediate files
 # ---------------------------------------------------------------------------------------
 
+
 def packets_path(capture: Path, output_dir: Path) -> Path:
     """OUTPUT_DIR/<capture file name>.packets.csv"""
     return packets.output_path(capture, output_dir)
@@ -37,13 +38,14 @@ def packets_path(capture: Path, output_dir: Path) -> Path:
 def flows_path(packets_csv: Path, output_dir: Path) -> Path:
     """OUTPUT_DIR/<name>.flows.csv for <name>.packets.csv (any other CSV: its stem)."""
     name = Path(packets_csv).name
-    stem = name[:-len(".packets.csv")] if name.endswith(".packets.csv") else Path(name).stem
+    stem = name[: -len(".packets.csv")] if name.endswith(".packets.csv") else Path(name).stem
     return Path(output_dir) / f"{stem}.flows.csv"
 
 
 # ---------------------------------------------------------------------------------------
 # packets CSV -> flows CSV
 # ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class FlowsWritten:
@@ -58,26 +60,36 @@ class FlowsWritten:
 def read_packets(packets_csv: Path) -> pd.DataFrame:
     """The columns of a packets CSV that flows are built from (the required ones named
     when missing)."""
-    return csvio.read_table(packets_csv, PACKETS, required=flows.REQUIRED,
-                            columns=flows.REQUIRED + flows.OPTIONAL, compact=True)
+    return csvio.read_table(
+        packets_csv,
+        PACKETS,
+        required=flows.REQUIRED,
+        columns=flows.REQUIRED + flows.OPTIONAL,
+        compact=True,
+    )
 
 
 def blank_cell_warnings(packets_csv: Path, table: pd.DataFrame) -> list[str]:
     """A row whose ts or frame_len was emptied by hand still lands in a flow: say so rather
     than let it open a flow in 1970 or count as an empty frame unnoticed."""
     warnings = []
-    for name, effect in (("ts", "taken as time 0, their flows start in 1970"),
-                         ("frame_len", "counted as 0 bytes")):
+    for name, effect in (
+        ("ts", "taken as time 0, their flows start in 1970"),
+        ("frame_len", "counted as 0 bytes"),
+    ):
         blank = table[name].isna().to_numpy()
         if blank.any():
             line = int(blank.argmax()) + 2  # the header is line 1
-            warnings.append(f"{packets_csv}: {int(blank.sum())} row(s) without {name} (first "
-                            f"on line {line}): {effect}")
+            warnings.append(
+                f"{packets_csv}: {int(blank.sum())} row(s) without {name} (first "
+                f"on line {line}): {effect}"
+            )
     return warnings
 
 
-def packets_to_flows(packets_csv: Path, output_dir: Path,
-                     options: flows.FlowOptions | None = None) -> FlowsWritten:
+def packets_to_flows(
+    packets_csv: Path, output_dir: Path, options: flows.FlowOptions | None = None
+) -> FlowsWritten:
     """stream-identifier for one packets CSV: OUTPUT_DIR/<name>.flows.csv."""
     started = time.perf_counter()
     table = read_packets(packets_csv)
@@ -85,17 +97,20 @@ def packets_to_flows(packets_csv: Path, output_dir: Path,
     result = flows.build_flows(table, options or flows.FlowOptions())
     output = flows_path(packets_csv, output_dir)
     csvio.write_table(result, FLOWS, output)
-    return FlowsWritten(Path(packets_csv), output, len(table), len(result), warnings,
-                        time.perf_counter() - started)
+    return FlowsWritten(
+        Path(packets_csv), output, len(table), len(result), warnings, time.perf_counter() - started
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # capture -> packets CSV -> flows CSV
 # ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class Converted:
     """One capture through packet-translator and stream-identifier."""
+
     capture: Path
     translation: packets.Translation
     flows: FlowsWritten
@@ -118,6 +133,7 @@ class Converted:
 class Job:
     """A capture with its own output folder and device (evaluate.py: one folder and one
     address per device and event)."""
+
     capture: Path
     output_dir: Path
     device_ip: str | None = None
@@ -131,41 +147,59 @@ def flow_options(device_ip: str | None, options: flows.FlowOptions | None) -> fl
     return flows.FlowOptions(device_ips=(device_ip,) if device_ip else ())
 
 
-def capture_to_flows(capture: Path, output_dir: Path, device_ip: str | None = None,
-                     device_mac: str | None = None, options: flows.FlowOptions | None = None,
-                     on_packets: Callable[[int], None] | None = None) -> Converted:
+def capture_to_flows(
+    capture: Path,
+    output_dir: Path,
+    device_ip: str | None = None,
+    device_mac: str | None = None,
+    options: flows.FlowOptions | None = None,
+    on_packets: Callable[[int], None] | None = None,
+) -> Converted:
     """packet-translator then stream-identifier for one capture: OUTPUT_DIR/<capture file
     name>.packets.csv and .flows.csv. A module-level function of picklable arguments: it
     runs in a worker process."""
     started = time.perf_counter()
-    translation = packets.translate(capture, packets_path(capture, output_dir), device_mac,
-                                    device_ip, on_packets=on_packets)
+    translation = packets.translate(
+        capture, packets_path(capture, output_dir), device_mac, device_ip, on_packets=on_packets
+    )
     translated = time.perf_counter() - started
     written = packets_to_flows(translation.output, output_dir, flow_options(device_ip, options))
     return Converted(Path(capture), translation, written, translated)
 
 
-def captures_to_flows(captures: Iterable, output_dir: Path | None = None,
-                      device_ip: str | None = None, device_mac: str | None = None,
-                      options: flows.FlowOptions | None = None, jobs: int = 0,
-                      on_packets: Callable[[int], None] | None = None
-                      ) -> Iterator[tuple[Path, Converted | ToolError]]:
+def captures_to_flows(
+    captures: Iterable,
+    output_dir: Path | None = None,
+    device_ip: str | None = None,
+    device_mac: str | None = None,
+    options: flows.FlowOptions | None = None,
+    jobs: int = 0,
+    on_packets: Callable[[int], None] | None = None,
+) -> Iterator[tuple[Path, Converted | ToolError]]:
     """capture_to_flows for each capture, one per core. `captures` are paths (all written
     to OUTPUT_DIR, for DEVICE_IP/DEVICE_MAC) or Job items (each with its own). Yields
     (capture, Converted or the capture's ToolError) as each finishes: one bad capture does
     not stop the others."""
     tasks = []
     for item in captures:
-        job = item if isinstance(item, Job) else Job(Path(item), Path(output_dir), device_ip,
-                                                     device_mac)
-        tasks.append((capture_to_flows, (job.capture, job.output_dir, job.device_ip,
-                                         job.device_mac, options)))
+        job = (
+            item
+            if isinstance(item, Job)
+            else Job(Path(item), Path(output_dir), device_ip, device_mac)
+        )
+        tasks.append(
+            (
+                capture_to_flows,
+                (job.capture, job.output_dir, job.device_ip, job.device_mac, options),
+            )
+        )
     yield from run_parallel(tasks, jobs=jobs, on_progress=on_packets)
 
 
 # ---------------------------------------------------------------------------------------
 # flows CSVs -> signature
 # ---------------------------------------------------------------------------------------
+
 
 def recordings(items) -> list[sig.Recording]:
     """Recordings from flows CSV paths (read as signature-extractor reads them) or as
@@ -178,15 +212,23 @@ def recordings(items) -> list[sig.Recording]:
     return sig.read_recordings(items)
 
 
-def learn(event_recordings, device_name: str, device_ip: str, device_mac: str | None = None,
-          support: float = 1.0, event: str = "event", baseline=None) -> sig.Signature:
+def learn(
+    event_recordings,
+    device_name: str,
+    device_ip: str,
+    device_mac: str | None = None,
+    support: float = 1.0,
+    event: str = "event",
+    baseline=None,
+) -> sig.Signature:
     """signature-extractor: the patterns that recur in the event's recordings (flows CSV
     paths or sig.Recording), those also in the baseline's as background. Raises ToolError
     when the device never appears."""
     event_recordings = recordings(event_recordings)
     baseline = recordings(baseline) if baseline else None
-    return sig.extract(event_recordings, device_name, device_ip, device_mac, support, event,
-                       baseline)
+    return sig.extract(
+        event_recordings, device_name, device_ip, device_mac, support, event, baseline
+    )
 
 
 def write_signature(signature: sig.Signature, output_dir: Path) -> dict[str, Path]:
@@ -197,9 +239,11 @@ def write_signature(signature: sig.Signature, output_dir: Path) -> dict[str, Pat
     if problems:  # our own bug: never hand the firewall a profile it would misread
         raise ToolError("the generated profile.yaml is invalid: " + "; ".join(problems))
     paths = {key: Path(output_dir) / name for key, name in OUTPUT_NAMES.items()}
-    header = (f"Device profile generated by signature-extractor from "
-              f"{len(signature.recordings)} recording(s) of event '{signature.event}'.\n"
-              "See pattern.txt for what each policy was built from.")
+    header = (
+        f"Device profile generated by signature-extractor from "
+        f"{len(signature.recordings)} recording(s) of event '{signature.event}'.\n"
+        "See pattern.txt for what each policy was built from."
+    )
     csvio.write_text(paths["pattern"], report.pattern_text(signature))
     csvio.write_text(paths["profile"], profile.dump_profile(document, header))
     sig.write_signature_csv(signature, paths["signature"])
@@ -219,27 +263,37 @@ def empty_signature_warning(signature: sig.Signature) -> str | None:
 # What the commands say about each step (the same lines from every command)
 # ---------------------------------------------------------------------------------------
 
-def translated_lines(translations: list[packets.Translation], failed: int,
-                     seconds: float) -> list[str]:
-    lines = [f"wrote {t.output} ({t.packets} packets)"
-             for t in sorted(translations, key=lambda t: str(t.capture))]
-    lines.append(f"packet-translator: {sum(t.packets for t in translations)} packets from "
-                 f"{len(translations)} capture(s) in {seconds:.1f} s"
-                 + (f"; {failed} capture(s) failed" if failed else ""))
+
+def translated_lines(
+    translations: list[packets.Translation], failed: int, seconds: float
+) -> list[str]:
+    lines = [
+        f"wrote {t.output} ({t.packets} packets)"
+        for t in sorted(translations, key=lambda t: str(t.capture))
+    ]
+    lines.append(
+        f"packet-translator: {sum(t.packets for t in translations)} packets from "
+        f"{len(translations)} capture(s) in {seconds:.1f} s"
+        + (f"; {failed} capture(s) failed" if failed else "")
+    )
     return lines
 
 
 def flows_lines(written: list[FlowsWritten], failed: int, seconds: float) -> list[str]:
     lines = [f"wrote {w.flows_csv} ({w.flows} flows from {w.packets} packets)" for w in written]
-    lines.append(f"stream-identifier: {sum(w.flows for w in written)} flows in {len(written)} "
-                 f"file(s) in {seconds:.1f} s" + (f"; {failed} file(s) failed" if failed else ""))
+    lines.append(
+        f"stream-identifier: {sum(w.flows for w in written)} flows in {len(written)} "
+        f"file(s) in {seconds:.1f} s" + (f"; {failed} file(s) failed" if failed else "")
+    )
     return lines
 
 
 def signature_lines(signature: sig.Signature, paths: dict[str, Path]) -> list[str]:
     lines = [f"wrote {paths[key]}" for key in ("pattern", "profile", "signature")]
-    lines.append(f"signature-extractor: {len(signature.event_patterns)} event pattern(s), "
-                 f"{len(signature.background_patterns)} background, {len(signature.noise)} "
-                 f"fingerprint(s) left out as noise, from {len(signature.recordings)} "
-                 "recording(s)")
+    lines.append(
+        f"signature-extractor: {len(signature.event_patterns)} event pattern(s), "
+        f"{len(signature.background_patterns)} background, {len(signature.noise)} "
+        f"fingerprint(s) left out as noise, from {len(signature.recordings)} "
+        "recording(s)"
+    )
     return lines

@@ -14,13 +14,22 @@ from . import fields as app_fields
 
 # Protocols and fields the firewall's translator reads.
 KNOWN_FIELDS = {
-    "ipv4": {"src", "dst"}, "ipv6": {"src", "dst"},
-    "tcp": {"src-port", "dst-port"}, "udp": {"src-port", "dst-port"},
-    "dns": {"qtype", "domain-name", "response"}, "mdns": {"qtype", "domain-name", "response"},
-    "http": {"method", "uri", "response"}, "coap": {"type", "method", "uri"},
-    "dhcp": {"type", "client-mac"}, "ssdp": {"method", "response"},
-    "igmp": {"version", "type", "group"}, "arp": {"type", "sha", "tha", "spa", "tpa"},
-    "icmp": {"type"}, "icmpv6": {"type"}, "mqtt": set(), "tls": set(),
+    "ipv4": {"src", "dst"},
+    "ipv6": {"src", "dst"},
+    "tcp": {"src-port", "dst-port"},
+    "udp": {"src-port", "dst-port"},
+    "dns": {"qtype", "domain-name", "response"},
+    "mdns": {"qtype", "domain-name", "response"},
+    "http": {"method", "uri", "response"},
+    "coap": {"type", "method", "uri"},
+    "dhcp": {"type", "client-mac"},
+    "ssdp": {"method", "response"},
+    "igmp": {"version", "type", "group"},
+    "arp": {"type", "sha", "tha", "spa", "tpa"},
+    "icmp": {"type"},
+    "icmpv6": {"type"},
+    "mqtt": set(),
+    "tls": set(),
 }
 POLICY_KEYS = {"protocols", "bidirectional", "initiator", "timeout", "stats"}
 STATS_KEYS = {"rate", "packet-size", "packet-count", "duration"}
@@ -34,12 +43,26 @@ MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 MULTICAST_ALIASES = {"224.0.0.251": "mdns", "239.255.255.250": "ssdp", "224.0.1.187": "coap"}
 CLASS_ALIASES = {"gateway", "local", "external", "broadcast"}
 # Every string the translator reads as an address alias rather than a domain name.
-ADDRESS_ALIASES = {"self", "gateway", "local", "external", "broadcast", "udp-broadcast", "phone",
-                   "all", "mdns", "ssdp", "coap", "igmpv3", "default", "gateway-local"}
+ADDRESS_ALIASES = {
+    "self",
+    "gateway",
+    "local",
+    "external",
+    "broadcast",
+    "udp-broadcast",
+    "phone",
+    "all",
+    "mdns",
+    "ssdp",
+    "coap",
+    "igmpv3",
+    "default",
+    "gateway-local",
+}
 # The translator pastes names, URIs and methods into C string literals and code unescaped:
 # a quote, a backslash or a control character would change the code it generates.
 UNSAFE_CHARS = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
-TOKEN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")   # a DNS qtype or an HTTP/SSDP method
+TOKEN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # a DNS qtype or an HTTP/SSDP method
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -51,8 +74,9 @@ def build_profile(signature) -> dict:
     family = "ipv6" if ":" in signature.device_ip else "ipv4"
     info[family] = signature.device_ip
     profile = {"device-info": info}
-    background = {row.pattern: policy(row, family) for row in
-                  signature.background_patterns.itertuples()}
+    background = {
+        row.pattern: policy(row, family) for row in signature.background_patterns.itertuples()
+    }
     background = {k: v for k, v in background.items() if v}
     if background:
         profile["single-policies"] = background
@@ -70,8 +94,9 @@ def build_profile(signature) -> dict:
 
 def dump_profile(profile: dict, header: str = "") -> str:
     comment = "".join(f"# {printable(line)}\n" for line in header.splitlines())
-    return comment + yaml.safe_dump(profile, sort_keys=False, allow_unicode=True,
-                                    default_flow_style=False, width=1000)
+    return comment + yaml.safe_dump(
+        profile, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000
+    )
 
 
 def policy(row, family: str) -> dict | None:
@@ -88,8 +113,9 @@ def policy(row, family: str) -> dict | None:
         port_field = "src-port" if _server_is_orig(row) else "dst-port"
         protocols[proto] = {port_field: int(row.server_port)}
     elif proto in ("icmp", "icmpv6", "igmp") and proto not in protocols:
-        protocols[proto] = {"type": int(row.icmp_type)} if proto != "igmp" and \
-            str(row.icmp_type).isdigit() else {}
+        protocols[proto] = (
+            {"type": int(row.icmp_type)} if proto != "igmp" and str(row.icmp_type).isdigit() else {}
+        )
     if proto != "arp":
         remote = _address_value(row)
         ends = ("self", remote) if row.device_side == "orig" else (remote, "self")
@@ -116,8 +142,9 @@ def unexpressible(row) -> str:
         return f"the profile format has no section for {row.proto} frames"
     if row.dns_qry_name:
         for name in _items(row.dns_qry_name):
-            problem = domain_problem(name) or ("starts with $, the firewall's suffix wildcard"
-                                               if name.startswith("$") else "")
+            problem = domain_problem(name) or (
+                "starts with $, the firewall's suffix wildcard" if name.startswith("$") else ""
+            )
             if problem:
                 return f"the DNS query name {name!r} {problem}"
         for qtype in _items(row.dns_qry_type):
@@ -129,11 +156,14 @@ def unexpressible(row) -> str:
             return f"the HTTP method {method!r} is not a method name"
         uri = _first(row.http_request_uri)
         if UNSAFE_CHARS.search(uri) or uri.endswith("*"):
-            return f"the HTTP URI {uri!r} holds a quote, backslash or control character, " \
-                   "or ends with *, the firewall's prefix wildcard"
+            return (
+                f"the HTTP URI {uri!r} holds a quote, backslash or control character, "
+                "or ends with *, the firewall's prefix wildcard"
+            )
     elif (row.coap_type or row.coap_code) and UNSAFE_CHARS.search(_first(row.coap_uri)):
-        return f"the CoAP URI {_first(row.coap_uri)!r} holds a quote, backslash or " \
-               "control character"
+        return (
+            f"the CoAP URI {_first(row.coap_uri)!r} holds a quote, backslash or control character"
+        )
     return ""
 
 
@@ -254,8 +284,7 @@ def _application(row) -> dict:
         return {"dhcp": {"type": kind, "client-mac": "self"}} if kind in DHCP_TYPES else {}
     if row.proto == "arp":
         opcodes = _items(row.arp_opcode)
-        kind = "reply" if opcodes and "request" not in opcodes and "reply" in opcodes \
-            else "request"
+        kind = "reply" if opcodes and "request" not in opcodes and "reply" in opcodes else "request"
         remote = _address_value(row)
         if row.device_side == "orig":
             fields = {"type": kind, "sha": "self", "spa": "self", "tpa": remote}
@@ -273,8 +302,9 @@ def _stats(row) -> dict:
         if not pd.isna(bwd) and bwd > 0:
             count["bwd"] = int(bwd)
         stats["packet-count"] = count if len(count) > 1 else count["fwd"]
-    low = min(x for x in (row.orig_size_min_min, row.resp_size_min_min, float("inf"))
-              if not pd.isna(x))
+    low = min(
+        x for x in (row.orig_size_min_min, row.resp_size_min_min, float("inf")) if not pd.isna(x)
+    )
     high = max(x for x in (row.orig_size_max_max, row.resp_size_max_max, 0) if not pd.isna(x))
     if high > 0 and low != float("inf"):
         stats["packet-size"] = f"{int(low)} - {int(high)}" if high > low else f"< {int(high) + 1}"
@@ -290,10 +320,12 @@ def printable(text: str) -> str:
 
 def _c_name(text: str) -> str:
     from .signature import c_safe
+
     return c_safe(str(text))
 
 
 # --- checking a profile against the format -------------------------------------------
+
 
 def validate_profile(profile) -> list[str]:
     """Problems that would make the firewall's translator skip, misread or write a broken
@@ -323,8 +355,9 @@ def validate_profile(profile) -> list[str]:
             problems.append(f"interactions.{name} has no policies")
             continue
         for policy_name, policy_ in interaction.items():
-            problems += _check_policy(f"interactions.{name}.{policy_name}", policy_name, policy_,
-                                      in_interaction=True)
+            problems += _check_policy(
+                f"interactions.{name}.{policy_name}", policy_name, policy_, in_interaction=True
+            )
     return problems
 
 
@@ -351,8 +384,9 @@ def _check_policy(where: str, name, policy_, in_interaction: bool) -> list[str]:
             if field_name not in KNOWN_FIELDS[protocol]:
                 problems.append(f"{where}.{protocol}: unknown field {field_name!r}")
             else:
-                problems += _check_value(f"{where}.{protocol}.{field_name}", protocol,
-                                         field_name, value)
+                problems += _check_value(
+                    f"{where}.{protocol}.{field_name}", protocol, field_name, value
+                )
     if "initiator" in policy_ and policy_["initiator"] not in ("src", "dst"):
         problems.append(f"{where}: initiator must be src or dst")
     if "bidirectional" in policy_ and not isinstance(policy_["bidirectional"], bool):
@@ -361,7 +395,7 @@ def _check_policy(where: str, name, policy_, in_interaction: bool) -> list[str]:
         if key not in STATS_KEYS:
             problems.append(f"{where}.stats: unknown stat {key!r}")
             continue
-        for item in (value.values() if isinstance(value, dict) else [value]):
+        for item in value.values() if isinstance(value, dict) else [value]:
             if not _stat_ok(key, item):
                 problems.append(f"{where}.stats.{key}: invalid value {item!r}")
     return problems
@@ -383,15 +417,23 @@ def _check_value(where: str, protocol: str, field_name: str, value) -> list[str]
             problems.append(f"{where}: {item!r} is not a DHCP message type")
         elif protocol == "arp" and field_name == "type" and item not in ARP_TYPES:
             problems.append(f"{where}: {item!r} is not an ARP type")
-        elif field_name in ("domain-name", "uri", "qtype", "method", "src", "dst") and \
-                (not isinstance(item, str) or not item):
+        elif field_name in ("domain-name", "uri", "qtype", "method", "src", "dst") and (
+            not isinstance(item, str) or not item
+        ):
             problems.append(f"{where}: {item!r} is not a string")
         elif field_name == "domain-name" and domain_problem(item):
             problems.append(f"{where}: {item!r} {domain_problem(item)}")
-        elif field_name in ("src", "dst") and protocol in ("ipv4", "ipv6") and \
-                item not in ADDRESS_ALIASES and not _is_address(item) and domain_problem(item):
-            problems.append(f"{where}: {item!r} is not an address, an alias or a domain "
-                            f"name: it {domain_problem(item)}")
+        elif (
+            field_name in ("src", "dst")
+            and protocol in ("ipv4", "ipv6")
+            and item not in ADDRESS_ALIASES
+            and not _is_address(item)
+            and domain_problem(item)
+        ):
+            problems.append(
+                f"{where}: {item!r} is not an address, an alias or a domain "
+                f"name: it {domain_problem(item)}"
+            )
         elif field_name in ("qtype", "method") and not TOKEN.match(item):
             problems.append(f"{where}: {item!r} is not a {field_name} name")
         elif field_name == "uri" and UNSAFE_CHARS.search(item):

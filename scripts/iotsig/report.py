@@ -18,21 +18,28 @@ NOISE_LISTED = 200
 
 def pattern_text(signature) -> str:
     s = signature
-    lines = [f"Signature of event '{s.event}' on device {s.device_name} "
-             f"({s.device_ip}{', ' + s.device_mac if s.device_mac else ''})",
-             f"Recordings: {len(s.recordings)} ({', '.join(s.recordings)})",
-             f"A pattern must be seen in at least {_needed(s)} of {len(s.recordings)} "
-             f"recordings (--support {s.support:g}).", ""]
+    lines = [
+        f"Signature of event '{s.event}' on device {s.device_name} "
+        f"({s.device_ip}{', ' + s.device_mac if s.device_mac else ''})",
+        f"Recordings: {len(s.recordings)} ({', '.join(s.recordings)})",
+        f"A pattern must be seen in at least {_needed(s)} of {len(s.recordings)} "
+        f"recordings (--support {s.support:g}).",
+        "",
+    ]
     for warning in s.warnings:
         lines.append(f"Warning: {warning}")
     if s.warnings:
         lines.append("")
     if not s.baseline_given:
-        lines += ["Background: no baseline recordings (--baseline / --idle) were given, so "
-                  "traffic the device", "sends anyway could not be told apart from the event "
-                  "by comparison. Patterns that", "repeat as several flows in every recording, "
-                  "spread beyond the event's burst, are", "listed as likely background below; "
-                  "record the device idle and pass it as a baseline", "to be sure.", ""]
+        lines += [
+            "Background: no baseline recordings (--baseline / --idle) were given, so "
+            "traffic the device",
+            "sends anyway could not be told apart from the event by comparison. Patterns that",
+            "repeat as several flows in every recording, spread beyond the event's burst, are",
+            "listed as likely background below; record the device idle and pass it as a baseline",
+            "to be sure.",
+            "",
+        ]
     events = s.event_patterns
     lines += [RULE, f"Event patterns, in event order ({len(events)})", RULE, ""]
     if events.empty:
@@ -40,8 +47,11 @@ def pattern_text(signature) -> str:
     for number, row in enumerate(events.itertuples(), 1):
         lines += _block(number, row, s)
     background = s.background_patterns
-    title = "Background patterns (seen without the event too)" if s.baseline_given \
+    title = (
+        "Background patterns (seen without the event too)"
+        if s.baseline_given
         else "Likely background patterns (repeating throughout each recording)"
+    )
     lines += [RULE, f"{title} ({len(background)})", RULE, ""]
     if background.empty:
         lines += ["None.", ""]
@@ -51,18 +61,23 @@ def pattern_text(signature) -> str:
     if s.noise.empty:
         lines.append("None.")
     for row in s.noise.head(NOISE_LISTED).itertuples():  # the nearest misses first
-        lines.append(f"- {_summary_line(row, s)}: in {row.recordings_seen}/{len(s.recordings)} "
-                     f"recordings ({row.flows} flow{'s' if row.flows != 1 else ''})")
+        lines.append(
+            f"- {_summary_line(row, s)}: in {row.recordings_seen}/{len(s.recordings)} "
+            f"recordings ({row.flows} flow{'s' if row.flows != 1 else ''})"
+        )
     if len(s.noise) > NOISE_LISTED:
         rest = s.noise.iloc[NOISE_LISTED:]
-        lines.append(f"- and {len(rest)} more, each in at most {rest['recordings_seen'].max()}/"
-                     f"{len(s.recordings)} recordings ({rest['flows'].sum()} flows)")
+        lines.append(
+            f"- and {len(rest)} more, each in at most {rest['recordings_seen'].max()}/"
+            f"{len(s.recordings)} recordings ({rest['flows'].sum()} flows)"
+        )
     # Names come from packets: a newline in one must not start a line of its own.
     return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _needed(signature) -> int:
     import math
+
     return max(1, math.ceil(signature.support * len(signature.recordings) - 1e-9))
 
 
@@ -77,22 +92,31 @@ def _block(number: int, row, s) -> list[str]:
     application = application_text(row)
     if application:
         lines.append(f"   application: {application}")
-    offset = "" if pd.isna(row.start_offset_median) else \
-        f", starts {row.start_offset_median:+.3f} s after the event's first flow (median)"
+    offset = (
+        ""
+        if pd.isna(row.start_offset_median)
+        else f", starts {row.start_offset_median:+.3f} s after the event's first flow (median)"
+    )
     if s.variants:
         route = s.variants[int(row.variant) - 1]
-        lines.append(f"   variant {row.variant} of {len(s.variants)}: the route the event took "
-                     f"in {len(route)} recordings ({', '.join(route)})")
+        lines.append(
+            f"   variant {row.variant} of {len(s.variants)}: the route the event took "
+            f"in {len(route)} recordings ({', '.join(route)})"
+        )
     lines.append(f"   seen in {row.recordings_seen}/{row.recordings_total} recordings{offset}")
     flows = _range(row.flows_min, row.flows_max)
     lines.append(f"   flows per recording: {flows}")
     sent, received = ("orig", "resp") if device_opens else ("resp", "orig")
+
     def both(metric_low: str, metric_high: str, unit: str = "") -> str:
-        by_device = _range(getattr(row, metric_low.format(sent)),
-                           getattr(row, metric_high.format(sent)))
-        by_remote = _range(getattr(row, metric_low.format(received)),
-                           getattr(row, metric_high.format(received)))
+        by_device = _range(
+            getattr(row, metric_low.format(sent)), getattr(row, metric_high.format(sent))
+        )
+        by_remote = _range(
+            getattr(row, metric_low.format(received)), getattr(row, metric_high.format(received))
+        )
         return f"sent by the device {by_device}{unit}, by the remote party {by_remote}{unit}"
+
     lines.append(f"   packets: {both('{}_pkts_min', '{}_pkts_max')}")
     lines.append(f"   bytes: {both('{}_frame_bytes_min', '{}_frame_bytes_max')}")
     lines.append(f"   packet sizes: {both('{}_size_min_min', '{}_size_max_max', ' bytes')}")

@@ -46,234 +46,460 @@ def _cols(*specs: tuple) -> list[Column]:
     return [Column(*spec) for spec in specs]
 
 
-PACKETS = Table("packets", _cols(
-    ("capture", "text", "capture file name the packet was read from", "file name"),
-    ("frame_number", "int", "frame number in the capture, from 1", "frame.number"),
-    ("ts", "float", "capture time, epoch seconds with microseconds", "frame.time_epoch"),
-    ("time_utc", "str", "the same time, readable, ISO 8601 UTC", "frame.time_epoch"),
-    ("frame_len", "int", "bytes on the wire", "frame.len"),
-    ("eth_src", "str", "source MAC", "eth.src, sll.src.eth, arp.src.hw_mac"),
-    ("eth_src_vendor", "str", "vendor of the source MAC (Wireshark's OUI database)",
-     "eth.src.oui_resolved"),
-    ("eth_dst", "str", "destination MAC", "eth.dst"),
-    ("eth_dst_vendor", "str", "vendor of the destination MAC", "eth.dst.oui_resolved"),
-    ("ip_version", "int", "4 or 6 for IP packets (outermost IP header), empty otherwise",
-     "ip / ipv6"),
-    ("ip_src", "str", "source address: IPv4 or IPv6; the sender IP for ARP",
-     "ip.src, ipv6.src, arp.src.proto_ipv4"),
-    ("ip_dst", "str", "destination address: IPv4 or IPv6; the target IP for ARP",
-     "ip.dst, ipv6.dst, arp.dst.proto_ipv4"),
-    ("l4_proto", "str", "transport protocol: tcp, udp, icmp, icmpv6, igmp, ..., "
-     "or the link-layer protocol of non-IP frames (arp, eapol, ...)",
-     "ip.proto, ipv6.nxt, frame.protocols"),
-    ("src_port", "int", "TCP/UDP source port", "tcp.srcport, udp.srcport"),
-    ("dst_port", "int", "TCP/UDP destination port", "tcp.dstport, udp.dstport"),
-    ("tcp_flags", "str", "TCP flags set, as tcpdump letters: S SYN, A ACK, F FIN, R RST, "
-     "P PSH, U URG, E ECE, C CWR", "tcp.flags"),
-    ("l4_payload_len", "int", "TCP/UDP payload bytes", "tcp.len, udp.length - 8"),
-    ("highest_layer", "str", "the last protocol Wireshark dissected", "frame.protocols"),
-    *[(f.name, f.type, f.meaning, ", ".join(f.tshark)) for f in fields.REGISTRY],
-    ("direction", "str", "with --device-mac/--device-ip: sent (by the device), "
-     "received, or other", "computed"),
-))
+PACKETS = Table(
+    "packets",
+    _cols(
+        ("capture", "text", "capture file name the packet was read from", "file name"),
+        ("frame_number", "int", "frame number in the capture, from 1", "frame.number"),
+        ("ts", "float", "capture time, epoch seconds with microseconds", "frame.time_epoch"),
+        ("time_utc", "str", "the same time, readable, ISO 8601 UTC", "frame.time_epoch"),
+        ("frame_len", "int", "bytes on the wire", "frame.len"),
+        ("eth_src", "str", "source MAC", "eth.src, sll.src.eth, arp.src.hw_mac"),
+        (
+            "eth_src_vendor",
+            "str",
+            "vendor of the source MAC (Wireshark's OUI database)",
+            "eth.src.oui_resolved",
+        ),
+        ("eth_dst", "str", "destination MAC", "eth.dst"),
+        ("eth_dst_vendor", "str", "vendor of the destination MAC", "eth.dst.oui_resolved"),
+        (
+            "ip_version",
+            "int",
+            "4 or 6 for IP packets (outermost IP header), empty otherwise",
+            "ip / ipv6",
+        ),
+        (
+            "ip_src",
+            "str",
+            "source address: IPv4 or IPv6; the sender IP for ARP",
+            "ip.src, ipv6.src, arp.src.proto_ipv4",
+        ),
+        (
+            "ip_dst",
+            "str",
+            "destination address: IPv4 or IPv6; the target IP for ARP",
+            "ip.dst, ipv6.dst, arp.dst.proto_ipv4",
+        ),
+        (
+            "l4_proto",
+            "str",
+            "transport protocol: tcp, udp, icmp, icmpv6, igmp, ..., "
+            "or the link-layer protocol of non-IP frames (arp, eapol, ...)",
+            "ip.proto, ipv6.nxt, frame.protocols",
+        ),
+        ("src_port", "int", "TCP/UDP source port", "tcp.srcport, udp.srcport"),
+        ("dst_port", "int", "TCP/UDP destination port", "tcp.dstport, udp.dstport"),
+        (
+            "tcp_flags",
+            "str",
+            "TCP flags set, as tcpdump letters: S SYN, A ACK, F FIN, R RST, "
+            "P PSH, U URG, E ECE, C CWR",
+            "tcp.flags",
+        ),
+        ("l4_payload_len", "int", "TCP/UDP payload bytes", "tcp.len, udp.length - 8"),
+        ("highest_layer", "str", "the last protocol Wireshark dissected", "frame.protocols"),
+        *[(f.name, f.type, f.meaning, ", ".join(f.tshark)) for f in fields.REGISTRY],
+        (
+            "direction",
+            "str",
+            "with --device-mac/--device-ip: sent (by the device), received, or other",
+            "computed",
+        ),
+    ),
+)
 
 _DIRECTION_STATS = []
 for _side, _who in (("orig", "originator"), ("resp", "responder")):
     for _stat in ("min", "max", "mean", "std"):
-        _DIRECTION_STATS.append((f"{_side}_size_{_stat}", "float",
-                                 f"{_stat} frame length of the {_who}'s packets", "frame_len"))
+        _DIRECTION_STATS.append(
+            (
+                f"{_side}_size_{_stat}",
+                "float",
+                f"{_stat} frame length of the {_who}'s packets",
+                "frame_len",
+            )
+        )
     for _stat in ("min", "max", "mean", "std"):
-        _DIRECTION_STATS.append((f"{_side}_iat_{_stat}", "float",
-                                 f"{_stat} seconds between the {_who}'s packets", "ts"))
+        _DIRECTION_STATS.append(
+            (f"{_side}_iat_{_stat}", "float", f"{_stat} seconds between the {_who}'s packets", "ts")
+        )
 
-FLOWS = Table("flows", _cols(
-    ("uid", "text", "flow id, unique in the file: capture name and flow number", "computed"),
-    ("capture", "text", "capture file the packets came from", "capture"),
-    ("ts", "float", "time of the first packet, epoch seconds", "ts"),
-    ("duration", "float", "seconds from the first to the last packet", "ts"),
-    ("proto", "str", "tcp, udp, icmp, icmpv6, ... or arp and other link-layer protocols",
-     "l4_proto"),
-    ("service", "str", "application protocol seen (dns, http, tls, dhcp, coap, ...)",
-     "highest_layer"),
-    ("orig_h", "str", "originator address: sent the first packet (for TCP, the SYN)",
-     "ip_src/ip_dst (MAC for non-IP frames)"),
-    ("orig_p", "int", "originator port", "src_port/dst_port"),
-    ("resp_h", "str", "responder address", "ip_src/ip_dst"),
-    ("resp_p", "int", "responder port", "src_port/dst_port"),
-    ("orig_pkts", "int", "packets sent by the originator", "count"),
-    ("orig_bytes", "int", "TCP/UDP payload bytes sent by the originator (as Zeek)",
-     "l4_payload_len"),
-    ("orig_frame_bytes", "int", "frame bytes sent by the originator (as tshark -z conv)",
-     "frame_len"),
-    ("resp_pkts", "int", "packets sent by the responder", "count"),
-    ("resp_bytes", "int", "TCP/UDP payload bytes sent by the responder", "l4_payload_len"),
-    ("resp_frame_bytes", "int", "frame bytes sent by the responder", "frame_len"),
-    ("first_frame", "int", "frame number of the first packet", "frame_number"),
-    ("last_frame", "int", "frame number of the last packet", "frame_number"),
-    ("device_side", "str", "which side is the device under study: orig, resp, or empty",
-     "--device-ip or direction"),
-    ("orig_mac", "str", "originator MAC", "eth_src/eth_dst"),
-    ("orig_vendor", "str", "originator MAC vendor", "eth_src_vendor"),
-    ("resp_mac", "str", "responder MAC", "eth_src/eth_dst"),
-    ("resp_vendor", "str", "responder MAC vendor", "eth_dst_vendor"),
-    ("remote_h", "str", "the other party's address when the device is one side, "
-     "else the responder", "orig_h/resp_h"),
-    ("remote_name", "text", "the remote party's domain: the name the capture's DNS answers "
-     "gave that address before the flow, else the TLS server name, else the HTTP host",
-     "dns_answer_addrs, tls_server_name, http_host"),
-    ("remote_class", "str", "gateway (the device's DNS/DHCP server or router), local "
-     "(private, link-local), multicast, broadcast or external", "remote_h"),
-    # A flow's field is the set of its packets' values: text stays text, the rest is "str".
-    *[(f.name, "text" if f.type == "text" else "str", f.flow_meaning, f.name)
-      for f in fields.REGISTRY if f.in_flows],
-    *_DIRECTION_STATS,
-    ("first_sizes", "text", "frame lengths of the first 10 packets, negative when sent by "
-     "the responder", "frame_len"),
-    ("first_payload_sizes", "text", "the packet profile: frame lengths of the first 10 packets "
-     "that carry TCP/UDP payload (requests and replies), negative when sent by the responder; "
-     "a packet repeated at once (same direction and size: a retransmission or a duplicate) "
-     "counts once", "frame_len, l4_payload_len"),
-))
+FLOWS = Table(
+    "flows",
+    _cols(
+        ("uid", "text", "flow id, unique in the file: capture name and flow number", "computed"),
+        ("capture", "text", "capture file the packets came from", "capture"),
+        ("ts", "float", "time of the first packet, epoch seconds", "ts"),
+        ("duration", "float", "seconds from the first to the last packet", "ts"),
+        (
+            "proto",
+            "str",
+            "tcp, udp, icmp, icmpv6, ... or arp and other link-layer protocols",
+            "l4_proto",
+        ),
+        (
+            "service",
+            "str",
+            "application protocol seen (dns, http, tls, dhcp, coap, ...)",
+            "highest_layer",
+        ),
+        (
+            "orig_h",
+            "str",
+            "originator address: sent the first packet (for TCP, the SYN)",
+            "ip_src/ip_dst (MAC for non-IP frames)",
+        ),
+        ("orig_p", "int", "originator port", "src_port/dst_port"),
+        ("resp_h", "str", "responder address", "ip_src/ip_dst"),
+        ("resp_p", "int", "responder port", "src_port/dst_port"),
+        ("orig_pkts", "int", "packets sent by the originator", "count"),
+        (
+            "orig_bytes",
+            "int",
+            "TCP/UDP payload bytes sent by the originator (as Zeek)",
+            "l4_payload_len",
+        ),
+        (
+            "orig_frame_bytes",
+            "int",
+            "frame bytes sent by the originator (as tshark -z conv)",
+            "frame_len",
+        ),
+        ("resp_pkts", "int", "packets sent by the responder", "count"),
+        ("resp_bytes", "int", "TCP/UDP payload bytes sent by the responder", "l4_payload_len"),
+        ("resp_frame_bytes", "int", "frame bytes sent by the responder", "frame_len"),
+        ("first_frame", "int", "frame number of the first packet", "frame_number"),
+        ("last_frame", "int", "frame number of the last packet", "frame_number"),
+        (
+            "device_side",
+            "str",
+            "which side is the device under study: orig, resp, or empty",
+            "--device-ip or direction",
+        ),
+        ("orig_mac", "str", "originator MAC", "eth_src/eth_dst"),
+        ("orig_vendor", "str", "originator MAC vendor", "eth_src_vendor"),
+        ("resp_mac", "str", "responder MAC", "eth_src/eth_dst"),
+        ("resp_vendor", "str", "responder MAC vendor", "eth_dst_vendor"),
+        (
+            "remote_h",
+            "str",
+            "the other party's address when the device is one side, else the responder",
+            "orig_h/resp_h",
+        ),
+        (
+            "remote_name",
+            "text",
+            "the remote party's domain: the name the capture's DNS answers "
+            "gave that address before the flow, else the TLS server name, else the HTTP host",
+            "dns_answer_addrs, tls_server_name, http_host",
+        ),
+        (
+            "remote_class",
+            "str",
+            "gateway (the device's DNS/DHCP server or router), local "
+            "(private, link-local), multicast, broadcast or external",
+            "remote_h",
+        ),
+        # A flow's field is the set of its packets' values: text stays text, the rest is "str".
+        *[
+            (f.name, "text" if f.type == "text" else "str", f.flow_meaning, f.name)
+            for f in fields.REGISTRY
+            if f.in_flows
+        ],
+        *_DIRECTION_STATS,
+        (
+            "first_sizes",
+            "text",
+            "frame lengths of the first 10 packets, negative when sent by the responder",
+            "frame_len",
+        ),
+        (
+            "first_payload_sizes",
+            "text",
+            "the packet profile: frame lengths of the first 10 packets "
+            "that carry TCP/UDP payload (requests and replies), negative when sent by the "
+            "responder; a packet repeated at once (same direction and size: a retransmission or "
+            "a duplicate) counts once",
+            "frame_len, l4_payload_len",
+        ),
+    ),
+)
 
 SIGNATURE_VERSION = 2
 
-SIGNATURE = Table("signature", _cols(
-    ("signature_version", "int", f"format version of this file ({SIGNATURE_VERSION})", ""),
-    ("event", "text", "event name (the --device-name unless --event is given)", ""),
-    ("device_name", "text", "device under study", "--device-name"),
-    ("device_ip", "str", "device address in the training recordings", "--device-ip"),
-    ("pattern", "text", "pattern name, C-safe, as used in profile.yaml", "computed"),
-    ("variant", "int", "the event's route this pattern belongs to, from 1: an event the app "
-     "performs by different routes (directly, through the cloud) has one variant per route, "
-     "each detected on its own", "computed"),
-    ("order", "int", "position in the event, from 1", "median start offset"),
-    ("role", "str", "background (also seen without the event) or event", "--baseline"),
-    ("device_side", "str", "orig: the device opened the flow; resp: the other side did",
-     "flows.device_side"),
-    ("proto", "str", "tcp, udp, icmp, arp, ...", "flows.proto"),
-    ("remote", "text", "the remote party: domain name, else address, else class", "flows"),
-    ("remote_kind", "str", "domain, address or class", "computed"),
-    ("remote_class", "str", "gateway, local, multicast, broadcast, external", "flows"),
-    ("server_port", "int", "the fixed (server-side) port", "flows.orig_p/resp_p"),
-    ("server_side", "str", "who holds the fixed port: device or remote", "computed"),
-    *[(f, "text", "application field, as in the flows CSV", "flows." + f)
-      for f in fields.FINGERPRINT_FIELDS],
-    ("recordings_seen", "int", "recordings the pattern appeared in", "computed"),
-    ("recordings_total", "int", "recordings given", "computed"),
-    ("start_offset_median", "float", "median seconds from the first pattern flow of each "
-     "recording", "flows.ts"),
-    ("flows_min", "int", "fewest matching flows in one recording", "count"),
-    ("flows_max", "int", "most matching flows in one recording", "count"),
-    *[(f"{m}_{b}", "float", f"{b} of {m} over the pattern's flows", "flows." + m)
-      for m in ("orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes", "duration",
-                "orig_size_min", "orig_size_max", "resp_size_min", "resp_size_max")
-      for b in ("min", "max")],
-    ("remote_addrs", "str", "addresses the remote party had, ';' between them", "flows"),
-    ("packet_profile", "str", "the sizes of the first packets that carry payload, as in the "
-     "flows' first_payload_sizes, that every flow of the pattern has: one item per packet, "
-     "LOW..HIGH or one size, negative when sent by the responder (e.g. '178..182 -395'); "
-     "empty when the flows carry no payload", "flows.first_payload_sizes"),
-))
+SIGNATURE = Table(
+    "signature",
+    _cols(
+        ("signature_version", "int", f"format version of this file ({SIGNATURE_VERSION})", ""),
+        ("event", "text", "event name (the --device-name unless --event is given)", ""),
+        ("device_name", "text", "device under study", "--device-name"),
+        ("device_ip", "str", "device address in the training recordings", "--device-ip"),
+        ("pattern", "text", "pattern name, C-safe, as used in profile.yaml", "computed"),
+        (
+            "variant",
+            "int",
+            "the event's route this pattern belongs to, from 1: an event the app "
+            "performs by different routes (directly, through the cloud) has one variant per route, "
+            "each detected on its own",
+            "computed",
+        ),
+        ("order", "int", "position in the event, from 1", "median start offset"),
+        ("role", "str", "background (also seen without the event) or event", "--baseline"),
+        (
+            "device_side",
+            "str",
+            "orig: the device opened the flow; resp: the other side did",
+            "flows.device_side",
+        ),
+        ("proto", "str", "tcp, udp, icmp, arp, ...", "flows.proto"),
+        ("remote", "text", "the remote party: domain name, else address, else class", "flows"),
+        ("remote_kind", "str", "domain, address or class", "computed"),
+        ("remote_class", "str", "gateway, local, multicast, broadcast, external", "flows"),
+        ("server_port", "int", "the fixed (server-side) port", "flows.orig_p/resp_p"),
+        ("server_side", "str", "who holds the fixed port: device or remote", "computed"),
+        *[
+            (f, "text", "application field, as in the flows CSV", "flows." + f)
+            for f in fields.FINGERPRINT_FIELDS
+        ],
+        ("recordings_seen", "int", "recordings the pattern appeared in", "computed"),
+        ("recordings_total", "int", "recordings given", "computed"),
+        (
+            "start_offset_median",
+            "float",
+            "median seconds from the first pattern flow of each recording",
+            "flows.ts",
+        ),
+        ("flows_min", "int", "fewest matching flows in one recording", "count"),
+        ("flows_max", "int", "most matching flows in one recording", "count"),
+        *[
+            (f"{m}_{b}", "float", f"{b} of {m} over the pattern's flows", "flows." + m)
+            for m in (
+                "orig_pkts",
+                "resp_pkts",
+                "orig_frame_bytes",
+                "resp_frame_bytes",
+                "duration",
+                "orig_size_min",
+                "orig_size_max",
+                "resp_size_min",
+                "resp_size_max",
+            )
+            for b in ("min", "max")
+        ],
+        ("remote_addrs", "str", "addresses the remote party had, ';' between them", "flows"),
+        (
+            "packet_profile",
+            "str",
+            "the sizes of the first packets that carry payload, as in the "
+            "flows' first_payload_sizes, that every flow of the pattern has: one item per packet, "
+            "LOW..HIGH or one size, negative when sent by the responder (e.g. '178..182 -395'); "
+            "empty when the flows carry no payload",
+            "flows.first_payload_sizes",
+        ),
+    ),
+)
 
 
+INVENTORY = Table(
+    "inventory",
+    _cols(
+        ("mac", "str", "MAC address seen as a frame's source or destination", "eth_src, eth_dst"),
+        (
+            "vendor",
+            "str",
+            "vendor from Wireshark's OUI database (empty: unregistered, or a "
+            "locally administered address)",
+            "eth_src_vendor, eth_dst_vendor",
+        ),
+        (
+            "role",
+            "str",
+            "device (the device under study), gateway (a router: sends from outside "
+            "addresses, or owns the device's gateway address), host, multicast or broadcast",
+            "computed",
+        ),
+        ("is_device", "bool", "1 for the device under study", "--device-ip / --device-mac"),
+        (
+            "ipv4",
+            "str",
+            "IPv4 addresses it sent from (ARP sender addresses too), ';' between "
+            "them; a gateway's own local addresses only",
+            "ip_src",
+        ),
+        (
+            "ipv6",
+            "str",
+            "IPv6 addresses it sent from, ';' between them; a gateway's own only",
+            "ip_src",
+        ),
+        (
+            "dhcp_hostname",
+            "text",
+            "host names it gave in DHCP requests, ';' between them",
+            "dhcp_hostname",
+        ),
+        ("pkts_sent", "int", "frames it sent", "eth_src"),
+        ("bytes_sent", "int", "frame bytes it sent", "frame_len"),
+        (
+            "pkts_received",
+            "int",
+            "frames sent to it (to a broadcast or multicast MAC: on its row)",
+            "eth_dst",
+        ),
+        ("bytes_received", "int", "frame bytes sent to it", "frame_len"),
+        ("first_ts", "float", "first frame from or to it, epoch seconds", "ts"),
+        ("last_ts", "float", "last frame from or to it, epoch seconds", "ts"),
+        ("first_time_utc", "str", "first_ts, readable, ISO 8601 UTC", "ts"),
+        ("last_time_utc", "str", "last_ts, readable, ISO 8601 UTC", "ts"),
+        ("captures", "int", "captures it appears in", "capture"),
+        (
+            "relayed_addrs",
+            "int",
+            "for a gateway: outside addresses it forwarded frames from",
+            "ip_src",
+        ),
+    ),
+)
 
-INVENTORY = Table("inventory", _cols(
-    ("mac", "str", "MAC address seen as a frame's source or destination", "eth_src, eth_dst"),
-    ("vendor", "str", "vendor from Wireshark's OUI database (empty: unregistered, or a "
-     "locally administered address)", "eth_src_vendor, eth_dst_vendor"),
-    ("role", "str", "device (the device under study), gateway (a router: sends from outside "
-     "addresses, or owns the device's gateway address), host, multicast or broadcast",
-     "computed"),
-    ("is_device", "bool", "1 for the device under study", "--device-ip / --device-mac"),
-    ("ipv4", "str", "IPv4 addresses it sent from (ARP sender addresses too), ';' between "
-     "them; a gateway's own local addresses only", "ip_src"),
-    ("ipv6", "str", "IPv6 addresses it sent from, ';' between them; a gateway's own only",
-     "ip_src"),
-    ("dhcp_hostname", "text", "host names it gave in DHCP requests, ';' between them",
-     "dhcp_hostname"),
-    ("pkts_sent", "int", "frames it sent", "eth_src"),
-    ("bytes_sent", "int", "frame bytes it sent", "frame_len"),
-    ("pkts_received", "int", "frames sent to it (to a broadcast or multicast MAC: on its row)",
-     "eth_dst"),
-    ("bytes_received", "int", "frame bytes sent to it", "frame_len"),
-    ("first_ts", "float", "first frame from or to it, epoch seconds", "ts"),
-    ("last_ts", "float", "last frame from or to it, epoch seconds", "ts"),
-    ("first_time_utc", "str", "first_ts, readable, ISO 8601 UTC", "ts"),
-    ("last_time_utc", "str", "last_ts, readable, ISO 8601 UTC", "ts"),
-    ("captures", "int", "captures it appears in", "capture"),
-    ("relayed_addrs", "int", "for a gateway: outside addresses it forwarded frames from",
-     "ip_src"),
-))
 
+DETECTIONS = Table(
+    "detections",
+    _cols(
+        ("capture", "text", "capture (or flows CSV) the event was found in", "file name"),
+        ("event", "text", "event the signature describes", "signature.event"),
+        ("device_name", "text", "device the signature was learned on", "signature.device_name"),
+        ("device_ip", "str", "device address whose flows were matched", "signature.device_ip"),
+        (
+            "start",
+            "float",
+            "first packet of the occurrence's first matched flow, epoch seconds",
+            "flows.ts",
+        ),
+        (
+            "end",
+            "float",
+            "last packet of its last matched flow, epoch seconds",
+            "flows.ts + duration",
+        ),
+        ("start_utc", "str", "start, readable, ISO 8601 UTC", "start"),
+        (
+            "first_frame",
+            "int",
+            "first frame of the matched flows in the capture",
+            "flows.first_frame",
+        ),
+        ("last_frame", "int", "last frame of the matched flows", "flows.last_frame"),
+        (
+            "score",
+            "float",
+            "share of the signature's event patterns found in the window (0-1)",
+            "computed",
+        ),
+        ("patterns_matched", "int", "event patterns found", "computed"),
+        ("patterns_total", "int", "event patterns in the signature", "signature"),
+        (
+            "matched_patterns",
+            "text",
+            "names of the patterns found, in the order seen, ';' between them",
+            "signature.pattern",
+        ),
+        ("missing_patterns", "text", "names of the event patterns not found", "signature.pattern"),
+        (
+            "out_of_order",
+            "text",
+            "patterns found, but not in the signature's order (fewest to "
+            "leave out for the rest to be in order)",
+            "signature.order",
+        ),
+        ("flows", "text", "uids of the matched flows, ';' between them", "flows.uid"),
+        (
+            "status",
+            "str",
+            "detected, or explained (an overlapping occurrence of another event of "
+            "the same device accounts for all its flows and is more complete)",
+            "computed",
+        ),
+        ("explained_by", "text", "for status explained: that other event", "computed"),
+        ("signature", "text", "signature CSV the event came from", "file name"),
+    ),
+)
 
-DETECTIONS = Table("detections", _cols(
-    ("capture", "text", "capture (or flows CSV) the event was found in", "file name"),
-    ("event", "text", "event the signature describes", "signature.event"),
-    ("device_name", "text", "device the signature was learned on", "signature.device_name"),
-    ("device_ip", "str", "device address whose flows were matched", "signature.device_ip"),
-    ("start", "float", "first packet of the occurrence's first matched flow, epoch seconds",
-     "flows.ts"),
-    ("end", "float", "last packet of its last matched flow, epoch seconds",
-     "flows.ts + duration"),
-    ("start_utc", "str", "start, readable, ISO 8601 UTC", "start"),
-    ("first_frame", "int", "first frame of the matched flows in the capture", "flows.first_frame"),
-    ("last_frame", "int", "last frame of the matched flows", "flows.last_frame"),
-    ("score", "float", "share of the signature's event patterns found in the window (0-1)",
-     "computed"),
-    ("patterns_matched", "int", "event patterns found", "computed"),
-    ("patterns_total", "int", "event patterns in the signature", "signature"),
-    ("matched_patterns", "text", "names of the patterns found, in the order seen, ';' "
-     "between them", "signature.pattern"),
-    ("missing_patterns", "text", "names of the event patterns not found", "signature.pattern"),
-    ("out_of_order", "text", "patterns found, but not in the signature's order (fewest to "
-     "leave out for the rest to be in order)", "signature.order"),
-    ("flows", "text", "uids of the matched flows, ';' between them", "flows.uid"),
-    ("status", "str", "detected, or explained (an overlapping occurrence of another event of "
-     "the same device accounts for all its flows and is more complete)", "computed"),
-    ("explained_by", "text", "for status explained: that other event", "computed"),
-    ("signature", "text", "signature CSV the event came from", "file name"),
-))
-
-EVALUATION = Table("evaluation", _cols(
-    ("device", "text", "device folder", "EVENTS_DIR/DEVICE"),
-    ("event", "text", "event folder", "EVENTS_DIR/DEVICE/EVENT"),
-    ("protocol", "text", "baseline: every signature, learned against the device's other "
-     "events, on every recording; user: the signature main.py learns with no baseline, alone, "
-     "on the held-out recordings of its physical device", "--protocol"),
-    ("status", "text", "evaluated, no event pattern (it cannot be detected: counted with "
-     "F1 0), or failed (no figure; why in note)", "computed"),
-    ("note", "text", "why the event failed, or what to know about its figure", "computed"),
-    ("recordings", "int", "captures of the event", "count"),
-    ("train", "int", "captures the signature was learned from", "--train-share, --seed"),
-    ("positives", "int", "held-out captures of the event", "count"),
-    ("negatives", "int", "strict: held-out captures of the device's other events, and "
-     "(baseline protocol) every capture of the other devices or (user protocol) the held-out "
-     "captures of the same physical device driven by another app (folder DeviceApp)",
-     "count"),
-    ("event_patterns", "int", "event patterns in the learned signature", "signature"),
-    ("background_patterns", "int", "patterns also seen in the baseline", "signature"),
-    ("tp", "int", "positives in which the event was detected", "event-detector"),
-    ("fp", "int", "negatives in which the event was detected", "event-detector"),
-    ("tn", "int", "negatives without a detection of the event", "event-detector"),
-    ("fn", "int", "positives without a detection of the event", "event-detector"),
-    ("precision", "float", "tp / (tp + fp); empty when nothing was detected", "computed"),
-    ("recall", "float", "tp / (tp + fn)", "computed"),
-    ("f1", "float", "harmonic mean of precision and recall", "computed"),
-    ("negatives_per_device", "int", "negatives without the recordings of the same physical "
-     "device through another app with the same event name (DeviceApp/EVENT for "
-     "Device/EVENT, and the reverse): the same change by another route", "count"),
-    ("fp_per_device", "int", "fp among negatives_per_device", "event-detector"),
-    ("tn_per_device", "int", "tn among negatives_per_device", "event-detector"),
-    ("precision_per_device", "float", "tp / (tp + fp_per_device)", "computed"),
-    ("f1_per_device", "float", "F1 with precision_per_device (recall is the same)",
-     "computed"),
-    ("seconds", "float", "time to learn the signature and run the detector on every test "
-     "capture (translation excluded: shared, see the run's total)", "computed"),
-    ("signature", "text", "the event patterns, in event order, ';' between them",
-     "signature.pattern"),
-    ("signature_csv", "text", "the learned signature CSV, relative to the output directory",
-     "computed"),
-))
+EVALUATION = Table(
+    "evaluation",
+    _cols(
+        ("device", "text", "device folder", "EVENTS_DIR/DEVICE"),
+        ("event", "text", "event folder", "EVENTS_DIR/DEVICE/EVENT"),
+        (
+            "protocol",
+            "text",
+            "baseline: every signature, learned against the device's other "
+            "events, on every recording; user: the signature main.py learns with no baseline, "
+            "alone, on the held-out recordings of its physical device",
+            "--protocol",
+        ),
+        (
+            "status",
+            "text",
+            "evaluated, no event pattern (it cannot be detected: counted with "
+            "F1 0), or failed (no figure; why in note)",
+            "computed",
+        ),
+        ("note", "text", "why the event failed, or what to know about its figure", "computed"),
+        ("recordings", "int", "captures of the event", "count"),
+        ("train", "int", "captures the signature was learned from", "--train-share, --seed"),
+        ("positives", "int", "held-out captures of the event", "count"),
+        (
+            "negatives",
+            "int",
+            "strict: held-out captures of the device's other events, and "
+            "(baseline protocol) every capture of the other devices or (user protocol) the "
+            "held-out captures of the same physical device driven by another app "
+            "(folder DeviceApp)",
+            "count",
+        ),
+        ("event_patterns", "int", "event patterns in the learned signature", "signature"),
+        ("background_patterns", "int", "patterns also seen in the baseline", "signature"),
+        ("tp", "int", "positives in which the event was detected", "event-detector"),
+        ("fp", "int", "negatives in which the event was detected", "event-detector"),
+        ("tn", "int", "negatives without a detection of the event", "event-detector"),
+        ("fn", "int", "positives without a detection of the event", "event-detector"),
+        ("precision", "float", "tp / (tp + fp); empty when nothing was detected", "computed"),
+        ("recall", "float", "tp / (tp + fn)", "computed"),
+        ("f1", "float", "harmonic mean of precision and recall", "computed"),
+        (
+            "negatives_per_device",
+            "int",
+            "negatives without the recordings of the same physical "
+            "device through another app with the same event name (DeviceApp/EVENT for "
+            "Device/EVENT, and the reverse): the same change by another route",
+            "count",
+        ),
+        ("fp_per_device", "int", "fp among negatives_per_device", "event-detector"),
+        ("tn_per_device", "int", "tn among negatives_per_device", "event-detector"),
+        ("precision_per_device", "float", "tp / (tp + fp_per_device)", "computed"),
+        ("f1_per_device", "float", "F1 with precision_per_device (recall is the same)", "computed"),
+        (
+            "seconds",
+            "float",
+            "time to learn the signature and run the detector on every test "
+            "capture (translation excluded: shared, see the run's total)",
+            "computed",
+        ),
+        (
+            "signature",
+            "text",
+            "the event patterns, in event order, ';' between them",
+            "signature.pattern",
+        ),
+        (
+            "signature_csv",
+            "text",
+            "the learned signature CSV, relative to the output directory",
+            "computed",
+        ),
+    ),
+)
 
 
 ALL_TABLES = [PACKETS, FLOWS, SIGNATURE, INVENTORY, DETECTIONS, EVALUATION]

@@ -22,26 +22,54 @@ from .fields import FINGERPRINT_FIELDS
 from .parties import remote_party, server_ports
 from .schema import FLOWS, SIGNATURE, SIGNATURE_VERSION
 
-FINGERPRINT = ["device_side", "proto", "remote", "server_port", "server_side",
-               *FINGERPRINT_FIELDS]
-REQUIRED = ["uid", "ts", "duration", "proto", "orig_h", "orig_p", "resp_h", "resp_p",
-            "orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes", "orig_mac",
-            "resp_mac", "remote_name", "remote_class", "orig_size_min", "orig_size_max",
-            "resp_size_min", "resp_size_max", "first_payload_sizes", *FINGERPRINT_FIELDS]
-RANGE_METRICS = ["orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes", "duration",
-                 "orig_size_min", "orig_size_max", "resp_size_min", "resp_size_max"]
+FINGERPRINT = ["device_side", "proto", "remote", "server_port", "server_side", *FINGERPRINT_FIELDS]
+REQUIRED = [
+    "uid",
+    "ts",
+    "duration",
+    "proto",
+    "orig_h",
+    "orig_p",
+    "resp_h",
+    "resp_p",
+    "orig_pkts",
+    "resp_pkts",
+    "orig_frame_bytes",
+    "resp_frame_bytes",
+    "orig_mac",
+    "resp_mac",
+    "remote_name",
+    "remote_class",
+    "orig_size_min",
+    "orig_size_max",
+    "resp_size_min",
+    "resp_size_max",
+    "first_payload_sizes",
+    *FINGERPRINT_FIELDS,
+]
+RANGE_METRICS = [
+    "orig_pkts",
+    "resp_pkts",
+    "orig_frame_bytes",
+    "resp_frame_bytes",
+    "duration",
+    "orig_size_min",
+    "orig_size_max",
+    "resp_size_min",
+    "resp_size_max",
+]
 # Packet profiles (PingPong's insight: request/reply sizes tell apart events that share
 # every flow). A profile is the packet sizes that recur among the first PROFILE_PACKETS
 # payload packets of a pattern's flows; sizes closer than PROFILE_GAP bytes are one item
 # (a brightness value's digits vary a request by a few bytes), and a flow carries an item
 # when one of its sizes lies in the item's range widened by PROFILE_SLACK bytes.
-PROFILE_PACKETS = 6     # items are learned from the first 6 payload packets ...
-PROFILE_WINDOW = 10     # ... and found among the first 10 (a packet may come a little later)
+PROFILE_PACKETS = 6  # items are learned from the first 6 payload packets ...
+PROFILE_WINDOW = 10  # ... and found among the first 10 (a packet may come a little later)
 PROFILE_GAP = 16
 PROFILE_SLACK = 4
 KEEP_ALIVE_PACKETS = 2
-MIN_VARIANT = 2         # recordings a route of the event needs to be learned on its own
-CLASS_NAMES = {"gateway", "broadcast"}   # always written as their class: addresses vary
+MIN_VARIANT = 2  # recordings a route of the event needs to be learned on its own
+CLASS_NAMES = {"gateway", "broadcast"}  # always written as their class: addresses vary
 GENERALISABLE = {"local", "external", "multicast"}
 
 
@@ -59,11 +87,11 @@ class Signature:
     event: str
     recordings: list[str]
     support: float
-    patterns: pd.DataFrame                      # one row per pattern, SIGNATURE columns
-    noise: pd.DataFrame                         # fingerprints below the support threshold
+    patterns: pd.DataFrame  # one row per pattern, SIGNATURE columns
+    noise: pd.DataFrame  # fingerprints below the support threshold
     baseline_given: bool = False
     warnings: list[str] = field(default_factory=list)
-    variants: list[list[str]] = field(default_factory=list)   # recordings of each route
+    variants: list[list[str]] = field(default_factory=list)  # recordings of each route
 
     @property
     def event_patterns(self) -> pd.DataFrame:
@@ -105,8 +133,11 @@ def device_flows(recording: Recording, device_ip: str, device_mac: str | None) -
     resp = flows["resp_h"] == device_ip
     if device_mac:
         orig |= (flows["orig_mac"].str.lower() == device_mac) & ~resp
-        resp |= ((flows["resp_mac"].str.lower() == device_mac) & ~orig
-                 & (flows["resp_h"] != flows["orig_h"]))
+        resp |= (
+            (flows["resp_mac"].str.lower() == device_mac)
+            & ~orig
+            & (flows["resp_h"] != flows["orig_h"])
+        )
     involved = (orig | resp).to_numpy()
     # A shallow frame when every flow is the device's: the columns are copied once, by
     # the caller's concat (a hundred recordings of 10,000 flows are a GB of text).
@@ -121,9 +152,14 @@ def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
     f = flows
     device_is_orig = (f["device_side"] == "orig").to_numpy()
     if "remote_h" in f:  # (optional column)
-        remote_h, name, klass = remote_party(f["orig_h"], f["resp_h"], device_is_orig,
-                                             f["remote_h"], f["remote_name"].fillna(""),
-                                             f["remote_class"].fillna(""))
+        remote_h, name, klass = remote_party(
+            f["orig_h"],
+            f["resp_h"],
+            device_is_orig,
+            f["remote_h"],
+            f["remote_name"].fillna(""),
+            f["remote_class"].fillna(""),
+        )
         f["remote_name"], f["remote_class"] = name, klass
     else:
         remote_h = np.where(device_is_orig, f["resp_h"], f["orig_h"])
@@ -139,8 +175,9 @@ def fingerprints(flows: pd.DataFrame) -> pd.DataFrame:
     f["server_side"] = np.where(server_is_orig == device_is_orig, "device", "remote")
     f.loc[f["server_port"].isna(), "server_side"] = ""
     # The URI without its query string: queries carry tokens and times that change.
-    f["http_request_uri"] = _map_distinct(f["http_request_uri"].fillna(""),
-                                          lambda u: re.sub(r"\?[^;]*", "", u))
+    f["http_request_uri"] = _map_distinct(
+        f["http_request_uri"].fillna(""), lambda u: re.sub(r"\?[^;]*", "", u)
+    )
     for name in FINGERPRINT_FIELDS:  # a set of values, in one spelling: "reply;request"
         f[name] = _canonical_sets(f[name].fillna("").astype(str))
     f["server_port"] = pd.to_numeric(f["server_port"], errors="coerce").fillna(-1).astype(int)
@@ -168,36 +205,62 @@ def _map_distinct(values: pd.Series, function) -> pd.Series:
     return pd.Series(result, index=values.index, dtype=object)
 
 
-def extract(recordings: list[Recording], device_name: str, device_ip: str,
-            device_mac: str | None = None, support: float = 1.0, event: str = "event",
-            baseline: list[Recording] | None = None) -> Signature:
+def extract(
+    recordings: list[Recording],
+    device_name: str,
+    device_ip: str,
+    device_mac: str | None = None,
+    support: float = 1.0,
+    event: str = "event",
+    baseline: list[Recording] | None = None,
+) -> Signature:
     """The signature of an event from its recordings (and, to tell background, a baseline).
     Where nothing recurs in enough recordings that the baseline lacks, the event may take
     several routes (the app reaches the device directly in some recordings, through the
     cloud in others): the recordings are split by the distinctive patterns they share and
     each route gets a signature of its own, a variant of the same event."""
-    learned = _extract_once(recordings, device_name, device_ip, device_mac, support, event,
-                            baseline)
+    learned = _extract_once(
+        recordings, device_name, device_ip, device_mac, support, event, baseline
+    )
     if learned.event_patterns.empty and baseline and len(recordings) >= 2 * MIN_VARIANT:
         routes = _route_variants(recordings, device_ip, device_mac, baseline)
         if len(routes) > 1:
-            return _with_variants(learned, routes, recordings, device_name, device_ip,
-                                  device_mac, support, event, baseline)
+            return _with_variants(
+                learned,
+                routes,
+                recordings,
+                device_name,
+                device_ip,
+                device_mac,
+                support,
+                event,
+                baseline,
+            )
     return learned
 
 
-def _extract_once(recordings: list[Recording], device_name: str, device_ip: str,
-                  device_mac: str | None, support: float, event: str,
-                  baseline: list[Recording] | None) -> Signature:
+def _extract_once(
+    recordings: list[Recording],
+    device_name: str,
+    device_ip: str,
+    device_mac: str | None,
+    support: float,
+    event: str,
+    baseline: list[Recording] | None,
+) -> Signature:
     warnings = []
     if len(recordings) == 1:
-        warnings.append("only one recording: a signature from one recording cannot tell "
-                        "stable traffic from accidental traffic; record the event several times")
+        warnings.append(
+            "only one recording: a signature from one recording cannot tell "
+            "stable traffic from accidental traffic; record the event several times"
+        )
     per_recording = [device_flows(r, device_ip, device_mac) for r in recordings]
     absent = [r.name for r, f in zip(recordings, per_recording) if f.empty]
     if len(absent) == len(recordings):
-        raise ToolError(f"device IP {device_ip} never appears in the flows of "
-                        + ", ".join(r.name for r in recordings))
+        raise ToolError(
+            f"device IP {device_ip} never appears in the flows of "
+            + ", ".join(r.name for r in recordings)
+        )
     if absent:
         warnings.append(f"device IP {device_ip} does not appear in: {', '.join(absent)}")
     flows = pd.concat(per_recording, ignore_index=True)
@@ -205,13 +268,19 @@ def _extract_once(recordings: list[Recording], device_name: str, device_ip: str,
     flows = fingerprints(flows)
     mac = device_mac or _device_mac(flows)
     if not mac:
-        warnings.append("no --device-mac given and no MAC seen sending from "
-                        f"{device_ip}: profile.yaml needs device-info.mac")
+        warnings.append(
+            "no --device-mac given and no MAC seen sending from "
+            f"{device_ip}: profile.yaml needs device-info.mac"
+        )
     n = len(recordings)
     needed = max(1, math.ceil(support * n - 1e-9))
     flows["key"] = _assign_keys(flows, needed)
-    keys, profiles = profile_patterns(flows["key"].to_numpy(), _codes(flows["recording"]),
-                                      payload_matrix(flows["first_payload_sizes"]), needed)
+    keys, profiles = profile_patterns(
+        flows["key"].to_numpy(),
+        _codes(flows["recording"]),
+        payload_matrix(flows["first_payload_sizes"]),
+        needed,
+    )
     flows["key"] = keys
     counted = flows.groupby("key")["recording"].nunique()
     keep = counted[counted >= needed].index
@@ -220,29 +289,52 @@ def _extract_once(recordings: list[Recording], device_name: str, device_ip: str,
     background_keys = set()
     if baseline:
         base = [device_flows(r, device_ip, device_mac) for r in baseline]
-        base = (fingerprints(pd.concat(base, ignore_index=True))
-                if any(len(b) for b in base) else None)
+        base = (
+            fingerprints(pd.concat(base, ignore_index=True)) if any(len(b) for b in base) else None
+        )
         if base is None:
-            warnings.append(f"device IP {device_ip} does not appear in the baseline "
-                            f"({', '.join(r.name for r in baseline)}): nothing is background")
+            warnings.append(
+                f"device IP {device_ip} does not appear in the baseline "
+                f"({', '.join(r.name for r in baseline)}): nothing is background"
+            )
         if base is not None:
             background_keys = _background_keys(flows[in_pattern], profiles, base)
-    patterns = _summarise(flows[in_pattern], n, device_name, device_ip, event,
-                          background_keys, baseline is not None, profiles)
+    patterns = _summarise(
+        flows[in_pattern],
+        n,
+        device_name,
+        device_ip,
+        event,
+        background_keys,
+        baseline is not None,
+        profiles,
+    )
     noise = _noise(flows.loc[~in_pattern, [*FINGERPRINT, "key", "recording"]], n)
-    return Signature(device_name, device_ip, mac or "", event, [r.name for r in recordings],
-                     support, patterns, noise, baseline is not None, warnings)
+    return Signature(
+        device_name,
+        device_ip,
+        mac or "",
+        event,
+        [r.name for r in recordings],
+        support,
+        patterns,
+        noise,
+        baseline is not None,
+        warnings,
+    )
 
 
-def _route_variants(recordings: list[Recording], device_ip: str,
-                    device_mac: str | None, baseline: list[Recording]) -> list[list[str]]:
+def _route_variants(
+    recordings: list[Recording], device_ip: str, device_mac: str | None, baseline: list[Recording]
+) -> list[list[str]]:
     """Recordings grouped by route. A distinctive item is a packet size that recurs in a
     fingerprint's flows in at least MIN_VARIANT recordings and that no baseline flow of the
     same fingerprint carries (the bulb's 345-byte colour request, the cloud's 812-byte
     command). Greedily, the item shared by the most recordings not yet grouped makes a
     route of those recordings."""
-    flows = fingerprints(pd.concat([device_flows(r, device_ip, device_mac) for r in recordings],
-                                   ignore_index=True))
+    flows = fingerprints(
+        pd.concat([device_flows(r, device_ip, device_mac) for r in recordings], ignore_index=True)
+    )
     base = [device_flows(r, device_ip, device_mac) for r in baseline]
     if not any(len(b) for b in base):
         return []
@@ -250,11 +342,21 @@ def _route_variants(recordings: list[Recording], device_ip: str,
     flows["key"] = _assign_keys(flows, MIN_VARIANT)
     labels = pd.factorize(flows["key"])[0]
     recording = _codes(flows["recording"])
-    rows, values, _, items = _recurring_items(labels, _support(labels, recording), recording,
-                                              payload_matrix(flows["first_payload_sizes"]),
-                                              MIN_VARIANT)
-    table = pd.DataFrame({"row": rows, "item": items, "size": values,
-                          "recording": flows["recording"].to_numpy()[rows]})
+    rows, values, _, items = _recurring_items(
+        labels,
+        _support(labels, recording),
+        recording,
+        payload_matrix(flows["first_payload_sizes"]),
+        MIN_VARIANT,
+    )
+    table = pd.DataFrame(
+        {
+            "row": rows,
+            "item": items,
+            "size": values,
+            "recording": flows["recording"].to_numpy()[rows],
+        }
+    )
     base_sizes = payload_matrix(base["first_payload_sizes"])
     rows_of = {False: _rows_by(base, FINGERPRINT), True: _rows_by(base, _general_columns())}
     shared_by = {}
@@ -275,16 +377,31 @@ def _route_variants(recordings: list[Recording], device_ip: str,
     return routes
 
 
-def _with_variants(learned: Signature, routes: list[list[str]], recordings: list[Recording],
-                   device_name: str, device_ip: str, device_mac: str | None, support: float,
-                   event: str, baseline: list[Recording]) -> Signature:
+def _with_variants(
+    learned: Signature,
+    routes: list[list[str]],
+    recordings: list[Recording],
+    device_name: str,
+    device_ip: str,
+    device_mac: str | None,
+    support: float,
+    event: str,
+    baseline: list[Recording],
+) -> Signature:
     """One signature whose patterns are those of each route's own signature, numbered by
     route in the `variant` column; routes without an event pattern of their own are left
     out."""
     parts, kept = [], []
     for names in routes:
-        route = _extract_once([r for r in recordings if r.name in names], device_name,
-                              device_ip, device_mac, support, event, baseline)
+        route = _extract_once(
+            [r for r in recordings if r.name in names],
+            device_name,
+            device_ip,
+            device_mac,
+            support,
+            event,
+            baseline,
+        )
         if route.event_patterns.empty:
             continue
         parts.append(route.patterns.assign(variant=len(parts) + 1))
@@ -294,13 +411,26 @@ def _with_variants(learned: Signature, routes: list[list[str]], recordings: list
     patterns = pd.concat(parts, ignore_index=True)
     patterns["pattern"] = policy_names(patterns)
     left_out = len(recordings) - sum(map(len, kept))
-    note = (f"no pattern recurs in every recording: the event took {len(kept)} routes, each "
-            "learned as a variant of its own (" + "; ".join(
-                f"variant {n}: {len(names)} recordings" for n, names in enumerate(kept, 1))
-            + (f"; {left_out} recording(s) fit none" if left_out else "") + ")")
-    return Signature(learned.device_name, learned.device_ip, learned.device_mac, event,
-                     learned.recordings, support, patterns.reindex(columns=SIGNATURE.names),
-                     learned.noise, True, learned.warnings + [note], kept)
+    note = (
+        f"no pattern recurs in every recording: the event took {len(kept)} routes, each "
+        "learned as a variant of its own ("
+        + "; ".join(f"variant {n}: {len(names)} recordings" for n, names in enumerate(kept, 1))
+        + (f"; {left_out} recording(s) fit none" if left_out else "")
+        + ")"
+    )
+    return Signature(
+        learned.device_name,
+        learned.device_ip,
+        learned.device_mac,
+        event,
+        learned.recordings,
+        support,
+        patterns.reindex(columns=SIGNATURE.names),
+        learned.noise,
+        True,
+        learned.warnings + [note],
+        kept,
+    )
 
 
 def _background_keys(pattern_flows: pd.DataFrame, profiles: dict, base: pd.DataFrame) -> set:
@@ -320,8 +450,10 @@ def _background_keys(pattern_flows: pd.DataFrame, profiles: dict, base: pd.DataF
 
 
 def _rows_by(frame: pd.DataFrame, columns: list[str]) -> dict[tuple, np.ndarray]:
-    return {key if isinstance(key, tuple) else (key,): rows
-            for key, rows in frame.groupby(columns, sort=False).indices.items()}
+    return {
+        key if isinstance(key, tuple) else (key,): rows
+        for key, rows in frame.groupby(columns, sort=False).indices.items()
+    }
 
 
 def payload_matrix(sizes: pd.Series, width: int = PROFILE_WINDOW) -> np.ndarray:
@@ -339,8 +471,9 @@ def payload_matrix(sizes: pd.Series, width: int = PROFILE_WINDOW) -> np.ndarray:
     return table[codes]
 
 
-def profile_patterns(keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray,
-                     needed: int) -> tuple[np.ndarray, dict]:
+def profile_patterns(
+    keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray, needed: int
+) -> tuple[np.ndarray, dict]:
     """Fingerprint keys -> (keys of fingerprint and packet profile, {key: profile}).
 
     An item is a packet size that recurs: the sizes of a key's flows, cut where a gap wider
@@ -352,15 +485,19 @@ def profile_patterns(keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray
     profiled by the items all its flows carry."""
     labels = pd.factorize(keys)[0]
     key_support = _support(labels, recordings)
-    rows, values, positions, items = _recurring_items(labels, key_support, recordings, sizes,
-                                                      needed)
-    ranges = pd.DataFrame({"item": items, "low": values, "high": values, "at": positions}
-                          ).groupby("item").agg({"low": "min", "high": "max", "at": "median"})
+    rows, values, positions, items = _recurring_items(
+        labels, key_support, recordings, sizes, needed
+    )
+    ranges = (
+        pd.DataFrame({"item": items, "low": values, "high": values, "at": positions})
+        .groupby("item")
+        .agg({"low": "min", "high": "max", "at": "median"})
+    )
     carried = _carried_items(rows, items, len(labels))
     groups = _group_ids([labels, pd.factorize(carried)[0]])
     support = _support(groups, recordings)
-    firsts = np.unique(groups, return_index=True)[1]   # each group's first flow
-    target = np.arange(len(firsts))                    # group -> the pattern it joins
+    firsts = np.unique(groups, return_index=True)[1]  # each group's first flow
+    target = np.arange(len(firsts))  # group -> the pattern it joins
     profiles = {}
     owners = labels[firsts]
     recurring_keys = np.flatnonzero(key_support >= needed)
@@ -380,17 +517,25 @@ def profile_patterns(keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray
             if within:
                 target[g] = max(within, key=lambda h: (len(sets[h]), -h))
     final = target[groups]
-    profiles = {g: tuple(_item_range(ranges, i) for i in
-                         sorted(items_, key=lambda i: ranges.at[int(i), "at"]))
-                for g, items_ in profiles.items()}
+    profiles = {
+        g: tuple(
+            _item_range(ranges, i) for i in sorted(items_, key=lambda i: ranges.at[int(i), "at"])
+        )
+        for g, items_ in profiles.items()
+    }
     return final, profiles
 
 
-def _recurring_items(labels: np.ndarray, key_support: np.ndarray, recordings: np.ndarray,
-                     sizes: np.ndarray, needed: int) -> tuple[np.ndarray, ...]:
+def _recurring_items(
+    labels: np.ndarray,
+    key_support: np.ndarray,
+    recordings: np.ndarray,
+    sizes: np.ndarray,
+    needed: int,
+) -> tuple[np.ndarray, ...]:
     """(flow row, size, position, item) of every size that belongs to an item recurring in
     `needed` recordings, sorted by item."""
-    common = key_support[labels] >= needed   # the other keys are noise whatever they carry
+    common = key_support[labels] >= needed  # the other keys are noise whatever they carry
     rows, positions = np.nonzero(~np.isnan(sizes[:, :PROFILE_PACKETS]) & common[:, None])
     values = sizes[rows, positions]
     items = _size_items(labels[rows], rows, values)
@@ -409,17 +554,25 @@ def _size_items(keys: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.nd
     table = pd.DataFrame({"key": keys, "row": rows, "size": values})
     own = table.drop_duplicates().sort_values(["row", "size"])
     same_flow = own["row"].to_numpy()[1:] == own["row"].to_numpy()[:-1]
-    both = pd.DataFrame({"key": own["key"].to_numpy()[:-1][same_flow],
-                         "size": own["size"].to_numpy()[:-1][same_flow],
-                         "next": own["size"].to_numpy()[1:][same_flow]}).drop_duplicates()
+    both = pd.DataFrame(
+        {
+            "key": own["key"].to_numpy()[:-1][same_flow],
+            "size": own["size"].to_numpy()[:-1][same_flow],
+            "next": own["size"].to_numpy()[1:][same_flow],
+        }
+    ).drop_duplicates()
     sizes = table[["key", "size"]].drop_duplicates().sort_values(["key", "size"])
     sizes["next"] = sizes["size"].shift(-1).where(sizes["key"].shift(-1) == sizes["key"])
     apart = sizes.merge(both.assign(together=True), on=["key", "size", "next"], how="left")
-    cut_after = (apart["next"] - apart["size"] > PROFILE_GAP) | apart["together"].eq(True) \
+    cut_after = (
+        (apart["next"] - apart["size"] > PROFILE_GAP)
+        | apart["together"].eq(True)
         | apart["next"].isna()
+    )
     apart["item"] = np.r_[0, np.cumsum(cut_after.to_numpy()[:-1])]
-    return table.merge(apart[["key", "size", "item"]], on=["key", "size"], how="left"
-                       )["item"].to_numpy()
+    return table.merge(apart[["key", "size", "item"]], on=["key", "size"], how="left")[
+        "item"
+    ].to_numpy()
 
 
 def _carried_items(rows: np.ndarray, items: np.ndarray, n: int) -> np.ndarray:
@@ -489,7 +642,8 @@ def _assign_keys(flows: pd.DataFrame, needed: int) -> np.ndarray:
     flows["generalised"] = ~stable
     flows["remote"] = np.where(stable, flows["remote"], flows["remote_general"])
     flows.loc[~stable, "remote_kind"] = np.where(
-        flows.loc[~stable, "remote"] == flows.loc[~stable, "remote_h"], "address", "class")
+        flows.loc[~stable, "remote"] == flows.loc[~stable, "remote_h"], "address", "class"
+    )
     return np.where(stable, specific, general + specific.max() + 1)
 
 
@@ -522,8 +676,12 @@ def _group_ids(codes: list[np.ndarray]) -> np.ndarray:
 
 
 def _device_mac(flows: pd.DataFrame) -> str:
-    macs = pd.concat([flows.loc[flows["device_side"] == "orig", "orig_mac"],
-                      flows.loc[flows["device_side"] == "resp", "resp_mac"]])
+    macs = pd.concat(
+        [
+            flows.loc[flows["device_side"] == "orig", "orig_mac"],
+            flows.loc[flows["device_side"] == "resp", "resp_mac"],
+        ]
+    )
     counts = macs.value_counts()  # checked once per distinct MAC
     counts.index = counts.index.str.lower()
     counts = counts.groupby(level=0).sum()
@@ -531,8 +689,16 @@ def _device_mac(flows: pd.DataFrame) -> str:
     return counts.sort_index().idxmax() if len(counts) else ""
 
 
-def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, event: str,
-               background_keys: set, baseline_given: bool, profiles: dict) -> pd.DataFrame:
+def _summarise(
+    flows: pd.DataFrame,
+    n: int,
+    device_name: str,
+    device_ip: str,
+    event: str,
+    background_keys: set,
+    baseline_given: bool,
+    profiles: dict,
+) -> pd.DataFrame:
     if flows.empty:
         return csvio.empty_frame(SIGNATURE)
     grouped = flows.groupby("key", sort=False)
@@ -540,7 +706,8 @@ def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, ev
     summary["remote_class"] = grouped["remote_class"].first()
     summary["recordings_seen"] = grouped["recording"].nunique()
     per_recording = flows.groupby(["key", "recording"]).agg(
-        count=("ts", "size"), first=("ts", "min"), last=("ts", "max"))
+        count=("ts", "size"), first=("ts", "min"), last=("ts", "max")
+    )
     summary["flows_min"] = per_recording["count"].groupby("key").min()
     summary["flows_max"] = per_recording["count"].groupby("key").max()
     for metric in RANGE_METRICS:
@@ -563,10 +730,13 @@ def _summarise(flows: pd.DataFrame, n: int, device_name: str, device_ip: str, ev
     starts["offset"] = starts["first"] - starts["recording"].map(reference)
     summary["start_offset_median"] = starts.groupby("key")["offset"].median().round(6)
     summary = summary.reset_index(drop=True)
+
     def events_first(column):
         return column.map({"event": 0}).fillna(1) if column.name == "role" else column
-    summary = summary.sort_values(["role", "start_offset_median"], key=events_first,
-                                  kind="stable").reset_index(drop=True)
+
+    summary = summary.sort_values(
+        ["role", "start_offset_median"], key=events_first, kind="stable"
+    ).reset_index(drop=True)
     summary["order"] = np.arange(1, len(summary) + 1)
     summary["recordings_total"] = n
     summary["signature_version"] = SIGNATURE_VERSION
@@ -584,9 +754,12 @@ def _keep_alives(flows: pd.DataFrame, summary: pd.DataFrame) -> np.ndarray:
     most KEEP_ALIVE_PACKETS packets each way is taken for background: the keep-alive of a
     connection opened before the recording, which says nothing about the event (a
     connection the event opens has its handshake, more packets)."""
-    quiet = (flows["first_payload_sizes"].fillna("") == "") & (flows["proto"] == "tcp") \
-        & (pd.to_numeric(flows["orig_pkts"], errors="coerce") <= KEEP_ALIVE_PACKETS) \
+    quiet = (
+        (flows["first_payload_sizes"].fillna("") == "")
+        & (flows["proto"] == "tcp")
+        & (pd.to_numeric(flows["orig_pkts"], errors="coerce") <= KEEP_ALIVE_PACKETS)
         & (pd.to_numeric(flows["resp_pkts"], errors="coerce") <= KEEP_ALIVE_PACKETS)
+    )
     keep_alive = quiet.groupby(flows["key"]).all()
     return summary.index.isin(keep_alive[keep_alive].index)
 
@@ -599,15 +772,26 @@ def _repeating(per_recording: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
     spread = (per_recording["last"] - per_recording["first"]).groupby("key").median()
     single = counts[counts == 1].index
     burst_spread = per_recording.loc[per_recording.index.get_level_values("key").isin(single)]
-    burst = (burst_spread.groupby("recording")["first"].agg(lambda s: s.max() - s.min()).median()
-             if len(burst_spread) else 0.0)
+    burst = (
+        burst_spread.groupby("recording")["first"].agg(lambda s: s.max() - s.min()).median()
+        if len(burst_spread)
+        else 0.0
+    )
     repeating = (counts >= 2) & (spread > max(2 * (burst if burst == burst else 0.0), 1e-6))
     return summary.index.isin(repeating[repeating].index)
 
 
 def _noise(flows: pd.DataFrame, n: int) -> pd.DataFrame:
-    columns = ["device_side", "proto", "remote", "server_port", "server_side", "recordings_seen",
-               "flows", *FINGERPRINT_FIELDS]
+    columns = [
+        "device_side",
+        "proto",
+        "remote",
+        "server_port",
+        "server_side",
+        "recordings_seen",
+        "flows",
+        *FINGERPRINT_FIELDS,
+    ]
     if flows.empty:
         return pd.DataFrame(columns=columns)
     # Counted with numpy: a busy network gives as many one-off fingerprints as flows.
@@ -619,8 +803,9 @@ def _noise(flows: pd.DataFrame, n: int) -> pd.DataFrame:
     noise["recordings_seen"] = np.bincount(keys[pairs], minlength=len(first))
     noise["flows"] = np.bincount(keys, minlength=len(first))
     noise["recordings_total"] = n
-    return noise.sort_values(["recordings_seen", "flows"], ascending=False,
-                             kind="stable").reset_index(drop=True)
+    return noise.sort_values(
+        ["recordings_seen", "flows"], ascending=False, kind="stable"
+    ).reset_index(drop=True)
 
 
 def policy_names(patterns: pd.DataFrame) -> list[str]:
@@ -660,6 +845,7 @@ def _application_label(row) -> str:
 
 def c_safe(text: str) -> str:
     import re
+
     safe = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
     safe = re.sub(r"-{2,}", "-", safe)
     return re.sub("backward", "back-ward", safe, flags=re.I)
@@ -672,11 +858,15 @@ def write_signature_csv(signature: Signature, path: Path) -> None:
 def read_signature_csv(path: Path) -> pd.DataFrame:
     """A signature CSV of this version; another version is refused before its columns are
     checked, so that an old file is named as old rather than as broken."""
-    versions = csvio.read_table(path, SIGNATURE, required=["signature_version"],
-                                columns=["signature_version"])["signature_version"]
+    versions = csvio.read_table(
+        path, SIGNATURE, required=["signature_version"], columns=["signature_version"]
+    )["signature_version"]
     versions = set(versions.dropna().astype(int))
     if versions - {SIGNATURE_VERSION}:
-        raise InputError(path, f"signature version {sorted(versions)} is not supported "
-                               f"(this tool reads version {SIGNATURE_VERSION}: learn the "
-                               "signature again with this version)")
+        raise InputError(
+            path,
+            f"signature version {sorted(versions)} is not supported "
+            f"(this tool reads version {SIGNATURE_VERSION}: learn the "
+            "signature again with this version)",
+        )
     return csvio.read_table(path, SIGNATURE)

@@ -10,19 +10,26 @@ from pathlib import Path
 
 from .errors import InputError, ToolError
 
-INSTALL_HINT = ("tshark not found: install it with 'sudo apt-get install tshark' "
-                "(Debian/Ubuntu) or set TSHARK_PATH to the tshark binary")
+INSTALL_HINT = (
+    "tshark not found: install it with 'sudo apt-get install tshark' "
+    "(Debian/Ubuntu) or set TSHARK_PATH to the tshark binary"
+)
 
 # pcap (both byte orders, micro- and nanosecond) and pcapng section header block.
 CAPTURE_MAGICS = {
-    bytes.fromhex("d4c3b2a1"), bytes.fromhex("a1b2c3d4"),
-    bytes.fromhex("4d3cb2a1"), bytes.fromhex("a1b23c4d"),
+    bytes.fromhex("d4c3b2a1"),
+    bytes.fromhex("a1b2c3d4"),
+    bytes.fromhex("4d3cb2a1"),
+    bytes.fromhex("a1b23c4d"),
     bytes.fromhex("0a0d0d0a"),
 }
 # tshark says these when it could read part of a file: keep what it read, and warn.
-PARTIAL_READ_MARKERS = ("cut short in the middle of a packet", "appears to be damaged or corrupt",
-                        "has a packet with a network type that differs",
-                        "appears to have been cut short")
+PARTIAL_READ_MARKERS = (
+    "cut short in the middle of a packet",
+    "appears to be damaged or corrupt",
+    "has a packet with a network type that differs",
+    "appears to have been cut short",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,14 +40,17 @@ def tshark_path() -> str:
     if configured:  # asked for by name: never silently run another tshark instead
         if os.path.isfile(configured) and os.access(configured, os.X_OK):
             return configured
-        raise ToolError(f"TSHARK_PATH={configured} is not an executable file: point it at "
-                        "the tshark binary, or unset it and install tshark with "
-                        "'sudo apt-get install tshark' (Debian/Ubuntu)")
+        raise ToolError(
+            f"TSHARK_PATH={configured} is not an executable file: point it at "
+            "the tshark binary, or unset it and install tshark with "
+            "'sudo apt-get install tshark' (Debian/Ubuntu)"
+        )
     found = shutil.which("tshark")
     if found and os.access(found, os.X_OK):
         return found
     try:  # only now: importing pyshark costs a tenth of a second of every run's start
         from pyshark.tshark.tshark import get_process_path
+
         found = get_process_path()
     except Exception:  # pyshark raises its own not-found exception; we say it our way
         found = None
@@ -71,20 +81,37 @@ def check_capture(path: Path) -> None:
     if not head:
         raise InputError(path, "empty file (0 bytes): not a capture")
     if head[:4] not in CAPTURE_MAGICS:
-        raise InputError(path, "not a pcap or pcapng capture (unknown file header "
-                               f"{head[:4].hex()})")
+        raise InputError(
+            path, f"not a pcap or pcapng capture (unknown file header {head[:4].hex()})"
+        )
     if head[:4] != bytes.fromhex("0a0d0d0a") and len(head) < 24:
         raise InputError(path, "truncated pcap header: not a complete capture")
 
 
-def fields_command(capture: Path, fields: list[str], display_filter: str | None = None
-                   ) -> list[str]:
+def fields_command(
+    capture: Path, fields: list[str], display_filter: str | None = None
+) -> list[str]:
     """The argument list (never a shell string) for a tab-separated fields export.
     -n: no name resolution (no DNS lookups for addresses); MAC vendors still come from
     the OUI database through the *.oui_resolved fields."""
-    command = [tshark_path(), "-n", "-r", str(capture), "-T", "fields",
-               "-E", "header=n", "-E", "separator=/t", "-E", "occurrence=a",
-               "-E", "aggregator=;", "-E", "quote=n"]
+    command = [
+        tshark_path(),
+        "-n",
+        "-r",
+        str(capture),
+        "-T",
+        "fields",
+        "-E",
+        "header=n",
+        "-E",
+        "separator=/t",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=;",
+        "-E",
+        "quote=n",
+    ]
     if display_filter:
         command += ["-Y", display_filter]
     for field in fields:
@@ -100,8 +127,9 @@ def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
     env = dict(os.environ, LC_ALL="C.UTF-8")
     command = fields_command(capture, fields)
     try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr,
-                                   stdin=subprocess.DEVNULL, env=env)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=env
+        )
     except OSError as e:  # a ToolError, not an OSError: callers take OSError for output ones
         raise ToolError(f"cannot run {command[0]} ({e.strerror or e})") from None
     _widen_pipe(process.stdout)
@@ -112,6 +140,7 @@ def _widen_pipe(pipe) -> None:
     """A 1 MB pipe instead of 64 KB: Python holds its GIL for tens of milliseconds in C
     calls (CSV parsing and writing), and meanwhile tshark must not stall on a full pipe."""
     import fcntl
+
     try:
         size = int(Path("/proc/sys/fs/pipe-max-size").read_text())
         fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), min(size, 1 << 20))

@@ -34,46 +34,92 @@ class Evaluate(Command):
         "confusion table, each event's signature, and the comparison with a published "
         "analysis where the event folder has an expected-tree.json), confusion.csv, "
         "detections.csv, signatures/DEVICE/EVENT/{signature.csv,pattern.txt,profile.yaml}, "
-        "and every capture's CSVs in captures/.")
+        "and every capture's CSVs in captures/."
+    )
     default_output_dir = Path("output/evaluation")
 
     def add_arguments(self, parser):
-        parser.add_argument("events_dir", type=Path, metavar="EVENTS_DIR",
-                            help="folder of DEVICE/EVENT/*.pcap")
-        parser.add_argument("devices", type=Path, metavar="DEVICES_YAML",
-                            help="device table: name -> {ipv4: address}")
-        parser.add_argument("--train-share", type=fraction, default=0.5, metavar="FRACTION",
-                            help="share of each event's recordings to learn from (default: "
-                            "%(default)s; at least one recording each side)")
-        parser.add_argument("--protocol", choices=evaluation.PROTOCOLS, default="baseline",
-                            help="baseline: every signature learned against the device's "
-                            "other events, all run at once on every recording (default); "
-                            "user: each signature learned as main.py does (no baseline), run "
-                            "alone on its device's held-out recordings")
-        parser.add_argument("--seed", type=int, default=0, metavar="N",
-                            help="seed of the reproducible split (default: %(default)s)")
-        parser.add_argument("--support", type=fraction, default=1.0, metavar="FRACTION",
-                            help="signature-extractor's --support (default: %(default)s)")
-        parser.add_argument("--baseline", choices=evaluation.BASELINES,
-                            help="what a signature is learned against: the training recordings "
-                            "of the device's other events (the baseline protocol's default), "
-                            "or nothing (the user protocol's only choice)")
-        parser.add_argument("--window", type=positive, metavar="S",
-                            help="event-detector's --window (default: per signature)")
-        parser.add_argument("--tolerance", type=non_negative,
-                            default=detector.DEFAULT_TOLERANCE, metavar="FRACTION",
-                            help="event-detector's --tolerance (default: %(default)s)")
-        parser.add_argument("--min-score", type=fraction, default=detector.DEFAULT_MIN_SCORE,
-                            metavar="FRACTION",
-                            help="event-detector's --min-score (default: %(default)s)")
-        parser.add_argument("-j", "--jobs", type=int, default=0,
-                            help="captures translated at once (default: one per core)")
+        parser.add_argument(
+            "events_dir", type=Path, metavar="EVENTS_DIR", help="folder of DEVICE/EVENT/*.pcap"
+        )
+        parser.add_argument(
+            "devices",
+            type=Path,
+            metavar="DEVICES_YAML",
+            help="device table: name -> {ipv4: address}",
+        )
+        parser.add_argument(
+            "--train-share",
+            type=fraction,
+            default=0.5,
+            metavar="FRACTION",
+            help="share of each event's recordings to learn from (default: "
+            "%(default)s; at least one recording each side)",
+        )
+        parser.add_argument(
+            "--protocol",
+            choices=evaluation.PROTOCOLS,
+            default="baseline",
+            help="baseline: every signature learned against the device's "
+            "other events, all run at once on every recording (default); "
+            "user: each signature learned as main.py does (no baseline), run "
+            "alone on its device's held-out recordings",
+        )
+        parser.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            metavar="N",
+            help="seed of the reproducible split (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--support",
+            type=fraction,
+            default=1.0,
+            metavar="FRACTION",
+            help="signature-extractor's --support (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--baseline",
+            choices=evaluation.BASELINES,
+            help="what a signature is learned against: the training recordings "
+            "of the device's other events (the baseline protocol's default), "
+            "or nothing (the user protocol's only choice)",
+        )
+        parser.add_argument(
+            "--window",
+            type=positive,
+            metavar="S",
+            help="event-detector's --window (default: per signature)",
+        )
+        parser.add_argument(
+            "--tolerance",
+            type=non_negative,
+            default=detector.DEFAULT_TOLERANCE,
+            metavar="FRACTION",
+            help="event-detector's --tolerance (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--min-score",
+            type=fraction,
+            default=detector.DEFAULT_MIN_SCORE,
+            metavar="FRACTION",
+            help="event-detector's --min-score (default: %(default)s)",
+        )
+        parser.add_argument(
+            "-j",
+            "--jobs",
+            type=int,
+            default=0,
+            help="captures translated at once (default: one per core)",
+        )
 
     def run(self, args):
         started = time.monotonic()
         if args.protocol == "user" and args.baseline == "other-events":
-            raise ToolError("--protocol user learns as main.py does, with no baseline: leave "
-                            "--baseline out")
+            raise ToolError(
+                "--protocol user learns as main.py does, with no baseline: leave --baseline out"
+            )
         baseline = args.baseline or ("other-events" if args.protocol == "baseline" else "none")
         devices = evaluation.read_devices(args.devices)
         found = evaluation.discover(args.events_dir)
@@ -86,8 +132,10 @@ class Evaluate(Command):
                 self.warn(f"{args.events_dir}/{device}: not in {args.devices}: left out")
                 continue
             if len(paths) < 2:
-                self.warn(f"{args.events_dir}/{device}/{event}: {len(paths)} capture: "
-                          "needs two at least (one to learn, one to test): left out")
+                self.warn(
+                    f"{args.events_dir}/{device}/{event}: {len(paths)} capture: "
+                    "needs two at least (one to learn, one to test): left out"
+                )
                 continue
             train, _ = evaluation.split(paths, args.train_share, args.seed, device, event)
             train = set(train)
@@ -99,10 +147,12 @@ class Evaluate(Command):
 
         # 1. Every capture translated once, one tshark per core.
         step = time.monotonic()
-        with self.progress(unit=" packets", unit_scale=True,
-                           desc=f"translating {len(captures)} capture(s)") as bar:
-            failures = evaluation.translate_all(captures, output_dir / "captures", devices,
-                                                args.jobs, on_packets=bar.update)
+        with self.progress(
+            unit=" packets", unit_scale=True, desc=f"translating {len(captures)} capture(s)"
+        ) as bar:
+            failures = evaluation.translate_all(
+                captures, output_dir / "captures", devices, args.jobs, on_packets=bar.update
+            )
         for _, problem in failures:
             self.error(str(problem))
         failed = {id(c) for c, _ in failures}
@@ -112,8 +162,10 @@ class Evaluate(Command):
         for capture in captures:
             capture.flows = detector.read_flows(capture.flows_csv)
         translate_seconds = time.monotonic() - step
-        self.say(f"evaluate: {len(captures)} capture(s) translated in {translate_seconds:.1f} s"
-                 + (f"; {len(failures)} failed" if failures else ""))
+        self.say(
+            f"evaluate: {len(captures)} capture(s) translated in {translate_seconds:.1f} s"
+            + (f"; {len(failures)} failed" if failures else "")
+        )
 
         # 2. Signatures: one event that cannot be learned is reported, the others still run.
         step = time.monotonic()
@@ -125,7 +177,8 @@ class Evaluate(Command):
         step = time.monotonic()
         options = detector.DetectOptions(args.min_score, args.window)
         detected, occurrences, per_signature = evaluation.detect_all(
-            results, captures, devices, args.protocol, options)
+            results, captures, devices, args.protocol, options
+        )
         detect_seconds = time.monotonic() - step
         for result in results:
             if result.status == "failed":
@@ -135,43 +188,63 @@ class Evaluate(Command):
             evaluation.score(result, captures, detected, devices, args.protocol)
             tree = args.events_dir / result.device / result.event / "expected-tree.json"
             if tree.is_file():
-                result.comparison = evaluation.compare(evaluation.paper_flows(tree),
-                                                       result.signature, devices[result.device])
+                result.comparison = evaluation.compare(
+                    evaluation.paper_flows(tree), result.signature, devices[result.device]
+                )
 
         frame = evaluation.table(results, output_dir, args.protocol)
         confusion = evaluation.confusion(results, detected)
         total = time.monotonic() - started
-        timings = {"translation": translate_seconds, "learning": learn_seconds,
-                   "detection": detect_seconds, "total": total}
-        settings = {"protocol": args.protocol, "train share": args.train_share,
-                    "seed": args.seed, "support": args.support, "baseline": baseline,
-                    "tolerance": args.tolerance, "min score": args.min_score,
-                    "window": args.window or "per signature"}
-        paths = {name: output_dir / name for name in
-                 ("evaluation.csv", "evaluation.md", "confusion.csv", "detections.csv")}
+        timings = {
+            "translation": translate_seconds,
+            "learning": learn_seconds,
+            "detection": detect_seconds,
+            "total": total,
+        }
+        settings = {
+            "protocol": args.protocol,
+            "train share": args.train_share,
+            "seed": args.seed,
+            "support": args.support,
+            "baseline": baseline,
+            "tolerance": args.tolerance,
+            "min score": args.min_score,
+            "window": args.window or "per signature",
+        }
+        paths = {
+            name: output_dir / name
+            for name in ("evaluation.csv", "evaluation.md", "confusion.csv", "detections.csv")
+        }
         csvio.write_table(frame, EVALUATION, paths["evaluation.csv"])
-        csvio.write_text(paths["evaluation.md"],
-                         evaluation.markdown(frame, results, settings, timings, output_dir,
-                                             confusion, args.protocol))
-        csvio.write_table(confusion, evaluation.confusion_table(confusion),
-                          paths["confusion.csv"])
-        csvio.write_table(detector.detections_frame(occurrences), DETECTIONS,
-                          paths["detections.csv"])
+        csvio.write_text(
+            paths["evaluation.md"],
+            evaluation.markdown(
+                frame, results, settings, timings, output_dir, confusion, args.protocol
+            ),
+        )
+        csvio.write_table(confusion, evaluation.confusion_table(confusion), paths["confusion.csv"])
+        csvio.write_table(
+            detector.detections_frame(occurrences), DETECTIONS, paths["detections.csv"]
+        )
         for row in frame.itertuples():
             if row.status == "failed":
                 self.say(f"{row.device}/{row.event}: failed: {row.note}")
                 continue
-            self.say(f"{row.device}/{row.event}: {row.event_patterns} pattern(s), TP {row.tp} "
-                     f"FP {row.fp} TN {row.tn} FN {row.fn}, precision {_fmt(row.precision)} "
-                     f"recall {_fmt(row.recall)} F1 {_fmt(row.f1)} (per device: FP "
-                     f"{row.fp_per_device}, F1 {_fmt(row.f1_per_device)})")
+            self.say(
+                f"{row.device}/{row.event}: {row.event_patterns} pattern(s), TP {row.tp} "
+                f"FP {row.fp} TN {row.tn} FN {row.fn}, precision {_fmt(row.precision)} "
+                f"recall {_fmt(row.recall)} F1 {_fmt(row.f1)} (per device: FP "
+                f"{row.fp_per_device}, F1 {_fmt(row.f1_per_device)})"
+            )
         for path in paths.values():
             self.say(f"wrote {path}")
         evaluated = sum(r.status != "failed" for r in results)
-        self.say(f"evaluate: {len(results)} event(s), {len(captures)} capture(s) in "
-                 f"{total:.1f} s (translation {translate_seconds:.1f} s, learning "
-                 f"{learn_seconds:.1f} s, detection {detect_seconds:.1f} s); "
-                 f"{evaluation.summary_text(frame)}")
+        self.say(
+            f"evaluate: {len(results)} event(s), {len(captures)} capture(s) in "
+            f"{total:.1f} s (translation {translate_seconds:.1f} s, learning "
+            f"{learn_seconds:.1f} s, detection {detect_seconds:.1f} s); "
+            f"{evaluation.summary_text(frame)}"
+        )
         if not evaluated:
             raise ToolError("no event could be evaluated (see the warnings above)")
         return 1 if failures else 0
@@ -181,22 +254,35 @@ class Evaluate(Command):
         the reason, and a one-line warning says so."""
         if not result.train or not result.test:
             result.status = "failed"
-            result.note = (f"too few readable captures ({len(result.train)} to learn, "
-                           f"{len(result.test)} to test)")
+            result.note = (
+                f"too few readable captures ({len(result.train)} to learn, "
+                f"{len(result.test)} to test)"
+            )
         else:
-            others = ([c for r in results if r.device == result.device and r is not result
-                       for c in r.train] if baseline == "other-events" else [])
+            others = (
+                [
+                    c
+                    for r in results
+                    if r.device == result.device and r is not result
+                    for c in r.train
+                ]
+                if baseline == "other-events"
+                else []
+            )
             try:
-                evaluation.learn(result, others, devices[result.device], args.support,
-                                 baseline, output_dir)
+                evaluation.learn(
+                    result, others, devices[result.device], args.support, baseline, output_dir
+                )
             except ToolError as e:
                 result.status, result.note = "failed", str(e)
             except Exception as e:  # a bug on this event's data: the others still run
                 if os.environ.get("IOTSIG_DEBUG"):
                     raise
                 result.status = "failed"
-                result.note = (f"internal error: {type(e).__name__}: {e} (run again with "
-                               "IOTSIG_DEBUG=1 for a traceback, and report it)")
+                result.note = (
+                    f"internal error: {type(e).__name__}: {e} (run again with "
+                    "IOTSIG_DEBUG=1 for a traceback, and report it)"
+                )
         if result.status == "failed":
             self.warn(f"{result.label}: not evaluated: {result.note}")
             return
@@ -205,8 +291,10 @@ class Evaluate(Command):
         result.event_signatures = detector.read_signatures(result.signature_csv, args.tolerance)
         if not result.detectable:
             result.status = "no event pattern"
-            result.note = ("every flow its training recordings share is background, or they "
-                           "share none: it cannot be detected")
+            result.note = (
+                "every flow its training recordings share is background, or they "
+                "share none: it cannot be detected"
+            )
             self.warn(f"{result.label}: no event pattern: it cannot be detected")
 
 

@@ -34,28 +34,58 @@ class EventDetector(Command):
         "occurrence windows, scored by the share of the signature's event patterns they "
         "hold; where occurrences of several events of one device overlap, the more complete "
         "explanation wins.\n"
-        f"Writes OUTPUT_DIR/{OUTPUT_NAME} and prints one summary line per capture.")
-    epilog = ("example: event-detector.py toggle/signature.csv boot/signature.csv "
-              "new-capture.pcap -o detections/")
+        f"Writes OUTPUT_DIR/{OUTPUT_NAME} and prints one summary line per capture."
+    )
+    epilog = (
+        "example: event-detector.py toggle/signature.csv boot/signature.csv "
+        "new-capture.pcap -o detections/"
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("inputs", nargs="+", type=Path, metavar="SIGNATURE_CSV|PCAP|FLOWS_CSV",
-                            help="signature CSVs, then captures or flows CSVs (any order)")
-        parser.add_argument("--window", type=positive, metavar="S",
-                            help="longest occurrence, in seconds (default: per signature, "
-                            f"{detector.WINDOW_FACTOR:g} times the learned event span, at least "
-                            f"{detector.MIN_WINDOW:g} s)")
-        parser.add_argument("--tolerance", type=non_negative, default=detector.DEFAULT_TOLERANCE,
-                            metavar="FRACTION", help="widen the learned packet and byte count "
-                            "ranges by this share (default: %(default)s)")
-        parser.add_argument("--min-score", type=fraction, default=detector.DEFAULT_MIN_SCORE,
-                            metavar="FRACTION", help="share of the event patterns an occurrence "
-                            "needs to be reported (default: %(default)s)")
-        parser.add_argument("--strict-order", action="store_true",
-                            help="count patterns seen out of the signature's order as missing")
+        parser.add_argument(
+            "inputs",
+            nargs="+",
+            type=Path,
+            metavar="SIGNATURE_CSV|PCAP|FLOWS_CSV",
+            help="signature CSVs, then captures or flows CSVs (any order)",
+        )
+        parser.add_argument(
+            "--window",
+            type=positive,
+            metavar="S",
+            help="longest occurrence, in seconds (default: per signature, "
+            f"{detector.WINDOW_FACTOR:g} times the learned event span, at least "
+            f"{detector.MIN_WINDOW:g} s)",
+        )
+        parser.add_argument(
+            "--tolerance",
+            type=non_negative,
+            default=detector.DEFAULT_TOLERANCE,
+            metavar="FRACTION",
+            help="widen the learned packet and byte count "
+            "ranges by this share (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--min-score",
+            type=fraction,
+            default=detector.DEFAULT_MIN_SCORE,
+            metavar="FRACTION",
+            help="share of the event patterns an occurrence "
+            "needs to be reported (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--strict-order",
+            action="store_true",
+            help="count patterns seen out of the signature's order as missing",
+        )
         add_flow_arguments(parser)  # for captures, as main.py builds flows
-        parser.add_argument("-j", "--jobs", type=int, default=0,
-                            help="captures translated at once (default: one per core)")
+        parser.add_argument(
+            "-j",
+            "--jobs",
+            type=int,
+            default=0,
+            help="captures translated at once (default: one per core)",
+        )
 
     def run(self, args):
         started = time.monotonic()
@@ -63,8 +93,10 @@ class EventDetector(Command):
         for path in args.inputs:
             kinds[detector.classify(path)].append(path)
         if not kinds["signature"]:
-            raise ToolError("no signature CSV among the arguments (a CSV with a "
-                            "signature_version column, as signature-extractor writes)")
+            raise ToolError(
+                "no signature CSV among the arguments (a CSV with a "
+                "signature_version column, as signature-extractor writes)"
+            )
         inputs = kinds["capture"] + kinds["flows"] + kinds["packets"]
         if not inputs:
             raise ToolError("no capture or flows CSV among the arguments: nothing to search")
@@ -72,8 +104,10 @@ class EventDetector(Command):
         for path in kinds["signature"]:
             for signature in detector.read_signatures(path, args.tolerance):
                 if not signature.patterns:
-                    self.warn(f"{path}: event {signature.event!r} has no event pattern "
-                              "(all background): it cannot be detected")
+                    self.warn(
+                        f"{path}: event {signature.event!r} has no event pattern "
+                        "(all background): it cannot be detected"
+                    )
                     continue
                 signatures.append(signature)
         if not signatures:
@@ -98,9 +132,11 @@ class EventDetector(Command):
         csvio.write_table(detector.detections_frame(found), DETECTIONS, output)
         detected = sum(o.status == "detected" for o in found)
         self.say(f"wrote {output}")
-        self.say(f"event-detector: {detected} detection(s) of {len(signatures)} event "
-                 f"signature(s) in {len(sources)} capture(s) in {time.monotonic() - started:.1f} s"
-                 + (f"; {len(failed)} input(s) failed" if failed else ""))
+        self.say(
+            f"event-detector: {detected} detection(s) of {len(signatures)} event "
+            f"signature(s) in {len(sources)} capture(s) in {time.monotonic() - started:.1f} s"
+            + (f"; {len(failed)} input(s) failed" if failed else "")
+        )
         return 1 if failed else 0
 
     def flow_files(self, kinds, output_dir, signatures, args):
@@ -108,18 +144,28 @@ class EventDetector(Command):
         through packet-translator and stream-identifier first (pipeline), as main.py runs
         them, with the signatures' device addresses."""
         failed = []
-        options = flows.FlowOptions(args.idle_timeout, args.max_duration,
-                                    tuple(dict.fromkeys(s.device_ip for s in signatures)))
+        options = flows.FlowOptions(
+            args.idle_timeout,
+            args.max_duration,
+            tuple(dict.fromkeys(s.device_ip for s in signatures)),
+        )
         flow_files = {}
         started = time.monotonic()
         translations, written = [], []
         if kinds["capture"]:
             tshark.tshark_path()
-            with self.progress(unit=" packets", unit_scale=True,
-                               desc=f"translating {len(kinds['capture'])} capture(s)") as bar:
-                results = pipeline.captures_to_flows(kinds["capture"], output_dir,
-                                                     options=options, jobs=args.jobs,
-                                                     on_packets=bar.update)
+            with self.progress(
+                unit=" packets",
+                unit_scale=True,
+                desc=f"translating {len(kinds['capture'])} capture(s)",
+            ) as bar:
+                results = pipeline.captures_to_flows(
+                    kinds["capture"],
+                    output_dir,
+                    options=options,
+                    jobs=args.jobs,
+                    on_packets=bar.update,
+                )
                 for capture, result in self.successes(results, failed):
                     translations.append(result.translation)
                     written.append(result.flows)
@@ -127,12 +173,14 @@ class EventDetector(Command):
         translate_seconds = time.monotonic() - started
         flows_seconds = sum(w.seconds for w in written)
         if kinds["capture"]:
-            for line in pipeline.translated_lines(translations, len(failed),
-                                                  translate_seconds - flows_seconds):
+            for line in pipeline.translated_lines(
+                translations, len(failed), translate_seconds - flows_seconds
+            ):
                 self.say(line)
         if kinds["packets"]:
-            with self.progress(total=len(kinds["packets"]), unit=" file",
-                               desc="identifying flows") as bar:
+            with self.progress(
+                total=len(kinds["packets"]), unit=" file", desc="identifying flows"
+            ) as bar:
                 for path in kinds["packets"]:
                     step = time.monotonic()
                     try:
@@ -150,9 +198,14 @@ class EventDetector(Command):
         if written:
             for line in pipeline.flows_lines(written, 0, flows_seconds):
                 self.say(line)
-        sources = [(Path(p).name, flow_files[p]) for p in kinds["capture"] + kinds["packets"]
-                   if p in flow_files]
+        sources = [
+            (Path(p).name, flow_files[p])
+            for p in kinds["capture"] + kinds["packets"]
+            if p in flow_files
+        ]
         sources += [(Path(p).name, p) for p in kinds["flows"]]
-        order = {Path(p).name: i for i, p in enumerate(kinds["capture"] + kinds["flows"]
-                                                         + kinds["packets"])}
+        order = {
+            Path(p).name: i
+            for i, p in enumerate(kinds["capture"] + kinds["flows"] + kinds["packets"])
+        }
         return sorted(sources, key=lambda s: order.get(s[0], 0)), failed

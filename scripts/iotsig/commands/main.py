@@ -23,23 +23,43 @@ class Main(Command):
         "Run packet-translator, stream-identifier and signature-extractor in order on "
         "captures of one device, each capture one recording of the same user event. Every "
         "intermediate CSV stays in OUTPUT_DIR (recordings without the event, given with "
-        "--idle, go to OUTPUT_DIR/idle/).")
+        "--idle, go to OUTPUT_DIR/idle/)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("device_name", metavar="DEVICE", help="device name (profile name)")
-        parser.add_argument("device_ip", metavar="IPV4", type=ipv4,
-                            help="the device's IPv4 address")
-        parser.add_argument("captures", nargs="+", type=Path, metavar="PCAP",
-                            help="one capture per recording of the event")
-        parser.add_argument("--idle", nargs="+", type=Path, default=[], metavar="PCAP",
-                            help="captures of the same device without the event (baseline)")
+        parser.add_argument(
+            "device_ip", metavar="IPV4", type=ipv4, help="the device's IPv4 address"
+        )
+        parser.add_argument(
+            "captures",
+            nargs="+",
+            type=Path,
+            metavar="PCAP",
+            help="one capture per recording of the event",
+        )
+        parser.add_argument(
+            "--idle",
+            nargs="+",
+            type=Path,
+            default=[],
+            metavar="PCAP",
+            help="captures of the same device without the event (baseline)",
+        )
         add_signature_arguments(parser, device_required=False)
         add_flow_arguments(parser)
-        parser.add_argument("-j", "--jobs", type=int, default=0,
-                            help="captures translated at once (default: one per core)")
-        parser.add_argument("--no-report", action="store_true",
-                            help="skip the traffic report (inventory.csv, endpoint map, "
-                            "timeline, report.html)")
+        parser.add_argument(
+            "-j",
+            "--jobs",
+            type=int,
+            default=0,
+            help="captures translated at once (default: one per core)",
+        )
+        parser.add_argument(
+            "--no-report",
+            action="store_true",
+            help="skip the traffic report (inventory.csv, endpoint map, timeline, report.html)",
+        )
 
     def run(self, args):
         started = time.monotonic()
@@ -57,8 +77,10 @@ class Main(Command):
         self.learn_and_write(event_flows, idle_flows, args, output_dir)
 
         report = None if args.no_report else self.report(event_flows, output_dir, args)
-        self.say(f"main: done in {time.monotonic() - started:.1f} s; every intermediate CSV "
-                 f"is in {output_dir}/" + (f"; to look at it all, open {report}" if report else ""))
+        self.say(
+            f"main: done in {time.monotonic() - started:.1f} s; every intermediate CSV "
+            f"is in {output_dir}/" + (f"; to look at it all, open {report}" if report else "")
+        )
         return 0
 
     def captures_to_flows(self, captures, output_dir, args, options) -> list[Path]:
@@ -66,22 +88,32 @@ class Main(Command):
         core); the flows CSVs in the order the captures were given."""
         started = time.monotonic()
         done, failed = {}, []
-        with self.progress(unit=" packets", unit_scale=True,
-                           desc=f"translating {len(captures)} capture(s)") as bar:
-            results = pipeline.captures_to_flows(captures, output_dir, args.device_ip,
-                                                 args.device_mac, options, args.jobs,
-                                                 on_packets=bar.update)
+        with self.progress(
+            unit=" packets", unit_scale=True, desc=f"translating {len(captures)} capture(s)"
+        ) as bar:
+            results = pipeline.captures_to_flows(
+                captures,
+                output_dir,
+                args.device_ip,
+                args.device_mac,
+                options,
+                args.jobs,
+                on_packets=bar.update,
+            )
             for capture, result in self.successes(results, failed):
                 done[Path(capture)] = result
         if failed:
-            raise ToolError(f"{len(failed)} of {len(captures)} capture(s) could not be read "
-                            "(see above): fix or leave them out, a signature needs every "
-                            "recording it is given")
+            raise ToolError(
+                f"{len(failed)} of {len(captures)} capture(s) could not be read "
+                "(see above): fix or leave them out, a signature needs every "
+                "recording it is given"
+            )
         converted = [done[Path(c)] for c in captures]
         elapsed = time.monotonic() - started
         flows_seconds = sum(c.flows.seconds for c in converted)
-        for line in pipeline.translated_lines([c.translation for c in converted], 0,
-                                              elapsed - flows_seconds):
+        for line in pipeline.translated_lines(
+            [c.translation for c in converted], 0, elapsed - flows_seconds
+        ):
             self.say(line)
         self.say("")
         for line in pipeline.flows_lines([c.flows for c in converted], 0, flows_seconds):
@@ -93,9 +125,14 @@ class Main(Command):
         """The last step: the traffic report of the event recordings just processed (their
         packets CSVs beside the flows CSVs). Returns report.html's path, or None when it
         could not be made: the signature is written by then, so that is a warning."""
-        packet_files = [p for p in (pipeline.packets_path(
-            Path(f).name[:-len(".flows.csv")], Path(f).parent) for f in flow_files)
-            if p.is_file()]
+        packet_files = [
+            p
+            for p in (
+                pipeline.packets_path(Path(f).name[: -len(".flows.csv")], Path(f).parent)
+                for f in flow_files
+            )
+            if p.is_file()
+        ]
         self.say("")
         started = time.monotonic()
         try:
@@ -109,9 +146,15 @@ class Main(Command):
                     bar.update()
 
                 result = traffic_report.build_report(
-                    inputs, output_dir, device_ip=args.device_ip, device_mac=args.device_mac,
-                    device_name=args.device_name, signature_path=output_dir / "signature.csv",
-                    pattern_path=output_dir / "pattern.txt", step=step)
+                    inputs,
+                    output_dir,
+                    device_ip=args.device_ip,
+                    device_mac=args.device_mac,
+                    device_name=args.device_name,
+                    signature_path=output_dir / "signature.csv",
+                    pattern_path=output_dir / "pattern.txt",
+                    step=step,
+                )
         except ToolError as e:
             self.warn(f"no traffic report: {e}")
             return None
@@ -120,11 +163,16 @@ class Main(Command):
         for key in ("inventory", "map_png", "map_svg", "timeline", "report"):
             if key in result.paths:
                 self.say(f"wrote {result.paths[key]}")
-        macs = ("no inventory (no packets CSV)" if result.inventory is None else
-                f"{len(result.inventory)} MAC(s)")
+        macs = (
+            "no inventory (no packets CSV)"
+            if result.inventory is None
+            else f"{len(result.inventory)} MAC(s)"
+        )
         parties = "party" if len(result.endpoints) == 1 else "parties"
-        self.say(f"traffic-report: {macs}, {len(result.endpoints)} remote {parties} of "
-                 f"{result.device.ip or result.device.mac}, {len(result.matched)} flow(s) "
-                 f"matched to signature patterns, in {time.monotonic() - started:.1f} s; open "
-                 f"{result.paths['report']}")
+        self.say(
+            f"traffic-report: {macs}, {len(result.endpoints)} remote {parties} of "
+            f"{result.device.ip or result.device.mac}, {len(result.matched)} flow(s) "
+            f"matched to signature patterns, in {time.monotonic() - started:.1f} s; open "
+            f"{result.paths['report']}"
+        )
         return result.paths["report"]

@@ -13,15 +13,27 @@ class SignatureExtractor(Command):
     description = (
         "Find the flow patterns that recur across recordings of one user event (one flows "
         "CSV per recording) and write them as pattern.txt (for people), profile.yaml (for "
-        "the smart-home firewall) and signature.csv (for event-detector and other tools).")
+        "the smart-home firewall) and signature.csv (for event-detector and other tools)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("flows", nargs="+", type=Path, metavar="FLOWS_CSV",
-                            help="one flows CSV per recording of the event")
+        parser.add_argument(
+            "flows",
+            nargs="+",
+            type=Path,
+            metavar="FLOWS_CSV",
+            help="one flows CSV per recording of the event",
+        )
         add_signature_arguments(parser)
-        parser.add_argument("--baseline", nargs="+", type=Path, default=[], metavar="FLOWS_CSV",
-                            help="flows CSVs of the same device recorded without the event: "
-                            "their fingerprints are background, not the event")
+        parser.add_argument(
+            "--baseline",
+            nargs="+",
+            type=Path,
+            default=[],
+            metavar="FLOWS_CSV",
+            help="flows CSVs of the same device recorded without the event: "
+            "their fingerprints are background, not the event",
+        )
 
     def run(self, args):
         output_dir = ensure_output_dir(args.output_dir)

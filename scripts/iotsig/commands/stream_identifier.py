@@ -16,30 +16,41 @@ class StreamIdentifier(Command):
         "Merge packet rows (packet-translator's CSVs, or any CSV with the same columns) into "
         "flow rows, Zeek conn.log style: counts, bytes, timing and size statistics, the "
         "remote party's domain name and class, the application fingerprint.\n"
-        "Writes OUTPUT_DIR/<name>.flows.csv for each <name>.packets.csv.")
+        "Writes OUTPUT_DIR/<name>.flows.csv for each <name>.packets.csv."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("packets", nargs="+", type=Path, metavar="PACKETS_CSV")
-        parser.add_argument("--device-ip", type=ipv4_or_ipv6, action="append", default=[],
-                            metavar="IP", help="address of the device under study (repeatable); "
-                            "default: the packets' direction column")
+        parser.add_argument(
+            "--device-ip",
+            type=ipv4_or_ipv6,
+            action="append",
+            default=[],
+            metavar="IP",
+            help="address of the device under study (repeatable); "
+            "default: the packets' direction column",
+        )
         add_flow_arguments(parser)
 
     def run(self, args):
-        check_distinct_names(args.packets, args.output_dir, "packets CSVs",
-                             output_name=lambda p: pipeline.flows_path(p, ".").name)
+        check_distinct_names(
+            args.packets,
+            args.output_dir,
+            "packets CSVs",
+            output_name=lambda p: pipeline.flows_path(p, ".").name,
+        )
         output_dir = ensure_output_dir(args.output_dir)
         options = flows.FlowOptions(args.idle_timeout, args.max_duration, tuple(args.device_ip))
         _, failed = self.identify_streams(args.packets, output_dir, options)
         return 1 if failed else 0
 
-    def identify_streams(self, packet_files: list[Path], output_dir: Path,
-                         options: flows.FlowOptions):
+    def identify_streams(
+        self, packet_files: list[Path], output_dir: Path, options: flows.FlowOptions
+    ):
         """Build and write the flows of each packets CSV, with a progress bar."""
         written, failed = [], []
         started = time.monotonic()
-        with self.progress(total=len(packet_files), unit=" file",
-                           desc="identifying flows") as bar:
+        with self.progress(total=len(packet_files), unit=" file", desc="identifying flows") as bar:
             for packets_csv in packet_files:
                 try:
                     result = pipeline.packets_to_flows(packets_csv, output_dir, options)

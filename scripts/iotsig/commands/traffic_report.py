@@ -22,34 +22,68 @@ class TrafficReport(Command):
         "apart by their header: the inventory needs packets; the map and timeline use flows "
         "(rebuilt from the packets when only those are given).\n"
         "Writes OUTPUT_DIR/inventory.csv, endpoint-map.png, endpoint-map.svg, timeline.png "
-        "and report.html.")
+        "and report.html."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("inputs", nargs="+", type=Path, metavar="PACKETS_OR_FLOWS_CSV")
-        parser.add_argument("--device-ip", type=ipv4_or_ipv6, metavar="IP",
-                            help="address of the device under study (default: the "
-                            "signature's, else the CSVs' device_side/direction columns)")
-        parser.add_argument("--device-mac", type=mac_address, metavar="MAC",
-                            help="MAC of the device under study (default: the MAC that sends "
-                            "from its address)")
-        parser.add_argument("--device-name", metavar="NAME",
-                            help="name shown for the device (default: the signature's)")
-        parser.add_argument("--signature", type=Path, metavar="SIGNATURE_CSV",
-                            help="signature-extractor's signature.csv: its patterns are marked "
-                            "on the timeline, and pattern.txt beside it goes in the report")
-        parser.add_argument("--pattern", type=Path, metavar="PATTERN_TXT",
-                            help="pattern.txt to include (default: the one beside --signature)")
+        parser.add_argument(
+            "--device-ip",
+            type=ipv4_or_ipv6,
+            metavar="IP",
+            help="address of the device under study (default: the "
+            "signature's, else the CSVs' device_side/direction columns)",
+        )
+        parser.add_argument(
+            "--device-mac",
+            type=mac_address,
+            metavar="MAC",
+            help="MAC of the device under study (default: the MAC that sends from its address)",
+        )
+        parser.add_argument(
+            "--device-name",
+            metavar="NAME",
+            help="name shown for the device (default: the signature's)",
+        )
+        parser.add_argument(
+            "--signature",
+            type=Path,
+            metavar="SIGNATURE_CSV",
+            help="signature-extractor's signature.csv: its patterns are marked "
+            "on the timeline, and pattern.txt beside it goes in the report",
+        )
+        parser.add_argument(
+            "--pattern",
+            type=Path,
+            metavar="PATTERN_TXT",
+            help="pattern.txt to include (default: the one beside --signature)",
+        )
 
     def run(self, args):
         output_dir = ensure_output_dir(args.output_dir)
-        write_report(self, args.inputs, output_dir, device_ip=args.device_ip,
-                     device_mac=args.device_mac, device_name=args.device_name,
-                     signature=args.signature, pattern=args.pattern)
+        write_report(
+            self,
+            args.inputs,
+            output_dir,
+            device_ip=args.device_ip,
+            device_mac=args.device_mac,
+            device_name=args.device_name,
+            signature=args.signature,
+            pattern=args.pattern,
+        )
         return 0
 
 
-def write_report(command: Command, csv_files, output_dir: Path, device_ip=None,
-                 device_mac=None, device_name=None, signature=None, pattern=None):
+def write_report(
+    command: Command,
+    csv_files,
+    output_dir: Path,
+    device_ip=None,
+    device_mac=None,
+    device_name=None,
+    signature=None,
+    pattern=None,
+):
     """Read the CSVs and write the report files; shared with main.py."""
     started = time.monotonic()
     with command.progress(total=5, unit=" step", desc="traffic report") as bar:
@@ -62,20 +96,32 @@ def write_report(command: Command, csv_files, output_dir: Path, device_ip=None,
             bar.update()
 
         result = traffic_report.build_report(
-            inputs, output_dir, device_ip=device_ip, device_mac=device_mac,
-            device_name=device_name, signature_path=signature, pattern_path=pattern, step=step)
+            inputs,
+            output_dir,
+            device_ip=device_ip,
+            device_mac=device_mac,
+            device_name=device_name,
+            signature_path=signature,
+            pattern_path=pattern,
+            step=step,
+        )
     for note in result.notes:
         command.warn(note)
     for key in ("inventory", "map_png", "map_svg", "timeline", "report"):
         if key in result.paths:
             command.say(f"wrote {result.paths[key]}")
-    macs = "no inventory (no packets CSV)" if result.inventory is None else \
-        f"{len(result.inventory)} MAC(s)"
+    macs = (
+        "no inventory (no packets CSV)"
+        if result.inventory is None
+        else f"{len(result.inventory)} MAC(s)"
+    )
     parties = f"{'y' if len(result.endpoints) == 1 else 'ies'}"
-    command.say(f"traffic-report: {macs}, {len(result.endpoints)} remote part{parties} of "
-                f"{result.device.ip or result.device.mac}, "
-                f"{len(result.matched)} flow(s) matched to signature patterns, in "
-                f"{time.monotonic() - started:.1f} s; open {result.paths['report']}")
+    command.say(
+        f"traffic-report: {macs}, {len(result.endpoints)} remote part{parties} of "
+        f"{result.device.ip or result.device.mac}, "
+        f"{len(result.matched)} flow(s) matched to signature patterns, in "
+        f"{time.monotonic() - started:.1f} s; open {result.paths['report']}"
+    )
     return result
 
 
@@ -86,17 +132,22 @@ def report_after_main(command: Command, flow_files, output_dir: Path, args):
     packet_files = []
     for flows_csv in flow_files:
         name = Path(flows_csv).name
-        stem = name[:-len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
+        stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
         packets_csv = Path(flows_csv).parent / f"{stem}.packets.csv"
         if packets_csv.is_file():
             packet_files.append(packets_csv)
     command.say("")
     try:
-        result = write_report(command, [*packet_files, *flow_files], output_dir,
-                              device_ip=args.device_ip, device_mac=args.device_mac,
-                              device_name=args.device_name,
-                              signature=Path(output_dir) / "signature.csv",
-                              pattern=Path(output_dir) / "pattern.txt")
+        result = write_report(
+            command,
+            [*packet_files, *flow_files],
+            output_dir,
+            device_ip=args.device_ip,
+            device_mac=args.device_mac,
+            device_name=args.device_name,
+            signature=Path(output_dir) / "signature.csv",
+            pattern=Path(output_dir) / "pattern.txt",
+        )
     except ToolError as e:
         command.warn(f"no traffic report: {e}")
         return None

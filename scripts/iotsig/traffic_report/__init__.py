@@ -22,34 +22,63 @@ it folded.
 """
 
 from .activity import (
-                       MAX_TIMELINE_ROWS,
-                       activity,
-                       bin_width,
-                       match_patterns,
-                       recording_ends,
-                       recording_starts,
-                       row_of,
-                       spread_flows,
-                       timeline_rows,
+    MAX_TIMELINE_ROWS,
+    activity,
+    bin_width,
+    match_patterns,
+    recording_ends,
+    recording_starts,
+    row_of,
+    spread_flows,
+    timeline_rows,
 )
 from .build import Report, build_report, read_signature, write_bytes
 from .endpoints import device_flows, endpoints, fold_small, protocol_labels
 from .figures import (
-                       MAX_MAP_NODES,
-                       draw_endpoint_map,
-                       endpoint_map_figure,
-                       human_bytes,
-                       picture_text,
+    MAX_MAP_NODES,
+    draw_endpoint_map,
+    endpoint_map_figure,
+    human_bytes,
+    picture_text,
 )
 from .html import OUTPUT_NAMES, csv_links, render_html, visible
 from .inputs import Device, Inputs, csv_kind, find_device, read_inputs
 from .inventory import inventory
 from .timeline import MAX_PANELS, draw_timeline
 
-__all__ = ["MAX_MAP_NODES", "MAX_PANELS", "MAX_TIMELINE_ROWS", "OUTPUT_NAMES", "Device",
-           "Inputs", "Report", "activity", "bin_width", "build_report", "csv_kind",
-           "csv_links", "device_flows", "draw_endpoint_map", "draw_timeline",
-           "endpoint_map_figure", "endpoints", "find_device", "fold_small", "human_bytes",
-           "inventory", "match_patterns", "picture_text", "protocol_labels", "read_inputs",
-           "read_signature", "recording_ends", "recording_starts", "render_html", "row_of",
-           "spread_flows", "timeline_rows", "visible", "write_bytes"]
+__all__ = [
+    "MAX_MAP_NODES",
+    "MAX_PANELS",
+    "MAX_TIMELINE_ROWS",
+    "OUTPUT_NAMES",
+    "Device",
+    "Inputs",
+    "Report",
+    "activity",
+    "bin_width",
+    "build_report",
+    "csv_kind",
+    "csv_links",
+    "device_flows",
+    "draw_endpoint_map",
+    "draw_timeline",
+    "endpoint_map_figure",
+    "endpoints",
+    "find_device",
+    "fold_small",
+    "human_bytes",
+    "inventory",
+    "match_patterns",
+    "picture_text",
+    "protocol_labels",
+    "read_inputs",
+    "read_signature",
+    "recording_ends",
+    "recording_starts",
+    "render_html",
+    "row_of",
+    "spread_flows",
+    "timeline_rows",
+    "visible",
+    "write_bytes",
+]

@@ -10,7 +10,7 @@ from .. import signature as sig
 from .inputs import Device, Inputs, text
 
 MATCH_COLUMNS = ["capture", "pattern", "order", "role", "start", "end"]
-MAX_TIMELINE_ROWS = 30      # pattern rows in the strip: beyond, the rest share one row
+MAX_TIMELINE_ROWS = 30  # pattern rows in the strip: beyond, the rest share one row
 
 
 # ---------------------------------------------------------------------------------------
@@ -28,8 +28,11 @@ def match_patterns(mine: pd.DataFrame, patterns: pd.DataFrame | None) -> pd.Data
     # Every fingerprint column but the remote party, which is joined on below.
     keys = [c for c in sig.FINGERPRINT if c != "remote" and c in patterns and c in f]
     p = patterns[patterns["remote"].notna()].reset_index(drop=True)
-    p = p.assign(server_port=pd.to_numeric(p["server_port"], errors="coerce").fillna(-1)
-                 .astype(int), remote=text(p["remote"]), _p=np.arange(len(p)))
+    p = p.assign(
+        server_port=pd.to_numeric(p["server_port"], errors="coerce").fillna(-1).astype(int),
+        remote=text(p["remote"]),
+        _p=np.arange(len(p)),
+    )
     for name in keys:
         if name != "server_port":
             p[name] = text(p[name])
@@ -37,24 +40,38 @@ def match_patterns(mine: pd.DataFrame, patterns: pd.DataFrame | None) -> pd.Data
     left = f[keys + ["remote", "remote_general"]].assign(_row=np.arange(len(f)))
     right = p[keys + ["remote", "pattern", "order", "role", "_p"]]
     exact = left.merge(right, on=[*keys, "remote"])
-    general = left.merge(right.rename(columns={"remote": "remote_general"}),
-                         on=[*keys, "remote_general"])
+    general = left.merge(
+        right.rename(columns={"remote": "remote_general"}), on=[*keys, "remote_general"]
+    )
     merged = pd.concat([exact, general], ignore_index=True).drop_duplicates(["_row", "_p"])
     merged = merged.sort_values(["_row", "_p"], kind="stable")
     rows = merged["_row"].to_numpy()
     start = mine["ts"].to_numpy(dtype=float)[rows]
     duration = np.nan_to_num(pd.to_numeric(mine["duration"], errors="coerce").to_numpy()[rows])
-    return pd.DataFrame({"capture": text(mine["capture"]).to_numpy()[rows],
-                         "pattern": merged["pattern"].to_numpy(),
-                         "order": merged["order"].to_numpy(), "role": merged["role"].to_numpy(),
-                         "start": start, "end": start + duration})
+    return pd.DataFrame(
+        {
+            "capture": text(mine["capture"]).to_numpy()[rows],
+            "pattern": merged["pattern"].to_numpy(),
+            "order": merged["order"].to_numpy(),
+            "role": merged["role"].to_numpy(),
+            "start": start,
+            "end": start + duration,
+        }
+    )
 
 
 def _fingerprinted(mine: pd.DataFrame) -> pd.DataFrame:
     """The device's flows with their fingerprint columns, the remote party as device_flows
     worked it out (name and class checked against the address seen from the device)."""
-    needed = ["orig_h", "resp_h", "orig_p", "resp_p", "remote_name", "remote_class",
-              *sig.FINGERPRINT_FIELDS]
+    needed = [
+        "orig_h",
+        "resp_h",
+        "orig_p",
+        "resp_p",
+        "remote_name",
+        "remote_class",
+        *sig.FINGERPRINT_FIELDS,
+    ]
     wanted = set(needed) | {"capture", "ts", "duration", "proto", "remote_h"}
     f = mine[[c for c in mine.columns if c in wanted]].copy()
     for name in needed:
@@ -74,8 +91,9 @@ def _fingerprinted(mine: pd.DataFrame) -> pd.DataFrame:
     return f
 
 
-def timeline_rows(patterns: pd.DataFrame | None, matched: pd.DataFrame,
-                  limit: int = MAX_TIMELINE_ROWS) -> pd.DataFrame:
+def timeline_rows(
+    patterns: pd.DataFrame | None, matched: pd.DataFrame, limit: int = MAX_TIMELINE_ROWS
+) -> pd.DataFrame:
     """The rows of the timeline's pattern strip: event patterns in event order, then the
     others, numbered. More than `limit`: the limit - 1 with the most matched flows keep a
     row (in that order), the rest share one last row (role 'other', number '+')."""
@@ -93,8 +111,15 @@ def timeline_rows(patterns: pd.DataFrame | None, matched: pd.DataFrame,
     top = shown.sort_values(["flows", "number"], ascending=[False, True]).head(limit - 1)
     kept = shown.loc[sorted(top.index)]
     rest = len(shown) - len(kept)
-    other = pd.DataFrame([{"pattern": f"{rest:,} other patterns, fewer flows: in this row",
-                           "role": "other", "number": "+"}])
+    other = pd.DataFrame(
+        [
+            {
+                "pattern": f"{rest:,} other patterns, fewer flows: in this row",
+                "role": "other",
+                "number": "+",
+            }
+        ]
+    )
     return pd.concat([kept[["pattern", "role", "number"]], other], ignore_index=True)
 
 
@@ -149,8 +174,13 @@ def recording_ends(inputs: Inputs) -> pd.Series:
     return pd.concat(ends).groupby(level=0, sort=False).max()
 
 
-def activity(inputs: Inputs, device: Device, starts: pd.Series, width: float,
-             mine: pd.DataFrame | None = None) -> pd.DataFrame:
+def activity(
+    inputs: Inputs,
+    device: Device,
+    starts: pd.Series,
+    width: float,
+    mine: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Bytes sent and received by the device per time bin of each recording: columns
     capture, bin, sent, received. From the packets where given, else spread evenly over
     each flow's duration."""
@@ -168,8 +198,7 @@ def activity(inputs: Inputs, device: Device, starts: pd.Series, width: float,
     return pd.concat(parts, ignore_index=True)
 
 
-def _packet_bins(p: pd.DataFrame, device: Device, starts: pd.Series,
-                 width: float) -> pd.DataFrame:
+def _packet_bins(p: pd.DataFrame, device: Device, starts: pd.Series, width: float) -> pd.DataFrame:
     capture = text(p["capture"])
     sent = pd.Series(False, index=p.index)
     received = pd.Series(False, index=p.index)
@@ -183,10 +212,14 @@ def _packet_bins(p: pd.DataFrame, device: Device, starts: pd.Series,
     keep = (sent | received).to_numpy()
     offset = p["ts"].to_numpy(dtype=float) - capture.map(starts).to_numpy(dtype=float)
     size = p["frame_len"].fillna(0).to_numpy(dtype=float)
-    frame = pd.DataFrame({"capture": capture.to_numpy()[keep],
-                          "bin": np.floor(offset[keep] / width).astype(np.int64),
-                          "sent": np.where(sent.to_numpy(), size, 0)[keep],
-                          "received": np.where(received.to_numpy(), size, 0)[keep]})
+    frame = pd.DataFrame(
+        {
+            "capture": capture.to_numpy()[keep],
+            "bin": np.floor(offset[keep] / width).astype(np.int64),
+            "sent": np.where(sent.to_numpy(), size, 0)[keep],
+            "received": np.where(received.to_numpy(), size, 0)[keep],
+        }
+    )
     return frame.groupby(["capture", "bin"], as_index=False)[["sent", "received"]].sum()
 
 
@@ -216,6 +249,11 @@ def spread_flows(f: pd.DataFrame, starts: pd.Series, width: float) -> pd.DataFra
         out.append(np.cumsum(diff.reshape(len(names), span), axis=1).ravel())
     total = out[0] + out[1]
     nonzero = np.flatnonzero(np.abs(total) > 1e-9)
-    return pd.DataFrame({"capture": np.asarray(names, dtype=object)[nonzero // span],
-                         "bin": nonzero % span, "sent": out[0][nonzero],
-                         "received": out[1][nonzero]})
+    return pd.DataFrame(
+        {
+            "capture": np.asarray(names, dtype=object)[nonzero // span],
+            "bin": nonzero % span,
+            "sent": out[0][nonzero],
+            "received": out[1][nonzero],
+        }
+    )

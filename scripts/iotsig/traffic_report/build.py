@@ -45,10 +45,16 @@ def write_bytes(path: Path, data: bytes) -> None:
             raise OutputError(path, f"cannot write ({e.strerror})") from None
 
 
-def build_report(inputs: Inputs, output_dir: Path, device_ip: str | None = None,
-                 device_mac: str | None = None, device_name: str | None = None,
-                 signature_path: Path | None = None, pattern_path: Path | None = None,
-                 step=lambda name: None) -> Report:
+def build_report(
+    inputs: Inputs,
+    output_dir: Path,
+    device_ip: str | None = None,
+    device_mac: str | None = None,
+    device_name: str | None = None,
+    signature_path: Path | None = None,
+    pattern_path: Path | None = None,
+    step=lambda name: None,
+) -> Report:
     """Write inventory.csv, endpoint-map.png/.svg, timeline.png and report.html."""
     output_dir = Path(output_dir)
     notes = []
@@ -56,8 +62,10 @@ def build_report(inputs: Inputs, output_dir: Path, device_ip: str | None = None,
     device = find_device(inputs, device_ip, device_mac, device_name, patterns)
     if inputs.flows is None and inputs.packets is not None:
         inputs.flows = flows_from_packets(inputs.packets, device)
-        notes.append("no flows CSV given: flows were rebuilt from the packets with "
-                     "stream-identifier's default timeouts")
+        notes.append(
+            "no flows CSV given: flows were rebuilt from the packets with "
+            "stream-identifier's default timeouts"
+        )
     step("inventory")
     paths = {key: output_dir / name for key, name in OUTPUT_NAMES.items()}
     mine = device_flows(inputs.flows, device)
@@ -79,18 +87,31 @@ def build_report(inputs: Inputs, output_dir: Path, device_ip: str | None = None,
     write_bytes(paths["timeline"], pictures["timeline"])
     step("report")
     others = [(name, name) for name in OTHER_FILES if (output_dir / name).is_file()]
-    page = render_html(device, inputs, inventory_table, ends, pictures, pattern_text,
-                       csv_links(output_dir), matched, notes, others, timeline_notes)
+    page = render_html(
+        device,
+        inputs,
+        inventory_table,
+        ends,
+        pictures,
+        pattern_text,
+        csv_links(output_dir),
+        matched,
+        notes,
+        others,
+        timeline_notes,
+    )
     csvio.write_text(paths["report"], page)
     return Report(paths, inventory_table, ends, matched, device, notes)
 
 
-def read_signature(signature_path: Path | None, pattern_path: Path | None
-                   ) -> tuple[pd.DataFrame | None, str | None]:
+def read_signature(
+    signature_path: Path | None, pattern_path: Path | None
+) -> tuple[pd.DataFrame | None, str | None]:
     """The signature's patterns, and the text of pattern.txt (by default the one beside it)."""
     patterns = None
     if signature_path is not None:
         from ..signature import read_signature_csv
+
         patterns = read_signature_csv(signature_path)
         if pattern_path is None and (Path(signature_path).parent / "pattern.txt").is_file():
             pattern_path = Path(signature_path).parent / "pattern.txt"
@@ -104,9 +125,14 @@ def read_signature(signature_path: Path | None, pattern_path: Path | None
         raise InputError(pattern_path, f"cannot read ({e.strerror})") from None
 
 
-def _timeline(inputs: Inputs, device: Device, mine: pd.DataFrame,
-              patterns: pd.DataFrame | None, pictures: dict, notes: list[str]
-              ) -> tuple[pd.DataFrame, list[str]]:
+def _timeline(
+    inputs: Inputs,
+    device: Device,
+    mine: pd.DataFrame,
+    patterns: pd.DataFrame | None,
+    pictures: dict,
+    notes: list[str],
+) -> tuple[pd.DataFrame, list[str]]:
     """Match the patterns, bin the bytes and draw timeline.png into `pictures`. Returns the
     matched flows and what the page should say about folding."""
     starts, ends_at = recording_starts(inputs), recording_ends(inputs)
@@ -119,22 +145,27 @@ def _timeline(inputs: Inputs, device: Device, mine: pd.DataFrame,
         offset = matched["capture"].map(starts).to_numpy(dtype=float)
         matched["rel_start"] = matched["start"] - offset
         matched["rel_end"] = matched["end"] - offset
-    source = "packets" if inputs.packets is not None else \
-        "flows: each flow's bytes spread evenly over its duration"
+    source = (
+        "packets"
+        if inputs.packets is not None
+        else "flows: each flow's bytes spread evenly over its duration"
+    )
     bins = activity(inputs, device, starts, width, mine)
-    pictures["timeline"] = draw_timeline(bins, width, captures, starts, ends_at, matched,
-                                         patterns, device, source)
+    pictures["timeline"] = draw_timeline(
+        bins, width, captures, starts, ends_at, matched, patterns, device, source
+    )
     return matched, _folding_notes(patterns, captures)
 
 
 def _folding_notes(patterns: pd.DataFrame | None, captures: list[str]) -> list[str]:
     said = []
     if patterns is not None and len(patterns) > MAX_TIMELINE_ROWS:
-        said.append(f"The signature has {len(patterns):,} patterns: the timeline gives a row "
-                    f"to the {MAX_TIMELINE_ROWS - 1} with the most matched flows and marks "
-                    f"the flows of the other {len(patterns) - MAX_TIMELINE_ROWS + 1:,} in one "
-                    "last row.")
+        said.append(
+            f"The signature has {len(patterns):,} patterns: the timeline gives a row "
+            f"to the {MAX_TIMELINE_ROWS - 1} with the most matched flows and marks "
+            f"the flows of the other {len(patterns) - MAX_TIMELINE_ROWS + 1:,} in one "
+            "last row."
+        )
     if len(captures) > MAX_PANELS:
-        said.append(f"{len(captures):,} recordings: the timeline draws the first "
-                    f"{MAX_PANELS}.")
+        said.append(f"{len(captures):,} recordings: the timeline draws the first {MAX_PANELS}.")
     return said

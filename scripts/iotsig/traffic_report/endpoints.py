@@ -11,8 +11,16 @@ from .inputs import Device, text
 from .inventory import sort_addresses
 
 CLASS_ORDER = ["gateway", "local", "multicast", "broadcast", "external", ""]
-ENDPOINT_COLUMNS = ["remote", "remote_class", "addresses", "protocols", "flows", "pkts",
-                    "bytes", "first_ts"]
+ENDPOINT_COLUMNS = [
+    "remote",
+    "remote_class",
+    "addresses",
+    "protocols",
+    "flows",
+    "pkts",
+    "bytes",
+    "first_ts",
+]
 
 
 def device_flows(flows: pd.DataFrame | None, device: Device) -> pd.DataFrame:
@@ -20,16 +28,20 @@ def device_flows(flows: pd.DataFrame | None, device: Device) -> pd.DataFrame:
     extra = ["side", "remote_addr", "remote", "klass", "label", "bytes", "pkts"]
     if flows is None or flows.empty:
         return pd.DataFrame(columns=[*(flows.columns if flows is not None else []), *extra])
-    me = {a for a in (device.ip, device.mac) if a}   # non-IP flows are keyed by MAC
+    me = {a for a in (device.ip, device.mac) if a}  # non-IP flows are keyed by MAC
     orig = text(flows["orig_h"]).str.lower().isin(me)
     resp = text(flows["resp_h"]).str.lower().isin(me) & ~orig
     mine = flows[orig | resp].copy()
     device_is_orig = orig[orig | resp].to_numpy()
     mine["side"] = np.where(device_is_orig, "orig", "resp")
     remote_h, name, klass = remote_party(
-        text(mine["orig_h"]).to_numpy(), text(mine["resp_h"]).to_numpy(), device_is_orig,
-        text(mine["remote_h"]).to_numpy(), text(mine["remote_name"]).to_numpy(),
-        text(mine["remote_class"]).to_numpy())
+        text(mine["orig_h"]).to_numpy(),
+        text(mine["resp_h"]).to_numpy(),
+        device_is_orig,
+        text(mine["remote_h"]).to_numpy(),
+        text(mine["remote_name"]).to_numpy(),
+        text(mine["remote_class"]).to_numpy(),
+    )
     mine["remote_addr"] = remote_h
     mine["remote"] = np.where(name != "", name, remote_h)
     mine["klass"] = klass
@@ -40,8 +52,9 @@ def device_flows(flows: pd.DataFrame | None, device: Device) -> pd.DataFrame:
 
 
 def _sum(frame: pd.DataFrame, a: str, b: str) -> pd.Series:
-    return (pd.to_numeric(frame[a], errors="coerce").fillna(0)
-            + pd.to_numeric(frame[b], errors="coerce").fillna(0))
+    return pd.to_numeric(frame[a], errors="coerce").fillna(0) + pd.to_numeric(
+        frame[b], errors="coerce"
+    ).fillna(0)
 
 
 def protocol_labels(f: pd.DataFrame) -> np.ndarray:
@@ -62,14 +75,24 @@ def endpoints(mine: pd.DataFrame) -> pd.DataFrame:
     if mine.empty:
         return pd.DataFrame(columns=ENDPOINT_COLUMNS)
     grouped = mine.groupby("remote", sort=False)
-    table = pd.DataFrame({"flows": grouped.size(), "pkts": grouped["pkts"].sum(),
-                          "bytes": grouped["bytes"].sum(), "first_ts": grouped["ts"].min()})
+    table = pd.DataFrame(
+        {
+            "flows": grouped.size(),
+            "pkts": grouped["pkts"].sum(),
+            "bytes": grouped["bytes"].sum(),
+            "first_ts": grouped["ts"].min(),
+        }
+    )
     by_class = mine.groupby(["remote", "klass"], sort=False)["bytes"].sum().reset_index()
     by_class = by_class.sort_values("bytes", ascending=False).drop_duplicates("remote")
     table["remote_class"] = by_class.set_index("remote")["klass"].reindex(table.index).fillna("")
     addresses = mine[["remote", "remote_addr"]].drop_duplicates()
-    table["addresses"] = addresses.groupby("remote")["remote_addr"].agg(
-        lambda a: ";".join(sort_addresses(a))).reindex(table.index).fillna("")
+    table["addresses"] = (
+        addresses.groupby("remote")["remote_addr"]
+        .agg(lambda a: ";".join(sort_addresses(a)))
+        .reindex(table.index)
+        .fillna("")
+    )
     labels = mine.groupby(["remote", "label"], sort=False)["bytes"].sum().reset_index()
     labels = labels.sort_values(["remote", "bytes"], ascending=[True, False])
     table["protocols"] = labels.groupby("remote")["label"].agg(", ".join).reindex(table.index)
@@ -85,9 +108,19 @@ def fold_small(ends: pd.DataFrame, limit: int) -> pd.DataFrame:
         return ends
     keep = ends.nlargest(limit - 1, "bytes")
     rest = ends.drop(keep.index)
-    other = pd.DataFrame([{"remote": f"{len(rest)} more parties (see the table)",
-                           "remote_class": "", "addresses": "", "protocols": "various",
-                           "flows": rest["flows"].sum(), "pkts": rest["pkts"].sum(),
-                           "bytes": rest["bytes"].sum(), "first_ts": rest["first_ts"].min()}])
-    kept = ends.loc[ends.index.isin(keep.index)]   # keep the class grouping order
+    other = pd.DataFrame(
+        [
+            {
+                "remote": f"{len(rest)} more parties (see the table)",
+                "remote_class": "",
+                "addresses": "",
+                "protocols": "various",
+                "flows": rest["flows"].sum(),
+                "pkts": rest["pkts"].sum(),
+                "bytes": rest["bytes"].sum(),
+                "first_ts": rest["first_ts"].min(),
+            }
+        ]
+    )
+    kept = ends.loc[ends.index.isin(keep.index)]  # keep the class grouping order
     return pd.concat([kept, other], ignore_index=True)

@@ -17,11 +17,17 @@ from ..errors import ToolError
 from .endpoints import CLASS_ORDER, fold_small
 from .inputs import Device
 
-CLASS_COLOURS = {"gateway": "#e6850e", "local": "#2a9d3a", "external": "#1f6fb4",
-                 "multicast": "#8e5bbf", "broadcast": "#d0312d", "": "#7f7f7f"}
+CLASS_COLOURS = {
+    "gateway": "#e6850e",
+    "local": "#2a9d3a",
+    "external": "#1f6fb4",
+    "multicast": "#8e5bbf",
+    "broadcast": "#d0312d",
+    "": "#7f7f7f",
+}
 DEVICE_COLOUR = "#222222"
-MAX_MAP_NODES = 80          # more remote parties than this: the smallest are folded into one
-LABEL_CHARS = 40            # longest name drawn in a picture (the tables have it whole)
+MAX_MAP_NODES = 80  # more remote parties than this: the smallest are folded into one
+LABEL_CHARS = 40  # longest name drawn in a picture (the tables have it whole)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]+")
 
 
@@ -36,17 +42,18 @@ def new_figure(width: float, height: float):
     except ImportError:
         raise ToolError("matplotlib is not installed: pip install -r requirements.txt") from None
     figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)   # the Agg canvas, whatever backend pyplot would pick
+    FigureCanvasAgg(figure)  # the Agg canvas, whatever backend pyplot would pick
     return figure
 
 
 def save(figure, kind: str, dpi: int = 100, bbox=None) -> bytes:
     import matplotlib
+
     buffer = io.BytesIO()
     options = {"bbox_inches": bbox} if bbox is not None else {}
     # SVG text stays text (searchable, a tenth of the size); fonts are the viewer's.
     with warnings.catch_warnings(), matplotlib.rc_context({"svg.fonttype": "none"}):
-        warnings.simplefilter("ignore")   # e.g. a glyph a name uses that the font lacks
+        warnings.simplefilter("ignore")  # e.g. a glyph a name uses that the font lacks
         figure.savefig(buffer, format=kind, dpi=dpi, metadata=_metadata(kind), **options)
     return buffer.getvalue()
 
@@ -72,7 +79,7 @@ def picture_text(value: str, limit: int = LABEL_CHARS) -> str:
     value = _CONTROL.sub(" ", str(value)).strip()
     if len(value) > limit:
         keep = limit - 1
-        value = value[: keep - keep // 3] + "…" + value[len(value) - keep // 3:]
+        value = value[: keep - keep // 3] + "…" + value[len(value) - keep // 3 :]
     return value
 
 
@@ -114,21 +121,44 @@ def endpoint_map_figure(ends: pd.DataFrame, device: Device):
     axes.set_ylim(-half * height / width, half * height / width)
     axes.set_aspect("equal")
     axes.axis("off")
-    title = (f"Endpoints of {picture_text(device.name, 30)} "
-             f"({device.ip or device.mac}): {n} remote part{'y' if n == 1 else 'ies'}; "
-             "edge width: bytes exchanged")
-    figure.text(0.5, 1 - 0.25 / (height + title_room), title, ha="center", va="center",
-                fontsize=13, parse_math=False)
+    title = (
+        f"Endpoints of {picture_text(device.name, 30)} "
+        f"({device.ip or device.mac}): {n} remote part{'y' if n == 1 else 'ies'}; "
+        "edge width: bytes exchanged"
+    )
+    figure.text(
+        0.5,
+        1 - 0.25 / (height + title_room),
+        title,
+        ha="center",
+        va="center",
+        fontsize=13,
+        parse_math=False,
+    )
     if n:
         _draw_ring(axes, ends, radial)
     else:
-        axes.text(0, -0.5, "the device talked to no one in these flows", ha="center",
-                  fontsize=12, color="#666666")
+        axes.text(
+            0,
+            -0.5,
+            "the device talked to no one in these flows",
+            ha="center",
+            fontsize=12,
+            color="#666666",
+        )
     axes.scatter([0], [0], s=900, c=DEVICE_COLOUR, zorder=5)
-    axes.text(0, -0.16, f"{picture_text(device.name, 30)}\n{device.ip or device.mac}",
-              ha="center", va="top", fontsize=11, fontweight="bold", zorder=6,
-              parse_math=False, bbox={"boxstyle": "round,pad=0.3", "fc": "white",
-                                      "ec": "#bbbbbb", "alpha": 0.9})
+    axes.text(
+        0,
+        -0.16,
+        f"{picture_text(device.name, 30)}\n{device.ip or device.mac}",
+        ha="center",
+        va="top",
+        fontsize=11,
+        fontweight="bold",
+        zorder=6,
+        parse_math=False,
+        bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "#bbbbbb", "alpha": 0.9},
+    )
     _map_legend(axes, ends)
     return figure
 
@@ -136,6 +166,7 @@ def endpoint_map_figure(ends: pd.DataFrame, device: Device):
 def _draw_ring(axes, ends: pd.DataFrame, radial: bool) -> None:
     """The remote parties on the ring: edges, nodes and labels."""
     from matplotlib.collections import LineCollection
+
     n = len(ends)
     step = 2 * math.pi / n
     angles = math.pi / 2 - step * (np.arange(n) + (0.5 if radial else 0.0))
@@ -145,17 +176,22 @@ def _draw_ring(axes, ends: pd.DataFrame, radial: bool) -> None:
     widths = 0.7 + 7.3 * weights / top
     colours = [CLASS_COLOURS.get(c, CLASS_COLOURS[""]) for c in ends["remote_class"]]
     segments = [[(0, 0), (a, b)] for a, b in zip(x, y)]
-    axes.add_collection(LineCollection(segments, linewidths=widths, colors=colours,
-                                       alpha=0.45, zorder=1, capstyle="round"))
-    axes.scatter(x, y, s=70 if radial else 160, c=colours, zorder=3, edgecolors="white",
-                 linewidths=1.2)
+    axes.add_collection(
+        LineCollection(
+            segments, linewidths=widths, colors=colours, alpha=0.45, zorder=1, capstyle="round"
+        )
+    )
+    axes.scatter(
+        x, y, s=70 if radial else 160, c=colours, zorder=3, edgecolors="white", linewidths=1.2
+    )
     # A radial label has the ring's radius again to run in (about 65 characters at
     # these sizes): names and protocol lists are shortened to fit, the tables have them.
     font = 8 if n <= 40 else 7 if n <= 60 else 6.5
     for i, row in enumerate(ends.itertuples()):
         name = picture_text(row.remote, 34 if radial else LABEL_CHARS)
-        protocols = picture_text(_first_protocols(row.protocols, 1 if radial else 2),
-                                 24 if radial else LABEL_CHARS)
+        protocols = picture_text(
+            _first_protocols(row.protocols, 1 if radial else 2), 24 if radial else LABEL_CHARS
+        )
         detail = f"{protocols} · {human_bytes(row.bytes)}"
         if radial:
             _radial_label(axes, x[i], y[i], angles[i], f"{name}  {detail}", font)
@@ -166,30 +202,70 @@ def _draw_ring(axes, ends: pd.DataFrame, radial: bool) -> None:
 def _radial_label(axes, x: float, y: float, angle: float, label: str, font: float) -> None:
     degrees = math.degrees(angle)
     left = x < -1e-9
-    axes.text(1.07 * x, 1.07 * y, label, rotation=degrees + 180 if left else degrees,
-              rotation_mode="anchor", ha="right" if left else "left", va="center",
-              fontsize=font, parse_math=False, zorder=4, label="endpoint-label")
+    axes.text(
+        1.07 * x,
+        1.07 * y,
+        label,
+        rotation=degrees + 180 if left else degrees,
+        rotation_mode="anchor",
+        ha="right" if left else "left",
+        va="center",
+        fontsize=font,
+        parse_math=False,
+        zorder=4,
+        label="endpoint-label",
+    )
 
 
 def _flat_label(axes, x: float, y: float, label: str) -> None:
     ha = "left" if x > 0.3 else "right" if x < -0.3 else "center"
     va = "bottom" if y > 0.3 else "top" if y < -0.3 else "center"
-    axes.text(1.1 * x, 1.1 * y, label, ha=ha, va=va, fontsize=10, parse_math=False, zorder=4,
-              linespacing=1.3, label="endpoint-label",
-              multialignment="left" if ha == "left" else "right" if ha == "right" else "center")
+    axes.text(
+        1.1 * x,
+        1.1 * y,
+        label,
+        ha=ha,
+        va=va,
+        fontsize=10,
+        parse_math=False,
+        zorder=4,
+        linespacing=1.3,
+        label="endpoint-label",
+        multialignment="left" if ha == "left" else "right" if ha == "right" else "center",
+    )
 
 
 def _map_legend(axes, ends: pd.DataFrame) -> None:
     from matplotlib.lines import Line2D
+
     present = [c for c in CLASS_ORDER if c in set(ends["remote_class"])]
-    handles = [Line2D([], [], marker="o", linestyle="", markersize=9,
-                      markerfacecolor=CLASS_COLOURS[c], markeredgecolor="white",
-                      label=f"{c or 'unknown'} ({int((ends['remote_class'] == c).sum())})")
-               for c in present]
-    handles.append(Line2D([], [], marker="o", linestyle="", markersize=11,
-                          markerfacecolor=DEVICE_COLOUR, label="device under study"))
-    axes.legend(handles=handles, loc="lower left", fontsize=10, frameon=False,
-                bbox_to_anchor=(0.0, 0.0))
+    handles = [
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markersize=9,
+            markerfacecolor=CLASS_COLOURS[c],
+            markeredgecolor="white",
+            label=f"{c or 'unknown'} ({int((ends['remote_class'] == c).sum())})",
+        )
+        for c in present
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markersize=11,
+            markerfacecolor=DEVICE_COLOUR,
+            label="device under study",
+        )
+    )
+    axes.legend(
+        handles=handles, loc="lower left", fontsize=10, frameon=False, bbox_to_anchor=(0.0, 0.0)
+    )
 
 
 def _first_protocols(protocols: str, keep: int = 2) -> str:

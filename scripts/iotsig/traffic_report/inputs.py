@@ -14,15 +14,50 @@ from ..inputs import file_kind
 from ..schema import FLOWS, PACKETS
 
 PACKET_COLUMNS = ["capture", "ts", "frame_len", "eth_src", "eth_dst", "ip_src", "ip_dst"]
-PACKET_OPTIONAL = ["eth_src_vendor", "eth_dst_vendor", "ip_version", "l4_proto",
-                   "dhcp_hostname", "direction"]
-FLOW_COLUMNS = ["capture", "ts", "duration", "proto", "orig_h", "orig_p", "resp_h", "resp_p",
-                "orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes"]
-FLOW_OPTIONAL = ["uid", "service", "device_side", "orig_mac", "resp_mac", "remote_h",
-                 "remote_name", "remote_class", "http_host", "http_request_uri",
-                 "dns_qry_name", "dns_qry_type", "http_request_method", "coap_type",
-                 "coap_code", "coap_uri", "dhcp_msg_type", "tls_server_name", "icmp_type",
-                 "arp_opcode"]
+PACKET_OPTIONAL = [
+    "eth_src_vendor",
+    "eth_dst_vendor",
+    "ip_version",
+    "l4_proto",
+    "dhcp_hostname",
+    "direction",
+]
+FLOW_COLUMNS = [
+    "capture",
+    "ts",
+    "duration",
+    "proto",
+    "orig_h",
+    "orig_p",
+    "resp_h",
+    "resp_p",
+    "orig_pkts",
+    "resp_pkts",
+    "orig_frame_bytes",
+    "resp_frame_bytes",
+]
+FLOW_OPTIONAL = [
+    "uid",
+    "service",
+    "device_side",
+    "orig_mac",
+    "resp_mac",
+    "remote_h",
+    "remote_name",
+    "remote_class",
+    "http_host",
+    "http_request_uri",
+    "dns_qry_name",
+    "dns_qry_type",
+    "http_request_method",
+    "coap_type",
+    "coap_code",
+    "coap_uri",
+    "dhcp_msg_type",
+    "tls_server_name",
+    "icmp_type",
+    "arp_opcode",
+]
 
 
 @dataclass
@@ -30,7 +65,7 @@ class Device:
     ip: str = ""
     mac: str = ""
     name: str = "device"
-    how: str = ""           # where the address came from, said in the report
+    how: str = ""  # where the address came from, said in the report
 
 
 @dataclass
@@ -53,15 +88,19 @@ def read_inputs(paths: list[Path]) -> Inputs:
         if kind == "signature":
             raise InputError(path, "is a signature CSV: give it with --signature")
         if kind == "capture":
-            raise InputError(path, "is a capture: give its packets or flows CSVs (main.py "
-                                   "or packet-translator.py writes them)")
+            raise InputError(
+                path,
+                "is a capture: give its packets or flows CSVs (main.py "
+                "or packet-translator.py writes them)",
+            )
         (inputs.packet_files if kind == "packets" else inputs.flow_files).append(Path(path))
     if inputs.packet_files:
         inputs.packets = _read_packets(inputs.packet_files, rebuild=not inputs.flow_files)
     if inputs.flow_files:
-        frames = [csvio.read_table(p, FLOWS, required=FLOW_COLUMNS,
-                                   columns=FLOW_COLUMNS + FLOW_OPTIONAL)
-                  for p in inputs.flow_files]
+        frames = [
+            csvio.read_table(p, FLOWS, required=FLOW_COLUMNS, columns=FLOW_COLUMNS + FLOW_OPTIONAL)
+            for p in inputs.flow_files
+        ]
         inputs.flows = with_columns(_concat(frames), FLOW_OPTIONAL)
     return inputs
 
@@ -70,10 +109,12 @@ def _read_packets(paths: list[Path], rebuild: bool) -> pd.DataFrame:
     wanted = PACKET_COLUMNS + PACKET_OPTIONAL
     if rebuild:  # flows are rebuilt from the packets: read what that needs
         from .. import flows as flow_builder
+
         wanted = list(dict.fromkeys(wanted + flow_builder.REQUIRED + flow_builder.OPTIONAL))
-    frames = [csvio.read_table(p, PACKETS, required=PACKET_COLUMNS, columns=wanted,
-                               compact=True)
-              for p in paths]
+    frames = [
+        csvio.read_table(p, PACKETS, required=PACKET_COLUMNS, columns=wanted, compact=True)
+        for p in paths
+    ]
     return with_columns(_concat(frames), PACKET_OPTIONAL)
 
 
@@ -101,10 +142,13 @@ def text(column: pd.Series) -> pd.Series:
 
 def flows_from_packets(packets: pd.DataFrame, device: Device) -> pd.DataFrame:
     from .. import flows as flow_builder
+
     missing = [c for c in flow_builder.REQUIRED if c not in packets]
     if missing:
-        raise ToolError("the endpoint map and timeline need flows: give the flows CSVs too "
-                        f"(the packets CSVs lack {', '.join(missing[:4])} to rebuild them)")
+        raise ToolError(
+            "the endpoint map and timeline need flows: give the flows CSVs too "
+            f"(the packets CSVs lack {', '.join(missing[:4])} to rebuild them)"
+        )
     options = flow_builder.FlowOptions(device_ips=(device.ip,) if device.ip else ())
     return with_columns(flow_builder.build_flows(packets, options), FLOW_OPTIONAL)
 
@@ -113,8 +157,13 @@ def flows_from_packets(packets: pd.DataFrame, device: Device) -> pd.DataFrame:
 # The device under study
 
 
-def find_device(inputs: Inputs, device_ip: str | None = None, device_mac: str | None = None,
-                device_name: str | None = None, signature: pd.DataFrame | None = None) -> Device:
+def find_device(
+    inputs: Inputs,
+    device_ip: str | None = None,
+    device_mac: str | None = None,
+    device_name: str | None = None,
+    signature: pd.DataFrame | None = None,
+) -> Device:
     """The device's name, address (and where it came from) and MAC."""
     named = signature is not None and len(signature)
     device = Device(name=device_name or "device")
@@ -128,8 +177,10 @@ def find_device(inputs: Inputs, device_ip: str | None = None, device_mac: str | 
         device.ip, device.how = _address_from_columns(inputs)
     device.mac = device_mac.lower() if device_mac else _mac_of(inputs, device.ip)
     if not device.ip and not device.mac:
-        raise ToolError("cannot tell which device is under study: give --device-ip (the CSVs "
-                        "were made without one, and no --signature names it)")
+        raise ToolError(
+            "cannot tell which device is under study: give --device-ip (the CSVs "
+            "were made without one, and no --signature names it)"
+        )
     return device
 
 
@@ -138,8 +189,9 @@ def _address_from_columns(inputs: Inputs) -> tuple[str, str]:
     f, p = inputs.flows, inputs.packets
     if f is not None and (text(f["device_side"]) != "").any():
         side = text(f["device_side"])
-        addresses = pd.concat([text(f["orig_h"])[side == "orig"],
-                               text(f["resp_h"])[side == "resp"]])
+        addresses = pd.concat(
+            [text(f["orig_h"])[side == "orig"], text(f["resp_h"])[side == "resp"]]
+        )
         return addresses.mode().iloc[0], "the flows' device_side column"
     if p is not None and (text(p["direction"]) == "sent").any():
         sent = text(p["direction"]) == "sent"

@@ -14,8 +14,9 @@ from ..timefmt import utc_text
 from .inputs import Device, text
 
 
-def inventory(packets: pd.DataFrame, device: Device,
-              gateway_addresses: set[str] | None = None) -> pd.DataFrame:
+def inventory(
+    packets: pd.DataFrame, device: Device, gateway_addresses: set[str] | None = None
+) -> pd.DataFrame:
     """One row per MAC seen: vendor, addresses, DHCP host name, traffic, first/last seen."""
     if packets is None or packets.empty:
         return csvio.empty_frame(INVENTORY)
@@ -26,8 +27,12 @@ def inventory(packets: pd.DataFrame, device: Device,
     own = _add_addresses(table, pairs, routers)
     names = pd.DataFrame({"mac": src, "name": text(packets["dhcp_hostname"])}).drop_duplicates()
     names = names[names["name"] != ""]
-    table["dhcp_hostname"] = names.groupby("mac")["name"].agg(
-        lambda a: ";".join(sorted(set(a)))).reindex(table.index).fillna("")
+    table["dhcp_hostname"] = (
+        names.groupby("mac")["name"]
+        .agg(lambda a: ";".join(sorted(set(a))))
+        .reindex(table.index)
+        .fillna("")
+    )
     _add_roles(table, device, own, routers)
     table["first_time_utc"] = utc_text(table["first_ts"])
     table["last_time_utc"] = utc_text(table["last_ts"])
@@ -43,21 +48,33 @@ def _traffic(packets: pd.DataFrame, src: pd.Series) -> pd.DataFrame:
     ts = packets["ts"].to_numpy(dtype=float)
     size = packets["frame_len"].fillna(0).to_numpy(dtype=float)
     capture = text(packets["capture"])
-    sides = pd.DataFrame({
-        "mac": pd.concat([src, dst], ignore_index=True),
-        "sent": np.r_[np.ones(len(src)), np.zeros(len(dst))],
-        "size": np.r_[size, size], "ts": np.r_[ts, ts],
-        "capture": pd.concat([capture, capture], ignore_index=True),
-        "vendor": pd.concat([text(packets["eth_src_vendor"]), text(packets["eth_dst_vendor"])],
-                            ignore_index=True)})
+    sides = pd.DataFrame(
+        {
+            "mac": pd.concat([src, dst], ignore_index=True),
+            "sent": np.r_[np.ones(len(src)), np.zeros(len(dst))],
+            "size": np.r_[size, size],
+            "ts": np.r_[ts, ts],
+            "capture": pd.concat([capture, capture], ignore_index=True),
+            "vendor": pd.concat(
+                [text(packets["eth_src_vendor"]), text(packets["eth_dst_vendor"])],
+                ignore_index=True,
+            ),
+        }
+    )
     sides = sides[sides["mac"] != ""]
     sides["sent_size"] = sides["size"] * sides["sent"]
     grouped = sides.groupby("mac", sort=False)
-    table = pd.DataFrame({
-        "pkts_sent": grouped["sent"].sum(), "bytes_sent": grouped["sent_size"].sum(),
-        "frames": grouped.size(), "bytes": grouped["size"].sum(),
-        "first_ts": grouped["ts"].min(), "last_ts": grouped["ts"].max(),
-        "captures": grouped["capture"].nunique()})
+    table = pd.DataFrame(
+        {
+            "pkts_sent": grouped["sent"].sum(),
+            "bytes_sent": grouped["sent_size"].sum(),
+            "frames": grouped.size(),
+            "bytes": grouped["size"].sum(),
+            "first_ts": grouped["ts"].min(),
+            "last_ts": grouped["ts"].max(),
+            "captures": grouped["capture"].nunique(),
+        }
+    )
     table["pkts_received"] = table["frames"] - table["pkts_sent"]
     table["bytes_received"] = table["bytes"] - table["bytes_sent"]
     vendors = sides.loc[sides["vendor"] != "", ["mac", "vendor"]].drop_duplicates("mac")
@@ -81,8 +98,9 @@ def _sender_addresses(packets: pd.DataFrame, src: pd.Series) -> pd.DataFrame:
 def _add_addresses(table: pd.DataFrame, pairs: pd.DataFrame, routers: set[str]) -> pd.DataFrame:
     """The ipv4/ipv6 columns (a router's own addresses only; the outside ones it forwards
     are counted in relayed_addrs). Returns the own (MAC, IP) pairs."""
-    host_v6_nets = set(pairs.loc[~pairs["mac"].isin(routers) & pairs["global"]
-                                 & (pairs["version"] == 6), "net"])
+    host_v6_nets = set(
+        pairs.loc[~pairs["mac"].isin(routers) & pairs["global"] & (pairs["version"] == 6), "net"]
+    )
     relayed = pairs["mac"].isin(routers) & pairs["global"] & ~pairs["net"].isin(host_v6_nets)
     table["relayed_addrs"] = pairs[relayed].groupby("mac").size().reindex(table.index).fillna(0)
     own = pairs[~relayed]
@@ -93,17 +111,22 @@ def _add_addresses(table: pd.DataFrame, pairs: pd.DataFrame, routers: set[str]) 
     return own
 
 
-def _add_roles(table: pd.DataFrame, device: Device, own: pd.DataFrame,
-               routers: set[str]) -> None:
+def _add_roles(table: pd.DataFrame, device: Device, own: pd.DataFrame, routers: set[str]) -> None:
     device_macs = {device.mac} if device.mac else set()
     if device.ip and not device_macs:
         device_macs = set(own.loc[own["ip"] == device.ip, "mac"])
     table["is_device"] = table.index.isin(device_macs)
     first_octet = pd.Series(table.index.str[:2], index=table.index).map(_hex_or_zero)
     table["role"] = np.select(
-        [table["is_device"], table.index == "ff:ff:ff:ff:ff:ff", (first_octet & 1) == 1,
-         table.index.isin(routers)],
-        ["device", "broadcast", "multicast", "gateway"], "host")
+        [
+            table["is_device"],
+            table.index == "ff:ff:ff:ff:ff:ff",
+            (first_octet & 1) == 1,
+            table.index.isin(routers),
+        ],
+        ["device", "broadcast", "multicast", "gateway"],
+        "host",
+    )
 
 
 def _address_kind(address: str) -> tuple[int, bool, str]:
@@ -134,12 +157,14 @@ def _routers(pairs: pd.DataFrame, gateway_addresses: set[str]) -> set[str]:
 
 def sort_addresses(addresses) -> list[str]:
     """IPv4 before IPv6, link-local first within a version, then by value."""
+
     def key(address):
         try:
             ip = ipaddress.ip_address(address)
             return (ip.version, not ip.is_link_local, int(ip))
         except ValueError:
             return (9, True, 0)
+
     return sorted(set(addresses), key=key)
 
 

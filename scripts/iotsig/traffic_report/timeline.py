@@ -14,16 +14,36 @@ from .activity import row_of, timeline_rows
 from .figures import human_bytes, new_figure, picture_text, save
 from .inputs import Device
 
-MAX_PANELS = 30             # recordings drawn; the picture says how many more there are
-PATTERN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
-                   "#17becf", "#bcbd22", "#ff7f0e", "#393b79", "#637939", "#843c39"]
+MAX_PANELS = 30  # recordings drawn; the picture says how many more there are
+PATTERN_COLOURS = [
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#ff7f0e",
+    "#393b79",
+    "#637939",
+    "#843c39",
+]
 OTHER_COLOUR = "#9a9a9a"
 LEFT, RIGHT = 0.09, 0.985
 
 
-def draw_timeline(bins: pd.DataFrame, width: float, captures: list[str], starts: pd.Series,
-                  ends: pd.Series, matched: pd.DataFrame, patterns: pd.DataFrame | None,
-                  device: Device, source: str) -> bytes:
+def draw_timeline(
+    bins: pd.DataFrame,
+    width: float,
+    captures: list[str],
+    starts: pd.Series,
+    ends: pd.Series,
+    matched: pd.DataFrame,
+    patterns: pd.DataFrame | None,
+    device: Device,
+    source: str,
+) -> bytes:
     """One panel per recording, on a shared time axis from each recording's start: bytes the
     device sent (up) and received (down) per bin, and above them a strip with one row per
     signature pattern, marking the flows that matched it."""
@@ -41,8 +61,10 @@ def draw_timeline(bins: pd.DataFrame, width: float, captures: list[str], starts:
     figure = new_figure(12.5, height)
     longest = float(max((ends - starts).reindex(drawn).max(), width)) if drawn else width
     x_max = longest * 1.02
-    colours = [PATTERN_COLOURS[i % len(PATTERN_COLOURS)] if role == "event" else OTHER_COLOUR
-               for i, role in enumerate(shown["role"])]
+    colours = [
+        PATTERN_COLOURS[i % len(PATTERN_COLOURS)] if role == "event" else OTHER_COLOUR
+        for i, role in enumerate(shown["role"])
+    ]
     _header(figure, height, device, width, source, shown, colours, legend_lines)
     marks = matched.assign(row=row_of(shown, matched["pattern"])) if len(matched) else matched
     by_capture = dict(tuple(bins.groupby("capture"))) if len(bins) else {}
@@ -53,13 +75,13 @@ def draw_timeline(bins: pd.DataFrame, width: float, captures: list[str], starts:
         band = None
         if rows:
             y -= strip
-            band = figure.add_axes([LEFT, y / height, RIGHT - LEFT, strip / height],
-                                   sharex=first_axes)
+            band = figure.add_axes(
+                [LEFT, y / height, RIGHT - LEFT, strip / height], sharex=first_axes
+            )
             first_axes = first_axes or band
             _draw_marks(band, marks_of.get(capture), shown, colours, x_max)
         y -= panel
-        axes = figure.add_axes([LEFT, y / height, RIGHT - LEFT, panel / height],
-                               sharex=first_axes)
+        axes = figure.add_axes([LEFT, y / height, RIGHT - LEFT, panel / height], sharex=first_axes)
         first_axes = first_axes or axes
         start = starts.get(capture, np.nan)
         _title(band or axes, capture, start)
@@ -67,38 +89,82 @@ def draw_timeline(bins: pd.DataFrame, width: float, captures: list[str], starts:
         _first_event_line(axes, marks_of.get(capture), start)
         _style_panel(axes, width)
         y -= gap
-    axes.set_xlabel("seconds since the recording's first packet"
-                    + ("   (dashed: the first event-pattern flow)" if rows else ""), fontsize=9)
+    axes.set_xlabel(
+        "seconds since the recording's first packet"
+        + ("   (dashed: the first event-pattern flow)" if rows else ""),
+        fontsize=9,
+    )
     if len(captures) > len(drawn):
-        figure.text(LEFT, 0.2 / height, f"… and {len(captures) - len(drawn):,} more "
-                    f"recordings, not drawn: the first {len(drawn)} of {len(captures):,} "
-                    "are shown", fontsize=9, va="center", color="#555555")
+        figure.text(
+            LEFT,
+            0.2 / height,
+            f"… and {len(captures) - len(drawn):,} more "
+            f"recordings, not drawn: the first {len(drawn)} of {len(captures):,} "
+            "are shown",
+            fontsize=9,
+            va="center",
+            color="#555555",
+        )
     first_axes.set_xlim(-x_max * 0.01, x_max)
     return save(figure, "png")
 
 
-def _header(figure, height: float, device: Device, width: float, source: str,
-            shown: pd.DataFrame, colours: list[str], legend_lines: int) -> None:
+def _header(
+    figure,
+    height: float,
+    device: Device,
+    width: float,
+    source: str,
+    shown: pd.DataFrame,
+    colours: list[str],
+    legend_lines: int,
+) -> None:
     """The title, where the bytes come from, and the legend of the pattern rows."""
-    figure.text(0.06, 1 - 0.3 / height,
-                f"Activity of {picture_text(device.name, 30)} ({device.ip or device.mac}): "
-                f"bytes sent (up) and received (down) per {width_text(width)}",
-                fontsize=12, va="center", parse_math=False)
-    figure.text(0.985, 1 - 0.3 / height, f"from the {source}", fontsize=8.5, ha="right",
-                va="center", color="#555555")
+    figure.text(
+        0.06,
+        1 - 0.3 / height,
+        f"Activity of {picture_text(device.name, 30)} ({device.ip or device.mac}): "
+        f"bytes sent (up) and received (down) per {width_text(width)}",
+        fontsize=12,
+        va="center",
+        parse_math=False,
+    )
+    figure.text(
+        0.985,
+        1 - 0.3 / height,
+        f"from the {source}",
+        fontsize=8.5,
+        ha="right",
+        va="center",
+        color="#555555",
+    )
     for i, row in enumerate(shown.itertuples()):
         column, line = divmod(i, legend_lines)
         role = "" if row.role in ("event", "other") else f" ({row.role})"
-        figure.text(0.06 + 0.46 * column, 1 - (0.62 + 0.2 * line) / height,
-                    f"■ {row.number}  {picture_text(row.pattern, 56)}{role}",
-                    color=colours[i], fontsize=9, va="center", parse_math=False)
+        figure.text(
+            0.06 + 0.46 * column,
+            1 - (0.62 + 0.2 * line) / height,
+            f"■ {row.number}  {picture_text(row.pattern, 56)}{role}",
+            color=colours[i],
+            fontsize=9,
+            va="center",
+            parse_math=False,
+        )
 
 
 def _title(axes, capture: str, start: float) -> None:
-    when = "" if start != start else \
-        dt.datetime.fromtimestamp(start, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    axes.set_title(f"{picture_text(capture, 60)}   (started {when})", loc="left",
-                   fontsize=9.5, pad=3, parse_math=False)
+    when = (
+        ""
+        if start != start
+        else dt.datetime.fromtimestamp(start, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
+    axes.set_title(
+        f"{picture_text(capture, 60)}   (started {when})",
+        loc="left",
+        fontsize=9.5,
+        pad=3,
+        parse_math=False,
+    )
 
 
 def _draw_bytes(axes, data: pd.DataFrame | None, width: float) -> None:
@@ -109,22 +175,36 @@ def _draw_bytes(axes, data: pd.DataFrame | None, width: float) -> None:
         first, last = int(grouped.index.min()), int(grouped.index.max())
         dense = grouped.reindex(range(first, last + 1), fill_value=0.0)
         edges = np.arange(first, last + 2, dtype=float) * width
-        axes.stairs(dense["sent"].to_numpy(), edges, fill=True, color="#1f6fb4",
-                    linewidth=0, label="sent")
-        axes.stairs(-dense["received"].to_numpy(), edges, fill=True, color="#e6850e",
-                    linewidth=0, label="received")
+        axes.stairs(
+            dense["sent"].to_numpy(), edges, fill=True, color="#1f6fb4", linewidth=0, label="sent"
+        )
+        axes.stairs(
+            -dense["received"].to_numpy(),
+            edges,
+            fill=True,
+            color="#e6850e",
+            linewidth=0,
+            label="received",
+        )
         top = max(dense["sent"].max(), dense["received"].max(), 1.0)
         axes.set_ylim(-top * 1.1, top * 1.1)
         axes.yaxis.set_major_formatter(_bytes_formatter())
     else:
-        axes.text(0.5, 0.5, "no traffic of the device", transform=axes.transAxes,
-                  ha="center", va="center", color="#777777")
+        axes.text(
+            0.5,
+            0.5,
+            "no traffic of the device",
+            transform=axes.transAxes,
+            ha="center",
+            va="center",
+            color="#777777",
+        )
         axes.set_yticks([])
 
 
 def _style_panel(axes, width: float) -> None:
     axes.axhline(0, color="#444444", linewidth=0.6)
-    axes.tick_params(labelsize=8, labelbottom=True)   # times under every panel
+    axes.tick_params(labelsize=8, labelbottom=True)  # times under every panel
     axes.set_ylabel(f"bytes/{width_text(width)}", fontsize=8)
     axes.grid(axis="x", color="#e5e5e5", linewidth=0.6)
     axes.set_axisbelow(True)
@@ -136,12 +216,14 @@ def _first_event_line(axes, marks: pd.DataFrame | None, start: float) -> None:
         return
     events = marks[marks["role"] == "event"]
     if len(events):
-        axes.axvline(events["start"].min() - start, color="#d62728", linewidth=0.9,
-                     linestyle="--", zorder=0)
+        axes.axvline(
+            events["start"].min() - start, color="#d62728", linewidth=0.9, linestyle="--", zorder=0
+        )
 
 
-def _draw_marks(band, marks: pd.DataFrame | None, shown: pd.DataFrame, colours: list[str],
-                x_max: float) -> None:
+def _draw_marks(
+    band, marks: pd.DataFrame | None, shown: pd.DataFrame, colours: list[str], x_max: float
+) -> None:
     """The pattern strip: one row per shown pattern, a bar per matched flow."""
     rows = len(shown)
     band.set_ylim(rows - 0.5, -0.5)
@@ -154,12 +236,13 @@ def _draw_marks(band, marks: pd.DataFrame | None, shown: pd.DataFrame, colours: 
     band.set_facecolor("#f6f6f6")
     if marks is None or marks.empty:
         return
-    minimum = x_max * 0.004            # an instant flow still shows
+    minimum = x_max * 0.004  # an instant flow still shows
     for row, group in marks[marks["row"] >= 0].groupby("row"):
         start = group["rel_start"].to_numpy()
         spans = np.maximum(group["rel_end"].to_numpy() - start, minimum)
-        band.broken_barh(list(zip(start, spans)), (row - 0.38, 0.76),
-                         facecolors=colours[row], linewidth=0)
+        band.broken_barh(
+            list(zip(start, spans)), (row - 0.38, 0.76), facecolors=colours[row], linewidth=0
+        )
 
 
 def width_text(width: float) -> str:
@@ -174,4 +257,5 @@ def width_text(width: float) -> str:
 
 def _bytes_formatter():
     from matplotlib.ticker import FuncFormatter
+
     return FuncFormatter(lambda v, _: human_bytes(abs(v)).replace(" B", "") if v else "0")
