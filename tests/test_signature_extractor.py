@@ -244,6 +244,9 @@ HTTPS = "interactions/toggle/https"
     (_set(f"{HTTPS}/stats/duration", "1 minute"), "stats.duration: invalid value"),
     (_set(f"{HTTPS}/stats/jitter", "1 ms"), "unknown stat 'jitter'"),
     (_set("single-policies/coap-get/timeout", 5), "unknown key 'timeout'"),
+    # Rules broader than any traffic: addresses alone, or TCP/UDP without a port.
+    (_set(f"{HTTPS}/protocols/tcp", "~"), "addresses only, no protocol: it would allow all"),
+    (_set(f"{HTTPS}/protocols/tcp", {}), "neither src-port nor dst-port: it would allow every"),
 ])
 def test_validate_profile_catches_real_mistakes(change, problem):
     assert validate_profile(VALID) == []
@@ -564,3 +567,13 @@ def test_pattern_txt_lists_the_nearest_misses_and_counts_the_rest(flows, tmp_pat
     assert total >= 450
     assert re.match(rf"- and {total - 200} more, each in at most 1/3 recordings \(\d+ flows\)",
                     listed[-1])
+
+
+def test_a_pattern_without_a_port_never_becomes_an_allow_everything_policy():
+    """TCP/UDP flows without ports (IP fragments without their transport header) stay in
+    pattern.txt, out of profile.yaml: a policy of addresses alone would allow all traffic."""
+    row = pd.Series({"proto": "udp", "server_port": float("nan"), "dns_qry_name": "",
+                     "http_request_method": "", "coap_type": "", "coap_code": ""})
+    row = next(pd.DataFrame([row]).itertuples())
+    assert unexpressible(row) == "no UDP port was seen: a policy without one would allow any"
+    assert policy(row, "ipv6") is None

@@ -31,6 +31,9 @@ KNOWN_FIELDS = {
     "mqtt": set(),
     "tls": set(),
 }
+# Sections that name an application (a DNS name, an HTTP URI ...): a policy with one of
+# them is narrow even without a port.
+APPLICATION_SECTIONS = {"dns", "mdns", "http", "coap", "dhcp", "ssdp", "mqtt", "tls"}
 POLICY_KEYS = {"protocols", "bidirectional", "initiator", "timeout", "stats"}
 STATS_KEYS = {"rate", "packet-size", "packet-count", "duration"}
 # The values of the packets' vocabularies (fields.py) that the firewall knows.
@@ -140,6 +143,10 @@ def unexpressible(row) -> str:
     packets: a name the firewall cannot match safely is left out rather than written."""
     if row.proto not in ("tcp", "udp", "arp", "icmp", "icmpv6", "igmp"):
         return f"the profile format has no section for {row.proto} frames"
+    if row.proto in ("tcp", "udp") and (pd.isna(row.server_port) or row.server_port < 0):
+        # (IP fragments without their header, say): a policy of addresses alone would let
+        # every protocol and port through
+        return f"no {row.proto.upper()} port was seen: a policy without one would allow any"
     if row.dns_qry_name:
         for name in _items(row.dns_qry_name):
             problem = domain_problem(name) or (
@@ -373,6 +380,7 @@ def _check_policy(where: str, name, policy_, in_interaction: bool) -> list[str]:
     protocols = policy_.get("protocols")
     if not isinstance(protocols, dict) or not protocols:
         return problems + [f"{where}: no protocols"]
+    problems += _too_broad(where, protocols)
     for protocol, fields in protocols.items():
         if protocol not in KNOWN_FIELDS:
             problems.append(f"{where}: unknown protocol {protocol!r} (the firewall drops it)")
@@ -399,6 +407,20 @@ def _check_policy(where: str, name, policy_, in_interaction: bool) -> list[str]:
             if not _stat_ok(key, item):
                 problems.append(f"{where}.stats.{key}: invalid value {item!r}")
     return problems
+
+
+def _too_broad(where: str, protocols: dict) -> list[str]:
+    """A policy the firewall would read as 'allow everything between these addresses': no
+    protocol above IP, or TCP/UDP without a port."""
+    if not set(protocols) - {"ipv4", "ipv6"}:
+        return [f"{where}: addresses only, no protocol: it would allow all traffic"]
+    return [
+        f"{where}.{proto}: neither src-port nor dst-port: it would allow every port"
+        for proto in ("tcp", "udp")
+        if proto in protocols
+        and not ({"src-port", "dst-port"} & set(protocols[proto] or {}))
+        and not (set(protocols) & APPLICATION_SECTIONS)
+    ]
 
 
 def _check_value(where: str, protocol: str, field_name: str, value) -> list[str]:
