@@ -76,6 +76,16 @@ def _finite(text: str) -> float:
     return value
 
 
+def add_jobs_argument(parser) -> None:
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        help="captures translated at once (default: one per core)",
+    )
+
+
 def add_flow_arguments(parser) -> None:
     """--idle-timeout and --max-duration, for every command that builds flows."""
     from .flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION
@@ -227,6 +237,61 @@ class Command:
             for warning in result.warnings:
                 self.warn(warning)
             yield item, result
+
+    def traffic_report(
+        self,
+        csv_files,
+        output_dir: Path,
+        device_ip=None,
+        device_mac=None,
+        device_name=None,
+        signature=None,
+        pattern=None,
+    ):
+        """traffic-report.py's step (main.py's last): read the CSVs, write the report files
+        with a progress bar, and summarise."""
+        import time
+
+        from . import traffic_report
+
+        started = time.monotonic()
+        with self.progress(total=5, unit=" step", desc="traffic report") as bar:
+            bar.set_postfix_str("reading")
+            inputs = traffic_report.read_inputs(list(csv_files))
+            bar.update()
+
+            def step(name):
+                bar.set_postfix_str(name)
+                bar.update()
+
+            result = traffic_report.build_report(
+                inputs,
+                output_dir,
+                device_ip=device_ip,
+                device_mac=device_mac,
+                device_name=device_name,
+                signature_path=signature,
+                pattern_path=pattern,
+                step=step,
+            )
+        for note in result.notes:
+            self.warn(note)
+        for key in ("inventory", "map_png", "map_svg", "timeline", "report"):
+            if key in result.paths:
+                self.say(f"wrote {result.paths[key]}")
+        macs = (
+            "no inventory (no packets CSV)"
+            if result.inventory is None
+            else f"{len(result.inventory)} MAC(s)"
+        )
+        parties = "party" if len(result.endpoints) == 1 else "parties"
+        self.say(
+            f"traffic-report: {macs}, {len(result.endpoints)} remote {parties} of "
+            f"{result.device.ip or result.device.mac}, {len(result.matched)} flow(s) "
+            f"matched to signature patterns, in {time.monotonic() - started:.1f} s; open "
+            f"{result.paths['report']}"
+        )
+        return result
 
     def learn_and_write(self, flow_files, baseline_files, args, output_dir: Path):
         """signature-extractor's step (main.py's last): learn, write the three outputs,

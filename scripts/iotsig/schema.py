@@ -226,6 +226,18 @@ FLOWS = Table(
     ),
 )
 
+# The flow metrics a signature keeps the range of, per pattern.
+RANGE_METRICS = [
+    "orig_pkts",
+    "resp_pkts",
+    "orig_frame_bytes",
+    "resp_frame_bytes",
+    "duration",
+    "orig_size_min",
+    "orig_size_max",
+    "resp_size_min",
+    "resp_size_max",
+]
 SIGNATURE_VERSION = 2
 
 SIGNATURE = Table(
@@ -274,17 +286,7 @@ SIGNATURE = Table(
         ("flows_max", "int", "most matching flows in one recording", "count"),
         *[
             (f"{m}_{b}", "float", f"{b} of {m} over the pattern's flows", "flows." + m)
-            for m in (
-                "orig_pkts",
-                "resp_pkts",
-                "orig_frame_bytes",
-                "resp_frame_bytes",
-                "duration",
-                "orig_size_min",
-                "orig_size_max",
-                "resp_size_min",
-                "resp_size_max",
-            )
+            for m in RANGE_METRICS
             for b in ("min", "max")
         ],
         ("remote_addrs", "str", "addresses the remote party had, ';' between them", "flows"),

@@ -20,7 +20,7 @@ from . import csvio, fields
 from .errors import InputError, ToolError
 from .fields import FINGERPRINT_FIELDS
 from .parties import remote_party, server_ports
-from .schema import FLOWS, SIGNATURE, SIGNATURE_VERSION
+from .schema import FLOWS, RANGE_METRICS, SIGNATURE, SIGNATURE_VERSION
 
 FINGERPRINT = ["device_side", "proto", "remote", "server_port", "server_side", *FINGERPRINT_FIELDS]
 REQUIRED = [
@@ -46,17 +46,6 @@ REQUIRED = [
     "resp_size_max",
     "first_payload_sizes",
     *FINGERPRINT_FIELDS,
-]
-RANGE_METRICS = [
-    "orig_pkts",
-    "resp_pkts",
-    "orig_frame_bytes",
-    "resp_frame_bytes",
-    "duration",
-    "orig_size_min",
-    "orig_size_max",
-    "resp_size_min",
-    "resp_size_max",
 ]
 # Packet profiles (PingPong's insight: request/reply sizes tell apart events that share
 # every flow). A profile is the packet sizes that recur among the first PROFILE_PACKETS

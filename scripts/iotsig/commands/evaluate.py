@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .. import csvio, detector, evaluation, tshark
-from ..cli import Command, ensure_output_dir, fraction, non_negative, positive
+from ..cli import Command, add_jobs_argument, ensure_output_dir, fraction, non_negative, positive
 from ..errors import ToolError
 from ..schema import DETECTIONS, EVALUATION
 
@@ -106,13 +106,7 @@ class Evaluate(Command):
             metavar="FRACTION",
             help="event-detector's --min-score (default: %(default)s)",
         )
-        parser.add_argument(
-            "-j",
-            "--jobs",
-            type=int,
-            default=0,
-            help="captures translated at once (default: one per core)",
-        )
+        add_jobs_argument(parser)
 
     def run(self, args):
         started = time.monotonic()

@@ -9,6 +9,7 @@ from .. import csvio, detector, flows, pipeline, tshark
 from ..cli import (
     Command,
     add_flow_arguments,
+    add_jobs_argument,
     check_distinct_names,
     ensure_output_dir,
     fraction,
@@ -79,13 +80,7 @@ class EventDetector(Command):
             help="count patterns seen out of the signature's order as missing",
         )
         add_flow_arguments(parser)  # for captures, as main.py builds flows
-        parser.add_argument(
-            "-j",
-            "--jobs",
-            type=int,
-            default=0,
-            help="captures translated at once (default: one per core)",
-        )
+        add_jobs_argument(parser)
 
     def run(self, args):
         started = time.monotonic()

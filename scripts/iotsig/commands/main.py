@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import flows, pipeline, traffic_report, tshark
+from .. import flows, pipeline, tshark
 from ..cli import (
     Command,
     add_flow_arguments,
+    add_jobs_argument,
     add_signature_arguments,
     check_distinct_names,
     ensure_output_dir,
@@ -48,13 +49,7 @@ class Main(Command):
         )
         add_signature_arguments(parser, device_required=False)
         add_flow_arguments(parser)
-        parser.add_argument(
-            "-j",
-            "--jobs",
-            type=int,
-            default=0,
-            help="captures translated at once (default: one per core)",
-        )
+        add_jobs_argument(parser)
         parser.add_argument(
             "--no-report",
             action="store_true",
@@ -134,45 +129,17 @@ class Main(Command):
             if p.is_file()
         ]
         self.say("")
-        started = time.monotonic()
         try:
-            with self.progress(total=5, unit=" step", desc="traffic report") as bar:
-                bar.set_postfix_str("reading")
-                inputs = traffic_report.read_inputs([*packet_files, *flow_files])
-                bar.update()
-
-                def step(name):
-                    bar.set_postfix_str(name)
-                    bar.update()
-
-                result = traffic_report.build_report(
-                    inputs,
-                    output_dir,
-                    device_ip=args.device_ip,
-                    device_mac=args.device_mac,
-                    device_name=args.device_name,
-                    signature_path=output_dir / "signature.csv",
-                    pattern_path=output_dir / "pattern.txt",
-                    step=step,
-                )
+            result = self.traffic_report(
+                [*packet_files, *flow_files],
+                output_dir,
+                device_ip=args.device_ip,
+                device_mac=args.device_mac,
+                device_name=args.device_name,
+                signature=output_dir / "signature.csv",
+                pattern=output_dir / "pattern.txt",
+            )
         except ToolError as e:
             self.warn(f"no traffic report: {e}")
             return None
-        for note in result.notes:
-            self.warn(note)
-        for key in ("inventory", "map_png", "map_svg", "timeline", "report"):
-            if key in result.paths:
-                self.say(f"wrote {result.paths[key]}")
-        macs = (
-            "no inventory (no packets CSV)"
-            if result.inventory is None
-            else f"{len(result.inventory)} MAC(s)"
-        )
-        parties = "party" if len(result.endpoints) == 1 else "parties"
-        self.say(
-            f"traffic-report: {macs}, {len(result.endpoints)} remote {parties} of "
-            f"{result.device.ip or result.device.mac}, {len(result.matched)} flow(s) "
-            f"matched to signature patterns, in {time.monotonic() - started:.1f} s; open "
-            f"{result.paths['report']}"
-        )
         return result.paths["report"]

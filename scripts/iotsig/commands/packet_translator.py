@@ -6,7 +6,14 @@ import time
 from pathlib import Path
 
 from .. import packets, pipeline, tshark
-from ..cli import Command, check_distinct_names, ensure_output_dir, ipv4_or_ipv6, mac_address
+from ..cli import (
+    Command,
+    add_jobs_argument,
+    check_distinct_names,
+    ensure_output_dir,
+    ipv4_or_ipv6,
+    mac_address,
+)
 
 
 class PacketTranslator(Command):
@@ -32,13 +39,7 @@ class PacketTranslator(Command):
             type=ipv4_or_ipv6,
             help="the device under study: fills the direction column",
         )
-        parser.add_argument(
-            "-j",
-            "--jobs",
-            type=int,
-            default=0,
-            help="captures translated at once (default: one per core)",
-        )
+        add_jobs_argument(parser)
 
     def run(self, args):
         tshark.tshark_path()  # fail early, with the install hint, if tshark is missing
