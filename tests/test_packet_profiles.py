@@ -45,6 +45,7 @@ def test_payload_sizes_are_the_first_payload_packets_signed_and_deduplicated():
     assert flows[2, :2].tolist() == [81, -145] and np.isnan(flows[2, 2:]).all()
 
 
+@pytest.mark.slow  # main.py twice on the bulb's recordings
 def test_the_flows_csv_shows_the_request_that_tells_two_bulb_actions_apart(tmp_path):
     """The phone's HTTP request to the bulb is 345 bytes for set_color and 281 for toggle,
     in every recording; each packet is captured twice (it counts once)."""
@@ -118,20 +119,18 @@ def _without_dns(capture, folder):
     return editcap_less
 
 
-def test_an_event_is_found_in_a_capture_without_any_dns(tmp_path):
+def test_an_event_is_found_in_a_capture_without_any_dns(tmp_path, plug_signatures):
     """A device with cached addresses sends no DNS query: the packet profiles and the
     addresses learned in training still find the toggle and the boot."""
     toggles = sorted((CAPTURES / "events" / "TpLinkPlug" / "toggle").glob("*.pcap"))
     boots = sorted((CAPTURES / "events" / "TpLinkPlug" / "boot").glob("*.pcap"))
-    for event, train, other in (("toggle", toggles[:3], boots[:3]),
-                                ("boot", boots[:3], toggles[:3])):
-        run_script("main.py", "TpLinkPlug", PLUG_IP, *train, "--idle", *other, "--event", event,
-                   "-o", tmp_path / event, "-q", "--no-report")
+    # plug_signatures: main.py learned each from toggles[:3] or boots[:3], the other three
+    # as --idle (once per session, shared with test_event_detector.py).
     stripped = tmp_path / "stripped"
     stripped.mkdir()
     held_out = [_without_dns(c, stripped) for c in (toggles[3], boots[3])]
-    run_script("event-detector.py", tmp_path / "toggle" / "signature.csv",
-               tmp_path / "boot" / "signature.csv", *held_out, "-o", tmp_path / "d", "-q")
+    run_script("event-detector.py", plug_signatures["toggle"], plug_signatures["boot"],
+               *held_out, "-o", tmp_path / "d", "-q")
     assert _detected(tmp_path / "d") == sorted([(held_out[0].name, "toggle"),
                                                 (held_out[1].name, "boot")])
     found = csvio.read_table(tmp_path / "d" / "detections.csv", DETECTIONS)
@@ -161,3 +160,28 @@ def test_an_event_with_two_routes_gets_a_variant_per_route(tmp_path):
                "-o", tmp_path / "d", "-q")
     assert _detected(tmp_path / "d") == sorted([(local[5].name, "set_color"),
                                                 (cloud[4].name, "set_color")])
+
+
+@pytest.mark.slow
+def test_routes_are_found_without_a_baseline_only_where_flows_and_packets_agree(tmp_path):
+    """Without a baseline (main.py alone), set_color's two routes are still told apart:
+    the phone's HTTP request is in every direct recording and in no cloud one, the cloud's
+    command in every cloud recording and in no direct one. A toggle, whose recordings all
+    take one route, stays one signature."""
+    colours = _recordings("TapoLight", "set_color")
+    local = [c for c in colours if _has_local_request(c)]
+    cloud = [c for c in colours if c not in local]
+    toggles = _recordings("TapoLight", "toggle")
+    for event, recordings in (("set_color", local[:4] + cloud[:4]), ("toggle", toggles[:8])):
+        run_script("main.py", "TapoLight", BULB_IP, *recordings, "--event", event,
+                   "-o", tmp_path / event, "-q", "--no-report")
+    colour = csvio.read_table(tmp_path / "set_color" / "signature.csv", SIGNATURE)
+    assert sorted(set(colour["variant"])) == [1, 2]
+    toggle = csvio.read_table(tmp_path / "toggle" / "signature.csv", SIGNATURE)
+    assert set(toggle["variant"]) == {1}
+    held_out = [local[5], cloud[5], toggles[9]]
+    run_script("event-detector.py", tmp_path / "set_color" / "signature.csv",
+               tmp_path / "toggle" / "signature.csv", *held_out, "-o", tmp_path / "d", "-q")
+    assert _detected(tmp_path / "d") == sorted([(local[5].name, "set_color"),
+                                                (cloud[5].name, "set_color"),
+                                                (toggles[9].name, "toggle")])

@@ -31,6 +31,7 @@ from .schema import DETECTIONS, FLOWS
 from .timefmt import utc
 
 DEFAULT_TOLERANCE = 0.5  # counts may be 50% below the learned minimum / above the maximum
+SLACK_PACKETS = 2  # the least a count range is widened by
 DEFAULT_MIN_SCORE = 0.75  # share of the event patterns an occurrence needs
 MIN_WINDOW = 10.0  # seconds: the shortest automatic occurrence window
 WINDOW_FACTOR = 3.0  # automatic window: this many times the learned event span
@@ -209,11 +210,13 @@ def _pattern(row, tolerance: float) -> Pattern:
     ranges = []
     for metric in COUNT_METRICS:
         low, high = values[f"{metric}_min"], values[f"{metric}_max"]
+        # Widened by the tolerance, and by at least SLACK_PACKETS either way: a flow of two
+        # packets seen once more with a retransmission or a keep-alive is the same flow.
         ranges.append(
             (
                 metric,
-                low * (1 - tolerance) if low == low else low,
-                high * (1 + tolerance) if high == high else high,
+                min(low * (1 - tolerance), low - SLACK_PACKETS) if low == low else low,
+                max(high * (1 + tolerance), high + SLACK_PACKETS) if high == high else high,
             )
         )
     flows_max = values["flows_max"]

@@ -204,27 +204,34 @@ def extract(
     baseline: list[Recording] | None = None,
 ) -> Signature:
     """The signature of an event from its recordings (and, to tell background, a baseline).
-    Where nothing recurs in enough recordings that the baseline lacks, the event may take
-    several routes (the app reaches the device directly in some recordings, through the
-    cloud in others): the recordings are split by the distinctive patterns they share and
-    each route gets a signature of its own, a variant of the same event."""
+    The event may take several routes (the app reaches the device directly in some
+    recordings, through the cloud in others). With a baseline, where nothing recurs in
+    enough recordings that the baseline lacks, the recordings are split by the distinctive
+    packets they share (_route_variants); without one, only where a fingerprint and a
+    packet size split them the same way (_complementary_routes). Each route gets a
+    signature of its own, a variant of the same event."""
     learned = _extract_once(
         recordings, device_name, device_ip, device_mac, support, event, baseline
     )
-    if learned.event_patterns.empty and baseline and len(recordings) >= 2 * MIN_VARIANT:
+    routes = []
+    if len(recordings) < 2 * MIN_VARIANT:
+        pass
+    elif baseline and learned.event_patterns.empty:
         routes = _route_variants(recordings, device_ip, device_mac, baseline)
-        if len(routes) > 1:
-            return _with_variants(
-                learned,
-                routes,
-                recordings,
-                device_name,
-                device_ip,
-                device_mac,
-                support,
-                event,
-                baseline,
-            )
+    elif not baseline and _partly_shared(learned.noise, len(recordings)):
+        routes = _complementary_routes(recordings, device_ip, device_mac)
+    if len(routes) > 1:
+        return _with_variants(
+            learned,
+            routes,
+            recordings,
+            device_name,
+            device_ip,
+            device_mac,
+            support,
+            event,
+            baseline,
+        )
     return learned
 
 
@@ -313,39 +320,39 @@ def _extract_once(
     )
 
 
-def _route_variants(
-    recordings: list[Recording], device_ip: str, device_mac: str | None, baseline: list[Recording]
-) -> list[list[str]]:
-    """Recordings grouped by route. A distinctive item is a packet size that recurs in a
-    fingerprint's flows in at least MIN_VARIANT recordings and that no baseline flow of the
-    same fingerprint carries (the bulb's 345-byte colour request, the cloud's 812-byte
-    command). Greedily, the item shared by the most recordings not yet grouped makes a
-    route of those recordings."""
+def _item_table(
+    recordings: list[Recording], device_ip: str, device_mac: str | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The recordings' fingerprinted flows (keys where they recur in MIN_VARIANT recordings)
+    and their packet items recurring in MIN_VARIANT recordings: (row, item, size, recording)."""
     flows = fingerprints(
         pd.concat([device_flows(r, device_ip, device_mac) for r in recordings], ignore_index=True)
     )
+    flows["key"] = _assign_keys(flows, MIN_VARIANT)
+    labels = pd.factorize(flows["key"])[0]
+    recording = _codes(flows["recording"])
+    sizes = payload_matrix(flows["first_payload_sizes"])
+    rows, values, _, items = _recurring_items(
+        labels, _support(labels, recording), recording, sizes, MIN_VARIANT
+    )
+    recording_names = flows["recording"].to_numpy()[rows]
+    table = pd.DataFrame({"row": rows, "item": items, "size": values, "recording": recording_names})
+    return flows, table
+
+
+def _route_variants(
+    recordings: list[Recording], device_ip: str, device_mac: str | None, baseline: list[Recording]
+) -> list[list[str]]:
+    """Recordings grouped by route, with a baseline. A distinctive item is a packet size that
+    recurs in a fingerprint's flows in at least MIN_VARIANT recordings and that no baseline
+    flow of the same fingerprint carries (the bulb's 345-byte colour request, the cloud's
+    812-byte command). Greedily, the item shared by the most recordings not yet grouped
+    makes a route of those recordings."""
     base = [device_flows(r, device_ip, device_mac) for r in baseline]
     if not any(len(b) for b in base):
         return []
     base = fingerprints(pd.concat(base, ignore_index=True))
-    flows["key"] = _assign_keys(flows, MIN_VARIANT)
-    labels = pd.factorize(flows["key"])[0]
-    recording = _codes(flows["recording"])
-    rows, values, _, items = _recurring_items(
-        labels,
-        _support(labels, recording),
-        recording,
-        payload_matrix(flows["first_payload_sizes"]),
-        MIN_VARIANT,
-    )
-    table = pd.DataFrame(
-        {
-            "row": rows,
-            "item": items,
-            "size": values,
-            "recording": flows["recording"].to_numpy()[rows],
-        }
-    )
+    flows, table = _item_table(recordings, device_ip, device_mac)
     base_sizes = payload_matrix(base["first_payload_sizes"])
     rows_of = {False: _rows_by(base, FINGERPRINT), True: _rows_by(base, _general_columns())}
     shared_by = {}
@@ -364,6 +371,34 @@ def _route_variants(
         routes.append([r.name for r in recordings if r.name in route])
         left -= route
     return routes
+
+
+def _partly_shared(noise: pd.DataFrame, n: int) -> bool:
+    """Whether a fingerprint is in some recordings but not all, enough for two routes: the
+    cheap test before looking for routes without a baseline."""
+    seen = noise["recordings_seen"] if len(noise) else pd.Series(dtype=int)
+    return bool(((seen >= MIN_VARIANT) & (seen <= n - MIN_VARIANT)).any())
+
+
+def _complementary_routes(
+    recordings: list[Recording], device_ip: str, device_mac: str | None
+) -> list[list[str]]:
+    """Two routes, without a baseline, only where the recordings say so twice over: a
+    fingerprint that is in every recording of one part and in none of the other (the
+    phone's HTTP request straight to the bulb), and a packet size that is in every
+    recording of the other part and in none of the first (the cloud's command to the
+    bulb). Variation that is not a route (a DNS answer of another size) has no such pair,
+    and each part holds at least a quarter of the recordings."""
+    flows, table = _item_table(recordings, device_ip, device_mac)
+    everyone = frozenset(r.name for r in recordings)
+    smallest = max(MIN_VARIANT, math.ceil(len(recordings) / 4))  # a route, not a coincidence
+    in_items = set(table.groupby("item")["recording"].agg(frozenset))
+    parts = sorted(set(flows.groupby("key")["recording"].agg(frozenset)), key=len, reverse=True)
+    for part in parts:
+        rest = everyone - part
+        if min(len(part), len(rest)) >= smallest and rest in in_items:
+            return [[r.name for r in recordings if r.name in group] for group in (part, rest)]
+    return []
 
 
 def _with_variants(
@@ -401,8 +436,8 @@ def _with_variants(
     patterns["pattern"] = policy_names(patterns)
     left_out = len(recordings) - sum(map(len, kept))
     note = (
-        f"no pattern recurs in every recording: the event took {len(kept)} routes, each "
-        "learned as a variant of its own ("
+        f"the event took {len(kept)} routes (recordings that share distinctive flows or "
+        "packets the others lack), each learned as a variant of its own ("
         + "; ".join(f"variant {n}: {len(names)} recordings" for n, names in enumerate(kept, 1))
         + (f"; {left_out} recording(s) fit none" if left_out else "")
         + ")"
@@ -416,7 +451,7 @@ def _with_variants(
         support,
         patterns.reindex(columns=SIGNATURE.names),
         learned.noise,
-        True,
+        baseline is not None,
         learned.warnings + [note],
         kept,
     )
