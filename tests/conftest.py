@@ -58,6 +58,74 @@ def run():
     return run_script
 
 
+# --- what several test modules share: each built once per session, only when a selected test
+# needs it (the quick tier, -m "not slow", or -k, builds less).
+
+def needed(request, fixture: str, parameter: str, default) -> set:
+    """What the selected tests of the requesting module need from `fixture`: the value of
+    `parameter` for a test parametrised by it, everything in `default` for the others."""
+    wanted = set()
+    for item in request.session.items:
+        if item.module is not request.module or fixture not in getattr(item, "fixturenames", ()):
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and parameter in callspec.params:
+            wanted.add(callspec.params[parameter])
+        else:
+            wanted.update(default)
+    return wanted
+
+
+class Translations:
+    """packet-translator.py -q run on captures, into one directory: those not yet translated
+    are translated together in one run of the script, the others reused."""
+
+    def __init__(self, directory: Path):
+        self.dir, self.done = directory, set()
+
+    def of(self, captures) -> Path:
+        missing = [c for c in captures if c not in self.done]
+        names = [c.name for c in [*self.done, *missing]]
+        assert len(set(names)) == len(names), "two captures with the same file name"
+        if missing:
+            run_script("packet-translator.py", *missing, "-o", self.dir, "-q")
+            self.done.update(missing)
+        return self.dir
+
+
+@pytest.fixture(scope="session")
+def translations(tmp_path_factory) -> Translations:
+    return Translations(tmp_path_factory.mktemp("translated"))
+
+
+@pytest.fixture(scope="session")
+def plug_toggle(tmp_path_factory):
+    """main.py TpLinkPlug 192.168.1.135 data/*.pcap -o DIR --event toggle (the report
+    included), run once: (DIR, the finished process)."""
+    output = tmp_path_factory.mktemp("toggle")
+    result = run_script("main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", output,
+                        "--event", "toggle")
+    return output, result
+
+
+@pytest.fixture(scope="session")
+def plug_signatures(tmp_path_factory) -> dict:
+    """toggle and boot of the TP-Link plug (tests/captures/events/) learned by main.py from
+    the first three recordings of each, the other event's first three as the baseline
+    (--idle): {event: its signature.csv}. The fourth recording of each is held out."""
+    base = tmp_path_factory.mktemp("signatures")
+    events = CAPTURES / "events" / "TpLinkPlug"
+    first_three = {event: sorted((events / event).glob("*.pcap"))[:3]
+                   for event in ("toggle", "boot")}
+    paths = {}
+    for event, other in (("toggle", "boot"), ("boot", "toggle")):
+        run_script("main.py", "TpLinkPlug", PLUG_IP, *first_three[event],
+                   "--idle", *first_three[other], "--event", event, "-o", base / event, "-q",
+                   "--no-report")
+        paths[event] = base / event / "signature.csv"
+    return paths
+
+
 @pytest.fixture
 def mount_tmpfs(tmp_path):
     """mount_tmpfs("size=8k") or mount_tmpfs("ro"): a fresh tmpfs, unmounted after the test.

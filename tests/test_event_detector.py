@@ -13,7 +13,7 @@ import pytest
 from iotsig import csvio, detector
 from iotsig.schema import DETECTIONS, EVALUATION, SIGNATURE
 
-from conftest import CAPTURES, DATA, PLUG_IP, run_script
+from conftest import CAPTURES, DATA, run_script
 
 EVENTS = CAPTURES / "events"
 TOGGLES = sorted((EVENTS / "TpLinkPlug" / "toggle").glob("*.pcap"))
@@ -41,17 +41,11 @@ def _detections(output_dir) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def signatures(tmp_path_factory):
-    """toggle and boot learned by main.py from three recordings each, each with the other
-    event's recordings as its baseline (what makes it specific, as evaluate.py does)."""
-    base = tmp_path_factory.mktemp("signatures")
-    paths = {}
-    for event, train, other in (("toggle", TRAIN_TOGGLES, TRAIN_BOOTS),
-                                ("boot", TRAIN_BOOTS, TRAIN_TOGGLES)):
-        run_script("main.py", "TpLinkPlug", PLUG_IP, *train, "--idle", *other,
-                   "--event", event, "-o", base / event, "-q")
-        paths[event] = base / event / "signature.csv"
-    return paths
+def signatures(plug_signatures):
+    """toggle and boot learned by main.py from three recordings each (TRAIN_TOGGLES,
+    TRAIN_BOOTS), each with the other event's recordings as its baseline (what makes it
+    specific, as evaluate.py does): conftest's plug_signatures, learned once per session."""
+    return plug_signatures
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +96,7 @@ def test_finds_each_event_where_its_packets_are(signatures, spliced, tmp_path):
     assert result.stderr == ""
 
 
+@pytest.mark.slow  # event-detector.py twice more
 def test_flows_csv_input_gives_the_same_detections(signatures, spliced, tmp_path):
     capture, _ = spliced
     run_script("event-detector.py", signatures["toggle"], signatures["boot"], capture,
@@ -133,6 +128,7 @@ def test_boot_is_not_taken_for_toggle_nor_the_reverse(signatures, tmp_path):
         [(HELD_OUT_TOGGLE.name, "toggle"), (HELD_OUT_BOOT.name, "boot")])
 
 
+@pytest.mark.slow  # event-detector.py once more, and tshark on two recordings
 def test_a_window_another_event_explains_is_not_counted(signatures, spliced, tmp_path):
     """A signature that is a superset of toggle's (here: boot's and toggle's patterns as
     one event, like a boot that also does what a toggle does) explains the toggle's flows:
@@ -208,12 +204,21 @@ def test_without_a_signature_nothing_runs(tmp_path):
 
 # --- evaluation ----------------------------------------------------------------------------
 
-def test_a_small_evaluation_produces_the_table(tmp_path):
-    devices = tmp_path / "devices.yaml"
+@pytest.fixture(scope="module")
+def small_evaluation(tmp_path_factory):
+    """evaluate.py on tests/captures/events/ with --train-share 0.75 --seed 1: (devices.yaml,
+    the output directory, the finished process)."""
+    base = tmp_path_factory.mktemp("small-evaluation")
+    devices = base / "devices.yaml"
     devices.write_text("TpLinkPlug:\n  name: TP-Link HS110\n  ipv4: 192.168.1.135\n")
-    output = tmp_path / "evaluation"
+    output = base / "evaluation"
     result = run_script("evaluate.py", EVENTS, devices, "-o", output, "--train-share", "0.75",
                         "--seed", "1")
+    return devices, output, result
+
+
+def test_a_small_evaluation_produces_the_table(small_evaluation):
+    devices, output, result = small_evaluation
     table = csvio.read_table(output / "evaluation.csv", EVALUATION)
     assert list(table.columns) == EVALUATION.names
     assert sorted(zip(table["device"], table["event"])) == [("TpLinkPlug", "boot"),
@@ -232,7 +237,11 @@ def test_a_small_evaluation_produces_the_table(tmp_path):
     assert (output / "signatures" / "TpLinkPlug" / "toggle" / "pattern.txt").is_file()
     assert "TpLinkPlug/toggle:" in result.stdout and "evaluate: 2 event(s)" in result.stdout
 
+
+@pytest.mark.slow  # evaluate.py a second time
+def test_a_small_evaluation_is_reproducible(small_evaluation, tmp_path):
     # The split is reproducible: the same seed learns from the same recordings.
+    devices, output, _ = small_evaluation
     again = tmp_path / "again"
     run_script("evaluate.py", EVENTS, devices, "-o", again, "--train-share", "0.75",
                "--seed", "1", "-q")

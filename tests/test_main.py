@@ -49,9 +49,11 @@ def _main(output_dir, *options, captures=TPLINK_CAPTURES, check=True):
 
 
 @pytest.fixture(scope="module")
-def toggle(tmp_path_factory):
-    """main.py TpLinkPlug 192.168.1.135 data/*.pcap --event toggle, no baseline."""
-    run = _main(tmp_path_factory.mktemp("toggle"), "--event", "toggle")
+def toggle(plug_toggle):
+    """main.py TpLinkPlug 192.168.1.135 data/*.pcap --event toggle, no baseline (conftest's
+    plug_toggle, run once per session)."""
+    output, result = plug_toggle
+    run = SimpleNamespace(result=result, dir=output, text=(output / "pattern.txt").read_text())
     run.signature = read_signature_csv(run.dir / "signature.csv")
     run.profile = load_profile(run.dir / "profile.yaml")
     return run
@@ -290,6 +292,8 @@ def test_profile_agrees_with_the_hand_written_profile_of_the_plug(toggle):
 
 # --- background from idle captures ---------------------------------------------------------
 
+@pytest.mark.slow  # main.py once more (main.py with --idle also runs in the quick tier:
+# conftest's plug_signatures, which test_event_detector.py detects with)
 def test_idle_capture_moves_the_udp_9999_pattern_to_background(with_idle):
     assert_clean_run(with_idle.result, with_idle.dir)
     signature = with_idle.signature
@@ -315,6 +319,8 @@ def test_idle_capture_moves_the_udp_9999_pattern_to_background(with_idle):
 
 # --- bad input -----------------------------------------------------------------------------
 
+@pytest.mark.slow  # main.py translates all three captures before it can tell (the same check
+# of signature-extractor.py is in the quick tier)
 def test_a_device_ip_that_never_appears_is_one_error_line_and_no_outputs(tmp_path):
     result = run_script("main.py", "TpLinkPlug", "192.168.1.99", *TPLINK_CAPTURES,
                         "-o", tmp_path, check=False)

@@ -34,6 +34,7 @@ from conftest import (
     QUICK_CAPTURES,
     SHARED,
     TPLINK_CAPTURES,
+    needed,
     quick_first,
     quick_only,
     run_script,
@@ -127,11 +128,13 @@ def leftovers(directory: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def translated(tmp_path_factory) -> Path:
-    """Every capture of data/ and tests/captures/, translated in one run."""
-    output_dir = tmp_path_factory.mktemp("translated")
-    translate(output_dir, *ALL_CAPTURES)
-    return output_dir
+def translated(request, translations) -> Path:
+    """The captures of data/ and tests/captures/ that the selected tests read (every one in
+    the full suite), translated in one run (conftest's translations, shared with
+    test_stream_identifier.py): a test parametrised by `capture` reads that capture, the
+    others may read any."""
+    wanted = needed(request, "translated", "capture", ALL_CAPTURES)
+    return translations.of([c for c in ALL_CAPTURES if c in wanted])
 
 
 # --- every capture: one row per packet, the values tshark gives --------------------------
@@ -277,6 +280,7 @@ def test_direction_from_device_ip(tmp_path, tplink_tshark):
         assert set(rows["direction"]) == {"sent", "received"}
 
 
+@pytest.mark.slow  # the plug's captures translated once more (--device-ip is in the quick tier)
 def test_direction_from_device_mac(tmp_path, tplink_tshark):
     translate(tmp_path, *TPLINK_CAPTURES, "--device-mac", PLUG_MAC.upper())
     for capture, tshark in tplink_tshark.items():
@@ -344,6 +348,8 @@ def test_pcapng_gives_the_same_rows_as_pcap(translated):
     assert "," in pcapng["eth_src_vendor"][0]
 
 
+@pytest.mark.slow  # the plug's captures translated once more, merged (pcapng itself is in the
+# quick tier: test_pcapng_gives_the_same_rows_as_pcap)
 def test_mergecapped_pcapng_is_the_rows_of_its_parts(tmp_path, translated):
     merged = tmp_path / "merged.pcapng"
     subprocess.run(["mergecap", "-F", "pcapng", "-a", "-w", merged, *TPLINK_CAPTURES],
@@ -606,7 +612,7 @@ BAD_CAPTURES = {  # name: (how to make it, words the error line must contain)
 
 
 @pytest.mark.parametrize("name", quick_only(
-    BAD_CAPTURES, {"notes.pcap", "header-only.pcap", "corrupt.pcap", "missing.pcap"}, str))
+    BAD_CAPTURES, {"notes.pcap", "corrupt.pcap"}, str))
 def test_bad_capture_is_one_error_line_and_no_csv(name, tmp_path):
     make, problem = BAD_CAPTURES[name]
     capture = tmp_path / name
@@ -700,6 +706,8 @@ def test_read_only_output_dir(read_only_dir):
     assert_failed_cleanly(result, read_only_dir, "read-only", "not writable")
 
 
+@pytest.mark.slow  # the plug's captures translated once more (one bad capture among good
+# ones, test_one_bad_capture_among_good_ones[2], is in the quick tier)
 def test_output_name_taken_by_a_directory_fails_that_capture_only(tmp_path):
     out = tmp_path / "out"
     (out / packets_csv(out, TPLINK).name).mkdir(parents=True)

@@ -48,6 +48,8 @@ from test_packet_translator import (
 SOFFICE = shutil.which("soffice")
 pytestmark = [
     pytest.mark.spreadsheet,
+    pytest.mark.slow,  # LibreOffice started twice; the escaping itself is checked in the quick
+    # tier too (test_packet_translator.py: test_formula_cells_are_written_as_text, ...)
     pytest.mark.skipif(SOFFICE is None, reason="LibreOffice (soffice) is not installed: "
                        "apt-get install libreoffice-calc-nogui (.ci/run does)"),
 ]

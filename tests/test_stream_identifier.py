@@ -32,6 +32,7 @@ from conftest import (
     PLUG_MAC,
     QUICK_CAPTURES,
     TPLINK_CAPTURES,
+    needed,
     quick_first,
     quick_only,
     run_script,
@@ -206,13 +207,20 @@ def icmp(kind: int, ident: int = 1, seq: int = 1) -> bytes:
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory) -> Path:
-    """Every capture of the repo translated once, and its flows identified by the script."""
+def out(request, translations, tmp_path_factory) -> Path:
+    """The captures of the repo that the selected tests read (every one in the full suite;
+    a test parametrised by `capture` reads that one, the others the TP-Link captures and
+    the IPv6 one), translated once (conftest's translations, shared with
+    test_packet_translator.py) and their flows identified by the script in one run."""
     directory = tmp_path_factory.mktemp("flows")
     names = [c.name for c in REPO_CAPTURES]
     assert len(set(names)) == len(names), "two captures with the same file name"
-    translate(directory, *REPO_CAPTURES)
-    run_script("stream-identifier.py", "-q", *(packets_csv(directory, c) for c in REPO_CAPTURES),
+    wanted = needed(request, "out", "capture", [*TPLINK_CAPTURES, IPV6_CAPTURE])
+    captures = [c for c in REPO_CAPTURES if c in wanted]
+    translated = translations.of(captures)
+    for capture in captures:
+        shutil.copyfile(packets_csv(translated, capture), packets_csv(directory, capture))
+    run_script("stream-identifier.py", "-q", *(packets_csv(directory, c) for c in captures),
                "-o", directory, "--device-ip", PLUG_IP)
     return directory
 
@@ -463,6 +471,8 @@ def test_splitting_a_real_capture(tmp_path, out):
         assert one(flows, proto="tcp", resp_p=9999).orig_pkts == 5
 
 
+@pytest.mark.slow  # a capture built with text2pcap, translated and identified (port reuse in
+# a hand-made CSV, test_port_reuse_in_a_hand_made_csv, is in the quick tier)
 def test_new_syn_after_fin_starts_a_new_flow(tmp_path):
     """TCP port reuse, in a capture made with text2pcap and read by tshark: a SYN after the
     connection closed (FIN or RST) starts a new flow; a retransmitted SYN does not, even
@@ -577,6 +587,7 @@ def test_ipv6_flows_match_tshark(tmp_path, out, ipv6_capture):
     assert (told.device_side == "orig").all() and (told.remote_h == told.resp_h).all()
 
 
+@pytest.mark.slow  # a cut capture translated and identified once more
 def test_flows_whose_start_was_not_captured(tmp_path, out):
     """Frames 1-3 (the TCP/9999 handshake) and 11-16 (the DNS exchange and the TLS SYN,
     SYN-ACK, ACK and Client Hello) cut out with editcap."""
@@ -630,6 +641,8 @@ def test_a_syn_ack_first_makes_its_receiver_the_originator(tmp_path):
     assert (flows.device_side == "orig").all()
 
 
+@pytest.mark.slow  # two captures built with text2pcap, translated and identified (the plug's
+# own ICMP, test_icmp_in_a_tplink_capture, is in the quick tier)
 def test_icmp_flows(tmp_path):
     """Pings and a port-unreachable, made with text2pcap and read by tshark."""
     pings = text2pcap(tmp_path / "ping.pcap", 1, PLUG_IP, "8.8.8.8", [
@@ -895,11 +908,12 @@ def test_an_interrupted_write_leaves_no_file(tmp_path, out, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_options_are_usage_errors(tmp_path, out):
+@pytest.mark.parametrize("args", quick_first(1, [
+    ["--idle-timeout", "0"], ["--max-duration", "-5"], ["--max-duration", "soon"],
+    ["--device-ip", "192.168.1.300"]]), ids=lambda args: " ".join(args))
+def test_bad_options_are_usage_errors(tmp_path, out, args):
     source = packets_csv(out, TPLINK_CAPTURES[0])
-    for args in (["--idle-timeout", "0"], ["--max-duration", "-5"], ["--max-duration", "soon"],
-                 ["--device-ip", "192.168.1.300"]):
-        result = run_script("stream-identifier.py", source, "-o", tmp_path, *args, check=False)
-        assert result.returncode == 2, args
-        assert "Traceback" not in result.stderr and args[0] in result.stderr
+    result = run_script("stream-identifier.py", source, "-o", tmp_path, *args, check=False)
+    assert result.returncode == 2, args
+    assert "Traceback" not in result.stderr and args[0] in result.stderr
     assert not list(tmp_path.iterdir())

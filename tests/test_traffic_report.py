@@ -22,7 +22,16 @@ from matplotlib.text import Text
 from iotsig import csvio, traffic_report
 from iotsig.schema import FLOWS, INVENTORY, PACKETS, SIGNATURE, SIGNATURE_VERSION
 
-from conftest import GATEWAY_IP, PHONE_IP, PLUG_IP, PLUG_MAC, SCRIPTS, TPLINK_CAPTURES, run_script
+from conftest import (
+    GATEWAY_IP,
+    PHONE_IP,
+    PLUG_IP,
+    PLUG_MAC,
+    SCRIPTS,
+    TPLINK_CAPTURES,
+    quick_first,
+    run_script,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = ["inventory.csv", "endpoint-map.png", "endpoint-map.svg", "timeline.png",
@@ -32,12 +41,10 @@ CLOUD = "use1-api.tplinkra.com"
 
 
 @pytest.fixture(scope="module")
-def toggle(tmp_path_factory):
-    """main.py TpLinkPlug 192.168.1.135 data/*.pcap --event toggle: the report included."""
-    output = tmp_path_factory.mktemp("report")
-    result = run_script("main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", output,
-                        "--event", "toggle")
-    return output, result
+def toggle(plug_toggle):
+    """main.py TpLinkPlug 192.168.1.135 data/*.pcap --event toggle: the report included
+    (conftest's plug_toggle, run once per session)."""
+    return plug_toggle
 
 
 class StrictParser(html.parser.HTMLParser):
@@ -191,6 +198,8 @@ def test_flows_only_makes_everything_but_the_inventory(toggle, tmp_path):
     assert "no inventory" in result.stdout
 
 
+@pytest.mark.slow  # the script once more, building the flows itself (--flows only,
+# test_flows_only_makes_everything_but_the_inventory, is in the quick tier)
 def test_packets_only_rebuilds_the_flows(toggle, tmp_path):
     output, _ = toggle
     result = run_script("traffic-report.py", *sorted(output.glob("*.packets.csv")),
@@ -200,13 +209,13 @@ def test_packets_only_rebuilds_the_flows(toggle, tmp_path):
     assert CLOUD in (tmp_path / "report.html").read_text()
 
 
-@pytest.mark.parametrize("make, complaint", [
+@pytest.mark.parametrize("make, complaint", quick_first(2, [
     (lambda d: d / "missing.flows.csv", "no such file"),
     (lambda d: _write(d / "other.csv", "a,b,c\n1,2,3\n"), "neither a packets CSV"),
     (lambda d: _write(d / "empty.csv", ""), "empty file"),
     (lambda d: _write(d / "signature.csv", "signature_version,pattern\n1,x\n"),
      "give it with --signature"),
-])
+]))
 def test_bad_input_is_one_error_line(tmp_path, make, complaint):
     path = make(tmp_path)
     result = run_script("traffic-report.py", path, "-o", tmp_path / "out", check=False)
@@ -358,6 +367,8 @@ def test_endpoint_labels_do_not_overlap_and_stay_in_the_picture(n):
         assert box[:, 1].min() >= 0 and box[:, 1].max() <= height
 
 
+@pytest.mark.slow  # the script once more (the 50-endpoint map drawn in-process,
+# test_endpoint_labels_do_not_overlap_and_stay_in_the_picture, is in the quick tier)
 def test_fifty_endpoints_through_the_command(tmp_path):
     csvio.write_table(_synthetic_flows(50), FLOWS, tmp_path / "fifty.flows.csv")
     result = run_script("traffic-report.py", tmp_path / "fifty.flows.csv", "-o", tmp_path)
