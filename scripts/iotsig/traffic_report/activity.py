@@ -44,7 +44,7 @@ def match_patterns(mine: pd.DataFrame, patterns: pd.DataFrame | None) -> pd.Data
         right.rename(columns={"remote": "remote_general"}), on=[*keys, "remote_general"]
     )
     merged = pd.concat([exact, general], ignore_index=True).drop_duplicates(["_row", "_p"])
-    merged = merged.sort_values(["_row", "_p"], kind="stable")
+    merged = merged[_packets_fit(merged, mine, p)].sort_values(["_row", "_p"], kind="stable")
     rows = merged["_row"].to_numpy()
     start = mine["ts"].to_numpy(dtype=float)[rows]
     duration = np.nan_to_num(pd.to_numeric(mine["duration"], errors="coerce").to_numpy()[rows])
@@ -58,6 +58,25 @@ def match_patterns(mine: pd.DataFrame, patterns: pd.DataFrame | None) -> pd.Data
             "end": start + duration,
         }
     )
+
+
+def _packets_fit(merged: pd.DataFrame, mine: pd.DataFrame, patterns: pd.DataFrame) -> np.ndarray:
+    """Which (flow, pattern) pairs also agree on the pattern's packet profile, as the
+    detector matches them (patterns of one fingerprint differ by their packets)."""
+    fits = np.ones(len(merged), bool)
+    if "packet_profile" not in patterns or "first_payload_sizes" not in mine:
+        return fits
+    profiles = text(patterns["packet_profile"]).to_numpy()
+    pattern_of = merged["_p"].to_numpy()
+    with_profile = np.flatnonzero(profiles[pattern_of] != "")
+    if not len(with_profile):
+        return fits
+    sizes = sig.payload_matrix(text(mine["first_payload_sizes"]))
+    rows = merged["_row"].to_numpy()
+    for pattern, where in pd.Series(with_profile).groupby(pattern_of[with_profile]):
+        where = where.to_numpy()
+        fits[where] = sig.profile_matches(sizes[rows[where]], sig.parse_profile(profiles[pattern]))
+    return fits
 
 
 def _fingerprinted(mine: pd.DataFrame) -> pd.DataFrame:

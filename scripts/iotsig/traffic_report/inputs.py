@@ -10,6 +10,7 @@ import pandas as pd
 
 from .. import csvio
 from ..errors import InputError, ToolError
+from ..fields import FLOW_FIELDS
 from ..inputs import file_kind
 from ..schema import FLOWS, PACKETS
 
@@ -45,18 +46,8 @@ FLOW_OPTIONAL = [
     "remote_h",
     "remote_name",
     "remote_class",
-    "http_host",
-    "http_request_uri",
-    "dns_qry_name",
-    "dns_qry_type",
-    "http_request_method",
-    "coap_type",
-    "coap_code",
-    "coap_uri",
-    "dhcp_msg_type",
-    "tls_server_name",
-    "icmp_type",
-    "arp_opcode",
+    "first_payload_sizes",
+    *FLOW_FIELDS,  # the application fields (fields.py)
 ]
 
 
