@@ -210,16 +210,17 @@ def extract(
     packets they share (_route_variants); without one, only where a fingerprint and a
     packet size split them the same way (_complementary_routes). Each route gets a
     signature of its own, a variant of the same event."""
-    learned = _extract_once(
+    learned, flows = _extract_once(
         recordings, device_name, device_ip, device_mac, support, event, baseline
     )
     routes = []
     if len(recordings) < 2 * MIN_VARIANT:
         pass
     elif baseline and learned.event_patterns.empty:
-        routes = _route_variants(recordings, device_ip, device_mac, baseline)
+        routes = _route_variants(flows, recordings, device_ip, device_mac, baseline)
     elif not baseline and _partly_shared(learned.noise, len(recordings)):
-        routes = _complementary_routes(recordings, device_ip, device_mac)
+        routes = _complementary_routes(flows, recordings)
+    del flows
     if len(routes) > 1:
         return _with_variants(
             learned,
@@ -243,7 +244,7 @@ def _extract_once(
     support: float,
     event: str,
     baseline: list[Recording] | None,
-) -> Signature:
+) -> tuple[Signature, pd.DataFrame]:
     warnings = []
     if len(recordings) == 1:
         warnings.append(
@@ -271,6 +272,7 @@ def _extract_once(
     n = len(recordings)
     needed = max(1, math.ceil(support * n - 1e-9))
     flows["key"] = _assign_keys(flows, needed)
+    flows["fingerprint_key"] = flows["key"]  # (before the packet profiles split it)
     keys, profiles = profile_patterns(
         flows["key"].to_numpy(),
         _codes(flows["recording"]),
@@ -306,7 +308,7 @@ def _extract_once(
         profiles,
     )
     noise = _noise(flows.loc[~in_pattern, [*FINGERPRINT, "key", "recording"]], n)
-    return Signature(
+    learned = Signature(
         device_name,
         device_ip,
         mac or "",
@@ -318,30 +320,28 @@ def _extract_once(
         baseline is not None,
         warnings,
     )
+    return learned, flows
 
 
-def _item_table(
-    recordings: list[Recording], device_ip: str, device_mac: str | None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The recordings' fingerprinted flows (keys where they recur in MIN_VARIANT recordings)
-    and their packet items recurring in MIN_VARIANT recordings: (row, item, size, recording)."""
-    flows = fingerprints(
-        pd.concat([device_flows(r, device_ip, device_mac) for r in recordings], ignore_index=True)
-    )
-    flows["key"] = _assign_keys(flows, MIN_VARIANT)
-    labels = pd.factorize(flows["key"])[0]
+def _item_table(flows: pd.DataFrame, needed: int = MIN_VARIANT) -> pd.DataFrame:
+    """The packet items of the fingerprinted flows that recur in `needed` recordings:
+    (row, item, size, recording)."""
+    labels = pd.factorize(flows["fingerprint_key"])[0]
     recording = _codes(flows["recording"])
     sizes = payload_matrix(flows["first_payload_sizes"])
     rows, values, _, items = _recurring_items(
-        labels, _support(labels, recording), recording, sizes, MIN_VARIANT
+        labels, _support(labels, recording), recording, sizes, needed
     )
     recording_names = flows["recording"].to_numpy()[rows]
-    table = pd.DataFrame({"row": rows, "item": items, "size": values, "recording": recording_names})
-    return flows, table
+    return pd.DataFrame({"row": rows, "item": items, "size": values, "recording": recording_names})
 
 
 def _route_variants(
-    recordings: list[Recording], device_ip: str, device_mac: str | None, baseline: list[Recording]
+    flows: pd.DataFrame,
+    recordings: list[Recording],
+    device_ip: str,
+    device_mac: str | None,
+    baseline: list[Recording],
 ) -> list[list[str]]:
     """Recordings grouped by route, with a baseline. A distinctive item is a packet size that
     recurs in a fingerprint's flows in at least MIN_VARIANT recordings and that no baseline
@@ -352,7 +352,7 @@ def _route_variants(
     if not any(len(b) for b in base):
         return []
     base = fingerprints(pd.concat(base, ignore_index=True))
-    flows, table = _item_table(recordings, device_ip, device_mac)
+    table = _item_table(flows)
     base_sizes = payload_matrix(base["first_payload_sizes"])
     rows_of = {False: _rows_by(base, FINGERPRINT), True: _rows_by(base, _general_columns())}
     shared_by = {}
@@ -380,25 +380,38 @@ def _partly_shared(noise: pd.DataFrame, n: int) -> bool:
     return bool(((seen >= MIN_VARIANT) & (seen <= n - MIN_VARIANT)).any())
 
 
-def _complementary_routes(
-    recordings: list[Recording], device_ip: str, device_mac: str | None
-) -> list[list[str]]:
+def _complementary_routes(flows: pd.DataFrame, recordings: list[Recording]) -> list[list[str]]:
     """Two routes, without a baseline, only where the recordings say so twice over: a
     fingerprint that is in every recording of one part and in none of the other (the
     phone's HTTP request straight to the bulb), and a packet size that is in every
     recording of the other part and in none of the first (the cloud's command to the
     bulb). Variation that is not a route (a DNS answer of another size) has no such pair,
     and each part holds at least a quarter of the recordings."""
-    flows, table = _item_table(recordings, device_ip, device_mac)
+    n = len(recordings)
+    smallest = max(MIN_VARIANT, math.ceil(n / 4))  # a route, not a coincidence
     everyone = frozenset(r.name for r in recordings)
-    smallest = max(MIN_VARIANT, math.ceil(len(recordings) / 4))  # a route, not a coincidence
-    in_items = set(table.groupby("item")["recording"].agg(frozenset))
-    parts = sorted(set(flows.groupby("key")["recording"].agg(frozenset)), key=len, reverse=True)
-    for part in parts:
+    parts = _recording_sets(flows["fingerprint_key"], flows["recording"], smallest, n - smallest)
+    if not parts:
+        return []
+    table = _item_table(flows, smallest)
+    in_items = set(_recording_sets(table["item"], table["recording"], smallest, n - smallest))
+    for part in sorted(set(parts), key=len, reverse=True):
         rest = everyone - part
-        if min(len(part), len(rest)) >= smallest and rest in in_items:
+        if rest in in_items:
             return [[r.name for r in recordings if r.name in group] for group in (part, rest)]
     return []
+
+
+def _recording_sets(groups: pd.Series, recordings: pd.Series, low: int, high: int) -> list:
+    """The recordings of each group seen in low to high recordings (counted with numpy:
+    most of a busy network's groups are in one recording)."""
+    codes = pd.factorize(groups)[0]
+    support = _support(codes, _codes(recordings))
+    wanted = np.isin(codes, np.flatnonzero((support >= low) & (support <= high)))
+    if not wanted.any():
+        return []
+    names = pd.Series(recordings.to_numpy()[wanted])
+    return list(names.groupby(codes[wanted]).agg(frozenset))
 
 
 def _with_variants(
@@ -417,7 +430,7 @@ def _with_variants(
     out."""
     parts, kept = [], []
     for names in routes:
-        route = _extract_once(
+        route, _ = _extract_once(
             [r for r in recordings if r.name in names],
             device_name,
             device_ip,
