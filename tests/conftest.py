@@ -13,11 +13,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 DATA = REPO / "data"
-CAPTURES = Path(__file__).resolve().parent / "captures"   # copied public captures
+CAPTURES = Path(__file__).resolve().parent / "captures"  # copied public captures
 SHARED = REPO.parent / "shared"  # the shared public captures beside the repo, when present
 TPLINK_CAPTURES = sorted(DATA.glob("*.pcap"))
-PLUG_IP, PLUG_MAC, PHONE_IP, GATEWAY_IP = ("192.168.1.135", "50:c7:bf:ed:0a:54",
-                                           "192.168.1.110", "192.168.1.1")
+PLUG_IP, PLUG_MAC, PHONE_IP, GATEWAY_IP = (
+    "192.168.1.135",
+    "50:c7:bf:ed:0a:54",
+    "192.168.1.110",
+    "192.168.1.1",
+)
 # The markers (slow, sweep, spreadsheet) are registered in pyproject.toml.
 # The captures that per-capture checks run on in the quick tier (pytest -m "not slow"): DNS,
 # TLS, TCP, UDP, ARP, ICMP (the plug), HTTP over IPv6, DHCP in pcapng, mDNS.
@@ -27,29 +31,47 @@ QUICK_CAPTURES = {"1724059939.pcap", "http_ipv6.pcap", "dhcp.pcapng", "mdns.pcap
 def quick_only(values, quick, name=lambda value: value.name) -> list:
     """parametrize() values: those whose name is in `quick` in every tier, the others marked
     slow (run by the full suite only)."""
-    return [pytest.param(value, id=name(value),
-                         marks=() if name(value) in quick else pytest.mark.slow)
-            for value in values]
+    return [
+        pytest.param(value, id=name(value), marks=() if name(value) in quick else pytest.mark.slow)
+        for value in values
+    ]
 
 
 def quick_first(count: int, values: list) -> list:
     """parametrize() values: the first `count` in every tier, the others marked slow (variants
     of one check: a usage error per bad option, and the like)."""
-    return [value if index < count else
-            pytest.param(*(value if isinstance(value, tuple) else (value,)),
-                         marks=pytest.mark.slow)
-            for index, value in enumerate(values)]
+    return [
+        value
+        if index < count
+        else pytest.param(
+            *(value if isinstance(value, tuple) else (value,)), marks=pytest.mark.slow
+        )
+        for index, value in enumerate(values)
+    ]
 
 
-def run_script(name: str, *args, check: bool = True, env: dict | None = None,
-               cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_script(
+    name: str,
+    *args,
+    check: bool = True,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """Run scripts/<name> as a user would, capturing its output."""
     command = [sys.executable, str(SCRIPTS / name), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, **(env or {})}, cwd=cwd)
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{name} exited {result.returncode}\nstdout:\n{result.stdout}\n"
-                             f"stderr:\n{result.stderr}")
+        raise AssertionError(
+            f"{name} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
     return result
 
 
@@ -60,6 +82,7 @@ def run():
 
 # --- what several test modules share: each built once per session, only when a selected test
 # needs it (the quick tier, -m "not slow", or -k, builds less).
+
 
 def needed(request, fixture: str, parameter: str, default) -> set:
     """What the selected tests of the requesting module need from `fixture`: the value of
@@ -103,8 +126,9 @@ def plug_toggle(tmp_path_factory):
     """main.py TpLinkPlug 192.168.1.135 data/*.pcap -o DIR --event toggle (the report
     included), run once: (DIR, the finished process)."""
     output = tmp_path_factory.mktemp("toggle")
-    result = run_script("main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", output,
-                        "--event", "toggle")
+    result = run_script(
+        "main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", output, "--event", "toggle"
+    )
     return output, result
 
 
@@ -115,13 +139,25 @@ def plug_signatures(tmp_path_factory) -> dict:
     (--idle): {event: its signature.csv}. The fourth recording of each is held out."""
     base = tmp_path_factory.mktemp("signatures")
     events = CAPTURES / "events" / "TpLinkPlug"
-    first_three = {event: sorted((events / event).glob("*.pcap"))[:3]
-                   for event in ("toggle", "boot")}
+    first_three = {
+        event: sorted((events / event).glob("*.pcap"))[:3] for event in ("toggle", "boot")
+    }
     paths = {}
     for event, other in (("toggle", "boot"), ("boot", "toggle")):
-        run_script("main.py", "TpLinkPlug", PLUG_IP, *first_three[event],
-                   "--idle", *first_three[other], "--event", event, "-o", base / event, "-q",
-                   "--no-report")
+        run_script(
+            "main.py",
+            "TpLinkPlug",
+            PLUG_IP,
+            *first_three[event],
+            "--idle",
+            *first_three[other],
+            "--event",
+            event,
+            "-o",
+            base / event,
+            "-q",
+            "--no-report",
+        )
         paths[event] = base / event / "signature.csv"
     return paths
 
@@ -136,12 +172,18 @@ def mount_tmpfs(tmp_path):
     def mount(options: str, name: str = "tmpfs") -> Path:
         point = tmp_path / name
         point.mkdir()
-        if os.geteuid() != 0 or not shutil.which("mount") or subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
-                capture_output=True).returncode != 0:
+        if (
+            os.geteuid() != 0
+            or not shutil.which("mount")
+            or subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True
+            ).returncode
+            != 0
+        ):
             pytest.skip("cannot mount a tmpfs here (needs root)")
         mounted.append(point)
         return point
+
     yield mount
     for point in reversed(mounted):
         subprocess.run(["umount", "-l", str(point)], check=True)

@@ -31,8 +31,13 @@ def _mergecap() -> str:
 
 def _packet_times(capture) -> list[float]:
     from iotsig.tshark import tshark_path
-    out = subprocess.run([tshark_path(), "-n", "-r", str(capture), "-T", "fields",
-                          "-e", "frame.time_epoch"], capture_output=True, text=True, check=True)
+
+    out = subprocess.run(
+        [tshark_path(), "-n", "-r", str(capture), "-T", "fields", "-e", "frame.time_epoch"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [float(t) for t in out.stdout.split()]
 
 
@@ -55,8 +60,9 @@ def spliced(tmp_path_factory):
     timestamps, so time jumps back and forth."""
     path = tmp_path_factory.mktemp("spliced") / "spliced.pcap"
     parts = [HELD_OUT_BOOT, HELD_OUT_TOGGLE, DATA / "1724060053.pcap"]
-    subprocess.run([_mergecap(), "-a", "-F", "pcap", "-w", path, *parts], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [_mergecap(), "-a", "-F", "pcap", "-w", path, *parts], check=True, capture_output=True
+    )
     return path, parts
 
 
@@ -65,8 +71,16 @@ def test_finds_each_event_where_its_packets_are(signatures, spliced, tmp_path):
     # The real-time toggle is not anonymised: its UDP/9999 state broadcast keeps its payload
     # (1022-byte frames; 1005 in the anonymised training recordings), so that pattern's
     # packet profile rightly does not match, nor does the ARP the training shared: 3 of 5.
-    result = run_script("event-detector.py", signatures["toggle"], signatures["boot"],
-                        capture, "-o", tmp_path, "--min-score", "0.6")
+    result = run_script(
+        "event-detector.py",
+        signatures["toggle"],
+        signatures["boot"],
+        capture,
+        "-o",
+        tmp_path,
+        "--min-score",
+        "0.6",
+    )
     found = _detections(tmp_path)
     found = found[found["status"] == "detected"].sort_values("first_frame").reset_index()
     assert list(found["event"]) == ["boot", "toggle", "toggle"], found
@@ -74,8 +88,11 @@ def test_finds_each_event_where_its_packets_are(signatures, spliced, tmp_path):
     boot_times, toggle_times = _packet_times(boot), _packet_times(toggle)
     realtime_times = _packet_times(realtime)
     n_boot, n_toggle = len(boot_times), len(toggle_times)
-    spans = [(boot_times, 1, n_boot), (toggle_times, n_boot + 1, n_boot + n_toggle),
-             (realtime_times, n_boot + n_toggle + 1, n_boot + n_toggle + len(realtime_times))]
+    spans = [
+        (boot_times, 1, n_boot),
+        (toggle_times, n_boot + 1, n_boot + n_toggle),
+        (realtime_times, n_boot + n_toggle + 1, n_boot + n_toggle + len(realtime_times)),
+    ]
     for row, (times, first, last) in zip(found.itertuples(), spans):
         # Inside the recording's own packets, in time and in frame numbers ...
         assert min(times) <= row.start <= row.end <= max(times) + 1e-6, row
@@ -99,33 +116,56 @@ def test_finds_each_event_where_its_packets_are(signatures, spliced, tmp_path):
 @pytest.mark.slow  # event-detector.py twice more
 def test_flows_csv_input_gives_the_same_detections(signatures, spliced, tmp_path):
     capture, _ = spliced
-    run_script("event-detector.py", signatures["toggle"], signatures["boot"], capture,
-               "-o", tmp_path / "from-pcap", "-q")
+    run_script(
+        "event-detector.py",
+        signatures["toggle"],
+        signatures["boot"],
+        capture,
+        "-o",
+        tmp_path / "from-pcap",
+        "-q",
+    )
     flows_csv = tmp_path / "from-pcap" / f"{capture.name}.flows.csv"
-    run_script("event-detector.py", flows_csv, signatures["boot"], signatures["toggle"],
-               "-o", tmp_path / "from-flows", "-q")
+    run_script(
+        "event-detector.py",
+        flows_csv,
+        signatures["boot"],
+        signatures["toggle"],
+        "-o",
+        tmp_path / "from-flows",
+        "-q",
+    )
     a = _detections(tmp_path / "from-pcap").drop(columns=["capture", "signature"])
     b = _detections(tmp_path / "from-flows").drop(columns=["capture", "signature"])
     key = ["start", "event"]
-    pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True),
-                                  b.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    )
 
 
 def test_a_capture_without_the_event_gives_no_detection(signatures, tmp_path):
-    result = run_script("event-detector.py", signatures["toggle"], HELD_OUT_BOOT,
-                        "-o", tmp_path)
+    result = run_script("event-detector.py", signatures["toggle"], HELD_OUT_BOOT, "-o", tmp_path)
     assert f"{HELD_OUT_BOOT.name}: no event detected" in result.stdout
     assert _detections(tmp_path).empty
     assert list(pd.read_csv(tmp_path / "detections.csv").columns) == DETECTIONS.names
 
 
 def test_boot_is_not_taken_for_toggle_nor_the_reverse(signatures, tmp_path):
-    run_script("event-detector.py", signatures["toggle"], signatures["boot"], HELD_OUT_BOOT,
-               HELD_OUT_TOGGLE, "-o", tmp_path, "-q")
+    run_script(
+        "event-detector.py",
+        signatures["toggle"],
+        signatures["boot"],
+        HELD_OUT_BOOT,
+        HELD_OUT_TOGGLE,
+        "-o",
+        tmp_path,
+        "-q",
+    )
     found = _detections(tmp_path)
     detected = found[found["status"] == "detected"]
     assert sorted(zip(detected["capture"], detected["event"])) == sorted(
-        [(HELD_OUT_TOGGLE.name, "toggle"), (HELD_OUT_BOOT.name, "boot")])
+        [(HELD_OUT_TOGGLE.name, "toggle"), (HELD_OUT_BOOT.name, "boot")]
+    )
 
 
 @pytest.mark.slow  # event-detector.py once more, and tshark on two recordings
@@ -143,8 +183,15 @@ def test_a_window_another_event_explains_is_not_counted(signatures, spliced, tmp
 
     capture, (boot, toggle_recording, _) = spliced
     recordings_end = len(_packet_times(boot)) + len(_packet_times(toggle_recording))
-    run_script("event-detector.py", signatures["toggle"], superset_csv, capture,
-               "-o", tmp_path / "out", "-q")
+    run_script(
+        "event-detector.py",
+        signatures["toggle"],
+        superset_csv,
+        capture,
+        "-o",
+        tmp_path / "out",
+        "-q",
+    )
     flows = detector.read_flows(tmp_path / "out" / f"{capture.name}.flows.csv")
     # (the boot and toggle recordings' span; the real-time toggle's score: see above)
     options = detector.DetectOptions(window=60.0, min_score=0.6)
@@ -153,8 +200,10 @@ def test_a_window_another_event_explains_is_not_counted(signatures, spliced, tmp
     by_event = {o.signature.event: o for o in first}
     assert by_event["boot-with-toggle"].status == "detected"
     assert by_event["boot-with-toggle"].score >= 0.9  # (the boot ARP: see above)
-    assert (by_event["toggle"].status, by_event["toggle"].explained_by) == \
-        ("explained", "boot-with-toggle")
+    assert (by_event["toggle"].status, by_event["toggle"].explained_by) == (
+        "explained",
+        "boot-with-toggle",
+    )
     # The real-time toggle at the end has no boot around it: it stays a toggle.
     last = [o for o in found if o.first_frame > recordings_end]
     assert [(o.signature.event, o.status) for o in last] == [("toggle", "detected")]
@@ -162,9 +211,11 @@ def test_a_window_another_event_explains_is_not_counted(signatures, spliced, tmp
 
 # --- refusals: one line, no traceback ------------------------------------------------------
 
+
 def _refused(tmp_path, signature_csv, capture=HELD_OUT_TOGGLE):
-    result = run_script("event-detector.py", signature_csv, capture, "-o", tmp_path / "out",
-                        check=False)
+    result = run_script(
+        "event-detector.py", signature_csv, capture, "-o", tmp_path / "out", check=False
+    )
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -178,8 +229,7 @@ def test_a_signature_with_missing_columns_is_refused(signatures, tmp_path):
     broken = tmp_path / "broken.csv"
     frame.drop(columns=["server_port", "orig_pkts_max"]).to_csv(broken, index=False)
     message = _refused(tmp_path, broken)
-    assert f"{broken}: not a signature CSV: missing column(s) server_port, orig_pkts_max" \
-        in message
+    assert f"{broken}: not a signature CSV: missing column(s) server_port, orig_pkts_max" in message
 
 
 def test_a_signature_of_an_unknown_version_is_refused(signatures, tmp_path):
@@ -204,6 +254,7 @@ def test_without_a_signature_nothing_runs(tmp_path):
 
 # --- evaluation ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_evaluation(tmp_path_factory):
     """evaluate.py on tests/captures/events/ with --train-share 0.75 --seed 1: (devices.yaml,
@@ -212,8 +263,9 @@ def small_evaluation(tmp_path_factory):
     devices = base / "devices.yaml"
     devices.write_text("TpLinkPlug:\n  name: TP-Link HS110\n  ipv4: 192.168.1.135\n")
     output = base / "evaluation"
-    result = run_script("evaluate.py", EVENTS, devices, "-o", output, "--train-share", "0.75",
-                        "--seed", "1")
+    result = run_script(
+        "evaluate.py", EVENTS, devices, "-o", output, "--train-share", "0.75", "--seed", "1"
+    )
     return devices, output, result
 
 
@@ -221,8 +273,10 @@ def test_a_small_evaluation_produces_the_table(small_evaluation):
     devices, output, result = small_evaluation
     table = csvio.read_table(output / "evaluation.csv", EVALUATION)
     assert list(table.columns) == EVALUATION.names
-    assert sorted(zip(table["device"], table["event"])) == [("TpLinkPlug", "boot"),
-                                                            ("TpLinkPlug", "toggle")]
+    assert sorted(zip(table["device"], table["event"])) == [
+        ("TpLinkPlug", "boot"),
+        ("TpLinkPlug", "toggle"),
+    ]
     for row in table.itertuples():
         assert (row.recordings, row.train, row.positives, row.negatives) == (4, 3, 1, 1)
         assert row.tp + row.fn == 1 and row.fp + row.tn == 1
@@ -243,8 +297,9 @@ def test_a_small_evaluation_is_reproducible(small_evaluation, tmp_path):
     # The split is reproducible: the same seed learns from the same recordings.
     devices, output, _ = small_evaluation
     again = tmp_path / "again"
-    run_script("evaluate.py", EVENTS, devices, "-o", again, "--train-share", "0.75",
-               "--seed", "1", "-q")
+    run_script(
+        "evaluate.py", EVENTS, devices, "-o", again, "--train-share", "0.75", "--seed", "1", "-q"
+    )
     for event in ("toggle", "boot"):
         first = (output / "signatures" / "TpLinkPlug" / event / "pattern.txt").read_text()
         second = (again / "signatures" / "TpLinkPlug" / event / "pattern.txt").read_text()

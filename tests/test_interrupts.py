@@ -21,13 +21,17 @@ from iotsig.schema import PACKETS
 
 from conftest import CAPTURES, PLUG_IP, SCRIPTS, TPLINK_CAPTURES, run_script
 
-BACKGROUND = CAPTURES / "sweep" / "protocols" / "coap_mqtt.pcap"   # 8,516 packets
+BACKGROUND = CAPTURES / "sweep" / "protocols" / "coap_mqtt.pcap"  # 8,516 packets
 MAIN_OUTPUTS = {"pattern.txt", "profile.yaml", "signature.csv"}
 
 
 def capinfos_count(capture: Path) -> int:
-    out = subprocess.run(["capinfos", "-c", "-M", "-T", "-r", str(capture)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["capinfos", "-c", "-M", "-T", "-r", str(capture)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return int(out.strip().split("\t")[-1])
 
 
@@ -39,17 +43,23 @@ def long_recordings(tmp_path_factory) -> list[Path]:
     recordings = []
     for capture in TPLINK_CAPTURES:
         out = folder / capture.name
-        subprocess.run(["mergecap", "-F", "pcap", "-a", "-w", str(out), str(capture),
-                        *[str(BACKGROUND)] * 10], check=True)
+        subprocess.run(
+            ["mergecap", "-F", "pcap", "-a", "-w", str(out), str(capture), *[str(BACKGROUND)] * 10],
+            check=True,
+        )
         recordings.append(out)
     return recordings
 
 
 def start(script: str, *args) -> subprocess.Popen:
     """The script in its own process group, as a terminal starts a command."""
-    return subprocess.Popen([sys.executable, str(SCRIPTS / script), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / script), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for_part_file(folder: Path, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -58,16 +68,18 @@ def wait_for_part_file(folder: Path, process: subprocess.Popen, timeout: float =
     while time.monotonic() < deadline:
         if folder.is_dir() and any(p.name.endswith(".part") for p in folder.rglob("*")):
             return
-        assert process.poll() is None, \
+        assert process.poll() is None, (
             f"finished before it could be stopped: {process.stderr.read()}"
+        )
         time.sleep(0.02)
     raise AssertionError("no output file was started")
 
 
 def live_processes_of_group(group: int) -> list[str]:
     """Processes of the command still running (zombies are dead: left for init to reap)."""
-    listing = subprocess.run(["ps", "-o", "stat=,args=", "-g", str(group)],
-                             capture_output=True, text=True).stdout.splitlines()
+    listing = subprocess.run(
+        ["ps", "-o", "stat=,args=", "-g", str(group)], capture_output=True, text=True
+    ).stdout.splitlines()
     return [line for line in listing if not line.lstrip().startswith("Z")]
 
 
@@ -89,14 +101,17 @@ def test_stopped_main_leaves_no_half_file_and_a_rerun_finishes(how, long_recordi
     expected_exit, word = (130, "interrupted") if how == "ctrl-c" else (143, "terminated")
     assert process.returncode == expected_exit, stderr
     assert "Traceback" not in stdout + stderr
-    assert stderr.strip().splitlines()[-1] == \
-        f"main.py: error: {word}; unfinished output files were removed"
+    assert (
+        stderr.strip().splitlines()[-1]
+        == f"main.py: error: {word}; unfinished output files were removed"
+    )
     # What is there is whole: the packets CSV and flows CSV of each capture that finished
     # (each capture's worker writes both), nothing of the signature stage.
     for path in out.rglob("*"):
         assert not path.name.endswith(".part"), f"left behind: {path}"
-        assert path.name.endswith((".packets.csv", ".flows.csv")), \
+        assert path.name.endswith((".packets.csv", ".flows.csv")), (
             f"written before the translation ended: {path}"
+        )
         capture = next(c for c in long_recordings if path.name.startswith(c.name))
         if path.name.endswith(".packets.csv"):
             assert packet_rows(path) == capinfos_count(capture)
@@ -105,8 +120,9 @@ def test_stopped_main_leaves_no_half_file_and_a_rerun_finishes(how, long_recordi
             assert not pd.read_csv(path).empty
     assert live_processes_of_group(process.pid) == []  # workers and tsharks stopped too
 
-    result = run_script("main.py", "-q", "TpLinkPlug", PLUG_IP, *long_recordings, "-o", out,
-                        "--no-report")
+    result = run_script(
+        "main.py", "-q", "TpLinkPlug", PLUG_IP, *long_recordings, "-o", out, "--no-report"
+    )
     assert result.stderr == ""
     assert {p.name for p in out.iterdir()} >= MAIN_OUTPUTS
     for capture in long_recordings:
@@ -138,8 +154,7 @@ def test_full_disk_then_room_again(mount_tmpfs, tmp_path):
     """main.py on a disk too small for its CSVs: one error naming the file, nothing half
     written; given room, the same command finishes."""
     disk = mount_tmpfs("size=40k")  # room for some packets CSVs, not all outputs
-    command = ("main.py", "-q", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "--no-report",
-               "-o", disk)
+    command = ("main.py", "-q", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "--no-report", "-o", disk)
     result = run_script(*command, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -161,8 +176,7 @@ def test_full_disk_then_room_again(mount_tmpfs, tmp_path):
 def pipeline_inputs(tmp_path_factory) -> Path:
     """Packets, flows and signature of the TP-Link captures, for every script's input."""
     out = tmp_path_factory.mktemp("pipeline")
-    run_script("main.py", "-q", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "--no-report",
-               "-o", out)
+    run_script("main.py", "-q", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "--no-report", "-o", out)
     return out
 
 
@@ -182,8 +196,9 @@ def script_runs(inputs: Path) -> dict[str, list]:
 @pytest.mark.slow  # every script; the quick tier has packet-translator's own check
 @pytest.mark.parametrize("script", list(script_runs(Path("."))))
 def test_read_only_output_dir(script, read_only_dir, pipeline_inputs):
-    result = run_script(script, *script_runs(pipeline_inputs)[script], "-o", read_only_dir,
-                        check=False)
+    result = run_script(
+        script, *script_runs(pipeline_inputs)[script], "-o", read_only_dir, check=False
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(lines) == 1 and lines[0].startswith(f"{script}: error: {read_only_dir}")
@@ -193,6 +208,7 @@ def test_read_only_output_dir(script, read_only_dir, pipeline_inputs):
 
 # --- how tshark is called, and the names it is given --------------------------------------
 
+
 def test_no_shell_anywhere_in_the_code():
     """Every subprocess call in scripts/ takes a list; no shell=True, os.system or popen."""
     for path in SCRIPTS.rglob("*.py"):
@@ -201,26 +217,34 @@ def test_no_shell_anywhere_in_the_code():
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func)
-            assert name not in ("os.system", "os.popen", "subprocess.getoutput",
-                                "subprocess.getstatusoutput"), f"{path}:{node.lineno}: {name}"
+            assert name not in (
+                "os.system",
+                "os.popen",
+                "subprocess.getoutput",
+                "subprocess.getstatusoutput",
+            ), f"{path}:{node.lineno}: {name}"
             for keyword in node.keywords:
-                assert not (keyword.arg == "shell" and ast.unparse(keyword.value) != "False"), \
+                assert not (keyword.arg == "shell" and ast.unparse(keyword.value) != "False"), (
                     f"{path}:{node.lineno}: shell=True"
+                )
             if name.startswith("subprocess."):
                 first = node.args[0] if node.args else None
-                assert not isinstance(first, (ast.Constant, ast.JoinedStr, ast.BinOp)), \
+                assert not isinstance(first, (ast.Constant, ast.JoinedStr, ast.BinOp)), (
                     f"{path}:{node.lineno}: a command string"
+                )
 
 
 def test_tshark_gets_an_argument_list(monkeypatch, tmp_path):
     """In-process, with Popen watched: the capture name reaches tshark as one argument."""
     from iotsig import packets
+
     calls = []
     real_popen = subprocess.Popen
 
     def watching(command, *args, **kwargs):
         calls.append((command, kwargs.get("shell", False)))
         return real_popen(command, *args, **kwargs)
+
     monkeypatch.setattr(subprocess, "Popen", watching)
     capture = tmp_path / "x; touch pwned $(id).pcap"
     capture.write_bytes(TPLINK_CAPTURES[0].read_bytes())
@@ -228,12 +252,17 @@ def test_tshark_gets_an_argument_list(monkeypatch, tmp_path):
     assert result.packets == capinfos_count(TPLINK_CAPTURES[0])
     assert calls and all(isinstance(command, list) and not shell for command, shell in calls)
     assert [command for command, _ in calls if str(capture) in command]
-    assert not (tmp_path / "pwned").exists() and sorted(os.listdir(tmp_path)) == \
-        sorted([capture.name, "out.csv"])
+    assert not (tmp_path / "pwned").exists() and sorted(os.listdir(tmp_path)) == sorted(
+        [capture.name, "out.csv"]
+    )
 
 
-ODD_NAMES = ["with space.pcap", "it's \"quoted\".pcap", "-starts-with-dash.pcap",
-             "prise électrique ☃.pcap"]
+ODD_NAMES = [
+    "with space.pcap",
+    'it\'s "quoted".pcap',
+    "-starts-with-dash.pcap",
+    "prise électrique ☃.pcap",
+]
 
 
 def test_odd_file_names_through_every_stage(tmp_path):
@@ -244,19 +273,18 @@ def test_odd_file_names_through_every_stage(tmp_path):
     for name, source in zip(ODD_NAMES, TPLINK_CAPTURES + [TPLINK_CAPTURES[0]]):
         (folder / name).write_bytes(source.read_bytes())
     out = "-out put é"
-    result = run_script("main.py", "-q", "-o", f"./{out}", "TpLinkPlug", PLUG_IP, "--",
-                        *ODD_NAMES[:3], cwd=folder)
+    result = run_script(
+        "main.py", "-q", "-o", f"./{out}", "TpLinkPlug", PLUG_IP, "--", *ODD_NAMES[:3], cwd=folder
+    )
     assert result.stderr == ""
     written = {p.name for p in (folder / out).iterdir()}
     for name in ODD_NAMES[:3]:
         assert f"{name}.packets.csv" in written and f"{name}.flows.csv" in written
-        rows = csvio.read_table(folder / out / f"{name}.packets.csv", PACKETS,
-                                columns=["capture"])
+        rows = csvio.read_table(folder / out / f"{name}.packets.csv", PACKETS, columns=["capture"])
         assert set(rows["capture"]) == {name}
     assert MAIN_OUTPUTS | {"report.html"} <= written
 
-    translated = run_script("packet-translator.py", "-q", "-o", "t", "--", ODD_NAMES[3],
-                            cwd=folder)
+    translated = run_script("packet-translator.py", "-q", "-o", "t", "--", ODD_NAMES[3], cwd=folder)
     assert translated.stderr == ""
     rows = csvio.read_table(folder / "t" / f"{ODD_NAMES[3]}.packets.csv", PACKETS)
     assert len(rows) == capinfos_count(TPLINK_CAPTURES[0])

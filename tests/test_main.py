@@ -41,11 +41,16 @@ from signature_checks import (
 
 
 def _main(output_dir, *options, captures=TPLINK_CAPTURES, check=True):
-    result = run_script("main.py", "TpLinkPlug", PLUG_IP, *captures, "-o", output_dir,
-                        *options, check=check)
-    return SimpleNamespace(result=result, dir=output_dir,
-                           text=(output_dir / "pattern.txt").read_text()
-                           if (output_dir / "pattern.txt").exists() else "")
+    result = run_script(
+        "main.py", "TpLinkPlug", PLUG_IP, *captures, "-o", output_dir, *options, check=check
+    )
+    return SimpleNamespace(
+        result=result,
+        dir=output_dir,
+        text=(output_dir / "pattern.txt").read_text()
+        if (output_dir / "pattern.txt").exists()
+        else "",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +70,11 @@ def with_idle(tmp_path_factory):
     recording's own UDP/9999 and ARP frames (what the plug does while the app is open)."""
     base = tmp_path_factory.mktemp("idle")
     idle = base / "idle.pcap"
-    subprocess.run([tshark_path(), "-r", TPLINK_CAPTURES[2], "-Y", "udp.port == 9999 or arp",
-                    "-w", idle], check=True, capture_output=True)
+    subprocess.run(
+        [tshark_path(), "-r", TPLINK_CAPTURES[2], "-Y", "udp.port == 9999 or arp", "-w", idle],
+        check=True,
+        capture_output=True,
+    )
     run = _main(base / "out", "--idle", idle, "--event", "toggle")
     run.signature = read_signature_csv(run.dir / "signature.csv")
     run.profile = load_profile(run.dir / "profile.yaml")
@@ -78,11 +86,13 @@ def _events(signature: pd.DataFrame) -> pd.DataFrame:
 
 
 def _flows(run) -> dict[str, pd.DataFrame]:
-    return {c.name: csvio.read_table(run.dir / f"{c.name}.flows.csv", FLOWS)
-            for c in TPLINK_CAPTURES}
+    return {
+        c.name: csvio.read_table(run.dir / f"{c.name}.flows.csv", FLOWS) for c in TPLINK_CAPTURES
+    }
 
 
 # --- the event ---------------------------------------------------------------------------
+
 
 def test_the_event_is_phone_tcp_9999_then_dns_then_tls_443_in_that_order(toggle):
     events = _events(toggle.signature)
@@ -125,8 +135,10 @@ def test_the_event_is_phone_tcp_9999_then_dns_then_tls_443_in_that_order(toggle)
 
 def test_the_tls_server_has_a_different_address_in_each_recording(toggle):
     """What makes the name, not the address, the right fingerprint for the third pattern."""
-    servers = {name: set(flows.loc[flows["resp_p"] == 443, "resp_h"])
-               for name, flows in _flows(toggle).items()}
+    servers = {
+        name: set(flows.loc[flows["resp_p"] == 443, "resp_h"])
+        for name, flows in _flows(toggle).items()
+    }
     assert all(len(s) == 1 for s in servers.values())
     assert len(set.union(*servers.values())) == 3
     tls = _events(toggle.signature).iloc[2]
@@ -134,8 +146,9 @@ def test_the_tls_server_has_a_different_address_in_each_recording(toggle):
 
 
 def test_the_plugs_udp_9999_replies_are_background_not_event(toggle):
-    udp = toggle.signature[(toggle.signature["proto"] == "udp")
-                           & (toggle.signature["server_port"] == 9999)]
+    udp = toggle.signature[
+        (toggle.signature["proto"] == "udp") & (toggle.signature["server_port"] == 9999)
+    ]
     assert len(udp) == 1
     assert udp.iloc[0]["role"] == "background (inferred)"
     assert (udp.iloc[0]["device_side"], udp.iloc[0]["remote"]) == ("orig", PHONE_IP)
@@ -170,12 +183,17 @@ def test_arp_and_icmp_seen_in_some_recordings_only_are_left_out_with_counts(togg
     assert left_out.startswith("Left out: seen in too few recordings (3 fingerprints)")
     lines = [line for line in left_out.splitlines() if line.startswith("- ")]
     assert len(lines) == 3
-    assert re.search(r"^- ARP -> device from local \[ARP .*\]: in 2/3 recordings \(2 flows\)$",
-                     left_out, re.M)
-    assert re.search(r"^- ARP -> device from gateway \[ARP .*\]: in 2/3 recordings \(2 flows\)$",
-                     left_out, re.M)
-    assert re.search(r"^- ICMP -> device from local \[ICMP type 3\]: in 1/3 recordings \(1 flow\)$",
-                     left_out, re.M)
+    assert re.search(
+        r"^- ARP -> device from local \[ARP .*\]: in 2/3 recordings \(2 flows\)$", left_out, re.M
+    )
+    assert re.search(
+        r"^- ARP -> device from gateway \[ARP .*\]: in 2/3 recordings \(2 flows\)$", left_out, re.M
+    )
+    assert re.search(
+        r"^- ICMP -> device from local \[ICMP type 3\]: in 1/3 recordings \(1 flow\)$",
+        left_out,
+        re.M,
+    )
     for profile_text in (toggle.dir / "profile.yaml").read_text().splitlines():
         assert "arp" not in profile_text and "icmp" not in profile_text
 
@@ -190,8 +208,15 @@ def test_every_intermediate_csv_is_in_the_output_dir(toggle):
         assert flows["orig_pkts"].sum() + flows["resp_pkts"].sum() == len(packets)
     expected = {f"{c.name}.{kind}.csv" for c in TPLINK_CAPTURES for kind in ("packets", "flows")}
     assert {p.name for p in toggle.dir.iterdir()} == expected | {
-        "pattern.txt", "profile.yaml", "signature.csv", "inventory.csv", "endpoint-map.png",
-        "endpoint-map.svg", "timeline.png", "report.html"}
+        "pattern.txt",
+        "profile.yaml",
+        "signature.csv",
+        "inventory.csv",
+        "endpoint-map.png",
+        "endpoint-map.svg",
+        "timeline.png",
+        "report.html",
+    }
 
 
 def test_progress_and_closing_summary_are_printed(toggle):
@@ -200,19 +225,24 @@ def test_progress_and_closing_summary_are_printed(toggle):
     assert toggle.result.stderr == ""  # no warning on good input
     for capture in TPLINK_CAPTURES:
         assert f"{capture.name}.packets.csv" in out and f"{capture.name}.flows.csv" in out
-    assert ("signature-extractor: 3 event pattern(s), 1 background, 3 fingerprint(s) left "
-            "out as noise, from 3 recording(s)") in out
-    assert re.fullmatch(rf"main: done in \d+\.\d s; every intermediate CSV is in "
-                        rf"{re.escape(str(toggle.dir))}/; to look at it all, open "
-                        rf"{re.escape(str(toggle.dir / 'report.html'))}", out.splitlines()[-1])
+    assert (
+        "signature-extractor: 3 event pattern(s), 1 background, 3 fingerprint(s) left "
+        "out as noise, from 3 recording(s)"
+    ) in out
+    assert re.fullmatch(
+        rf"main: done in \d+\.\d s; every intermediate CSV is in "
+        rf"{re.escape(str(toggle.dir))}/; to look at it all, open "
+        rf"{re.escape(str(toggle.dir / 'report.html'))}",
+        out.splitlines()[-1],
+    )
 
 
 # --- profile.yaml ------------------------------------------------------------------------
 
+
 def test_profile_loads_with_safe_load_and_passes_the_format_check(toggle):
     # (load_profile asserted validate_profile() == [])
-    assert toggle.profile["device-info"] == {"name": "TpLinkPlug", "mac": PLUG_MAC,
-                                             "ipv4": PLUG_IP}
+    assert toggle.profile["device-info"] == {"name": "TpLinkPlug", "mac": PLUG_MAC, "ipv4": PLUG_IP}
     assert list(toggle.profile) == ["device-info", "single-policies", "interactions"]
 
 
@@ -250,8 +280,10 @@ def test_the_interaction_keeps_event_order_after_safe_load(toggle):
 def test_profile_stats_are_the_observed_ranges(toggle):
     tls_row = _events(toggle.signature).iloc[2]
     tls = toggle.profile["interactions"]["toggle"][tls_row["pattern"]]
-    assert tls["stats"]["packet-count"] == {"fwd": int(tls_row["orig_pkts_max"]),
-                                            "bwd": int(tls_row["resp_pkts_max"])}
+    assert tls["stats"]["packet-count"] == {
+        "fwd": int(tls_row["orig_pkts_max"]),
+        "bwd": int(tls_row["resp_pkts_max"]),
+    }
     low = int(min(tls_row["orig_size_min_min"], tls_row["resp_size_min_min"]))
     high = int(max(tls_row["orig_size_max_max"], tls_row["resp_size_max_max"]))
     assert tls["stats"]["packet-size"] == f"{low} - {high}"
@@ -275,8 +307,11 @@ def test_profile_agrees_with_the_hand_written_profile_of_the_plug(toggle):
     assert hand_dns["protocols"]["dns"]["domain-name"] == DOMAIN
     assert dns["bidirectional"] is hand_dns["bidirectional"] is True
     assert tls["protocols"]["tcp"] == hand_https["protocols"]["tcp"] == {"dst-port": 443}
-    assert tls["protocols"]["ipv4"] == hand_https["protocols"]["ipv4"] == \
-        {"src": "self", "dst": DOMAIN}
+    assert (
+        tls["protocols"]["ipv4"]
+        == hand_https["protocols"]["ipv4"]
+        == {"src": "self", "dst": DOMAIN}
+    )
     assert tls["bidirectional"] is hand_https["bidirectional"] is True
 
     hand_tcp = hand["single-policies"]["tcp-device-plug-lan"]
@@ -292,6 +327,7 @@ def test_profile_agrees_with_the_hand_written_profile_of_the_plug(toggle):
 
 # --- background from idle captures ---------------------------------------------------------
 
+
 @pytest.mark.slow  # main.py once more (main.py with --idle also runs in the quick tier:
 # conftest's plug_signatures, which test_event_detector.py detects with)
 def test_idle_capture_moves_the_udp_9999_pattern_to_background(with_idle):
@@ -300,8 +336,11 @@ def test_idle_capture_moves_the_udp_9999_pattern_to_background(with_idle):
     udp = signature[(signature["proto"] == "udp") & (signature["server_port"] == 9999)]
     assert list(udp["role"]) == ["background"]
     events = _events(signature)
-    assert [(e.proto, e.server_port, e.remote) for e in events.itertuples()] == \
-        [("tcp", 9999, PHONE_IP), ("udp", 53, "gateway"), ("tcp", 443, DOMAIN)]
+    assert [(e.proto, e.server_port, e.remote) for e in events.itertuples()] == [
+        ("tcp", 9999, PHONE_IP),
+        ("udp", 53, "gateway"),
+        ("tcp", 443, DOMAIN),
+    ]
 
     header, background = sections(with_idle.text)[""], background_section(with_idle.text)
     assert NO_BASELINE not in header
@@ -313,17 +352,21 @@ def test_idle_capture_moves_the_udp_9999_pattern_to_background(with_idle):
     assert list(profile["single-policies"]) == list(udp["pattern"])
     assert list(profile["interactions"]["toggle"]) == list(events["pattern"])
     # the idle capture's CSVs are kept too, apart from the event's
-    assert {p.name for p in (with_idle.dir / "idle").iterdir()} == \
-        {"idle.pcap.packets.csv", "idle.pcap.flows.csv"}
+    assert {p.name for p in (with_idle.dir / "idle").iterdir()} == {
+        "idle.pcap.packets.csv",
+        "idle.pcap.flows.csv",
+    }
 
 
 # --- bad input -----------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # main.py translates all three captures before it can tell (the same check
 # of signature-extractor.py is in the quick tier)
 def test_a_device_ip_that_never_appears_is_one_error_line_and_no_outputs(tmp_path):
-    result = run_script("main.py", "TpLinkPlug", "192.168.1.99", *TPLINK_CAPTURES,
-                        "-o", tmp_path, check=False)
+    result = run_script(
+        "main.py", "TpLinkPlug", "192.168.1.99", *TPLINK_CAPTURES, "-o", tmp_path, check=False
+    )
     assert result.returncode == 1
     assert_clean_run(result, tmp_path)
     (line,) = result.stderr.splitlines()
@@ -331,17 +374,27 @@ def test_a_device_ip_that_never_appears_is_one_error_line_and_no_outputs(tmp_pat
     assert_no_outputs(tmp_path)
 
 
-@pytest.mark.parametrize("arguments, complaint", quick_first(2, [
-    (["192.168.1.256"], "argument IPV4: '192.168.1.256' is not"),
-    ([PLUG_IP, "--device-mac", "50:c7:bf:ed:0a"], "argument --device-mac: '50:c7:bf:ed:0a'"),
-    (["fe80::1"], "argument IPV4: 'fe80::1' is not an IPv4 address"),
-    (["plug"], "argument IPV4: 'plug' is not"),
-    ([PLUG_IP, "--device-mac", "50:c7:bf:ed:0a:zz"], "argument --device-mac"),
-]))
+@pytest.mark.parametrize(
+    "arguments, complaint",
+    quick_first(
+        2,
+        [
+            (["192.168.1.256"], "argument IPV4: '192.168.1.256' is not"),
+            (
+                [PLUG_IP, "--device-mac", "50:c7:bf:ed:0a"],
+                "argument --device-mac: '50:c7:bf:ed:0a'",
+            ),
+            (["fe80::1"], "argument IPV4: 'fe80::1' is not an IPv4 address"),
+            (["plug"], "argument IPV4: 'plug' is not"),
+            ([PLUG_IP, "--device-mac", "50:c7:bf:ed:0a:zz"], "argument --device-mac"),
+        ],
+    ),
+)
 def test_an_invalid_ip_or_mac_is_a_usage_error(tmp_path, arguments, complaint):
     ip, *options = arguments
-    result = run_script("main.py", "TpLinkPlug", ip, *TPLINK_CAPTURES, *options,
-                        "-o", tmp_path / "out", check=False)
+    result = run_script(
+        "main.py", "TpLinkPlug", ip, *TPLINK_CAPTURES, *options, "-o", tmp_path / "out", check=False
+    )
     assert result.returncode == 2
     assert_clean_run(result)
     assert result.stderr.splitlines()[-1].startswith(f"main.py: error: {complaint}")
@@ -356,8 +409,9 @@ def test_captures_with_one_file_name_are_refused_before_anything_is_written(tmp_
         (tmp_path / f"run{number}").mkdir()
         copies.append(tmp_path / f"run{number}" / "plug.pcap")
         copies[-1].write_bytes(capture.read_bytes())
-    result = run_script("main.py", "TpLinkPlug", PLUG_IP, *copies, "-o", tmp_path / "out",
-                        check=False)
+    result = run_script(
+        "main.py", "TpLinkPlug", PLUG_IP, *copies, "-o", tmp_path / "out", check=False
+    )
     assert result.returncode == 1
     assert_clean_run(result)
     assert result.stderr.startswith("main.py: error: 3 captures share the name plug.pcap (")

@@ -21,8 +21,10 @@ def test_requirements_txt_is_pyprojects_runtime_dependencies():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = {re.sub(r"\s+", "", d).lower() for d in project["dependencies"]}
     assert _requirement_lines((REPO / "requirements.txt").read_text()) == declared
-    test_tools = {re.split(r"[<>=!~; ]", d, maxsplit=1)[0].lower()
-                  for d in project["optional-dependencies"]["test"]}
+    test_tools = {
+        re.split(r"[<>=!~; ]", d, maxsplit=1)[0].lower()
+        for d in project["optional-dependencies"]["test"]
+    }
     assert {"pytest", "openpyxl", "ruff"} <= test_tools
 
 

@@ -18,7 +18,7 @@ from iotsig.schema import DETECTIONS, FLOWS, SIGNATURE
 from conftest import CAPTURES, SHARED, run_script
 
 EVENTS = SHARED / "pcaps" / "events"
-BULB_IP = "192.168.1.231"   # TapoLight in ../shared/pcaps/events/devices.yaml
+BULB_IP = "192.168.1.231"  # TapoLight in ../shared/pcaps/events/devices.yaml
 PLUG_IP = "192.168.1.135"
 
 
@@ -37,6 +37,7 @@ def _detected(output_dir) -> list[tuple[str, str]]:
 
 # --- the flows CSV ----------------------------------------------------------------------
 
+
 def test_payload_sizes_are_the_first_payload_packets_signed_and_deduplicated():
     flows = signature.payload_matrix(pd.Series(["345 -194 265 -787", "", "81 -145", "x 1"]))
     assert flows.shape == (4, signature.PROFILE_WINDOW)
@@ -51,8 +52,9 @@ def test_the_flows_csv_shows_the_request_that_tells_two_bulb_actions_apart(tmp_p
     in every recording; each packet is captured twice (it counts once)."""
     for event, request in (("set_color", 345), ("toggle", 281)):
         capture = _recordings("TapoLight", event)[0]
-        run_script("main.py", "TapoLight", BULB_IP, capture, "-o", tmp_path / event, "-q",
-                   "--no-report")
+        run_script(
+            "main.py", "TapoLight", BULB_IP, capture, "-o", tmp_path / event, "-q", "--no-report"
+        )
         flows = csvio.read_table(tmp_path / event / f"{capture.name}.flows.csv", FLOWS)
         http = flows[(flows["http_request_method"] == "POST") & (flows["resp_h"] == BULB_IP)]
         assert len(http) == 1
@@ -62,9 +64,23 @@ def test_the_flows_csv_shows_the_request_that_tells_two_bulb_actions_apart(tmp_p
 
 # --- learning ---------------------------------------------------------------------------
 
+
 def _learn(event: str, train: list, others: list, out, *extra) -> pd.DataFrame:
-    run_script("main.py", "TapoLight", BULB_IP, *train, "--idle", *others, "--event", event,
-               "-o", out, "-q", "--no-report", *extra)
+    run_script(
+        "main.py",
+        "TapoLight",
+        BULB_IP,
+        *train,
+        "--idle",
+        *others,
+        "--event",
+        event,
+        "-o",
+        out,
+        "-q",
+        "--no-report",
+        *extra,
+    )
     return csvio.read_table(out / "signature.csv", SIGNATURE)
 
 
@@ -92,30 +108,68 @@ def test_the_detector_tells_same_flow_events_apart(tmp_path):
     local = [c for c in colours if _has_local_request(c)]
     signatures = {}
     for event, recordings in (("toggle", toggles[:5]), ("set_color", local[:5])):
-        run_script("main.py", "TapoLight", BULB_IP, *recordings, "--event", event,
-                   "-o", tmp_path / event, "-q", "--no-report")
+        run_script(
+            "main.py",
+            "TapoLight",
+            BULB_IP,
+            *recordings,
+            "--event",
+            event,
+            "-o",
+            tmp_path / event,
+            "-q",
+            "--no-report",
+        )
         signatures[event] = tmp_path / event / "signature.csv"
     held_out = [toggles[6], local[6]]
     run_script("event-detector.py", *signatures.values(), *held_out, "-o", tmp_path / "d", "-q")
-    assert _detected(tmp_path / "d") == sorted([(toggles[6].name, "toggle"),
-                                                (local[6].name, "set_color")])
+    assert _detected(tmp_path / "d") == sorted(
+        [(toggles[6].name, "toggle"), (local[6].name, "set_color")]
+    )
 
 
 def _has_local_request(capture) -> bool:
     """set_color goes through the phone's HTTP request to the bulb in some recordings and
     through the cloud in others."""
-    out = subprocess.run(["tshark", "-n", "-r", str(capture), "-Y",
-                          f"http.request and ip.dst=={BULB_IP}", "-T", "fields",
-                          "-e", "frame.number"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(capture),
+            "-Y",
+            f"http.request and ip.dst=={BULB_IP}",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return bool(out.stdout.strip())
 
 
 # --- detection without DNS ----------------------------------------------------------------
 
+
 def _without_dns(capture, folder):
     editcap_less = folder / capture.name
-    subprocess.run([shutil.which("tshark") or "tshark", "-n", "-r", str(capture),
-                    "-Y", "not dns", "-w", str(editcap_less)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            shutil.which("tshark") or "tshark",
+            "-n",
+            "-r",
+            str(capture),
+            "-Y",
+            "not dns",
+            "-w",
+            str(editcap_less),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return editcap_less
 
 
@@ -129,15 +183,24 @@ def test_an_event_is_found_in_a_capture_without_any_dns(tmp_path, plug_signature
     stripped = tmp_path / "stripped"
     stripped.mkdir()
     held_out = [_without_dns(c, stripped) for c in (toggles[3], boots[3])]
-    run_script("event-detector.py", plug_signatures["toggle"], plug_signatures["boot"],
-               *held_out, "-o", tmp_path / "d", "-q")
-    assert _detected(tmp_path / "d") == sorted([(held_out[0].name, "toggle"),
-                                                (held_out[1].name, "boot")])
+    run_script(
+        "event-detector.py",
+        plug_signatures["toggle"],
+        plug_signatures["boot"],
+        *held_out,
+        "-o",
+        tmp_path / "d",
+        "-q",
+    )
+    assert _detected(tmp_path / "d") == sorted(
+        [(held_out[0].name, "toggle"), (held_out[1].name, "boot")]
+    )
     found = csvio.read_table(tmp_path / "d" / "detections.csv", DETECTIONS)
     assert not found["missing_patterns"].fillna("").str.contains("dns-").any()
 
 
 # --- routes ---------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_an_event_with_two_routes_gets_a_variant_per_route(tmp_path):
@@ -156,10 +219,17 @@ def test_an_event_with_two_routes_gets_a_variant_per_route(tmp_path):
     assert list(profile["interactions"]) == ["set_color", "set_color-variant-2"]
     assert "the event took 2 routes" in (tmp_path / "learn" / "pattern.txt").read_text()
     held_out = [local[5], cloud[4], toggles[0].parent / _recordings("TapoLight", "toggle")[8].name]
-    run_script("event-detector.py", tmp_path / "learn" / "signature.csv", *held_out,
-               "-o", tmp_path / "d", "-q")
-    assert _detected(tmp_path / "d") == sorted([(local[5].name, "set_color"),
-                                                (cloud[4].name, "set_color")])
+    run_script(
+        "event-detector.py",
+        tmp_path / "learn" / "signature.csv",
+        *held_out,
+        "-o",
+        tmp_path / "d",
+        "-q",
+    )
+    assert _detected(tmp_path / "d") == sorted(
+        [(local[5].name, "set_color"), (cloud[4].name, "set_color")]
+    )
 
 
 @pytest.mark.slow
@@ -173,15 +243,32 @@ def test_routes_are_found_without_a_baseline_only_where_flows_and_packets_agree(
     cloud = [c for c in colours if c not in local]
     toggles = _recordings("TapoLight", "toggle")
     for event, recordings in (("set_color", local[:4] + cloud[:4]), ("toggle", toggles[:8])):
-        run_script("main.py", "TapoLight", BULB_IP, *recordings, "--event", event,
-                   "-o", tmp_path / event, "-q", "--no-report")
+        run_script(
+            "main.py",
+            "TapoLight",
+            BULB_IP,
+            *recordings,
+            "--event",
+            event,
+            "-o",
+            tmp_path / event,
+            "-q",
+            "--no-report",
+        )
     colour = csvio.read_table(tmp_path / "set_color" / "signature.csv", SIGNATURE)
     assert sorted(set(colour["variant"])) == [1, 2]
     toggle = csvio.read_table(tmp_path / "toggle" / "signature.csv", SIGNATURE)
     assert set(toggle["variant"]) == {1}
     held_out = [local[5], cloud[5], toggles[9]]
-    run_script("event-detector.py", tmp_path / "set_color" / "signature.csv",
-               tmp_path / "toggle" / "signature.csv", *held_out, "-o", tmp_path / "d", "-q")
-    assert _detected(tmp_path / "d") == sorted([(local[5].name, "set_color"),
-                                                (cloud[5].name, "set_color"),
-                                                (toggles[9].name, "toggle")])
+    run_script(
+        "event-detector.py",
+        tmp_path / "set_color" / "signature.csv",
+        tmp_path / "toggle" / "signature.csv",
+        *held_out,
+        "-o",
+        tmp_path / "d",
+        "-q",
+    )
+    assert _detected(tmp_path / "d") == sorted(
+        [(local[5].name, "set_color"), (cloud[5].name, "set_color"), (toggles[9].name, "toggle")]
+    )

@@ -43,7 +43,8 @@ from packet_bytes import transport_packet
 
 TRANSLATOR = "packet-translator.py"
 ALL_CAPTURES = TPLINK_CAPTURES + sorted(
-    p for p in CAPTURES.iterdir() if p.suffix in (".pcap", ".pcapng"))
+    p for p in CAPTURES.iterdir() if p.suffix in (".pcap", ".pcapng")
+)
 TPLINK = DATA / "1724059939.pcap"  # the plug resolves use1-api.tplinkra.com, then TLS to it
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ERROR_PREFIX = f"{TRANSLATOR}: error: "
@@ -56,18 +57,42 @@ def by_name(name: str) -> Path:
 
 # --- what tshark itself says ------------------------------------------------------------
 
+
 def capinfos_count(capture: Path) -> int:
-    out = subprocess.run(["capinfos", "-c", "-M", "-T", "-r", str(capture)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["capinfos", "-c", "-M", "-T", "-r", str(capture)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return int(out.strip().splitlines()[-1].split("\t")[-1])
 
 
-def tshark_fields(capture: Path, *fields: str, display_filter: str | None = None,
-                  preferences: tuple[str, ...] = ()) -> pd.DataFrame:
+def tshark_fields(
+    capture: Path,
+    *fields: str,
+    display_filter: str | None = None,
+    preferences: tuple[str, ...] = (),
+) -> pd.DataFrame:
     """tshark's own fields export: one row per frame, all occurrences joined by ';'."""
-    command = [tshark_path(), "-n", "-r", str(capture), "-T", "fields", "-E", "header=n",
-               "-E", "separator=/t", "-E", "occurrence=a", "-E", "aggregator=;",
-               "-E", "quote=n"]
+    command = [
+        tshark_path(),
+        "-n",
+        "-r",
+        str(capture),
+        "-T",
+        "fields",
+        "-E",
+        "header=n",
+        "-E",
+        "separator=/t",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=;",
+        "-E",
+        "quote=n",
+    ]
     if display_filter:
         command += ["-Y", display_filter]
     for preference in preferences:
@@ -89,6 +114,7 @@ def distinct(values: pd.Series) -> pd.Series:
 
 
 # --- what the translator wrote ----------------------------------------------------------
+
 
 def translate(output_dir: Path, *captures, check=True, env=None, options=("-q",)):
     return run_script(TRANSLATOR, *captures, "-o", output_dir, *options, check=check, env=env)
@@ -119,7 +145,8 @@ def assert_same(rows: pd.DataFrame, column: str, expected: pd.Series, where=None
     differ = where & (actual != expected)
     assert not differ.any(), (
         f"{column} differs from tshark at frames {list(rows['frame_number'][differ.values][:5])}:"
-        f" {list(actual[differ][:3])} != {list(expected[differ][:3])}")
+        f" {list(actual[differ][:3])} != {list(expected[differ][:3])}"
+    )
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -139,6 +166,7 @@ def translated(request, translations) -> Path:
 
 # --- every capture: one row per packet, the values tshark gives --------------------------
 
+
 @pytest.mark.parametrize("capture", quick_only(ALL_CAPTURES, QUICK_CAPTURES))
 def test_one_row_per_packet_in_capture_order(capture, translated):
     rows = pd.read_csv(packets_csv(translated, capture), dtype=str, keep_default_na=False)
@@ -152,19 +180,45 @@ def test_one_row_per_packet_in_capture_order(capture, translated):
 def test_fields_equal_tshark_output(capture, translated):
     rows = read_packets(packets_csv(translated, capture))
     tshark = tshark_fields(
-        capture, "frame.number", "frame.time_epoch", "frame.len", "frame.protocols", "eth.src",
-        "eth.src.oui_resolved", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "tcp.srcport",
-        "tcp.dstport", "tcp.flags.str", "tcp.len", "udp.srcport", "udp.dstport", "icmp.type",
-        "icmpv6.type", "dns.qry.name", "dns.a", "dns.aaaa",
-        "tls.handshake.extensions_server_name", "http.request.method", "http.request.uri")
+        capture,
+        "frame.number",
+        "frame.time_epoch",
+        "frame.len",
+        "frame.protocols",
+        "eth.src",
+        "eth.src.oui_resolved",
+        "ip.src",
+        "ip.dst",
+        "ipv6.src",
+        "ipv6.dst",
+        "tcp.srcport",
+        "tcp.dstport",
+        "tcp.flags.str",
+        "tcp.len",
+        "udp.srcport",
+        "udp.dstport",
+        "icmp.type",
+        "icmpv6.type",
+        "dns.qry.name",
+        "dns.a",
+        "dns.aaaa",
+        "tls.handshake.extensions_server_name",
+        "http.request.method",
+        "http.request.uri",
+    )
     assert len(rows) == len(tshark)
     assert_same(rows, "frame_number", tshark["frame.number"])
     assert_same(rows, "frame_len", tshark["frame.len"])
     # Time to the microsecond, compared in whole microseconds (no float rounding).
     micros = tshark["frame.time_epoch"].map(lambda t: int(Decimal(t).scaleb(6).to_integral()))
     assert (rows["ts"] * 1e6).round().astype("int64").tolist() == micros.tolist()
-    assert_same(rows, "time_utc", micros.map(
-        lambda us: (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")))
+    assert_same(
+        rows,
+        "time_utc",
+        micros.map(
+            lambda us: (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        ),
+    )
     assert_same(rows, "highest_layer", tshark["frame.protocols"].str.split(":").str[-1])
     has_eth = tshark["eth.src"] != ""
     assert_same(rows, "eth_src", first(tshark["eth.src"]), where=has_eth)
@@ -200,8 +254,9 @@ SHARED_PROTOCOLS = SHARED / "pcaps" / "protocols"
 
 
 @pytest.mark.slow  # 45,000 packets, translated and checked against tshark
-@pytest.mark.skipif(not SHARED_PROTOCOLS.is_dir(),
-                    reason=f"../shared not found: {SHARED_PROTOCOLS}")
+@pytest.mark.skipif(
+    not SHARED_PROTOCOLS.is_dir(), reason=f"../shared not found: {SHARED_PROTOCOLS}"
+)
 def test_every_shared_protocol_capture_when_present(tmp_path):
     # The big ones too (CoAP/MQTT, QUIC, fragmented garbage, an Alexa session in pcapng).
     shared = sorted(SHARED_PROTOCOLS.glob("*.pcap*"))
@@ -223,6 +278,7 @@ def test_every_shared_protocol_capture_when_present(tmp_path):
 
 # --- the TP-Link plug: DNS, TLS, direction, MAC vendors ---------------------------------
 
+
 def test_tplink_dns_query_and_its_answer_addresses(translated):
     rows = read_packets(packets_csv(translated, TPLINK))
     dns = rows[rows["dns_qry_name"] == "use1-api.tplinkra.com"]
@@ -230,42 +286,58 @@ def test_tplink_dns_query_and_its_answer_addresses(translated):
     assert len(query) == 1 and len(answer) == 1
     assert query.iloc[0][["ip_src", "dns_qry_type", "l4_proto"]].tolist() == [PLUG_IP, "A", "udp"]
     assert query.iloc[0]["dst_port"] == 53
-    tshark = tshark_fields(TPLINK, "frame.number", "dns.a",
-                           display_filter="dns.flags.response == 1")
+    tshark = tshark_fields(
+        TPLINK, "frame.number", "dns.a", display_filter="dns.flags.response == 1"
+    )
     addresses = answer.iloc[0]["dns_answer_addrs"].split(";")
     assert answer.iloc[0]["frame_number"] == int(tshark["frame.number"].item())
     assert sorted(addresses) == sorted(tshark["dns.a"].item().split(";"))
-    assert sorted(addresses) == ["3.218.230.180", "3.232.64.134", "34.237.54.215",
-                                 "52.3.101.168"]
+    assert sorted(addresses) == ["3.218.230.180", "3.232.64.134", "34.237.54.215", "52.3.101.168"]
     assert answer.iloc[0]["ip_dst"] == PLUG_IP
 
 
 def test_tls_server_name_of_the_plug_and_of_a_public_capture(translated):
     rows = read_packets(packets_csv(translated, TPLINK))
     hello = rows[rows["tls_server_name"] != ""]
-    assert hello[["frame_number", "ip_src", "dst_port", "tls_server_name"]].values.tolist() == \
-        [[16, PLUG_IP, 443, "use1-api.tplinkra.com"]]
+    assert hello[["frame_number", "ip_src", "dst_port", "tls_server_name"]].values.tolist() == [
+        [16, PLUG_IP, 443, "use1-api.tplinkra.com"]
+    ]
     capture = by_name("tls_esni_sni_both.pcap")
     rows = read_packets(packets_csv(translated, capture))
-    tshark = tshark_fields(capture, "frame.number", "tls.handshake.extensions_server_name",
-                           display_filter="tls.handshake.extensions_server_name")
+    tshark = tshark_fields(
+        capture,
+        "frame.number",
+        "tls.handshake.extensions_server_name",
+        display_filter="tls.handshake.extensions_server_name",
+    )
     named = rows[rows["tls_server_name"] != ""]
     assert named["frame_number"].tolist() == tshark["frame.number"].astype(int).tolist()
     assert named["tls_server_name"].tolist() == [
         "these-are-not-the-droids-youre-looking-for.com",
-        "you-think-thats-normal-tls-traffic-youre-seeing.com"]
+        "you-think-thats-normal-tls-traffic-youre-seeing.com",
+    ]
 
 
 @pytest.fixture(scope="module")
 def tplink_tshark():
-    return {capture: tshark_fields(capture, "eth.src", "eth.dst", "ip.src", "ip.dst",
-                                   "arp.src.proto_ipv4", "arp.dst.proto_ipv4")
-            for capture in TPLINK_CAPTURES}
+    return {
+        capture: tshark_fields(
+            capture,
+            "eth.src",
+            "eth.dst",
+            "ip.src",
+            "ip.dst",
+            "arp.src.proto_ipv4",
+            "arp.dst.proto_ipv4",
+        )
+        for capture in TPLINK_CAPTURES
+    }
 
 
 def expected_direction(sent: pd.Series, received: pd.Series) -> pd.Series:
-    return pd.Series(["sent" if s else "received" if r else "other"
-                      for s, r in zip(sent, received)])
+    return pd.Series(
+        ["sent" if s else "received" if r else "other" for s, r in zip(sent, received)]
+    )
 
 
 def test_direction_from_device_ip(tmp_path, tplink_tshark):
@@ -306,6 +378,7 @@ def test_mac_vendors_come_from_tsharks_oui_database(translated):
 
 # --- link types, IP versions, file formats, application protocols -----------------------
 
+
 def test_ipv6_addresses_in_the_same_columns(translated):
     capture = by_name("http_ipv6.pcap")
     rows = read_packets(packets_csv(translated, capture))
@@ -319,8 +392,9 @@ def test_ipv6_addresses_in_the_same_columns(translated):
 def test_http_over_ipv6_tunnelled_in_ipv4(translated):
     rows = read_packets(packets_csv(translated, by_name("6in4tunnel.pcap")))
     get = rows[rows["http_request_method"] == "GET"]
-    assert get[["http_host", "http_request_uri", "l4_proto"]].values.tolist() == \
-        [["mail.tomasu.net", "/", "tcp"]]
+    assert get[["http_host", "http_request_uri", "l4_proto"]].values.tolist() == [
+        ["mail.tomasu.net", "/", "tcp"]
+    ]
     assert get.iloc[0]["ip_version"] == 4  # the outermost header, as the schema says
     assert get.iloc[0]["dst_port"] == 80
 
@@ -352,12 +426,16 @@ def test_pcapng_gives_the_same_rows_as_pcap(translated):
 # quick tier: test_pcapng_gives_the_same_rows_as_pcap)
 def test_mergecapped_pcapng_is_the_rows_of_its_parts(tmp_path, translated):
     merged = tmp_path / "merged.pcapng"
-    subprocess.run(["mergecap", "-F", "pcapng", "-a", "-w", merged, *TPLINK_CAPTURES],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["mergecap", "-F", "pcapng", "-a", "-w", merged, *TPLINK_CAPTURES],
+        check=True,
+        capture_output=True,
+    )
     translate(tmp_path, merged)
     rows = read_packets(packets_csv(tmp_path, merged))
-    parts = pd.concat([read_packets(packets_csv(translated, c)) for c in TPLINK_CAPTURES],
-                      ignore_index=True)
+    parts = pd.concat(
+        [read_packets(packets_csv(translated, c)) for c in TPLINK_CAPTURES], ignore_index=True
+    )
     assert len(rows) == capinfos_count(merged) == len(parts) == 150
     assert rows["frame_number"].tolist() == list(range(1, 151))
     same = [c for c in PACKETS.names if c not in ("capture", "frame_number")]
@@ -372,7 +450,8 @@ def test_linux_cooked_capture_takes_the_source_mac_from_sll(translated):
     assert_same(rows, "eth_src", tshark["sll.src.eth"])
     assert (rows["eth_dst"] == "").all()  # a cooked header has no destination MAC
     assert {"_airplay._tcp.local", "_raop._tcp.local"} <= set(
-        ";".join(rows["dns_qry_name"]).split(";"))
+        ";".join(rows["dns_qry_name"]).split(";")
+    )
     assert set(rows["ip_version"]) == {4, 6}
 
 
@@ -402,8 +481,7 @@ PLAIN_URI = '/search?q=a,b&t="x"'  # a comma and a quote, no formula character
 SOURCE_PORTS = itertools.count(40000)
 
 
-def udp_frame(payload: bytes, dport: int, dst: str = SERVER_IP,
-              dst_mac: str = SERVER_MAC) -> bytes:
+def udp_frame(payload: bytes, dport: int, dst: str = SERVER_IP, dst_mac: str = SERVER_MAC) -> bytes:
     header = struct.pack("!HHHH", next(SOURCE_PORTS), dport, 8 + len(payload), 0)
     return _ethernet(transport_packet(PLUG_IP, dst, 17, header, 6, payload), dst_mac)
 
@@ -415,8 +493,12 @@ def tcp_frame(payload: bytes, dport: int = 80) -> bytes:
 
 
 def _ethernet(packet: bytes, dst_mac: str) -> bytes:
-    return (bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(PLUG_MAC.replace(":", ""))
-            + b"\x08\x00" + packet)
+    return (
+        bytes.fromhex(dst_mac.replace(":", ""))
+        + bytes.fromhex(PLUG_MAC.replace(":", ""))
+        + b"\x08\x00"
+        + packet
+    )
 
 
 def dns_query(*labels: bytes) -> bytes:
@@ -443,26 +525,31 @@ def write_capture(frames: list[bytes], path: Path) -> Path:
     with open(dump, "w") as out:
         for frame in frames:
             for offset in range(0, len(frame), 16):
-                out.write(f"{offset:06x}  {frame[offset:offset + 16].hex(' ')}\n")
+                out.write(f"{offset:06x}  {frame[offset : offset + 16].hex(' ')}\n")
             out.write("\n")
-    subprocess.run(["text2pcap", "-q", "-F", "pcap", str(dump), str(path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["text2pcap", "-q", "-F", "pcap", str(dump), str(path)], check=True, capture_output=True
+    )
     return path
 
 
 CRAFTED_FRAMES = [  # frame number = position + 1
-    udp_frame(dns_query(b"=1+2", b"example", b"com"), 53),                   # 1
-    tcp_frame(http_get(FORMULA_URIS[0].encode())),                           # 2
-    tcp_frame(http_get(FORMULA_URIS[1].encode())),                           # 3
-    tcp_frame(http_get(FORMULA_URIS[2].encode(), FORMULA_HOST.encode())),    # 4
-    tcp_frame(http_get(FORMULA_URIS[3].encode())),                           # 5
-    tcp_frame(http_get(PLAIN_URI.encode())),                                 # 6
-    udp_frame(dns_query(b"tab\there", b"new\nline", b"com"), 53),            # 7
-    tcp_frame(http_get(b"/a\tb")),                                           # 8
-    udp_frame(coap_get(7, b"-led", b"on"), 5683),                            # 9
-    udp_frame(b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n"        # 10
-              b"MAN: \"ssdp:discover\"\r\nST: ssdp:all\r\nMX: 1\r\n\r\n",
-              1900, dst="239.255.255.250", dst_mac="01:00:5e:7f:ff:fa"),
+    udp_frame(dns_query(b"=1+2", b"example", b"com"), 53),  # 1
+    tcp_frame(http_get(FORMULA_URIS[0].encode())),  # 2
+    tcp_frame(http_get(FORMULA_URIS[1].encode())),  # 3
+    tcp_frame(http_get(FORMULA_URIS[2].encode(), FORMULA_HOST.encode())),  # 4
+    tcp_frame(http_get(FORMULA_URIS[3].encode())),  # 5
+    tcp_frame(http_get(PLAIN_URI.encode())),  # 6
+    udp_frame(dns_query(b"tab\there", b"new\nline", b"com"), 53),  # 7
+    tcp_frame(http_get(b"/a\tb")),  # 8
+    udp_frame(coap_get(7, b"-led", b"on"), 5683),  # 9
+    udp_frame(
+        b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n"  # 10
+        b'MAN: "ssdp:discover"\r\nST: ssdp:all\r\nMX: 1\r\n\r\n',
+        1900,
+        dst="239.255.255.250",
+        dst_mac="01:00:5e:7f:ff:fa",
+    ),
 ]
 
 
@@ -481,10 +568,17 @@ def crafted(tmp_path_factory):
 def test_crafted_capture_is_read_by_tshark_as_built(crafted):
     assert capinfos_count(crafted.capture) == len(CRAFTED_FRAMES)
     checks = ("ip.check_checksum:TRUE", "tcp.check_checksum:TRUE", "udp.check_checksum:TRUE")
-    tshark = tshark_fields(crafted.capture, "frame.protocols", "ip.checksum.status",
-                           "tcp.checksum.status", "udp.checksum.status", preferences=checks)
-    assert tshark["frame.protocols"].str.rsplit(":", n=1).str[-1].tolist() == \
-        ["dns"] + ["http"] * 5 + ["dns", "http", "coap", "ssdp"]
+    tshark = tshark_fields(
+        crafted.capture,
+        "frame.protocols",
+        "ip.checksum.status",
+        "tcp.checksum.status",
+        "udp.checksum.status",
+        preferences=checks,
+    )
+    assert tshark["frame.protocols"].str.rsplit(":", n=1).str[-1].tolist() == ["dns"] + [
+        "http"
+    ] * 5 + ["dns", "http", "coap", "ssdp"]
     # Lengths and checksums right: 1 is tshark's "Good".
     assert set(tshark["ip.checksum.status"]) == {"1"}
     assert set(tshark["tcp.checksum.status"] + tshark["udp.checksum.status"]) == {"1"}
@@ -512,8 +606,12 @@ def test_formula_cells_are_written_as_text(crafted):
 def test_no_cell_of_any_capture_would_start_a_formula(translated):
     for capture in ALL_CAPTURES:
         with open(packets_csv(translated, capture), newline="", encoding="utf-8") as handle:
-            risky = [cell for row in csv.reader(handle) for cell in row
-                     if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+            risky = [
+                cell
+                for row in csv.reader(handle)
+                for cell in row
+                if cell[:1] in ("=", "+", "-", "@", "\t", "\r")
+            ]
         assert not risky, f"{capture.name}: {risky[:3]}"
 
 
@@ -549,15 +647,23 @@ def test_tab_and_newline_in_packet_text_stay_in_one_row(crafted):
 
 def test_coap_type_method_and_uri(crafted):
     coap = crafted.rows.loc[8]
-    assert coap[["coap_type", "coap_code", "coap_uri", "highest_layer"]].tolist() == \
-        ["CON", "GET", "/-led/on", "coap"]
+    assert coap[["coap_type", "coap_code", "coap_uri", "highest_layer"]].tolist() == [
+        "CON",
+        "GET",
+        "/-led/on",
+        "coap",
+    ]
     assert coap["dst_port"] == 5683
 
 
 def test_ssdp_through_the_http_fields(crafted):
     ssdp = crafted.rows.loc[9]
-    assert ssdp[["http_request_method", "http_host", "http_request_uri", "ip_dst"]].tolist() == \
-        ["M-SEARCH", "239.255.255.250:1900", "*", "239.255.255.250"]
+    assert ssdp[["http_request_method", "http_host", "http_request_uri", "ip_dst"]].tolist() == [
+        "M-SEARCH",
+        "239.255.255.250:1900",
+        "*",
+        "239.255.255.250",
+    ]
 
 
 def test_capture_file_name_is_escaped_too(tmp_path):
@@ -570,6 +676,7 @@ def test_capture_file_name_is_escaped_too(tmp_path):
 
 
 # --- bad inputs: one line each, no traceback, nothing half-written -----------------------
+
 
 def assert_failed_cleanly(result, output_dir: Path, *words: str, leaves=()):
     lines = result.stderr.strip().splitlines()
@@ -587,8 +694,11 @@ def first_bytes(source: Path, count: int):
 
 
 def header_only_pcapng(path: Path):
-    subprocess.run([tshark_path(), "-r", CAPTURES / "dhcp.pcapng", "-Y", "frame.number == 0",
-                    "-w", path], check=True, capture_output=True)
+    subprocess.run(
+        [tshark_path(), "-r", CAPTURES / "dhcp.pcapng", "-Y", "frame.number == 0", "-w", path],
+        check=True,
+        capture_output=True,
+    )
 
 
 def corrupt_first_record(path: Path):
@@ -599,8 +709,10 @@ def corrupt_first_record(path: Path):
 
 
 BAD_CAPTURES = {  # name: (how to make it, words the error line must contain)
-    "notes.pcap": (lambda p: p.write_text("hello, this is not a capture\n"),
-                   "not a pcap or pcapng capture"),
+    "notes.pcap": (
+        lambda p: p.write_text("hello, this is not a capture\n"),
+        "not a pcap or pcapng capture",
+    ),
     "zero-bytes.pcap": (lambda p: p.write_bytes(b""), "empty file"),
     "header-only.pcap": (first_bytes(TPLINK, 24), "contains no packets"),
     "header-only.pcapng": (header_only_pcapng, "contains no packets"),
@@ -611,8 +723,7 @@ BAD_CAPTURES = {  # name: (how to make it, words the error line must contain)
 }
 
 
-@pytest.mark.parametrize("name", quick_only(
-    BAD_CAPTURES, {"notes.pcap", "corrupt.pcap"}, str))
+@pytest.mark.parametrize("name", quick_only(BAD_CAPTURES, {"notes.pcap", "corrupt.pcap"}, str))
 def test_bad_capture_is_one_error_line_and_no_csv(name, tmp_path):
     make, problem = BAD_CAPTURES[name]
     capture = tmp_path / name
@@ -625,13 +736,18 @@ def test_bad_capture_is_one_error_line_and_no_csv(name, tmp_path):
 def test_one_bad_capture_among_good_ones(jobs, tmp_path):
     bad = tmp_path / "notes.pcap"
     bad.write_text("not a capture")
-    result = translate(tmp_path / "out", TPLINK_CAPTURES[0], bad, *TPLINK_CAPTURES[1:],
-                       check=False, options=("-j", jobs))
+    result = translate(
+        tmp_path / "out",
+        TPLINK_CAPTURES[0],
+        bad,
+        *TPLINK_CAPTURES[1:],
+        check=False,
+        options=("-j", jobs),
+    )
     written = [packets_csv(tmp_path / "out", c).name for c in TPLINK_CAPTURES]
     assert_failed_cleanly(result, tmp_path / "out", "notes.pcap", "not a pcap", leaves=written)
     for capture in TPLINK_CAPTURES:
-        assert len(read_packets(packets_csv(tmp_path / "out", capture))) == \
-            capinfos_count(capture)
+        assert len(read_packets(packets_csv(tmp_path / "out", capture))) == capinfos_count(capture)
     assert "1 capture(s) failed" in result.stdout
 
 
@@ -647,8 +763,9 @@ def test_truncated_capture_keeps_every_readable_packet_and_warns(tmp_path, trans
     rows = read_packets(packets_csv(tmp_path / "out", cut))
     whole = read_packets(packets_csv(translated, TPLINK))
     assert 0 < len(rows) == len(readable) < len(whole)
-    pd.testing.assert_frame_equal(rows.drop(columns="capture"),
-                                  whole.head(len(rows)).drop(columns="capture"))
+    pd.testing.assert_frame_equal(
+        rows.drop(columns="capture"), whole.head(len(rows)).drop(columns="capture")
+    )
     assert leftovers(tmp_path / "out") == ["cut.pcap.packets.csv"]
 
 
@@ -657,7 +774,7 @@ def test_corrupt_record_after_good_ones_keeps_them_and_warns_once(tmp_path):
     order = "<" if data[:4] == bytes.fromhex("d4c3b2a1") else ">"
     offset = 24
     for _ in range(10):  # the end of the 10th record
-        offset += 16 + struct.unpack(order + "I", data[offset + 8:offset + 12])[0]
+        offset += 16 + struct.unpack(order + "I", data[offset + 8 : offset + 12])[0]
     damaged = tmp_path / "damaged.pcap"
     damaged.write_bytes(data[:offset] + struct.pack(order + "IIII", 1, 0, 1 << 30, 1 << 30))
     result = translate(tmp_path / "out", damaged, options=())
@@ -667,9 +784,11 @@ def test_corrupt_record_after_good_ones_keeps_them_and_warns_once(tmp_path):
     assert len(read_packets(packets_csv(tmp_path / "out", damaged))) == 10
 
 
-@pytest.mark.parametrize("tshark_path_value, on_path", quick_first(1, [
-    ("", False), ("/nonexistent/tshark", False), ("/nonexistent/tshark", True)]),
-    ids=["unset", "TSHARK_PATH-nonexistent", "TSHARK_PATH-nonexistent-tshark-on-PATH"])
+@pytest.mark.parametrize(
+    "tshark_path_value, on_path",
+    quick_first(1, [("", False), ("/nonexistent/tshark", False), ("/nonexistent/tshark", True)]),
+    ids=["unset", "TSHARK_PATH-nonexistent", "TSHARK_PATH-nonexistent-tshark-on-PATH"],
+)
 def test_tshark_missing_says_how_to_install_it(tshark_path_value, on_path, tmp_path):
     # An empty TSHARK_PATH counts as unset. A wrong one is refused even when another
     # tshark is on PATH: never silently run a different tshark than the one asked for.
@@ -679,8 +798,12 @@ def test_tshark_missing_says_how_to_install_it(tshark_path_value, on_path, tmp_p
     if not on_path:
         env["PATH"] = str(empty_bin)
     result = translate(tmp_path / "out", TPLINK, check=False, env=env, options=())
-    assert_failed_cleanly(result, tmp_path / "out", "apt-get install tshark",
-                          "TSHARK_PATH" if tshark_path_value else "tshark not found")
+    assert_failed_cleanly(
+        result,
+        tmp_path / "out",
+        "apt-get install tshark",
+        "TSHARK_PATH" if tshark_path_value else "tshark not found",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -712,8 +835,13 @@ def test_output_name_taken_by_a_directory_fails_that_capture_only(tmp_path):
     out = tmp_path / "out"
     (out / packets_csv(out, TPLINK).name).mkdir(parents=True)
     result = translate(out, *TPLINK_CAPTURES, check=False, options=("-j", "2"))
-    assert_failed_cleanly(result, out, f"{TPLINK.name}.packets.csv", "cannot write",
-                          leaves=[packets_csv(out, c).name for c in TPLINK_CAPTURES])
+    assert_failed_cleanly(
+        result,
+        out,
+        f"{TPLINK.name}.packets.csv",
+        "cannot write",
+        leaves=[packets_csv(out, c).name for c in TPLINK_CAPTURES],
+    )
     assert packets_csv(out, TPLINK).is_dir()
     assert len(read_packets(packets_csv(out, TPLINK_CAPTURES[1]))) == 48
 
@@ -726,10 +854,14 @@ def test_disk_full_leaves_no_partial_csv(mount_tmpfs):
 
 # --- several captures at once -------------------------------------------------------------
 
+
 @pytest.mark.slow  # six captures translated twice (-j 1 and -j 2)
 def test_parallel_jobs_write_the_same_csvs(tmp_path):
-    captures = TPLINK_CAPTURES + [by_name("mdns.pcap"), by_name("dhcp.pcapng"),
-                                  by_name("6in4tunnel.pcap")]
+    captures = TPLINK_CAPTURES + [
+        by_name("mdns.pcap"),
+        by_name("dhcp.pcapng"),
+        by_name("6in4tunnel.pcap"),
+    ]
     translate(tmp_path / "j1", *captures, "--device-ip", PLUG_IP, "-j", "1")
     translate(tmp_path / "j2", *captures, "--device-ip", PLUG_IP, "-j", "2")
     names = [packets_csv(tmp_path, c).name for c in captures]
@@ -742,6 +874,7 @@ def test_chunks_give_the_same_rows_as_one_read(monkeypatch, tmp_path):
     """tshark's output is read in chunks of CHUNK_ROWS rows: a capture read in chunks of 7
     gives byte for byte the CSV of one read (later chunks once lost their addresses)."""
     from iotsig import packets
+
     capture = TPLINK  # DNS, TLS, TCP, UDP, ARP, ICMP: every kind of column filled
     packets.translate(capture, tmp_path / "whole.csv", device_ip=PLUG_IP)
     monkeypatch.setattr(packets, "CHUNK_ROWS", 7)
@@ -758,5 +891,10 @@ def test_captures_with_one_file_name_are_refused(tmp_path):
         copies.append(tmp_path / folder / "plug.pcap")
         shutil.copy(capture, copies[-1])
     result = translate(tmp_path / "out", *copies, check=False, options=())
-    assert_failed_cleanly(result, tmp_path / "out", "2 captures share the name plug.pcap",
-                          str(copies[0]), str(copies[1]))
+    assert_failed_cleanly(
+        result,
+        tmp_path / "out",
+        "2 captures share the name plug.pcap",
+        str(copies[0]),
+        str(copies[1]),
+    )

@@ -10,6 +10,7 @@ def test_readme_column_tables_match_the_schema():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     readme = (REPO / "README.md").read_text()
-    assert module.columns_markdown() in readme, \
+    assert module.columns_markdown() in readme, (
         "README column tables are stale: run python scripts/update_readme.py"
+    )
     assert module.updated(readme) == readme

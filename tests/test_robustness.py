@@ -45,7 +45,7 @@ from conftest import (
 )
 from packet_bytes import transport_packet
 
-SWEEP_CAPTURES = CAPTURES / "sweep"            # the shared captures no other test needed
+SWEEP_CAPTURES = CAPTURES / "sweep"  # the shared captures no other test needed
 DEVICES = yaml.safe_load((SWEEP_CAPTURES / "events" / "devices.yaml").read_text())
 pytestmark = pytest.mark.slow  # the sweep: minutes of tshark on hundreds of files
 
@@ -55,6 +55,7 @@ MESSAGE = re.compile(r"^[\w.-]+\.py: (warning|error): \S")
 
 
 # --- the corpus ------------------------------------------------------------------------------
+
 
 def real_captures() -> list[Path]:
     """Every capture the repository holds: data/, tests/captures/ (and its events/ and
@@ -67,9 +68,9 @@ def real_captures() -> list[Path]:
 @dataclass
 class Case:
     path: Path
-    kind: str           # what was done to make it (the outcome table counts by kind)
-    source: str = ""    # the capture it was made from
-    variant: str = ""   # the same edit of several sources: e.g. "E0.02/1" (group key)
+    kind: str  # what was done to make it (the outcome table counts by kind)
+    source: str = ""  # the capture it was made from
+    variant: str = ""  # the same edit of several sources: e.g. "E0.02/1" (group key)
 
 
 def _run(*command, **options):
@@ -78,9 +79,12 @@ def _run(*command, **options):
 
 def _packet_count(capture: Path) -> int:
     """What tshark reads: one line per frame (also from a damaged or cut capture)."""
-    result = subprocess.run([tshark_path(), "-n", "-r", str(capture), "-T", "fields",
-                             "-e", "frame.number"], capture_output=True, text=True,
-                            env={**os.environ, "LC_ALL": "C.UTF-8"})
+    result = subprocess.run(
+        [tshark_path(), "-n", "-r", str(capture), "-T", "fields", "-e", "frame.number"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+    )
     return len(result.stdout.splitlines())
 
 
@@ -88,8 +92,15 @@ def _first_split(capture: Path, packets: int, output: Path) -> Path:
     """editcap -c N writes the capture in files of N packets: keep the first."""
     folder = output.parent / f".split-{output.name}"
     folder.mkdir()
-    _run("editcap", "-F", "pcap" if output.suffix == ".pcap" else "pcapng", "-c", packets,
-         capture, folder / f"part{output.suffix}")
+    _run(
+        "editcap",
+        "-F",
+        "pcap" if output.suffix == ".pcap" else "pcapng",
+        "-c",
+        packets,
+        capture,
+        folder / f"part{output.suffix}",
+    )
     first = sorted(folder.iterdir())[0]
     first.rename(output)
     shutil.rmtree(folder)
@@ -109,16 +120,22 @@ def _overwrite_bytes(data: bytes, rng: random.Random, count: int) -> bytes:
 # and Linux cooked, IPv4/IPv6, DNS, DHCP, HTTP, TLS, QUIC, mDNS, UPnP, tunnels, fragments).
 MUTATION_SOURCES = [
     *TPLINK_CAPTURES,
-    CAPTURES / "dhcp.pcap", CAPTURES / "dhcp.pcapng", CAPTURES / "mdns.pcap",
-    CAPTURES / "upnp.pcap", CAPTURES / "6in4tunnel.pcap", CAPTURES / "malformed_dns.pcap",
-    CAPTURES / "tls_esni_sni_both.pcap", CAPTURES / "http_ipv6.pcap",
-    CAPTURES / "dns_fragmented.pcap", CAPTURES / "http-lines-split.pcap",
+    CAPTURES / "dhcp.pcap",
+    CAPTURES / "dhcp.pcapng",
+    CAPTURES / "mdns.pcap",
+    CAPTURES / "upnp.pcap",
+    CAPTURES / "6in4tunnel.pcap",
+    CAPTURES / "malformed_dns.pcap",
+    CAPTURES / "tls_esni_sni_both.pcap",
+    CAPTURES / "http_ipv6.pcap",
+    CAPTURES / "dns_fragmented.pcap",
+    CAPTURES / "http-lines-split.pcap",
     CAPTURES / "events" / "TpLinkPlug" / "boot" / "1741767053.anon.pcap",
     SWEEP_CAPTURES / "events" / "HueLight" / "toggle" / "1732358526.anon.pcap",
     SWEEP_CAPTURES / "events" / "DLinkCamera" / "boot" / "1741796843.anon.pcap",
     SWEEP_CAPTURES / "protocols" / "quic.pcap",
 ]
-ERROR_RUNS = ((0.002, 1), (0.02, 1), (0.1, 1), (0.1, 2))   # (probability, seed offset)
+ERROR_RUNS = ((0.002, 1), (0.02, 1), (0.1, 1), (0.1, 2))  # (probability, seed offset)
 LINK_TYPES = ("rawip", "linux-sll", "ieee-802-11-radiotap", "null", "ppp", "ieee-802-11")
 
 
@@ -145,8 +162,11 @@ def mutations(folder: Path) -> list[Case]:
             _run("editcap", "-F", fmt, "-E", probability, "--seed", seed, source, out)
             add(out, "editcap -E", f"E{probability}/{offset}")
         keep = rng.randrange(1, max(_packet_count(source), 2))
-        add(_first_split(source, keep, folder / f"{stem}.first{keep}{suffix}"), "editcap -c",
-            "first")
+        add(
+            _first_split(source, keep, folder / f"{stem}.first{keep}{suffix}"),
+            "editcap -c",
+            "first",
+        )
         snaplen = rng.choice([1, 14, 20, 34, 42, 60, 100])
         out = folder / f"{stem}.snap{snaplen}{suffix}"
         _run("editcap", "-F", suffix[1:], "-s", snaplen, source, out)
@@ -168,34 +188,57 @@ def mutations(folder: Path) -> list[Case]:
 
 # --- captures built byte by byte -------------------------------------------------------------
 
+
 def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
     header = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
     return transport_packet(src, dst, 17, header, 6, payload)
 
 
-def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: int, payload: bytes = b"",
-               seq: int = 1, ack: int = 1) -> bytes:
+def tcp_packet(
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    flags: int,
+    payload: bytes = b"",
+    seq: int = 1,
+    ack: int = 1,
+) -> bytes:
     header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
     return transport_packet(src, dst, 6, header, 16, payload)
 
 
 def ethernet(packet: bytes, src_mac: str = PLUG_MAC, dst_mac: str = "00:11:22:33:44:55") -> bytes:
-    return (bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
-            + b"\x08\x00" + packet)
+    return (
+        bytes.fromhex(dst_mac.replace(":", ""))
+        + bytes.fromhex(src_mac.replace(":", ""))
+        + b"\x08\x00"
+        + packet
+    )
 
 
 def linux_cooked(packet: bytes, src_mac: str = PLUG_MAC) -> bytes:
     """SLL: packet type (0: to us), ARPHRD_ETHER, address length, address, protocol."""
-    return (struct.pack("!HHH", 0, 1, 6) + bytes.fromhex(src_mac.replace(":", "")) + b"\0\0"
-            + b"\x08\x00" + packet)
+    return (
+        struct.pack("!HHH", 0, 1, 6)
+        + bytes.fromhex(src_mac.replace(":", ""))
+        + b"\0\0"
+        + b"\x08\x00"
+        + packet
+    )
 
 
 def radiotap_80211(packet: bytes, src_mac: str = PLUG_MAC) -> bytes:
     """A minimal radiotap header, an 802.11 data frame to the access point, LLC/SNAP."""
     radiotap = struct.pack("<BBHI", 0, 0, 8, 0)
     mac = lambda m: bytes.fromhex(m.replace(":", ""))  # noqa: E731
-    wlan = (b"\x08\x01\x00\x00" + mac("00:11:22:33:44:55") + mac(src_mac)
-            + mac("00:11:22:33:44:66") + b"\x10\x00")
+    wlan = (
+        b"\x08\x01\x00\x00"
+        + mac("00:11:22:33:44:55")
+        + mac(src_mac)
+        + mac("00:11:22:33:44:66")
+        + b"\x10\x00"
+    )
     return radiotap + wlan + b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + packet
 
 
@@ -208,24 +251,30 @@ def dns_query(name: bytes, ident: int = 0x1234) -> bytes:
 
 
 def dns_answer(name: bytes, address: str, ident: int = 0x1234) -> bytes:
-    return (struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0) + name + struct.pack("!HH", 1, 1)
-            + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4)
-            + ipaddress.IPv4Address(address).packed)
+    return (
+        struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0)
+        + name
+        + struct.pack("!HH", 1, 1)
+        + b"\xc0\x0c"
+        + struct.pack("!HHIH", 1, 1, 60, 4)
+        + ipaddress.IPv4Address(address).packed
+    )
 
 
 def http_get(uri: bytes, host: bytes = b"example.com") -> bytes:
     return b"GET " + uri + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
 
 
-def write_capture(frames: list[bytes], path: Path, link_type: int = 1,
-                  start: float = 1_700_000_000.0) -> Path:
+def write_capture(
+    frames: list[bytes], path: Path, link_type: int = 1, start: float = 1_700_000_000.0
+) -> Path:
     """Frames -> a pcap through text2pcap's hex dump (-l: the link type, -t: times)."""
     dump = path.parent / f".{path.name}.txt"
     with open(dump, "w") as out:
         for number, frame in enumerate(frames):
             out.write(f"{start + number:.0f}.\n")  # a second apart
             for offset in range(0, len(frame), 16):
-                out.write(f"{offset:06x}  {frame[offset:offset + 16].hex(' ')}\n")
+                out.write(f"{offset:06x}  {frame[offset : offset + 16].hex(' ')}\n")
             out.write("\n")
     _run("text2pcap", "-q", "-F", "pcap", "-l", link_type, "-t", "%s.", dump, path)
     dump.unlink()
@@ -249,11 +298,15 @@ def link_layer_cases(folder: Path) -> list[Case]:
     """Non-Ethernet link layers and a pcapng whose interfaces have different link types."""
     packets = _exchange()
     cases = [
-        Case(write_capture([linux_cooked(p) for p in packets], folder / "cooked.pcap", 113),
-             "link layers"),
+        Case(
+            write_capture([linux_cooked(p) for p in packets], folder / "cooked.pcap", 113),
+            "link layers",
+        ),
         Case(write_capture(packets, folder / "raw-ip.pcap", 101), "link layers"),
-        Case(write_capture([radiotap_80211(p) for p in packets], folder / "radiotap.pcap", 127),
-             "link layers"),
+        Case(
+            write_capture([radiotap_80211(p) for p in packets], folder / "radiotap.pcap", 127),
+            "link layers",
+        ),
     ]
     # An Ethernet capture turned into raw IP the honest way: 14 bytes off every frame.
     raw = folder / "tplink-as-raw-ip.pcap"
@@ -263,8 +316,17 @@ def link_layer_cases(folder: Path) -> list[Case]:
     _run("mergecap", "-F", "pcapng", "-w", two, TPLINK_CAPTURES[1], CAPTURES / "mdns.pcap")
     cases.append(Case(two, "several interfaces"))
     four = folder / "four-link-types.pcapng"
-    _run("mergecap", "-F", "pcapng", "-w", four, TPLINK_CAPTURES[2], CAPTURES / "mdns.pcap",
-         folder / "raw-ip.pcap", folder / "radiotap.pcap")
+    _run(
+        "mergecap",
+        "-F",
+        "pcapng",
+        "-w",
+        four,
+        TPLINK_CAPTURES[2],
+        CAPTURES / "mdns.pcap",
+        folder / "raw-ip.pcap",
+        folder / "radiotap.pcap",
+    )
     cases.append(Case(four, "several interfaces"))
     return cases
 
@@ -295,8 +357,9 @@ def garbage_cases(folder: Path) -> list[Case]:
     cases = []
     for name, data in made.items():
         (folder / name).write_bytes(data)
-        kind = ("zero-length" if not data else "no packets" if "header-only" in name
-                else "random bytes")
+        kind = (
+            "zero-length" if not data else "no packets" if "header-only" in name else "random bytes"
+        )
         cases.append(Case(folder / name, kind))
     return cases
 
@@ -323,12 +386,14 @@ def build_corpus(folder: Path) -> list[Case]:
 
 # --- running the scripts ---------------------------------------------------------------------
 
+
 def capinfos_count(capture: Path) -> tuple[int, bool]:
     """(frames, damaged): the frames Wireshark's file reader gets out of a capture (what
     tshark reads too, through the same library; cross-checked with tshark on a sample
     below), and whether it stopped on damage (the frames before it count)."""
-    result = subprocess.run(["capinfos", "-c", "-M", "-T", "-r", str(capture)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["capinfos", "-c", "-M", "-T", "-r", str(capture)], capture_output=True, text=True
+    )
     damaged = re.search(r"after reading (\d+) packets", result.stderr)
     found = damaged or re.search(r"\t(\d+)$", result.stdout.strip())
     return (int(found.group(1)) if found else 0), bool(damaged)
@@ -383,8 +448,9 @@ def parallel(function, items, workers: int = 2) -> list:
 
 
 def most_common_source(packets_csv: Path) -> str | None:
-    rows = pd.read_csv(packets_csv, usecols=["ip_src", "ip_version"], dtype=str,
-                       keep_default_na=False)
+    rows = pd.read_csv(
+        packets_csv, usecols=["ip_src", "ip_version"], dtype=str, keep_default_na=False
+    )
     rows = rows[rows["ip_version"] == "4"]
     return None if rows.empty else rows["ip_src"].value_counts().index[0]
 
@@ -394,7 +460,7 @@ class Outcome:
     case: Case
     expected_rows: int
     damaged: bool
-    csv: Path | None = None      # the packets CSV, when written
+    csv: Path | None = None  # the packets CSV, when written
     rows: int = 0
     warnings: tuple = ()
     errors: tuple = ()
@@ -414,31 +480,37 @@ def sweep(tmp_path_factory):
     cases = build_corpus(base / "captures")
     out = base / "out"
     counts = parallel(lambda c: capinfos_count(c.path), cases, workers=4)
-    translated = run_script(TRANSLATOR, "-q", "-o", out, *(c.path for c in cases), check=False,
-                            timeout=900)
+    translated = run_script(
+        TRANSLATOR, "-q", "-o", out, *(c.path for c in cases), check=False, timeout=900
+    )
     outcomes = []
     lines = translated.stderr.splitlines()
     for case, (count, damaged) in zip(cases, counts):
         mine = [line for line in lines if f": {case.path}: " in line]
-        outcome = Outcome(case, count, damaged,
-                          warnings=tuple(m for m in mine if ": warning: " in m),
-                          errors=tuple(m for m in mine if ": error: " in m))
+        outcome = Outcome(
+            case,
+            count,
+            damaged,
+            warnings=tuple(m for m in mine if ": warning: " in m),
+            errors=tuple(m for m in mine if ": error: " in m),
+        )
         path = out / f"{case.path.name}.packets.csv"
         if path.exists():
             outcome.csv, outcome.rows = path, data_lines(path)
         outcomes.append(outcome)
     written = [o.csv for o in outcomes if o.csv]
-    flows = run_script("stream-identifier.py", "-q", "-o", out, *written, check=False,
-                       timeout=900)
-    return SimpleNamespace(base=base, out=out, cases=cases, outcomes=outcomes,
-                           translated=translated, flows=flows)
+    flows = run_script("stream-identifier.py", "-q", "-o", out, *written, check=False, timeout=900)
+    return SimpleNamespace(
+        base=base, out=out, cases=cases, outcomes=outcomes, translated=translated, flows=flows
+    )
 
 
 def flows_csv(packets_csv: Path) -> Path:
-    return packets_csv.with_name(packets_csv.name[:-len(".packets.csv")] + ".flows.csv")
+    return packets_csv.with_name(packets_csv.name[: -len(".packets.csv")] + ".flows.csv")
 
 
 # --- the sweep: corpus ------------------------------------------------------------------------
+
 
 @pytest.mark.sweep
 def test_the_corpus_has_every_capture_and_over_200_mutations(sweep):
@@ -454,8 +526,10 @@ def test_the_corpus_has_every_shared_capture(sweep):
     if not shared.is_dir():
         pytest.skip(f"../shared not found: {shared}")
     have = {c.source for c in sweep.cases if c.kind == "public capture"}
-    left_out = {"alexa-app.pcapng",  # 1.5 MB: its first 2000 packets are in sweep/
-                "blink-cam-01.pcap"}  # long/: no license to copy it (../shared/pcaps/README.md)
+    left_out = {
+        "alexa-app.pcapng",  # 1.5 MB: its first 2000 packets are in sweep/
+        "blink-cam-01.pcap",
+    }  # long/: no license to copy it (../shared/pcaps/README.md)
     missing = {p.name for p in shared.rglob("*") if p.suffix in CAPTURE_SUFFIXES} - have
     assert missing == left_out
 
@@ -465,11 +539,13 @@ def test_capinfos_counts_what_tshark_reads(sweep):
     """The expected row counts come from capinfos (fast): on a seeded sample of the corpus,
     it counts exactly the frames of tshark's own fields export."""
     sample = random.Random(3).sample(sweep.outcomes, 24)
-    assert parallel(lambda o: _packet_count(o.case.path), sample) == \
-        [o.expected_rows for o in sample]
+    assert parallel(lambda o: _packet_count(o.case.path), sample) == [
+        o.expected_rows for o in sample
+    ]
 
 
 # --- the sweep: packet-translator -------------------------------------------------------------
+
 
 @pytest.mark.sweep
 def test_translator_never_crashes(sweep):
@@ -486,8 +562,9 @@ def test_every_capture_gives_all_its_frames_or_one_error_line(sweep):
             if o.csv or len(o.errors) != 1 or o.warnings:
                 problems.append(f"{name}: an error, and also {o.csv} {o.warnings}")
             elif o.expected_rows and "not a pcap or pcapng capture" not in o.errors[0]:
-                problems.append(f"{name}: refused, though tshark reads {o.expected_rows} "
-                                f"frames: {o.errors[0]}")
+                problems.append(
+                    f"{name}: refused, though tshark reads {o.expected_rows} frames: {o.errors[0]}"
+                )
         elif not o.csv:
             problems.append(f"{name}: neither a CSV nor an error line")
         elif o.rows != o.expected_rows or not o.rows:
@@ -529,17 +606,24 @@ def test_outcome_table(sweep):
         table[o.case.kind][o.label] += 1
     lines = ["| input | files | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * 3]
     for kind, counts in table.items():
-        lines.append(f"| {kind} | {sum(counts.values())} | "
-                     + " | ".join(str(counts[label]) for label in labels) + " |")
+        lines.append(
+            f"| {kind} | {sum(counts.values())} | "
+            + " | ".join(str(counts[label]) for label in labels)
+            + " |"
+        )
     total = collections.Counter(o.label for o in sweep.outcomes)
-    lines.append(f"| all | {len(sweep.outcomes)} | "
-                 + " | ".join(str(total[label]) for label in labels) + " |")
+    lines.append(
+        f"| all | {len(sweep.outcomes)} | "
+        + " | ".join(str(total[label]) for label in labels)
+        + " |"
+    )
     print("\n" + "\n".join(lines))
     assert sum(total.values()) == len(sweep.cases) and set(total) <= set(labels)
     assert total["rows"] > total["error"] > 0
 
 
 # --- the sweep: stream-identifier -------------------------------------------------------------
+
 
 @pytest.mark.sweep
 def test_stream_identifier_reads_every_packets_csv_and_keeps_every_packet(sweep):
@@ -557,6 +641,7 @@ def test_stream_identifier_reads_every_packets_csv_and_keeps_every_packet(sweep)
 
 
 # --- the sweep: the later stages, on groups of recordings -------------------------------------
+
 
 def _groups(sweep) -> dict[str, tuple[str, list[Path]]]:
     """name -> (device IP, flows CSVs): the real event recordings by device and event, each
@@ -585,9 +670,9 @@ def _groups(sweep) -> dict[str, tuple[str, list[Path]]]:
     return {k: (device_ip[k], v) for k, v in groups.items() if device_ip[k]}
 
 
-def _outputs_or_one_error(result, folder: Path, what: str, outputs=("pattern.txt",
-                                                                      "profile.yaml",
-                                                                      "signature.csv")):
+def _outputs_or_one_error(
+    result, folder: Path, what: str, outputs=("pattern.txt", "profile.yaml", "signature.csv")
+):
     check_messages(result, what)
     check_output_dir(folder)
     if result.returncode == 0:
@@ -605,9 +690,20 @@ def extracted(sweep):
     def extract(item):
         name, (device_ip, flow_files) = item
         folder = sweep.base / "signatures" / name
-        result = run_script("signature-extractor.py", "-q", *flow_files, "--device-name", name,
-                            "--device-ip", device_ip, "-o", folder, check=False)
+        result = run_script(
+            "signature-extractor.py",
+            "-q",
+            *flow_files,
+            "--device-name",
+            name,
+            "--device-ip",
+            device_ip,
+            "-o",
+            folder,
+            check=False,
+        )
         return name, folder, result
+
     return parallel(extract, sorted(groups.items()))
 
 
@@ -617,8 +713,15 @@ def test_signature_extractor_on_every_group(extracted):
     for name, folder, result in extracted:
         _outputs_or_one_error(result, folder, f"signature-extractor.py on {name}")
     succeeded = {name for name, _, result in extracted if result.returncode == 0}
-    assert {"TpLinkPlug-toggle", "TpLinkPlug-boot", "HueLight-toggle", "HueLight-boot",
-            "DLinkCamera-boot", "link-layers", "tplink-E0.002-1"} <= succeeded
+    assert {
+        "TpLinkPlug-toggle",
+        "TpLinkPlug-boot",
+        "HueLight-toggle",
+        "HueLight-boot",
+        "DLinkCamera-boot",
+        "link-layers",
+        "tplink-E0.002-1",
+    } <= succeeded
 
 
 def _case(sweep, name: str) -> Case:
@@ -636,8 +739,11 @@ def mained(sweep):
     garbage = sweep.base / "captures" / "garbage_cases"
     runs = {
         "link-layers": [links / "cooked.pcap", links / "raw-ip.pcap", links / "radiotap.pcap"],
-        "several-interfaces": [links / "ether-and-cooked.pcapng",
-                               links / "four-link-types.pcapng", "--no-report"],
+        "several-interfaces": [
+            links / "ether-and-cooked.pcapng",
+            links / "four-link-types.pcapng",
+            "--no-report",
+        ],
         "tplink-E0.1": _variant(sweep, "E0.1/1"),
         "tplink-head": _variant(sweep, "head/1") + ["--no-report"],
         "tplink-with-a-zero-length-file": _variant(sweep, "E0.02/1")
@@ -649,9 +755,11 @@ def mained(sweep):
     def main(item):
         name, arguments = item
         folder = sweep.base / "main" / name
-        result = run_script("main.py", "-q", "TpLinkPlug", PLUG_IP, *arguments, "-o", folder,
-                            check=False)
+        result = run_script(
+            "main.py", "-q", "TpLinkPlug", PLUG_IP, *arguments, "-o", folder, check=False
+        )
         return name, folder, result
+
     return {name: (folder, result) for name, folder, result in parallel(main, runs.items())}
 
 
@@ -684,16 +792,38 @@ def detected(sweep, extracted):
     flows CSV of the sweep in one run, and over damaged and unreadable captures."""
     signature = {n: f for n, f, _ in extracted}["TpLinkPlug-toggle"] / "signature.csv"
     flow_files = [flows_csv(o.csv) for o in sweep.outcomes if o.csv]
-    over_flows = run_script("event-detector.py", "-q", signature, *flow_files,
-                            "-o", sweep.base / "detected-flows", check=False, timeout=900)
+    over_flows = run_script(
+        "event-detector.py",
+        "-q",
+        signature,
+        *flow_files,
+        "-o",
+        sweep.base / "detected-flows",
+        check=False,
+        timeout=900,
+    )
     garbage = sweep.base / "captures" / "garbage_cases"
-    damaged = _variant(sweep, "E0.1/2") + _variant(sweep, "head/0") + [
-        garbage / "header-only.pcap"]
-    over_damaged = run_script("event-detector.py", "-q", signature, *damaged,
-                              "-o", sweep.base / "detected-damaged", check=False)
-    unknown = run_script("event-detector.py", "-q", signature, *damaged,
-                         garbage / "random-4k.pcap", garbage / "zero-length.pcapng",
-                         "-o", sweep.base / "detected-unknown", check=False)
+    damaged = _variant(sweep, "E0.1/2") + _variant(sweep, "head/0") + [garbage / "header-only.pcap"]
+    over_damaged = run_script(
+        "event-detector.py",
+        "-q",
+        signature,
+        *damaged,
+        "-o",
+        sweep.base / "detected-damaged",
+        check=False,
+    )
+    unknown = run_script(
+        "event-detector.py",
+        "-q",
+        signature,
+        *damaged,
+        garbage / "random-4k.pcap",
+        garbage / "zero-length.pcapng",
+        "-o",
+        sweep.base / "detected-unknown",
+        check=False,
+    )
     return SimpleNamespace(flows=over_flows, damaged=over_damaged, unknown=unknown)
 
 
@@ -732,19 +862,41 @@ def reported(sweep, extracted):
     """traffic-report on the packets and flows CSVs of several groups."""
     signatures = {n: f for n, f, _ in extracted}
     groups = _groups(sweep)
-    chosen = ["link-layers", "tplink-E0.1-1", "tplink-overwrite32", "tplink-snap",
-              "tplink-relabel", "HueLight-toggle", "quic", "ip_fragmented_garbage"]
+    chosen = [
+        "link-layers",
+        "tplink-E0.1-1",
+        "tplink-overwrite32",
+        "tplink-snap",
+        "tplink-relabel",
+        "HueLight-toggle",
+        "quic",
+        "ip_fragmented_garbage",
+    ]
 
     def report(name):
         device_ip, flow_files = groups[name]
-        packet_files = [f.with_name(f.name[:-len(".flows.csv")] + ".packets.csv")
-                        for f in flow_files]
+        packet_files = [
+            f.with_name(f.name[: -len(".flows.csv")] + ".packets.csv") for f in flow_files
+        ]
         options = ["--device-ip", device_ip]
         if (signatures.get(name, Path("-")) / "signature.csv").is_file():
             options += ["--signature", signatures[name] / "signature.csv"]
         folder = sweep.base / "report" / name
-        return name, folder, run_script("traffic-report.py", "-q", *packet_files, *flow_files,
-                                        *options, "-o", folder, check=False)
+        return (
+            name,
+            folder,
+            run_script(
+                "traffic-report.py",
+                "-q",
+                *packet_files,
+                *flow_files,
+                *options,
+                "-o",
+                folder,
+                check=False,
+            ),
+        )
+
     return parallel(report, [n for n in chosen if n in groups])
 
 
@@ -766,18 +918,35 @@ def test_evaluate_with_damaged_and_unreadable_recordings(sweep, tmp_path):
     toggle, boot = events / "TpLinkPlug" / "toggle", events / "TpLinkPlug" / "boot"
     toggle.mkdir(parents=True)
     boot.mkdir(parents=True)
-    for number, path in enumerate(_variant(sweep, "E0.02/1") + [
-            sweep.base / "captures" / "garbage_cases" / "zero-length.pcap"]):
+    for number, path in enumerate(
+        _variant(sweep, "E0.02/1")
+        + [sweep.base / "captures" / "garbage_cases" / "zero-length.pcap"]
+    ):
         shutil.copy(path, toggle / f"{number}.pcap")
     boot_sources = sorted((CAPTURES / "events" / "TpLinkPlug" / "boot").glob("*.pcap"))
     for path in boot_sources[:3]:
         shutil.copy(path, boot / path.name)
-    shutil.copy(next(c.path for c in sweep.cases if c.variant == "head/2"
-                     and c.source == boot_sources[0].name), boot / "cut.pcap")
+    shutil.copy(
+        next(
+            c.path
+            for c in sweep.cases
+            if c.variant == "head/2" and c.source == boot_sources[0].name
+        ),
+        boot / "cut.pcap",
+    )
     devices = tmp_path / "devices.yaml"
     devices.write_text(f"TpLinkPlug:\n  ipv4: {PLUG_IP}\n")
-    result = run_script("evaluate.py", "-q", events, devices, "-o", tmp_path / "evaluation",
-                        "--train-share", "0.5", check=False)
+    result = run_script(
+        "evaluate.py",
+        "-q",
+        events,
+        devices,
+        "-o",
+        tmp_path / "evaluation",
+        "--train-share",
+        "0.5",
+        check=False,
+    )
     check_messages(result, "evaluate.py")
     check_output_dir(tmp_path / "evaluation")
     errors = [line for line in result.stderr.splitlines() if ": error: " in line]

@@ -50,8 +50,11 @@ pytestmark = [
     pytest.mark.spreadsheet,
     pytest.mark.slow,  # LibreOffice started twice; the escaping itself is checked in the quick
     # tier too (test_packet_translator.py: test_formula_cells_are_written_as_text, ...)
-    pytest.mark.skipif(SOFFICE is None, reason="LibreOffice (soffice) is not installed: "
-                       "apt-get install libreoffice-calc-nogui (.ci/run does)"),
+    pytest.mark.skipif(
+        SOFFICE is None,
+        reason="LibreOffice (soffice) is not installed: "
+        "apt-get install libreoffice-calc-nogui (.ci/run does)",
+    ),
 ]
 
 # Tokens (LibreOffice's "CSV Filter Options"): comma, double quote, UTF-8 (76), from line 1,
@@ -82,9 +85,10 @@ FORMATS = ("xlsx", "ods")
 
 # --- reading the spreadsheets back --------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Cell:
-    text: str = ""                 # what the cell holds as text ("" for a number)
+    text: str = ""  # what the cell holds as text ("" for a number)
     number: float | None = None
     formula: str | None = None
 
@@ -102,13 +106,15 @@ def _trimmed(cells: list) -> list:
 
 def read_xlsx(path: Path) -> list[list[Cell]]:
     import openpyxl
+
     sheet = openpyxl.load_workbook(path, data_only=False).active  # formulas as formulas
     rows = []
     for row in sheet.iter_rows():
         cells = []
         for cell in row:
-            if cell.data_type == "f" or (isinstance(cell.value, str)
-                                         and cell.value.startswith("=")):
+            if cell.data_type == "f" or (
+                isinstance(cell.value, str) and cell.value.startswith("=")
+            ):
                 cells.append(Cell(formula=str(cell.value)))
             elif isinstance(cell.value, (int, float)) and not isinstance(cell.value, bool):
                 cells.append(Cell(number=float(cell.value)))
@@ -155,8 +161,11 @@ def read_ods(path: Path) -> list[list[Cell]]:
     table = next(root.iter(f"{TABLE}table"))
     runs = []
     for row in table.iter(f"{TABLE}table-row"):
-        cell_runs = [(_ods_cell(c), int(c.get(f"{TABLE}number-columns-repeated", "1")))
-                     for c in row if c.tag in (f"{TABLE}table-cell", f"{TABLE}covered-table-cell")]
+        cell_runs = [
+            (_ods_cell(c), int(c.get(f"{TABLE}number-columns-repeated", "1")))
+            for c in row
+            if c.tag in (f"{TABLE}table-cell", f"{TABLE}covered-table-cell")
+        ]
         while cell_runs and cell_runs[-1][0].empty:
             cell_runs.pop()
         cells = [cell for cell, count in cell_runs for _ in range(count)]
@@ -170,8 +179,12 @@ READERS = {"xlsx": read_xlsx, "ods": read_ods}
 
 
 def formula_cells(sheet: list[list[Cell]]) -> dict[tuple[int, int], str]:
-    return {(r, c): cell.formula for r, row in enumerate(sheet) for c, cell in enumerate(row)
-            if cell.formula is not None}
+    return {
+        (r, c): cell.formula
+        for r, row in enumerate(sheet)
+        for c, cell in enumerate(row)
+        if cell.formula is not None
+    }
 
 
 def read_csv_cells(path: Path) -> list[list[str]]:
@@ -181,26 +194,44 @@ def read_csv_cells(path: Path) -> list[list[str]]:
 
 # --- one capture, one translation, one LibreOffice run per format -----------------------------
 
+
 def soffice_convert(files: list[Path], fmt: str, outdir: Path, profile: Path) -> None:
     """Open the CSVs in LibreOffice as a user would (formula evaluation on) and save them
     as `fmt`. A private profile: no clash with a running LibreOffice or another test run."""
-    command = [SOFFICE, f"-env:UserInstallation={profile.as_uri()}", "--headless",
-               "--norestore", f"--infilter={CSV_IMPORT}", "--convert-to", fmt,
-               "--outdir", str(outdir), *map(str, files)]
+    command = [
+        SOFFICE,
+        f"-env:UserInstallation={profile.as_uri()}",
+        "--headless",
+        "--norestore",
+        f"--infilter={CSV_IMPORT}",
+        "--convert-to",
+        fmt,
+        "--outdir",
+        str(outdir),
+        *map(str, files),
+    ]
     # HOME too: a CI user's may be missing or read-only.
-    result = subprocess.run(command, capture_output=True, text=True, timeout=SOFFICE_TIMEOUT,
-                            env={**os.environ, "HOME": str(profile.parent)})
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=SOFFICE_TIMEOUT,
+        env={**os.environ, "HOME": str(profile.parent)},
+    )
     made = [outdir / f"{f.stem}.{fmt}" for f in files]
     assert result.returncode == 0 and all(p.is_file() for p in made), (
         f"soffice --convert-to {fmt} failed ({result.returncode})\n"
-        f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
 
 
 def unescaped(rows: list[list[str]]) -> list[list[str]]:
     """The CSV as it would be without the escaping: one apostrophe off each text cell."""
     header = rows[0]
-    return [header] + [[v[1:] if header[i] in TEXT_COLUMNS and v.startswith("'") else v
-                        for i, v in enumerate(row)] for row in rows[1:]]
+    return [header] + [
+        [v[1:] if header[i] in TEXT_COLUMNS and v.startswith("'") else v for i, v in enumerate(row)]
+        for row in rows[1:]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -221,11 +252,18 @@ def sheets(tmp_path_factory):
     converted = {}
     for fmt in FORMATS:
         soffice_convert([escaped, control], fmt, folder / fmt, profile)
-        converted[fmt] = {name: READERS[fmt](folder / fmt / f"{name}.{fmt}")
-                          for name in ("escaped", "unescaped")}
+        converted[fmt] = {
+            name: READERS[fmt](folder / fmt / f"{name}.{fmt}") for name in ("escaped", "unescaped")
+        }
     tshark = tshark_fields(capture, "dns.qry.name", "http.request.uri", "http.host")
-    return SimpleNamespace(folder=folder, capture=capture, rows=rows, header=rows[0],
-                           converted=converted, tshark=tshark)
+    return SimpleNamespace(
+        folder=folder,
+        capture=capture,
+        rows=rows,
+        header=rows[0],
+        converted=converted,
+        tshark=tshark,
+    )
 
 
 def hostile_cells(sheets) -> list[tuple[int, str, str]]:
@@ -233,9 +271,11 @@ def hostile_cells(sheets) -> list[tuple[int, str, str]]:
     starts with a formula character or an apostrophe."""
     found = []
     for index, row in sheets.tshark.iterrows():
-        for column, field in (("dns_qry_name", "dns.qry.name"),
-                              ("http_request_uri", "http.request.uri"),
-                              ("http_host", "http.host")):
+        for column, field in (
+            ("dns_qry_name", "dns.qry.name"),
+            ("http_request_uri", "http.request.uri"),
+            ("http_host", "http.host"),
+        ):
             if row[field].startswith(HOSTILE_START):
                 found.append((index + 1, column, row[field]))
     found += [(r, "capture", CAPTURE_NAME) for r in range(1, len(sheets.rows))]
@@ -244,18 +284,26 @@ def hostile_cells(sheets) -> list[tuple[int, str, str]]:
 
 # --- the checks -------------------------------------------------------------------------------
 
+
 def test_the_capture_holds_the_hostile_values(sheets):
     # What the packets say, per tshark: the HTTP values exactly as sent, the DNS names with
     # the newline as tshark writes it.
-    assert sheets.tshark["http.request.uri"][len(DNS_NAMES):].tolist() == \
-        [uri for uri, _ in HTTP_REQUESTS]
-    assert sheets.tshark["http.host"][len(DNS_NAMES):].tolist() == \
-        [host for _, host in HTTP_REQUESTS]
-    assert sheets.tshark["dns.qry.name"][:len(DNS_NAMES)].tolist() == [
-        b".".join(labels).decode().replace("\n", "\\n") for labels in DNS_NAMES]
+    assert sheets.tshark["http.request.uri"][len(DNS_NAMES) :].tolist() == [
+        uri for uri, _ in HTTP_REQUESTS
+    ]
+    assert sheets.tshark["http.host"][len(DNS_NAMES) :].tolist() == [
+        host for _, host in HTTP_REQUESTS
+    ]
+    assert sheets.tshark["dns.qry.name"][: len(DNS_NAMES)].tolist() == [
+        b".".join(labels).decode().replace("\n", "\\n") for labels in DNS_NAMES
+    ]
     columns = [column for _, column, _ in hostile_cells(sheets)]
     assert {c: columns.count(c) for c in set(columns)} == {
-        "dns_qry_name": 4, "http_request_uri": 5, "http_host": 4, "capture": 9}
+        "dns_qry_name": 4,
+        "http_request_uri": 5,
+        "http_host": 4,
+        "capture": 9,
+    }
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -275,6 +323,7 @@ def test_same_rows_and_columns_as_the_csv(sheets, fmt):
     assert len(sheet[0]) == width and max(len(row) for row in sheet) == width
     if fmt == "xlsx":
         import openpyxl
+
         workbook = openpyxl.load_workbook(sheets.folder / "xlsx" / "escaped.xlsx")
         assert (workbook.active.max_row, workbook.active.max_column) == (len(sheets.rows), width)
 
@@ -288,8 +337,11 @@ def test_every_cell_reads_back_as_the_csv_holds_it(sheets, fmt):
         for column, value, cell in zip(sheets.header, row, cells):
             if cell.number is not None:
                 # Numbers only where the schema has them; a spreadsheet keeps 15 digits.
-                same = (column in NUMBER_COLUMNS and r > 0
-                        and math.isclose(float(value), cell.number, rel_tol=1e-14))
+                same = (
+                    column in NUMBER_COLUMNS
+                    and r > 0
+                    and math.isclose(float(value), cell.number, rel_tol=1e-14)
+                )
             else:
                 same = cell.text == value
             if not same:
@@ -318,7 +370,7 @@ def test_commas_quotes_and_newlines_stay_in_one_cell(sheets, fmt):
     column = sheets.header.index
     for row in sheet[1:]:
         assert row[column("capture")].text == "'" + CAPTURE_NAME  # real newline, comma, quotes
-        assert row[column("frame_number")].number is not None    # the next cell: no shift
+        assert row[column("frame_number")].number is not None  # the next cell: no shift
     assert sheet[1][column("dns_qry_name")].text == "'" + '=1+1,"quoted".example.com'
     assert sheet[2][column("dns_qry_name")].text == "'" + '+1+1.new\\nline,"q".com'
     assert sheet[5][column("http_request_uri")].text == "'" + '=HYPERLINK("http://x","y")'
@@ -344,5 +396,6 @@ def test_without_the_escaping_libreoffice_makes_formulas(sheets, fmt):
     assert "HYPERLINK" in formulas[hyperlink]
     if fmt == "xlsx":  # a formula cell of the file, not only text starting with =
         import openpyxl
+
         workbook = openpyxl.load_workbook(sheets.folder / "xlsx" / "unescaped.xlsx")
         assert workbook.active.cell(hyperlink[0] + 1, hyperlink[1] + 1).data_type == "f"

@@ -40,12 +40,14 @@ from conftest import (
 
 CLOUD_NAME = "use1-api.tplinkra.com"
 REPO_CAPTURES = TPLINK_CAPTURES + sorted(
-    p for p in CAPTURES.glob("*") if p.suffix in (".pcap", ".pcapng", ".cap", ".gz"))
+    p for p in CAPTURES.glob("*") if p.suffix in (".pcap", ".pcapng", ".cap", ".gz")
+)
 IPV6_CAPTURE = CAPTURES / "http_ipv6.pcap"
 DATA_CAPTURE_WITH_ICMP = next(c for c in TPLINK_CAPTURES if c.name == "1724060140.pcap")
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def packets_csv(directory: Path, capture: Path | str) -> Path:
     return Path(directory) / f"{Path(capture).name}.packets.csv"
@@ -71,12 +73,15 @@ def translate(directory: Path, *captures: Path, device_ip: str | None = None) ->
 
 
 def tshark(*args: str) -> str:
-    return subprocess.run(["tshark", "-n", *args], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["tshark", "-n", *args], capture_output=True, text=True, check=True
+    ).stdout
 
 
-_CONV = re.compile(r"^(\S+):(\d+)\s+<->\s+(\S+):(\d+)\s+(\d+)\s+(\d+) (bytes|kB|MB)\s+"
-                   r"(\d+)\s+(\d+) (bytes|kB|MB)\s")
+_CONV = re.compile(
+    r"^(\S+):(\d+)\s+<->\s+(\S+):(\d+)\s+(\d+)\s+(\d+) (bytes|kB|MB)\s+"
+    r"(\d+)\s+(\d+) (bytes|kB|MB)\s"
+)
 
 
 def conversations(capture: Path) -> dict:
@@ -93,15 +98,17 @@ def conversations(capture: Path) -> dict:
             key = (proto, frozenset({a, b}))
             assert key not in found, f"two tshark conversations for {key}: port reuse?"
             # "<-" holds what B sent to A, "->" what A sent to B.
-            found[key] = {b: (int(match[5]), (int(match[6]), match[7])),
-                          a: (int(match[8]), (int(match[9]), match[10]))}
+            found[key] = {
+                b: (int(match[5]), (int(match[6]), match[7])),
+                a: (int(match[8]), (int(match[9]), match[10])),
+            }
     assert found, f"no conversation parsed from tshark's output:\n{text}"
     return found
 
 
 def same_size(ours: int, theirs: tuple[int, str]) -> bool:
     value, unit = theirs  # tshark rounds down to kB / MB above 10 000 bytes
-    return int(ours) // {"bytes": 1, "kB": 1000, "MB": 1000 ** 2}[unit] == value
+    return int(ours) // {"bytes": 1, "kB": 1000, "MB": 1000**2}[unit] == value
 
 
 def endpoint(address, port) -> tuple:
@@ -140,16 +147,36 @@ def check_clean_failure(result, output_dir: Path, *words: str) -> None:
 
 
 # Hand-made packets CSVs: every PACKETS column, empty unless set.
-def packet(ts: float, src: str, dst: str, proto: str = "udp", sport=None, dport=None,
-           flags: str = "", length: int = 60, payload: int | None = None, **fields) -> dict:
+def packet(
+    ts: float,
+    src: str,
+    dst: str,
+    proto: str = "udp",
+    sport=None,
+    dport=None,
+    flags: str = "",
+    length: int = 60,
+    payload: int | None = None,
+    **fields,
+) -> dict:
     row = dict.fromkeys(PACKETS.names, "")
-    row.update(ts=ts, ip_src=src, ip_dst=dst, l4_proto=proto, frame_len=length,
-               src_port="" if sport is None else sport, dst_port="" if dport is None else dport,
-               tcp_flags=flags, eth_src="02:00:00:00:00:%02x" % (hash(src) % 256),
-               eth_dst="02:00:00:00:00:%02x" % (hash(dst) % 256),
-               ip_version=6 if ":" in src else 4, highest_layer=proto,
-               l4_payload_len=(max(length - 54, 0) if payload is None else payload)
-               if proto in ("tcp", "udp") else "")
+    row.update(
+        ts=ts,
+        ip_src=src,
+        ip_dst=dst,
+        l4_proto=proto,
+        frame_len=length,
+        src_port="" if sport is None else sport,
+        dst_port="" if dport is None else dport,
+        tcp_flags=flags,
+        eth_src="02:00:00:00:00:%02x" % (hash(src) % 256),
+        eth_dst="02:00:00:00:00:%02x" % (hash(dst) % 256),
+        ip_version=6 if ":" in src else 4,
+        highest_layer=proto,
+        l4_payload_len=(max(length - 54, 0) if payload is None else payload)
+        if proto in ("tcp", "udp")
+        else "",
+    )
     row.update(fields)
     return row
 
@@ -170,16 +197,19 @@ A, B = "192.168.1.135", "192.168.1.1"
 
 
 def udp_every(seconds: list[float]) -> list[dict]:
-    return [packet(t, *((A, B, "udp", 50000, 53) if i % 2 == 0 else (B, A, "udp", 53, 50000)))
-            for i, t in enumerate(seconds)]
+    return [
+        packet(t, *((A, B, "udp", 50000, 53) if i % 2 == 0 else (B, A, "udp", 53, 50000)))
+        for i, t in enumerate(seconds)
+    ]
 
 
 # Small captures written with text2pcap: -4 gives the IPv4 header, the text gives the rest.
 T0 = datetime(2024, 8, 19, 10, 0, 0)
 
 
-def text2pcap(path: Path, ip_proto: int, first: str, second: str,
-              packets: list[tuple[float, bool, bytes]]) -> Path:
+def text2pcap(
+    path: Path, ip_proto: int, first: str, second: str, packets: list[tuple[float, bool, bytes]]
+) -> Path:
     """packets: (seconds from T0, sent by `first`?, bytes after the IP header)."""
     lines = []
     for offset, by_first, data in packets:
@@ -188,16 +218,34 @@ def text2pcap(path: Path, ip_proto: int, first: str, second: str,
         lines.append("0000  " + " ".join(f"{byte:02x}" for byte in data))
     text = path.with_suffix(".txt")
     text.write_text("\n".join(lines) + "\n")
-    subprocess.run(["text2pcap", "-q", "-D", "-t", "%Y-%m-%d %H:%M:%S.%f", "-i", str(ip_proto),
-                    "-4", f"{first},{second}", str(text), str(path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            "text2pcap",
+            "-q",
+            "-D",
+            "-t",
+            "%Y-%m-%d %H:%M:%S.%f",
+            "-i",
+            str(ip_proto),
+            "-4",
+            f"{first},{second}",
+            str(text),
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
 def tcp_segment(sport: int, dport: int, flags: str, payload: bytes = b"") -> bytes:
     bits = sum({"F": 1, "S": 2, "R": 4, "P": 8, "A": 16, "E": 64, "C": 128}[f] for f in flags)
-    return struct.pack("!HHIIBBHHH", sport, dport, 1, 1 if "A" in flags else 0, 5 << 4, bits,
-                       65535, 0, 0) + payload
+    return (
+        struct.pack(
+            "!HHIIBBHHH", sport, dport, 1, 1 if "A" in flags else 0, 5 << 4, bits, 65535, 0, 0
+        )
+        + payload
+    )
 
 
 def icmp(kind: int, ident: int = 1, seq: int = 1) -> bytes:
@@ -205,6 +253,7 @@ def icmp(kind: int, ident: int = 1, seq: int = 1) -> bytes:
 
 
 # ---------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def out(request, translations, tmp_path_factory) -> Path:
@@ -220,8 +269,15 @@ def out(request, translations, tmp_path_factory) -> Path:
     translated = translations.of(captures)
     for capture in captures:
         shutil.copyfile(packets_csv(translated, capture), packets_csv(directory, capture))
-    run_script("stream-identifier.py", "-q", *(packets_csv(directory, c) for c in captures),
-               "-o", directory, "--device-ip", PLUG_IP)
+    run_script(
+        "stream-identifier.py",
+        "-q",
+        *(packets_csv(directory, c) for c in captures),
+        "-o",
+        directory,
+        "--device-ip",
+        PLUG_IP,
+    )
     return directory
 
 
@@ -233,6 +289,7 @@ def ipv6_capture() -> Path:
 
 
 # ---------------------------------------------------------------- every capture
+
 
 def test_the_repo_has_captures_to_check():
     assert len(TPLINK_CAPTURES) == 3
@@ -247,15 +304,22 @@ def test_every_packet_lands_in_exactly_one_flow(out, capture):
     assert (flows.orig_pkts + flows.resp_pkts).sum() == len(packets)
     assert (flows.orig_frame_bytes + flows.resp_frame_bytes).sum() == packets.frame_len.sum()
     assert (flows.orig_bytes + flows.resp_bytes).sum() == packets.l4_payload_len.fillna(0).sum()
+
     # Per conversation (protocol and the two endpoints, either way round), computed here
     # independently of the flow builder: the packets of each land in its flows.
     def side(address, mac, port):
         address = np.where(address.astype(str) != "", address.astype(str), mac.astype(str))
         return pd.Series(address) + "|" + pd.Series(port).astype("Int64").astype(str)
+
     src = side(packets.ip_src, packets.eth_src, packets.src_port.to_numpy())
     dst = side(packets.ip_dst, packets.eth_dst, packets.dst_port.to_numpy())
-    key = packets.l4_proto.astype(str).to_numpy() + " " + np.minimum(src, dst) + " " \
+    key = (
+        packets.l4_proto.astype(str).to_numpy()
+        + " "
+        + np.minimum(src, dst)
+        + " "
         + np.maximum(src, dst)
+    )
     orig = flows.orig_h + "|" + flows.orig_p.astype("Int64").astype(str)
     resp = flows.resp_h + "|" + flows.resp_p.astype("Int64").astype(str)
     flow_key = flows.proto + " " + np.minimum(orig, resp) + " " + np.maximum(orig, resp)
@@ -281,6 +345,7 @@ def test_the_script_writes_what_the_library_builds(out, capture):
 
 
 # ---------------------------------------------------------------- the TP-Link event
+
 
 @pytest.mark.parametrize("capture", TPLINK_CAPTURES, ids=lambda c: c.name)
 def test_tplink_flows_match_tshark_conversations(out, capture):
@@ -329,9 +394,32 @@ def test_tplink_flows_match_tshark_conversations(out, capture):
 def test_tplink_payload_bytes_match_tshark(out):
     """orig_bytes/resp_bytes are TCP/UDP payload bytes (Zeek's meaning), per direction."""
     capture = TPLINK_CAPTURES[0]
-    fields = tshark("-r", str(capture), "-Y", "tcp or udp", "-T", "fields", "-E", "separator=,",
-                    "-e", "ip.src", "-e", "tcp.srcport", "-e", "udp.srcport", "-e", "ip.dst",
-                    "-e", "tcp.dstport", "-e", "udp.dstport", "-e", "tcp.len", "-e", "udp.length")
+    fields = tshark(
+        "-r",
+        str(capture),
+        "-Y",
+        "tcp or udp",
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-e",
+        "ip.src",
+        "-e",
+        "tcp.srcport",
+        "-e",
+        "udp.srcport",
+        "-e",
+        "ip.dst",
+        "-e",
+        "tcp.dstport",
+        "-e",
+        "udp.dstport",
+        "-e",
+        "tcp.len",
+        "-e",
+        "udp.length",
+    )
     sent = {}
     for line in fields.splitlines():
         src, tsport, usport, dst, tdport, udport, tlen, ulen = line.split(",")
@@ -349,11 +437,30 @@ def test_tplink_payload_bytes_match_tshark(out):
 
 @pytest.mark.parametrize("capture", TPLINK_CAPTURES, ids=lambda c: c.name)
 def test_arp_grouped_by_addresses_and_type(out, capture):
-    fields = tshark("-r", str(capture), "-Y", "arp", "-T", "fields", "-E", "separator=,",
-                    "-e", "arp.src.proto_ipv4", "-e", "arp.dst.proto_ipv4", "-e", "arp.opcode",
-                    "-e", "frame.len", "-e", "eth.src")
-    arp = pd.DataFrame([line.split(",") for line in fields.splitlines()],
-                       columns=["src", "dst", "opcode", "length", "mac"])
+    fields = tshark(
+        "-r",
+        str(capture),
+        "-Y",
+        "arp",
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-e",
+        "arp.src.proto_ipv4",
+        "-e",
+        "arp.dst.proto_ipv4",
+        "-e",
+        "arp.opcode",
+        "-e",
+        "frame.len",
+        "-e",
+        "eth.src",
+    )
+    arp = pd.DataFrame(
+        [line.split(",") for line in fields.splitlines()],
+        columns=["src", "dst", "opcode", "length", "mac"],
+    )
     arp["length"] = arp["length"].astype(int)
     arp["pair"] = [tuple(sorted(p)) for p in zip(arp.src, arp.dst)]
     flows = read_flows(flows_csv(out, capture))
@@ -395,22 +502,39 @@ def test_direction_column_gives_the_device_side(out, tmp_path):
         told = read_flows(flows_csv(out, capture))
         guessed = read_flows(flows_csv(tmp_path, capture))
         assert set(guessed.device_side) == {"orig", "resp"}
-        columns = ["uid", "orig_h", "resp_h", "device_side", "remote_h", "remote_name",
-                   "remote_class"]
+        columns = [
+            "uid",
+            "orig_h",
+            "resp_h",
+            "device_side",
+            "remote_h",
+            "remote_name",
+            "remote_class",
+        ]
         pd.testing.assert_frame_equal(guessed[columns], told[columns])
     # Without either, no side is the device, and the remote is the responder.
-    run_script("stream-identifier.py", "-q", packets_csv(out, TPLINK_CAPTURES[0]),
-               "-o", tmp_path / "neither")
+    run_script(
+        "stream-identifier.py",
+        "-q",
+        packets_csv(out, TPLINK_CAPTURES[0]),
+        "-o",
+        tmp_path / "neither",
+    )
     neither = read_flows(flows_csv(tmp_path / "neither", TPLINK_CAPTURES[0]))
     assert (neither.device_side == "").all() and (neither.remote_h == neither.resp_h).all()
 
 
 # ---------------------------------------------------------------- splitting flows
 
+
 def test_idle_timeout_splits_a_conversation(tmp_path):
     path = write_packets(tmp_path / "idle.packets.csv", udp_every([0, 1, 2, 130, 131, 500]))
-    for options, sizes in (({}, [3, 2, 1]), ({"idle_timeout": 1000}, [6]),
-                           ({"idle_timeout": 0.5}, [1] * 6), ({"idle_timeout": 150}, [5, 1])):
+    for options, sizes in (
+        ({}, [3, 2, 1]),
+        ({"idle_timeout": 1000}, [6]),
+        ({"idle_timeout": 0.5}, [1] * 6),
+        ({"idle_timeout": 150}, [5, 1]),
+    ):
         flows = flows_of(path, **options)
         assert list(flows.orig_pkts + flows.resp_pkts) == sizes, options
         assert (flows.orig_h == A).all() and (flows.resp_p == 53).all()
@@ -437,9 +561,13 @@ def test_maximum_duration_cuts_long_flows(tmp_path):
 def test_flows_nobody_answered(tmp_path):
     """A capture where no flow has a reply (one NTP request; broadcasts): the responder's
     columns are zero or empty, its MAC is where the packets went."""
-    rows = [packet(0.0, A, "162.159.200.1", "udp", 123, 123, length=90),
-            *(packet(ts, A, "255.255.255.255", "udp", 68, 67, length=342,
-                     eth_dst="ff:ff:ff:ff:ff:ff") for ts in (1.0, 2.0))]
+    rows = [
+        packet(0.0, A, "162.159.200.1", "udp", 123, 123, length=90),
+        *(
+            packet(ts, A, "255.255.255.255", "udp", 68, 67, length=342, eth_dst="ff:ff:ff:ff:ff:ff")
+            for ts in (1.0, 2.0)
+        ),
+    ]
     path = write_packets(tmp_path / "silent.packets.csv", rows)
     run_script("stream-identifier.py", "-q", path, "-o", tmp_path, "--device-ip", A)
     flows = read_flows(tmp_path / "silent.flows.csv")
@@ -478,20 +606,43 @@ def test_new_syn_after_fin_starts_a_new_flow(tmp_path):
     connection closed (FIN or RST) starts a new flow; a retransmitted SYN does not, even
     after the SYN-ACK; ECN-setup SYN and SYN-ACK (flags E, C) count as SYN and SYN-ACK."""
     client, server = "192.168.1.135", "192.168.1.20"
-    closed_by_fin = [(0.0, True, "S"), (0.01, False, "SA"), (0.02, True, "A"), (0.03, True, "PA"),
-                     (0.04, False, "FA"), (0.05, True, "FA"), (0.06, False, "A")]
-    ecn_reset = [(1.0, True, "SEC"), (1.01, True, "SEC"), (1.02, False, "SAE"),
-                 (1.03, True, "SEC"), (1.04, True, "A"), (1.05, False, "R")]
+    closed_by_fin = [
+        (0.0, True, "S"),
+        (0.01, False, "SA"),
+        (0.02, True, "A"),
+        (0.03, True, "PA"),
+        (0.04, False, "FA"),
+        (0.05, True, "FA"),
+        (0.06, False, "A"),
+    ]
+    ecn_reset = [
+        (1.0, True, "SEC"),
+        (1.01, True, "SEC"),
+        (1.02, False, "SAE"),
+        (1.03, True, "SEC"),
+        (1.04, True, "A"),
+        (1.05, False, "R"),
+    ]
     third = [(2.0, True, "S"), (2.01, False, "SA"), (2.02, True, "A")]
-    segments = [(t, by_client, tcp_segment(40000, 8080, flags, b"hi" if "P" in flags else b""))
-                if by_client else (t, by_client, tcp_segment(8080, 40000, flags))
-                for t, by_client, flags in closed_by_fin + ecn_reset + third]
+    segments = [
+        (t, by_client, tcp_segment(40000, 8080, flags, b"hi" if "P" in flags else b""))
+        if by_client
+        else (t, by_client, tcp_segment(8080, 40000, flags))
+        for t, by_client, flags in closed_by_fin + ecn_reset + third
+    ]
     capture = text2pcap(tmp_path / "reuse.pcap", 6, client, server, segments)
     translate(tmp_path, capture)
     packets = read_packets(packets_csv(tmp_path, capture))
     assert list(packets.tcp_flags[7:10]) == ["SEC", "SEC", "SAE"]
-    run_script("stream-identifier.py", "-q", packets_csv(tmp_path, capture), "-o", tmp_path,
-               "--device-ip", client)
+    run_script(
+        "stream-identifier.py",
+        "-q",
+        packets_csv(tmp_path, capture),
+        "-o",
+        tmp_path,
+        "--device-ip",
+        client,
+    )
     flows = read_flows(flows_csv(tmp_path, capture))
     assert list(flows.orig_pkts) == [4, 4, 2] and list(flows.resp_pkts) == [3, 2, 1]
     assert list(flows.first_frame) == [1, 8, 14] and list(flows.last_frame) == [7, 13, 16]
@@ -503,17 +654,27 @@ def test_new_syn_after_fin_starts_a_new_flow(tmp_path):
 
 def test_port_reuse_in_a_hand_made_csv(tmp_path):
     def connection(start, retransmit_syn=False, end=("FA", "FA")):
-        rows = [packet(start, A, B, "tcp", 40000, 80, "S"),
-                packet(start + 0.1, B, A, "tcp", 80, 40000, "SA")]
+        rows = [
+            packet(start, A, B, "tcp", 40000, 80, "S"),
+            packet(start + 0.1, B, A, "tcp", 80, 40000, "SA"),
+        ]
         if retransmit_syn:  # the SYN-ACK was late: the client sends its SYN again
-            rows += [packet(start + 0.15, A, B, "tcp", 40000, 80, "S"),
-                     packet(start + 0.16, B, A, "tcp", 80, 40000, "SA")]
-        return rows + [packet(start + 0.2, A, B, "tcp", 40000, 80, "A"),
-                       packet(start + 0.3, A, B, "tcp", 40000, 80, end[0]),
-                       packet(start + 0.4, B, A, "tcp", 80, 40000, end[1])]
+            rows += [
+                packet(start + 0.15, A, B, "tcp", 40000, 80, "S"),
+                packet(start + 0.16, B, A, "tcp", 80, 40000, "SA"),
+            ]
+        return rows + [
+            packet(start + 0.2, A, B, "tcp", 40000, 80, "A"),
+            packet(start + 0.3, A, B, "tcp", 40000, 80, end[0]),
+            packet(start + 0.4, B, A, "tcp", 80, 40000, end[1]),
+        ]
+
     rows = connection(0.0) + connection(5.0, retransmit_syn=True) + connection(9.0, end=("R", "A"))
-    rows += [packet(12.0, A, B, "tcp", 40000, 80, "S"), packet(12.1, B, A, "tcp", 80, 40000, "R"),
-             packet(13.0, A, B, "tcp", 40000, 80, "S")]  # refused, tried again
+    rows += [
+        packet(12.0, A, B, "tcp", 40000, 80, "S"),
+        packet(12.1, B, A, "tcp", 80, 40000, "R"),
+        packet(13.0, A, B, "tcp", 40000, 80, "S"),
+    ]  # refused, tried again
     flows = flows_of(write_packets(tmp_path / "reuse.packets.csv", rows))
     assert list(flows.ts) == [0.0, 5.0, 9.0, 12.0, 13.0] and (flows.orig_h == A).all()
     assert list(flows.orig_pkts) == [3, 4, 3, 1, 1] and list(flows.resp_pkts) == [2, 3, 2, 1, 0]
@@ -525,19 +686,67 @@ def test_fingerprints_are_distinct_values_in_time_order(tmp_path):
     times (not their rows), multi-valued cells split, generic layers left out of service;
     the DNS answer names the later connection to one of its addresses."""
     server = "93.184.216.34"
-    rows = [packet(2.0, A, B, "udp", 50000, 53, highest_layer="dns",
-                   dns_qry_name="b.example;a.example", dns_qry_type="A"),
-            packet(1.0, A, B, "udp", 50000, 53, highest_layer="dns", dns_qry_name="a.example",
-                   dns_qry_type="A"),
-            packet(2.5, B, A, "udp", 53, 50000, highest_layer="dns", dns_qry_name="b.example",
-                   dns_qry_type="A", dns_flags_response=1,
-                   dns_answer_addrs=f"10.9.9.9;{server}"),
-            packet(3.0, A, server, "tcp", 40000, 443, "S", highest_layer="tcp"),
-            packet(3.1, server, A, "tcp", 443, 40000, "SA", highest_layer="tcp"),
-            packet(3.2, A, server, "tcp", 40000, 443, "PA", highest_layer="tls",
-                   tls_server_name="www.example"),
-            packet(3.3, A, server, "tcp", 40000, 443, "PA", highest_layer="tls",
-                   tls_server_name="www.example")]
+    rows = [
+        packet(
+            2.0,
+            A,
+            B,
+            "udp",
+            50000,
+            53,
+            highest_layer="dns",
+            dns_qry_name="b.example;a.example",
+            dns_qry_type="A",
+        ),
+        packet(
+            1.0,
+            A,
+            B,
+            "udp",
+            50000,
+            53,
+            highest_layer="dns",
+            dns_qry_name="a.example",
+            dns_qry_type="A",
+        ),
+        packet(
+            2.5,
+            B,
+            A,
+            "udp",
+            53,
+            50000,
+            highest_layer="dns",
+            dns_qry_name="b.example",
+            dns_qry_type="A",
+            dns_flags_response=1,
+            dns_answer_addrs=f"10.9.9.9;{server}",
+        ),
+        packet(3.0, A, server, "tcp", 40000, 443, "S", highest_layer="tcp"),
+        packet(3.1, server, A, "tcp", 443, 40000, "SA", highest_layer="tcp"),
+        packet(
+            3.2,
+            A,
+            server,
+            "tcp",
+            40000,
+            443,
+            "PA",
+            highest_layer="tls",
+            tls_server_name="www.example",
+        ),
+        packet(
+            3.3,
+            A,
+            server,
+            "tcp",
+            40000,
+            443,
+            "PA",
+            highest_layer="tls",
+            tls_server_name="www.example",
+        ),
+    ]
     flows = flows_of(write_packets(tmp_path / "app.packets.csv", rows), device_ips=(A,))
     dns, tls = one(flows, proto="udp"), one(flows, proto="tcp")
     assert dns.dns_qry_name == "a.example;b.example" and dns.dns_qry_type == "A"
@@ -550,9 +759,22 @@ def test_fingerprints_are_distinct_values_in_time_order(tmp_path):
 def test_cells_that_need_quotes_read_back_whole(tmp_path):
     """Commas, quotes, line feeds and carriage returns in a cell: quoted (RFC 4180), so
     the csv module, pandas and a spreadsheet read the same cell back."""
-    uris = ['/a,b', '/say "hi"', '/line\nfeed', '/carriage\rreturn', '/plain']
-    rows = [packet(float(i), A, B, "tcp", 40000 + i, 80, "PA", highest_layer="http",
-                   http_request_method="GET", http_request_uri=uri) for i, uri in enumerate(uris)]
+    uris = ["/a,b", '/say "hi"', "/line\nfeed", "/carriage\rreturn", "/plain"]
+    rows = [
+        packet(
+            float(i),
+            A,
+            B,
+            "tcp",
+            40000 + i,
+            80,
+            "PA",
+            highest_layer="http",
+            http_request_method="GET",
+            http_request_uri=uri,
+        )
+        for i, uri in enumerate(uris)
+    ]
     path = write_packets(tmp_path / "quotes.packets.csv", rows)
     run_script("stream-identifier.py", "-q", path, "-o", tmp_path)
     written = (tmp_path / "quotes.flows.csv").read_bytes().decode()
@@ -564,6 +786,7 @@ def test_cells_that_need_quotes_read_back_whole(tmp_path):
 
 
 # ---------------------------------------------------------------- IPv6, missed SYN, ICMP
+
 
 def test_ipv6_flows_match_tshark(tmp_path, out, ipv6_capture):
     flows = read_flows(flows_csv(out, ipv6_capture))
@@ -581,8 +804,15 @@ def test_ipv6_flows_match_tshark(tmp_path, out, ipv6_capture):
     # The device given as an IPv6 address, written out in full.
     client = flows.orig_h[0]
     assert client == "2a00:d40:1:3:7aac:c0ff:fea7:d4c"
-    run_script("stream-identifier.py", "-q", packets_csv(out, ipv6_capture), "-o", tmp_path,
-               "--device-ip", "2A00:0D40:0001:0003:7AAC:C0FF:FEA7:0D4C")
+    run_script(
+        "stream-identifier.py",
+        "-q",
+        packets_csv(out, ipv6_capture),
+        "-o",
+        tmp_path,
+        "--device-ip",
+        "2A00:0D40:0001:0003:7AAC:C0FF:FEA7:0D4C",
+    )
     told = read_flows(flows_csv(tmp_path, ipv6_capture))
     assert (told.device_side == "orig").all() and (told.remote_h == told.resp_h).all()
 
@@ -593,11 +823,21 @@ def test_flows_whose_start_was_not_captured(tmp_path, out):
     SYN-ACK, ACK and Client Hello) cut out with editcap."""
     source = TPLINK_CAPTURES[0]
     capture = tmp_path / "late.pcap"
-    subprocess.run(["editcap", "-r", str(source), str(capture), "4-10", "17-100000"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["editcap", "-r", str(source), str(capture), "4-10", "17-100000"],
+        check=True,
+        capture_output=True,
+    )
     translate(tmp_path, capture)
-    run_script("stream-identifier.py", "-q", packets_csv(tmp_path, capture), "-o", tmp_path,
-               "--device-ip", PLUG_IP)
+    run_script(
+        "stream-identifier.py",
+        "-q",
+        packets_csv(tmp_path, capture),
+        "-o",
+        tmp_path,
+        "--device-ip",
+        PLUG_IP,
+    )
     flows = read_flows(flows_csv(tmp_path, capture))
     packets = read_packets(packets_csv(tmp_path, capture))
     assert (flows.orig_pkts + flows.resp_pkts).sum() == len(packets)
@@ -622,15 +862,22 @@ def test_flows_whose_start_was_not_captured(tmp_path, out):
 
 
 def test_a_syn_ack_first_makes_its_receiver_the_originator(tmp_path):
-    rows = [packet(0.0, B, A, "tcp", 443, 40000, "SA"), packet(0.1, A, B, "tcp", 40000, 443, "A"),
-            packet(0.2, A, B, "tcp", 40000, 443, "PA", length=300)]
+    rows = [
+        packet(0.0, B, A, "tcp", 443, 40000, "SA"),
+        packet(0.1, A, B, "tcp", 40000, 443, "A"),
+        packet(0.2, A, B, "tcp", 40000, 443, "PA", length=300),
+    ]
     # A flow between two high ports whose first captured packet is from the server side.
-    rows += [packet(1.0, B, A, "tcp", 8883, 50001, "PA"),
-             packet(1.1, A, B, "tcp", 50001, 8883, "A"),
-             packet(1.2, B, A, "tcp", 8883, 50001, "SA")]  # a late SYN-ACK decides
+    rows += [
+        packet(1.0, B, A, "tcp", 8883, 50001, "PA"),
+        packet(1.1, A, B, "tcp", 50001, 8883, "A"),
+        packet(1.2, B, A, "tcp", 8883, 50001, "SA"),
+    ]  # a late SYN-ACK decides
     # An ECN-setup SYN-ACK (SYN, ACK, ECE) first, between two high ports.
-    rows += [packet(2.0, B, A, "tcp", 8884, 50002, "SAE"),
-             packet(2.1, A, B, "tcp", 50002, 8884, "A")]
+    rows += [
+        packet(2.0, B, A, "tcp", 8884, 50002, "SAE"),
+        packet(2.1, A, B, "tcp", 50002, 8884, "A"),
+    ]
     flows = flows_of(write_packets(tmp_path / "late.packets.csv", rows), device_ips=(A,))
     ecn = one(flows, resp_p=8884)
     assert (ecn.orig_h, ecn.orig_p, ecn.orig_pkts, ecn.resp_pkts) == (A, 50002, 1, 1)
@@ -645,20 +892,46 @@ def test_a_syn_ack_first_makes_its_receiver_the_originator(tmp_path):
 # own ICMP, test_icmp_in_a_tplink_capture, is in the quick tier)
 def test_icmp_flows(tmp_path):
     """Pings and a port-unreachable, made with text2pcap and read by tshark."""
-    pings = text2pcap(tmp_path / "ping.pcap", 1, PLUG_IP, "8.8.8.8", [
-        (0.0, True, icmp(8, seq=1)), (0.01, False, icmp(0, seq=1)),
-        (1.0, True, icmp(8, seq=2)), (1.01, False, icmp(0, seq=2)),
-        (300.0, True, icmp(8, seq=3)), (300.01, False, icmp(0, seq=3))])  # after the idle timeout
-    inner = bytes.fromhex("4500002400010000401100 00c0a80187c0a8016e d4310035 00100000") \
-        + b"abcdefgh"  # the datagram that was refused: 192.168.1.135:54321 -> :53
-    refused = text2pcap(tmp_path / "refused.pcap", 1, PHONE_IP, PLUG_IP, [
-        (2.0, True, struct.pack("!BBHI", 3, 3, 0, 0) + inner)])
+    pings = text2pcap(
+        tmp_path / "ping.pcap",
+        1,
+        PLUG_IP,
+        "8.8.8.8",
+        [
+            (0.0, True, icmp(8, seq=1)),
+            (0.01, False, icmp(0, seq=1)),
+            (1.0, True, icmp(8, seq=2)),
+            (1.01, False, icmp(0, seq=2)),
+            (300.0, True, icmp(8, seq=3)),
+            (300.01, False, icmp(0, seq=3)),
+        ],
+    )  # after the idle timeout
+    inner = (
+        bytes.fromhex("4500002400010000401100 00c0a80187c0a8016e d4310035 00100000") + b"abcdefgh"
+    )  # the datagram that was refused: 192.168.1.135:54321 -> :53
+    refused = text2pcap(
+        tmp_path / "refused.pcap",
+        1,
+        PHONE_IP,
+        PLUG_IP,
+        [(2.0, True, struct.pack("!BBHI", 3, 3, 0, 0) + inner)],
+    )
     capture = tmp_path / "icmp.pcap"
-    subprocess.run(["mergecap", "-F", "pcap", "-w", str(capture), str(pings), str(refused)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["mergecap", "-F", "pcap", "-w", str(capture), str(pings), str(refused)],
+        check=True,
+        capture_output=True,
+    )
     translate(tmp_path, capture)
-    run_script("stream-identifier.py", "-q", packets_csv(tmp_path, capture), "-o", tmp_path,
-               "--device-ip", PLUG_IP)
+    run_script(
+        "stream-identifier.py",
+        "-q",
+        packets_csv(tmp_path, capture),
+        "-o",
+        tmp_path,
+        "--device-ip",
+        PLUG_IP,
+    )
     flows = read_flows(flows_csv(tmp_path, capture))
     assert list(flows.proto) == ["icmp"] * 3
     assert (flows.orig_pkts + flows.resp_pkts).sum() == 7
@@ -666,8 +939,7 @@ def test_icmp_flows(tmp_path):
     assert (ping.orig_h, ping.resp_h, ping.orig_pkts, ping.resp_pkts) == (PLUG_IP, "8.8.8.8", 2, 2)
     assert ping.icmp_type == "8;0" and ping.device_side == "orig"
     assert ping.remote_class == "external" and pd.isna(ping.orig_p) and pd.isna(ping.resp_p)
-    assert (later.orig_h, later.orig_pkts, later.resp_pkts, later.first_frame) == \
-        (PLUG_IP, 1, 1, 6)
+    assert (later.orig_h, later.orig_pkts, later.resp_pkts, later.first_frame) == (PLUG_IP, 1, 1, 6)
     assert (unreachable.orig_h, unreachable.resp_h) == (PHONE_IP, PLUG_IP)
     assert unreachable.icmp_type == "3" and unreachable.device_side == "resp"
     assert (unreachable.orig_pkts, unreachable.resp_pkts) == (1, 0)
@@ -677,8 +949,22 @@ def test_icmp_flows(tmp_path):
 def test_icmp_in_a_tplink_capture(out):
     """The phone answers two of the plug's UDP/9999 datagrams with port-unreachable."""
     capture = DATA_CAPTURE_WITH_ICMP
-    fields = tshark("-r", str(capture), "-Y", "icmp", "-T", "fields", "-E", "separator=,",
-                    "-e", "frame.number", "-e", "frame.len", "-e", "icmp.type")
+    fields = tshark(
+        "-r",
+        str(capture),
+        "-Y",
+        "icmp",
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-e",
+        "frame.number",
+        "-e",
+        "frame.len",
+        "-e",
+        "icmp.type",
+    )
     frames = [line.split(",") for line in fields.splitlines()]
     assert len(frames) == 2
     flow = one(read_flows(flows_csv(out, capture)), proto="icmp")
@@ -695,12 +981,14 @@ def test_icmp_in_a_tplink_capture(out):
 
 # ---------------------------------------------------------------- CSVs a person made
 
+
 def test_a_person_edited_csv(tmp_path, out):
     """Columns reordered, extra columns, optional ones dropped, values typed by hand."""
     source = packets_csv(out, TPLINK_CAPTURES[0])
     original = pd.read_csv(source, dtype=str, keep_default_na=False)
-    edited = original.drop(columns=["time_utc", "ip_version", "eth_src_vendor",
-                                    "http_response_code", "dhcp_hostname"])
+    edited = original.drop(
+        columns=["time_utc", "ip_version", "eth_src_vendor", "http_response_code", "dhcp_hostname"]
+    )
     edited = edited[list(reversed(edited.columns))]
     edited.insert(3, "note", "checked by hand")
     edited["my score"] = range(len(edited))
@@ -710,9 +998,19 @@ def test_a_person_edited_csv(tmp_path, out):
     edited["src_port"] = ports.where(ports == "", ports + ".0")
     # A packet typed in at the end: a UDP datagram from the plug to the phone, few fields.
     typed = dict.fromkeys(edited.columns, "")
-    typed.update(capture=original.capture[0], frame_number="51", ts="1724059999.5",
-                 frame_len="100", ip_src=PLUG_IP, ip_dst=PHONE_IP, l4_proto="udp",
-                 src_port="5000", dst_port="6000", l4_payload_len="58", note="added")
+    typed.update(
+        capture=original.capture[0],
+        frame_number="51",
+        ts="1724059999.5",
+        frame_len="100",
+        ip_src=PLUG_IP,
+        ip_dst=PHONE_IP,
+        l4_proto="udp",
+        src_port="5000",
+        dst_port="6000",
+        l4_payload_len="58",
+        note="added",
+    )
     edited = pd.concat([edited, pd.DataFrame([typed])], ignore_index=True)
     path = tmp_path / "edited.packets.csv"
     edited.to_csv(path, index=False)
@@ -720,19 +1018,40 @@ def test_a_person_edited_csv(tmp_path, out):
     flows = read_flows(tmp_path / "edited.flows.csv")
     whole = read_flows(flows_csv(out, TPLINK_CAPTURES[0]))
     assert len(flows) == len(whole) + 1
-    columns = ["uid", "orig_h", "orig_p", "resp_h", "resp_p", "orig_pkts", "resp_pkts",
-               "orig_frame_bytes", "resp_frame_bytes", "orig_bytes", "resp_bytes", "device_side",
-               "remote_name", "remote_class", "dns_qry_name", "tls_server_name", "first_sizes"]
+    columns = [
+        "uid",
+        "orig_h",
+        "orig_p",
+        "resp_h",
+        "resp_p",
+        "orig_pkts",
+        "resp_pkts",
+        "orig_frame_bytes",
+        "resp_frame_bytes",
+        "orig_bytes",
+        "resp_bytes",
+        "device_side",
+        "remote_name",
+        "remote_class",
+        "dns_qry_name",
+        "tls_server_name",
+        "first_sizes",
+    ]
     pd.testing.assert_frame_equal(flows[columns].iloc[:-1], whole[columns])
     added = flows.iloc[-1]
-    assert ((added.orig_h, added.orig_p, added.resp_h, added.resp_p)
-            == (PLUG_IP, 5000, PHONE_IP, 6000))
+    assert (added.orig_h, added.orig_p, added.resp_h, added.resp_p) == (
+        PLUG_IP,
+        5000,
+        PHONE_IP,
+        6000,
+    )
     assert (added.orig_pkts, added.resp_pkts, added.orig_bytes, added.first_frame) == (1, 0, 58, 51)
     assert added.orig_vendor == "" and added.device_side == "orig"
 
 
 def test_a_minimal_csv_with_only_the_columns_the_stage_needs(tmp_path, out):
     from iotsig.flows import REQUIRED
+
     source = packets_csv(out, TPLINK_CAPTURES[0])
     path = tmp_path / "minimal.packets.csv"
     pd.read_csv(source, dtype=str, keep_default_na=False)[REQUIRED].to_csv(path, index=False)
@@ -747,11 +1066,13 @@ def test_a_minimal_csv_with_only_the_columns_the_stage_needs(tmp_path, out):
 
 # ---------------------------------------------------------------- bad input
 
+
 def test_missing_columns_are_named(tmp_path, out):
     source = packets_csv(out, TPLINK_CAPTURES[0])
     path = tmp_path / "cut.packets.csv"
-    pd.read_csv(source, dtype=str, keep_default_na=False).drop(
-        columns=["ts", "l4_proto"]).to_csv(path, index=False)
+    pd.read_csv(source, dtype=str, keep_default_na=False).drop(columns=["ts", "l4_proto"]).to_csv(
+        path, index=False
+    )
     result = run_script("stream-identifier.py", path, "-o", tmp_path / "o", check=False)
     check_clean_failure(result, tmp_path / "o", str(path), "missing", "ts", "l4_proto")
     assert "frame_len" not in result.stderr  # only what is missing
@@ -767,12 +1088,18 @@ def test_header_only_csv_gives_header_only_flows(tmp_path):
     assert build_flows(read_packets(path)).columns.tolist() == FLOWS.names
 
 
-@pytest.mark.parametrize("column, value, problem", quick_first(1, [
-    ("frame_len", "abc", "not a number"),
-    ("ts", "yesterday", "not a number"),
-    ("src_port", "80.5", "not a whole number"),
-    ("dns_flags_response", "maybe", "not 1/0"),
-]))
+@pytest.mark.parametrize(
+    "column, value, problem",
+    quick_first(
+        1,
+        [
+            ("frame_len", "abc", "not a number"),
+            ("ts", "yesterday", "not a number"),
+            ("src_port", "80.5", "not a whole number"),
+            ("dns_flags_response", "maybe", "not 1/0"),
+        ],
+    ),
+)
 def test_unparsable_values_name_line_and_column(tmp_path, out, column, value, problem):
     source = packets_csv(out, TPLINK_CAPTURES[0])
     frame = pd.read_csv(source, dtype=str, keep_default_na=False)
@@ -780,8 +1107,9 @@ def test_unparsable_values_name_line_and_column(tmp_path, out, column, value, pr
     path = tmp_path / "bad.packets.csv"
     frame.to_csv(path, index=False)
     result = run_script("stream-identifier.py", path, "-o", tmp_path / "o", check=False)
-    check_clean_failure(result, tmp_path / "o", str(path), "line 8", f"column {column}",
-                        repr(value), problem)
+    check_clean_failure(
+        result, tmp_path / "o", str(path), "line 8", f"column {column}", repr(value), problem
+    )
     with pytest.raises(InputError, match=f"line 8, column {column}"):
         read_packets(path)
 
@@ -791,8 +1119,9 @@ def test_zero_byte_and_missing_files(tmp_path):
     path.write_bytes(b"")
     result = run_script("stream-identifier.py", path, "-o", tmp_path / "o", check=False)
     check_clean_failure(result, tmp_path / "o", str(path), "empty")
-    result = run_script("stream-identifier.py", tmp_path / "absent.packets.csv",
-                        "-o", tmp_path / "o", check=False)
+    result = run_script(
+        "stream-identifier.py", tmp_path / "absent.packets.csv", "-o", tmp_path / "o", check=False
+    )
     check_clean_failure(result, tmp_path / "o", "absent.packets.csv", "no such file")
 
 
@@ -800,13 +1129,16 @@ def test_one_bad_input_does_not_stop_the_others(tmp_path, out):
     good = packets_csv(out, TPLINK_CAPTURES[1])
     bad = tmp_path / "bad.packets.csv"
     bad.write_text("capture,ts\nx.pcap,1\n")
-    result = run_script("stream-identifier.py", bad, good, "-o", tmp_path / "o",
-                        "--device-ip", PLUG_IP, check=False)
+    result = run_script(
+        "stream-identifier.py", bad, good, "-o", tmp_path / "o", "--device-ip", PLUG_IP, check=False
+    )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "bad.packets.csv" in result.stderr
     assert [p.name for p in (tmp_path / "o").iterdir()] == [flows_csv("", TPLINK_CAPTURES[1]).name]
-    assert flows_csv(tmp_path / "o", TPLINK_CAPTURES[1]).read_text() == \
-        flows_csv(out, TPLINK_CAPTURES[1]).read_text()
+    assert (
+        flows_csv(tmp_path / "o", TPLINK_CAPTURES[1]).read_text()
+        == flows_csv(out, TPLINK_CAPTURES[1]).read_text()
+    )
 
 
 def test_inputs_that_would_write_one_flows_csv_are_refused(tmp_path, out):
@@ -816,10 +1148,10 @@ def test_inputs_that_would_write_one_flows_csv_are_refused(tmp_path, out):
     first, second = tmp_path / "x.packets.csv", tmp_path / "a" / "x.csv"
     shutil.copy(source, first)
     shutil.copy(source, second)
-    result = run_script("stream-identifier.py", first, second, "-o", tmp_path / "o",
-                        check=False)
-    check_clean_failure(result, tmp_path / "o", "2 packets CSVs share the name x.flows.csv",
-                        str(first), str(second))
+    result = run_script("stream-identifier.py", first, second, "-o", tmp_path / "o", check=False)
+    check_clean_failure(
+        result, tmp_path / "o", "2 packets CSVs share the name x.flows.csv", str(first), str(second)
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -831,8 +1163,10 @@ def test_rows_without_a_time_are_kept_with_a_warning(tmp_path, out):
     frame.to_csv(edited, index=False)
     result = run_script("stream-identifier.py", "-q", edited, "-o", tmp_path / "o")
     assert result.returncode == 0
-    assert result.stderr == (f"stream-identifier.py: warning: {edited}: 2 row(s) without ts "
-                             "(first on line 5): taken as time 0, their flows start in 1970\n")
+    assert result.stderr == (
+        f"stream-identifier.py: warning: {edited}: 2 row(s) without ts "
+        "(first on line 5): taken as time 0, their flows start in 1970\n"
+    )
     flows = read_flows(tmp_path / "o" / "x.flows.csv")
     assert int(flows["orig_pkts"].sum() + flows["resp_pkts"].sum()) == len(frame)
 
@@ -844,8 +1178,10 @@ def test_rows_without_a_frame_length_are_counted_with_a_warning(tmp_path, out):
     edited = tmp_path / "x.packets.csv"
     frame.to_csv(edited, index=False)
     result = run_script("stream-identifier.py", "-q", edited, "-o", tmp_path / "o")
-    assert result.stderr == (f"stream-identifier.py: warning: {edited}: 1 row(s) without "
-                             "frame_len (first on line 12): counted as 0 bytes\n")
+    assert result.stderr == (
+        f"stream-identifier.py: warning: {edited}: 1 row(s) without "
+        "frame_len (first on line 12): counted as 0 bytes\n"
+    )
     flows = read_flows(tmp_path / "o" / "x.flows.csv")
     whole = read_flows(flows_csv(out, TPLINK_CAPTURES[0]))
     lost = int(frame.frame_len.where(frame.frame_len != "", None).isna().sum())
@@ -859,14 +1195,35 @@ def test_addresses_typed_by_hand_in_another_spelling(tmp_path):
     """IPv6 in capitals or uncompressed, MACs in capitals, as a person might type them:
     the same endpoints as tshark's spelling, and the DNS answer still names the flow."""
     device, server = "fd00::5", "2001:db8::10"
-    rows = [packet(1.0, device, "fd00::1", "udp", 50000, 53, highest_layer="dns",
-                   dns_qry_name="cloud.example", dns_qry_type="AAAA"),
-            packet(1.1, "FD00:0:0::1", device, "udp", 53, 50000, highest_layer="dns",
-                   dns_qry_name="cloud.example", dns_qry_type="AAAA", dns_flags_response=1,
-                   dns_answer_addrs="2001:DB8:0::10"),
-            packet(2.0, device, server, "tcp", 40000, 443, "S"),
-            packet(2.1, "2001:DB8::10", device.upper(), "tcp", 443, 40000, "SA"),
-            packet(2.2, device, server, "tcp", 40000, 443, "A")]
+    rows = [
+        packet(
+            1.0,
+            device,
+            "fd00::1",
+            "udp",
+            50000,
+            53,
+            highest_layer="dns",
+            dns_qry_name="cloud.example",
+            dns_qry_type="AAAA",
+        ),
+        packet(
+            1.1,
+            "FD00:0:0::1",
+            device,
+            "udp",
+            53,
+            50000,
+            highest_layer="dns",
+            dns_qry_name="cloud.example",
+            dns_qry_type="AAAA",
+            dns_flags_response=1,
+            dns_answer_addrs="2001:DB8:0::10",
+        ),
+        packet(2.0, device, server, "tcp", 40000, 443, "S"),
+        packet(2.1, "2001:DB8::10", device.upper(), "tcp", 443, 40000, "SA"),
+        packet(2.2, device, server, "tcp", 40000, 443, "A"),
+    ]
     rows[3]["eth_src"] = rows[3]["eth_src"].upper().replace("02:", "0A:", 1)
     rows[4]["eth_dst"] = rows[3]["eth_src"]
     flows = flows_of(write_packets(tmp_path / "typed.packets.csv", rows), device_ips=(device,))
@@ -908,9 +1265,19 @@ def test_an_interrupted_write_leaves_no_file(tmp_path, out, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args", quick_first(1, [
-    ["--idle-timeout", "0"], ["--max-duration", "-5"], ["--max-duration", "soon"],
-    ["--device-ip", "192.168.1.300"]]), ids=lambda args: " ".join(args))
+@pytest.mark.parametrize(
+    "args",
+    quick_first(
+        1,
+        [
+            ["--idle-timeout", "0"],
+            ["--max-duration", "-5"],
+            ["--max-duration", "soon"],
+            ["--device-ip", "192.168.1.300"],
+        ],
+    ),
+    ids=lambda args: " ".join(args),
+)
 def test_bad_options_are_usage_errors(tmp_path, out, args):
     source = packets_csv(out, TPLINK_CAPTURES[0])
     result = run_script("stream-identifier.py", source, "-o", tmp_path, *args, check=False)

@@ -34,8 +34,13 @@ from conftest import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-REPORT_FILES = ["inventory.csv", "endpoint-map.png", "endpoint-map.svg", "timeline.png",
-                "report.html"]
+REPORT_FILES = [
+    "inventory.csv",
+    "endpoint-map.png",
+    "endpoint-map.svg",
+    "timeline.png",
+    "report.html",
+]
 TPLINK_VENDOR = "Tp-Link Technologies Co.,Ltd."
 CLOUD = "use1-api.tplinkra.com"
 
@@ -50,6 +55,7 @@ def toggle(plug_toggle):
 class StrictParser(html.parser.HTMLParser):
     """html.parser, plus what it lets pass: unclosed or stray tags, and every link and
     picture source collected."""
+
     VOID = {"meta", "img", "br", "hr", "link", "input", "source", "wbr", "col", "area"}
 
     def __init__(self):
@@ -84,8 +90,9 @@ def parse_html(path: Path) -> StrictParser:
 def assert_offline(parser: StrictParser) -> None:
     """Pictures are data URIs, links are relative or in-page: nothing is fetched."""
     for url in parser.urls:
-        assert not re.match(r"^\s*([a-z][a-z0-9+.-]*:|//)", url, re.I) or \
-            url.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,")), url
+        assert not re.match(r"^\s*([a-z][a-z0-9+.-]*:|//)", url, re.I) or url.startswith(
+            ("data:image/png;base64,", "data:image/svg+xml;base64,")
+        ), url
 
 
 def assert_report_files(output: Path, names=REPORT_FILES) -> None:
@@ -100,6 +107,7 @@ def assert_report_files(output: Path, names=REPORT_FILES) -> None:
 
 
 # --- main.py on the TP-Link captures -------------------------------------------------------
+
 
 def test_main_writes_every_report_file_valid_and_says_so(toggle):
     output, result = toggle
@@ -117,15 +125,15 @@ def test_report_names_the_cloud_server_and_the_phone(toggle):
     output, _ = toggle
     text = " ".join(parse_html(output / "report.html").text)
     assert CLOUD in text and PHONE_IP in text and GATEWAY_IP in text
-    assert "tls-443-use1-api-tplinkra-com" in text          # pattern.txt is in it
-    assert "Tp-Link Technologies Co.,Ltd." in text          # and the inventory
+    assert "tls-443-use1-api-tplinkra-com" in text  # pattern.txt is in it
+    assert "Tp-Link Technologies Co.,Ltd." in text  # and the inventory
 
 
 def test_report_links_every_csv_of_the_output_dir_relatively(toggle):
     output, _ = toggle
     parser = parse_html(output / "report.html")
     csvs = {p.name for p in output.glob("*.csv")}
-    assert len(csvs) == 8      # 3 packets, 3 flows, signature, inventory
+    assert len(csvs) == 8  # 3 packets, 3 flows, signature, inventory
     assert csvs <= set(parser.urls)
     for url in parser.urls:
         if url.endswith(".csv"):
@@ -139,20 +147,25 @@ def test_inventory_rows(toggle):
     table = csvio.read_table(output / "inventory.csv", INVENTORY)
     assert list(pd.read_csv(output / "inventory.csv", nrows=0).columns) == INVENTORY.names
     rows = table.set_index("mac")
-    assert list(table["mac"])[0] == PLUG_MAC                 # the device first
+    assert list(table["mac"])[0] == PLUG_MAC  # the device first
     plug = rows.loc[PLUG_MAC]
-    assert (plug["is_device"], plug["role"], plug["vendor"], plug["ipv4"]) == \
-        (1, "device", TPLINK_VENDOR, PLUG_IP)
+    assert (plug["is_device"], plug["role"], plug["vendor"], plug["ipv4"]) == (
+        1,
+        "device",
+        TPLINK_VENDOR,
+        PLUG_IP,
+    )
     assert table["is_device"].sum() == 1
     phone = rows[rows["ipv4"] == PHONE_IP].iloc[0]
     assert (phone["role"], phone["is_device"]) == ("host", 0)
     # The router forwards the cloud server's frames: its own address only, the rest counted.
     router = rows[rows["role"] == "gateway"]
     assert len(router) == 1 and router.iloc[0]["ipv4"] == GATEWAY_IP
-    assert router.iloc[0]["relayed_addrs"] == 3           # one server address per recording
+    assert router.iloc[0]["relayed_addrs"] == 3  # one server address per recording
     # Every frame is counted once as sent and once as received.
-    packets = pd.concat([csvio.read_table(output / f"{c.name}.packets.csv", PACKETS)
-                         for c in TPLINK_CAPTURES])
+    packets = pd.concat(
+        [csvio.read_table(output / f"{c.name}.packets.csv", PACKETS) for c in TPLINK_CAPTURES]
+    )
     assert table["pkts_sent"].sum() == len(packets) == table["pkts_received"].sum()
     assert table["bytes_sent"].sum() == packets["frame_len"].sum()
     sent_by_plug = packets[packets["eth_src"] == PLUG_MAC]
@@ -166,10 +179,12 @@ def test_timeline_marks_each_event_pattern_once_per_recording(toggle):
     output, _ = toggle
     inputs = traffic_report.read_inputs(sorted(output.glob("*.flows.csv")))
     from iotsig.signature import read_signature_csv
+
     patterns = read_signature_csv(output / "signature.csv")
     device = traffic_report.find_device(inputs, signature=patterns)
-    matched = traffic_report.match_patterns(traffic_report.device_flows(inputs.flows, device),
-                                            patterns)
+    matched = traffic_report.match_patterns(
+        traffic_report.device_flows(inputs.flows, device), patterns
+    )
     events = matched[matched["role"] == "event"]
     counts = events.groupby(["pattern", "capture"]).size()
     assert len(counts) == 3 * 3 and set(counts) == {1}
@@ -178,8 +193,9 @@ def test_timeline_marks_each_event_pattern_once_per_recording(toggle):
 
 @pytest.mark.slow  # main.py once more, only to see the report left out
 def test_no_report_skips_it(tmp_path):
-    result = run_script("main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", tmp_path,
-                        "--no-report", "-q")
+    result = run_script(
+        "main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", tmp_path, "--no-report", "-q"
+    )
     assert result.stdout == ""
     assert not any((tmp_path / name).exists() for name in REPORT_FILES)
     assert (tmp_path / "signature.csv").exists()
@@ -187,10 +203,17 @@ def test_no_report_skips_it(tmp_path):
 
 # --- traffic-report.py on its own ---------------------------------------------------------
 
+
 def test_flows_only_makes_everything_but_the_inventory(toggle, tmp_path):
     output, _ = toggle
-    result = run_script("traffic-report.py", *sorted(output.glob("*.flows.csv")),
-                        "--signature", output / "signature.csv", "-o", tmp_path)
+    result = run_script(
+        "traffic-report.py",
+        *sorted(output.glob("*.flows.csv")),
+        "--signature",
+        output / "signature.csv",
+        "-o",
+        tmp_path,
+    )
     assert_report_files(tmp_path, [n for n in REPORT_FILES if n != "inventory.csv"])
     assert not (tmp_path / "inventory.csv").exists()
     text = " ".join(parse_html(tmp_path / "report.html").text)
@@ -202,20 +225,34 @@ def test_flows_only_makes_everything_but_the_inventory(toggle, tmp_path):
 # test_flows_only_makes_everything_but_the_inventory, is in the quick tier)
 def test_packets_only_rebuilds_the_flows(toggle, tmp_path):
     output, _ = toggle
-    result = run_script("traffic-report.py", *sorted(output.glob("*.packets.csv")),
-                        "--device-ip", PLUG_IP, "-o", tmp_path)
+    result = run_script(
+        "traffic-report.py",
+        *sorted(output.glob("*.packets.csv")),
+        "--device-ip",
+        PLUG_IP,
+        "-o",
+        tmp_path,
+    )
     assert_report_files(tmp_path)
     assert "rebuilt from the packets" in result.stderr
     assert CLOUD in (tmp_path / "report.html").read_text()
 
 
-@pytest.mark.parametrize("make, complaint", quick_first(2, [
-    (lambda d: d / "missing.flows.csv", "no such file"),
-    (lambda d: _write(d / "other.csv", "a,b,c\n1,2,3\n"), "neither a packets CSV"),
-    (lambda d: _write(d / "empty.csv", ""), "empty file"),
-    (lambda d: _write(d / "signature.csv", "signature_version,pattern\n1,x\n"),
-     "give it with --signature"),
-]))
+@pytest.mark.parametrize(
+    "make, complaint",
+    quick_first(
+        2,
+        [
+            (lambda d: d / "missing.flows.csv", "no such file"),
+            (lambda d: _write(d / "other.csv", "a,b,c\n1,2,3\n"), "neither a packets CSV"),
+            (lambda d: _write(d / "empty.csv", ""), "empty file"),
+            (
+                lambda d: _write(d / "signature.csv", "signature_version,pattern\n1,x\n"),
+                "give it with --signature",
+            ),
+        ],
+    ),
+)
 def test_bad_input_is_one_error_line(tmp_path, make, complaint):
     path = make(tmp_path)
     result = run_script("traffic-report.py", path, "-o", tmp_path / "out", check=False)
@@ -230,8 +267,7 @@ def test_flows_without_a_device_ask_for_one(tmp_path):
     flows = _synthetic_flows(3)
     flows["device_side"] = ""
     csvio.write_table(flows, FLOWS, tmp_path / "x.flows.csv")
-    result = run_script("traffic-report.py", tmp_path / "x.flows.csv", "-o", tmp_path,
-                        check=False)
+    result = run_script("traffic-report.py", tmp_path / "x.flows.csv", "-o", tmp_path, check=False)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "--device-ip" in result.stderr
 
@@ -243,18 +279,27 @@ def _write(path: Path, text: str) -> Path:
 
 # --- hostile names ------------------------------------------------------------------------
 
+
 def test_hostile_names_are_escaped_in_the_report(tmp_path):
     hostile = '<script>alert("x")</script>'
     flows = _synthetic_flows(4)
     flows.loc[0, "remote_name"] = hostile + ".example.com"
-    flows.loc[1, "remote_name"] = "$\\frac{a}{b}$ \x1b[31m\u202eevil"   # mathtext, control chars
+    flows.loc[1, "remote_name"] = "$\\frac{a}{b}$ \x1b[31m\u202eevil"  # mathtext, control chars
     csvio.write_table(flows, FLOWS, tmp_path / "x.flows.csv")
     (tmp_path / "pattern.txt").write_text(f"1. {hostile}\n   device -> <img src=x onerror=y>\n")
-    run_script("traffic-report.py", tmp_path / "x.flows.csv", "--pattern",
-               tmp_path / "pattern.txt", "--device-name", "<b>plug</b>", "-o", tmp_path)
+    run_script(
+        "traffic-report.py",
+        tmp_path / "x.flows.csv",
+        "--pattern",
+        tmp_path / "pattern.txt",
+        "--device-name",
+        "<b>plug</b>",
+        "-o",
+        tmp_path,
+    )
     page = (tmp_path / "report.html").read_text()
     assert "<script" not in page.lower() and "<img src=x" not in page and "<b>plug" not in page
-    text = "".join(parse_html(tmp_path / "report.html").text)   # shown as text, escaped
+    text = "".join(parse_html(tmp_path / "report.html").text)  # shown as text, escaped
     assert hostile + ".example.com" in text and "<img src=x onerror=y>" in text
     assert "&lt;img src=x onerror=y&gt;" in page
     assert_offline(parse_html(tmp_path / "report.html"))
@@ -269,19 +314,31 @@ def test_control_characters_are_written_out_in_the_report(tmp_path):
     flows.loc[1, "remote_name"] = "abc\u202egnp.exe"
     csvio.write_table(flows, FLOWS, tmp_path / "x.flows.csv")
     (tmp_path / "pattern.txt").write_text("1. dns-\x1b]0;title\x07\n   line\ttwo\n")
-    run_script("traffic-report.py", tmp_path / "x.flows.csv", "--pattern",
-               tmp_path / "pattern.txt", "--device-name", "plug\u2066", "-o", tmp_path)
+    run_script(
+        "traffic-report.py",
+        tmp_path / "x.flows.csv",
+        "--pattern",
+        tmp_path / "pattern.txt",
+        "--device-name",
+        "plug\u2066",
+        "-o",
+        tmp_path,
+    )
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    raw = re.findall(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]",
-                     page)
+    raw = re.findall(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]", page)
     assert raw == []
-    for shown in [r"bell\x01.evil\x1b[31m.example.com", r"abc\u202egnp.exe",
-                  r"dns-\x1b]0;title\x07", r"plug\u2066"]:
+    for shown in [
+        r"bell\x01.evil\x1b[31m.example.com",
+        r"abc\u202egnp.exe",
+        r"dns-\x1b]0;title\x07",
+        r"plug\u2066",
+    ]:
         assert shown in page, shown
-    assert "line\ttwo" in page        # tab and newline are kept in pattern.txt
+    assert "line\ttwo" in page  # tab and newline are kept in pattern.txt
 
 
 # --- 50 endpoints: labels must not run into each other ------------------------------------
+
 
 def _synthetic_flows(n: int, device: str = PLUG_IP) -> pd.DataFrame:
     """One to three flows from the device to each of n remote parties: every class, long
@@ -289,25 +346,56 @@ def _synthetic_flows(n: int, device: str = PLUG_IP) -> pd.DataFrame:
     rows = []
     rng = np.random.default_rng(7)
     for i in range(n):
-        klass = "gateway" if i == 0 else ["external", "external", "external", "local",
-                                          "multicast"][i % 5]
-        address = {"gateway": "192.168.1.1", "local": f"192.168.1.{20 + i}",
-                   "multicast": f"239.255.{i}.250"}.get(klass, f"52.{i}.7.{i + 1}")
-        name = "" if klass != "external" or i % 4 == 0 else \
-            f"api{i}.eu-west-{i % 3}.iot-cloud-service-{i}.example.com"
-        port, proto, service = [(443, "tcp", "tls"), (53, "udp", "dns"), (80, "tcp", "http"),
-                                (1900, "udp", "ssdp"), (8883, "tcp", "")][i % 5]
+        klass = (
+            "gateway"
+            if i == 0
+            else ["external", "external", "external", "local", "multicast"][i % 5]
+        )
+        address = {
+            "gateway": "192.168.1.1",
+            "local": f"192.168.1.{20 + i}",
+            "multicast": f"239.255.{i}.250",
+        }.get(klass, f"52.{i}.7.{i + 1}")
+        name = (
+            ""
+            if klass != "external" or i % 4 == 0
+            else f"api{i}.eu-west-{i % 3}.iot-cloud-service-{i}.example.com"
+        )
+        port, proto, service = [
+            (443, "tcp", "tls"),
+            (53, "udp", "dns"),
+            (80, "tcp", "http"),
+            (1900, "udp", "ssdp"),
+            (8883, "tcp", ""),
+        ][i % 5]
         for j in range(1 + i % 3):
             size = int(rng.integers(60, 200_000))
-            rows.append({"uid": f"synthetic.pcap#{len(rows) + 1}", "capture": "synthetic.pcap",
-                         "ts": 1.7e9 + i * 0.7 + j * 0.2, "duration": 0.4, "proto": proto,
-                         "service": service, "orig_h": device, "orig_p": 40000 + i,
-                         "resp_h": address, "resp_p": port + j, "orig_pkts": 3,
-                         "orig_bytes": size // 3, "orig_frame_bytes": size // 2,
-                         "resp_pkts": 2, "resp_bytes": size // 4, "resp_frame_bytes": size // 2,
-                         "device_side": "orig", "remote_h": address, "remote_name": name,
-                         "remote_class": klass, "orig_mac": PLUG_MAC,
-                         "resp_mac": "c0:56:27:73:46:0b"})
+            rows.append(
+                {
+                    "uid": f"synthetic.pcap#{len(rows) + 1}",
+                    "capture": "synthetic.pcap",
+                    "ts": 1.7e9 + i * 0.7 + j * 0.2,
+                    "duration": 0.4,
+                    "proto": proto,
+                    "service": service,
+                    "orig_h": device,
+                    "orig_p": 40000 + i,
+                    "resp_h": address,
+                    "resp_p": port + j,
+                    "orig_pkts": 3,
+                    "orig_bytes": size // 3,
+                    "orig_frame_bytes": size // 2,
+                    "resp_pkts": 2,
+                    "resp_bytes": size // 4,
+                    "resp_frame_bytes": size // 2,
+                    "device_side": "orig",
+                    "remote_h": address,
+                    "remote_name": name,
+                    "remote_class": klass,
+                    "orig_mac": PLUG_MAC,
+                    "resp_mac": "c0:56:27:73:46:0b",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -316,10 +404,11 @@ def _label_boxes(figure):
     renderer = figure.canvas.get_renderer()
     boxes = []
     for text in figure.findobj(lambda a: isinstance(a, Text) and a.get_label() == "endpoint-label"):
-        if text.get_rotation() == 0:   # (horizontal, maybe several lines)
+        if text.get_rotation() == 0:  # (horizontal, maybe several lines)
             box = text.get_window_extent(renderer)
-            boxes.append(np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1],
-                                   [box.x0, box.y1]]))
+            boxes.append(
+                np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1]])
+            )
             continue
         angle = math.radians(text.get_rotation())
         text.set_rotation(0)
@@ -329,10 +418,17 @@ def _label_boxes(figure):
         ax, ay = text.get_transform().transform(text.get_position())
         ha = text.get_horizontalalignment()
         x0 = {"left": 0, "center": -width / 2, "right": -width}[ha]
-        corners = np.array([[x0, -height / 2], [x0 + width, -height / 2],
-                            [x0 + width, height / 2], [x0, height / 2]])
-        rotation = np.array([[math.cos(angle), -math.sin(angle)],
-                             [math.sin(angle), math.cos(angle)]])
+        corners = np.array(
+            [
+                [x0, -height / 2],
+                [x0 + width, -height / 2],
+                [x0 + width, height / 2],
+                [x0, height / 2],
+            ]
+        )
+        rotation = np.array(
+            [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+        )
         boxes.append(corners @ rotation.T + [ax, ay])
     return boxes
 
@@ -362,7 +458,7 @@ def test_endpoint_labels_do_not_overlap_and_stay_in_the_picture(n):
     clashes = [(i, j) for i in range(n) for j in range(i + 1, n) if _overlap(boxes[i], boxes[j])]
     assert clashes == []
     width, height = figure.get_size_inches() * figure.dpi
-    for box in boxes:   # inside the canvas, so nothing is cut off even before tight saving
+    for box in boxes:  # inside the canvas, so nothing is cut off even before tight saving
         assert box[:, 0].min() >= 0 and box[:, 0].max() <= width
         assert box[:, 1].min() >= 0 and box[:, 1].max() <= height
 
@@ -390,8 +486,10 @@ def test_more_parties_than_fit_are_folded_into_one_node():
 
 # --- time bins ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("longest, width", [(27.0, 1.0), (4.0, 0.1), (0.16, 0.001),
-                                            (0.0, 0.001), (86400.0, 60.0)])
+
+@pytest.mark.parametrize(
+    "longest, width", [(27.0, 1.0), (4.0, 0.1), (0.16, 0.001), (0.0, 0.001), (86400.0, 60.0)]
+)
 def test_bin_width_fits_real_and_fake_timing(longest, width):
     # The public event captures have fake 1 ms spacing (a recording lasts 0.16 s); the
     # TP-Link ones in data/ real time (about 27 s).
@@ -399,9 +497,16 @@ def test_bin_width_fits_real_and_fake_timing(longest, width):
 
 
 def test_flow_bytes_are_spread_over_the_bins_they_cover():
-    flows = pd.DataFrame({"capture": ["c", "c"], "ts": [100.0, 102.5], "duration": [1.99, 0.0],
-                          "side": ["orig", "resp"], "orig_frame_bytes": [200, 30],
-                          "resp_frame_bytes": [100, 70]})
+    flows = pd.DataFrame(
+        {
+            "capture": ["c", "c"],
+            "ts": [100.0, 102.5],
+            "duration": [1.99, 0.0],
+            "side": ["orig", "resp"],
+            "orig_frame_bytes": [200, 30],
+            "resp_frame_bytes": [100, 70],
+        }
+    )
     bins = traffic_report.spread_flows(flows, pd.Series({"c": 100.0}), 1.0)
     by_bin = bins.set_index("bin")
     assert by_bin.loc[0, "sent"] == pytest.approx(100)
@@ -413,27 +518,62 @@ def test_flow_bytes_are_spread_over_the_bins_they_cover():
 
 # --- a huge signature: every picture and table bounded, time linear in flows ----------------
 
+
 def _scan(n: int, folder: Path) -> tuple[Path, Path]:
     """A port scan as signature-extractor sees it: n flows from the device to n addresses in
     two recordings, and a signature with one pattern per address (n patterns)."""
     addresses = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(n)]
-    flows = pd.DataFrame({
-        "uid": [f"scan#{i + 1}" for i in range(n)], "capture": ["a.pcap", "b.pcap"] * (n // 2),
-        "ts": 1.7e9 + np.arange(n) * 0.001, "duration": 0.0005, "proto": "tcp",
-        "service": "", "orig_h": PLUG_IP, "orig_p": 40000, "resp_h": addresses,
-        "resp_p": 80, "orig_pkts": 1, "orig_bytes": 0, "orig_frame_bytes": 60,
-        "resp_pkts": 1, "resp_bytes": 0, "resp_frame_bytes": 60, "device_side": "orig",
-        "remote_h": addresses, "remote_name": "", "remote_class": "local"})
-    patterns = pd.DataFrame({
-        "signature_version": SIGNATURE_VERSION, "event": "scan", "device_name": "scanner",
-        "device_ip": PLUG_IP, "pattern": [f"tcp-80-{a.replace('.', '-')}" for a in addresses],
-        "order": np.arange(1, n + 1), "role": "event", "device_side": "orig", "proto": "tcp",
-        "remote": addresses, "remote_kind": "address", "remote_class": "local",
-        "server_port": 80, "server_side": "remote", "recordings_seen": 1,
-        "recordings_total": 2, "flows_min": 1, "flows_max": 1, "remote_addrs": addresses})
+    flows = pd.DataFrame(
+        {
+            "uid": [f"scan#{i + 1}" for i in range(n)],
+            "capture": ["a.pcap", "b.pcap"] * (n // 2),
+            "ts": 1.7e9 + np.arange(n) * 0.001,
+            "duration": 0.0005,
+            "proto": "tcp",
+            "service": "",
+            "orig_h": PLUG_IP,
+            "orig_p": 40000,
+            "resp_h": addresses,
+            "resp_p": 80,
+            "orig_pkts": 1,
+            "orig_bytes": 0,
+            "orig_frame_bytes": 60,
+            "resp_pkts": 1,
+            "resp_bytes": 0,
+            "resp_frame_bytes": 60,
+            "device_side": "orig",
+            "remote_h": addresses,
+            "remote_name": "",
+            "remote_class": "local",
+        }
+    )
+    patterns = pd.DataFrame(
+        {
+            "signature_version": SIGNATURE_VERSION,
+            "event": "scan",
+            "device_name": "scanner",
+            "device_ip": PLUG_IP,
+            "pattern": [f"tcp-80-{a.replace('.', '-')}" for a in addresses],
+            "order": np.arange(1, n + 1),
+            "role": "event",
+            "device_side": "orig",
+            "proto": "tcp",
+            "remote": addresses,
+            "remote_kind": "address",
+            "remote_class": "local",
+            "server_port": 80,
+            "server_side": "remote",
+            "recordings_seen": 1,
+            "recordings_total": 2,
+            "flows_min": 1,
+            "flows_max": 1,
+            "remote_addrs": addresses,
+        }
+    )
     csvio.write_table(flows, FLOWS, folder / "scan.flows.csv")
-    csvio.write_table(patterns.reindex(columns=SIGNATURE.names), SIGNATURE,
-                      folder / "signature.csv")
+    csvio.write_table(
+        patterns.reindex(columns=SIGNATURE.names), SIGNATURE, folder / "signature.csv"
+    )
     return folder / "scan.flows.csv", folder / "signature.csv"
 
 
@@ -449,18 +589,29 @@ def test_a_signature_of_twenty_thousand_patterns_is_reported_in_seconds(tmp_path
     timeline drew a row per pattern and the matching joined every flow with every pattern."""
     flows, signature = _scan(20_000, tmp_path)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, str(SCRIPTS / "traffic-report.py"), flows,
-                             "--signature", signature, "-o", tmp_path / "out"],
-                            capture_output=True, text=True, timeout=120,
-                            preexec_fn=_limited_memory)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "traffic-report.py"),
+            flows,
+            "--signature",
+            signature,
+            "-o",
+            tmp_path / "out",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limited_memory,
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    assert elapsed < 60, elapsed              # about 4 s; the old code: out of memory
+    assert elapsed < 60, elapsed  # about 4 s; the old code: out of memory
     assert "20000 flow(s) matched" in result.stdout
     out = tmp_path / "out"
     assert_report_files(out, [n for n in REPORT_FILES if n != "inventory.csv"])
     width, height = _png_size(out / "timeline.png")
-    assert height < 2500                      # 30 pattern rows, whatever the signature
+    assert height < 2500  # 30 pattern rows, whatever the signature
     page = (out / "report.html").read_text()
     assert "The signature has 20,000 patterns" in page
     assert "The first 1,000 of 20,000 remote parties" in page
@@ -469,13 +620,18 @@ def test_a_signature_of_twenty_thousand_patterns_is_reported_in_seconds(tmp_path
 
 
 def test_the_timeline_folds_patterns_beyond_thirty_rows():
-    patterns = pd.DataFrame({"pattern": [f"p{i}" for i in range(100)], "order": range(100),
-                             "role": ["event"] * 90 + ["background"] * 10})
+    patterns = pd.DataFrame(
+        {
+            "pattern": [f"p{i}" for i in range(100)],
+            "order": range(100),
+            "role": ["event"] * 90 + ["background"] * 10,
+        }
+    )
     matched = pd.DataFrame({"pattern": ["p50"] * 5 + ["p95"] * 3 + ["p1"]})
     shown = traffic_report.timeline_rows(patterns, matched)
     assert len(shown) == traffic_report.MAX_TIMELINE_ROWS
-    assert list(shown["pattern"][:3]) == ["p0", "p1", "p2"]      # numbers kept, in order
-    assert {"p50", "p95"} <= set(shown["pattern"])               # the most flows kept
+    assert list(shown["pattern"][:3]) == ["p0", "p1", "p2"]  # numbers kept, in order
+    assert {"p50", "p95"} <= set(shown["pattern"])  # the most flows kept
     assert shown["pattern"].iloc[-1].startswith("71 other patterns")
     rows = traffic_report.row_of(shown, pd.Series(["p50", "p99", "p0"]))
     assert list(rows) == [list(shown["pattern"]).index("p50"), len(shown) - 1, 0]
