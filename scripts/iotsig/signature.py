@@ -272,7 +272,6 @@ def _extract_once(
     n = len(recordings)
     needed = max(1, math.ceil(support * n - 1e-9))
     flows["key"] = _assign_keys(flows, needed)
-    flows["fingerprint_key"] = flows["key"]  # (before the packet profiles split it)
     keys, profiles = profile_patterns(
         flows["key"].to_numpy(),
         _codes(flows["recording"]),
@@ -326,7 +325,7 @@ def _extract_once(
 def _item_table(flows: pd.DataFrame, needed: int = MIN_VARIANT) -> pd.DataFrame:
     """The packet items of the fingerprinted flows that recur in `needed` recordings:
     (row, item, size, recording)."""
-    labels = pd.factorize(flows["fingerprint_key"])[0]
+    labels = pd.factorize(flows["specific_key"])[0]
     recording = _codes(flows["recording"])
     sizes = payload_matrix(flows["first_payload_sizes"])
     rows, values, _, items = _recurring_items(
@@ -390,7 +389,7 @@ def _complementary_routes(flows: pd.DataFrame, recordings: list[Recording]) -> l
     n = len(recordings)
     smallest = max(MIN_VARIANT, math.ceil(n / 4))  # a route, not a coincidence
     everyone = frozenset(r.name for r in recordings)
-    parts = _recording_sets(flows["fingerprint_key"], flows["recording"], smallest, n - smallest)
+    parts = _recording_sets(flows["specific_key"], flows["recording"], smallest, n - smallest)
     if not parts:
         return []
     table = _item_table(flows, smallest)
@@ -676,6 +675,7 @@ def _assign_keys(flows: pd.DataFrame, needed: int) -> np.ndarray:
     pairs = np.unique(_group_ids([specific, codes["recording"]]), return_index=True)[1]
     support = np.bincount(specific[pairs], minlength=specific.max() + 1)[specific]
     stable = support >= needed
+    flows["specific_key"] = specific  # (routes compare flows at this level)
     flows["generalised"] = ~stable
     flows["remote"] = np.where(stable, flows["remote"], flows["remote_general"])
     flows.loc[~stable, "remote_kind"] = np.where(
