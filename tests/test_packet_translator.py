@@ -898,3 +898,28 @@ def test_captures_with_one_file_name_are_refused(tmp_path):
         str(copies[0]),
         str(copies[1]),
     )
+
+
+def test_times_iso_8601_cannot_say_leave_time_utc_empty_with_a_warning(tmp_path, run):
+    """A pcapng whose packets are dated past the year 9999 (editcap -t): ts as tshark gives
+    it, time_utc empty (it was 'NaTZ'), and one warning line naming the capture."""
+    editcap = shutil.which("editcap")
+    if not editcap:
+        pytest.skip("editcap (Wireshark's) is not installed")
+    far = tmp_path / "far-future.pcapng"
+    subprocess.run(
+        [editcap, "-F", "pcapng", "-t", "252000000000", str(TPLINK_CAPTURES[0]), str(far)],
+        check=True,
+        capture_output=True,
+    )
+    result = run("packet-translator.py", far, "-o", tmp_path / "out")
+    rows = pd.read_csv(
+        tmp_path / "out" / f"{far.name}.packets.csv", dtype=str, keep_default_na=False
+    )
+    assert len(rows) > 0 and (rows["time_utc"] == "").all()
+    assert (rows["ts"].astype(float) > 253402300800).all()  # after 9999-12-31
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"packet-translator.py: warning: {far}: {len(rows)} packet(s) with a time outside the "
+        "years 0001-9999 (first: frame 1): ts kept as read, time_utc left empty"
+    ]

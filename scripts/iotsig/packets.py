@@ -96,6 +96,8 @@ class Translation:
     output: Path | None = None
     packets: int = 0
     warnings: list[str] = field(default_factory=list)
+    unwritable_times: int = 0  # packets whose time ISO 8601 cannot say (time_utc empty)
+    first_unwritable_frame: str = ""
 
 
 def output_path(capture: Path, output_dir: Path) -> Path:
@@ -124,6 +126,7 @@ def translate(
                 sink.write(",".join(PACKETS.names) + "\n")
                 for raw in _read_chunks(process.stdout):
                     rows = build_rows(raw, capture.name, device_mac, device_ip)
+                    _note_unwritable_times(rows, result)
                     csvio.write_rows(sink, csvio.to_csv_text(rows, PACKETS), "%.6f")
                     result.packets += len(rows)
                     if on_packets:
@@ -145,7 +148,20 @@ def translate(
         result.warnings = [
             f"{capture}: {w} (kept the {result.packets} packets read)" for w in warnings + errors
         ]
+        if result.unwritable_times:
+            result.warnings.append(
+                f"{capture}: {result.unwritable_times} packet(s) with a time outside the years "
+                f"0001-9999 (first: frame {result.first_unwritable_frame}): ts kept as read, "
+                "time_utc left empty"
+            )
     return result
+
+
+def _note_unwritable_times(rows: pd.DataFrame, result: Translation) -> None:
+    odd = np.flatnonzero((rows["time_utc"] == "").to_numpy() & rows["ts"].notna().to_numpy())
+    if len(odd) and not result.unwritable_times:
+        result.first_unwritable_frame = rows["frame_number"].iat[odd[0]]
+    result.unwritable_times += len(odd)
 
 
 @contextlib.contextmanager

@@ -6,15 +6,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+FIRST_SECOND = -62135596800.0  # 0001-01-01T00:00:00Z
+LAST_SECOND = 253402300800.0  # 10000-01-01T00:00:00Z
+
 
 def utc_text(seconds, unit: str = "us") -> np.ndarray:
     """Epoch seconds -> '2024-08-19T09:32:19.123456Z'; NaN -> ''."""
     values = pd.to_numeric(pd.Series(np.atleast_1d(seconds)), errors="coerce").to_numpy(float)
     text = np.full(len(values), "", dtype=object)
-    known = ~np.isnan(values)
+    known = writable(values)
     micros = np.round(values[known] * 1e6).astype("int64").astype("datetime64[us]")
     text[known] = np.char.add(np.datetime_as_string(micros, unit=unit), "Z")
     return text
+
+
+def writable(values: np.ndarray) -> np.ndarray:
+    """The times ISO 8601 can say with four-digit years (0001 to 9999); the rest (a pcapng
+    with a time past 9999, an infinity) get an empty cell, never 'NaTZ'."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (values >= FIRST_SECOND) & (values < LAST_SECOND)
 
 
 def utc(seconds: float, unit: str = "ms") -> str:
