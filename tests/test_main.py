@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import yaml
 
 from iotsig import csvio
 from iotsig.schema import FLOWS, PACKETS
@@ -17,6 +18,7 @@ from iotsig.signature import read_signature_csv
 from iotsig.tshark import tshark_path
 
 from conftest import (
+    CAPTURES,
     GATEWAY_IP,
     PHONE_IP,
     PLUG_IP,
@@ -384,8 +386,12 @@ def test_a_device_ip_that_never_appears_is_one_error_line_and_no_outputs(tmp_pat
                 [PLUG_IP, "--device-mac", "50:c7:bf:ed:0a"],
                 "argument --device-mac: '50:c7:bf:ed:0a'",
             ),
-            (["fe80::1"], "argument IPV4: 'fe80::1' is not an IPv4 address"),
             (["plug"], "argument IPV4: 'plug' is not"),
+            (
+                [PLUG_MAC],
+                f"argument IPV4: '{PLUG_MAC}' is not an IPv4 or IPv6 address but a MAC address: "
+                "give the device's IP here, its MAC with --device-mac",
+            ),
             ([PLUG_IP, "--device-mac", "50:c7:bf:ed:0a:zz"], "argument --device-mac"),
         ],
     ),
@@ -416,3 +422,39 @@ def test_captures_with_one_file_name_are_refused_before_anything_is_written(tmp_
     assert_clean_run(result)
     assert result.stderr.startswith("main.py: error: 3 captures share the name plug.pcap (")
     assert not (tmp_path / "out").exists()
+
+
+def test_arguments_in_the_wrong_order_and_an_empty_name_are_named(tmp_path):
+    """A capture where the address goes (DEVICE PCAP IPV4), and an empty device name (it
+    gave 'on device  (' in pattern.txt): one line each saying what is wrong."""
+    capture = TPLINK_CAPTURES[0]
+    for arguments, complaint in (
+        (
+            ["TpLinkPlug", capture, PLUG_IP],
+            f"argument IPV4: '{capture}' is not an IPv4 or IPv6 address but a file: the "
+            "device's address comes before the files",
+        ),
+        (["", PLUG_IP, capture], "argument DEVICE: the device name is empty"),
+        (["  ", PLUG_IP, capture], "argument DEVICE: the device name is empty"),
+    ):
+        result = run_script("main.py", *arguments, "-o", tmp_path / "out", check=False)
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1] == f"main.py: error: {complaint}"
+        assert not (tmp_path / "out").exists()
+
+
+def test_an_ipv6_device_is_accepted(tmp_path):
+    """main.py takes the device's IPv6 address too (the other stages always did)."""
+    capture = CAPTURES / "http_ipv6.pcap"
+    run_script(
+        "main.py",
+        "host",
+        "2a00:d40:1:3:7aac:c0ff:fea7:d4c",
+        capture,
+        "-o",
+        tmp_path,
+        "-q",
+        "--no-report",
+    )
+    profile = yaml.safe_load((tmp_path / "profile.yaml").read_text())
+    assert profile["device-info"]["ipv6"] == "2a00:d40:1:3:7aac:c0ff:fea7:d4c"

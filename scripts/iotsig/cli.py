@@ -28,7 +28,24 @@ def ipv4_or_ipv6(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IPv4 or IPv6 address{_hint(text)}"
+        ) from None
+
+
+def _hint(text: str) -> str:
+    """What the text looks like instead: the usual mix-ups of a device's IP argument."""
+    if MAC_PATTERN.match(text.strip()):
+        return " but a MAC address: give the device's IP here, its MAC with --device-mac"
+    if Path(text).exists() or text.endswith((".pcap", ".pcapng", ".cap", ".csv")):
+        return " but a file: the device's address comes before the files"
+    return ""
+
+
+def device_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the device name is empty")
+    return text
 
 
 def ipv4(text: str) -> str:
@@ -112,6 +129,7 @@ def add_signature_arguments(parser, device_required: bool = True) -> None:
         parser.add_argument(
             "--device-name",
             required=True,
+            type=device_name,
             metavar="NAME",
             help="device name, as the firewall profile will call it",
         )

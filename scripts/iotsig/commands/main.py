@@ -12,8 +12,9 @@ from ..cli import (
     add_jobs_argument,
     add_signature_arguments,
     check_distinct_names,
+    device_name,
     ensure_output_dir,
-    ipv4,
+    ipv4_or_ipv6,
 )
 from ..errors import ToolError
 
@@ -28,9 +29,14 @@ class Main(Command):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("device_name", metavar="DEVICE", help="device name (profile name)")
         parser.add_argument(
-            "device_ip", metavar="IPV4", type=ipv4, help="the device's IPv4 address"
+            "device_name", metavar="DEVICE", type=device_name, help="device name (profile name)"
+        )
+        parser.add_argument(
+            "device_ip",
+            metavar="IPV4",
+            type=ipv4_or_ipv6,
+            help="the device's IPv4 address (or IPv6)",
         )
         parser.add_argument(
             "captures",
