@@ -724,3 +724,17 @@ def test_a_pattern_without_a_port_never_becomes_an_allow_everything_policy():
     row = next(pd.DataFrame([row]).itertuples())
     assert unexpressible(row) == "no UDP port was seen: a policy without one would allow any"
     assert policy(row, "ipv6") is None
+
+
+def test_a_flows_csv_saved_with_semicolons_is_named_as_such(flows, tmp_path):
+    """What Excel writes in much of Europe: one line saying the separator is ';' (it was a
+    list of every column as missing)."""
+    table = pd.read_csv(flows[0], dtype=str, keep_default_na=False)
+    semicolons = tmp_path / "excel.flows.csv"
+    table.to_csv(semicolons, sep=";", index=False)
+    with pytest.raises(InputError) as refused:
+        signature.read_recordings([semicolons])
+    assert str(refused.value) == (
+        f"{semicolons}: the separator is ';', not ',' (a spreadsheet's export where the decimal "
+        "mark is a comma): save it again as CSV with ',' between fields"
+    )

@@ -149,6 +149,12 @@ def read_table(
     header = _read_header(path, table)
     needed = table.names if required is None else required
     missing = [c for c in needed if c not in header]
+    if missing and len(header) == 1 and header[0].count(";") >= len(needed) // 2:
+        raise InputError(
+            path,
+            "the separator is ';', not ',' (a spreadsheet's export where the decimal mark is "
+            "a comma): save it again as CSV with ',' between fields",
+        )
     if missing:
         raise InputError(path, f"not a {table.name} CSV: missing column(s) {', '.join(missing)}")
     wanted = [c for c in header if columns is None or c in columns]
