@@ -923,3 +923,48 @@ def test_times_iso_8601_cannot_say_leave_time_utc_empty_with_a_warning(tmp_path,
         f"packet-translator.py: warning: {far}: {len(rows)} packet(s) with a time outside the "
         "years 0001-9999 (first: frame 1): ts kept as read, time_utc left empty"
     ]
+
+
+@pytest.mark.parametrize("tool, suffix", [("gzip", ".gz"), ("zstd", ".zst"), ("lz4", ".lz4")])
+def test_compressed_captures_are_read_as_tshark_reads_them(tmp_path, run, tool, suffix):
+    """A .pcap.gz, .zst or .lz4 gives the same rows as the capture itself (they were
+    refused as 'unknown file header'); junk compressed the same way is still refused."""
+    program = shutil.which(tool)
+    if not program:
+        pytest.skip(f"{tool} is not installed")
+    capture = TPLINK_CAPTURES[0]
+    packed = tmp_path / f"{capture.name}{suffix}"
+    junk = tmp_path / f"junk.pcap{suffix}"
+    (tmp_path / "junk.pcap").write_text("not a capture at all\n")
+    for source, target in ((capture, packed), (tmp_path / "junk.pcap", junk)):
+        with open(target, "wb") as sink:
+            subprocess.run([program, "-c", str(source)], stdout=sink, check=True)
+    run("packet-translator.py", capture, packed, "-o", tmp_path / "out", "-q")
+    plain = pd.read_csv(tmp_path / "out" / f"{capture.name}.packets.csv", dtype=str)
+    unpacked = pd.read_csv(tmp_path / "out" / f"{packed.name}.packets.csv", dtype=str)
+    assert len(plain) > 0
+    pd.testing.assert_frame_equal(plain.drop(columns="capture"), unpacked.drop(columns="capture"))
+    refused = run("packet-translator.py", junk, "-o", tmp_path / "junk-out", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"packet-translator.py: error: {junk}: {tool}-compressed, but no capture inside: not a "
+        "pcap or pcapng capture"
+    )
+
+
+def test_a_pipe_is_read_whole(tmp_path, run):
+    """A FIFO (a capture streamed from another program): the header check must not take its
+    first bytes from tshark (it hung forever)."""
+    capture = TPLINK_CAPTURES[0]
+    fifo = tmp_path / "live.pcap"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"cat '{capture}' > '{fifo}'"])
+    try:
+        run("packet-translator.py", fifo, "-o", tmp_path / "out", "-q", timeout=60)
+    finally:
+        writer.wait(timeout=10)
+    rows = pd.read_csv(tmp_path / "out" / "live.pcap.packets.csv", dtype=str)
+    plain = run("packet-translator.py", capture, "-o", tmp_path / "plain", "-q")
+    assert plain.returncode == 0
+    expected = pd.read_csv(tmp_path / "plain" / f"{capture.name}.packets.csv", dtype=str)
+    pd.testing.assert_frame_equal(rows.drop(columns="capture"), expected.drop(columns="capture"))

@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 
 from .errors import InputError
-from .tshark import CAPTURE_MAGICS, file_head
+from .tshark import CAPTURE_MAGICS, COMPRESSED_MAGICS, file_head
 
 KINDS = ("capture", "signature", "flows", "packets")
 # The columns that make a CSV of each kind (checked in this order).
@@ -28,10 +28,12 @@ def file_kind(path: Path, expected: tuple[str, ...] = KINDS) -> str:
     """'capture', 'signature', 'flows' or 'packets'. `expected` (the kinds the caller
     takes) only words the error for a file of none of them."""
     path = Path(path)
+    if path.is_fifo():  # its bytes are tshark's to read: a pipe is a capture
+        return "capture"
     head = file_head(path, HEADER_BYTES, "a capture or CSV file")
     if not head:
         raise InputError(path, f"empty file (0 bytes): not {_listing(expected, ' or ')}")
-    if head[:4] in CAPTURE_MAGICS:
+    if head[:4] in CAPTURE_MAGICS or any(head.startswith(m) for m in COMPRESSED_MAGICS):
         return "capture"
     columns = header_columns(head)
     for kind, needed in CSV_COLUMNS.items():

@@ -73,11 +73,27 @@ def file_head(path: Path, size: int, expected: str) -> bytes:
         raise InputError(path, f"cannot read ({e.strerror})") from None
 
 
+# Compressed files tshark reads as they are (gzip, zstd, lz4 frames).
+COMPRESSED_MAGICS = {
+    bytes.fromhex("1f8b"): "gzip",
+    bytes.fromhex("28b52ffd"): "zstd",
+    bytes.fromhex("04224d18"): "lz4",
+}
+
+
 def check_capture(path: Path) -> None:
     """Refuse what is not a pcap/pcapng file before tshark guesses another format for it
-    (tshark reads a 6-byte text file as 'MP4 media' and an empty one as ERF, silently)."""
+    (tshark reads a 6-byte text file as 'MP4 media' and an empty one as ERF, silently).
+    A pipe is left to tshark: reading its first bytes here would take them from tshark. A
+    compressed file is what capinfos (Wireshark's) finds inside it."""
     path = Path(path)
+    if path.is_fifo():
+        return
     head = file_head(path, 24, "a capture")
+    compression = next((c for m, c in COMPRESSED_MAGICS.items() if head.startswith(m)), None)
+    if compression:
+        _check_compressed(path, compression)
+        return
     if not head:
         raise InputError(path, "empty file (0 bytes): not a capture")
     if head[:4] not in CAPTURE_MAGICS:
@@ -165,3 +181,20 @@ def stderr_problems(text: str) -> tuple[list[str], list[str]]:
         last = warnings if any(m in line for m in PARTIAL_READ_MARKERS) else errors
         last.append(line)
     return warnings, errors
+
+
+def _check_compressed(path: Path, compression: str) -> None:
+    capinfos = Path(tshark_path()).with_name("capinfos")
+    if not capinfos.is_file():
+        capinfos = shutil.which("capinfos")
+    if not capinfos:
+        return  # tshark will say what it finds
+    result = subprocess.run(
+        [str(capinfos), "-t", "-M", "-T", "-r", str(path)], capture_output=True, text=True
+    )
+    kind = result.stdout.strip().splitlines()[-1].split("\t")[-1] if result.stdout.strip() else ""
+    if result.returncode != 0 or kind not in ("pcap", "pcapng"):
+        found = f"a {kind} file" if kind and result.returncode == 0 else "no capture"
+        raise InputError(
+            path, f"{compression}-compressed, but {found} inside: not a pcap or pcapng capture"
+        )
