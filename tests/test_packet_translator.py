@@ -519,8 +519,8 @@ def coap_get(message_id: int, *path: bytes) -> bytes:
     return message
 
 
-def write_capture(frames: list[bytes], path: Path) -> Path:
-    """Frames -> a pcap, through text2pcap's hex dump input."""
+def write_capture(frames: list[bytes], path: Path, link_type: int = 1) -> Path:
+    """Frames -> a pcap, through text2pcap's hex dump input (link type 1: Ethernet)."""
     dump = path.with_suffix(".txt")
     with open(dump, "w") as out:
         for frame in frames:
@@ -528,7 +528,9 @@ def write_capture(frames: list[bytes], path: Path) -> Path:
                 out.write(f"{offset:06x}  {frame[offset : offset + 16].hex(' ')}\n")
             out.write("\n")
     subprocess.run(
-        ["text2pcap", "-q", "-F", "pcap", str(dump), str(path)], check=True, capture_output=True
+        ["text2pcap", "-q", "-F", "pcap", "-l", str(link_type), str(dump), str(path)],
+        check=True,
+        capture_output=True,
     )
     return path
 
@@ -968,3 +970,30 @@ def test_a_pipe_is_read_whole(tmp_path, run):
     assert plain.returncode == 0
     expected = pd.read_csv(tmp_path / "plain" / f"{capture.name}.packets.csv", dtype=str)
     pd.testing.assert_frame_equal(rows.drop(columns="capture"), expected.drop(columns="capture"))
+
+
+def wifi_frame(transmitter: str, receiver: str, destination: str, ip_packet: bytes) -> bytes:
+    """An 802.11 data frame to the access point (ToDS): receiver = BSSID, then LLC/SNAP."""
+    header = bytes([0x08, 0x01, 0, 0])
+    for mac in (receiver, transmitter, destination):
+        header += bytes.fromhex(mac.replace(":", ""))
+    return header + b"\x00\x00" + bytes.fromhex("aaaa030000000800") + ip_packet
+
+
+def test_wifi_frames_give_their_macs_and_vendors(tmp_path, run):
+    """802.11 captures carry MACs in wlan.sa/da (ta/ra): they were empty, so the inventory
+    was empty and main.py could not find the device's MAC."""
+    access_point = "c0:56:27:73:46:0b"
+    udp = struct.pack("!HHHH", 40000, 53, 13, 0)
+    packet = transport_packet(PLUG_IP, "192.168.1.1", 17, udp, 6, b"hello")
+    capture = write_capture(
+        [wifi_frame(PLUG_MAC, access_point, access_point, packet)],
+        tmp_path / "wifi.pcap",
+        link_type=105,  # IEEE 802.11
+    )
+    run("packet-translator.py", capture, "-o", tmp_path / "out", "-q")
+    row = pd.read_csv(tmp_path / "out" / "wifi.pcap.packets.csv", dtype=str).iloc[0]
+    assert (row["eth_src"], row["eth_dst"]) == (PLUG_MAC, access_point)
+    assert row["eth_src_vendor"] == "Tp-Link Technologies Co.,Ltd."  # as eth.src.oui_resolved
+    assert row["eth_dst_vendor"] == "Belkin International Inc."
+    assert (row["ip_src"], row["dst_port"]) == (PLUG_IP, "53")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import queue
 import tempfile
@@ -35,6 +36,10 @@ FIELDS = list(
             "eth.src.oui_resolved",
             "eth.dst.oui_resolved",
             "sll.src.eth",
+            "wlan.sa",
+            "wlan.da",
+            "wlan.ta",
+            "wlan.ra",
             "ip.src",
             "ip.dst",
             "ip.proto",
@@ -255,10 +260,19 @@ def build_rows(
     out["frame_len"] = raw["frame.len"]
 
     arp = raw["arp.opcode"] != ""
-    out["eth_src"] = _first_nonblank(raw["eth.src"], raw["sll.src.eth"], raw["arp.src.hw_mac"])
-    out["eth_src_vendor"] = first(raw["eth.src.oui_resolved"])
-    out["eth_dst"] = first(raw["eth.dst"])
-    out["eth_dst_vendor"] = first(raw["eth.dst.oui_resolved"])
+    # 802.11 frames carry their MACs as source/destination (and transmitter/receiver, for
+    # frames without them); Wireshark gives their vendors only through name resolution,
+    # which -n turns off: they come from its manuf file, the OUI database behind eth's.
+    out["eth_src"] = _first_nonblank(
+        raw["eth.src"], raw["sll.src.eth"], raw["wlan.sa"], raw["wlan.ta"], raw["arp.src.hw_mac"]
+    )
+    out["eth_dst"] = _first_nonblank(raw["eth.dst"], raw["wlan.da"], raw["wlan.ra"])
+    for end in ("src", "dst"):
+        vendor = first(raw[f"eth.{end}.oui_resolved"])
+        wireless = (raw["eth.src"] == "") & (out[f"eth_{end}"] != "") & (vendor == "")
+        if wireless.any():
+            vendor = vendor.where(~wireless, map_uniques(out[f"eth_{end}"], oui_vendor))
+        out[f"eth_{end}_vendor"] = vendor
 
     has_v4, has_v6 = raw["ip.src"] != "", raw["ipv6.src"] != ""
     out["ip_version"] = np.select([has_v4, has_v6], ["4", "6"], "")
@@ -325,6 +339,28 @@ def _first_nonblank(*columns: pd.Series) -> pd.Series:
     for column in columns[1:]:
         result = result.where(result != "", first(column))
     return result
+
+
+MANUF = Path("/usr/share/wireshark/manuf")
+
+
+@functools.lru_cache(maxsize=1)
+def _manuf() -> dict[str, str]:
+    """Wireshark's OUI database: the first three octets -> the vendor's full name (what
+    eth.src.oui_resolved gives). Empty where the file is not there."""
+    vendors = {}
+    with contextlib.suppress(OSError):
+        for line in MANUF.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and len(parts[0]) == 8 and not line.startswith("#"):
+                vendors[parts[0].lower()] = parts[2].strip() if len(parts) > 2 else parts[1]
+    return vendors
+
+
+def oui_vendor(mac: str) -> str:
+    if not mac or int(mac[:2], 16) & 2:  # locally administered: no vendor
+        return ""
+    return _manuf().get(mac[:8].lower(), "")
 
 
 def _tcp_letters(value: str) -> str:
