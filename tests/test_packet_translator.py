@@ -927,7 +927,14 @@ def test_times_iso_8601_cannot_say_leave_time_utc_empty_with_a_warning(tmp_path,
     ]
 
 
-@pytest.mark.parametrize("tool, suffix", [("gzip", ".gz"), ("zstd", ".zst"), ("lz4", ".lz4")])
+@pytest.mark.parametrize(
+    "tool, suffix",
+    [
+        ("gzip", ".gz"),
+        pytest.param("zstd", ".zst", marks=pytest.mark.slow),
+        pytest.param("lz4", ".lz4", marks=pytest.mark.slow),
+    ],
+)
 def test_compressed_captures_are_read_as_tshark_reads_them(tmp_path, run, tool, suffix):
     """A .pcap.gz, .zst or .lz4 gives the same rows as the capture itself (they were
     refused as 'unknown file header'); junk compressed the same way is still refused."""
