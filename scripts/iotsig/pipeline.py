@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import csvio, flows, packets, profile, report
+from . import csvio, flows, packets, profile
 from . import signature as sig
 from .errors import ToolError
 from .parallel import run_parallel
+from .pattern_text import pattern_text
 from .schema import FLOWS, PACKETS
 
 OUTPUT_NAMES = {"pattern": "pattern.txt", "profile": "profile.yaml", "signature": "signature.csv"}
@@ -244,7 +245,7 @@ def write_signature(signature: sig.Signature, output_dir: Path) -> dict[str, Pat
         f"{len(signature.recordings)} recording(s) of event '{signature.event}'.\n"
         "See pattern.txt for what each policy was built from."
     )
-    csvio.write_text(paths["pattern"], report.pattern_text(signature))
+    csvio.write_text(paths["pattern"], pattern_text(signature))
     csvio.write_text(paths["profile"], profile.dump_profile(document, header))
     sig.write_signature_csv(signature, paths["signature"])
     return paths
