@@ -198,3 +198,14 @@ def read_only_dir(tmp_path, mount_tmpfs):
     point = tmp_path / "read-only"
     point.mkdir(mode=0o555)
     return point
+
+
+def capinfos_count(capture: Path) -> int:
+    """The frames in a capture, as capinfos (Wireshark's) counts them."""
+    out = subprocess.run(
+        ["capinfos", "-c", "-M", "-T", "-r", str(capture)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.strip().splitlines()[-1].split("\t")[-1])

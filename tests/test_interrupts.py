@@ -19,20 +19,10 @@ import pytest
 from iotsig import csvio
 from iotsig.schema import PACKETS
 
-from conftest import CAPTURES, PLUG_IP, SCRIPTS, TPLINK_CAPTURES, run_script
+from conftest import CAPTURES, PLUG_IP, SCRIPTS, TPLINK_CAPTURES, capinfos_count, run_script
 
 BACKGROUND = CAPTURES / "sweep" / "protocols" / "coap_mqtt.pcap"  # 8,516 packets
 MAIN_OUTPUTS = {"pattern.txt", "profile.yaml", "signature.csv"}
-
-
-def capinfos_count(capture: Path) -> int:
-    out = subprocess.run(
-        ["capinfos", "-c", "-M", "-T", "-r", str(capture)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return int(out.strip().split("\t")[-1])
 
 
 @pytest.fixture(scope="module")

@@ -65,22 +65,25 @@ def test_the_flows_csv_shows_the_request_that_tells_two_bulb_actions_apart(tmp_p
 # --- learning ---------------------------------------------------------------------------
 
 
-def _learn(event: str, train: list, others: list, out, *extra) -> pd.DataFrame:
+def _main(event: str, recordings: list, out, *options) -> None:
+    """main.py on the bulb's recordings of one event."""
     run_script(
         "main.py",
         "TapoLight",
         BULB_IP,
-        *train,
-        "--idle",
-        *others,
+        *recordings,
         "--event",
         event,
         "-o",
         out,
         "-q",
         "--no-report",
-        *extra,
+        *options,
     )
+
+
+def _learn(event: str, train: list, others: list, out, *extra) -> pd.DataFrame:
+    _main(event, train, out, "--idle", *others, *extra)
     return csvio.read_table(out / "signature.csv", SIGNATURE)
 
 
@@ -108,18 +111,7 @@ def test_the_detector_tells_same_flow_events_apart(tmp_path):
     local = [c for c in colours if _has_local_request(c)]
     signatures = {}
     for event, recordings in (("toggle", toggles[:5]), ("set_color", local[:5])):
-        run_script(
-            "main.py",
-            "TapoLight",
-            BULB_IP,
-            *recordings,
-            "--event",
-            event,
-            "-o",
-            tmp_path / event,
-            "-q",
-            "--no-report",
-        )
+        _main(event, recordings, tmp_path / event)
         signatures[event] = tmp_path / event / "signature.csv"
     held_out = [toggles[6], local[6]]
     run_script("event-detector.py", *signatures.values(), *held_out, "-o", tmp_path / "d", "-q")
@@ -243,18 +235,7 @@ def test_routes_are_found_without_a_baseline_only_where_flows_and_packets_agree(
     cloud = [c for c in colours if c not in local]
     toggles = _recordings("TapoLight", "toggle")
     for event, recordings in (("set_color", local[:4] + cloud[:4]), ("toggle", toggles[:8])):
-        run_script(
-            "main.py",
-            "TapoLight",
-            BULB_IP,
-            *recordings,
-            "--event",
-            event,
-            "-o",
-            tmp_path / event,
-            "-q",
-            "--no-report",
-        )
+        _main(event, recordings, tmp_path / event)
     colour = csvio.read_table(tmp_path / "set_color" / "signature.csv", SIGNATURE)
     assert sorted(set(colour["variant"])) == [1, 2]
     toggle = csvio.read_table(tmp_path / "toggle" / "signature.csv", SIGNATURE)

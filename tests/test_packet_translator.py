@@ -24,7 +24,7 @@ import pytest
 
 from iotsig import csvio
 from iotsig.schema import PACKETS
-from iotsig.tshark import tshark_path
+from iotsig.tshark import fields_command, tshark_path
 
 from conftest import (
     CAPTURES,
@@ -34,6 +34,7 @@ from conftest import (
     QUICK_CAPTURES,
     SHARED,
     TPLINK_CAPTURES,
+    capinfos_count,
     needed,
     quick_first,
     quick_only,
@@ -58,16 +59,6 @@ def by_name(name: str) -> Path:
 # --- what tshark itself says ------------------------------------------------------------
 
 
-def capinfos_count(capture: Path) -> int:
-    out = subprocess.run(
-        ["capinfos", "-c", "-M", "-T", "-r", str(capture)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return int(out.strip().splitlines()[-1].split("\t")[-1])
-
-
 def tshark_fields(
     capture: Path,
     *fields: str,
@@ -75,30 +66,9 @@ def tshark_fields(
     preferences: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """tshark's own fields export: one row per frame, all occurrences joined by ';'."""
-    command = [
-        tshark_path(),
-        "-n",
-        "-r",
-        str(capture),
-        "-T",
-        "fields",
-        "-E",
-        "header=n",
-        "-E",
-        "separator=/t",
-        "-E",
-        "occurrence=a",
-        "-E",
-        "aggregator=;",
-        "-E",
-        "quote=n",
-    ]
-    if display_filter:
-        command += ["-Y", display_filter]
+    command = fields_command(capture, list(fields), display_filter)
     for preference in preferences:
         command += ["-o", preference]
-    for field in fields:
-        command += ["-e", field]
     # No check: on a cut capture tshark prints what it could read, then exits non-zero.
     out = subprocess.run(command, capture_output=True, check=False).stdout
     lines = out.decode("utf-8", "replace").split("\n")[:-1]
