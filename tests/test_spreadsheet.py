@@ -195,17 +195,26 @@ def read_csv_cells(path: Path) -> list[list[str]]:
 # --- one capture, one translation, one LibreOffice run per format -----------------------------
 
 
-def soffice_convert(files: list[Path], fmt: str, outdir: Path, profile: Path) -> None:
+def soffice_convert(
+    files: list[Path],
+    fmt: str,
+    outdir: Path,
+    profile: Path,
+    infilter: str | None = CSV_IMPORT,
+    export: str | None = None,
+) -> None:
     """Open the CSVs in LibreOffice as a user would (formula evaluation on) and save them
-    as `fmt`. A private profile: no clash with a running LibreOffice or another test run."""
+    as `fmt`. A private profile: no clash with a running LibreOffice or another test run.
+    infilter None: LibreOffice's default import (what opening the file gives); export: the
+    output filter's options (e.g. a CSV's separator)."""
     command = [
         SOFFICE,
         f"-env:UserInstallation={profile.as_uri()}",
         "--headless",
         "--norestore",
-        f"--infilter={CSV_IMPORT}",
+        *([f"--infilter={infilter}"] if infilter else []),
         "--convert-to",
-        fmt,
+        f"{fmt}:{export}" if export else fmt,
         "--outdir",
         str(outdir),
         *map(str, files),

@@ -270,7 +270,7 @@ class Command:
         with a progress bar, and summarise."""
         import time
 
-        from . import traffic_report
+        from . import csvio, traffic_report
 
         started = time.monotonic()
         with self.progress(total=5, unit=" step", desc="traffic report") as bar:
@@ -292,7 +292,7 @@ class Command:
                 pattern_path=pattern,
                 step=step,
             )
-        for note in result.notes:
+        for note in csvio.take_notes() + result.notes:  # (take_notes: the CSVs read)
             self.warn(note)
         for key in ("inventory", "map_png", "map_svg", "timeline", "report"):
             if key in result.paths:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import os
 import re
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import fields
 from .errors import InputError, OutputError
 from .schema import Table
 
@@ -144,17 +146,12 @@ def read_table(
     """Read a CSV of `table`: text stays text (no NaN), numbers are checked and converted,
     and a missing column or an unparsable value is an InputError naming it.
     columns: read only these (default all). compact: strings as categories, for
-    million-row files."""
+    million-row files. A copy saved back by a spreadsheet is read where its meaning is
+    plain (see _Resaved); what it changed is said in notes (take_notes)."""
     path = Path(path)
-    header = _read_header(path, table)
+    header, separator = _read_header(path, table)
     needed = table.names if required is None else required
     missing = [c for c in needed if c not in header]
-    if missing and len(header) == 1 and header[0].count(";") >= len(needed) // 2:
-        raise InputError(
-            path,
-            "the separator is ';', not ',' (a spreadsheet's export where the decimal mark is "
-            "a comma): save it again as CSV with ',' between fields",
-        )
     if missing:
         raise InputError(path, f"not a {table.name} CSV: missing column(s) {', '.join(missing)}")
     wanted = [c for c in header if columns is None or c in columns]
@@ -164,11 +161,14 @@ def read_table(
         if c in table.by_name and table.by_name[c].type in ("int", "float", "bool")
     ]
     text = [c for c in wanted if c in table.by_name and table.by_name[c].type == "text"]
+    resaved = _Resaved.sample(path, table, separator, wanted)
     try:  # numbers parsed by the reader: many times faster than converting strings
-        frame, text = _read_fast(path, wanted, numeric, text, compact)
+        frame, text = _read_fast(path, wanted, numeric, text, compact, resaved)
         if frame is None:
             frame = _read(
                 path,
+                sep=separator,
+                decimal=resaved.decimal,
                 usecols=wanted,
                 keep_default_na=False,
                 memory_map=True,
@@ -179,19 +179,221 @@ def read_table(
                 },
             )
     except ValueError:  # an unparsable number: read again as text to say where
-        frame = _read(path, usecols=wanted, dtype=str, keep_default_na=False, na_filter=False)
+        frame = _read(
+            path, sep=separator, usecols=wanted, dtype=str, keep_default_na=False, na_filter=False
+        )
         for name in wanted:
             if name in table.by_name:
-                frame[name] = _convert(frame[name], table.by_name[name].type, path, name)
+                raw = frame[name]
+                if resaved.decimal == "," and table.by_name[name].type in ("int", "float"):
+                    raw = raw.str.replace(",", ".", regex=False)
+                frame[name] = _convert(raw, table.by_name[name].type, path, name, resaved)
+        _NOTES.extend(resaved.notes)
         return frame
     for name in numeric:
         _check_numbers(frame[name], table.by_name[name].type, path, name)
     for name in text:
-        frame[name] = unescape_formulas(frame[name])
+        if resaved.keeps_apostrophes(frame[name], name):
+            frame[name] = unescape_formulas(frame[name])
+    for name in wanted:
+        if name in table.by_name:
+            frame[name] = resaved.respelled(frame[name], name)
+    _NOTES.extend(resaved.notes)
     return frame
 
 
-def _read_fast(path: Path, wanted: list[str], numeric: list[str], text: list[str], compact: bool):
+# What read_table noticed in files a spreadsheet saved back: one line each, taken by the
+# caller that says them (take_notes), in the process that read the file.
+_NOTES: list[str] = []
+
+
+def take_notes() -> list[str]:
+    """The notes of the files read since the last call (and forget them)."""
+    notes = _NOTES[:]
+    _NOTES.clear()
+    return notes
+
+
+SAMPLE_ROWS = 2000  # a spreadsheet converts every row alike: the first rows show what it did
+_SIGNIFICANT_DIGITS = 15  # what LibreOffice and Excel keep of a number
+_TOOL_DECIMALS = 6  # the tools write times with microseconds
+_DECIMAL_COMMA = re.compile(r"-?[0-9]+,[0-9]+")
+
+
+class _Resaved:
+    """What a spreadsheet did to a CSV of ours when it was opened and saved again.
+
+    Read as meant: a ';' separator (with a ',' decimal mark where the numbers have one), a
+    BOM, CRLF line ends, quoted numbers, whole numbers as 443.0, CoAP codes made numbers
+    ('4.00' -> '4': told back by the field's spelling). Said, since it cannot be told back:
+    times rounded to 15 significant digits, text that a spreadsheet took for a number
+    ('007' -> '7'), and the apostrophes that keep formula-like text from being formulas
+    dropped (Excel). The evidence that numbers were converted: a float column written
+    without a decimal point (the tools write 66.0; a spreadsheet 66), or times cut to 15
+    significant digits."""
+
+    def __init__(self, path: Path, table: Table, separator: str, sample: dict[str, list[str]]):
+        self.path, self.table, self.separator = path, table, separator
+        self.notes: list[str] = []
+        numbers = [v for c, vs in sample.items() if _kind(table, c) in ("int", "float") for v in vs]
+        comma = separator == ";" and any(_DECIMAL_COMMA.fullmatch(v) for v in numbers)
+        self.decimal = "," if comma else "."
+        if separator == ";":
+            self.notes.append(
+                f"{path}: the separator is ';', not ',' (a spreadsheet's export where the "
+                "decimal mark is a comma): read as such"
+                + (", with ',' as the decimal mark" if comma else "")
+            )
+        self.converted = self._numbers_converted(sample)
+        if self.converted:
+            self._check_times(sample)
+
+    @classmethod
+    def sample(cls, path: Path, table: Table, separator: str, wanted: list[str]):
+        """The first SAMPLE_ROWS rows' numeric cells, as written."""
+        columns = {c: [] for c in wanted if _kind(table, c) in ("int", "float", "bool")}
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                rows = csv.reader(handle, delimiter=separator)
+                header = next(rows, [])
+                where = {c: header.index(c) for c in columns}
+                for row in itertools.islice(rows, SAMPLE_ROWS):
+                    for name, index in where.items():
+                        if index < len(row) and row[index].strip():
+                            columns[name].append(row[index].strip())
+        except (UnicodeDecodeError, csv.Error, OSError):
+            pass  # the reader says what is wrong with the file
+        return cls(path, table, separator, columns)
+
+    def _numbers_converted(self, sample: dict[str, list[str]]) -> bool:
+        for name, values in sample.items():
+            column = self.table.by_name[name]
+            if column.type != "float":
+                continue
+            if any(not re.search("[.,eEnN]", v) for v in values):
+                return True  # 66.0 written as 66
+            # times cut short of microseconds, some at a spreadsheet's 15 digits
+            if (
+                column.spelling == "epoch"
+                and values
+                and max(map(_decimals, values)) < _TOOL_DECIMALS
+                and any(_digits(v) >= _SIGNIFICANT_DIGITS for v in values)
+            ):
+                return True
+        return False
+
+    def _check_times(self, sample: dict[str, list[str]]) -> None:
+        for name, values in sample.items():
+            if self.table.by_name[name].spelling != "epoch" or not values:
+                continue
+            decimals = max(_decimals(v) for v in values)
+            if decimals < _TOOL_DECIMALS:
+                self.notes.append(
+                    f"{self.path}: column {name}: times have {decimals} decimal(s), not the "
+                    f"{_TOOL_DECIMALS} (microseconds) the tools write: a spreadsheet rounded "
+                    f"them to {_SIGNIFICANT_DIGITS} significant digits, so times, orders and "
+                    f"offsets computed from them may be off by up to {10.0**-decimals:g} s "
+                    "(open the CSV with every column as text: see the README)"
+                )
+
+    def keeps_apostrophes(self, values: pd.Series, name: str) -> bool:
+        """Whether the column's leading apostrophes are the tools' escaping, to strip. A
+        cell that starts like a formula without one was written by something else (Excel
+        drops them when it saves): then every cell is taken as it is."""
+        distinct = _distinct(values)
+        bare = [v for v in distinct if isinstance(v, str) and v[:1] in _FORMULA_STARTS]
+        if not bare:
+            return True
+        if self.table.by_name[name].spelling == "numbers":
+            return True  # '-66 74' or -66 74: one value either way
+        self.notes.append(
+            f"{self.path}: column {name}: the apostrophes that keep cells like {bare[0]!r} "
+            "from being formulas are gone (a spreadsheet that drops them saved the file): "
+            "cells read as they are, and opening it again may run them as formulas"
+        )
+        return False
+
+    def respelled(self, values: pd.Series, name: str) -> pd.Series:
+        """The column with what a spreadsheet made of its values told back (per the
+        column's spelling), and a note for each column where that cannot be done."""
+        column = self.table.by_name[name]
+        respell = fields.RESPELLED.get(column.spelling)
+        if column.type == "text" and self.converted and column.spelling != "numbers":
+            self._note_numbers_in_text(values, name)
+        if respell is None or column.type not in ("str", "text"):
+            return values
+        distinct = [v for v in _distinct(values) if isinstance(v, str) and v]
+        spelled = {v: respell(v) for v in distinct}
+        changed = {v: s for v, s in spelled.items() if s is not None and s != v}
+        unknown = [v for v, s in spelled.items() if s is None]
+        if changed:
+            example = next(iter(changed.items()))
+            self.notes.append(
+                f"{self.path}: column {name}: {len(changed)} value(s) a spreadsheet turned "
+                f"into numbers read back as written ({example[0]!r} -> {example[1]!r})"
+            )
+        if unknown:
+            self.notes.append(
+                f"{self.path}: column {name}: {len(unknown)} value(s) such as {unknown[0]!r} "
+                "are not in this column's spelling (a spreadsheet may have made dates or "
+                "numbers of them): kept as they are"
+            )
+        if not changed:
+            return values
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            mapping = {v: changed.get(v, v) for v in values.cat.categories}
+            return values.map(mapping).astype("category")
+        return values.replace(changed)
+
+    def _note_numbers_in_text(self, values: pd.Series, name: str) -> None:
+        distinct = pd.Series(
+            [v for v in _distinct(values) if isinstance(v, str) and v], dtype=object
+        )
+        numbers = distinct[pd.to_numeric(distinct, errors="coerce").notna()]
+        if len(numbers):
+            self.notes.append(
+                f"{self.path}: column {name}: {len(numbers)} value(s) such as {numbers.iloc[0]!r} "
+                "are numbers to a spreadsheet, which saved this file with its numbers "
+                "converted: a leading zero or a trailing decimal zero they had is lost "
+                "('007' -> '7') and cannot be told back (open the CSV with every column as "
+                "text: see the README)"
+            )
+
+
+_FORMULA_STARTS = FORMULA_CHARS - {"'"}
+
+
+def _kind(table: Table, name: str) -> str:
+    return table.by_name[name].type if name in table.by_name else ""
+
+
+def _distinct(values: pd.Series):
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.categories
+    return pd.unique(values.to_numpy())
+
+
+def _decimals(number: str) -> int:
+    """Digits after the decimal mark as written; a number in scientific notation has lost
+    them all."""
+    if re.search("[eE]", number):
+        return 0
+    _, _, fraction = number.replace(",", ".").partition(".")
+    return len(fraction)
+
+
+def _digits(number: str) -> int:
+    return len(re.sub("[^0-9]", "", number).lstrip("0"))
+
+
+def _read_fast(
+    path: Path,
+    wanted: list[str],
+    numeric: list[str],
+    text: list[str],
+    compact: bool,
+    resaved: _Resaved,
+):
     """pyarrow's CSV reader, three times faster than pandas' (one thread: the stages run
     on one core each), and the text columns that hold an escaped cell (the others need no
     unescaping). (None, text) when it cannot take the file as it is (a bad number, a ragged
@@ -208,9 +410,10 @@ def _read_fast(path: Path, wanted: list[str], numeric: list[str], text: list[str
         table = pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(use_threads=False),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, delimiter=resaved.separator),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.float64() if c in numeric else kind for c in wanted},
+                decimal_point=resaved.decimal,
                 include_columns=wanted,
                 null_values=[""],
                 strings_can_be_null=False,
@@ -220,7 +423,11 @@ def _read_fast(path: Path, wanted: list[str], numeric: list[str], text: list[str
     except (pa.ArrowException, OSError):
         return None, text
     if not compact:  # (categories are checked once each anyway)
-        text = [c for c in text if pc.any(pc.starts_with(table[c], "'")).as_py()]
+        text = [
+            c
+            for c in text
+            if any(pc.any(pc.starts_with(table[c], start)).as_py() for start in FORMULA_CHARS)
+        ]
     return table.to_pandas(self_destruct=True, use_threads=False), text
 
 
@@ -233,14 +440,16 @@ def _read(path: Path, **options) -> pd.DataFrame:
         raise InputError(path, f"cannot read ({e.strerror})") from None
 
 
-def _read_header(path: Path, table: Table) -> list[str]:
+def _read_header(path: Path, table: Table) -> tuple[list[str], str]:
+    """The column names and the separator (',', or ';' as spreadsheets write where the
+    decimal mark is a comma)."""
     # The csv module, not pandas: read_csv(nrows=0) costs ~20 ms a file (its parser set-up)
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: Excel's BOM
-            header = next((row for row in csv.reader(handle) if row), None)
-        if not header:
+            line = next((line for line in handle if line.strip()), None)
+        if line is None:
             raise pd.errors.EmptyDataError
-        return header
+        return split_header(line)
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except IsADirectoryError:
@@ -251,6 +460,15 @@ def _read_header(path: Path, table: Table) -> list[str]:
         raise InputError(path, f"not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
     except OSError as e:
         raise InputError(path, f"cannot read ({e.strerror})") from None
+
+
+def split_header(line: str) -> tuple[list[str], str]:
+    """A header line's column names and its separator: ';' when the line has no comma
+    between names but semicolons (our column names hold neither)."""
+    header = next(csv.reader([line]), [])
+    if len(header) == 1 and ";" in header[0]:
+        return [c.strip() for c in next(csv.reader([line], delimiter=";"))], ";"
+    return [c.strip() for c in header], ","
 
 
 def _check_numbers(numbers: pd.Series, kind: str, path: Path, name: str) -> None:
@@ -265,11 +483,11 @@ def _check_numbers(numbers: pd.Series, kind: str, path: Path, name: str) -> None
         _fail_on(pd.Series(bad), numbers.astype(str), path, name, problem)
 
 
-def _convert(raw: pd.Series, kind: str, path: Path, name: str) -> pd.Series:
+def _convert(raw: pd.Series, kind: str, path: Path, name: str, resaved: _Resaved) -> pd.Series:
     if kind == "text":
-        return unescape_formulas(raw)
-    if kind == "str":
-        return raw
+        raw = unescape_formulas(raw) if resaved.keeps_apostrophes(raw, name) else raw
+    if kind in ("text", "str"):
+        return resaved.respelled(raw, name)
     blank = raw == ""
     if kind == "bool":
         lowered = raw.str.strip().str.lower()

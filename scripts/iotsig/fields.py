@@ -12,6 +12,7 @@ CSVs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +142,35 @@ def coap_codes(values) -> pd.Series:
     return map_uniques(values, spell)
 
 
+_METHOD_NAMES = frozenset(COAP_METHODS.values())
+_COAP_RESPONSE = re.compile(r"[0-7]\.(?:[0-2][0-9]|3[01])")
+
+
+def coap_code_respelled(value: str) -> str | None:
+    """A coap_code cell as coap_codes spells it, from what a spreadsheet may have made of
+    it: it takes a lone response code for a number and writes it back without its trailing
+    zeros ('4.00' -> '4', '2.10' -> '2.1'). The detail always has two digits (0-31), so
+    '4' can only be 4.00 and '2.1' only 2.10; '2.05' and lists ('GET;2.05', text to a
+    spreadsheet) come back as they were. None: not a CoAP code in any spelling (a date
+    made of '4.04' by a spreadsheet in another locale cannot be told back)."""
+    items = []
+    for item in value.split(";"):
+        item = item.strip()
+        if re.fullmatch(r"[0-7]", item):
+            item += ".00"
+        elif re.fullmatch(r"[0-7]\.[0-3]", item):
+            item += "0"
+        if item not in _METHOD_NAMES and not _COAP_RESPONSE.fullmatch(item):
+            return None
+        items.append(item)
+    return ";".join(items)
+
+
+# Spellings (AppField.spelling, schema Column.spelling) a spreadsheet's re-save can change
+# and that can be told back: spelling -> function(value) -> the value, or None if unknown.
+RESPELLED = {"coap_code": coap_code_respelled}
+
+
 @dataclass(frozen=True)
 class AppField:
     name: str  # the CSV column (packets, and flows/signature where carried)
@@ -151,6 +181,7 @@ class AppField:
     label: str = ""  # pattern.txt / evaluation: "DNS query"; "" for packet-only
     flow_meaning: str = ""  # in the flows CSV; "" when the field stays in the packets CSV
     fingerprint: bool = True  # part of the flow fingerprint (when carried into flows)
+    spelling: str = ""  # a key of RESPELLED: how a spreadsheet-converted value is told back
 
     @property
     def in_flows(self) -> bool:
@@ -237,6 +268,7 @@ REGISTRY = [
         coap_codes,
         label="code",
         flow_meaning="CoAP methods / codes",
+        spelling="coap_code",
     ),
     AppField(
         "coap_uri",

@@ -8,9 +8,9 @@ that says what the file is not (and, for a text file, which columns it has).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
+from .csvio import split_header
 from .errors import InputError
 from .tshark import CAPTURE_MAGICS, COMPRESSED_MAGICS, file_head
 
@@ -53,7 +53,7 @@ def header_columns(head: bytes) -> list[str] | None:
     line = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
     if not line.isprintable():
         return None
-    return [c.strip() for c in next(csv.reader([line]), [])]
+    return split_header(line)[0]  # ',' or a spreadsheet's ';' between the names
 
 
 def _listing(kinds, joiner: str) -> str:

@@ -94,7 +94,7 @@ def packets_to_flows(
     """stream-identifier for one packets CSV: OUTPUT_DIR/<name>.flows.csv."""
     started = time.perf_counter()
     table = read_packets(packets_csv)
-    warnings = blank_cell_warnings(packets_csv, table)
+    warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, table)
     result = flows.build_flows(table, options or flows.FlowOptions())
     output = flows_path(packets_csv, output_dir)
     csvio.write_table(result, FLOWS, output)
@@ -227,9 +227,12 @@ def learn(
     when the device never appears."""
     event_recordings = recordings(event_recordings)
     baseline = recordings(baseline) if baseline else None
-    return sig.extract(
+    notes = csvio.take_notes()  # what a spreadsheet changed in the flows CSVs
+    signature = sig.extract(
         event_recordings, device_name, device_ip, device_mac, support, event, baseline
     )
+    signature.warnings[:0] = notes
+    return signature
 
 
 def write_signature(signature: sig.Signature, output_dir: Path) -> dict[str, Path]:

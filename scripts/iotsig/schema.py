@@ -21,6 +21,10 @@ class Column:
     type: str
     meaning: str
     source: str = ""  # the Wireshark field(s) or computation it comes from
+    # How a copy re-saved by a spreadsheet is read (csvio): "epoch" a time the tools write
+    # with microseconds (a spreadsheet keeps 15 digits: 10 us); "numbers" text that is only
+    # numbers (nothing a spreadsheet's conversion loses); else a key of fields.RESPELLED.
+    spelling: str = ""
 
 
 class Table:
@@ -46,12 +50,22 @@ def _cols(*specs: tuple) -> list[Column]:
     return [Column(*spec) for spec in specs]
 
 
+def _spelling(field_name: str) -> str:
+    return fields.BY_NAME[field_name].spelling
+
+
 PACKETS = Table(
     "packets",
     _cols(
         ("capture", "text", "capture file name the packet was read from", "file name"),
         ("frame_number", "int", "frame number in the capture, from 1", "frame.number"),
-        ("ts", "float", "capture time, epoch seconds with microseconds", "frame.time_epoch"),
+        (
+            "ts",
+            "float",
+            "capture time, epoch seconds with microseconds",
+            "frame.time_epoch",
+            "epoch",
+        ),
         ("time_utc", "str", "the same time, readable, ISO 8601 UTC", "frame.time_epoch"),
         ("frame_len", "int", "bytes on the wire", "frame.len"),
         (
@@ -114,7 +128,7 @@ PACKETS = Table(
         ),
         ("l4_payload_len", "int", "TCP/UDP payload bytes", "tcp.len, udp.length - 8"),
         ("highest_layer", "str", "the last protocol Wireshark dissected", "frame.protocols"),
-        *[(f.name, f.type, f.meaning, ", ".join(f.tshark)) for f in fields.REGISTRY],
+        *[(f.name, f.type, f.meaning, ", ".join(f.tshark), f.spelling) for f in fields.REGISTRY],
         (
             "direction",
             "str",
@@ -145,7 +159,7 @@ FLOWS = Table(
     _cols(
         ("uid", "text", "flow id, unique in the file: capture name and flow number", "computed"),
         ("capture", "text", "capture file the packets came from", "capture"),
-        ("ts", "float", "time of the first packet, epoch seconds", "ts"),
+        ("ts", "float", "time of the first packet, epoch seconds", "ts", "epoch"),
         ("duration", "float", "seconds from the first to the last packet", "ts"),
         (
             "proto",
@@ -218,7 +232,7 @@ FLOWS = Table(
         ),
         # A flow's field is the set of its packets' values: text stays text, the rest is "str".
         *[
-            (f.name, "text" if f.type == "text" else "str", f.flow_meaning, f.name)
+            (f.name, "text" if f.type == "text" else "str", f.flow_meaning, f.name, f.spelling)
             for f in fields.REGISTRY
             if f.in_flows
         ],
@@ -228,6 +242,7 @@ FLOWS = Table(
             "text",
             "frame lengths of the first 10 packets, negative when sent by the responder",
             "frame_len",
+            "numbers",
         ),
         (
             "first_payload_sizes",
@@ -237,6 +252,7 @@ FLOWS = Table(
             "responder; a packet repeated at once (same direction and size: a retransmission or "
             "a duplicate) counts once",
             "frame_len, l4_payload_len",
+            "numbers",
         ),
     ),
 )
@@ -286,7 +302,7 @@ SIGNATURE = Table(
         ("server_port", "int", "the fixed (server-side) port", "flows.orig_p/resp_p"),
         ("server_side", "str", "who holds the fixed port: device or remote", "computed"),
         *[
-            (f, "text", "application field, as in the flows CSV", "flows." + f)
+            (f, "text", "application field, as in the flows CSV", "flows." + f, _spelling(f))
             for f in fields.FINGERPRINT_FIELDS
         ],
         ("recordings_seen", "int", "recordings the pattern appeared in", "computed"),
@@ -365,8 +381,8 @@ INVENTORY = Table(
             "eth_dst",
         ),
         ("bytes_received", "int", "frame bytes sent to it", "frame_len"),
-        ("first_ts", "float", "first frame from or to it, epoch seconds", "ts"),
-        ("last_ts", "float", "last frame from or to it, epoch seconds", "ts"),
+        ("first_ts", "float", "first frame from or to it, epoch seconds", "ts", "epoch"),
+        ("last_ts", "float", "last frame from or to it, epoch seconds", "ts", "epoch"),
         ("first_time_utc", "str", "first_ts, readable, ISO 8601 UTC", "ts"),
         ("last_time_utc", "str", "last_ts, readable, ISO 8601 UTC", "ts"),
         ("captures", "int", "captures it appears in", "capture"),

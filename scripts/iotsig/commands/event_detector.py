@@ -105,6 +105,8 @@ class EventDetector(Command):
                     )
                     continue
                 signatures.append(signature)
+            for note in csvio.take_notes():
+                self.warn(note)
         if not signatures:
             raise ToolError("none of the signatures has an event pattern")
         check_distinct_names(inputs, args.output_dir, "inputs")
@@ -120,6 +122,8 @@ class EventDetector(Command):
                 self.error(str(e))
                 failed.append(name)
                 continue
+            for note in csvio.take_notes():
+                self.warn(note)
             occurrences = detector.detect(table, name, signatures, options)
             found += occurrences
             self.say(detector.summary_line(name, occurrences))
