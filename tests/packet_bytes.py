@@ -44,3 +44,85 @@ def transport_packet(
     checksum = _checksum(pseudo + segment) or 0xFFFF
     segment = segment[:checksum_at] + struct.pack("!H", checksum) + segment[checksum_at + 2 :]
     return ipv4_packet(src, dst, protocol, segment)
+
+
+# --- fragments and tunnels (IPv4 and IPv6, Ethernet around them) ----------------------------
+
+
+def ethernet(payload: bytes, ethertype: int = 0x0800, src: str = "02:00:00:00:00:01") -> bytes:
+    destination = bytes.fromhex("020000000002")
+    return (
+        destination + bytes.fromhex(src.replace(":", "")) + struct.pack("!H", ethertype) + payload
+    )
+
+
+def ipv4_header(
+    src: str, dst: str, protocol: int, length: int, ident: int = 1, fragment: int = 0
+) -> bytes:
+    """20 bytes; `fragment`: the flags and offset word (0x2000 = more fragments)."""
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + length,
+        ident,
+        fragment,
+        64,
+        protocol,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+
+
+def ipv6_packet(src: str, dst: str, next_header: int, payload: bytes) -> bytes:
+    return (
+        struct.pack("!IHBB", 6 << 28, len(payload), next_header, 64)
+        + ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + payload
+    )
+
+
+def udp_segment(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    """UDP header and payload, checksummed over the IPv4 or IPv6 pseudo-header."""
+    length = 8 + len(payload)
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if a.version == 4:
+        pseudo = a.packed + b.packed + struct.pack("!BBH", 0, 17, length)
+    else:
+        pseudo = a.packed + b.packed + struct.pack("!I3xB", length, 17)
+    checksum = _checksum(pseudo + struct.pack("!HHHH", sport, dport, length, 0) + payload) or 0xFFFF
+    return struct.pack("!HHHH", sport, dport, length, checksum) + payload
+
+
+def ip_packet(src: str, dst: str, protocol: int, payload: bytes) -> bytes:
+    """An IPv4 or IPv6 packet, by the addresses' version."""
+    if ipaddress.ip_address(src).version == 6:
+        return ipv6_packet(src, dst, protocol, payload)
+    return ipv4_header(src, dst, protocol, len(payload)) + payload
+
+
+def ip_fragments(
+    src: str, dst: str, protocol: int, payload: bytes, ident: int, size: int = 1200
+) -> list[bytes]:
+    """The payload (a whole UDP segment, say) cut into IPv4 or IPv6 fragments of `size`
+    bytes (a multiple of 8), first to last."""
+    pieces = [payload[at : at + size] for at in range(0, len(payload), size)]
+    packets = []
+    for number, piece in enumerate(pieces):
+        more = number < len(pieces) - 1
+        offset = number * size // 8
+        if ipaddress.ip_address(src).version == 4:
+            word = (0x2000 if more else 0) | offset
+            packets.append(ipv4_header(src, dst, protocol, len(piece), ident, word) + piece)
+        else:
+            header = struct.pack("!BxHI", protocol, (offset << 3) | more, ident)
+            packets.append(ipv6_packet(src, dst, 44, header + piece))
+    return packets
+
+
+def ether_of(packet: bytes) -> bytes:
+    """An IP packet in an Ethernet frame, its ethertype by the IP version."""
+    return ethernet(packet, 0x86DD if packet[0] >> 4 == 6 else 0x0800)

@@ -47,6 +47,12 @@ FIELDS = list(
             "ipv6.dst",
             "ipv6.nxt",
             "ipv6.fraghdr.nxt",
+            "ip.flags.mf",
+            "ip.frag_offset",
+            "ip.fragment",
+            "ipv6.fraghdr.more",
+            "ipv6.fraghdr.offset",
+            "ipv6.fragment",
             "arp.opcode",
             "arp.src.hw_mac",
             "arp.src.proto_ipv4",
@@ -66,6 +72,13 @@ FIELDS = list(
 )
 # Rows per chunk: fewer chunks cost less CPU; the 1 MB pipe keeps tshark going meanwhile.
 CHUNK_ROWS = 20_000
+# Frames an IP fragment waits for the frame that completes its datagram (the rows after it
+# wait too, to keep capture order): bounds the memory whatever the capture holds.
+FRAGMENT_WAIT_FRAMES = 100_000
+# What a fragment's row takes from its datagram's row: the conversation, which flows are
+# keyed on. The rest of the datagram (flags, payload length, application fields) stays in
+# the row of the frame that completes it: counted once.
+DATAGRAM_COLUMNS = ["ip_version", "ip_src", "ip_dst", "l4_proto", "src_port", "dst_port"]
 
 IP_PROTOCOLS = {
     "1": "icmp",
@@ -103,6 +116,8 @@ class Translation:
     warnings: list[str] = field(default_factory=list)
     unwritable_times: int = 0  # packets whose time ISO 8601 cannot say (time_utc empty)
     first_unwritable_frame: str = ""
+    incomplete_fragments: int = 0  # IP fragments whose datagram never completed
+    first_incomplete_fragment: str = ""
 
 
 def output_path(capture: Path, output_dir: Path) -> Path:
@@ -129,13 +144,22 @@ def translate(
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as sink:
                 sink.write(",".join(PACKETS.names) + "\n")
-                for raw in _read_chunks(process.stdout):
-                    rows = build_rows(raw, capture.name, device_mac, device_ip)
+
+                def write(rows: pd.DataFrame) -> None:
+                    if not len(rows):
+                        return
                     _note_unwritable_times(rows, result)
                     csvio.write_rows(sink, csvio.to_csv_text(rows, PACKETS), "%.6f")
                     result.packets += len(rows)
                     if on_packets:
                         on_packets(len(rows))
+
+                datagrams = Datagrams()
+                for raw in _read_chunks(process.stdout):
+                    write(datagrams.feed(build_rows(raw, capture.name, device_mac, device_ip), raw))
+                write(datagrams.finish())
+                result.incomplete_fragments = datagrams.incomplete
+                result.first_incomplete_fragment = datagrams.first_incomplete
         except BaseException:
             process.kill()
             raise
@@ -158,6 +182,12 @@ def translate(
                 f"{capture}: {result.unwritable_times} packet(s) with a time outside the years "
                 f"0001-9999 (first: frame {result.first_unwritable_frame}): ts kept as read, "
                 "time_utc left empty"
+            )
+        if result.incomplete_fragments:
+            result.warnings.append(
+                f"{capture}: {result.incomplete_fragments} IP fragment(s) whose datagram never "
+                f"completed (first: frame {result.first_incomplete_fragment}): kept as tshark "
+                "gives them, without ports"
             )
     return result
 
@@ -239,6 +269,100 @@ class PipeDrainer(io.RawIOBase):
         buffer[:size] = self._pending[:size]
         self._pending = self._pending[size:]
         return size
+
+
+class Datagrams:
+    """Gives every IP fragment's row the conversation of its datagram, so that all its
+    fragments fall in one flow. tshark reassembles a datagram in the frame that completes
+    it and lists there the frames it was made of (ip.fragment, ipv6.fragment); the other
+    fragments, read before it (perhaps in an earlier chunk), are bare 'data' with no ports.
+    A fragment's row waits, with every row after it (capture order is kept), until the
+    frame that completes its datagram is read, at most FRAGMENT_WAIT_FRAMES frames; a
+    fragment whose datagram never completes is kept as tshark gives it, and counted."""
+
+    def __init__(self):
+        self.held: pd.DataFrame | None = None  # rows read, waiting to be written
+        self.incomplete = 0
+        self.first_incomplete = ""
+
+    def feed(self, rows: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+        """The rows that can be written now (the chunk's, after those held back)."""
+        waiting, parts = _fragment_marks(raw)
+        if self.held is None and not waiting.any():
+            return rows  # the usual case: no fragment, nothing held
+        rows = rows.assign(_waiting=waiting, _parts=parts)
+        if self.held is not None:
+            rows = pd.concat([self.held, rows], ignore_index=True)
+        self.held = None
+        _join_fragments(rows)
+        waiting = rows["_waiting"].to_numpy()
+        overdue = waiting & (np.arange(len(rows)) < len(rows) - FRAGMENT_WAIT_FRAMES)
+        self._count_incomplete(rows, overdue)
+        waiting = waiting & ~overdue
+        if waiting.any():
+            cut = int(np.argmax(waiting))
+            self.held, rows = rows.iloc[cut:].reset_index(drop=True), rows.iloc[:cut]
+        return rows
+
+    def finish(self) -> pd.DataFrame:
+        """What is still held at the end of the capture: its fragments never completed."""
+        rows, self.held = self.held, None
+        if rows is None:
+            return pd.DataFrame(columns=PACKETS.names)
+        self._count_incomplete(rows, rows["_waiting"].to_numpy())
+        return rows
+
+    def _count_incomplete(self, rows: pd.DataFrame, mask: np.ndarray) -> None:
+        if mask.any() and not self.incomplete:
+            self.first_incomplete = rows["frame_number"].iat[int(np.argmax(mask))]
+        self.incomplete += int(mask.sum())
+
+
+def _fragment_marks(raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(the frame is a fragment still waiting for its datagram, the frames a reassembled
+    datagram was made of: '2;3' in the frame that completes it, else '')."""
+    parts = fields.joined(raw["ip.fragment"], raw["ipv6.fragment"]).to_numpy()
+    fragment = (
+        _any_value(raw["ip.flags.mf"], "1")
+        | _any_value(raw["ip.frag_offset"], "0", negate=True)
+        | _any_value(raw["ipv6.fraghdr.more"], "1")
+        | _any_value(raw["ipv6.fraghdr.offset"], "0", negate=True)
+    )
+    return fragment & (parts == ""), parts
+
+
+def _any_value(values: pd.Series, value: str, negate: bool = False) -> np.ndarray:
+    """Whether any of a cell's values ('a;b') is `value` (negate: is another value)."""
+    codes, uniques = pd.factorize(values, sort=False)
+
+    def test(cell: str) -> bool:
+        found = [v for v in cell.split(";") if v]
+        return any((v != value) if negate else (v == value) for v in found)
+
+    return np.array([test(u) for u in uniques] + [False], dtype=bool)[codes]
+
+
+def _join_fragments(rows: pd.DataFrame) -> None:
+    """Copy each reassembled datagram's conversation into its fragments' rows (in place)."""
+    datagrams = np.flatnonzero(rows["_parts"].to_numpy() != "")
+    if not len(datagrams):
+        return
+    lists = [p.split(";") for p in rows["_parts"].to_numpy()[datagrams]]
+    frames = pd.to_numeric(pd.Series(np.concatenate(lists)), errors="coerce").to_numpy()
+    source = np.repeat(datagrams, [len(p) for p in lists])
+    numbers = pd.Index(pd.to_numeric(rows["frame_number"], errors="coerce"))
+    if not numbers.is_unique:  # frame numbers are tshark's, unique; never guess otherwise
+        return
+    target = numbers.get_indexer(frames)
+    keep = (target >= 0) & (target != source)
+    target, source = target[keep], source[keep]
+    for name in DATAGRAM_COLUMNS:
+        column = rows[name].to_numpy(copy=True)
+        column[target] = column[source]
+        rows[name] = column
+    waiting = rows["_waiting"].to_numpy(copy=True)
+    waiting[target] = False
+    rows["_waiting"] = waiting
 
 
 def build_rows(

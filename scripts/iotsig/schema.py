@@ -28,10 +28,11 @@ class Column:
 
 
 class Table:
-    def __init__(self, name: str, columns: list[Column]):
+    def __init__(self, name: str, columns: list[Column], notes: str = ""):
         self.name = name
         self.columns = columns
         self.by_name = {c.name: c for c in columns}
+        self.notes = notes  # rules that span several columns, printed under the table
 
     @property
     def names(self) -> list[str]:
@@ -43,7 +44,7 @@ class Table:
     def markdown(self) -> str:
         rows = ["| column | type | meaning | from |", "|---|---|---|---|"]
         rows += [f"| `{c.name}` | {c.type} | {c.meaning} | {c.source} |" for c in self.columns]
-        return "\n".join(rows)
+        return "\n".join(rows) + (f"\n\n{self.notes}" if self.notes else "")
 
 
 def _cols(*specs: tuple) -> list[Column]:
@@ -126,7 +127,13 @@ PACKETS = Table(
             "P PSH, U URG, E ECE, C CWR",
             "tcp.flags",
         ),
-        ("l4_payload_len", "int", "TCP/UDP payload bytes", "tcp.len, udp.length - 8"),
+        (
+            "l4_payload_len",
+            "int",
+            "TCP/UDP payload bytes (of a fragmented datagram: all of it, in the row of the "
+            "frame that completes it; empty in its other fragments' rows)",
+            "tcp.len, udp.length - 8",
+        ),
         ("highest_layer", "str", "the last protocol Wireshark dissected", "frame.protocols"),
         *[(f.name, f.type, f.meaning, ", ".join(f.tshark), f.spelling) for f in fields.REGISTRY],
         (
@@ -135,6 +142,20 @@ PACKETS = Table(
             "with --device-mac/--device-ip: sent (by the device), received, or other",
             "computed",
         ),
+    ),
+    notes=(
+        "**IP fragments.** tshark reassembles a fragmented IPv4 or IPv6 datagram in the frame "
+        "that completes it (its last fragment) and dissects the transport and application "
+        "there; its other fragments are bare data. Every fragment's row carries its "
+        "datagram's `ip_version`, `ip_src`, `ip_dst`, `l4_proto`, `src_port` and `dst_port`, "
+        "so that all the fragments fall in the datagram's flow: each fragment's `frame_len` "
+        "counts (the flow's frame bytes are the whole datagram's), while `l4_payload_len`, "
+        "`tcp_flags` and the application fields are in the completing frame's row only (the "
+        "payload counted once). Fragments of different datagrams are told apart by tshark's "
+        "reassembly (addresses, protocol and identification): never merged. A fragment whose "
+        "datagram never completes (a fragment lost, or not completed within 100,000 frames) "
+        "is kept as tshark gives it (`l4_proto` from the IP header, no ports, no payload "
+        "length) and the translator warns once per capture with their count."
     ),
 )
 

@@ -1,0 +1,246 @@
+"""IP fragments and tunnels: the packets and flows CSVs of real captures (dns_fragmented.pcap,
+6in4tunnel.pcap) and of captures built byte by byte with text2pcap and cut with editcap.
+
+Fragments: every fragment's row carries its datagram's conversation (ports included), so
+that the datagram is one flow, bytes counted once and whole. Tunnels: the inner packet is
+the conversation; the outer header is in tunnel, outer_ip_src, outer_ip_dst."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import CAPTURES, capinfos_count, run_script
+from packet_bytes import ether_of, ip_fragments, ip_packet, udp_segment
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("text2pcap") and shutil.which("editcap")),
+    reason="text2pcap and editcap (Wireshark's) are not installed",
+)
+
+DNS_FRAGMENTED = CAPTURES / "dns_fragmented.pcap"
+DEVICE = {4: "192.0.2.10", 6: "2001:db8::10"}
+RESOLVER = {4: "198.51.100.53", 6: "2001:db8::53"}
+
+
+# --- captures built byte by byte --------------------------------------------------------------
+
+
+def dns_name(name: str) -> bytes:
+    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+
+
+def dns_query(name: str, ident: int = 7) -> bytes:
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + dns_name(name) + b"\0\1\0\1"
+
+
+def dns_answer(name: str, answers: int, ident: int = 7) -> bytes:
+    """An answer with `answers` A records: 16 bytes each, past one MTU from ~90 on."""
+    records = b"".join(
+        b"\xc0\x0c\0\1\0\1\0\0\0\x3c\0\4" + bytes([203, 0, 113, n % 250 + 1])
+        for n in range(answers)
+    )
+    header = struct.pack("!HHHHHH", ident, 0x8180, 1, answers, 0, 0)
+    return header + dns_name(name) + b"\0\1\0\1" + records
+
+
+def write_capture(frames: list[bytes], path: Path, start: float = 1_700_000_000.0) -> Path:
+    """Ethernet frames -> a pcap through text2pcap's hex dump, a tenth of a second apart."""
+    dump = path.with_suffix(".txt")
+    with open(dump, "w") as out:
+        for number, frame in enumerate(frames):
+            out.write(f"{start + number / 10:.6f}\n")
+            for offset in range(0, len(frame), 16):
+                out.write(f"{offset:06x}  {frame[offset : offset + 16].hex(' ')}\n")
+            out.write("\n")
+    command = ["text2pcap", "-q", "-F", "pcap", "-t", "%s.", str(dump), str(path)]
+    subprocess.run(command, check=True, capture_output=True)
+    dump.unlink()
+    return path
+
+
+def fragmented_answers(version: int, ports=(40001, 40002)) -> list[bytes]:
+    """Two DNS exchanges between the same two hosts, each answer in three fragments, the
+    fragments of the two answers interleaved (same addresses, other ports and datagram
+    identifications): they must never be merged."""
+    device, resolver = DEVICE[version], RESOLVER[version]
+    queries, answers = [], []
+    for number, port in enumerate(ports):
+        name = f"big{number}.example.com"
+        query = udp_segment(device, resolver, port, 53, dns_query(name, number))
+        queries.append(ether_of(ip_packet(device, resolver, 17, query)))
+        answer = udp_segment(resolver, device, 53, port, dns_answer(name, 150, number))
+        pieces = ip_fragments(resolver, device, 17, answer, ident=0x1000 + number, size=1200)
+        answers.append([ether_of(p) for p in pieces])
+    assert all(len(a) == 3 for a in answers)
+    interleaved = [frame for pair in zip(*answers) for frame in pair]
+    return queries + interleaved
+
+
+def datagram_bytes(version: int, answers: int = 150) -> tuple[int, int]:
+    """(the UDP payload of one answer, the frame bytes of its three fragments)."""
+    answer = udp_segment(
+        RESOLVER[version], DEVICE[version], 53, 40001, dns_answer("big0.example.com", answers, 0)
+    )
+    pieces = ip_fragments(RESOLVER[version], DEVICE[version], 17, answer, 0x1000, 1200)
+    return len(answer) - 8, sum(len(ether_of(p)) for p in pieces)
+
+
+# --- running the scripts ------------------------------------------------------------------------
+
+
+def translate_and_flow(
+    capture: Path, out: Path, *options
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(packets, flows, the translator's stderr)."""
+    result = run_script("packet-translator.py", capture, "-o", out, "-q", *options)
+    run_script("stream-identifier.py", out / f"{capture.name}.packets.csv", "-o", out, "-q")
+    packets = pd.read_csv(out / f"{capture.name}.packets.csv", dtype=str, keep_default_na=False)
+    flows = pd.read_csv(out / f"{capture.name}.flows.csv", dtype=str, keep_default_na=False)
+    return packets, flows, result.stderr
+
+
+def portless(flows: pd.DataFrame) -> pd.DataFrame:
+    return flows[
+        flows["proto"].isin(["tcp", "udp"]) & ((flows["orig_p"] == "") | (flows["resp_p"] == ""))
+    ]
+
+
+# --- fragments -------------------------------------------------------------------------------
+
+
+def test_a_fragmented_dns_answer_is_one_flow_with_all_its_bytes(tmp_path):
+    """dns_fragmented.pcap (real): the IPv4 answer of frames 2-3 and the IPv6 answer of
+    frames 5-6 are each one flow with their query: the fragment's frame counted, the
+    datagram's payload once (1702 and 1501 bytes), and no port-less UDP flow."""
+    packets, flows, stderr = translate_and_flow(DNS_FRAGMENTED, tmp_path)
+    assert stderr == ""
+    assert len(packets) == capinfos_count(DNS_FRAGMENTED)
+    assert portless(flows).empty, portless(flows)[["orig_h", "resp_h"]]
+    first = packets[packets["frame_number"].isin(["2", "3", "5", "6"])]
+    assert first[["l4_proto", "src_port", "dst_port"]].values.tolist() == [
+        ["udp", "53", "56680"],
+        ["udp", "53", "56680"],
+        ["udp", "53", "46433"],
+        ["udp", "53", "46433"],
+    ]
+    # Payload once, in the frame that completes the datagram; none in the fragment.
+    assert first["l4_payload_len"].tolist() == ["", "1702", "", "1501"]
+    v4 = flows[flows["orig_p"] == "56680"].iloc[0]
+    assert (v4["orig_pkts"], v4["resp_pkts"]) == ("1", "2")
+    assert (v4["resp_bytes"], v4["resp_frame_bytes"]) == ("1702", str(1514 + 264))
+    v6 = flows[flows["orig_p"] == "46433"].iloc[0]
+    assert (v6["resp_pkts"], v6["resp_bytes"], v6["resp_frame_bytes"]) == (
+        "2",
+        "1501",
+        str(1510 + 123),
+    )
+    assert (
+        packets["frame_len"].astype(int).sum()
+        == flows[["orig_frame_bytes", "resp_frame_bytes"]].astype(int).sum().sum()
+    )
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_fragments_of_two_datagrams_between_the_same_hosts_are_never_merged(tmp_path, version):
+    capture = write_capture(fragmented_answers(version), tmp_path / f"frag{version}.pcap")
+    packets, flows, stderr = translate_and_flow(capture, tmp_path)
+    assert stderr == ""
+    assert portless(flows).empty
+    assert sorted(flows["orig_p"]) == ["40001", "40002"]
+    payload, frame_bytes = datagram_bytes(version)
+    for port in ("40001", "40002"):
+        flow = flows[flows["orig_p"] == port].iloc[0]
+        assert (flow["orig_pkts"], flow["resp_pkts"]) == ("1", "3")
+        assert flow["resp_bytes"] == str(payload)
+        assert flow["resp_frame_bytes"] == str(frame_bytes)
+    # Each fragment row: its own datagram's ports (frames 3, 5, 7: the first answer's).
+    answers = packets.iloc[2:]
+    assert answers["dst_port"].tolist() == ["40001", "40002"] * 3
+    assert (answers["l4_payload_len"] != "").sum() == 2  # the two completing frames
+
+
+def test_a_datagram_completed_in_a_later_chunk_joins_its_fragments(tmp_path, monkeypatch):
+    """The frame that completes a datagram comes after its fragments, here several chunks
+    later: the rows wait for it, and the CSV is byte for byte that of one read."""
+    from iotsig import packets
+
+    capture = write_capture(fragmented_answers(6), tmp_path / "frag6.pcap")
+    whole = packets.translate(capture, tmp_path / "whole.csv")
+    monkeypatch.setattr(packets, "CHUNK_ROWS", 1)
+    chunked = packets.translate(capture, tmp_path / "chunked.csv")
+    assert whole.warnings == chunked.warnings == []
+    text = (tmp_path / "chunked.csv").read_text()
+    assert text == (tmp_path / "whole.csv").read_text()
+    rows = pd.read_csv(tmp_path / "chunked.csv", dtype=str, keep_default_na=False)
+    assert rows["frame_number"].tolist() == [str(n) for n in range(1, 9)]
+    assert rows["dst_port"].iloc[2:].tolist() == ["40001", "40002"] * 3
+
+
+def test_fragments_whose_datagram_never_completes_are_kept_with_one_warning(tmp_path):
+    """dns_fragmented.pcap without frames 2 and 5 (editcap): the last fragments of those two
+    answers never complete a datagram. Their rows stay, as tshark gives them (udp, no
+    ports), the other datagrams are joined, and one warning counts them."""
+    cut = tmp_path / "incomplete.pcap"
+    subprocess.run(
+        ["editcap", str(DNS_FRAGMENTED), str(cut), "2", "5"], check=True, capture_output=True
+    )
+    packets, flows, stderr = translate_and_flow(cut, tmp_path)
+    assert len(packets) == capinfos_count(DNS_FRAGMENTED) - 2
+    assert stderr.splitlines() == [
+        f"packet-translator.py: warning: {cut}: 2 IP fragment(s) whose datagram never completed "
+        "(first: frame 2): kept as tshark gives them, without ports"
+    ]
+    lonely = packets[packets["frame_number"].isin(["2", "4"])]  # old frames 3 and 6
+    assert (
+        lonely[["l4_proto", "src_port", "l4_payload_len"]].values.tolist() == [["udp", "", ""]] * 2
+    )
+    joined = packets[packets["frame_number"] == "9"]  # old frame 11: completed by old 12
+    assert joined[["src_port", "dst_port"]].values.tolist() == [["53", "59464"]]
+    assert flows[["orig_pkts", "resp_pkts"]].astype(int).sum().sum() == len(packets)
+
+
+def test_main_on_two_recordings_with_fragmented_answers_gives_policies_with_ports(tmp_path):
+    """The issue's case: two recordings of an IPv6 device whose DNS answer comes in fragments.
+    The pattern is the DNS exchange with its port; no port-less pattern is left out of
+    profile.yaml (before, the fragments made one, with no policy possible)."""
+    frames = fragmented_answers(6, ports=(40001,))  # the query, the answer's 3 fragments
+    recordings = [
+        write_capture(frames, tmp_path / f"rec{n}.pcap", start=1_700_000_000.0 + 3600 * n)
+        for n in range(2)
+    ]
+    out = tmp_path / "out"
+    run_script("main.py", "resolver-client", DEVICE[6], *recordings, "-o", out, "-q", "--no-report")
+    profile = yaml.safe_load((out / "profile.yaml").read_text())
+    policies = profile_policies(profile)
+    assert policies, profile
+    for rule in policies:
+        protocols = rule["protocols"]
+        assert "udp" in protocols and protocols["udp"], rule
+    pattern = (out / "pattern.txt").read_text()
+    assert "no UDP port" not in pattern, pattern
+
+
+def profile_policies(profile) -> list[dict]:
+    """Every policy of a profile.yaml, wherever the format nests them."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "protocols" in node:
+                found.append(node)
+            else:
+                for value in node.values():
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(profile)
+    return found
