@@ -206,6 +206,7 @@ def test_fragments_whose_datagram_never_completes_are_kept_with_one_warning(tmp_
     assert flows[["orig_pkts", "resp_pkts"]].astype(int).sum().sum() == len(packets)
 
 
+@pytest.mark.slow  # main.py on two recordings
 def test_main_on_two_recordings_with_fragmented_answers_gives_policies_with_ports(tmp_path):
     """The issue's case: two recordings of an IPv6 device whose DNS answer comes in fragments.
     The pattern is the DNS exchange with its port; no port-less pattern is left out of
