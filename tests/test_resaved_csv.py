@@ -380,3 +380,23 @@ def test_signature_from_libreoffice_resaved_flows_equals_or_each_difference_is_w
             assert f"{path}: column {column}:" in result.stderr
     if export == "semicolon":
         assert result.stderr.count("the separator is ';'") == len(saved_flows)
+
+
+@spreadsheet_test
+def test_libreoffice_import_with_every_column_as_text_saves_the_file_unchanged(
+    recordings, tmp_path
+):
+    # The README's way to open a CSV without conversion: column type Text for every column.
+    files = [recordings.flows[0], recordings.packets[0], recordings.signature]
+    for path in files:
+        width = len(cells(path)[0])
+        formats = "/".join(f"{n}/2" for n in range(1, width + 1))
+        soffice_convert(
+            [path],
+            "csv",
+            tmp_path / path.name,
+            tmp_path / "lo-profile",
+            infilter=f"Text - txt - csv (StarCalc):44,34,76,1,{formats}",
+        )
+        saved = tmp_path / path.name / path.name
+        assert saved.read_bytes() == path.read_bytes()
