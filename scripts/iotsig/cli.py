@@ -123,6 +123,73 @@ def add_flow_arguments(parser) -> None:
     )
 
 
+def add_event_times_arguments(parser, detecting: bool = False) -> None:
+    """--events TIMES.csv and how to read it: main.py, signature-extractor.py (a long
+    capture cut around each listed time) and event-detector.py (its detections scored)."""
+    from .windows import DEFAULT_DURATION, DEFAULT_TOLERANCE
+
+    group = parser.add_argument_group(
+        "long captures with a list of event times (see README: event-times CSV)"
+    )
+    group.add_argument(
+        "--events",
+        type=Path,
+        metavar="TIMES_CSV",
+        help="when the events happened (a time column; optional event and device columns): "
+        + (
+            "each detection is matched to a listed event, each listed event found or missed"
+            if detecting
+            else "the capture is cut into one recording per listed time of the event"
+        ),
+    )
+    for role, example in (("time", "1"), ("event", "3"), ("device", "2")):
+        group.add_argument(
+            f"--{role}-column",
+            metavar="NAME|N",
+            help=f"the {role} column: its header name or number from 1 (e.g. {example}; "
+            "default: found by its header name"
+            + (", or the first column in a file without header)" if role == "time" else ")"),
+        )
+    group.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="zone of the times written without one: a UTC offset (-05:00, UTC-5) or a "
+        "name (America/New_York)",
+    )
+    group.add_argument(
+        "--time-tolerance",
+        type=non_negative,
+        default=DEFAULT_TOLERANCE,
+        metavar="S",
+        help="how far a listed time may be off the traffic, seconds (default: %(default)s)",
+    )
+    group.add_argument(
+        "--event-duration",
+        type=non_negative,
+        default=DEFAULT_DURATION,
+        metavar="S",
+        help="how long the event's traffic lasts after it starts, seconds (default: %(default)s)",
+    )
+
+
+def read_event_times(args, event: str | None = None, device: str | None = None):
+    """The times file of --events, read as its flags say, with the listed times of `event`
+    (and `device`, where it names devices). Returns (times, the event's name or None)."""
+    from . import event_times
+
+    spec = event_times.TimesFormat(
+        args.time_column, args.event_column, args.device_column, args.timezone
+    )
+    times = event_times.read_event_times(args.events, spec)
+    return event_times.select(times, args.events, event, device)
+
+
+def window_options(args):
+    from .windows import WindowOptions
+
+    return WindowOptions(args.time_tolerance, args.event_duration)
+
+
 def add_signature_arguments(parser, device_required: bool = True) -> None:
     """The signature options of signature-extractor.py and main.py."""
     if device_required:
@@ -155,9 +222,9 @@ def add_signature_arguments(parser, device_required: bool = True) -> None:
     )
     parser.add_argument(
         "--event",
-        default="event",
         metavar="NAME",
-        help="event name for the profile's interaction (default: %(default)s)",
+        help="event name for the profile's interaction (default: the one event the "
+        "--events file names, else 'event'); with --events, the listed times of this event",
     )
 
 
@@ -313,18 +380,22 @@ class Command:
 
     def learn_and_write(self, flow_files, baseline_files, args, output_dir: Path):
         """signature-extractor's step (main.py's last): learn, write the three outputs,
-        warn and summarise."""
+        warn and summarise. With --events, flow_files are long captures' flows CSVs, cut
+        first into one recording per listed time (OUTPUT_DIR/windows/)."""
         from . import pipeline
 
-        learned = pipeline.learn(
-            flow_files,
-            args.device_name,
-            args.device_ip,
-            args.device_mac,
-            args.support,
-            args.event,
-            baseline_files or None,
-        )
+        if args.events:
+            learned = self.learn_in_windows(flow_files, baseline_files, args, output_dir)
+        else:
+            learned = pipeline.learn(
+                flow_files,
+                args.device_name,
+                args.device_ip,
+                args.device_mac,
+                args.support,
+                args.event or "event",
+                baseline_files or None,
+            )
         for warning in learned.warnings:
             self.warn(warning)
         paths = pipeline.write_signature(learned, output_dir)
@@ -334,6 +405,32 @@ class Command:
         for line in pipeline.signature_lines(learned, paths):
             self.say(line)
         return learned
+
+    def learn_in_windows(self, flow_files, baseline_files, args, output_dir: Path):
+        from . import pipeline
+
+        times, named = read_event_times(args, args.event, args.device_name)
+        windows_dir = ensure_output_dir(Path(output_dir) / "windows")
+        result = pipeline.learn_in_windows(
+            flow_files,
+            times,
+            args.events,
+            windows_dir,
+            args.device_name,
+            args.device_ip,
+            args.device_mac,
+            args.support,
+            args.event or named or "event",
+            window_options(args),
+            baseline_files or None,
+        )
+        self.say(
+            f"wrote {len(result.events)} event and {len(result.background)} background "
+            f"window(s) in {windows_dir}/ (index: {result.index}); "
+            f"{len(result.events) - len(result.left_out)} of {len(result.events)} listed "
+            "time(s) learned"
+        )
+        return result.signature
 
     def progress(self, **options):
         from tqdm import tqdm

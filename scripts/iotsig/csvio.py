@@ -91,12 +91,14 @@ def to_csv_text(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
     return out
 
 
-def write_table(frame: pd.DataFrame, table: Table, path: Path) -> None:
+def write_table(
+    frame: pd.DataFrame, table: Table, path: Path, float_format: str | None = None
+) -> None:
     with atomic_path(path) as tmp:
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as sink:
                 sink.write(",".join(table.names) + "\n")
-                write_rows(sink, to_csv_text(frame, table))
+                write_rows(sink, to_csv_text(frame, table), float_format)
         except OSError as e:
             raise OutputError(path, f"cannot write ({e.strerror})") from None
 

@@ -123,7 +123,11 @@ class Pattern:
             value = values[metric]
             if value != value:  # NaN: the flow does not say
                 continue
-            if (low == low and value < low) or (high == high and value > high):
+            if low == low and value < low:
+                return False
+            # A resolver that gets no answer asks again on the same port: more packets
+            # of one DNS query are retries, not another event.
+            if high == high and value > high and not self.is_dns:
                 return False
         return True
 
@@ -136,7 +140,7 @@ class EventSignature:
     device_ip: str
     patterns: list[Pattern]  # event patterns, in event order
     background: list[Pattern]
-    span: float  # learned seconds from the first to the last event flow
+    span: float  # learned seconds from the first to the last event flow's start
 
     @property
     def label(self) -> str:
@@ -173,11 +177,10 @@ def read_signatures(path: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[Ev
         events = sorted((p for p in patterns if p.role == "event"), key=lambda p: p.order)
         background = [p for p in patterns if p.role != "event"]
         event_rows = rows[rows["role"] == "event"]
-        ends = pd.to_numeric(event_rows["start_offset_median"], errors="coerce").fillna(
-            0
-        ) + pd.to_numeric(event_rows["duration_max"], errors="coerce").fillna(0)
+        # Occurrences group flows by when they start: a long upload that follows does not
+        # make the event longer (and would merge the next events into it).
         starts = pd.to_numeric(event_rows["start_offset_median"], errors="coerce").fillna(0)
-        span = float(ends.max() - starts.min()) if len(event_rows) else 0.0
+        span = float(starts.max() - starts.min()) if len(event_rows) else 0.0
         signatures.append(
             EventSignature(
                 str(path),

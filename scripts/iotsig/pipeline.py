@@ -9,6 +9,7 @@ step reads only the previous step's CSV.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -16,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import csvio, flows, packets, profile
+from . import csvio, detector, flows, packets, profile, windows
 from . import signature as sig
 from .errors import ToolError
 from .parallel import run_parallel
 from .pattern_text import pattern_text
-from .schema import FLOWS, PACKETS
+from .schema import FLOWS, PACKETS, WINDOWS
 
 OUTPUT_NAMES = {"pattern": "pattern.txt", "profile": "profile.yaml", "signature": "signature.csv"}
 
@@ -221,18 +222,178 @@ def learn(
     support: float = 1.0,
     event: str = "event",
     baseline=None,
+    background_share: float = 0.0,
 ) -> sig.Signature:
     """signature-extractor: the patterns that recur in the event's recordings (flows CSV
-    paths or sig.Recording), those also in the baseline's as background. Raises ToolError
-    when the device never appears."""
+    paths or sig.Recording), those also in the baseline's as background (in more than
+    background_share of its recordings). Raises ToolError when the device never appears."""
     event_recordings = recordings(event_recordings)
     baseline = recordings(baseline) if baseline else None
     notes = csvio.take_notes()  # what a spreadsheet changed in the flows CSVs
     signature = sig.extract(
-        event_recordings, device_name, device_ip, device_mac, support, event, baseline
+        event_recordings,
+        device_name,
+        device_ip,
+        device_mac,
+        support,
+        event,
+        baseline,
+        background_share,
     )
     signature.warnings[:0] = notes
     return signature
+
+
+# ---------------------------------------------------------------------------------------
+# long captures + event times -> windows -> signature
+# ---------------------------------------------------------------------------------------
+
+FIRST_PASS_SUPPORT = 0.5  # what recurs in most windows shows which windows lack the event
+
+
+@dataclass
+class WindowedLearning:
+    signature: sig.Signature
+    events: list[windows.Window]
+    background: list[windows.Window]
+    index: Path  # windows.csv
+    left_out: dict[str, str] = field(default_factory=dict)  # window name -> why
+    found: dict[str, float] = field(default_factory=dict)  # window name -> event start
+    warnings: list[str] = field(default_factory=list)
+
+
+def learn_in_windows(
+    flows_csvs: list[Path],
+    times: pd.DataFrame,
+    times_file: Path,
+    output_dir: Path,
+    device_name: str,
+    device_ip: str,
+    device_mac: str | None = None,
+    support: float = 1.0,
+    event: str = "event",
+    options: windows.WindowOptions | None = None,
+    baseline=None,
+) -> WindowedLearning:
+    """Cut long captures (their flows CSVs, and packets CSVs beside them where there are)
+    into one recording per listed time and background windows far from all of them
+    (OUTPUT_DIR/<kind>-NNN-<start>.flows.csv, windows.csv), then learn. A first pass on
+    what recurs in most windows finds the windows without the event (a wrong time in the
+    log, an event without traffic): they are left out, said, and the signature is learned
+    from the others, the background windows as its baseline."""
+    options = options or windows.WindowOptions()
+    flows_table, packets_table = _read_long(flows_csvs)
+    first = float(flows_table["ts"].min())
+    last = float((flows_table["ts"] + flows_table["duration"].fillna(0)).max())
+    warnings = []
+    listed = windows.event_windows(times, options)
+    inside = (listed["end"] >= first) & (listed["start"] <= last)
+    for row in listed[~inside].itertuples(index=False):
+        warnings.append(
+            f"{times_file}: line {row.line} ({row.time_text}): outside the capture "
+            f"({windows.utc_span(first, last)}): left out"
+        )
+    if inside.sum() < 2:
+        raise ToolError(
+            f"{times_file}: {int(inside.sum())} listed time(s) inside the capture "
+            f"({windows.utc_span(first, last)}): a signature needs at least 2 (check "
+            "--timezone and the times)"
+        )
+    listed = listed[inside].reset_index(drop=True)
+    background = windows.background_windows(listed, first, last)
+    events, quiet = windows.cut(flows_table, packets_table, listed, background, output_dir)
+    baseline = [w.flows_csv for w in quiet] + list(baseline or [])
+    share = windows.BACKGROUND_SHARE if quiet else 0.0
+
+    def learn_on(chosen, at_support):
+        return learn(
+            [w.flows_csv for w in chosen],
+            device_name,
+            device_ip,
+            device_mac,
+            at_support,
+            event,
+            baseline or None,
+            share,
+        )
+
+    rough = learn_on(events, min(support, FIRST_PASS_SUPPORT))
+    if rough.event_patterns.empty:
+        raise ToolError(
+            f"nothing recurs in half of the {len(events)} listed times' windows that the "
+            "background lacks: check the times (--timezone), widen --time-tolerance, or "
+            "give more events"
+        )
+    # A window holding none of what recurs in most windows is not the event's.
+    found = _found_in(rough, events, detector.DetectOptions(min_score=1e-9))
+    left_out = {
+        w.name: "left out: none of the patterns that recur in the other windows is in it "
+        "(a wrong time in the log, or an event without traffic)"
+        for w in events
+        if w.name not in found
+    }
+    kept = [w for w in events if w.name not in left_out]
+    if len(kept) < 2:
+        raise ToolError(f"{times_file}: the event is found in {len(kept)} window(s) only")
+    for w in events:
+        if w.name in left_out:
+            warnings.append(
+                f"{times_file}: line {int(w.listed['line'])} ({w.listed['time_text']}): "
+                "none of what recurs around the other listed times is there (a wrong "
+                f"time, or an event without traffic): left out of the signature ({w.name})"
+            )
+    learned = rough
+    if left_out or support > FIRST_PASS_SUPPORT:
+        learned = learn_on(kept, support)
+        if not learned.event_patterns.empty:
+            found = _found_in(learned, events)
+    learned.warnings[:0] = warnings
+    index = Path(output_dir) / "windows.csv"
+    csvio.write_table(
+        windows.windows_frame(events + quiet, times_file, found, left_out), WINDOWS, index
+    )
+    return WindowedLearning(learned, events, quiet, index, left_out, found, warnings)
+
+
+def _read_long(flows_csvs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The flows of the long captures, and their packets where every packets CSV is beside
+    its flows CSV (main.py writes them so)."""
+    flows_table = pd.concat([csvio.read_table(p, FLOWS) for p in flows_csvs], ignore_index=True)
+    packet_files = [_packets_beside(p) for p in flows_csvs]
+    if not all(p.is_file() for p in packet_files):
+        return flows_table, None
+    packets_table = pd.concat(
+        [csvio.read_table(p, PACKETS) for p in packet_files], ignore_index=True
+    )
+    return flows_table, packets_table
+
+
+def _packets_beside(flows_csv: Path) -> Path:
+    name = Path(flows_csv).name
+    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
+    return Path(flows_csv).parent / f"{stem}.packets.csv"
+
+
+def _found_in(
+    signature: sig.Signature,
+    chosen: list[windows.Window],
+    options: detector.DetectOptions | None = None,
+) -> dict[str, float]:
+    """Where the signature finds its event in each window, as event-detector would: the
+    start of the detection nearest the listed time (windows of events a minute apart
+    overlap)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "signature.csv"
+        sig.write_signature_csv(signature, path)
+        signatures = [s for s in detector.read_signatures(path) if s.patterns]
+    found = {}
+    for w in chosen:
+        occurrences = detector.detect(detector.read_flows(w.flows_csv), w.name, signatures, options)
+        starts = [o.start for o in occurrences if o.status == "detected"]
+        if starts:
+            middle = w.listed["time"] + w.listed["resolution"] / 2
+            found[w.name] = min(starts, key=lambda start: abs(start - middle))
+    return found
 
 
 def write_signature(signature: sig.Signature, output_dir: Path) -> dict[str, Path]:

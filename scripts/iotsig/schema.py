@@ -556,7 +556,88 @@ EVALUATION = Table(
 )
 
 
-ALL_TABLES = [PACKETS, FLOWS, SIGNATURE, INVENTORY, DETECTIONS, EVALUATION]
+WINDOWS = Table(
+    "windows",
+    _cols(
+        (
+            "window",
+            "str",
+            "the cut recording: event-NNN (one per listed event, in time order) or "
+            "background-NNN, then its start time",
+            "computed",
+        ),
+        ("kind", "str", "event or background", "computed"),
+        ("times_file", "text", "the event-times file (event windows)", "--events"),
+        ("line", "int", "its line in the times file", "--events"),
+        ("listed", "text", "the time as the file writes it", "--events"),
+        ("listed_utc", "str", "that time, ISO 8601 UTC", "--events, --timezone"),
+        ("event", "text", "the event name the file gives (empty if none)", "--events"),
+        (
+            "start_utc",
+            "str",
+            "window start: the listed time minus --time-tolerance",
+            "computed",
+        ),
+        (
+            "end_utc",
+            "str",
+            "window end: the listed time plus its resolution (60 s for a time to the "
+            "minute), --time-tolerance and --event-duration",
+            "computed",
+        ),
+        ("flows", "int", "flows that start in the window", "flows CSV"),
+        ("packets", "int", "packets in the window (empty without a packets CSV)", "packets CSV"),
+        (
+            "found_utc",
+            "str",
+            "where the learned signature finds the event in the window (its first matched "
+            "flow); empty if it does not",
+            "event-detector",
+        ),
+        ("offset", "float", "found_utc minus listed_utc, seconds", "computed"),
+        (
+            "status",
+            "text",
+            "learned, left out (and why: the recurring patterns are not in it, a wrong "
+            "time in the log or an event without traffic), or background",
+            "computed",
+        ),
+        ("flows_csv", "text", "the window's flows CSV, beside this file", "computed"),
+        ("packets_csv", "text", "the window's packets CSV, beside this file", "computed"),
+    ),
+)
+
+SCORED_EVENTS = Table(
+    "scored events",
+    _cols(
+        (
+            "kind",
+            "str",
+            "listed (a line of the times file) or detection (a detection matched to no "
+            "listed event)",
+            "computed",
+        ),
+        ("line", "int", "line in the times file", "--events"),
+        ("event", "text", "event name", "--events / signature.event"),
+        ("device", "text", "device named by the times file, or the signature's", "--events"),
+        ("listed", "text", "the time as the file writes it", "--events"),
+        ("listed_utc", "str", "that time, ISO 8601 UTC", "--events, --timezone"),
+        (
+            "status",
+            "str",
+            "found (a detection of the event overlaps its window), missed, no traffic (the "
+            "window holds no flow of the device at all: not counted in the recall), outside "
+            "(not within any capture given), or false (a detection matched to no listed event)",
+            "computed",
+        ),
+        ("detection_utc", "str", "start of the matched (or false) detection", "detections"),
+        ("offset", "float", "detection start minus the listed time, seconds", "computed"),
+        ("capture", "text", "capture of the detection", "detections"),
+        ("first_frame", "int", "first frame of the detection", "detections"),
+    ),
+)
+
+ALL_TABLES = [PACKETS, FLOWS, SIGNATURE, INVENTORY, DETECTIONS, EVALUATION, WINDOWS, SCORED_EVENTS]
 
 if __name__ == "__main__":  # print the README's column tables
     for table in ALL_TABLES:

@@ -107,6 +107,12 @@ def read_recordings(paths: list[Path]) -> list[Recording]:
     return recordings
 
 
+def _some_names(recordings: list[Recording], shown: int = 4) -> str:
+    names = [r.name for r in recordings]
+    more = f" and {len(names) - shown} more" if len(names) > shown + 1 else ""
+    return ", ".join(names[:shown] if more else names) + more
+
+
 def _recording_name(path: Path) -> str:
     name = Path(path).name
     for suffix in (".flows.csv", ".csv"):
@@ -202,8 +208,11 @@ def extract(
     support: float = 1.0,
     event: str = "event",
     baseline: list[Recording] | None = None,
+    background_share: float = 0.0,
 ) -> Signature:
-    """The signature of an event from its recordings (and, to tell background, a baseline).
+    """The signature of an event from its recordings (and, to tell background, a baseline:
+    a pattern is background when more than `background_share` of the baseline recordings,
+    and at least one, hold it).
     The event may take several routes (the app reaches the device directly in some
     recordings, through the cloud in others). With a baseline, where nothing recurs in
     enough recordings that the baseline lacks, the recordings are split by the distinctive
@@ -211,7 +220,7 @@ def extract(
     packet size split them the same way (_complementary_routes). Each route gets a
     signature of its own, a variant of the same event."""
     learned, flows = _extract_once(
-        recordings, device_name, device_ip, device_mac, support, event, baseline
+        recordings, device_name, device_ip, device_mac, support, event, baseline, background_share
     )
     routes = []
     if len(recordings) < 2 * MIN_VARIANT:
@@ -232,6 +241,7 @@ def extract(
             support,
             event,
             baseline,
+            background_share,
         )
     return learned
 
@@ -244,6 +254,7 @@ def _extract_once(
     support: float,
     event: str,
     baseline: list[Recording] | None,
+    background_share: float = 0.0,
 ) -> tuple[Signature, pd.DataFrame]:
     warnings = []
     if len(recordings) == 1:
@@ -292,10 +303,11 @@ def _extract_once(
         if base is None:
             warnings.append(
                 f"device IP {device_ip} does not appear in the baseline "
-                f"({', '.join(r.name for r in baseline)}): nothing is background"
+                f"({_some_names(baseline)}): nothing is background"
             )
         if base is not None:
-            background_keys = _background_keys(flows[in_pattern], profiles, base)
+            needed_in_base = math.floor(background_share * len(baseline)) + 1
+            background_keys = _background_keys(flows[in_pattern], profiles, base, needed_in_base)
     patterns = _summarise(
         flows[in_pattern],
         n,
@@ -423,6 +435,7 @@ def _with_variants(
     support: float,
     event: str,
     baseline: list[Recording],
+    background_share: float = 0.0,
 ) -> Signature:
     """One signature whose patterns are those of each route's own signature, numbered by
     route in the `variant` column; routes without an event pattern of their own are left
@@ -437,6 +450,7 @@ def _with_variants(
             support,
             event,
             baseline,
+            background_share,
         )
         if route.event_patterns.empty:
             continue
@@ -469,18 +483,23 @@ def _with_variants(
     )
 
 
-def _background_keys(pattern_flows: pd.DataFrame, profiles: dict, base: pd.DataFrame) -> set:
-    """The patterns the baseline also has: a baseline flow with the same fingerprint, at the
-    same level of detail (a pattern by class matches a baseline flow by class), whose
-    packets fit the pattern's profile. An event that shares all its flows with another
-    event keeps the patterns whose packets differ."""
+def _background_keys(
+    pattern_flows: pd.DataFrame, profiles: dict, base: pd.DataFrame, needed: int = 1
+) -> set:
+    """The patterns the baseline also has (in `needed` of its recordings): a baseline flow
+    with the same fingerprint, at the same level of detail (a pattern by class matches a
+    baseline flow by class), whose packets fit the pattern's profile. An event that shares
+    all its flows with another event keeps the patterns whose packets differ."""
     base_sizes = payload_matrix(base["first_payload_sizes"])
     rows_of = {False: _rows_by(base, FINGERPRINT), True: _rows_by(base, _general_columns())}
     found = set()
     firsts = pattern_flows.groupby("key").first()
     for key, row in firsts.iterrows():
         rows = rows_of[bool(row["generalised"])].get(tuple(row[FINGERPRINT]))
-        if rows is not None and profile_matches(base_sizes[rows], profiles.get(key, ())).any():
+        if rows is None:
+            continue
+        fits = rows[profile_matches(base_sizes[rows], profiles.get(key, ()))]
+        if base["recording"].iloc[fits].nunique() >= needed:
             found.add(key)
     return found
 

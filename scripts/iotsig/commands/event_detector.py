@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import csvio, detector, flows, pipeline, tshark
+from .. import csvio, detector, flows, pipeline, tshark, windows
 from ..cli import (
     Command,
+    add_event_times_arguments,
     add_flow_arguments,
     add_jobs_argument,
     check_distinct_names,
@@ -15,11 +16,14 @@ from ..cli import (
     fraction,
     non_negative,
     positive,
+    read_event_times,
+    window_options,
 )
 from ..errors import InputError, ToolError
-from ..schema import DETECTIONS
+from ..schema import DETECTIONS, SCORED_EVENTS
 
 OUTPUT_NAME = "detections.csv"
+SCORED_NAME = "scored-events.csv"
 
 
 class EventDetector(Command):
@@ -79,6 +83,7 @@ class EventDetector(Command):
             action="store_true",
             help="count patterns seen out of the signature's order as missing",
         )
+        add_event_times_arguments(parser, detecting=True)
         add_flow_arguments(parser)  # for captures, as main.py builds flows
         add_jobs_argument(parser)
 
@@ -109,12 +114,13 @@ class EventDetector(Command):
                 self.warn(note)
         if not signatures:
             raise ToolError("none of the signatures has an event pattern")
+        times = read_event_times(args)[0] if args.events else None
         check_distinct_names(inputs, args.output_dir, "inputs")
         output_dir = ensure_output_dir(args.output_dir)
         sources, failed = self.flow_files(kinds, output_dir, signatures, args)
 
         options = detector.DetectOptions(args.min_score, args.window, args.strict_order)
-        found = []
+        found, spans = [], {}
         for name, flows_csv in sources:
             try:
                 table = detector.read_flows(flows_csv)
@@ -125,18 +131,53 @@ class EventDetector(Command):
             for note in csvio.take_notes():
                 self.warn(note)
             occurrences = detector.detect(table, name, signatures, options)
+            spans[name] = table
             found += occurrences
             self.say(detector.summary_line(name, occurrences))
         output = output_dir / OUTPUT_NAME
-        csvio.write_table(detector.detections_frame(found), DETECTIONS, output)
+        detections = detector.detections_frame(found)
+        csvio.write_table(detections, DETECTIONS, output)
         detected = sum(o.status == "detected" for o in found)
         self.say(f"wrote {output}")
+        if times is not None:
+            self.score(detections, times, spans, signatures, args)
         self.say(
             f"event-detector: {detected} detection(s) of {len(signatures)} event "
             f"signature(s) in {len(sources)} capture(s) in {time.monotonic() - started:.1f} s"
             + (f"; {len(failed)} input(s) failed" if failed else "")
         )
         return 1 if failed else 0
+
+    def score(self, detections, times, spans, signatures, args):
+        """--events: each listed event found or missed, each detection matched to one or
+        counted false (OUTPUT_DIR/scored-events.csv), and a line per event."""
+        devices = {s.event: s.device_ip for s in signatures}
+        events = list(devices)
+        named = set(times["event"]) - {""}
+        unknown = sorted(named - set(events))
+        if unknown:
+            self.warn(
+                f"{args.events}: no signature for the listed event(s) {', '.join(unknown)}: "
+                "their lines are not scored"
+            )
+            times = times[~times["event"].isin(unknown)]
+        if named and not set(events) & named:
+            raise ToolError(
+                f"{args.events}: it names none of the signatures' events ({', '.join(events)})"
+            )
+        scored, scores = windows.score_detections(
+            detections, times, spans, window_options(args), devices
+        )
+        outside = int((scored["status"] == "outside").sum())
+        if outside:
+            self.warn(
+                f"{args.events}: {outside} listed time(s) outside every capture given: not scored"
+            )
+        path = Path(args.output_dir) / SCORED_NAME
+        csvio.write_table(scored, SCORED_EVENTS, path)
+        self.say(f"wrote {path}")
+        for score in scores:
+            self.say(score.line())
 
     def flow_files(self, kinds, output_dir, signatures, args):
         """(name, flows CSV) per input, in the order given; pcaps and packets CSVs go

@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import flows, pipeline, tshark
 from ..cli import (
     Command,
+    add_event_times_arguments,
     add_flow_arguments,
     add_jobs_argument,
     add_signature_arguments,
@@ -15,6 +16,7 @@ from ..cli import (
     device_name,
     ensure_output_dir,
     ipv4_or_ipv6,
+    read_event_times,
 )
 from ..errors import ToolError
 
@@ -43,7 +45,8 @@ class Main(Command):
             nargs="+",
             type=Path,
             metavar="PCAP",
-            help="one capture per recording of the event",
+            help="one capture per recording of the event (with --events: long "
+            "captures, cut around each listed time)",
         )
         parser.add_argument(
             "--idle",
@@ -54,6 +57,7 @@ class Main(Command):
             help="captures of the same device without the event (baseline)",
         )
         add_signature_arguments(parser, device_required=False)
+        add_event_times_arguments(parser)
         add_flow_arguments(parser)
         add_jobs_argument(parser)
         parser.add_argument(
@@ -64,6 +68,8 @@ class Main(Command):
 
     def run(self, args):
         started = time.monotonic()
+        if args.events:
+            read_event_times(args, args.event, args.device_name)  # its errors before tshark's work
         tshark.tshark_path()
         check_distinct_names(args.captures, args.output_dir, "captures")
         check_distinct_names(args.idle, args.output_dir / "idle", "captures")

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli import Command, add_signature_arguments, ensure_output_dir
+from ..cli import (
+    Command,
+    add_event_times_arguments,
+    add_signature_arguments,
+    ensure_output_dir,
+    read_event_times,
+)
 
 
 class SignatureExtractor(Command):
@@ -22,9 +28,11 @@ class SignatureExtractor(Command):
             nargs="+",
             type=Path,
             metavar="FLOWS_CSV",
-            help="one flows CSV per recording of the event",
+            help="one flows CSV per recording of the event (with --events: the flows "
+            "CSVs of long captures, cut around each listed time)",
         )
         add_signature_arguments(parser)
+        add_event_times_arguments(parser)
         parser.add_argument(
             "--baseline",
             nargs="+",
@@ -36,6 +44,8 @@ class SignatureExtractor(Command):
         )
 
     def run(self, args):
+        if args.events:
+            read_event_times(args, args.event, args.device_name)
         output_dir = ensure_output_dir(args.output_dir)
         self.learn_and_write(args.flows, args.baseline, args, output_dir)
         return 0

@@ -1,0 +1,358 @@
+"""Long captures with a list of event times: one recording per listed event (a window around
+its time), background windows far from every listed time, and detections scored against
+the list.
+
+A window is wide enough for the listed time's uncertainty: from `tolerance` before the
+listed time to its resolution (a log to the minute: the event happened within that minute)
+plus `tolerance` plus the event's own `duration` after it. Flows are built over the whole
+capture first (idle timeout and maximum duration as everywhere), and a window holds the
+flows that start in it: a flow already open when the event came belongs to the window it
+opened in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import csvio
+from .errors import ToolError
+from .schema import FLOWS, PACKETS, SCORED_EVENTS, WINDOWS
+from .timefmt import utc, utc_text
+
+DEFAULT_TOLERANCE = 60.0  # seconds a listed time may be off
+DEFAULT_DURATION = 30.0  # seconds an event's traffic lasts after it starts
+BACKGROUND_SHARE = 0.25  # a pattern in this share of the background windows is background
+MAX_BACKGROUND = 60  # background windows taken at most (spread evenly)
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    tolerance: float = DEFAULT_TOLERANCE
+    duration: float = DEFAULT_DURATION
+
+
+def event_windows(times: pd.DataFrame, options: WindowOptions) -> pd.DataFrame:
+    """times (event_times.read_event_times) -> one window per listed event, in time order.
+    Windows of events listed close together are cut halfway between them (the middles of
+    their listed times), so that each holds its own event; events listed at the very same
+    time share one window."""
+    windows = times.sort_values(["time", "line"], kind="stable").reset_index(drop=True)
+    middle = (windows["time"] + windows["resolution"] / 2).to_numpy(float)
+    start = windows["time"].to_numpy(float) - options.tolerance
+    end = (windows["time"] + windows["resolution"] + options.tolerance + options.duration).to_numpy(
+        float
+    )
+    distinct = np.unique(middle)
+    halfway = (distinct[1:] + distinct[:-1]) / 2
+    position = np.searchsorted(distinct, middle)
+    lower = np.concatenate([[-np.inf], halfway])[position]
+    upper = np.concatenate([halfway, [np.inf]])[position]
+    windows["start"] = np.maximum(start, lower)
+    windows["end"] = np.minimum(end, upper)
+    return windows
+
+
+def background_windows(events: pd.DataFrame, first: float, last: float) -> pd.DataFrame:
+    """Windows as wide as the event windows, at least one width away from every one of
+    them, inside the capture (first..last) and the period the list covers (the list says
+    nothing of the time before its first event and after its last)."""
+    width = float((events["end"] - events["start"]).max())
+    low = max(first, float(events["start"].min()) - width)
+    high = min(last, float(events["end"].max()) + width)
+    starts = np.arange(low, high - width, width)
+    if not len(starts):
+        return pd.DataFrame({"start": [], "end": []})
+    # Clear: no event window within one width of the candidate, on either side.
+    reach_start, reach_end = starts - width, starts + 2 * width
+    begun = np.searchsorted(np.sort(events["start"].to_numpy()), reach_end, side="left")
+    ended = np.searchsorted(np.sort(events["end"].to_numpy()), reach_start, side="right")
+    clear = begun == ended
+    starts = starts[clear]
+    if len(starts) > MAX_BACKGROUND:
+        starts = starts[np.linspace(0, len(starts) - 1, MAX_BACKGROUND).round().astype(int)]
+    return pd.DataFrame({"start": starts, "end": starts + width})
+
+
+@dataclass
+class Window:
+    kind: str  # "event" or "background"
+    number: int
+    start: float
+    end: float
+    flows_csv: Path
+    packets_csv: Path | None
+    flows: int
+    packets: int
+    listed: pd.Series | None = None  # the times file's row, for an event window
+
+    @property
+    def name(self) -> str:
+        return self.flows_csv.name[: -len(".flows.csv")]
+
+
+def window_name(kind: str, number: int, start: float) -> str:
+    stamp = utc(start, "s").replace("-", "").replace(":", "")
+    return f"{kind}-{number:03d}-{stamp}"
+
+
+def in_window(table: pd.DataFrame, start: float, end: float, times: np.ndarray) -> pd.DataFrame:
+    lo, hi = np.searchsorted(times, [start, end], side="left")
+    return table.iloc[lo:hi]
+
+
+def cut(
+    flows: pd.DataFrame,
+    packets: pd.DataFrame | None,
+    events: pd.DataFrame,
+    background: pd.DataFrame,
+    output_dir: Path,
+) -> tuple[list[Window], list[Window]]:
+    """Write OUTPUT_DIR/<kind>-NNN-<start>.flows.csv (and .packets.csv when the packets
+    are given) for every window; flows and packets sorted by time."""
+    output_dir = Path(output_dir)
+    flows = flows.sort_values("ts", kind="stable").reset_index(drop=True)
+    flow_times = flows["ts"].to_numpy(float)
+    if packets is not None:
+        packets = packets.sort_values("ts", kind="stable").reset_index(drop=True)
+        packet_times = packets["ts"].to_numpy(float)
+    result = {"event": [], "background": []}
+    for kind, table in (("event", events), ("background", background)):
+        for number, row in enumerate(table.itertuples(index=False), start=1):
+            name = window_name(kind, number, row.start)
+            mine = in_window(flows, row.start, row.end, flow_times)
+            flows_csv = output_dir / f"{name}.flows.csv"
+            csvio.write_table(mine, FLOWS, flows_csv)
+            packets_csv, packet_count = None, 0
+            if packets is not None:
+                rows = in_window(packets, row.start, row.end, packet_times)
+                packets_csv = output_dir / f"{name}.packets.csv"
+                csvio.write_table(rows, PACKETS, packets_csv, float_format="%.6f")
+                packet_count = len(rows)
+            listed = table.iloc[number - 1] if kind == "event" else None
+            result[kind].append(
+                Window(
+                    kind,
+                    number,
+                    row.start,
+                    row.end,
+                    flows_csv,
+                    packets_csv,
+                    len(mine),
+                    packet_count,
+                    listed,
+                )
+            )
+    return result["event"], result["background"]
+
+
+def windows_frame(
+    windows: list[Window], times_file: Path, found: dict, left_out: dict
+) -> pd.DataFrame:
+    """The index of the cut recordings (windows.csv): what each window is and what became
+    of it. found: window name -> time the event was found at; left_out: name -> why."""
+    rows = []
+    for w in windows:
+        listed = w.listed
+        at = found.get(w.name)
+        rows.append(
+            {
+                "window": w.name,
+                "kind": w.kind,
+                "times_file": str(times_file) if listed is not None else "",
+                "line": int(listed["line"]) if listed is not None else None,
+                "listed": listed["time_text"] if listed is not None else "",
+                "listed_utc": utc(listed["time"], "s") if listed is not None else "",
+                "event": listed["event"] if listed is not None else "",
+                "start_utc": utc(w.start, "s"),
+                "end_utc": utc(w.end, "s"),
+                "flows": w.flows,
+                "packets": w.packets if w.packets_csv is not None else None,
+                "found_utc": utc(at) if at is not None else "",
+                "offset": round(at - listed["time"], 3)
+                if at is not None and listed is not None
+                else None,
+                "status": left_out.get(w.name, "learned" if w.kind == "event" else "background"),
+                "flows_csv": w.flows_csv.name,
+                "packets_csv": w.packets_csv.name if w.packets_csv else "",
+            }
+        )
+    return pd.DataFrame(rows, columns=WINDOWS.names)
+
+
+# ---------------------------------------------------------------------------------------
+# Detections scored against the list
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Score:
+    event: str
+    listed: int = 0
+    found: int = 0
+    false: int = 0
+    days: float = 0.0
+    silent: int = 0  # listed events without any traffic of the device in their window
+
+    @property
+    def recall(self) -> float:
+        return self.found / self.listed if self.listed else float("nan")
+
+    @property
+    def false_per_day(self) -> float:
+        return self.false / self.days if self.days else float("nan")
+
+    def line(self) -> str:
+        return (
+            f"{self.event}: {self.found} of {self.listed} listed event(s) found "
+            f"(recall {self.recall:.2f}), {self.listed - self.found} missed; {self.false} "
+            f"detection(s) matched to no listed event in {self.days:.2f} day(s) of capture "
+            f"({self.false_per_day:.2f} per day)"
+            + (
+                f"; {self.silent} more listed without any traffic of the device (not counted)"
+                if self.silent
+                else ""
+            )
+        )
+
+
+def score_detections(
+    detections: pd.DataFrame,
+    times: pd.DataFrame,
+    flows_by_capture: dict[str, pd.DataFrame],
+    options: WindowOptions,
+    devices: dict[str, str],
+) -> tuple[pd.DataFrame, list[Score]]:
+    """Match each detection (detections CSV rows, status detected) to at most one listed
+    event of the same name whose window it overlaps, nearest first. devices: event name ->
+    the device address of its signature. A listed event outside every capture is neither
+    found nor missed; one whose window holds no flow of the device at all is counted apart
+    (no traffic: nothing to detect). Returns the scored table (scored-events CSV) and one
+    Score per event."""
+    events = list(devices)
+    spans = capture_spans(flows_by_capture)
+    listed = event_windows(times, options)
+    named = bool(times.attrs.get("has_event", True)) and (listed["event"] != "").any()
+    if not named:
+        if len(events) > 1:
+            raise ToolError(
+                "the times file names no event, and there are several signatures "
+                f"({', '.join(events)}): each listed time must name its event"
+            )
+        listed["event"] = events[0]
+    inside = np.zeros(len(listed), bool)
+    for span in spans.itertuples(index=False):
+        inside |= ((listed["end"] >= span.first) & (listed["start"] <= span.last)).to_numpy()
+    silent = ~_device_active(listed, flows_by_capture, devices)
+    days = float((spans["last"] - spans["first"]).clip(lower=0).sum()) / DAY
+    hits = detections[detections["status"] == "detected"].reset_index(drop=True)
+    pairs = []
+    for i, d in enumerate(hits.itertuples(index=False)):
+        near = (
+            (listed["event"] == d.event)
+            & (listed["start"] <= d.end)
+            & (listed["end"] >= d.start)
+            & inside
+        )
+        for j in np.flatnonzero(near.to_numpy()):
+            pairs.append((abs(d.start - listed["time"].iat[j]), i, j))
+    matched_detection, matched_listed = {}, {}
+    for _, i, j in sorted(pairs):
+        if i not in matched_detection and j not in matched_listed:
+            matched_detection[i], matched_listed[j] = j, i
+    rows = []
+    for j, entry in enumerate(listed.itertuples(index=False)):
+        i = matched_listed.get(j)
+        found = hits.iloc[i] if i is not None else None
+        rows.append(
+            {
+                "kind": "listed",
+                "line": entry.line,
+                "event": entry.event,
+                "device": entry.device,
+                "listed": entry.time_text,
+                "listed_utc": utc(entry.time, "s"),
+                "status": "found"
+                if found is not None
+                else "outside"
+                if not inside[j]
+                else "no traffic"
+                if silent[j]
+                else "missed",
+                "detection_utc": found["start_utc"] if found is not None else "",
+                "offset": round(found["start"] - entry.time, 3) if found is not None else None,
+                "capture": found["capture"] if found is not None else "",
+                "first_frame": found["first_frame"] if found is not None else None,
+            }
+        )
+    for i, d in enumerate(hits.itertuples(index=False)):
+        if i not in matched_detection:
+            rows.append(
+                {
+                    "kind": "detection",
+                    "line": None,
+                    "event": d.event,
+                    "device": d.device_name,
+                    "listed": "",
+                    "listed_utc": "",
+                    "status": "false",
+                    "detection_utc": d.start_utc,
+                    "offset": None,
+                    "capture": d.capture,
+                    "first_frame": d.first_frame,
+                }
+            )
+    table = pd.DataFrame(rows, columns=SCORED_EVENTS.names)
+    scores = []
+    for event in events:
+        mine = table[table["event"] == event]
+        scores.append(
+            Score(
+                event,
+                int(mine["status"].isin(["found", "missed"]).sum()),
+                int((mine["status"] == "found").sum()),
+                int((mine["status"] == "false").sum()),
+                days,
+                int((mine["status"] == "no traffic").sum()),
+            )
+        )
+    return table, scores
+
+
+def _device_active(
+    listed: pd.DataFrame, flows_by_capture: dict[str, pd.DataFrame], devices: dict[str, str]
+) -> np.ndarray:
+    """For each listed event: does any flow of its device run during its window?"""
+    active = np.zeros(len(listed), bool)
+    for flows in flows_by_capture.values():
+        ends = (flows["ts"] + flows["duration"].fillna(0)).to_numpy(float)
+        starts = flows["ts"].to_numpy(float)
+        for event, ip in devices.items():
+            mine = ((flows["orig_h"] == ip) | (flows["resp_h"] == ip)).to_numpy()
+            order = np.argsort(starts[mine])
+            first, last = starts[mine][order], np.maximum.accumulate(ends[mine][order])
+            rows = np.flatnonzero((listed["event"] == event).to_numpy())
+            if not len(rows) or not len(first):
+                continue
+            # flows started before the window's end, the last of which ends after its start
+            upto = np.searchsorted(first, listed["end"].to_numpy(float)[rows], side="right")
+            reach = np.where(upto > 0, last[np.maximum(upto - 1, 0)], -np.inf)
+            active[rows] |= reach >= listed["start"].to_numpy(float)[rows]
+    return active
+
+
+def capture_spans(flows_by_capture: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    rows = []
+    for name, flows in flows_by_capture.items():
+        if len(flows):
+            ends = flows["ts"] + flows["duration"].fillna(0)
+            rows.append({"capture": name, "first": flows["ts"].min(), "last": ends.max()})
+    return pd.DataFrame(rows, columns=["capture", "first", "last"])
+
+
+def utc_span(first: float, last: float) -> str:
+    return f"{utc_text([first], 's')[0]} to {utc_text([last], 's')[0]}"

@@ -1,0 +1,376 @@
+"""Long captures with a list of event times (--events): the times file, the windows cut
+around each listed time, and event-detector scoring itself against the list. The real
+week-long camera capture and its IFTTT log come from ../shared (no license to copy them)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pandas as pd
+import pytest
+
+from iotsig import event_times, windows
+from iotsig.errors import InputError, ToolError
+
+from conftest import SHARED
+
+LONG = SHARED / "pcaps" / "long"
+CAMERA = LONG / "blink-cam-01.pcap"
+IFTTT_LOG = LONG / "blink-cam-01.ifttt-events.csv"
+CAMERA_IP = "192.168.1.129"
+IFTTT_FLAGS = ["--event-column", "3", "--device-column", "2", "--timezone", "America/New_York"]
+needs_camera = pytest.mark.skipif(
+    not CAMERA.is_file(), reason=f"{CAMERA} not there (../shared beside the repo)"
+)
+
+
+def write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# The times file
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_published_ifttt_log_reads_with_documented_flags(tmp_path):
+    log = write(
+        tmp_path / "log.csv",
+        '"March 08, 2021 at 01:18PM","blink-cam-01","event_motion"\n'
+        '"March 15, 2021 at 11:30AM","blink-cam-01","event_motion"\n',
+    )
+    spec = event_times.TimesFormat(event_column="3", device_column="2", timezone="America/New_York")
+    times = event_times.read_event_times(log, spec)
+    # 13:18 EST is 18:18 UTC; after the switch to daylight saving, 11:30 EDT is 15:30 UTC.
+    assert [windows.utc(t, "s") for t in times["time"]] == [
+        "2021-03-08T18:18:00Z",
+        "2021-03-15T15:30:00Z",
+    ]
+    assert list(times["event"]) == ["event_motion"] * 2
+    assert list(times["device"]) == ["blink-cam-01"] * 2
+    assert list(times["resolution"]) == [60.0, 60.0]  # written to the minute
+    assert list(times["line"]) == [1, 2]
+
+
+def test_fixed_offsets_mean_what_iso_8601_says():
+    behind = event_times.parse_timezone("UTC-5")
+    assert behind.utcoffset(None).total_seconds() == -5 * 3600
+    assert event_times.parse_timezone("+05:30").utcoffset(None).total_seconds() == 5.5 * 3600
+    with pytest.raises(ToolError, match="--timezone 'Mars/Olympus'"):
+        event_times.parse_timezone("Mars/Olympus")
+
+
+def test_a_header_names_the_columns_and_offsets_and_epoch_seconds_are_taken_as_written(
+    tmp_path,
+):
+    log = write(
+        tmp_path / "log.csv",
+        "when,device,action\n"
+        "2021-03-08T13:18:07-05:00,cam,motion\n"
+        "1615227487.5,cam,motion\n"
+        "2021-03-08 18:18:07Z,cam,motion\n",
+    )
+    times = event_times.read_event_times(log)
+    assert list(times["time"]) == [1615227487.0, 1615227487.5, 1615227487.0]
+    assert list(times["resolution"]) == [0.0, 0.0, 0.0]
+    assert list(times["line"]) == [2, 3, 4]
+    assert times.attrs == {"has_event": True, "has_device": True}
+
+
+def test_semicolons_are_a_separator_too(tmp_path):
+    log = write(tmp_path / "log.csv", "time;event\n2021-03-08T13:18:00Z;toggle\n")
+    assert list(event_times.read_event_times(log)["event"]) == ["toggle"]
+
+
+@pytest.mark.parametrize(
+    ("text", "spec", "message"),
+    [
+        ("", {}, "empty file"),
+        ("time,event\n", {}, "only a header line"),
+        ("time,event\n2021-03-08T13:18:00Z,a\nyesterday-ish,b\n", {}, "line 3: 'yesterday-ish'"),
+        ("time,event\n2021-03-08 13:18,a\n", {}, "line 2: .* has no UTC offset: .*--timezone"),
+        ("stamp,event\n2021-03-08T13:18:00Z,a\n", {}, "no time column .*--time-column"),
+        ("2021-03-08T13:18:00Z,a\n", {"event_column": "5"}, "--event-column 5: .* 2 column"),
+        ("2021-03-08T13:18:00Z,a\n", {"event_column": "action"}, "no header: give a number"),
+    ],
+)
+def test_bad_times_files_are_one_error_naming_the_file_and_line(tmp_path, text, spec, message):
+    log = write(tmp_path / "log.csv", text)
+    with pytest.raises(InputError, match=message) as caught:
+        event_times.read_event_times(log, event_times.TimesFormat(**spec))
+    assert str(caught.value).startswith(f"{log}: ")
+
+
+def test_one_event_of_several_is_chosen_by_name(tmp_path):
+    log = write(
+        tmp_path / "log.csv",
+        "time,event\n2021-03-08T13:18:00Z,toggle\n2021-03-08T14:18:00Z,boot\n",
+    )
+    times = event_times.read_event_times(log)
+    with pytest.raises(InputError, match="2 events \\(boot, toggle\\): choose one with --event"):
+        event_times.select(times, log, None, None)
+    chosen, name = event_times.select(times, log, "boot", None)
+    assert name == "boot" and list(chosen["line"]) == [3]
+    with pytest.raises(InputError, match="no line names event 'set_color'"):
+        event_times.select(times, log, "set_color", None)
+
+
+# ---------------------------------------------------------------------------------------
+# Windows
+# ---------------------------------------------------------------------------------------
+
+
+def listed(*seconds, resolution=60.0):
+    return pd.DataFrame(
+        {
+            "line": range(1, len(seconds) + 1),
+            "time": seconds,
+            "time_text": [str(s) for s in seconds],
+            "event": "e",
+            "device": "",
+            "resolution": resolution,
+        }
+    )
+
+
+def test_a_window_covers_the_listed_minute_the_tolerance_and_the_duration():
+    window = windows.event_windows(listed(1000.0), windows.WindowOptions(60, 30)).iloc[0]
+    assert (window["start"], window["end"]) == (940.0, 1000.0 + 60 + 60 + 30)
+
+
+def test_close_events_are_cut_halfway_and_same_time_events_share_a_window():
+    table = windows.event_windows(listed(1000.0, 1060.0, 1060.0, 5000.0), windows.WindowOptions())
+    # middles 1030 and 1090: cut at 1060
+    assert list(zip(table["start"], table["end"])) == [
+        (940.0, 1060.0),
+        (1060.0, 1060.0 + 150.0),
+        (1060.0, 1060.0 + 150.0),
+        (4940.0, 5150.0),
+    ]
+
+
+def test_background_windows_keep_a_width_away_from_every_event():
+    events = windows.event_windows(listed(10_000.0, 20_000.0), windows.WindowOptions())
+    width = float((events["end"] - events["start"]).max())
+    background = windows.background_windows(events, 0.0, 100_000.0)
+    assert len(background) > 10
+    for b in background.itertuples(index=False):
+        assert b.end - b.start == width
+        for e in events.itertuples(index=False):
+            assert b.end + width <= e.start or b.start >= e.end + width
+    # only within the period the list covers
+    assert background["start"].min() >= events["start"].min() - width
+    assert background["end"].max() <= events["end"].max() + width
+
+
+# ---------------------------------------------------------------------------------------
+# The real week of a camera and its IFTTT log
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def camera_halves(tmp_path_factory):
+    """The capture and the log cut at the middle of the log (by time), with editcap."""
+    if not CAMERA.is_file():
+        pytest.skip(f"{CAMERA} not there (../shared beside the repo)")
+    folder = tmp_path_factory.mktemp("camera")
+    spec = event_times.TimesFormat(event_column="3", device_column="2", timezone="UTC-5")
+    times = event_times.read_event_times(IFTTT_LOG, spec).sort_values("time")
+    half = len(times) // 2
+    split = (times["time"].iat[half - 1] + times["time"].iat[half]) / 2
+    at = pd.Timestamp(split, unit="s").strftime("%Y-%m-%d %H:%M:%S")
+    lines = IFTTT_LOG.read_text().splitlines()
+    parts = {}
+    for name, rows, flag in (("first", times[:half], "-B"), ("second", times[half:], "-A")):
+        log = write(folder / f"{name}.csv", "\n".join(lines[i - 1] for i in rows["line"]) + "\n")
+        capture = folder / f"{name}.pcap"
+        subprocess.run(
+            ["editcap", flag, at, str(CAMERA), str(capture)],
+            check=True,
+            env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
+        )
+        parts[name] = (capture, log)
+    return folder, parts
+
+
+@pytest.mark.slow
+@needs_camera
+def test_learned_on_the_first_half_of_the_log_the_second_half_is_found(run, camera_halves):
+    folder, parts = camera_halves
+    capture, log = parts["first"]
+    learned = run(
+        "main.py",
+        "blink-cam-01",
+        CAMERA_IP,
+        capture,
+        "--events",
+        log,
+        *IFTTT_FLAGS,
+        "-o",
+        folder / "learn",
+        "--no-report",
+    )
+    assert "19 of 19 listed time(s) learned" in learned.stdout
+    index = pd.read_csv(folder / "learn" / "windows" / "windows.csv", dtype=str)
+    events = index[index["kind"] == "event"]
+    assert len(events) == 19 and set(events["status"]) == {"learned"}
+    assert events["found_utc"].ne("").all()
+    # every window's CSVs are there to open
+    for name in events["flows_csv"].tolist() + events["packets_csv"].tolist():
+        assert (folder / "learn" / "windows" / name).is_file()
+    signature = pd.read_csv(folder / "learn" / "signature.csv", dtype=str)
+    assert (signature["role"] == "event").sum() >= 2
+
+    capture, log = parts["second"]
+    detected = run(
+        "event-detector.py",
+        folder / "learn" / "signature.csv",
+        capture,
+        "--events",
+        log,
+        *IFTTT_FLAGS,
+        "-o",
+        folder / "detect",
+    )
+    scored = pd.read_csv(folder / "detect" / "scored-events.csv", dtype=str, keep_default_na=False)
+    listed_rows = scored[scored["kind"] == "listed"]
+    status = listed_rows["status"].value_counts().to_dict()
+    with_traffic = status.get("found", 0) + status.get("missed", 0)
+    assert status.get("found", 0) / with_traffic >= 0.95, status
+    # the two lines of 2021-03-12: the camera sent nothing that day
+    assert status.get("no traffic") == 2
+    assert set(listed_rows.loc[listed_rows["status"] == "no traffic", "listed"]) == {
+        "March 12, 2021 at 06:16PM",
+        "March 12, 2021 at 06:17PM",
+    }
+    days = 3.72
+    assert (scored["status"] == "false").sum() <= days  # at most one false detection a day
+    assert "recall 1.00" in detected.stdout and "per day" in detected.stdout
+
+
+@pytest.mark.slow
+@needs_camera
+def test_a_wrong_time_in_the_log_is_said_and_left_out(run, camera_halves, tmp_path):
+    folder, parts = camera_halves
+    capture, log = parts["first"]
+    wrong = write(
+        tmp_path / "wrong.csv",
+        log.read_text() + '"March 09, 2021 at 03:00AM","blink-cam-01","event_motion"\n',
+    )
+    result = run(
+        "main.py",
+        "blink-cam-01",
+        CAMERA_IP,
+        capture,
+        "--events",
+        wrong,
+        *IFTTT_FLAGS,
+        "-o",
+        tmp_path / "out",
+        "--no-report",
+    )
+    assert "19 of 20 listed time(s) learned" in result.stdout
+    assert f"{wrong}: line 20 (March 09, 2021 at 03:00AM): none of what recurs" in result.stderr
+    reference = run(
+        "main.py",
+        "blink-cam-01",
+        CAMERA_IP,
+        capture,
+        "--events",
+        log,
+        *IFTTT_FLAGS,
+        "-o",
+        tmp_path / "reference",
+        "--no-report",
+    )
+    assert reference.returncode == 0
+    patterns = [
+        pd.read_csv(tmp_path / d / "signature.csv", dtype=str)
+        .query("role == 'event'")["pattern"]
+        .tolist()
+        for d in ("out", "reference")
+    ]
+    assert patterns[0] == patterns[1]
+
+
+@needs_camera
+def test_too_few_times_inside_the_capture_is_one_error(run, tmp_path):
+    log = write(
+        tmp_path / "log.csv",
+        "time,event\n2020-01-01T00:00:00Z,motion\n2021-03-08T15:22:00Z,motion\n",
+    )
+    result = run(
+        "main.py",
+        "cam",
+        CAMERA_IP,
+        CAMERA,
+        "--events",
+        log,
+        "-o",
+        tmp_path / "out",
+        "--no-report",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"main.py: error: {log}: 1 listed time(s) inside the capture (2021-03-08T15:22:15Z to "
+        "2021-03-15T15:33:09Z): a signature needs at least 2"
+    )
+    assert not (tmp_path / "out" / "signature.csv").exists()
+
+
+def test_a_times_file_without_offsets_and_without_timezone_is_refused_before_any_work(
+    run, tmp_path
+):
+    log = write(tmp_path / "log.csv", "time\n2021-03-08 13:18\n")
+    result = run(
+        "main.py",
+        "cam",
+        CAMERA_IP,
+        tmp_path / "absent.pcap",
+        "--events",
+        log,
+        "-o",
+        tmp_path / "out",
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"main.py: error: {log}: line 2: '2021-03-08 13:18' has no UTC offset: give the "
+        "log's time zone with --timezone (like -05:00 or America/New_York)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_scoring_matches_each_detection_to_one_listed_event():
+    times = listed(1000.0, 1060.0, 9000.0, resolution=60.0)
+    times.attrs["has_event"] = True
+    detections = pd.DataFrame(
+        {
+            "event": ["e", "e", "e"],
+            "device_name": "d",
+            "start": [1010.0, 1075.0, 50_000.0],
+            "end": [1012.0, 1080.0, 50_001.0],
+            "start_utc": ["a", "b", "c"],
+            "capture": "x.pcap",
+            "first_frame": [1, 2, 3],
+            "status": "detected",
+        }
+    )
+    flows = pd.DataFrame(
+        {
+            "ts": [0.0, 1010.0, 1075.0, 86_400.0],
+            "duration": [1.0, 2.0, 5.0, 1.0],
+            "orig_h": ["10.0.0.9", "10.0.0.9", "10.0.0.9", "10.0.0.9"],
+            "resp_h": ["1.1.1.1"] * 4,
+        }
+    )
+    table, scores = windows.score_detections(
+        detections, times, {"x.pcap": flows}, windows.WindowOptions(), {"e": "10.0.0.9"}
+    )
+    assert list(table["status"]) == ["found", "found", "no traffic", "false"]
+    (score,) = scores
+    assert (score.listed, score.found, score.false, score.silent) == (2, 2, 1, 1)
+    assert score.days == pytest.approx(86_401 / 86_400)
