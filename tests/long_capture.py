@@ -340,7 +340,8 @@ def write_times(capture: LongCapture, path: Path, damage: LogDamage = LogDamage(
     rows = _listed(capture, damage)
     tz = capture.tz
     spelled = {
-        index: _spell(listed, tz, damage.minute_local) for index, (listed, _) in rows.items()
+        index: "" if listed is None else _spell(listed, tz, damage.minute_local)
+        for index, (listed, _) in rows.items()
     }
     listed_rows = sorted(
         ((rows[i][0], spelled[i], capture.placements[i]) for i in rows if rows[i][0] is not None),
@@ -364,7 +365,7 @@ def write_times(capture: LongCapture, path: Path, damage: LogDamage = LogDamage(
                     seconds(p.first_us),
                     seconds(p.last_us),
                     p.packets,
-                    spelled[index] if rows[index][0] is not None else "",
+                    spelled[index],
                     rows[index][1],
                 )
             )
@@ -475,4 +476,3 @@ def iso_utc(micro: int) -> str:
     """µs since the epoch as editcap -A/-B take it: 2021-03-09T18:22:15.831389Z."""
     moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=micro)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
