@@ -109,11 +109,21 @@ def test_one_event_of_several_is_chosen_by_name(tmp_path):
     )
     times = event_times.read_event_times(log)
     with pytest.raises(InputError, match="2 events \\(boot, toggle\\): choose one with --event"):
-        event_times.select(times, log, None, None)
-    chosen, name = event_times.select(times, log, "boot", None)
-    assert name == "boot" and list(chosen["line"]) == [3]
+        event_times.choose_event(times, log, None)
+    assert event_times.choose_event(times, log, "boot") == "boot"
     with pytest.raises(InputError, match="no line names event 'set_color'"):
-        event_times.select(times, log, "set_color", None)
+        event_times.choose_event(times, log, "set_color")
+
+
+def test_a_device_column_naming_several_devices_keeps_the_devices_lines(tmp_path):
+    log = write(
+        tmp_path / "log.csv",
+        "time,event,device\n2021-03-08T13:18:00Z,on,plug\n2021-03-08T14:18:00Z,on,bulb\n",
+    )
+    times = event_times.read_event_times(log)
+    assert list(event_times.for_device(times, log, "bulb")["line"]) == [3]
+    with pytest.raises(InputError, match="2 devices \\(bulb, plug\\) and not 'cam'"):
+        event_times.for_device(times, log, "cam")
 
 
 # ---------------------------------------------------------------------------------------
@@ -374,3 +384,44 @@ def test_scoring_matches_each_detection_to_one_listed_event():
     (score,) = scores
     assert (score.listed, score.found, score.false, score.silent) == (2, 2, 1, 1)
     assert score.days == pytest.approx(86_401 / 86_400)
+
+
+@needs_camera
+def test_a_times_file_without_event_names_is_said_and_several_signatures_need_them(run, tmp_path):
+    log = write(tmp_path / "log.csv", "time\n2021-03-08T18:18:58Z\n2021-03-08T22:17:08Z\n")
+    learned = run(
+        "main.py",
+        "cam",
+        CAMERA_IP,
+        CAMERA,
+        "--events",
+        log,
+        "-o",
+        tmp_path / "learn",
+        "--no-report",
+    )
+    assert (
+        f"main.py: warning: {log}: no event name column: every line is taken as event "
+        "'event'" in learned.stderr
+    )
+    signature = tmp_path / "learn" / "signature.csv"
+    other = tmp_path / "other.csv"
+    table = pd.read_csv(signature, dtype=str, keep_default_na=False)
+    table.assign(event="other").to_csv(other, index=False)
+    flows = tmp_path / "learn" / "blink-cam-01.pcap.flows.csv"
+    result = run(
+        "event-detector.py",
+        signature,
+        other,
+        flows,
+        "--events",
+        log,
+        "-o",
+        tmp_path / "d",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"event-detector.py: error: {log}: it names no event, and there are several "
+        "signatures (event, other): each listed time must name its event"
+    )

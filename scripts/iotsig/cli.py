@@ -172,16 +172,22 @@ def add_event_times_arguments(parser, detecting: bool = False) -> None:
     )
 
 
-def read_event_times(args, event: str | None = None, device: str | None = None):
-    """The times file of --events, read as its flags say, with the listed times of `event`
-    (and `device`, where it names devices). Returns (times, the event's name or None)."""
+def read_event_times(args, device: str | None = None):
+    """The times file of --events, read as its flags say: the lines of `device` where it
+    names several devices."""
     from . import event_times
 
     spec = event_times.TimesFormat(
         args.time_column, args.event_column, args.device_column, args.timezone
     )
     times = event_times.read_event_times(args.events, spec)
-    return event_times.select(times, args.events, event, device)
+    return event_times.for_device(times, args.events, device)
+
+
+def event_to_learn(args, times) -> str | None:
+    from . import event_times
+
+    return event_times.choose_event(times, args.events, args.event)
 
 
 def window_options(args):
@@ -409,7 +415,13 @@ class Command:
     def learn_in_windows(self, flow_files, baseline_files, args, output_dir: Path):
         from . import pipeline
 
-        times, named = read_event_times(args, args.event, args.device_name)
+        times = read_event_times(args, args.device_name)
+        named = event_to_learn(args, times)
+        if named is None:
+            self.warn(
+                f"{args.events}: no event name column: every line is taken as event "
+                f"{args.event or 'event'!r}"
+            )
         windows_dir = ensure_output_dir(Path(output_dir) / "windows")
         result = pipeline.learn_in_windows(
             flow_files,
@@ -425,8 +437,9 @@ class Command:
             baseline_files or None,
         )
         self.say(
-            f"wrote {len(result.events)} event and {len(result.background)} background "
-            f"window(s) in {windows_dir}/ (index: {result.index}); "
+            f"wrote {len(result.events)} event, {len(result.others)} other-event and "
+            f"{len(result.background)} background window(s) in {windows_dir}/ (index: "
+            f"{result.index}); "
             f"{len(result.events) - len(result.left_out)} of {len(result.events)} listed "
             "time(s) learned"
         )

@@ -41,6 +41,7 @@ BYTE_METRICS = {"orig_frame_bytes", "resp_frame_bytes"}  # not used with a packe
 KEY_COLUMNS = [c for c in sig.FINGERPRINT if c != "remote"]
 PORT = KEY_COLUMNS.index("server_port")
 DNS_NAME = KEY_COLUMNS.index("dns_qry_name")
+SUMMARY_DETECTIONS = 5  # detections named in a capture's summary line
 FLOW_EXTRAS = ["capture", "first_frame", "last_frame", "remote_h"]
 
 
@@ -569,8 +570,10 @@ def summary_line(capture: str, occurrences: list[Occurrence]) -> str:
         parts = [
             f"{o.signature.event} at {utc(o.start)} (frames {_frames(o)}, score "
             f"{o.score:.2f}, {len(o.counted)}/{o.total} patterns)"
-            for o in detected
+            for o in detected[:SUMMARY_DETECTIONS]
         ]
+        if len(detected) > SUMMARY_DETECTIONS:  # a long capture: the CSV has them all
+            parts.append(f"and {len(detected) - SUMMARY_DETECTIONS} more (see the detections CSV)")
         text = f"{capture}: {len(detected)} detection(s): " + "; ".join(parts)
     if explained:
         text += "; explained by a better match: " + ", ".join(

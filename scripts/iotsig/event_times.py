@@ -203,22 +203,8 @@ def _to_the_minute(text: str, moment: datetime) -> bool:
     return not re.search(r"\d:\d{2}:\d{2}", text)
 
 
-def select(
-    times: pd.DataFrame, path: Path, event: str | None, device: str | None
-) -> tuple[pd.DataFrame, str | None]:
-    """The listed times of one event (and device, where the file names devices): the rows
-    named `event`, or every row when the file names one event only or none. Returns them
-    and the event's name (None when the file names none)."""
-    named = sorted(set(times["event"]) - {""})
-    if named:
-        if event is None and len(named) > 1:
-            raise InputError(
-                path, f"it lists {len(named)} events ({', '.join(named)}): choose one with --event"
-            )
-        event = event if event is not None else named[0]
-        if event not in named:
-            raise InputError(path, f"no line names event {event!r} (it names {', '.join(named)})")
-        times = times[times["event"] == event]
+def for_device(times: pd.DataFrame, path: Path, device: str | None) -> pd.DataFrame:
+    """The lines of `device` where the file names several devices (all lines otherwise)."""
     devices = sorted(set(times["device"]) - {""})
     if device and len(devices) > 1:
         if device not in devices:
@@ -228,4 +214,19 @@ def select(
                 "name the device as the file does",
             )
         times = times[times["device"] == device]
-    return times.reset_index(drop=True), (event if named else None)
+    return times.reset_index(drop=True)
+
+
+def choose_event(times: pd.DataFrame, path: Path, event: str | None) -> str | None:
+    """The event to learn: `event`, or the one event the file names; None when it names
+    none."""
+    named = sorted(set(times["event"]) - {""})
+    if not named:
+        return None
+    if event is None and len(named) > 1:
+        raise InputError(
+            path, f"it lists {len(named)} events ({', '.join(named)}): choose one with --event"
+        )
+    if event is not None and event not in named:
+        raise InputError(path, f"no line names event {event!r} (it names {', '.join(named)})")
+    return event if event is not None else named[0]

@@ -260,6 +260,7 @@ class WindowedLearning:
     left_out: dict[str, str] = field(default_factory=dict)  # window name -> why
     found: dict[str, float] = field(default_factory=dict)  # window name -> event start
     warnings: list[str] = field(default_factory=list)
+    others: list[windows.Window] = field(default_factory=list)  # other listed events
 
 
 def learn_in_windows(
@@ -273,7 +274,7 @@ def learn_in_windows(
     support: float = 1.0,
     event: str = "event",
     options: windows.WindowOptions | None = None,
-    baseline=None,
+    baseline_files=None,
 ) -> WindowedLearning:
     """Cut long captures (their flows CSVs, and packets CSVs beside them where there are)
     into one recording per listed time and background windows far from all of them
@@ -286,24 +287,38 @@ def learn_in_windows(
     first = float(flows_table["ts"].min())
     last = float((flows_table["ts"] + flows_table["duration"].fillna(0)).max())
     warnings = []
+    # Every listed event gets its window (close ones are cut halfway between them, whatever
+    # their event); the other events' windows are a baseline of their own.
     listed = windows.event_windows(times, options)
     inside = (listed["end"] >= first) & (listed["start"] <= last)
-    for row in listed[~inside].itertuples(index=False):
+    named = (listed["event"] != "").any()
+    mine = listed["event"] == event if named else pd.Series(True, index=listed.index)
+    for row in listed[mine & ~inside].itertuples(index=False):
         warnings.append(
             f"{times_file}: line {row.line} ({row.time_text}): outside the capture "
             f"({windows.utc_span(first, last)}): left out"
         )
-    if inside.sum() < 2:
+    if (mine & inside).sum() < 2:
         raise ToolError(
-            f"{times_file}: {int(inside.sum())} listed time(s) inside the capture "
+            f"{times_file}: {int((mine & inside).sum())} listed time(s) inside the capture "
             f"({windows.utc_span(first, last)}): a signature needs at least 2 (check "
             "--timezone and the times)"
         )
-    listed = listed[inside].reset_index(drop=True)
-    background = windows.background_windows(listed, first, last)
-    events, quiet = windows.cut(flows_table, packets_table, listed, background, output_dir)
-    baseline = [w.flows_csv for w in quiet] + list(baseline or [])
-    share = windows.BACKGROUND_SHARE if quiet else 0.0
+    background = windows.background_windows(listed[inside], first, last)
+    cut = windows.cut(
+        flows_table,
+        packets_table,
+        {
+            "event": listed[mine & inside],
+            "other": listed[~mine & inside],
+            "background": background,
+        },
+        output_dir,
+    )
+    events, quiet = cut["event"], cut["background"]
+    baseline = _grouped(quiet, "background") + _grouped(cut["other"], "other")
+    baseline += sig.read_recordings(baseline_files) if baseline_files else []
+    share = windows.BACKGROUND_SHARE
 
     def learn_on(chosen, at_support):
         return learn(
@@ -349,10 +364,20 @@ def learn_in_windows(
             found = _found_in(learned, events)
     learned.warnings[:0] = warnings
     index = Path(output_dir) / "windows.csv"
+    everything = events + cut["other"] + quiet
     csvio.write_table(
-        windows.windows_frame(events + quiet, times_file, found, left_out), WINDOWS, index
+        windows.windows_frame(everything, times_file, found, left_out), WINDOWS, index
     )
-    return WindowedLearning(learned, events, quiet, index, left_out, found, warnings)
+    return WindowedLearning(learned, events, quiet, index, left_out, found, warnings, cut["other"])
+
+
+def _grouped(chosen: list[windows.Window], group: str) -> list[sig.Recording]:
+    """Windows as baseline recordings of one group (the share rule counts per group:
+    quiet time, and each other event)."""
+    recordings_read = sig.read_recordings([w.flows_csv for w in chosen]) if chosen else []
+    for window, recording in zip(chosen, recordings_read):
+        recording.group = group if group != "other" else f"event {window.listed['event']}"
+    return recordings_read
 
 
 def _read_long(flows_csvs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame | None]:

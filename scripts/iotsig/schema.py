@@ -562,11 +562,12 @@ WINDOWS = Table(
         (
             "window",
             "str",
-            "the cut recording: event-NNN (one per listed event, in time order) or "
-            "background-NNN, then its start time",
+            "the cut recording: event-NNN (one per listed time of the event, in time "
+            "order), other-NNN (a listed time of another event) or background-NNN, then its "
+            "start time",
             "computed",
         ),
-        ("kind", "str", "event or background", "computed"),
+        ("kind", "str", "event, other or background", "computed"),
         ("times_file", "text", "the event-times file (event windows)", "--events"),
         ("line", "int", "its line in the times file", "--events"),
         ("listed", "text", "the time as the file writes it", "--events"),
@@ -599,7 +600,8 @@ WINDOWS = Table(
             "status",
             "text",
             "learned, left out (and why: the recurring patterns are not in it, a wrong "
-            "time in the log or an event without traffic), or background",
+            "time in the log or an event without traffic), baseline (another event), or "
+            "background",
             "computed",
         ),
         ("flows_csv", "text", "the window's flows CSV, beside this file", "computed"),

@@ -66,6 +66,7 @@ GENERALISABLE = {"local", "external", "multicast"}
 class Recording:
     name: str
     flows: pd.DataFrame
+    group: str = ""  # a baseline's kind of recording (quiet time, another event...)
 
 
 @dataclass
@@ -296,7 +297,7 @@ def _extract_once(
 
     background_keys = set()
     if baseline:
-        base = [device_flows(r, device_ip, device_mac) for r in baseline]
+        base = [device_flows(r, device_ip, device_mac).assign(group=r.group) for r in baseline]
         base = (
             fingerprints(pd.concat(base, ignore_index=True)) if any(len(b) for b in base) else None
         )
@@ -306,8 +307,9 @@ def _extract_once(
                 f"({_some_names(baseline)}): nothing is background"
             )
         if base is not None:
-            needed_in_base = math.floor(background_share * len(baseline)) + 1
-            background_keys = _background_keys(flows[in_pattern], profiles, base, needed_in_base)
+            background_keys = _background_keys(
+                flows[in_pattern], profiles, base, _needed_in_base(baseline, background_share)
+            )
     patterns = _summarise(
         flows[in_pattern],
         n,
@@ -483,13 +485,21 @@ def _with_variants(
     )
 
 
+def _needed_in_base(baseline: list[Recording], share: float) -> dict[str, int]:
+    """Per group of baseline recordings: how many must hold a pattern for it to be
+    background (more than `share` of the group, and at least one)."""
+    sizes = pd.Series([r.group for r in baseline]).value_counts()
+    return {group: math.floor(share * size) + 1 for group, size in sizes.items()}
+
+
 def _background_keys(
-    pattern_flows: pd.DataFrame, profiles: dict, base: pd.DataFrame, needed: int = 1
+    pattern_flows: pd.DataFrame, profiles: dict, base: pd.DataFrame, needed: dict[str, int]
 ) -> set:
-    """The patterns the baseline also has (in `needed` of its recordings): a baseline flow
-    with the same fingerprint, at the same level of detail (a pattern by class matches a
-    baseline flow by class), whose packets fit the pattern's profile. An event that shares
-    all its flows with another event keeps the patterns whose packets differ."""
+    """The patterns the baseline also has (in needed[group] recordings of one of its
+    groups): a baseline flow with the same fingerprint, at the same level of detail (a
+    pattern by class matches a baseline flow by class), whose packets fit the pattern's
+    profile. An event that shares all its flows with another event keeps the patterns
+    whose packets differ."""
     base_sizes = payload_matrix(base["first_payload_sizes"])
     rows_of = {False: _rows_by(base, FINGERPRINT), True: _rows_by(base, _general_columns())}
     found = set()
@@ -499,7 +509,8 @@ def _background_keys(
         if rows is None:
             continue
         fits = rows[profile_matches(base_sizes[rows], profiles.get(key, ()))]
-        if base["recording"].iloc[fits].nunique() >= needed:
+        holding = base.iloc[fits].groupby("group")["recording"].nunique()
+        if (holding >= holding.index.map(needed)).any():
             found.add(key)
     return found
 

@@ -28,6 +28,7 @@ DEFAULT_DURATION = 30.0  # seconds an event's traffic lasts after it starts
 BACKGROUND_SHARE = 0.25  # a pattern in this share of the background windows is background
 MAX_BACKGROUND = 60  # background windows taken at most (spread evenly)
 DAY = 86400.0
+STATUS = {"event": "learned", "other": "baseline (another event)", "background": "background"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def background_windows(events: pd.DataFrame, first: float, last: float) -> pd.Da
 
 @dataclass
 class Window:
-    kind: str  # "event" or "background"
+    kind: str  # "event", "other" (another listed event) or "background"
     number: int
     start: float
     end: float
@@ -108,20 +109,21 @@ def in_window(table: pd.DataFrame, start: float, end: float, times: np.ndarray) 
 def cut(
     flows: pd.DataFrame,
     packets: pd.DataFrame | None,
-    events: pd.DataFrame,
-    background: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
     output_dir: Path,
-) -> tuple[list[Window], list[Window]]:
-    """Write OUTPUT_DIR/<kind>-NNN-<start>.flows.csv (and .packets.csv when the packets
-    are given) for every window; flows and packets sorted by time."""
+) -> dict[str, list[Window]]:
+    """For each kind of window (event, other, background: a table of start and end, and
+    for listed events their times file rows), write OUTPUT_DIR/<kind>-NNN-<start>.flows.csv
+    (and .packets.csv when the packets are given); flows and packets sorted by time."""
     output_dir = Path(output_dir)
     flows = flows.sort_values("ts", kind="stable").reset_index(drop=True)
     flow_times = flows["ts"].to_numpy(float)
     if packets is not None:
         packets = packets.sort_values("ts", kind="stable").reset_index(drop=True)
         packet_times = packets["ts"].to_numpy(float)
-    result = {"event": [], "background": []}
-    for kind, table in (("event", events), ("background", background)):
+    result = {}
+    for kind, table in tables.items():
+        result[kind] = []
         for number, row in enumerate(table.itertuples(index=False), start=1):
             name = window_name(kind, number, row.start)
             mine = in_window(flows, row.start, row.end, flow_times)
@@ -133,7 +135,7 @@ def cut(
                 packets_csv = output_dir / f"{name}.packets.csv"
                 csvio.write_table(rows, PACKETS, packets_csv, float_format="%.6f")
                 packet_count = len(rows)
-            listed = table.iloc[number - 1] if kind == "event" else None
+            listed = table.iloc[number - 1] if "line" in table else None
             result[kind].append(
                 Window(
                     kind,
@@ -147,7 +149,7 @@ def cut(
                     listed,
                 )
             )
-    return result["event"], result["background"]
+    return result
 
 
 def windows_frame(
@@ -176,7 +178,7 @@ def windows_frame(
                 "offset": round(at - listed["time"], 3)
                 if at is not None and listed is not None
                 else None,
-                "status": left_out.get(w.name, "learned" if w.kind == "event" else "background"),
+                "status": left_out.get(w.name, STATUS[w.kind]),
                 "flows_csv": w.flows_csv.name,
                 "packets_csv": w.packets_csv.name if w.packets_csv else "",
             }
@@ -236,11 +238,10 @@ def score_detections(
     events = list(devices)
     spans = capture_spans(flows_by_capture)
     listed = event_windows(times, options)
-    named = bool(times.attrs.get("has_event", True)) and (listed["event"] != "").any()
-    if not named:
+    if not (listed["event"] != "").any():
         if len(events) > 1:
             raise ToolError(
-                "the times file names no event, and there are several signatures "
+                "it names no event, and there are several signatures "
                 f"({', '.join(events)}): each listed time must name its event"
             )
         listed["event"] = events[0]

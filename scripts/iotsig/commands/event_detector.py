@@ -114,7 +114,7 @@ class EventDetector(Command):
                 self.warn(note)
         if not signatures:
             raise ToolError("none of the signatures has an event pattern")
-        times = read_event_times(args)[0] if args.events else None
+        times = read_event_times(args) if args.events else None
         check_distinct_names(inputs, args.output_dir, "inputs")
         output_dir = ensure_output_dir(args.output_dir)
         sources, failed = self.flow_files(kinds, output_dir, signatures, args)
@@ -165,9 +165,16 @@ class EventDetector(Command):
             raise ToolError(
                 f"{args.events}: it names none of the signatures' events ({', '.join(events)})"
             )
-        scored, scores = windows.score_detections(
-            detections, times, spans, window_options(args), devices
-        )
+        if not named and len(events) == 1:
+            self.warn(
+                f"{args.events}: no event name column: every line is taken as event {events[0]!r}"
+            )
+        try:
+            scored, scores = windows.score_detections(
+                detections, times, spans, window_options(args), devices
+            )
+        except ToolError as e:
+            raise InputError(args.events, str(e)) from None
         outside = int((scored["status"] == "outside").sum())
         if outside:
             self.warn(

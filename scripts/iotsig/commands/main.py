@@ -15,6 +15,7 @@ from ..cli import (
     check_distinct_names,
     device_name,
     ensure_output_dir,
+    event_to_learn,
     ipv4_or_ipv6,
     read_event_times,
 )
@@ -69,7 +70,7 @@ class Main(Command):
     def run(self, args):
         started = time.monotonic()
         if args.events:
-            read_event_times(args, args.event, args.device_name)  # its errors before tshark's work
+            event_to_learn(args, read_event_times(args, args.device_name))  # errors first
         tshark.tshark_path()
         check_distinct_names(args.captures, args.output_dir, "captures")
         check_distinct_names(args.idle, args.output_dir / "idle", "captures")

@@ -10,6 +10,7 @@ from ..cli import (
     add_event_times_arguments,
     add_signature_arguments,
     ensure_output_dir,
+    event_to_learn,
     read_event_times,
 )
 
@@ -45,7 +46,7 @@ class SignatureExtractor(Command):
 
     def run(self, args):
         if args.events:
-            read_event_times(args, args.event, args.device_name)
+            event_to_learn(args, read_event_times(args, args.device_name))
         output_dir = ensure_output_dir(args.output_dir)
         self.learn_and_write(args.flows, args.baseline, args, output_dir)
         return 0
