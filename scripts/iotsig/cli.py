@@ -93,6 +93,22 @@ def _finite(text: str) -> float:
     return value
 
 
+def capture_argument(text: str) -> Path:
+    """A capture on the command line: '-' is standard input (tshark.STDIN, whose outputs are
+    stdin.packets.csv...)."""
+    from .tshark import STDIN, is_stdin
+
+    return STDIN if is_stdin(text) else Path(text)
+
+
+def jobs_for(captures, jobs: int) -> int:
+    """Standard input is this process's: a worker process has none, so a run that reads it
+    translates in this process, one capture after the other."""
+    from .tshark import is_stdin
+
+    return 1 if any(is_stdin(c) for c in captures) else jobs
+
+
 def add_jobs_argument(parser) -> None:
     parser.add_argument(
         "-j",

@@ -81,12 +81,24 @@ COMPRESSED_MAGICS = {
 }
 
 
+# Standard input as a capture ('-' on the command line, as `tshark -r -`): tshark reads it
+# in this process's place. Its outputs are named after this path (stdin.packets.csv).
+STDIN = Path("/dev/stdin")
+_STDIN_NAMES = {"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"}
+
+
+def is_stdin(path) -> bool:
+    return str(path) in _STDIN_NAMES
+
+
 def check_capture(path: Path) -> None:
     """Refuse what is not a pcap/pcapng file before tshark guesses another format for it
     (tshark reads a 6-byte text file as 'MP4 media' and an empty one as ERF, silently).
     A pipe is left to tshark: reading its first bytes here would take them from tshark. A
     compressed file is what capinfos (Wireshark's) finds inside it."""
     path = Path(path)
+    if is_stdin(path):
+        _check_stdin(path)
     if path.is_fifo():
         return
     head = file_head(path, 24, "a capture")
@@ -102,6 +114,21 @@ def check_capture(path: Path) -> None:
         )
     if head[:4] != bytes.fromhex("0a0d0d0a") and len(head) < 24:
         raise InputError(path, "truncated pcap header: not a complete capture")
+
+
+def _check_stdin(path: Path) -> None:
+    """Standard input must be open and not a terminal (tshark would wait for a capture
+    typed in). A pipe is tshark's to read; a file redirected in is checked as any file."""
+    try:
+        os.fstat(0)
+    except OSError:
+        raise InputError(path, "standard input is closed: pipe a capture into it") from None
+    if os.isatty(0):
+        raise InputError(
+            path,
+            "standard input is a terminal: pipe a capture into it "
+            "(cat capture.pcap | packet-translator.py - -o DIR)",
+        )
 
 
 def fields_command(
@@ -138,13 +165,20 @@ def fields_command(
 def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
     # ./file keeps a name starting with '-' from being read as an option by tshark.
     capture = Path(capture)
-    if not capture.is_absolute() and str(capture).startswith("-"):
+    stdin = is_stdin(capture)  # tshark -r -, on this process's standard input
+    if stdin:
+        capture = Path("-")
+    elif not capture.is_absolute() and str(capture).startswith("-"):
         capture = Path(".") / capture
     env = dict(os.environ, LC_ALL="C.UTF-8")
     command = fields_command(capture, fields)
     try:
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=env
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=None if stdin else subprocess.DEVNULL,
+            env=env,
         )
     except OSError as e:  # a ToolError, not an OSError: callers take OSError for output ones
         raise ToolError(f"cannot run {command[0]} ({e.strerror or e})") from None

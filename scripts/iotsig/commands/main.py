@@ -12,11 +12,13 @@ from ..cli import (
     add_flow_arguments,
     add_jobs_argument,
     add_signature_arguments,
+    capture_argument,
     check_distinct_names,
     device_name,
     ensure_output_dir,
     event_to_learn,
     ipv4_or_ipv6,
+    jobs_for,
     read_event_times,
 )
 from ..errors import ToolError
@@ -44,15 +46,15 @@ class Main(Command):
         parser.add_argument(
             "captures",
             nargs="+",
-            type=Path,
+            type=capture_argument,
             metavar="PCAP",
             help="one capture per recording of the event (with --events: long "
-            "captures, cut around each listed time)",
+            "captures, cut around each listed time; - reads one from standard input)",
         )
         parser.add_argument(
             "--idle",
             nargs="+",
-            type=Path,
+            type=capture_argument,
             default=[],
             metavar="PCAP",
             help="captures of the same device without the event (baseline)",
@@ -74,6 +76,11 @@ class Main(Command):
         tshark.tshark_path()
         check_distinct_names(args.captures, args.output_dir, "captures")
         check_distinct_names(args.idle, args.output_dir / "idle", "captures")
+        if any(tshark.is_stdin(c) for c in args.captures) and any(
+            tshark.is_stdin(c) for c in args.idle
+        ):
+            raise ToolError("standard input (-) given twice, as a capture and as --idle")
+        args.jobs = jobs_for(args.captures + args.idle, args.jobs)
         output_dir = ensure_output_dir(args.output_dir)
         options = flows.FlowOptions(args.idle_timeout, args.max_duration, (args.device_ip,))
         event_flows = self.captures_to_flows(args.captures, output_dir, args, options)

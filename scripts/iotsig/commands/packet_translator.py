@@ -9,9 +9,11 @@ from .. import packets, pipeline, tshark
 from ..cli import (
     Command,
     add_jobs_argument,
+    capture_argument,
     check_distinct_names,
     ensure_output_dir,
     ipv4_or_ipv6,
+    jobs_for,
     mac_address,
 )
 
@@ -27,7 +29,12 @@ class PacketTranslator(Command):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "captures", nargs="+", type=Path, metavar="PCAP", help="pcap or pcapng capture files"
+            "captures",
+            nargs="+",
+            type=capture_argument,
+            metavar="PCAP",
+            help="pcap or pcapng capture files; - reads one from standard input "
+            "(written as stdin.packets.csv)",
         )
         parser.add_argument(
             "--device-mac",
@@ -44,9 +51,10 @@ class PacketTranslator(Command):
     def run(self, args):
         tshark.tshark_path()  # fail early, with the install hint, if tshark is missing
         check_distinct_names(args.captures, args.output_dir, "captures")
+        jobs = jobs_for(args.captures, args.jobs)
         output_dir = ensure_output_dir(args.output_dir)
         written, failed = translate_captures(
-            self, args.captures, output_dir, args.device_mac, args.device_ip, args.jobs
+            self, args.captures, output_dir, args.device_mac, args.device_ip, jobs
         )
         return 1 if failed else 0
 

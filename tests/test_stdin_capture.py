@@ -1,0 +1,126 @@
+"""A capture read from standard input, as `tshark -r -` reads it: `-` (or /dev/stdin) on
+packet-translator.py's and main.py's command lines. Nothing is read from the pipe before
+tshark (a header check would take its first bytes); the outputs are named stdin.*."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import PLUG_IP, SCRIPTS, TPLINK_CAPTURES, run_script
+
+CAPTURE = TPLINK_CAPTURES[0]
+
+
+def piped(script: str, *args, source=CAPTURE, **options) -> subprocess.CompletedProcess:
+    """`cat SOURCE | SCRIPT ARGS`: standard input a pipe, as in a shell."""
+    cat = subprocess.Popen(["cat", str(source)], stdout=subprocess.PIPE)
+    try:
+        return subprocess.run(
+            [sys.executable, str(SCRIPTS / script), *map(str, args)],
+            stdin=cat.stdout,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            **options,
+        )
+    finally:
+        cat.stdout.close()
+        cat.wait()
+
+
+def packets(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def from_the_file(tmp_path) -> pd.DataFrame:
+    run_script("packet-translator.py", CAPTURE, "-o", tmp_path / "file", "-q")
+    return packets(tmp_path / "file" / f"{CAPTURE.name}.packets.csv")
+
+
+def test_a_piped_capture_gives_the_rows_of_the_file(tmp_path):
+    result = piped("packet-translator.py", "-", "-o", tmp_path / "pipe")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert f"wrote {tmp_path / 'pipe' / 'stdin.packets.csv'} (50 packets)" in result.stdout
+    rows = packets(tmp_path / "pipe" / "stdin.packets.csv")
+    expected = from_the_file(tmp_path)
+    assert len(rows) == len(expected) == 50
+    assert set(rows["capture"]) == {"stdin"}
+    pd.testing.assert_frame_equal(rows.drop(columns="capture"), expected.drop(columns="capture"))
+
+
+def test_dev_stdin_redirected_from_the_file(tmp_path):
+    with open(CAPTURE, "rb") as source:
+        result = subprocess.run(
+            [sys.executable, str(SCRIPTS / "packet-translator.py"), "/dev/stdin"]
+            + ["-o", str(tmp_path / "redirect"), "-q"],
+            stdin=source,
+            capture_output=True,
+            text=True,
+        )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    rows = packets(tmp_path / "redirect" / "stdin.packets.csv")
+    expected = from_the_file(tmp_path)
+    pd.testing.assert_frame_equal(rows.drop(columns="capture"), expected.drop(columns="capture"))
+
+
+@pytest.mark.slow  # three captures, one after the other (standard input: no workers)
+def test_stdin_among_other_captures(tmp_path):
+    others = TPLINK_CAPTURES[1:]
+    result = piped("packet-translator.py", others[0], "-", others[1], "-o", tmp_path, "-q")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in tmp_path.glob("*.packets.csv"))
+    assert names == sorted([f"{c.name}.packets.csv" for c in others] + ["stdin.packets.csv"])
+    assert len(packets(tmp_path / "stdin.packets.csv")) == 50
+
+
+@pytest.mark.slow  # main.py twice
+def test_main_reads_its_one_capture_from_stdin(tmp_path):
+    result = piped("main.py", "plug", PLUG_IP, "-", "-o", tmp_path / "pipe", "--no-report", "-q")
+    assert result.returncode == 0, result.stderr
+    run_script("main.py", "plug", PLUG_IP, CAPTURE, "-o", tmp_path / "file", "--no-report", "-q")
+    assert sorted(p.name for p in (tmp_path / "pipe").glob("*.csv")) == [
+        "signature.csv",
+        "stdin.flows.csv",
+        "stdin.packets.csv",
+    ]
+    signature = packets(tmp_path / "pipe" / "signature.csv")
+    assert signature.equals(packets(tmp_path / "file" / "signature.csv"))
+    assert len(signature) > 0
+
+
+def test_stdin_given_twice_is_one_error_line(tmp_path):
+    result = piped("packet-translator.py", "-", "/dev/stdin", "-o", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "packet-translator.py: error: 2 captures share the name stdin (/dev/stdin, /dev/stdin): "
+        f"their outputs would overwrite each other in {tmp_path}/; give each a file name of "
+        "its own"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_terminal_on_stdin_is_one_error_line_not_a_wait(tmp_path):
+    leader, follower = os.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, str(SCRIPTS / "packet-translator.py"), "-", "-o", str(tmp_path)],
+            stdin=follower,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "packet-translator.py: error: /dev/stdin: standard input is a terminal: pipe a capture "
+        "into it (cat capture.pcap | packet-translator.py - -o DIR)"
+    ]
+    assert list(tmp_path.iterdir()) == []
