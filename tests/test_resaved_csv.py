@@ -400,3 +400,54 @@ def test_libreoffice_import_with_every_column_as_text_saves_the_file_unchanged(
         )
         saved = tmp_path / path.name / path.name
         assert saved.read_bytes() == path.read_bytes()
+
+
+# --- the other stages that read CSVs ------------------------------------------------------------
+
+
+def resave_all(paths: list[Path], folder: Path, delimiter: str = ",") -> list[Path]:
+    folder.mkdir(exist_ok=True)
+    return [write_cells(folder / p.name, resaved(cells(p)), delimiter=delimiter) for p in paths]
+
+
+def test_event_detector_on_a_resaved_signature_and_flows(recordings, tmp_path):
+    original = run_script(
+        "event-detector.py", recordings.signature, *recordings.flows, "-o", tmp_path / "a", "-q"
+    )
+    assert original.stderr == ""
+    saved = resave_all([recordings.signature, *recordings.flows], tmp_path / "saved", ";")
+    again = run_script("event-detector.py", *saved, "-o", tmp_path / "b", "-q")
+    found = [pd.read_csv(d / "detections.csv", dtype=str) for d in (tmp_path / "a", tmp_path / "b")]
+    assert len(found[0]) == 3  # the event in each recording
+    # The same detections; their times come from the flows' ts, rounded to 10 us and said.
+    times = ["start", "end", "start_utc", "signature"]  # (signature: its path)
+    pd.testing.assert_frame_equal(found[0].drop(columns=times), found[1].drop(columns=times))
+    delta = found[0][["start", "end"]].astype(float) - found[1][["start", "end"]].astype(float)
+    assert (delta.abs() <= 5e-6 + 1e-9).all().all()
+    warnings = again.stderr
+    for path in saved:
+        assert f"{path}: the separator is ';'" in warnings
+    for path in saved[1:]:
+        assert f"{path}: column ts: times have 5 decimal(s)" in warnings
+    assert f"{saved[0]}: column coap_code: 2 value(s)" in warnings
+    assert f"{saved[0]}: column dns_qry_name: 1 value(s) such as '7'" in warnings
+
+
+@pytest.mark.slow  # the report's pictures, twice
+def test_traffic_report_on_resaved_packets_and_flows(recordings, tmp_path):
+    inputs = [recordings.packets[0], recordings.flows[0]]
+    run_script("traffic-report.py", *inputs, "--device-ip", PLUG_IP, "-o", tmp_path / "a", "-q")
+    saved = resave_all(inputs, tmp_path / "saved", ";")
+    again = run_script(
+        "traffic-report.py", *saved, "--device-ip", PLUG_IP, "-o", tmp_path / "b", "-q"
+    )
+    for path in saved:
+        assert f"{path}: the separator is ';'" in again.stderr
+        assert f"{path}: column ts: times have 5 decimal(s)" in again.stderr
+    inventory = [
+        pd.read_csv(d / "inventory.csv", dtype=str) for d in (tmp_path / "a", tmp_path / "b")
+    ]
+    times = ["first_ts", "last_ts", "first_time_utc", "last_time_utc"]
+    pd.testing.assert_frame_equal(
+        inventory[0].drop(columns=times), inventory[1].drop(columns=times)
+    )
