@@ -108,7 +108,7 @@ class LogDamage:
     recordings; the rows each damage picks are disjoint (a row is shifted, wrong or dropped,
     never two of them), chosen with `seed`."""
 
-    minute_local: bool = False  # times rounded down to the minute, local time, no offset
+    minute_local: bool = False  # times cut to the minute (2021-03-08T11:08), local, no offset
     shift_share: float = 0.0  # this share of rows moved by 1..shift_seconds s, either way
     shift_seconds: int = 120
     wrong_share: float = 0.0  # this share replaced by times >= wrong_distance s from any
@@ -429,8 +429,8 @@ def _far_times(capture: LongCapture, count: int, distance: int, rng: random.Rand
 
 def _spell(time_us: int, tz: timezone, minute_local: bool) -> str:
     moment = datetime.fromtimestamp(time_us // MICRO, tz)
-    if minute_local:  # what app logs write: local time to the minute, no offset
-        return moment.replace(second=0, tzinfo=None).isoformat(timespec="seconds")
+    if minute_local:  # what app logs write: local time to the minute (no seconds), no offset
+        return moment.replace(tzinfo=None).isoformat(timespec="minutes")
     return moment.isoformat(timespec="seconds")
 
 

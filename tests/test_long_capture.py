@@ -36,7 +36,7 @@ from long_capture import (
 
 pytestmark = pytest.mark.skipif(missing_inputs() is not None, reason=str(missing_inputs()))
 OFFSET = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d-05:00$")
-MINUTE_LOCAL = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:00$")
+MINUTE_LOCAL = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d$")
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def damaged(capture, path: Path, **options) -> tuple[list[dict], list[dict]]:
 
 def local_minute(time_us: int) -> str:
     moment = datetime.fromtimestamp(time_us // MICRO, timezone(timedelta(hours=-5)))
-    return moment.strftime("%Y-%m-%dT%H:%M:00")
+    return moment.strftime("%Y-%m-%dT%H:%M")
 
 
 def test_damage_minute_local(full, tmp_path):
