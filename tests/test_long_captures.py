@@ -12,6 +12,7 @@ import pytest
 from iotsig import event_times, windows
 from iotsig.errors import InputError, ToolError
 
+import long_capture
 from conftest import SHARED
 
 LONG = SHARED / "pcaps" / "long"
@@ -179,29 +180,38 @@ def test_background_windows_keep_a_width_away_from_every_event():
 # ---------------------------------------------------------------------------------------
 
 
+def halves(capture, log, spec: event_times.TimesFormat, folder, header: bool = False):
+    """The capture and its times file cut at the middle of the listed times, with editcap:
+    {"first": (pcap, times CSV), "second": ...}. The times files keep the log's lines as
+    written (and its header line)."""
+    times = event_times.read_event_times(log, spec).sort_values(["time", "line"])
+    half = len(times) // 2
+    split = (times["time"].iat[half - 1] + times["time"].iat[half]) / 2
+    at = pd.Timestamp(split, unit="s").strftime("%Y-%m-%d %H:%M:%S")
+    lines = log.read_text().splitlines()
+    parts = {}
+    for name, rows, flag in (("first", times[:half], "-B"), ("second", times[half:], "-A")):
+        kept = lines[:1] if header else []
+        text = "\n".join(kept + [lines[i - 1] for i in rows["line"]]) + "\n"
+        part = folder / f"{name}.pcap"
+        subprocess.run(
+            ["editcap", flag, at, str(capture), str(part)],
+            check=True,
+            env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},  # editcap's times are local
+        )
+        parts[name] = (part, write(folder / f"{name}.csv", text))
+    parts["split"] = split
+    return parts
+
+
 @pytest.fixture(scope="module")
 def camera_halves(tmp_path_factory):
-    """The capture and the log cut at the middle of the log (by time), with editcap."""
+    """The camera's week and its log cut at the middle of the log (by time)."""
     if not CAMERA.is_file():
         pytest.skip(f"{CAMERA} not there (../shared beside the repo)")
     folder = tmp_path_factory.mktemp("camera")
     spec = event_times.TimesFormat(event_column="3", device_column="2", timezone="UTC-5")
-    times = event_times.read_event_times(IFTTT_LOG, spec).sort_values("time")
-    half = len(times) // 2
-    split = (times["time"].iat[half - 1] + times["time"].iat[half]) / 2
-    at = pd.Timestamp(split, unit="s").strftime("%Y-%m-%d %H:%M:%S")
-    lines = IFTTT_LOG.read_text().splitlines()
-    parts = {}
-    for name, rows, flag in (("first", times[:half], "-B"), ("second", times[half:], "-A")):
-        log = write(folder / f"{name}.csv", "\n".join(lines[i - 1] for i in rows["line"]) + "\n")
-        capture = folder / f"{name}.pcap"
-        subprocess.run(
-            ["editcap", flag, at, str(CAMERA), str(capture)],
-            check=True,
-            env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
-        )
-        parts[name] = (capture, log)
-    return folder, parts
+    return folder, halves(CAMERA, IFTTT_LOG, spec, folder)
 
 
 @pytest.mark.slow
@@ -425,3 +435,175 @@ def test_a_times_file_without_event_names_is_said_and_several_signatures_need_th
         f"event-detector.py: error: {log}: it names no event, and there are several "
         "signatures (event, other): each listed time must name its event"
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Shared event recordings placed in days of real traffic (tests/long_capture.py)
+# ---------------------------------------------------------------------------------------
+
+HUE_IP = "192.168.1.141"  # devices.yaml: HueLightEssentials, the events long_capture places
+EVENTS = ("toggle", "set_color", "set_brightness")
+needs_shared = pytest.mark.skipif(
+    long_capture.missing_inputs() is not None, reason=str(long_capture.missing_inputs())
+)
+
+
+@pytest.fixture(scope="module")
+def two_days(tmp_path_factory):
+    """54 hours of real traffic (the camera's days, the protocol captures every half hour)
+    with 20 recordings of each of 3 events of one device placed in it, cut in two halves
+    of 27 hours at the middle of the listed times."""
+    if long_capture.missing_inputs():
+        pytest.skip(long_capture.missing_inputs())
+    folder = tmp_path_factory.mktemp("two-days")
+    built = long_capture.build_long_capture(folder / "built", long_capture.Spec(hours=54))
+    return built, halves(built.pcap, built.times, event_times.TimesFormat(), folder, header=True)
+
+
+def learn_each_event(run, capture, log, folder, *flags):
+    for event in EVENTS:
+        run(
+            "main.py",
+            "HueLightEssentials",
+            HUE_IP,
+            capture,
+            "--events",
+            log,
+            "--event",
+            event,
+            *flags,
+            "-o",
+            folder / event,
+            "--no-report",
+            "-q",
+        )
+    return [folder / event / "signature.csv" for event in EVENTS]
+
+
+def detect_and_score(run, signatures, capture, log, folder):
+    run("event-detector.py", *signatures, capture, "--events", log, "-o", folder, "-q")
+    scored = pd.read_csv(folder / "scored-events.csv", dtype=str, keep_default_na=False)
+    flows = pd.read_csv(next(folder.glob("*.flows.csv")), usecols=["ts", "duration"])
+    days = float((flows["ts"] + flows["duration"].fillna(0)).max() - flows["ts"].min()) / 86400
+    return scored, days
+
+
+def event_patterns(signature_csv) -> list[tuple]:
+    table = pd.read_csv(signature_csv, dtype=str, keep_default_na=False)
+    events = table[table["role"] == "event"]
+    return sorted(zip(events["remote"], events["server_port"], events["packet_profile"]))
+
+
+@pytest.mark.slow
+@needs_shared
+def test_a_day_of_each_half_learned_from_the_listed_times_finds_the_other_half(
+    run, two_days, tmp_path
+):
+    built, parts = two_days
+    signatures = learn_each_event(run, *parts["first"], tmp_path / "learn")
+    scored, days = detect_and_score(run, signatures, *parts["second"], tmp_path / "detect")
+    assert days >= 1.0  # at least 24 hours searched
+    for event in EVENTS:
+        mine = scored[scored["event"] == event]
+        assert mine["status"].isin(["found", "missed"]).sum() >= 9, event
+        assert recall(scored, event) >= 0.95, (event, mine["status"].value_counts())
+        assert (mine["status"] == "false").sum() <= days, event  # at most 1 a day, per event
+
+    # The same event patterns as main.py learns from the placed recordings one by one (the
+    # other two events' recordings as the baseline, as the long capture's other windows are).
+    truth = pd.read_csv(built.truth)
+    truth = truth[truth["first_packet"] < parts["split"]]
+    recordings = {
+        e: [long_capture.EVENTS / r for r in truth.loc[truth["event"] == e, "recording"]]
+        for e in EVENTS
+    }
+    for event, signature in zip(EVENTS, signatures):
+        others = [r for e in EVENTS if e != event for r in recordings[e]]
+        run(
+            "main.py",
+            "HueLightEssentials",
+            HUE_IP,
+            *recordings[event],
+            "--idle",
+            *others,
+            "--event",
+            event,
+            "-o",
+            tmp_path / "one-by-one" / event,
+            "--no-report",
+            "-q",
+        )
+        alone = tmp_path / "one-by-one" / event / "signature.csv"
+        assert event_patterns(signature) == event_patterns(alone), event
+
+
+def recall(scored: pd.DataFrame, event: str) -> float:
+    mine = scored[scored["event"] == event]
+    return (mine["status"] == "found").sum() / mine["status"].isin(["found", "missed"]).sum()
+
+
+@pytest.mark.slow
+@needs_shared
+def test_a_damaged_log_gives_the_same_signatures_and_says_which_line_is_wrong(
+    run, two_days, tmp_path
+):
+    """Times to the minute in local time, 10% shifted by up to two minutes, 5% wrong."""
+    built, parts = two_days
+    damaged = tmp_path / "damaged.csv"
+    damage = long_capture.LogDamage(minute_local=True, shift_share=0.1, wrong_share=0.05, seed=2)
+    long_capture.write_times(built, damaged, damage)
+    table = event_times.read_event_times(damaged, event_times.TimesFormat(timezone="UTC-5"))
+    first = table[table["time"] < parts["split"]]  # the damaged log's lines up to the cut
+    lines = damaged.read_text().splitlines()
+    damaged_first = write(
+        tmp_path / "damaged-first.csv",
+        "\n".join(lines[:1] + [lines[i - 1] for i in first["line"]]) + "\n",
+    )
+    first_capture, exact_first = parts["first"]
+    flags = ("--timezone", "UTC-5", "--time-tolerance", "120")
+    signatures = learn_each_event(run, first_capture, damaged_first, tmp_path / "learn", *flags)
+    reference = learn_each_event(run, first_capture, exact_first, tmp_path / "exact")
+    for damaged_signature, exact_signature in zip(signatures, reference):
+        assert event_patterns(damaged_signature) == event_patterns(exact_signature)
+
+    # Exactly the wrong lines of the first half are said and left out.
+    truth = pd.read_csv(damaged.with_name("damaged.truth.csv"), dtype=str)
+    wrong = set(truth.loc[truth["damage"] == "wrong", "listed_time"]) & set(first["time_text"])
+    index = pd.concat(
+        pd.read_csv(tmp_path / "learn" / e / "windows" / "windows.csv", dtype=str) for e in EVENTS
+    )
+    left_out = set(index.loc[index["status"].str.startswith("left out"), "listed"])
+    assert wrong and left_out == wrong
+
+    scored, days = detect_and_score(run, signatures, *parts["second"], tmp_path / "detect")
+    for event in EVENTS:  # scored against the true times
+        assert recall(scored, event) >= 0.95, event
+        assert ((scored["event"] == event) & (scored["status"] == "false")).sum() <= days
+
+
+@needs_shared
+def test_a_few_hours_with_six_events_quickly(run, tmp_path):
+    built = long_capture.small_long_capture(tmp_path / "built")
+    learned = run(
+        "main.py",
+        "TapoLight",
+        "192.168.1.231",
+        built.pcap,
+        "--events",
+        built.times,
+        "-o",
+        tmp_path / "learn",
+        "--no-report",
+    )
+    assert "6 of 6 listed time(s) learned" in learned.stdout
+    run(
+        "event-detector.py",
+        tmp_path / "learn" / "signature.csv",
+        tmp_path / "learn" / f"{built.pcap.name}.flows.csv",
+        "--events",
+        built.times,
+        "-o",
+        tmp_path / "detect",
+    )
+    scored = pd.read_csv(tmp_path / "detect" / "scored-events.csv", dtype=str)
+    assert list(scored["status"]) == ["found"] * 6

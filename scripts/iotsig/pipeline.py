@@ -9,6 +9,7 @@ step reads only the previous step's CSV.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -339,8 +340,9 @@ def learn_in_windows(
             "background lacks: check the times (--timezone), widen --time-tolerance, or "
             "give more events"
         )
-    # A window holding none of what recurs in most windows is not the event's.
-    found = _found_in(rough, events, detector.DetectOptions(min_score=1e-9))
+    # A window holding none of the flows that recur in most windows, whatever their
+    # packets (the event may take a variant), is not the event's.
+    found = _found_in(rough, events, detector.DetectOptions(min_score=1e-9), fingerprints=True)
     left_out = {
         w.name: "left out: none of the patterns that recur in the other windows is in it "
         "(a wrong time in the log, or an event without traffic)"
@@ -403,14 +405,18 @@ def _found_in(
     signature: sig.Signature,
     chosen: list[windows.Window],
     options: detector.DetectOptions | None = None,
+    fingerprints: bool = False,
 ) -> dict[str, float]:
-    """Where the signature finds its event in each window, as event-detector would: the
-    start of the detection nearest the listed time (windows of events a minute apart
-    overlap)."""
+    """Where the signature finds its event in each window, as event-detector would (or,
+    with `fingerprints`, by the flows' fingerprints alone, whatever their counts and
+    packets): the start of the detection nearest the listed time."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "signature.csv"
         sig.write_signature_csv(signature, path)
         signatures = [s for s in detector.read_signatures(path) if s.patterns]
+    if fingerprints:
+        for s in signatures:
+            s.patterns = [dataclasses.replace(p, ranges=(), profile=()) for p in s.patterns]
     found = {}
     for w in chosen:
         occurrences = detector.detect(detector.read_flows(w.flows_csv), w.name, signatures, options)
