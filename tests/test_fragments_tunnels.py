@@ -7,6 +7,7 @@ the conversation; the outer header is in tunnel, outer_ip_src, outer_ip_dst."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import struct
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import CAPTURES, capinfos_count, run_script
-from packet_bytes import ether_of, ip_fragments, ip_packet, udp_segment
+from packet_bytes import ether_of, ethernet, ip_fragments, ip_packet, udp_segment
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("text2pcap") and shutil.which("editcap")),
@@ -245,3 +246,178 @@ def profile_policies(profile) -> list[dict]:
 
     walk(profile)
     return found
+
+
+# --- tunnels -----------------------------------------------------------------------------------
+
+OUTER = {4: ("203.0.113.1", "203.0.113.2"), 6: ("2001:db8:ffff::1", "2001:db8:ffff::2")}
+INNER_MAC = "02:00:00:00:00:aa"
+
+
+def gre(inner: bytes, version: int = 4) -> bytes:
+    ethertype = 0x86DD if inner[0] >> 4 == 6 else 0x0800
+    return ip_packet(*OUTER[version], 47, struct.pack("!HH", 0, ethertype) + inner)
+
+
+def ip_in_ip(inner: bytes, version: int = 4) -> bytes:
+    return ip_packet(*OUTER[version], 41 if inner[0] >> 4 == 6 else 4, inner)
+
+
+def vxlan(inner: bytes, version: int = 4) -> bytes:
+    frame = ethernet(inner, 0x86DD if inner[0] >> 4 == 6 else 0x0800, src=INNER_MAC)
+    header = struct.pack("!II", 0x08000000, 42 << 8)  # flags: VNI present; VNI 42
+    return ip_packet(*OUTER[version], 17, udp_segment(*OUTER[version], 49152, 4789, header + frame))
+
+
+TUNNELS = {  # the tunnel column's value -> how to wrap a packet (outer IP version)
+    "gre": lambda p: gre(p),
+    "ipip": lambda p: ip_in_ip(p),
+    "4in6": lambda p: ip_in_ip(p, 6),
+    "vxlan": lambda p: vxlan(p),
+}
+
+
+def dns_exchange(version: int = 4, port: int = 40001) -> list[bytes]:
+    """A device's DNS query and its answer, as IP packets."""
+    device, resolver = DEVICE[version], RESOLVER[version]
+    query = udp_segment(device, resolver, port, 53, dns_query("iot.example.com"))
+    answer = udp_segment(resolver, device, 53, port, dns_answer("iot.example.com", 2))
+    return [ip_packet(device, resolver, 17, query), ip_packet(resolver, device, 17, answer)]
+
+
+def icmp_port_unreachable(packet: bytes) -> bytes:
+    """The ICMP error a host sends back for an IPv4 UDP packet: the IP header and the
+    first 8 bytes of the datagram quoted (eth:ip:icmp:ip:udp), which is not a tunnel."""
+    from packet_bytes import _checksum
+
+    quoted = packet[:28]
+    body = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
+    body = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
+    src, dst = (str(ipaddress.IPv4Address(packet[a : a + 4])) for a in (16, 12))
+    return ip_packet(src, dst, 1, body)
+
+
+@pytest.mark.parametrize("tunnel", list(TUNNELS))
+def test_a_dns_exchange_inside_a_tunnel_is_one_flow_of_the_inner_hosts(tmp_path, tunnel):
+    wrap = TUNNELS[tunnel]
+    capture = write_capture([ether_of(wrap(p)) for p in dns_exchange()], tmp_path / "t.pcap")
+    packets, flows, stderr = translate_and_flow(capture, tmp_path)
+    assert stderr == ""
+    outer_src, outer_dst = OUTER[6 if tunnel == "4in6" else 4]
+    assert packets[
+        ["ip_version", "ip_src", "ip_dst", "l4_proto", "src_port", "dst_port"]
+    ].values.tolist() == [
+        ["4", DEVICE[4], RESOLVER[4], "udp", "40001", "53"],
+        ["4", RESOLVER[4], DEVICE[4], "udp", "53", "40001"],
+    ]
+    assert (
+        packets[["tunnel", "outer_ip_src", "outer_ip_dst"]].values.tolist()
+        == [[tunnel, outer_src, outer_dst]] * 2
+    )
+    assert packets["dns_qry_name"].tolist() == ["iot.example.com"] * 2
+    assert packets["l4_payload_len"].tolist() == [
+        str(len(dns_query("iot.example.com"))),
+        str(len(dns_answer("iot.example.com", 2))),
+    ]
+    if tunnel == "vxlan":  # the inner Ethernet header's MAC, not the outer one
+        assert packets["eth_src"].tolist() == [INNER_MAC] * 2
+    assert len(flows) == 1
+    flow = flows.iloc[0]
+    assert (flow["orig_h"], flow["orig_p"], flow["resp_h"], flow["resp_p"]) == (
+        DEVICE[4],
+        "40001",
+        RESOLVER[4],
+        "53",
+    )
+    assert (flow["proto"], flow["orig_pkts"], flow["resp_pkts"]) == ("udp", "1", "1")
+    assert flow["dns_qry_name"] == "iot.example.com"
+
+
+def test_ipv6_in_ipv4_real_capture_gives_the_inner_conversation(tmp_path):
+    """6in4tunnel.pcap (real): IPv6 rows, the IPv4 ends in outer_ip_src/outer_ip_dst; its
+    ICMPv6 errors quote an IPv6 TCP packet and stay ICMPv6 rows without ports."""
+    capture = CAPTURES / "6in4tunnel.pcap"
+    packets, flows, stderr = translate_and_flow(capture, tmp_path)
+    assert set(packets["ip_version"]) == {"6"} and set(packets["tunnel"]) == {"6in4"}
+    assert set(packets["outer_ip_src"]) | set(packets["outer_ip_dst"]) == {
+        "174.3.73.24",
+        "184.105.255.26",
+    }
+    error = packets[packets["frame_number"] == "3"].iloc[0]
+    assert (error["l4_proto"], error["src_port"], error["ip_src"]) == (
+        "icmpv6",
+        "",
+        "2001:470:1f16:13f::2",
+    )
+    assert all(":" in h for h in flows["orig_h"]) and all(":" in h for h in flows["resp_h"])
+
+
+@pytest.mark.parametrize("tunnelled", [False, True], ids=["plain", "in gre"])
+def test_an_icmp_error_is_the_icmp_packet_not_the_one_it_quotes(tmp_path, tunnelled):
+    """eth:ip:icmp:ip:udp is not a tunnel: the row is the ICMP error, from the resolver,
+    without the quoted ports; inside GRE it is the inner ICMP error, tunnel gre."""
+    query = dns_exchange()[0]
+    error = icmp_port_unreachable(query)
+    frames = [query, error]
+    if tunnelled:
+        frames = [gre(p) for p in frames]
+    capture = write_capture([ether_of(p) for p in frames], tmp_path / "icmp.pcap")
+    packets, flows, stderr = translate_and_flow(capture, tmp_path)
+    row = packets.iloc[1]
+    assert (row["l4_proto"], row["src_port"], row["dst_port"], row["icmp_type"]) == (
+        "icmp",
+        "",
+        "",
+        "3",
+    )
+    assert (row["ip_src"], row["ip_dst"]) == (RESOLVER[4], DEVICE[4])
+    assert row["tunnel"] == ("gre" if tunnelled else "")
+    assert packets["l4_payload_len"].tolist() == [str(len(dns_query("iot.example.com"))), ""]
+
+
+@pytest.mark.slow  # main.py on two recordings
+def test_main_finds_a_device_whose_address_is_only_inside_a_gre_tunnel(tmp_path):
+    recordings = [
+        write_capture(
+            [ether_of(gre(p)) for p in dns_exchange(port=40001 + n)],
+            tmp_path / f"gre{n}.pcap",
+            start=1_700_000_000.0 + 3600 * n,
+        )
+        for n in range(2)
+    ]
+    out = tmp_path / "out"
+    run_script("main.py", "tunnelled", DEVICE[4], *recordings, "-o", out, "-q", "--no-report")
+    pattern = (out / "pattern.txt").read_text()
+    assert "iot.example.com" in pattern, pattern
+    policies = profile_policies(yaml.safe_load((out / "profile.yaml").read_text()))
+    assert any("udp" in p["protocols"] and "53" in str(p["protocols"]["udp"]) for p in policies), (
+        policies
+    )
+
+
+def test_fragments_of_a_tunnel_packet_belong_to_the_inner_conversation(tmp_path):
+    """A GRE packet fragmented on its way (outer IPv4 fragments, a 2.4 kB DNS answer
+    inside): every fragment's row is the inner conversation's, one flow with the query."""
+    device, resolver = DEVICE[4], RESOLVER[4]
+    query, _ = dns_exchange()
+    answer = udp_segment(resolver, device, 53, 40001, dns_answer("iot.example.com", 150))
+    inner = ip_packet(resolver, device, 17, answer)
+    gre_payload = struct.pack("!HH", 0, 0x0800) + inner
+    pieces = ip_fragments(*OUTER[4], 47, gre_payload, ident=0x2000, size=1200)
+    capture = write_capture(
+        [ether_of(gre(query))] + [ether_of(p) for p in pieces], tmp_path / "gre-frag.pcap"
+    )
+    packets, flows, stderr = translate_and_flow(capture, tmp_path)
+    assert stderr == ""
+    assert len(pieces) == 3 and len(packets) == 4
+    assert (
+        packets[["ip_src", "src_port", "tunnel", "outer_ip_src"]].iloc[1:].values.tolist()
+        == [[resolver, "53", "gre", OUTER[4][0]]] * 3
+    )
+    assert len(flows) == 1
+    flow = flows.iloc[0]
+    assert (flow["orig_pkts"], flow["resp_pkts"], flow["resp_bytes"]) == (
+        "1",
+        "3",
+        str(len(answer) - 8),
+    )

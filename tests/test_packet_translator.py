@@ -193,8 +193,9 @@ def test_fields_equal_tshark_output(capture, translated):
     has_eth = tshark["eth.src"] != ""
     assert_same(rows, "eth_src", first(tshark["eth.src"]), where=has_eth)
     assert_same(rows, "eth_src_vendor", first(tshark["eth.src.oui_resolved"]), where=has_eth)
-    # The outermost IP header gives the addresses (a 6in4 packet has IPv4 ones).
-    v4, v6 = tshark["ip.src"] != "", (tshark["ip.src"] == "") & (tshark["ipv6.src"] != "")
+    # Frames of one IP version (a 6in4 packet's are its inner IPv6 ones: the tunnel tests).
+    v4 = (tshark["ip.src"] != "") & (tshark["ipv6.src"] == "")
+    v6 = (tshark["ip.src"] == "") & (tshark["ipv6.src"] != "")
     assert_same(rows, "ip_src", first(tshark["ip.src"]), where=v4)
     assert_same(rows, "ip_dst", first(tshark["ip.dst"]), where=v4)
     assert_same(rows, "ip_src", first(tshark["ipv6.src"]), where=v6)
@@ -365,7 +366,10 @@ def test_http_over_ipv6_tunnelled_in_ipv4(translated):
     assert get[["http_host", "http_request_uri", "l4_proto"]].values.tolist() == [
         ["mail.tomasu.net", "/", "tcp"]
     ]
-    assert get.iloc[0]["ip_version"] == 4  # the outermost header, as the schema says
+    # The inner packet is the conversation; the IPv4 header is the tunnel's.
+    assert get.iloc[0]["ip_version"] == 6
+    assert ipaddress.ip_address(get.iloc[0]["ip_dst"]).version == 6
+    assert (get.iloc[0]["tunnel"], get.iloc[0]["outer_ip_dst"]) == ("6in4", "184.105.255.26")
     assert get.iloc[0]["dst_port"] == 80
 
 

@@ -78,7 +78,17 @@ FRAGMENT_WAIT_FRAMES = 100_000
 # What a fragment's row takes from its datagram's row: the conversation, which flows are
 # keyed on. The rest of the datagram (flags, payload length, application fields) stays in
 # the row of the frame that completes it: counted once.
-DATAGRAM_COLUMNS = ["ip_version", "ip_src", "ip_dst", "l4_proto", "src_port", "dst_port"]
+DATAGRAM_COLUMNS = [
+    "ip_version",
+    "ip_src",
+    "ip_dst",
+    "l4_proto",
+    "src_port",
+    "dst_port",
+    "tunnel",
+    "outer_ip_src",
+    "outer_ip_dst",
+]
 
 IP_PROTOCOLS = {
     "1": "icmp",
@@ -287,10 +297,9 @@ class Datagrams:
 
     def feed(self, rows: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
         """The rows that can be written now (the chunk's, after those held back)."""
-        waiting, parts = _fragment_marks(raw)
-        if self.held is None and not waiting.any():
+        if self.held is None and not _has_fragments(raw):
             return rows  # the usual case: no fragment, nothing held
-        rows = rows.assign(_waiting=waiting, _parts=parts)
+        rows["_waiting"], rows["_parts"] = _fragment_marks(raw)
         if self.held is not None:
             rows = pd.concat([self.held, rows], ignore_index=True)
         self.held = None
@@ -318,10 +327,21 @@ class Datagrams:
         self.incomplete += int(mask.sum())
 
 
+def _has_fragments(raw: pd.DataFrame) -> bool:
+    """Whether any frame may be a fragment: a quick look (flags other than 0, a fragment
+    header) that spares the usual chunk the full one."""
+    for name in ("ip.flags.mf", "ip.frag_offset"):
+        values = raw[name].to_numpy()
+        if ((values != "") & (values != "0")).any():
+            return True
+    return bool((raw["ipv6.fraghdr.more"].to_numpy() != "").any())
+
+
 def _fragment_marks(raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(the frame is a fragment still waiting for its datagram, the frames a reassembled
     datagram was made of: '2;3' in the frame that completes it, else '')."""
-    parts = fields.joined(raw["ip.fragment"], raw["ipv6.fragment"]).to_numpy()
+    v4_parts, v6_parts = raw["ip.fragment"].to_numpy(), raw["ipv6.fragment"].to_numpy()
+    parts = np.where(v4_parts != "", v4_parts, v6_parts)
     fragment = (
         _any_value(raw["ip.flags.mf"], "1")
         | _any_value(raw["ip.frag_offset"], "0", negate=True)
@@ -342,6 +362,18 @@ def _any_value(values: pd.Series, value: str, negate: bool = False) -> np.ndarra
     return np.array([test(u) for u in uniques] + [False], dtype=bool)[codes]
 
 
+def _positions(frame_numbers: pd.Series, frames: np.ndarray) -> np.ndarray:
+    """Where the given frames are among the rows (-1: not there). tshark numbers frames
+    1, 2, 3...: a row's place is its frame's distance from the first, checked."""
+    numbers = pd.to_numeric(frame_numbers.iloc[[0, -1]], errors="coerce").to_numpy()
+    if np.isnan(numbers).any() or numbers[1] - numbers[0] != len(frame_numbers) - 1:
+        index = pd.Index(pd.to_numeric(frame_numbers, errors="coerce"))
+        return index.get_indexer(frames) if index.is_unique else np.full(len(frames), -1)
+    found = frames - numbers[0]
+    found = np.where(np.isnan(found) | (found < 0) | (found >= len(frame_numbers)), -1, found)
+    return found.astype(np.int64)
+
+
 def _join_fragments(rows: pd.DataFrame) -> None:
     """Copy each reassembled datagram's conversation into its fragments' rows (in place)."""
     datagrams = np.flatnonzero(rows["_parts"].to_numpy() != "")
@@ -350,10 +382,7 @@ def _join_fragments(rows: pd.DataFrame) -> None:
     lists = [p.split(";") for p in rows["_parts"].to_numpy()[datagrams]]
     frames = pd.to_numeric(pd.Series(np.concatenate(lists)), errors="coerce").to_numpy()
     source = np.repeat(datagrams, [len(p) for p in lists])
-    numbers = pd.Index(pd.to_numeric(rows["frame_number"], errors="coerce"))
-    if not numbers.is_unique:  # frame numbers are tshark's, unique; never guess otherwise
-        return
-    target = numbers.get_indexer(frames)
+    target = _positions(rows["frame_number"], frames)
     keep = (target >= 0) & (target != source)
     target, source = target[keep], source[keep]
     for name in DATAGRAM_COLUMNS:
@@ -383,64 +412,171 @@ def build_rows(
     out["time_utc"] = utc_text(ts)
     out["frame_len"] = raw["frame.len"]
 
-    arp = raw["arp.opcode"] != ""
     # 802.11 frames carry their MACs as source/destination (and transmitter/receiver, for
     # frames without them); Wireshark gives their vendors only through name resolution,
     # which -n turns off: they come from its manuf file, the OUI database behind eth's.
+    conv = Conversations(raw["frame.protocols"])
+    eth_src, eth_dst = nth(raw["eth.src"], conv.eth), nth(raw["eth.dst"], conv.eth)
     out["eth_src"] = _first_nonblank(
-        raw["eth.src"], raw["sll.src.eth"], raw["wlan.sa"], raw["wlan.ta"], raw["arp.src.hw_mac"]
+        eth_src, raw["sll.src.eth"], raw["wlan.sa"], raw["wlan.ta"], raw["arp.src.hw_mac"]
     )
-    out["eth_dst"] = _first_nonblank(raw["eth.dst"], raw["wlan.da"], raw["wlan.ra"])
+    out["eth_dst"] = _first_nonblank(eth_dst, raw["wlan.da"], raw["wlan.ra"])
+    # An inner Ethernet header's vendor is looked up in the same database: tshark lists
+    # only the vendors it knows, so occurrences of oui_resolved do not line up with eth's.
+    inner = conv.eth > 0
     for end in ("src", "dst"):
         vendor = first(raw[f"eth.{end}.oui_resolved"])
         wireless = (raw["eth.src"] == "") & (out[f"eth_{end}"] != "") & (vendor == "")
-        if wireless.any():
-            vendor = vendor.where(~wireless, map_uniques(out[f"eth_{end}"], oui_vendor))
+        redo = wireless.to_numpy() | inner
+        if redo.any():
+            vendor = vendor.where(~redo, map_uniques(out[f"eth_{end}"], oui_vendor))
         out[f"eth_{end}_vendor"] = vendor
 
-    has_v4, has_v6 = raw["ip.src"] != "", raw["ipv6.src"] != ""
+    # The conversation is the innermost IP (or ARP) header that is not quoted by an ICMP
+    # message: every address, port, flag and length comes from that layer's occurrence of
+    # the field (tshark lists a tunnelled packet's as 'outer;inner').
+    has_v4 = (conv.net == "ip") & (raw["ip.src"] != "").to_numpy()
+    has_v6 = (conv.net == "ipv6") & (raw["ipv6.src"] != "").to_numpy()
+    arp = conv.net == "arp"
     out["ip_version"] = np.select([has_v4, has_v6], ["4", "6"], "")
+    net_depth = np.where(has_v4, conv.ip, conv.ipv6)
     for end in ("src", "dst"):
-        out[f"ip_{end}"] = first(
+        out[f"ip_{end}"] = nth(
             np.select(
                 [has_v4, has_v6, arp],
                 [raw[f"ip.{end}"], raw[f"ipv6.{end}"], raw[f"arp.{end}.proto_ipv4"]],
                 "",
-            )
+            ),
+            net_depth,
         )
 
     layers = raw["frame.protocols"]
     highest = map_uniques(layers, lambda s: s.rsplit(":", 1)[-1])
     out["highest_layer"] = highest
-    icmp, icmp6 = raw["icmp.type"] != "", raw["icmpv6.type"] != ""
-    tcp, udp = raw["tcp.srcport"] != "", raw["udp.srcport"] != ""
+    icmp, icmp6 = conv.l4 == "icmp", conv.l4 == "icmpv6"
+    tcp, udp = conv.l4 == "tcp", conv.l4 == "udp"
     # An IPv6 fragment's next header is 44 (the fragment header): take the one after it,
     # so that a later fragment says udp, as it does in IPv4, not ip-proto-44.
     v6_number = raw["ipv6.fraghdr.nxt"].where(raw["ipv6.fraghdr.nxt"] != "", raw["ipv6.nxt"])
-    ip_number = first(np.where(has_v4, raw["ip.proto"], v6_number))
+    ip_number = nth(np.where(has_v4, raw["ip.proto"], v6_number), net_depth)
     by_number = map_uniques(ip_number, lambda n: IP_PROTOCOLS.get(n, f"ip-proto-{n}" if n else ""))
     non_ip = ~(has_v4 | has_v6)
     link_proto = map_uniques(layers, _link_protocol)
-    # ICMP first: an ICMP error quotes the TCP/UDP header of the packet it answers.
     out["l4_proto"] = np.select(
         [icmp, icmp6, tcp, udp, non_ip], ["icmp", "icmpv6", "tcp", "udp", link_proto], by_number
     )
-    transport = (tcp | udp) & ~(icmp | icmp6)
+    transport = tcp | udp  # an ICMP error quotes the TCP/UDP header of another packet
+    l4_depth = np.where(tcp, conv.tcp, conv.udp)
     for end in ("src", "dst"):
-        port = first(np.where(tcp, raw[f"tcp.{end}port"], raw[f"udp.{end}port"]))
+        port = nth(np.where(tcp, raw[f"tcp.{end}port"], raw[f"udp.{end}port"]), l4_depth)
         out[f"{end}_port"] = np.where(transport, port, "")
-    flags = map_uniques(first(raw["tcp.flags"]), _tcp_letters)
-    out["tcp_flags"] = np.where(transport & tcp, flags, "")
-    udp_payload = pd.to_numeric(first(raw["udp.length"]), errors="coerce") - 8
+    flags = map_uniques(nth(raw["tcp.flags"], conv.tcp), _tcp_letters)
+    out["tcp_flags"] = np.where(tcp, flags, "")
+    udp_payload = pd.to_numeric(nth(raw["udp.length"], conv.udp), errors="coerce") - 8
     out["l4_payload_len"] = np.select(
-        [transport & tcp, transport & udp],
-        [first(raw["tcp.len"]), udp_payload.astype("Int64").astype(str).replace("<NA>", "")],
+        [tcp, udp],
+        [
+            nth(raw["tcp.len"], conv.tcp),
+            udp_payload.astype("Int64").astype(str).replace("<NA>", ""),
+        ],
         "",
     )
+    _tunnel_columns(out, raw, conv)
     for app in fields.REGISTRY:
         out[app.name] = app.spell(*(raw[t] for t in app.tshark))
     out["direction"] = packet_direction(out, device_mac, device_ip)
     return out
+
+
+# Layers that hold the conversation's addresses, and those inside which a header is quoted,
+# not carried: an ICMP error quotes the IP and TCP/UDP headers of the packet it answers.
+NETWORK_LAYERS = ("ip", "ipv6", "arp")
+QUOTING_LAYERS = ("icmp", "icmpv6")
+TRANSPORT_LAYERS = ("tcp", "udp", "icmp", "icmpv6")
+# A tunnel with nothing between its two IP headers is named by their versions.
+IP_IN_IP = {
+    ("ip", "ip"): "ipip",
+    ("ip", "ipv6"): "6in4",
+    ("ipv6", "ip"): "4in6",
+    ("ipv6", "ipv6"): "ip6ip6",
+}
+NOT_ENCAPSULATIONS = {"udp", "eth", "ethertype", "vlan", "ip", "ipv6"}
+
+
+class Conversations:
+    """Where each frame's conversation is among its layers (frame.protocols), as per-row
+    arrays: `net` its network layer (ip, ipv6, arp or ''), `l4` the transport after it,
+    `ip`, `ipv6`, `tcp`, `udp`, `eth` the occurrence (0 = outermost) of those layers'
+    fields that belong to it, `tunnel` the encapsulation around it and `outer` the kind of
+    the outermost IP header ('' when the conversation is not tunnelled)."""
+
+    NAMES = ("net", "l4", "ip", "ipv6", "tcp", "udp", "eth", "tunnel", "outer")
+
+    def __init__(self, layers: pd.Series):
+        codes, uniques = pd.factorize(layers, sort=False)
+        parsed = [_conversation(u) for u in uniques] + [_conversation("")]  # -1: missing
+        for index, name in enumerate(self.NAMES):
+            values = [p[index] for p in parsed]
+            dtype = np.int64 if isinstance(values[0], int) else object
+            setattr(self, name, np.array(values, dtype=dtype)[codes])
+
+
+@functools.lru_cache(maxsize=4096)
+def _conversation(layers: str) -> tuple:
+    """One frame.protocols value -> Conversations' fields for it."""
+    names = layers.split(":") if layers else []
+    cut = next((i for i, n in enumerate(names) if n in QUOTING_LAYERS), len(names))
+    net = next((i for i in range(cut - 1, -1, -1) if names[i] in NETWORK_LAYERS), None)
+    if net is None:
+        return ("", "", 0, 0, 0, 0, 0, "", "")
+    after = next((i for i in range(net + 1, len(names)) if names[i] in TRANSPORT_LAYERS), None)
+    l4 = names[after] if after is not None else ""
+    before_l4 = names[: after if after is not None else net]
+    outer = next(i for i in range(net + 1) if names[i] in NETWORK_LAYERS)
+    tunnel = ""
+    if outer < net and names[outer] != "arp":
+        between = [n for n in names[outer + 1 : net] if n not in NOT_ENCAPSULATIONS]
+        between = [n for n in between if not n.startswith("ipv6.")]
+        pair = (names[outer], names[net])
+        tunnel = between[0] if between else IP_IN_IP.get(pair, "-in-".join(reversed(pair)))
+    return (
+        names[net],
+        l4,
+        names[:net].count("ip"),
+        names[:net].count("ipv6"),
+        before_l4.count("tcp"),
+        before_l4.count("udp"),
+        max(names[:net].count("eth") - 1, 0),
+        tunnel,
+        names[outer] if tunnel else "",
+    )
+
+
+def nth(values, depth: np.ndarray) -> pd.Series:
+    """The depth-th value of each aggregated cell ('a;b', 1 -> 'b'; '' where there is
+    none). Depth is 0 in all but tunnelled frames: those alone cost a second look."""
+    result = first(values)
+    for level in np.unique(depth[depth > 0]):
+        rows = depth == level
+        result[rows] = map_uniques(
+            pd.Series(np.asarray(values, dtype=object)[rows]),
+            lambda s, k=int(level): (s.split(";") + [""] * (k + 1))[k],
+        ).to_numpy()
+    return result
+
+
+def _tunnel_columns(out: pd.DataFrame, raw: pd.DataFrame, conv: Conversations) -> None:
+    """The encapsulation and the outermost IP header's addresses of a tunnelled packet."""
+    out["tunnel"] = conv.tunnel
+    tunnelled = conv.tunnel != ""
+    for end in ("src", "dst"):
+        if not tunnelled.any():
+            out[f"outer_ip_{end}"] = ""
+            continue
+        outer = np.select(
+            [conv.outer == "ip", conv.outer == "ipv6"], [raw[f"ip.{end}"], raw[f"ipv6.{end}"]], ""
+        )
+        out[f"outer_ip_{end}"] = first(outer)
 
 
 def packet_direction(rows: pd.DataFrame, device_mac: str | None, device_ip: str | None):

@@ -96,7 +96,8 @@ PACKETS = Table(
         (
             "ip_version",
             "int",
-            "4 or 6 for IP packets (outermost IP header), empty otherwise",
+            "4 or 6 for IP packets (the conversation's IP header: a tunnel's inner one), "
+            "empty otherwise",
             "ip / ipv6",
         ),
         (
@@ -135,6 +136,25 @@ PACKETS = Table(
             "tcp.len, udp.length - 8",
         ),
         ("highest_layer", "str", "the last protocol Wireshark dissected", "frame.protocols"),
+        (
+            "tunnel",
+            "str",
+            "the encapsulation of a tunnelled packet: gre, ipip (IPv4 in IPv4), 6in4, 4in6, "
+            "ip6ip6, vxlan, geneve, gtp, teredo... (Wireshark's protocol name); empty otherwise",
+            "frame.protocols",
+        ),
+        (
+            "outer_ip_src",
+            "str",
+            "a tunnelled packet's outermost IP source address (the tunnel's end)",
+            "ip.src, ipv6.src (first occurrence)",
+        ),
+        (
+            "outer_ip_dst",
+            "str",
+            "a tunnelled packet's outermost IP destination address",
+            "ip.dst, ipv6.dst (first occurrence)",
+        ),
         *[(f.name, f.type, f.meaning, ", ".join(f.tshark), f.spelling) for f in fields.REGISTRY],
         (
             "direction",
@@ -144,6 +164,17 @@ PACKETS = Table(
         ),
     ),
     notes=(
+        "**Tunnels.** The conversation is the innermost IP header (or ARP message) that is "
+        "not quoted inside an ICMP message, in the layer order of `frame.protocols`: every "
+        "column (MACs, addresses, `ip_version`, `l4_proto`, ports, TCP flags, payload "
+        "length, application fields) comes from that packet, never mixed with an outer "
+        "header. A tunnelled packet (GRE, IP-in-IP, 6in4, VXLAN and the like) is its inner "
+        "packet: the MACs are the inner Ethernet header's where it has one (VXLAN), and the "
+        "outer header is kept in `tunnel` (the encapsulation) and `outer_ip_src`/"
+        "`outer_ip_dst` (the outermost IP header's addresses: the tunnel's two ends). An ICMP "
+        "error is not a tunnel: it quotes the header of the packet it answers "
+        "(`eth:ip:icmp:ip:udp`), and its row is the ICMP message itself (its own addresses, "
+        "`l4_proto` icmp or icmpv6, no ports).\n\n"
         "**IP fragments.** tshark reassembles a fragmented IPv4 or IPv6 datagram in the frame "
         "that completes it (its last fragment) and dissects the transport and application "
         "there; its other fragments are bare data. Every fragment's row carries its "
