@@ -7,6 +7,7 @@ writing it to tests/bench/<stage>-results.md and a verdict line to stderr.
     python tests/bench/bench.py signature   # signature-extractor.py, 100 recordings x 10,000 flows
     python tests/bench/bench.py evaluate    # evaluate.py on the shared events: time and F1
     python tests/bench/bench.py report      # what the traffic report adds to main.py
+    python tests/bench/bench.py long        # main.py / event-detector --events, long captures
 
 The inputs are built once and cached in tests/.bench/ (git-ignored): the big capture from
 the shared public captures (../shared/pcaps next to the repository) with mergecap; its
@@ -54,6 +55,8 @@ FLOWS_RESULTS = HERE / "flows-results.md"
 SIGNATURE_RESULTS = HERE / "signature-results.md"
 EVALUATE_RESULTS = HERE / "evaluate-results.md"
 REPORT_RESULTS = HERE / "report-results.md"
+LONG_RESULTS = HERE / "long-results.md"
+DETECTOR = REPO / "scripts" / "event-detector.py"
 EVALUATE = REPO / "scripts" / "evaluate.py"
 MIN_PACKETS = 300_000  # the big capture's size: the translator's default, so one cache serves all
 # The device of the TP-Link captures in data/ (data/README.md).
@@ -788,6 +791,99 @@ def bench_evaluate(args) -> None:
     )
 
 
+# --- long: a long capture with a list of event times ---------------------------------------
+
+
+def bench_long(args) -> None:
+    """main.py --events and event-detector --events on the camera's week with its IFTTT log
+    and on two days of real traffic with 60 shared event recordings placed in it
+    (tests/long_capture.py), against packet-translator alone on the same capture."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import long_capture
+
+    camera = args.shared / "long" / "blink-cam-01.pcap"
+    if not camera.is_file() or long_capture.missing_inputs():
+        sys.exit(f"bench: {camera} and the shared events are needed")
+    cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    CACHE.mkdir(exist_ok=True)
+    built = long_capture.build_long_capture(CACHE / "two-days", long_capture.Spec(hours=54))
+    cases = [
+        (
+            "camera week + IFTTT log",
+            camera,
+            ["blink-cam-01", "192.168.1.129"],
+            [
+                "--events", camera.with_name("blink-cam-01.ifttt-events.csv"),
+                "--event-column", "3", "--device-column", "2", "--timezone", "America/New_York",
+            ],
+            [],
+        ),
+        (
+            "54 h, 60 placed events",
+            built.pcap,
+            ["HueLightEssentials", "192.168.1.141"],
+            ["--events", built.times],
+            ["--event", "toggle"],
+        ),
+    ]  # fmt: skip
+    rows = [
+        "| capture | packets | step | wall (median) | packets/s |",
+        "|---|---:|---|---:|---:|",
+    ]
+    verdicts = []
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        for label, capture, device, flags, learn_only in cases:
+            packets = packet_count(capture)
+            out = Path(tmp) / label.split()[0]
+            steps = {
+                "packet-translator.py": [TRANSLATOR, capture, "-o", out / "t", "-q"],
+                "main.py --events --no-report": [
+                    MAIN, *device, capture, *flags, *learn_only, "-o", out / "m", "--no-report",
+                    "-q",
+                ],
+                "event-detector.py --events (capture)": [
+                    DETECTOR, out / "m" / "signature.csv", capture, *flags, "-o", out / "d", "-q",
+                ],
+                "event-detector.py --events (its flows CSV: the scan)": [
+                    DETECTOR, out / "m" / "signature.csv", out / "m" / f"{capture.name}.flows.csv",
+                    *flags, "-o", out / "s", "-q",
+                ],
+            }  # fmt: skip
+            walls = {}
+            for step, command in steps.items():
+                walls[step] = statistics.median(
+                    measure([sys.executable, *command])[0] for _ in range(args.repeat)
+                )
+                rows.append(
+                    f"| {label} | {packets:,} | `{step}` | {walls[step]:.2f} s | "
+                    f"{packets / walls[step]:,.0f} |"
+                )
+            scan = walls["event-detector.py --events (its flows CSV: the scan)"]
+            read = walls["packet-translator.py"]
+            verdicts.append(
+                f"{label}: the detector scans {packets / scan:,.0f} packets/s, "
+                f"packet-translator reads {packets / read:,.0f} (target: scan >= read): "
+                f"{met(scan <= read)}"
+            )
+    text = "\n".join(
+        [
+            f"Long captures with a list of event times; median of {args.repeat} runs; "
+            f"{machine(cores, load_before)}. Each step is a whole command as a user runs "
+            "it (start-up included); the scan is event-detector on the flows CSV main.py "
+            "wrote (reading it, matching, scoring against the times file).",
+            "",
+            *rows,
+            "",
+            *[f"- {v}" for v in verdicts],
+            "",
+            *busy_note(cores, load_before),
+            "Produced by `python tests/bench/bench.py long`.",
+            "",
+        ]
+    )
+    write_results(LONG_RESULTS, text, "; ".join(verdicts))
+
+
 # --- report: what the traffic report adds to main.py ---------------------------------------
 
 
@@ -886,11 +982,13 @@ def main() -> None:
     evaluate.set_defaults(function=bench_evaluate)
     report = sub.add_parser("report", help="what the traffic report adds to main.py")
     report.set_defaults(function=bench_report)
-    for benchmark in (translator, flows_parser, signature, evaluate, report):
+    long_parser = sub.add_parser("long", help="main.py and event-detector with --events")
+    long_parser.set_defaults(function=bench_long)
+    for benchmark in (translator, flows_parser, signature, evaluate, report, long_parser):
         benchmark.add_argument(
             "--repeat", type=int, default=3, help="runs; the median is reported (default: 3)"
         )
-    for benchmark in (translator, flows_parser, evaluate):  # they read the shared captures
+    for benchmark in (translator, flows_parser, evaluate, long_parser):  # the shared captures
         benchmark.add_argument(
             "--shared",
             type=Path,
