@@ -169,7 +169,7 @@ def add_event_times_arguments(parser, detecting: bool = False) -> None:
     group.add_argument(
         "--timezone",
         metavar="ZONE",
-        help="zone of the times written without one: a UTC offset (-05:00, UTC-5) or a "
+        help="zone of the times written without one: a UTC offset (UTC-5, or --timezone=-05:00) or a "
         "name (America/New_York)",
     )
     group.add_argument(
