@@ -169,8 +169,8 @@ def add_event_times_arguments(parser, detecting: bool = False) -> None:
     group.add_argument(
         "--timezone",
         metavar="ZONE",
-        help="zone of the times written without one: a UTC offset (UTC-5, or --timezone=-05:00) or a "
-        "name (America/New_York)",
+        help="zone of the times written without one: a UTC offset (UTC-5, or "
+        "--timezone=-05:00) or a name (America/New_York)",
     )
     group.add_argument(
         "--time-tolerance",
