@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -101,21 +102,48 @@ def capture_argument(text: str) -> Path:
     return STDIN if is_stdin(text) else Path(text)
 
 
-def jobs_for(captures, jobs: int) -> int:
-    """Standard input is this process's: a worker process has none, so a run that reads it
-    translates in this process, one capture after the other."""
+def jobs_for(captures, jobs):
+    """Standard input is this process's: a worker process (or a Dask worker) has none, so a
+    run that reads it translates in this process, one capture after the other."""
+    from .parallel import Workers
     from .tshark import is_stdin
 
-    return 1 if any(is_stdin(c) for c in captures) else jobs
+    return Workers(1) if any(is_stdin(c) for c in captures) else jobs
+
+
+SCHEDULER_VARIABLE = "IOTSIG_SCHEDULER"
 
 
 def add_jobs_argument(parser) -> None:
+    """-j and --scheduler: where the captures are translated. Both set args.jobs, a
+    parallel.Workers that the commands hand on as it is to the pipeline."""
+    from .parallel import Workers
+
+    class SetWorkers(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            if self.type is int:
+                namespace.jobs = replace(namespace.jobs, jobs=value)
+            else:  # '' or an address
+                namespace.jobs = replace(namespace.jobs, scheduler=value or None)
+
+    default = Workers(0, os.environ.get(SCHEDULER_VARIABLE) or None)
     parser.add_argument(
         "-j",
         "--jobs",
         type=int,
-        default=0,
-        help="captures translated at once (default: one per core)",
+        action=SetWorkers,
+        default=default,
+        metavar="N",
+        help="captures translated at once on this machine (default: one per core)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        action=SetWorkers,
+        dest="jobs",
+        metavar="ADDRESS",
+        help="run each capture as a task on the Dask cluster whose scheduler is at ADDRESS "
+        f"(tcp://HOST:8786; default: ${SCHEDULER_VARIABLE}, else processes on this machine; "
+        "'' for those)",
     )
 
 

@@ -4,6 +4,7 @@ text, and column checks that name what is wrong."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import itertools
 import os
@@ -24,6 +25,10 @@ from .schema import Table
 FORMULA_CHARS = frozenset("=+-@\t\r'")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+# Set by parallel.py for a task on a Dask cluster: called before atomic_path makes a
+# temporary file (a cancelled task stops there), it returns a tag for the file's name, by
+# which the command finds the files of a worker that died.
+temporary_tag: contextvars.ContextVar = contextvars.ContextVar("temporary_tag", default=None)
 
 
 @contextlib.contextmanager
@@ -31,8 +36,10 @@ def atomic_path(path: Path):
     """Yield a temporary path beside `path`; on success it replaces `path`, on any
     exception (including Ctrl-C) it is removed, so no half-written file ever shows."""
     path = Path(path)
+    tag = temporary_tag.get()
+    prefix = f".{path.name}.{tag()}." if tag else f".{path.name}."
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=path.parent)
     except OSError as e:
         raise OutputError(path.parent, f"cannot write here ({e.strerror})") from None
     os.close(fd)

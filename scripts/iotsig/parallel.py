@@ -1,14 +1,31 @@
-"""Run independent jobs on every core, with progress reported back from the workers."""
+"""Run independent jobs on every core, or as tasks on a Dask cluster, with progress
+reported back from the workers."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
 import signal
+import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
 
+from . import csvio
 from .errors import ToolError
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where the tasks run: `jobs` local processes (0: one per core), or the Dask cluster
+    whose scheduler is at `scheduler` (tcp://HOST:PORT), when given."""
+
+    jobs: int = 0
+    scheduler: str | None = None
+
 
 _progress_queue = None
 _stopping = False  # the running task was stopped by a signal and is cleaning up
@@ -73,10 +90,15 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_parallel(tasks, jobs: int = 0, on_progress=None):
+def run_parallel(tasks, jobs: int | Workers = 0, on_progress=None):
     """tasks: [(function, args)], each function taking on_packets=. Yields (first arg,
-    result or ToolError) in completion order."""
-    jobs = min(jobs or cores(), len(tasks)) or 1
+    result or ToolError) in completion order. `jobs`: a number of local processes (0: one
+    per core) or Workers."""
+    workers = jobs if isinstance(jobs, Workers) else Workers(jobs)
+    if workers.scheduler:
+        yield from _run_on_cluster(tasks, workers.scheduler, on_progress)
+        return
+    jobs = min(workers.jobs or cores(), len(tasks)) or 1
     if jobs == 1:
         for function, arguments in tasks:
             try:
@@ -113,3 +135,167 @@ def _drain(progress_queue, on_progress):
             return
         if on_progress:
             on_progress(count)
+
+
+# ---------------------------------------------------------------------------------------
+# On a Dask cluster: each task one Dask task, its progress and its files told back as
+# events (Worker.log_event) on a topic of this run.
+# ---------------------------------------------------------------------------------------
+
+CONNECT_TIMEOUT = 10  # seconds to reach the scheduler
+RETRIES = 2  # a task that raised is run again (a worker that died: the scheduler re-runs it)
+STOP_WAIT = 60  # seconds for stopped tasks to remove their files, after Ctrl-C
+END_WAIT = 2  # seconds for the last events of finished tasks
+
+
+class Cancelled(Exception):
+    """The task's future was cancelled (Ctrl-C in the command): stop, removing its files."""
+
+
+def _on_worker(function, arguments, topic):
+    """One task on a Dask worker: its start, progress and end are told to the command as
+    events on TOPIC, and its temporary files carry TOPIC in their names. A cancelled task
+    stops at its next progress report or file."""
+    from distributed import get_worker
+    from distributed.worker import thread_state
+
+    worker, key, attempt = get_worker(), thread_state.key, uuid.uuid4().hex
+
+    def stop_if_cancelled() -> None:
+        task = worker.state.tasks.get(key)
+        if task is None or task.state == "cancelled":
+            raise Cancelled(key)
+
+    def report(count: int) -> None:
+        stop_if_cancelled()
+        worker.log_event(topic, ["packets", attempt, count])
+
+    def tag() -> str:
+        stop_if_cancelled()  # the next stage of a stopped task: not even started
+        return topic
+
+    worker.log_event(topic, ["start", attempt, 0])
+    tagging = csvio.temporary_tag.set(tag)
+    try:
+        return function(*arguments, on_packets=report)
+    except ToolError as e:
+        return e
+    finally:
+        csvio.temporary_tag.reset(tagging)
+        worker.log_event(topic, ["end", attempt, 0])
+
+
+class _Attempts:
+    """The runs of the tasks that are going on (a task killed with its worker and run again
+    elsewhere has two), from their events; their progress handed on."""
+
+    def __init__(self, on_progress):
+        self.on_progress = on_progress
+        self.running: set[str] = set()
+
+    def event(self, message) -> None:
+        kind, attempt, value = message
+        if kind == "start":
+            self.running.add(attempt)
+        elif kind == "end":
+            self.running.discard(attempt)
+        elif kind == "packets" and self.on_progress:
+            self.on_progress(value)
+
+    def wait_for_ends(self, inbox, seconds: float) -> None:
+        """Until every run that started has ended (one whose worker died never does)."""
+        deadline = time.monotonic() + seconds
+        while self.running and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                kind, item = inbox.get(timeout=0.1)
+                if kind == "event":
+                    self.event(item)
+
+
+def _remove_temporary_files(tasks, topic: str) -> None:
+    """The temporary files of this run's tasks that are still there, beside the tasks' paths:
+    a worker that died left them (or a task that did not stop in time: its rename then fails).
+    Every output is renamed from such a file whole, so nothing half written is left."""
+    folders = set()
+    for _, arguments in tasks:
+        for path in (a for a in _absolute(arguments) if isinstance(a, Path)):
+            folders.add(path if path.is_dir() else path.parent)
+    for folder in folders:
+        for part in folder.glob(f".*.{topic}.*.part"):
+            with contextlib.suppress(OSError):
+                part.unlink()
+
+
+def connect(address: str):
+    """A Dask client of the scheduler at ADDRESS, or one ToolError line naming it."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ToolError(
+            "--scheduler needs Dask distributed: run bash scripts/setup.sh to install it"
+        ) from None
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, ValueError, TypeError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ToolError(f"cannot reach the Dask scheduler at {address}: {reason}") from None
+
+
+def _run_on_cluster(tasks, address: str, on_progress):
+    client = connect(address)
+    topic = f"iotsig-{uuid.uuid4().hex}"
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    attempts = _Attempts(on_progress)
+    futures = {}
+    try:
+        client.subscribe_topic(topic, lambda event: inbox.put(("event", event[1])))
+        for function, arguments in tasks:
+            future = client.submit(
+                _on_worker,
+                function,
+                _absolute(arguments),
+                topic,
+                key=f"{function.__name__}-{uuid.uuid4().hex}",  # as the dashboard shows it
+                pure=False,
+                retries=RETRIES,
+            )
+            futures[future.key] = (future, arguments[0])
+            future.add_done_callback(lambda done: inbox.put(("done", done.key)))
+        pending = set(futures)
+        while pending:
+            with contextlib.suppress(queue.Empty):  # a timeout: Ctrl-C gets through
+                kind, item = inbox.get(timeout=0.2)
+                if kind == "event":
+                    attempts.event(item)
+                elif item in pending:
+                    pending.discard(item)
+                    future, first = futures[item]
+                    yield first, _outcome(future, first)
+        attempts.wait_for_ends(inbox, END_WAIT)
+    except BaseException:
+        client.cancel([future for future, _ in futures.values()])
+        attempts.wait_for_ends(inbox, STOP_WAIT)
+        raise
+    finally:
+        _remove_temporary_files(tasks, topic)
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic(topic)
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def _absolute(arguments) -> tuple:
+    """Paths as the workers must see them: they run in directories of their own."""
+    return tuple(Path(os.path.abspath(a)) if isinstance(a, Path) else a for a in arguments)
+
+
+def _outcome(future, first):
+    """The task's result or ToolError; what else stopped it on the cluster (a worker that
+    cannot import the package, one killed every time) is that task's ToolError too."""
+    if future.status == "finished":
+        return future.result()
+    if future.status == "cancelled":
+        return ToolError(f"{first}: its task was cancelled on the Dask cluster")
+    error = future.exception()
+    reason = " ".join(str(error).split())
+    return ToolError(f"{first}: failed on the Dask cluster: {type(error).__name__}: {reason}")

@@ -1,0 +1,428 @@
+"""Captures as tasks on a Dask cluster (issue 16): a real `dask scheduler` and two `dask
+worker` processes on localhost, started from the .venv as a user starts them. Through
+--scheduler (or IOTSIG_SCHEDULER) the commands write the same files, byte for byte, as a
+local run; progress comes back from the workers; a worker killed in the middle of a task
+loses and duplicates no row; Ctrl-C stops the tasks and leaves no partial file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from iotsig import packets
+from iotsig.parallel import Workers, run_parallel
+
+from conftest import CAPTURES, PLUG_IP, SCRIPTS, TPLINK_CAPTURES, capinfos_count, run_script
+
+DASK = Path(sys.executable).parent / "dask"
+BACKGROUND = CAPTURES / "sweep" / "protocols" / "coap_mqtt.pcap"  # 8,516 packets
+EVENTS = CAPTURES / "sweep" / "events"
+SMALL_EVENTS = {("TapoLight", "toggle"): 3, ("TapoLight", "set_brightness"): 3}
+
+
+class Cluster:
+    """A scheduler and workers, each in its own process group (their tshark children
+    included), all stopped at the end, whatever happened."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.processes: list[subprocess.Popen] = []
+        self.workers: list[subprocess.Popen] = []
+        self.address = ""
+
+    def _start(self, name: str, *args) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        process = subprocess.Popen(
+            [str(DASK), *args],
+            cwd=self.folder,  # not the tests' directory: relative paths must not work there
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def start(self, workers: int = 2) -> None:
+        scheduler_file = self.folder / "scheduler.json"
+        self._start(
+            "scheduler",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.address = json.loads(scheduler_file.read_text())["address"]
+                break
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+        assert self.address, "the scheduler did not start: " + self.log("scheduler")
+        for _ in range(workers):
+            self.add_worker()
+
+    def add_worker(self) -> None:
+        count = len(self.workers)
+        self.workers.append(
+            self._start(
+                f"worker{count}",
+                "worker",
+                self.address,
+                "--host",
+                "127.0.0.1",
+                "--nworkers",
+                "1",
+                "--nthreads",
+                "1",
+                "--no-nanny",  # the worker is this process: SIGKILL kills it for good
+                "--no-dashboard",
+                "--local-directory",
+                str(self.folder / f"scratch{count}"),
+            )
+        )
+        self.wait_for_workers(len(self.live_workers()))
+
+    def live_workers(self) -> list[subprocess.Popen]:
+        return [w for w in self.workers if w.poll() is None]
+
+    def wait_for_workers(self, count: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(count, timeout=60)
+
+    def idle(self) -> bool:
+        from distributed import Client
+
+        with Client(self.address, timeout=30, set_as_default=False) as client:
+            return not any(client.processing().values())
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A scheduler and two workers, for the module's tests (slow: each starts in seconds)."""
+    running = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def two_workers(cluster) -> Cluster:
+    """The cluster with two live workers (a test before may have killed one)."""
+    while len(cluster.live_workers()) < 2:
+        cluster.add_worker()
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def long_recordings(tmp_path_factory) -> list[Path]:
+    """The three TP-Link recordings, each followed by ~85,000 packets of other traffic:
+    seconds of work per task, time to stop or kill it in the middle."""
+    folder = tmp_path_factory.mktemp("long")
+    recordings = []
+    for capture in TPLINK_CAPTURES:
+        out = folder / capture.name
+        subprocess.run(
+            ["mergecap", "-F", "pcap", "-a", "-w", str(out), str(capture), *[str(BACKGROUND)] * 10],
+            check=True,
+        )
+        recordings.append(out)
+    return recordings
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def assert_same_files(local: Path, remote: Path) -> None:
+    expected, written = files_of(local), files_of(remote)
+    assert sorted(written) == sorted(expected)
+    for name, content in expected.items():
+        assert written[name] == content, f"{name} differs from the local run's"
+
+
+def drop_times(output: Path) -> None:
+    """evaluate.py's outputs without the seconds each step took: they vary from run to run."""
+    table = output / "evaluation.csv"
+    table.write_text(pd.read_csv(table).drop(columns=["seconds"]).to_csv(index=False))
+    report = output / "evaluation.md"
+    lines, column = [], None
+    for line in report.read_text().splitlines():
+        cells = line.split(" | ")
+        if not line.startswith("|"):
+            column = None  # the end of a table
+        elif line.startswith("| device | event |"):
+            column = cells.index("seconds")
+        if column is not None:
+            line = " | ".join(cells[:column] + cells[column + 1 :])
+        if not line.startswith("Time: "):
+            lines.append(line)
+    report.write_text("\n".join(lines))
+
+
+def start(script: str, *args, cwd: Path) -> subprocess.Popen:
+    """The script in its own process group, as a terminal starts a command."""
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / script), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=cwd,
+    )
+
+
+def wait_for_part_files(folder: Path, process: subprocess.Popen, count: int) -> None:
+    """Until `count` outputs are being written (hidden .part files): as many tasks running."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if folder.is_dir() and len(list(folder.rglob("*.part"))) >= count:
+            return
+        assert process.poll() is None, f"finished before: {process.communicate()}"
+        time.sleep(0.02)
+    raise AssertionError(f"not {count} output files started")
+
+
+# --- the same outputs as a local run -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_translator_on_the_cluster_writes_the_local_files_and_names_a_bad_capture(
+    two_workers, tmp_path
+):
+    """Relative paths, given in a directory the workers do not run in; one capture that is
+    not a capture: its one-line error, the others written."""
+    shutil.copytree(TPLINK_CAPTURES[0].parent, tmp_path / "data")
+    (tmp_path / "data" / "broken.pcap").write_text("not a capture\n")
+    captures = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "data").glob("*.pcap"))
+    local = run_script("packet-translator.py", *captures, "-o", "local", cwd=tmp_path, check=False)
+    remote = run_script(
+        "packet-translator.py",
+        *captures,
+        "-o",
+        "remote",
+        "--scheduler",
+        two_workers.address,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert remote.returncode == local.returncode == 1
+    assert_same_files(tmp_path / "local", tmp_path / "remote")
+    assert len(files_of(tmp_path / "remote")) == len(TPLINK_CAPTURES)
+    lines = remote.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in remote.stderr
+    assert lines[0].startswith(
+        f"packet-translator.py: error: {tmp_path / 'data' / 'broken.pcap'}: "
+    )
+    assert lines[0].endswith(local.stderr.strip().split("broken.pcap: ", 1)[1])
+    assert (
+        remote.stdout.strip()
+        .splitlines()[-1]
+        .startswith(f"packet-translator: 150 packets from {len(TPLINK_CAPTURES)} capture(s)")
+    )
+
+
+@pytest.mark.slow
+def test_main_on_the_cluster_writes_the_local_files(two_workers, tmp_path):
+    command = ("main.py", "-q", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "--no-report")
+    run_script(*command, "-o", tmp_path / "local")
+    remote = run_script(*command, "-o", tmp_path / "remote", "--scheduler", two_workers.address)
+    assert remote.stderr == ""
+    assert_same_files(tmp_path / "local", tmp_path / "remote")
+    assert {"signature.csv", "pattern.txt", "profile.yaml"} <= set(files_of(tmp_path / "remote"))
+
+
+@pytest.mark.slow
+def test_evaluate_through_the_environment_variable_writes_the_local_files(two_workers, tmp_path):
+    events = tmp_path / "events"
+    for (device, event), count in SMALL_EVENTS.items():
+        (events / device / event).mkdir(parents=True)
+        for capture in sorted((EVENTS / device / event).glob("*.pcap"))[:count]:
+            shutil.copy(capture, events / device / event / capture.name)
+    devices = EVENTS / "devices.yaml"
+    command = ("evaluate.py", "-q", events, devices, "-o", tmp_path / "out")
+    # One hash seed for both: signature.py breaks a tie in a packet profile's order by the
+    # order of a set of strings, which changes with it (set_brightness here), cluster or not.
+    run_script(*command, env={"PYTHONHASHSEED": "0"})
+    (tmp_path / "out").rename(tmp_path / "local")  # the same output path: detections.csv names it
+    remote = run_script(
+        *command, env={"PYTHONHASHSEED": "0", "IOTSIG_SCHEDULER": two_workers.address}
+    )
+    assert remote.stderr == ""
+    for run in ("local", "out"):
+        drop_times(tmp_path / run)
+    assert_same_files(tmp_path / "local", tmp_path / "out")
+    assert len(list((tmp_path / "out" / "captures").rglob("*.flows.csv"))) == 6
+
+
+@pytest.mark.slow
+def test_progress_comes_back_from_the_workers(two_workers, tmp_path):
+    """Every packet counted once by the on_progress callback, as the progress bar shows."""
+    tasks = [(packets.translate, (c, tmp_path / f"{c.name}.csv")) for c in TPLINK_CAPTURES]
+    counts = []
+    results = dict(run_parallel(tasks, Workers(scheduler=two_workers.address), counts.append))
+    assert sorted(results) == TPLINK_CAPTURES
+    assert sum(counts) == sum(r.packets for r in results.values()) == 150
+    assert sum(counts) == sum(capinfos_count(c) for c in TPLINK_CAPTURES)
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_and_duplicates_no_row(two_workers, long_recordings, tmp_path):
+    """SIGKILL to a worker while it writes: its task runs again on the other worker; each
+    capture's packets CSV has every frame exactly once, and no partial file is left."""
+    out = tmp_path / "out"
+    process = start(
+        "packet-translator.py",
+        *long_recordings,
+        "-o",
+        out,
+        "--scheduler",
+        two_workers.address,
+        cwd=tmp_path,
+    )
+    wait_for_part_files(out, process, 2)  # both workers are writing
+    victim = two_workers.live_workers()[0]
+    victim.kill()
+    victim.wait(timeout=30)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert stderr == ""
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{c.name}.packets.csv" for c in long_recordings
+    )  # and no .part file
+    for capture in long_recordings:
+        frames = pd.read_csv(out / f"{capture.name}.packets.csv", usecols=["frame_number"])
+        assert frames["frame_number"].tolist() == list(range(1, capinfos_count(capture) + 1))
+    assert f"{sum(capinfos_count(c) for c in long_recordings)} packets from 3 capture(s)" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_stopped_on_the_cluster_leaves_no_partial_file(how, two_workers, long_recordings, tmp_path):
+    out = tmp_path / "out"
+    process = start(
+        "main.py",
+        "TpLinkPlug",
+        PLUG_IP,
+        *long_recordings,
+        "-o",
+        out,
+        "--scheduler",
+        two_workers.address,
+        cwd=tmp_path,
+    )
+    wait_for_part_files(out, process, 1)
+    if how == "ctrl-c":  # the terminal's SIGINT reaches the command, not the cluster
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    expected_exit, word = (130, "interrupted") if how == "ctrl-c" else (143, "terminated")
+    assert process.returncode == expected_exit, stderr
+    assert "Traceback" not in stdout + stderr
+    assert (
+        stderr.strip().splitlines()[-1]
+        == f"main.py: error: {word}; unfinished output files were removed"
+    )
+    assert two_workers.idle(), "the tasks were not cancelled"
+    left = sorted(p.name for p in out.rglob("*"))
+    time.sleep(2)  # nothing is still being written by a worker either
+    assert sorted(p.name for p in out.rglob("*")) == left
+    for path in out.rglob("*"):
+        assert not path.name.endswith(".part"), f"left behind: {path}"
+        assert path.name.endswith((".packets.csv", ".flows.csv")), f"not a capture's: {path}"
+        capture = next(c for c in long_recordings if path.name.startswith(c.name))
+        if path.name.endswith(".packets.csv"):
+            frames = pd.read_csv(path, usecols=["frame_number"])
+            assert len(frames) == capinfos_count(capture)
+
+
+@pytest.mark.slow  # the client tries for CONNECT_TIMEOUT seconds
+def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
+    address = "tcp://127.0.0.1:9"  # the discard port: nothing listens
+    result = run_script(
+        "packet-translator.py",
+        *TPLINK_CAPTURES,
+        "-o",
+        tmp_path,
+        "--scheduler",
+        address,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        f"packet-translator.py: error: cannot reach the Dask scheduler at {address}: "
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("address", ["nonsense://x", "tcp://"], ids=["unknown scheme", "no host"])
+def test_a_malformed_scheduler_address_is_one_line(address, tmp_path):
+    result = run_script(
+        "packet-translator.py",
+        *TPLINK_CAPTURES,
+        "-o",
+        tmp_path,
+        "--scheduler",
+        address,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"packet-translator.py: error: cannot reach the Dask scheduler at {address}: "
+    ), result.stderr
+
+
+def test_an_empty_scheduler_option_runs_here_despite_the_variable(tmp_path):
+    result = run_script(
+        "packet-translator.py",
+        "-q",
+        *TPLINK_CAPTURES,
+        "-o",
+        tmp_path,
+        "--scheduler",
+        "",
+        env={"IOTSIG_SCHEDULER": "tcp://127.0.0.1:9"},
+    )
+    assert result.stderr == ""
+    assert len(list(tmp_path.glob("*.packets.csv"))) == len(TPLINK_CAPTURES)
