@@ -138,8 +138,9 @@ def _drain(progress_queue, on_progress):
 
 
 # ---------------------------------------------------------------------------------------
-# On a Dask cluster: each task one Dask task, its progress and its files told back as
-# events (Worker.log_event) on a topic of this run.
+# On a Dask cluster: each task one Dask task, whose start, progress and end are told back
+# as events (Worker.log_event) on a topic of this run, and whose temporary files carry the
+# topic in their names.
 # ---------------------------------------------------------------------------------------
 
 CONNECT_TIMEOUT = 10  # seconds to reach the scheduler
