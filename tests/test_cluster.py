@@ -116,10 +116,10 @@ class Cluster:
         return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
-        for process in self.processes:
+        """The workers first: a worker whose scheduler has gone waits to reconnect."""
+        for process in reversed(self.processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
