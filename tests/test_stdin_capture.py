@@ -124,3 +124,16 @@ def test_a_terminal_on_stdin_is_one_error_line_not_a_wait(tmp_path):
         "into it (cat capture.pcap | packet-translator.py - -o DIR)"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # main.py, then event-detector
+def test_event_detector_finds_the_event_in_a_piped_capture(tmp_path):
+    others = TPLINK_CAPTURES[1:]
+    run_script("main.py", "plug", PLUG_IP, *others, "-o", tmp_path / "learned", "--no-report")
+    signature = tmp_path / "learned" / "signature.csv"
+    result = piped("event-detector.py", signature, "-", "-o", tmp_path / "found")
+    assert result.returncode == 0, result.stderr
+    assert "stdin: 1 detection(s)" in result.stdout
+    detections = packets(tmp_path / "found" / "detections.csv")
+    assert detections["capture"].tolist() == ["stdin"]
+    assert (tmp_path / "found" / "stdin.flows.csv").is_file()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .csvio import split_header
 from .errors import InputError
-from .tshark import CAPTURE_MAGICS, COMPRESSED_MAGICS, file_head
+from .tshark import CAPTURE_MAGICS, COMPRESSED_MAGICS, check_stdin, file_head, is_stdin
 
 KINDS = ("capture", "signature", "flows", "packets")
 # The columns that make a CSV of each kind (checked in this order).
@@ -28,6 +28,8 @@ def file_kind(path: Path, expected: tuple[str, ...] = KINDS) -> str:
     """'capture', 'signature', 'flows' or 'packets'. `expected` (the kinds the caller
     takes) only words the error for a file of none of them."""
     path = Path(path)
+    if is_stdin(path):
+        check_stdin(path)  # not a terminal (reading its head would wait for typing)
     if path.is_fifo():  # its bytes are tshark's to read: a pipe is a capture
         return "capture"
     head = file_head(path, HEADER_BYTES, "a capture or CSV file")

@@ -98,7 +98,7 @@ def check_capture(path: Path) -> None:
     compressed file is what capinfos (Wireshark's) finds inside it."""
     path = Path(path)
     if is_stdin(path):
-        _check_stdin(path)
+        check_stdin(path)
     if path.is_fifo():
         return
     head = file_head(path, 24, "a capture")
@@ -116,7 +116,7 @@ def check_capture(path: Path) -> None:
         raise InputError(path, "truncated pcap header: not a complete capture")
 
 
-def _check_stdin(path: Path) -> None:
+def check_stdin(path: Path) -> None:
     """Standard input must be open and not a terminal (tshark would wait for a capture
     typed in). A pipe is tshark's to read; a file redirected in is checked as any file."""
     try:

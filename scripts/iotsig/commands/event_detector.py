@@ -11,9 +11,11 @@ from ..cli import (
     add_event_times_arguments,
     add_flow_arguments,
     add_jobs_argument,
+    capture_argument,
     check_distinct_names,
     ensure_output_dir,
     fraction,
+    jobs_for,
     non_negative,
     positive,
     read_event_times,
@@ -50,7 +52,7 @@ class EventDetector(Command):
         parser.add_argument(
             "inputs",
             nargs="+",
-            type=Path,
+            type=capture_argument,
             metavar="SIGNATURE_CSV|PCAP|FLOWS_CSV",
             help="signature CSVs, then captures or flows CSVs (any order)",
         )
@@ -210,7 +212,7 @@ class EventDetector(Command):
                     kinds["capture"],
                     output_dir,
                     options=options,
-                    jobs=args.jobs,
+                    jobs=jobs_for(kinds["capture"], args.jobs),
                     on_packets=bar.update,
                 )
                 for capture, result in self.successes(results, failed):
