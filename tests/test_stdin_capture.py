@@ -4,6 +4,7 @@ tshark (a header check would take its first bytes); the outputs are named stdin.
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -137,3 +138,41 @@ def test_event_detector_finds_the_event_in_a_piped_capture(tmp_path):
     detections = packets(tmp_path / "found" / "detections.csv")
     assert detections["capture"].tolist() == ["stdin"]
     assert (tmp_path / "found" / "stdin.flows.csv").is_file()
+
+
+def test_what_is_not_a_capture_is_refused_on_its_way_through_the_pipe(tmp_path):
+    # tshark takes text for some format of its own: "hello" gave one packet, silently.
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    for source, problem in (
+        (text, "not a pcap or pcapng capture (unknown file header 68656c6c)"),
+        (empty, "nothing came through the pipe: not a capture"),
+    ):
+        result = piped("packet-translator.py", "-", "-o", tmp_path / "out", source=source)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [f"packet-translator.py: error: /dev/stdin: {problem}"]
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_fifo_of_text_is_refused_and_a_compressed_pipe_is_read(tmp_path):
+    fifo = tmp_path / "live.pcap"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"echo hello > '{fifo}'"])
+    try:
+        result = run_script("packet-translator.py", fifo, "-o", tmp_path, check=False, timeout=60)
+    finally:
+        writer.wait(timeout=10)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"packet-translator.py: error: {fifo}: not a pcap or pcapng capture (unknown file "
+        "header 68656c6c)"
+    ]
+    packed = tmp_path / "capture.pcap.gz"
+    packed.write_bytes(gzip.compress(CAPTURE.read_bytes()))
+    result = piped("packet-translator.py", "-", "-o", tmp_path / "gz", "-q", source=packed)
+    assert result.returncode == 0, result.stderr
+    rows = packets(tmp_path / "gz" / "stdin.packets.csv")
+    expected = from_the_file(tmp_path)
+    pd.testing.assert_frame_equal(rows.drop(columns="capture"), expected.drop(columns="capture"))

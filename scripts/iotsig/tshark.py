@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import stat
 import subprocess
+import threading
 from pathlib import Path
 
 from .errors import InputError, ToolError
@@ -94,8 +97,9 @@ def is_stdin(path) -> bool:
 def check_capture(path: Path) -> None:
     """Refuse what is not a pcap/pcapng file before tshark guesses another format for it
     (tshark reads a 6-byte text file as 'MP4 media' and an empty one as ERF, silently).
-    A pipe is left to tshark: reading its first bytes here would take them from tshark. A
-    compressed file is what capinfos (Wireshark's) finds inside it."""
+    A pipe is not read here, which would take its first bytes from tshark: they are checked
+    on their way to tshark (popen_fields). A compressed file is what capinfos (Wireshark's)
+    finds inside it."""
     path = Path(path)
     if is_stdin(path):
         check_stdin(path)
@@ -163,27 +167,84 @@ def fields_command(
 
 
 def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
-    # ./file keeps a name starting with '-' from being read as an option by tshark.
+    """tshark's fields export of the capture, running. A pipe (standard input that is not a
+    file, or a FIFO) is relayed to tshark's standard input by a thread, after its first
+    bytes were checked on their way: tshark reads any text as some format, silently."""
     capture = Path(capture)
-    stdin = is_stdin(capture)  # tshark -r -, on this process's standard input
-    if stdin:
-        capture = Path("-")
+    pipe = _open_pipe(capture)
+    stdin = subprocess.DEVNULL
+    if pipe is not None:
+        head = _pipe_head(pipe, capture)
+        source, stdin = Path("-"), subprocess.PIPE  # tshark -r -, fed by _relay
+    elif is_stdin(capture):  # a file redirected in: tshark reads it as its own stdin
+        source, stdin = Path("-"), None
     elif not capture.is_absolute() and str(capture).startswith("-"):
-        capture = Path(".") / capture
+        source = Path(".") / capture  # ./file: a name starting with '-' is no option to tshark
+    else:
+        source = capture
     env = dict(os.environ, LC_ALL="C.UTF-8")
-    command = fields_command(capture, fields)
+    command = fields_command(source, fields)
     try:
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            stdin=None if stdin else subprocess.DEVNULL,
+            stdin=stdin,
             env=env,
         )
     except OSError as e:  # a ToolError, not an OSError: callers take OSError for output ones
+        if pipe is not None and pipe != 0:
+            os.close(pipe)
         raise ToolError(f"cannot run {command[0]} ({e.strerror or e})") from None
+    if pipe is not None:
+        threading.Thread(target=_relay, args=(head, pipe, process.stdin), daemon=True).start()
     _widen_pipe(process.stdout)
     return process
+
+
+def _open_pipe(capture: Path) -> int | None:
+    """The file descriptor to relay a piped capture from; None for a file tshark opens."""
+    if is_stdin(capture):
+        return None if stat.S_ISREG(os.fstat(0).st_mode) else 0
+    if capture.is_fifo():
+        try:
+            return os.open(capture, os.O_RDONLY)  # waits for a writer, as tshark would
+        except OSError as e:
+            raise InputError(capture, f"cannot read ({e.strerror})") from None
+    return None
+
+
+def _pipe_head(pipe: int, capture: Path) -> bytes:
+    """The pipe's first four bytes, which must begin a capture (or a compressed file)."""
+    head = b""
+    while len(head) < 4 and (block := os.read(pipe, 4 - len(head))):
+        head += block
+    known = head in CAPTURE_MAGICS or any(head.startswith(m) for m in COMPRESSED_MAGICS)
+    if not known:
+        if pipe != 0:
+            os.close(pipe)
+        if not head:
+            raise InputError(capture, "nothing came through the pipe: not a capture")
+        raise InputError(
+            capture, f"not a pcap or pcapng capture (unknown file header {head.hex()})"
+        )
+    return head
+
+
+def _relay(head: bytes, pipe: int, sink) -> None:
+    """Copy the piped capture to tshark (os.read releases the GIL). Ends at the end of the
+    input, or when tshark is gone (killed on Ctrl-C, or done with an error)."""
+    try:
+        sink.write(head)
+        while block := os.read(pipe, 1 << 20):
+            sink.write(block)
+    except (OSError, ValueError):  # tshark closed its end, or the sink was closed
+        pass
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sink.close()
+        if pipe != 0:
+            os.close(pipe)
 
 
 def _widen_pipe(pipe) -> None:
