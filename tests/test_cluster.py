@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from conftest import CAPTURES, PLUG_IP, SCRIPTS, TPLINK_CAPTURES, capinfos_count
 DASK = Path(sys.executable).parent / "dask"
 BACKGROUND = CAPTURES / "sweep" / "protocols" / "coap_mqtt.pcap"  # 8,516 packets
 EVENTS = CAPTURES / "sweep" / "events"
+CHUNK_BYTES = packets.CHUNK_ROWS * 200  # a packets CSV row takes more than 200 bytes here
 SMALL_EVENTS = {("TapoLight", "toggle"): 3, ("TapoLight", "set_brightness"): 3}
 
 
@@ -217,6 +219,30 @@ def wait_for_part_files(folder: Path, process: subprocess.Popen, count: int) -> 
     raise AssertionError(f"not {count} output files started")
 
 
+def kill_a_worker_after_its_first_progress(cluster: Cluster, folder: Path, captures) -> None:
+    """SIGKILL to the worker whose output (a .part file in FOLDER) has its first chunk of
+    packets written, and so reported, as the progress bar shows it."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        written = [p for p in folder.glob("*.part") if p.stat().st_size > CHUNK_BYTES]
+        if written:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("no task wrote its first chunk of packets")
+    capture = next(str(c) for c in captures if written[0].name.startswith(f".{c.name}."))
+    time.sleep(0.5)  # for its progress event to reach the command
+    for worker in cluster.live_workers():
+        children = subprocess.run(
+            ["ps", "-o", "args=", "--ppid", str(worker.pid)], capture_output=True, text=True
+        ).stdout
+        if capture in children:  # its tshark reads the capture
+            worker.kill()
+            worker.wait(timeout=30)
+            return
+    raise AssertionError(f"no worker runs tshark on {capture}")
+
+
 # --- the same outputs as a local run -------------------------------------------------------
 
 
@@ -317,10 +343,7 @@ def test_a_killed_worker_loses_and_duplicates_no_row(two_workers, long_recording
         two_workers.address,
         cwd=tmp_path,
     )
-    wait_for_part_files(out, process, 2)  # both workers are writing
-    victim = two_workers.live_workers()[0]
-    victim.kill()
-    victim.wait(timeout=30)
+    kill_a_worker_after_its_first_progress(two_workers, out, long_recordings)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert stderr == ""
@@ -331,6 +354,31 @@ def test_a_killed_worker_loses_and_duplicates_no_row(two_workers, long_recording
         frames = pd.read_csv(out / f"{capture.name}.packets.csv", usecols=["frame_number"])
         assert frames["frame_number"].tolist() == list(range(1, capinfos_count(capture) + 1))
     assert f"{sum(capinfos_count(c) for c in long_recordings)} packets from 3 capture(s)" in stdout
+
+
+@pytest.mark.slow
+def test_progress_counts_each_packet_once_when_a_worker_dies(
+    two_workers, long_recordings, tmp_path
+):
+    """In process: the on_progress callback (the progress bar) gets the packets of the
+    killed run taken back when its task runs again."""
+    tasks = [(packets.translate, (c, tmp_path / f"{c.name}.csv")) for c in long_recordings]
+    counts = []
+
+    killer = threading.Thread(
+        target=kill_a_worker_after_its_first_progress,
+        args=(two_workers, tmp_path, long_recordings),
+    )
+    killer.start()
+    try:
+        results = dict(run_parallel(tasks, Workers(scheduler=two_workers.address), counts.append))
+    finally:
+        killer.join()
+    assert len(two_workers.live_workers()) == 1
+    expected = sum(capinfos_count(c) for c in long_recordings)
+    assert sum(r.packets for r in results.values()) == expected
+    assert sum(counts) == expected
+    assert any(count < 0 for count in counts), "no run was taken back: no worker died in one"
 
 
 @pytest.mark.slow

@@ -175,7 +175,7 @@ def _on_worker(function, arguments, topic):
         stop_if_cancelled()  # the next stage of a stopped task: not even started
         return topic
 
-    worker.log_event(topic, ["start", attempt, 0])
+    worker.log_event(topic, ["start", attempt, key])
     tagging = csvio.temporary_tag.set(tag)
     try:
         return function(*arguments, on_packets=report)
@@ -187,20 +187,27 @@ def _on_worker(function, arguments, topic):
 
 
 class _Attempts:
-    """The runs of the tasks that are going on (a task killed with its worker and run again
-    elsewhere has two), from their events; their progress handed on."""
+    """The runs of the tasks that are going on, from their events, and their progress
+    handed on. A task whose worker died runs again elsewhere: the packets its first run
+    counted are taken back, so that the bar counts each packet once."""
 
     def __init__(self, on_progress):
-        self.on_progress = on_progress
-        self.running: set[str] = set()
+        self.on_progress = on_progress or (lambda count: None)
+        self.running: dict[str, str] = {}  # run -> its task's key
+        self.counted: dict[str, int] = {}
 
     def event(self, message) -> None:
         kind, attempt, value = message
         if kind == "start":
-            self.running.add(attempt)
+            for earlier in [a for a, key in self.running.items() if key == value]:
+                del self.running[earlier]  # it never ended: its worker died
+                self.on_progress(-self.counted.pop(earlier, 0))
+            self.running[attempt] = value
         elif kind == "end":
-            self.running.discard(attempt)
-        elif kind == "packets" and self.on_progress:
+            self.running.pop(attempt, None)
+            self.counted.pop(attempt, None)
+        elif kind == "packets" and attempt in self.running:
+            self.counted[attempt] = self.counted.get(attempt, 0) + value
             self.on_progress(value)
 
     def wait_for_ends(self, inbox, seconds: float) -> None:
@@ -211,6 +218,26 @@ class _Attempts:
                 kind, item = inbox.get(timeout=0.1)
                 if kind == "event":
                     self.event(item)
+
+
+def _held_keys(keys, dask_worker=None) -> list:
+    """On a worker: which of the keys it still holds (a cancelled task whose thread runs)."""
+    return [key for key in keys if key in dask_worker.state.tasks]
+
+
+def _wait_until_stopped(client, keys, seconds: float) -> None:
+    """Until no worker holds a task of this run: cancelled ones forgotten, running ones
+    stopped. Asked of the workers themselves: a task that started as the command was
+    stopped has not said so yet."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            held = client.run(_held_keys, keys, on_error="ignore")
+        except Exception:  # the scheduler is gone: nothing more to learn
+            return
+        if not any(held.values()):
+            return
+        time.sleep(0.1)
 
 
 def _remove_temporary_files(tasks, topic: str) -> None:
@@ -275,7 +302,7 @@ def _run_on_cluster(tasks, address: str, on_progress):
         attempts.wait_for_ends(inbox, END_WAIT)
     except BaseException:
         client.cancel([future for future, _ in futures.values()])
-        attempts.wait_for_ends(inbox, STOP_WAIT)
+        _wait_until_stopped(client, list(futures), STOP_WAIT)
         raise
     finally:
         _remove_temporary_files(tasks, topic)
