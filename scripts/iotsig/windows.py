@@ -133,7 +133,7 @@ def cut(
             if packets is not None:
                 rows = in_window(packets, row.start, row.end, packet_times)
                 packets_csv = output_dir / f"{name}.packets.csv"
-                csvio.write_table(rows, PACKETS, packets_csv, float_format="%.6f")
+                csvio.write_table(rows, PACKETS, packets_csv)
                 packet_count = len(rows)
             listed = table.iloc[number - 1] if "line" in table else None
             result[kind].append(
