@@ -451,3 +451,24 @@ def test_traffic_report_on_resaved_packets_and_flows(recordings, tmp_path):
     pd.testing.assert_frame_equal(
         inventory[0].drop(columns=times), inventory[1].drop(columns=times)
     )
+
+
+def test_a_windows_code_page_is_one_line_naming_the_line_and_the_fix(recordings, tmp_path):
+    # Excel's "CSV (Comma delimited)": Windows-1252, which cannot be told from another code
+    # page by its bytes: refused, saying where and how to save it instead.
+    rows = cells(recordings.flows[0])
+    vendor = rows[0].index("resp_vendor")
+    rows[2][vendor] = "Électronique S.A."
+    path = write_cells(tmp_path / "ansi.flows.csv", rows, encoding="cp1252", lineterminator="\r\n")
+    problem = (
+        f"{path}: not UTF-8 text (line 3, byte 0xc9): a spreadsheet saved it in a Windows code "
+        "page (Excel's 'CSV (Comma delimited)'); save it again as 'CSV UTF-8' (Excel) or with "
+        "the character set Unicode (UTF-8) (LibreOffice)"
+    )
+    for script, options in (
+        ("signature-extractor.py", ("--device-name", "plug", "--device-ip", PLUG_IP)),
+        ("traffic-report.py", ()),
+    ):
+        result = run_script(script, path, *options, "-o", tmp_path / script, check=False)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [f"{script}: error: {problem}"]

@@ -3,6 +3,7 @@ text, and column checks that name what is wrong."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import contextvars
 import csv
@@ -462,7 +463,9 @@ def _read_fast(
 def _read(path: Path, **options) -> pd.DataFrame:
     try:
         return pd.read_csv(path, **options)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise InputError(path, not_utf8(path)) from None
+    except pd.errors.ParserError as e:
         raise InputError(path, f"not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
     except OSError as e:
         raise InputError(path, f"cannot read ({e.strerror})") from None
@@ -484,10 +487,35 @@ def _read_header(path: Path, table: Table) -> tuple[list[str], str]:
         raise InputError(path, "is a directory, not a CSV file") from None
     except pd.errors.EmptyDataError:
         raise InputError(path, f"empty file: not a {table.name} CSV (no header)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError:
+        raise InputError(path, not_utf8(path)) from None
+    except (pd.errors.ParserError, csv.Error) as e:
         raise InputError(path, f"not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
     except OSError as e:
         raise InputError(path, f"cannot read ({e.strerror})") from None
+
+
+def not_utf8(path: Path) -> str:
+    """The problem with a file that is not UTF-8, where, and what to do: a spreadsheet's
+    CSV in a Windows code page (which one cannot be told from the bytes)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                line += block.count(b"\n", 0, e.start)
+                where = f"line {line}, byte 0x{block[e.start]:02x}"
+                break
+            line += block.count(b"\n")
+        else:
+            where = "at its end"
+    return (
+        f"not UTF-8 text ({where}): a spreadsheet saved it in a Windows code page (Excel's "
+        "'CSV (Comma delimited)'); save it again as 'CSV UTF-8' (Excel) or with the "
+        "character set Unicode (UTF-8) (LibreOffice)"
+    )
 
 
 def split_header(line: str) -> tuple[list[str], str]:

@@ -46,12 +46,13 @@ def file_kind(path: Path, expected: tuple[str, ...] = KINDS) -> str:
 
 def header_columns(head: bytes) -> list[str] | None:
     """The column names of a CSV's first line; None when it is not text."""
+    first = head.split(b"\n", 1)[0]  # a later line in another character set: the reader's
     try:
-        text = head.decode("utf-8")
+        text = first.decode("utf-8")
     except UnicodeDecodeError as e:
-        if e.start < len(head) - 3:  # not merely a character cut at the end of the head
+        if e.start < len(first) - 3 or len(first) < len(head):  # not a character cut short
             return None
-        text = head[: e.start].decode("utf-8")
+        text = first[: e.start].decode("utf-8")
     line = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
     if not line.isprintable():
         return None
