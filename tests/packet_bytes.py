@@ -126,3 +126,31 @@ def ip_fragments(
 def ether_of(packet: bytes) -> bytes:
     """An IP packet in an Ethernet frame, its ethertype by the IP version."""
     return ethernet(packet, 0x86DD if packet[0] >> 4 == 6 else 0x0800)
+
+
+# Tunnels around an IP packet: the outer ends (by outer IP version), VXLAN's inner MAC.
+OUTER = {4: ("203.0.113.1", "203.0.113.2"), 6: ("2001:db8:ffff::1", "2001:db8:ffff::2")}
+INNER_MAC = "02:00:00:00:00:aa"
+
+
+def gre(inner: bytes, version: int = 4) -> bytes:
+    ethertype = 0x86DD if inner[0] >> 4 == 6 else 0x0800
+    return ip_packet(*OUTER[version], 47, struct.pack("!HH", 0, ethertype) + inner)
+
+
+def ip_in_ip(inner: bytes, version: int = 4) -> bytes:
+    return ip_packet(*OUTER[version], 41 if inner[0] >> 4 == 6 else 4, inner)
+
+
+def vxlan(inner: bytes, version: int = 4) -> bytes:
+    frame = ethernet(inner, 0x86DD if inner[0] >> 4 == 6 else 0x0800, src=INNER_MAC)
+    header = struct.pack("!II", 0x08000000, 42 << 8)  # flags: VNI present; VNI 42
+    return ip_packet(*OUTER[version], 17, udp_segment(*OUTER[version], 49152, 4789, header + frame))
+
+
+TUNNELS = {  # the tunnel column's value -> how to wrap a packet (outer IP version)
+    "gre": lambda p: gre(p),
+    "ipip": lambda p: ip_in_ip(p),
+    "4in6": lambda p: ip_in_ip(p, 6),
+    "vxlan": lambda p: vxlan(p),
+}

@@ -21,6 +21,7 @@ import re
 import shutil
 import struct
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,11 +40,19 @@ from conftest import (
     GATEWAY_IP,
     PLUG_IP,
     PLUG_MAC,
+    REPO,
     SHARED,
     TPLINK_CAPTURES,
     run_script,
 )
-from packet_bytes import transport_packet
+from packet_bytes import (
+    TUNNELS,
+    ether_of,
+    ip_fragments,
+    ip_packet,
+    transport_packet,
+    udp_segment,
+)
 
 SWEEP_CAPTURES = CAPTURES / "sweep"  # the shared captures no other test needed
 DEVICES = yaml.safe_load((SWEEP_CAPTURES / "events" / "devices.yaml").read_text())
@@ -71,6 +80,13 @@ class Case:
     kind: str  # what was done to make it (the outcome table counts by kind)
     source: str = ""  # the capture it was made from
     variant: str = ""  # the same edit of several sources: e.g. "E0.02/1" (group key)
+    warning: str = ""  # the warning an intact file gives on purpose (a datagram left open)
+    pipe_from: Path | None = None  # a FIFO: the capture written into it while it is read
+
+
+def counted(case: Case) -> Path:
+    """The file whose frames a case's rows must be: a FIFO's are its source's."""
+    return case.pipe_from or case.path
 
 
 def _run(*command, **options):
@@ -331,6 +347,107 @@ def link_layer_cases(folder: Path) -> list[Case]:
     return cases
 
 
+# --- fragments, tunnels, Wi-Fi, compressed files and pipes (issue 14) -------------------------
+
+FRAGMENT_WARNING = "IP fragment(s) whose datagram never completed"
+
+
+def fragment_cases(folder: Path) -> list[Case]:
+    """A request and a 3 kB UDP answer in three fragments, over IPv4 and over IPv6
+    (text2pcap), and each without its middle fragment (editcap): a datagram never
+    completed, whose two other fragments stay rows, with one warning."""
+    cases = []
+    addresses = {4: (PLUG_IP, "203.0.113.9"), 6: ("2001:db8::135", "2001:db8::9")}
+    for version, (device, server) in addresses.items():
+        request = udp_segment(device, server, 40000, 9999, b"state?")
+        answer = udp_segment(server, device, 9999, 40000, bytes(range(256)) * 12)
+        frames = [ether_of(ip_packet(device, server, 17, request))]
+        frames += [ether_of(p) for p in ip_fragments(server, device, 17, answer, 0x4242)]
+        whole = write_capture(frames, folder / f"fragments-ipv{version}.pcap")
+        cases.append(Case(whole, "IP fragments"))
+        cut = folder / f"fragments-ipv{version}-incomplete.pcap"
+        _run("editcap", whole, cut, "3")  # the middle fragment of three
+        cases.append(Case(cut, "IP fragments", warning=f"2 {FRAGMENT_WARNING}"))
+    return cases
+
+
+def tunnel_cases(folder: Path) -> list[Case]:
+    """The DNS, TCP and HTTP exchange inside GRE, IP-in-IP, IPv4-in-IPv6 and VXLAN."""
+    return [
+        Case(
+            write_capture([ether_of(wrap(p)) for p in _exchange()], folder / f"{name}.pcap"),
+            "tunnels",
+        )
+        for name, wrap in TUNNELS.items()
+    ]
+
+
+def wlan_frame(packet: bytes, ap: str = "00:11:22:33:44:66", far: str = "00:11:22:33:44:55"):
+    """An 802.11 data frame with LLC/SNAP: the plug's to the access point (ToDS), or one
+    from the access point to the plug (FromDS), by the packet's source address."""
+    mac = lambda m: bytes.fromhex(m.replace(":", ""))  # noqa: E731
+    if packet[12:16] == ipaddress.IPv4Address(PLUG_IP).packed:
+        head = b"\x08\x01\x00\x00" + mac(ap) + mac(PLUG_MAC) + mac(far)
+    else:
+        head = b"\x08\x02\x00\x00" + mac(PLUG_MAC) + mac(ap) + mac(far)
+    return head + b"\x10\x00" + b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + packet
+
+
+def wifi_cases(folder: Path) -> list[Case]:
+    """The exchange as 802.11 frames both ways: plain (link type 105) and behind radiotap."""
+    frames = [wlan_frame(p) for p in _exchange()]
+    radiotap = struct.pack("<BBHI", 0, 0, 8, 0)
+    return [
+        Case(write_capture(frames, folder / "wlan-plain.pcap", 105), "802.11"),
+        Case(
+            write_capture([radiotap + f for f in frames], folder / "wlan-radiotap.pcap", 127),
+            "802.11",
+        ),
+    ]
+
+
+COMPRESSORS = {  # suffix -> the command compressing IN to OUT
+    ".gz": lambda i, o: ["gzip", "-c", i],
+    ".zst": lambda i, o: ["zstd", "-q", "-c", i],
+    ".lz4": lambda i, o: ["lz4", "-q", "-c", i],
+}
+
+
+def input_cases(folder: Path) -> list[Case]:
+    """A pcap and a pcapng compressed with gzip, zstd and lz4 (where the tools are), and
+    captures written into named pipes (FIFOs) while the translator reads them."""
+    cases = []
+    for suffix, command in COMPRESSORS.items():
+        if not shutil.which(command("", "")[0]):
+            continue
+        for source in (TPLINK_CAPTURES[0], CAPTURES / "dhcp.pcapng"):
+            out = folder / f"{source.name}{suffix}"
+            with open(out, "wb") as sink:
+                subprocess.run(command(str(source), str(out)), stdout=sink, check=True)
+            cases.append(Case(out, "compressed", source.name))
+    for source in (TPLINK_CAPTURES[1], CAPTURES / "dhcp.pcapng"):
+        fifo = folder / f"fifo-{source.name}"
+        os.mkfifo(fifo)
+        cases.append(Case(fifo, "piped (FIFO)", source.name, pipe_from=source))
+    return cases
+
+
+def feed_pipes(cases: list[Case]) -> None:
+    """Write each FIFO's capture into it, in the background: opening blocks until the
+    translator opens it to read."""
+
+    def feed(case: Case) -> None:
+        try:
+            with open(case.path, "wb") as pipe:
+                pipe.write(case.pipe_from.read_bytes())
+        except BrokenPipeError:  # the reader gave up: its outcome says why
+            pass
+
+    for case in cases:
+        if case.pipe_from:
+            threading.Thread(target=feed, args=(case,), daemon=True).start()
+
+
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
 
 
@@ -376,7 +493,8 @@ def build_corpus(folder: Path) -> list[Case]:
             copy = folder / name
             shutil.copy(path, copy)
             cases[-1].path = copy
-    for make in (mutations, link_layer_cases, garbage_cases):
+    makers = (mutations, link_layer_cases, garbage_cases, fragment_cases, tunnel_cases)
+    for make in (*makers, wifi_cases, input_cases):
         sub = folder / make.__name__
         sub.mkdir()
         cases += make(sub)
@@ -479,7 +597,8 @@ def sweep(tmp_path_factory):
     base = tmp_path_factory.mktemp("sweep")
     cases = build_corpus(base / "captures")
     out = base / "out"
-    counts = parallel(lambda c: capinfos_count(c.path), cases, workers=4)
+    counts = parallel(lambda c: capinfos_count(counted(c)), cases, workers=4)
+    feed_pipes(cases)
     translated = run_script(
         TRANSLATOR, "-q", "-o", out, *(c.path for c in cases), check=False, timeout=900
     )
@@ -539,7 +658,7 @@ def test_capinfos_counts_what_tshark_reads(sweep):
     """The expected row counts come from capinfos (fast): on a seeded sample of the corpus,
     it counts exactly the frames of tshark's own fields export."""
     sample = random.Random(3).sample(sweep.outcomes, 24)
-    assert parallel(lambda o: _packet_count(o.case.path), sample) == [
+    assert parallel(lambda o: _packet_count(counted(o.case)), sample) == [
         o.expected_rows for o in sample
     ]
 
@@ -569,7 +688,7 @@ def test_every_capture_gives_all_its_frames_or_one_error_line(sweep):
             problems.append(f"{name}: neither a CSV nor an error line")
         elif o.rows != o.expected_rows or not o.rows:
             problems.append(f"{name}: {o.rows} rows, tshark reads {o.expected_rows}")
-        elif len(o.warnings) > 1:
+        elif len(damage_warnings(o)) > 1 or len(o.warnings) - len(damage_warnings(o)) > 1:
             problems.append(f"{name}: {len(o.warnings)} warnings")
     assert problems == []
 
@@ -581,8 +700,9 @@ def test_only_files_without_a_readable_frame_fail(sweep):
     for o in sweep.outcomes:
         if o.case.kind in ("random bytes", "zero-length", "no packets"):
             assert o.errors, o.case.path.name
-        if o.case.kind in ("link layers", "several interfaces"):
-            assert o.label == "rows", (o.case.path.name, o.warnings, o.errors)
+        if o.case.kind in ("link layers", "several interfaces", *ISSUE_14_KINDS):
+            expected = "rows + warning" if o.case.warning else "rows"
+            assert o.label == expected, (o.case.path.name, o.warnings, o.errors)
 
 
 @pytest.mark.sweep
@@ -591,9 +711,65 @@ def test_a_warning_exactly_when_the_file_is_damaged(sweep):
     kept), and without one for an intact capture, however garbled its packets' bytes."""
     for o in sweep.outcomes:
         if o.csv:
-            assert bool(o.warnings) == o.damaged, (o.case.path.name, o.warnings)
+            assert bool(damage_warnings(o)) == o.damaged, (o.case.path.name, o.warnings)
+            datagrams = [w for w in o.warnings if FRAGMENT_WARNING in w]
+            if o.case.warning:  # a datagram left open on purpose
+                assert len(datagrams) == 1 and o.case.warning in datagrams[0], o.warnings
+            elif datagrams:  # edited bytes can make a fragment; a cut can leave one open
+                assert o.case.kind in EDITS, (o.case.path.name, o.warnings)
     cut = [o for o in sweep.outcomes if o.case.kind == "head -c" and o.csv]
     assert len(cut) > 30 and all("cut short" in o.warnings[0] for o in cut if o.damaged)
+
+
+ISSUE_14_KINDS = ("IP fragments", "tunnels", "802.11", "compressed", "piped (FIFO)")
+EDITS = ("editcap -E", "editcap -c", "editcap -s", "head -c", "byte overwrites")
+
+
+def damage_warnings(outcome: Outcome) -> list[str]:
+    """The warnings about the file (cut, damaged), not about datagrams left open."""
+    return [w for w in outcome.warnings if FRAGMENT_WARNING not in w]
+
+
+def _packets_of(sweep, case: Case) -> pd.DataFrame:
+    path = sweep.out / f"{case.path.name}.packets.csv"
+    return pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns="capture")
+
+
+@pytest.mark.sweep
+def test_compressed_and_piped_captures_give_the_rows_of_the_capture_itself(sweep):
+    """A gzip/zstd/lz4 file or a FIFO: the packets CSV of the capture it holds, row for row."""
+    cases = [c for c in sweep.cases if c.kind in ("compressed", "piped (FIFO)")]
+    assert {c.kind for c in cases} == {"compressed", "piped (FIFO)"}
+    for case in cases:
+        source = next(
+            c for c in sweep.cases if c.kind == "public capture" and c.source == case.source
+        )
+        pd.testing.assert_frame_equal(_packets_of(sweep, case), _packets_of(sweep, source))
+
+
+@pytest.mark.sweep
+def test_fragments_tunnels_and_wifi_in_the_sweep_give_the_conversations_inside(sweep):
+    """Tunnels: the plug's own conversations, the tunnel named; 802.11: the plug's MAC;
+    fragments: every datagram whole in one flow (none without ports), but the one left open."""
+    for case in (c for c in sweep.cases if c.kind in ("tunnels", "802.11", "IP fragments")):
+        rows = _packets_of(sweep, case)
+        flows = pd.read_csv(
+            sweep.out / f"{case.path.name}.flows.csv", dtype=str, keep_default_na=False
+        )
+        portless = flows["proto"].isin(["tcp", "udp"]) & (flows["orig_p"] == "")
+        if case.kind == "tunnels":
+            assert set(rows["tunnel"]) == {case.path.stem}, case.path.name
+            assert PLUG_IP in set(flows["orig_h"]) and not portless.any(), case.path.name
+        elif case.kind == "802.11":
+            assert PLUG_MAC in set(rows["eth_src"]) and PLUG_MAC in set(rows["eth_dst"])
+            assert set(rows["ip_src"]) >= {PLUG_IP, GATEWAY_IP}
+        else:
+            assert len(flows) == (2 if case.warning else 1), case.path.name
+            assert portless.sum() == bool(case.warning), case.path.name
+
+
+README_PATH = REPO / "README.md"
+OUTCOME_TABLE = re.compile(r"(<!-- outcomes:start -->\n)(\|.*?\|\n)(?!\|)", re.S)
 
 
 @pytest.mark.sweep
@@ -620,6 +796,17 @@ def test_outcome_table(sweep):
     print("\n" + "\n".join(lines))
     assert sum(total.values()) == len(sweep.cases) and set(total) <= set(labels)
     assert total["rows"] > total["error"] > 0
+    # The README's table is this one: IOTSIG_UPDATE_README=1 writes it there.
+    readme = README_PATH.read_text(encoding="utf-8")
+    table_text = "\n".join(lines) + "\n"
+    if os.environ.get("IOTSIG_UPDATE_README"):
+        readme = OUTCOME_TABLE.sub(lambda m: m.group(1) + table_text, readme, count=1)
+        README_PATH.write_text(readme, encoding="utf-8")
+    found = OUTCOME_TABLE.search(readme)
+    assert found and found.group(2) == table_text, (
+        "README's outcome table is stale: run IOTSIG_UPDATE_README=1 .venv/bin/python -m "
+        "pytest tests/test_robustness.py -k outcome_table"
+    )
 
 
 # --- the sweep: stream-identifier -------------------------------------------------------------
