@@ -472,3 +472,14 @@ def test_a_windows_code_page_is_one_line_naming_the_line_and_the_fix(recordings,
         result = run_script(script, path, *options, "-o", tmp_path / script, check=False)
         assert result.returncode == 1
         assert result.stderr.splitlines() == [f"{script}: error: {problem}"]
+
+
+def test_a_coap_code_without_a_method_name_is_spelled_class_detail(tmp_path):
+    # Codes 0.08-0.31 have no method name: they stopped the translator (an internal error);
+    # spelled as the registry writes codes, they also read back from a spreadsheet's copy.
+    frame = udp_frame(coap_response(0, 8, 7), 5683)  # CON, code 0.08
+    capture = write_capture([frame], tmp_path / "coap-008.pcap")
+    run_script("packet-translator.py", capture, "-o", tmp_path, "-q")
+    path = tmp_path / "coap-008.pcap.packets.csv"
+    assert column_of(cells(path), "coap_code") == ["0.08"]
+    assert fields.coap_code_respelled("0.08") == "0.08"

@@ -134,7 +134,8 @@ def coap_codes(values) -> pd.Series:
 
     def one(code: str) -> str:
         number = int(code)
-        return COAP_METHODS.get(code) if number < 32 else f"{number >> 5}.{number & 31:02d}"
+        spelled = f"{number >> 5}.{number & 31:02d}"  # (an unassigned method: 0.08 ... 0.31)
+        return COAP_METHODS.get(code, spelled) if number < 32 else spelled
 
     def spell(value: str) -> str:
         return ";".join(dict.fromkeys(one(c) for c in value.split(";") if c.isdigit()))
@@ -264,7 +265,8 @@ REGISTRY = [
         "coap_code",
         ("coap.code",),
         "str",
-        "CoAP method (GET, POST, PUT, DELETE) or response code (2.05 ...)",
+        "CoAP method (GET, POST, PUT, DELETE ...) or code class.detail (2.05, 4.00 ...; "
+        "a method code without a name: 0.08 ...)",
         coap_codes,
         label="code",
         flow_meaning="CoAP methods / codes",
