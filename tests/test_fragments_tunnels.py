@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -105,15 +106,48 @@ def datagram_bytes(version: int, answers: int = 150) -> tuple[int, int]:
 # --- running the scripts ------------------------------------------------------------------------
 
 
-def translate_and_flow(
-    capture: Path, out: Path, *options
-) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(packets, flows, the translator's stderr)."""
-    result = run_script("packet-translator.py", capture, "-o", out, "-q", *options)
-    run_script("stream-identifier.py", out / f"{capture.name}.packets.csv", "-o", out, "-q")
-    packets = pd.read_csv(out / f"{capture.name}.packets.csv", dtype=str, keep_default_na=False)
-    flows = pd.read_csv(out / f"{capture.name}.flows.csv", dtype=str, keep_default_na=False)
-    return packets, flows, result.stderr
+def made_captures(folder: Path) -> dict[str, Path]:
+    """Every capture the quick tests read, by name: real ones and ones built here."""
+    made = {"dns_fragmented.pcap": DNS_FRAGMENTED, "6in4tunnel.pcap": CAPTURES / "6in4tunnel.pcap"}
+    for version in (4, 6):
+        made[f"frag{version}.pcap"] = write_capture(
+            fragmented_answers(version), folder / f"frag{version}.pcap"
+        )
+    cut = folder / "incomplete.pcap"  # dns_fragmented.pcap without frames 2 and 5
+    subprocess.run(["editcap", str(DNS_FRAGMENTED), str(cut), "2", "5"], check=True)
+    made[cut.name] = cut
+    for tunnel, wrap in TUNNELS.items():
+        frames = [ether_of(wrap(p)) for p in dns_exchange()]
+        made[f"{tunnel}.pcap"] = write_capture(frames, folder / f"{tunnel}.pcap")
+    query = dns_exchange()[0]
+    frames = [query, icmp_port_unreachable(query)]
+    made["icmp.pcap"] = write_capture([ether_of(p) for p in frames], folder / "icmp.pcap")
+    frames = [ether_of(gre(p)) for p in frames]
+    made["icmp-in-gre.pcap"] = write_capture(frames, folder / "icmp-in-gre.pcap")
+    made["gre-frag.pcap"] = write_capture(gre_fragments(), folder / "gre-frag.pcap")
+    return made
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """The captures through packet-translator (one run) and stream-identifier (one run), as
+    a user runs them; of(name) -> (packets, flows, the translator's lines about it)."""
+    folder = tmp_path_factory.mktemp("fragments-tunnels")
+    captures = made_captures(folder)
+    out = folder / "out"
+    result = run_script("packet-translator.py", *captures.values(), "-o", out, "-q")
+    csvs = [out / f"{c.name}.packets.csv" for c in captures.values()]
+    run_script("stream-identifier.py", *csvs, "-o", out, "-q")
+
+    def of(name: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+        capture = captures[name]
+        read = lambda kind: pd.read_csv(  # noqa: E731
+            out / f"{capture.name}.{kind}.csv", dtype=str, keep_default_na=False
+        )
+        lines = [line for line in result.stderr.splitlines() if f" {capture}: " in line]
+        return read("packets"), read("flows"), lines
+
+    return SimpleNamespace(of=of, captures=captures)
 
 
 def portless(flows: pd.DataFrame) -> pd.DataFrame:
@@ -125,12 +159,12 @@ def portless(flows: pd.DataFrame) -> pd.DataFrame:
 # --- fragments -------------------------------------------------------------------------------
 
 
-def test_a_fragmented_dns_answer_is_one_flow_with_all_its_bytes(tmp_path):
+def test_a_fragmented_dns_answer_is_one_flow_with_all_its_bytes(batch):
     """dns_fragmented.pcap (real): the IPv4 answer of frames 2-3 and the IPv6 answer of
     frames 5-6 are each one flow with their query: the fragment's frame counted, the
     datagram's payload once (1702 and 1501 bytes), and no port-less UDP flow."""
-    packets, flows, stderr = translate_and_flow(DNS_FRAGMENTED, tmp_path)
-    assert stderr == ""
+    packets, flows, warnings = batch.of("dns_fragmented.pcap")
+    assert warnings == []
     assert len(packets) == capinfos_count(DNS_FRAGMENTED)
     assert portless(flows).empty, portless(flows)[["orig_h", "resp_h"]]
     first = packets[packets["frame_number"].isin(["2", "3", "5", "6"])]
@@ -158,10 +192,9 @@ def test_a_fragmented_dns_answer_is_one_flow_with_all_its_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("version", [4, 6])
-def test_fragments_of_two_datagrams_between_the_same_hosts_are_never_merged(tmp_path, version):
-    capture = write_capture(fragmented_answers(version), tmp_path / f"frag{version}.pcap")
-    packets, flows, stderr = translate_and_flow(capture, tmp_path)
-    assert stderr == ""
+def test_fragments_of_two_datagrams_between_the_same_hosts_are_never_merged(batch, version):
+    packets, flows, warnings = batch.of(f"frag{version}.pcap")
+    assert warnings == []
     assert portless(flows).empty
     assert sorted(flows["orig_p"]) == ["40001", "40002"]
     payload, frame_bytes = datagram_bytes(version)
@@ -193,17 +226,14 @@ def test_a_datagram_completed_in_a_later_chunk_joins_its_fragments(tmp_path, mon
     assert rows["dst_port"].iloc[2:].tolist() == ["40001", "40002"] * 3
 
 
-def test_fragments_whose_datagram_never_completes_are_kept_with_one_warning(tmp_path):
+def test_fragments_whose_datagram_never_completes_are_kept_with_one_warning(batch):
     """dns_fragmented.pcap without frames 2 and 5 (editcap): the last fragments of those two
     answers never complete a datagram. Their rows stay, as tshark gives them (udp, no
     ports), the other datagrams are joined, and one warning counts them."""
-    cut = tmp_path / "incomplete.pcap"
-    subprocess.run(
-        ["editcap", str(DNS_FRAGMENTED), str(cut), "2", "5"], check=True, capture_output=True
-    )
-    packets, flows, stderr = translate_and_flow(cut, tmp_path)
+    packets, flows, warnings = batch.of("incomplete.pcap")
+    cut = batch.captures["incomplete.pcap"]
     assert len(packets) == capinfos_count(DNS_FRAGMENTED) - 2
-    assert stderr.splitlines() == [
+    assert warnings == [
         f"packet-translator.py: warning: {cut}: 2 IP fragment(s) whose datagram never completed "
         "(first: frame 2): kept as tshark gives them, without ports"
     ]
@@ -281,11 +311,9 @@ def icmp_port_unreachable(packet: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("tunnel", list(TUNNELS))
-def test_a_dns_exchange_inside_a_tunnel_is_one_flow_of_the_inner_hosts(tmp_path, tunnel):
-    wrap = TUNNELS[tunnel]
-    capture = write_capture([ether_of(wrap(p)) for p in dns_exchange()], tmp_path / "t.pcap")
-    packets, flows, stderr = translate_and_flow(capture, tmp_path)
-    assert stderr == ""
+def test_a_dns_exchange_inside_a_tunnel_is_one_flow_of_the_inner_hosts(batch, tunnel):
+    packets, flows, warnings = batch.of(f"{tunnel}.pcap")
+    assert warnings == []
     outer_src, outer_dst = OUTER[6 if tunnel == "4in6" else 4]
     assert packets[
         ["ip_version", "ip_src", "ip_dst", "l4_proto", "src_port", "dst_port"]
@@ -316,11 +344,10 @@ def test_a_dns_exchange_inside_a_tunnel_is_one_flow_of_the_inner_hosts(tmp_path,
     assert flow["dns_qry_name"] == "iot.example.com"
 
 
-def test_ipv6_in_ipv4_real_capture_gives_the_inner_conversation(tmp_path):
+def test_ipv6_in_ipv4_real_capture_gives_the_inner_conversation(batch):
     """6in4tunnel.pcap (real): IPv6 rows, the IPv4 ends in outer_ip_src/outer_ip_dst; its
     ICMPv6 errors quote an IPv6 TCP packet and stay ICMPv6 rows without ports."""
-    capture = CAPTURES / "6in4tunnel.pcap"
-    packets, flows, stderr = translate_and_flow(capture, tmp_path)
+    packets, flows, warnings = batch.of("6in4tunnel.pcap")
     assert set(packets["ip_version"]) == {"6"} and set(packets["tunnel"]) == {"6in4"}
     assert set(packets["outer_ip_src"]) | set(packets["outer_ip_dst"]) == {
         "174.3.73.24",
@@ -336,16 +363,11 @@ def test_ipv6_in_ipv4_real_capture_gives_the_inner_conversation(tmp_path):
 
 
 @pytest.mark.parametrize("tunnelled", [False, True], ids=["plain", "in gre"])
-def test_an_icmp_error_is_the_icmp_packet_not_the_one_it_quotes(tmp_path, tunnelled):
+def test_an_icmp_error_is_the_icmp_packet_not_the_one_it_quotes(batch, tunnelled):
     """eth:ip:icmp:ip:udp is not a tunnel: the row is the ICMP error, from the resolver,
     without the quoted ports; inside GRE it is the inner ICMP error, tunnel gre."""
-    query = dns_exchange()[0]
-    error = icmp_port_unreachable(query)
-    frames = [query, error]
-    if tunnelled:
-        frames = [gre(p) for p in frames]
-    capture = write_capture([ether_of(p) for p in frames], tmp_path / "icmp.pcap")
-    packets, flows, stderr = translate_and_flow(capture, tmp_path)
+    packets, flows, warnings = batch.of("icmp-in-gre.pcap" if tunnelled else "icmp.pcap")
+    assert warnings == []
     row = packets.iloc[1]
     assert (row["l4_proto"], row["src_port"], row["dst_port"], row["icmp_type"]) == (
         "icmp",
@@ -378,29 +400,32 @@ def test_main_finds_a_device_whose_address_is_only_inside_a_gre_tunnel(tmp_path)
     )
 
 
-def test_fragments_of_a_tunnel_packet_belong_to_the_inner_conversation(tmp_path):
-    """A GRE packet fragmented on its way (outer IPv4 fragments, a 2.4 kB DNS answer
-    inside): every fragment's row is the inner conversation's, one flow with the query."""
-    device, resolver = DEVICE[4], RESOLVER[4]
+def gre_fragments() -> list[bytes]:
+    """A DNS query in GRE, and its 2.4 kB answer in a GRE packet cut in three outer IPv4
+    fragments on its way."""
     query, _ = dns_exchange()
-    answer = udp_segment(resolver, device, 53, 40001, dns_answer("iot.example.com", 150))
-    inner = ip_packet(resolver, device, 17, answer)
+    answer = udp_segment(RESOLVER[4], DEVICE[4], 53, 40001, dns_answer("iot.example.com", 150))
+    inner = ip_packet(RESOLVER[4], DEVICE[4], 17, answer)
     gre_payload = struct.pack("!HH", 0, 0x0800) + inner
     pieces = ip_fragments(*OUTER[4], 47, gre_payload, ident=0x2000, size=1200)
-    capture = write_capture(
-        [ether_of(gre(query))] + [ether_of(p) for p in pieces], tmp_path / "gre-frag.pcap"
-    )
-    packets, flows, stderr = translate_and_flow(capture, tmp_path)
-    assert stderr == ""
-    assert len(pieces) == 3 and len(packets) == 4
+    return [ether_of(gre(query))] + [ether_of(p) for p in pieces]
+
+
+def test_fragments_of_a_tunnel_packet_belong_to_the_inner_conversation(batch):
+    """A GRE packet fragmented on its way (outer IPv4 fragments, a 2.4 kB DNS answer
+    inside): every fragment's row is the inner conversation's, one flow with the query."""
+    packets, flows, warnings = batch.of("gre-frag.pcap")
+    assert warnings == []
+    assert len(packets) == 4
     assert (
         packets[["ip_src", "src_port", "tunnel", "outer_ip_src"]].iloc[1:].values.tolist()
-        == [[resolver, "53", "gre", OUTER[4][0]]] * 3
+        == [[RESOLVER[4], "53", "gre", OUTER[4][0]]] * 3
     )
     assert len(flows) == 1
     flow = flows.iloc[0]
+    answer = dns_answer("iot.example.com", 150)
     assert (flow["orig_pkts"], flow["resp_pkts"], flow["resp_bytes"]) == (
         "1",
         "3",
-        str(len(answer) - 8),
+        str(len(answer)),
     )
