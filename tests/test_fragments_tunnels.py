@@ -226,6 +226,26 @@ def test_a_datagram_completed_in_a_later_chunk_joins_its_fragments(tmp_path, mon
     assert rows["dst_port"].iloc[2:].tolist() == ["40001", "40002"] * 3
 
 
+def test_a_fragment_waits_a_bounded_number_of_frames(tmp_path, monkeypatch):
+    """Rows wait for a datagram at most FRAGMENT_WAIT_FRAMES frames (memory stays bounded):
+    past that, a fragment is kept as tshark gives it and counted as never completed."""
+    from iotsig import packets
+
+    capture = write_capture(fragmented_answers(6), tmp_path / "frag6.pcap")
+    monkeypatch.setattr(packets, "CHUNK_ROWS", 1)
+    # Frames 3-8: the two answers' fragments interleaved, each completed 4 frames after its
+    # first fragment: the first fragments (3, 4) wait too long, the second ones do not.
+    monkeypatch.setattr(packets, "FRAGMENT_WAIT_FRAMES", 2)
+    result = packets.translate(capture, tmp_path / "bounded.csv")
+    assert result.warnings == [
+        f"{capture}: 2 IP fragment(s) whose datagram never completed (first: frame 3): kept "
+        "as tshark gives them, without ports"
+    ]
+    rows = pd.read_csv(tmp_path / "bounded.csv", dtype=str, keep_default_na=False)
+    assert rows["frame_number"].tolist() == [str(n) for n in range(1, 9)]
+    assert rows["dst_port"].iloc[2:].tolist() == ["", "", "40001", "40002", "40001", "40002"]
+
+
 def test_fragments_whose_datagram_never_completes_are_kept_with_one_warning(batch):
     """dns_fragmented.pcap without frames 2 and 5 (editcap): the last fragments of those two
     answers never complete a datagram. Their rows stay, as tshark gives them (udp, no
