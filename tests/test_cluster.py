@@ -283,13 +283,23 @@ def test_translator_on_the_cluster_writes_the_local_files_and_names_a_bad_captur
 
 
 @pytest.mark.slow
-def test_main_on_the_cluster_writes_the_local_files(two_workers, tmp_path):
+def test_main_and_event_detector_on_the_cluster_write_the_local_files(two_workers, tmp_path):
     command = ("main.py", "-q", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "--no-report")
     run_script(*command, "-o", tmp_path / "local")
     remote = run_script(*command, "-o", tmp_path / "remote", "--scheduler", two_workers.address)
     assert remote.stderr == ""
     assert_same_files(tmp_path / "local", tmp_path / "remote")
     assert {"signature.csv", "pattern.txt", "profile.yaml"} <= set(files_of(tmp_path / "remote"))
+
+    # event-detector on the captures, into one output path (detections.csv names the files)
+    detect = ("event-detector.py", "-q", tmp_path / "local" / "signature.csv", *TPLINK_CAPTURES)
+    run_script(*detect, "-o", tmp_path / "detected")
+    (tmp_path / "detected").rename(tmp_path / "detected-local")
+    remote = run_script(*detect, "-o", tmp_path / "detected", "--scheduler", two_workers.address)
+    assert remote.stderr == ""
+    assert_same_files(tmp_path / "detected-local", tmp_path / "detected")
+    detections = pd.read_csv(tmp_path / "detected" / "detections.csv")
+    assert len(detections) == len(TPLINK_CAPTURES)  # the toggle in each recording
 
 
 @pytest.mark.slow
