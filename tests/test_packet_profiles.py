@@ -4,8 +4,10 @@ reason where ../shared is absent), run through the real scripts."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -253,3 +255,27 @@ def test_routes_are_found_without_a_baseline_only_where_flows_and_packets_agree(
     assert _detected(tmp_path / "d") == sorted(
         [(local[5].name, "set_color"), (cloud[5].name, "set_color"), (toggles[9].name, "toggle")]
     )
+
+
+def test_a_profile_is_the_same_whatever_the_hash_seed():
+    """Two packet sizes whose median positions tie are ordered by item, not by the order of
+    a set of strings (which changes with PYTHONHASHSEED: two evaluate runs once wrote
+    different pattern.txt files)."""
+    program = (
+        "import numpy as np, pandas as pd\n"
+        "from iotsig import signature as sig\n"
+        "sizes = sig.payload_matrix(pd.Series(['720 -87', '-87 720', '720 -87', '-87 720']))\n"
+        "keys, profiles = sig.profile_patterns(np.zeros(4, int), np.arange(4), sizes, 4)\n"
+        "print([sig.profile_text(p) for p in profiles.values()])\n"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", program],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in range(8)
+    }
+    assert len(outputs) == 1, outputs

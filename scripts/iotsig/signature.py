@@ -408,7 +408,8 @@ def _complementary_routes(flows: pd.DataFrame, recordings: list[Recording]) -> l
         return []
     table = _item_table(flows, smallest)
     in_items = set(_recording_sets(table["item"], table["recording"], smallest, n - smallest))
-    for part in sorted(set(parts), key=len, reverse=True):
+    # (largest first; among equals, by name: a set's order changes from run to run)
+    for part in sorted(set(parts), key=lambda p: (-len(p), sorted(p))):
         rest = everyone - part
         if rest in in_items:
             return [[r.name for r in recordings if r.name in group] for group in (part, rest)]
@@ -585,7 +586,8 @@ def profile_patterns(
     final = target[groups]
     profiles = {
         g: tuple(
-            _item_range(ranges, i) for i in sorted(items_, key=lambda i: ranges.at[int(i), "at"])
+            _item_range(ranges, i)
+            for i in sorted(items_, key=lambda i: (ranges.at[int(i), "at"], int(i)))
         )
         for g, items_ in profiles.items()
     }
