@@ -209,3 +209,21 @@ def capinfos_count(capture: Path) -> int:
         check=True,
     ).stdout
     return int(out.strip().splitlines()[-1].split("\t")[-1])
+
+
+LONG_BACKGROUND = CAPTURES / "sweep" / "protocols" / "coap_mqtt.pcap"  # 8,516 packets
+
+
+def long_tplink_recordings(folder: Path) -> list[Path]:
+    """The three TP-Link recordings, each followed by ~85,000 packets of other traffic
+    (mergecap): seconds of work per capture, time to stop or kill a run in the middle."""
+    recordings = []
+    for capture in TPLINK_CAPTURES:
+        out = folder / capture.name
+        subprocess.run(
+            ["mergecap", "-F", "pcap", "-a", "-w", str(out), str(capture)]
+            + [str(LONG_BACKGROUND)] * 10,
+            check=True,
+        )
+        recordings.append(out)
+    return recordings

@@ -22,10 +22,17 @@ import pytest
 from iotsig import packets
 from iotsig.parallel import Workers, run_parallel
 
-from conftest import CAPTURES, PLUG_IP, SCRIPTS, TPLINK_CAPTURES, capinfos_count, run_script
+from conftest import (
+    CAPTURES,
+    PLUG_IP,
+    SCRIPTS,
+    TPLINK_CAPTURES,
+    capinfos_count,
+    long_tplink_recordings,
+    run_script,
+)
 
 DASK = Path(sys.executable).parent / "dask"
-BACKGROUND = CAPTURES / "sweep" / "protocols" / "coap_mqtt.pcap"  # 8,516 packets
 EVENTS = CAPTURES / "sweep" / "events"
 CHUNK_BYTES = packets.CHUNK_ROWS * 200  # a packets CSV row takes more than 200 bytes here
 SMALL_EVENTS = {("TapoLight", "toggle"): 3, ("TapoLight", "set_brightness"): 3}
@@ -150,18 +157,8 @@ def two_workers(cluster) -> Cluster:
 
 @pytest.fixture(scope="module")
 def long_recordings(tmp_path_factory) -> list[Path]:
-    """The three TP-Link recordings, each followed by ~85,000 packets of other traffic:
-    seconds of work per task, time to stop or kill it in the middle."""
-    folder = tmp_path_factory.mktemp("long")
-    recordings = []
-    for capture in TPLINK_CAPTURES:
-        out = folder / capture.name
-        subprocess.run(
-            ["mergecap", "-F", "pcap", "-a", "-w", str(out), str(capture), *[str(BACKGROUND)] * 10],
-            check=True,
-        )
-        recordings.append(out)
-    return recordings
+    """The TP-Link recordings with ~85,000 packets of other traffic after each."""
+    return long_tplink_recordings(tmp_path_factory.mktemp("long"))
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

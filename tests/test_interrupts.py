@@ -19,26 +19,22 @@ import pytest
 from iotsig import csvio
 from iotsig.schema import PACKETS
 
-from conftest import CAPTURES, PLUG_IP, SCRIPTS, TPLINK_CAPTURES, capinfos_count, run_script
+from conftest import (
+    PLUG_IP,
+    SCRIPTS,
+    TPLINK_CAPTURES,
+    capinfos_count,
+    long_tplink_recordings,
+    run_script,
+)
 
-BACKGROUND = CAPTURES / "sweep" / "protocols" / "coap_mqtt.pcap"  # 8,516 packets
 MAIN_OUTPUTS = {"pattern.txt", "profile.yaml", "signature.csv"}
 
 
 @pytest.fixture(scope="module")
 def long_recordings(tmp_path_factory) -> list[Path]:
-    """The three TP-Link recordings, each followed by ~85,000 packets of other traffic:
-    main.py needs several seconds for them, time to stop it in the middle."""
-    folder = tmp_path_factory.mktemp("long")
-    recordings = []
-    for capture in TPLINK_CAPTURES:
-        out = folder / capture.name
-        subprocess.run(
-            ["mergecap", "-F", "pcap", "-a", "-w", str(out), str(capture), *[str(BACKGROUND)] * 10],
-            check=True,
-        )
-        recordings.append(out)
-    return recordings
+    """The TP-Link recordings with ~85,000 packets of other traffic after each."""
+    return long_tplink_recordings(tmp_path_factory.mktemp("long"))
 
 
 def start(script: str, *args) -> subprocess.Popen:

@@ -214,23 +214,20 @@ def camera_halves(tmp_path_factory):
     return folder, halves(CAMERA, IFTTT_LOG, spec, folder)
 
 
+def learn_camera(run, capture, log, out):
+    """main.py on (part of) the camera's week with (part of) its IFTTT log."""
+    return run(
+        "main.py", "blink-cam-01", CAMERA_IP, capture, "--events", log, *IFTTT_FLAGS,
+        "-o", out, "--no-report",
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 @needs_camera
 def test_learned_on_the_first_half_of_the_log_the_second_half_is_found(run, camera_halves):
     folder, parts = camera_halves
     capture, log = parts["first"]
-    learned = run(
-        "main.py",
-        "blink-cam-01",
-        CAMERA_IP,
-        capture,
-        "--events",
-        log,
-        *IFTTT_FLAGS,
-        "-o",
-        folder / "learn",
-        "--no-report",
-    )
+    learned = learn_camera(run, capture, log, folder / "learn")
     assert "19 of 19 listed time(s) learned" in learned.stdout
     index = pd.read_csv(folder / "learn" / "windows" / "windows.csv", dtype=str)
     events = index[index["kind"] == "event"]
@@ -278,33 +275,10 @@ def test_a_wrong_time_in_the_log_is_said_and_left_out(run, camera_halves, tmp_pa
         tmp_path / "wrong.csv",
         log.read_text() + '"March 09, 2021 at 03:00AM","blink-cam-01","event_motion"\n',
     )
-    result = run(
-        "main.py",
-        "blink-cam-01",
-        CAMERA_IP,
-        capture,
-        "--events",
-        wrong,
-        *IFTTT_FLAGS,
-        "-o",
-        tmp_path / "out",
-        "--no-report",
-    )
+    result = learn_camera(run, capture, wrong, tmp_path / "out")
     assert "19 of 20 listed time(s) learned" in result.stdout
     assert f"{wrong}: line 20 (March 09, 2021 at 03:00AM): none of what recurs" in result.stderr
-    reference = run(
-        "main.py",
-        "blink-cam-01",
-        CAMERA_IP,
-        capture,
-        "--events",
-        log,
-        *IFTTT_FLAGS,
-        "-o",
-        tmp_path / "reference",
-        "--no-report",
-    )
-    assert reference.returncode == 0
+    learn_camera(run, capture, log, tmp_path / "reference")
     patterns = [
         pd.read_csv(tmp_path / d / "signature.csv", dtype=str)
         .query("role == 'event'")["pattern"]
