@@ -279,3 +279,22 @@ def test_a_profile_is_the_same_whatever_the_hash_seed():
         for seed in range(8)
     }
     assert len(outputs) == 1, outputs
+
+
+def test_an_idle_connection_seen_in_every_recording_is_not_the_event(tmp_path):
+    """Without a baseline: the Hue bridge's connection to a cloud address, open before each
+    recording (no SYN), one packet each way and no recurring payload, shows in the first six
+    set_color recordings (and in only 16 of the 20): background, not a pattern the event
+    needs. Its connections that carry packets that recur stay event patterns."""
+    recordings = _recordings("HueLightEssentials", "set_color")[:6]
+    run_script(
+        "main.py", "HueLightEssentials", "192.168.1.141", *recordings, "--event", "set_color",
+        "-o", tmp_path, "-q", "--no-report",
+    )  # fmt: skip
+    learned = csvio.read_table(tmp_path / "signature.csv", SIGNATURE)
+    idle = learned[learned["remote"] == "35.204.228.58"]
+    assert len(idle) and set(idle["role"]) == {"background (inferred)"}, learned[
+        ["pattern", "role"]
+    ]
+    events = learned[learned["role"] == "event"]
+    assert len(events) >= 2 and (events["packet_profile"] != "").all()

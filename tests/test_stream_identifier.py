@@ -1299,3 +1299,25 @@ def test_bad_options_are_usage_errors(tmp_path, out, args):
     assert result.returncode == 2, args
     assert "Traceback" not in result.stderr and args[0] in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_handshake_tells_a_connection_opened_in_the_capture_from_one_already_open(run, tmp_path):
+    """The plug's recording with the SYN and SYN-ACK of the phone's TCP/9999 connection
+    cut out (editcap): that connection was open before the capture, as far as it shows."""
+    capture = TPLINK_CAPTURES[0]
+    opening = subprocess.run(
+        ["tshark", "-n", "-r", capture, "-Y", "tcp.port == 9999 && tcp.flags.syn == 1",
+         "-T", "fields", "-e", "frame.number"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert len(opening) == 2  # the SYN and the SYN-ACK
+    midstream = tmp_path / "midstream.pcap"
+    subprocess.run(["editcap", capture, midstream, *opening], check=True)
+    run("packet-translator.py", capture, midstream, "-o", tmp_path, "-q")
+    for path in (packets_csv(tmp_path, capture), packets_csv(tmp_path, midstream)):
+        run("stream-identifier.py", path, "-o", tmp_path, "-q")
+    for name, expected in ((capture, "1"), (midstream, "0")):
+        flows = pd.read_csv(flows_csv(tmp_path, name), dtype=str, keep_default_na=False)
+        assert one(flows, proto="tcp", resp_p="9999").handshake == expected
+        assert one(flows, proto="tcp", resp_p="443").handshake == "1"
+        assert set(flows.loc[flows["proto"] != "tcp", "handshake"]) == {""}

@@ -42,7 +42,7 @@ KEY_COLUMNS = [c for c in sig.FINGERPRINT if c != "remote"]
 PORT = KEY_COLUMNS.index("server_port")
 DNS_NAME = KEY_COLUMNS.index("dns_qry_name")
 SUMMARY_DETECTIONS = 5  # detections named in a capture's summary line
-FLOW_EXTRAS = ["capture", "first_frame", "last_frame", "remote_h"]
+FLOW_EXTRAS = ["capture", "first_frame", "last_frame", *sig.OPTIONAL]
 
 
 # ---------------------------------------------------------------------------------------

@@ -384,6 +384,8 @@ def _aggregate(s: dict[str, np.ndarray], p: Packets, is_orig: np.ndarray) -> pd.
     frames = s["frame_number"]
     out["first_frame"] = np.fmin.reduceat(frames, starts)
     out["last_frame"] = np.fmax.reduceat(frames, starts)
+    opening = np.maximum.reduceat((s["syn"] | s["syn_ack"]).astype(np.int8), starts)
+    out["handshake"] = np.where(out["proto"].to_numpy() == "tcp", opening, np.nan)
     place = np.empty_like(rows)
     place[rows] = np.arange(len(rows))  # each row's place in flow order
     out["service"] = _distinct_per_flow(p["highest_layer"], place, s, n, skip=GENERIC_LAYERS)

@@ -253,6 +253,14 @@ FLOWS = Table(
         ("first_frame", "int", "frame number of the first packet", "frame_number"),
         ("last_frame", "int", "frame number of the last packet", "frame_number"),
         (
+            "handshake",
+            "bool",
+            "TCP: 1 when the capture holds the flow's opening (a SYN or SYN-ACK), 0 for a "
+            "connection already open when the capture began (or whose opening was lost); "
+            "empty for other protocols",
+            "tcp_flags",
+        ),
+        (
             "device_side",
             "str",
             "which side is the device under study: orig, resp, or empty",

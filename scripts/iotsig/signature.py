@@ -23,6 +23,7 @@ from .parties import remote_party, server_ports
 from .schema import FLOWS, RANGE_METRICS, SIGNATURE, SIGNATURE_VERSION
 
 FINGERPRINT = ["device_side", "proto", "remote", "server_port", "server_side", *FINGERPRINT_FIELDS]
+OPTIONAL = ["remote_h", "handshake"]  # read where the flows CSV has them
 REQUIRED = [
     "uid",
     "ts",
@@ -103,7 +104,7 @@ def read_recordings(paths: list[Path]) -> list[Recording]:
     names = [str(p) if names.count(n) > 1 else n for n, p in zip(names, paths)]
     recordings = []
     for path, name in zip(paths, names):
-        flows = csvio.read_table(path, FLOWS, required=REQUIRED, columns=REQUIRED + ["remote_h"])
+        flows = csvio.read_table(path, FLOWS, required=REQUIRED, columns=REQUIRED + OPTIONAL)
         recordings.append(Recording(name, flows))
     return recordings
 
@@ -788,7 +789,11 @@ def _summarise(
     summary["role"] = "event"
     summary.loc[summary.index.isin(background_keys), "role"] = "background"
     if not baseline_given:
-        inferred = _repeating(per_recording, summary) | _keep_alives(flows, summary)
+        inferred = (
+            _repeating(per_recording, summary)
+            | _keep_alives(flows, summary)
+            | _already_open(flows, summary)
+        )
         summary.loc[inferred, "role"] = "background (inferred)"
     # Event order: median start relative to the first event-pattern flow of each recording.
     event_keys = summary.index[summary["role"] == "event"]
@@ -831,6 +836,19 @@ def _keep_alives(flows: pd.DataFrame, summary: pd.DataFrame) -> np.ndarray:
     )
     keep_alive = quiet.groupby(flows["key"]).all()
     return summary.index.isin(keep_alive[keep_alive].index)
+
+
+def _already_open(flows: pd.DataFrame, summary: pd.DataFrame) -> np.ndarray:
+    """Without a baseline, a TCP fingerprint whose flows were all open before their
+    recording began (no SYN or SYN-ACK seen) and whose packets hold nothing that recurs (no
+    packet profile) is taken for background: an idle connection's keep-alives that happened
+    to show in every recording. A connection that carries the event's data has recurring
+    packets, and stays."""
+    if "handshake" not in flows:  # a flows CSV from before the column
+        return np.zeros(len(summary), dtype=bool)
+    opened = pd.to_numeric(flows["handshake"], errors="coerce")
+    never = ((flows["proto"] == "tcp") & (opened == 0)).groupby(flows["key"]).all()
+    return summary.index.isin(never[never].index) & (summary["packet_profile"] == "").to_numpy()
 
 
 def _repeating(per_recording: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
