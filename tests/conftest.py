@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,23 @@ def long_tplink_recordings(folder: Path) -> list[Path]:
         )
         recordings.append(out)
     return recordings
+
+
+def stop_and_check(process, how: str, timeout: float, prog: str = "main.py") -> tuple[str, str]:
+    """Stop a running script as a user does, Ctrl-C (SIGINT to the terminal's whole process
+    group) or `kill PID` (SIGTERM to the main process only), and check it ends the way
+    the README says: exit 130 or 143, no traceback, a last line saying the unfinished
+    outputs were removed. Returns its stdout and stderr."""
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=timeout)
+    expected_exit, word = (130, "interrupted") if how == "ctrl-c" else (143, "terminated")
+    assert process.returncode == expected_exit, stderr
+    assert "Traceback" not in stdout + stderr
+    assert (
+        stderr.strip().splitlines()[-1]
+        == f"{prog}: error: {word}; unfinished output files were removed"
+    )
+    return stdout, stderr

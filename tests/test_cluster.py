@@ -30,6 +30,7 @@ from conftest import (
     capinfos_count,
     long_tplink_recordings,
     run_script,
+    stop_and_check,
 )
 
 DASK = Path(sys.executable).parent / "dask"
@@ -404,18 +405,7 @@ def test_stopped_on_the_cluster_leaves_no_partial_file(how, two_workers, long_re
         cwd=tmp_path,
     )
     wait_for_part_files(out, process, 1)
-    if how == "ctrl-c":  # the terminal's SIGINT reaches the command, not the cluster
-        os.killpg(process.pid, signal.SIGINT)
-    else:
-        process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    expected_exit, word = (130, "interrupted") if how == "ctrl-c" else (143, "terminated")
-    assert process.returncode == expected_exit, stderr
-    assert "Traceback" not in stdout + stderr
-    assert (
-        stderr.strip().splitlines()[-1]
-        == f"main.py: error: {word}; unfinished output files were removed"
-    )
+    stdout, stderr = stop_and_check(process, how, timeout=120)
     assert two_workers.idle(), "the tasks were not cancelled"
     left = sorted(p.name for p in out.rglob("*"))
     time.sleep(2)  # nothing is still being written by a worker either
@@ -429,18 +419,21 @@ def test_stopped_on_the_cluster_leaves_no_partial_file(how, two_workers, long_re
             assert len(frames) == capinfos_count(capture)
 
 
-@pytest.mark.slow  # the client tries for CONNECT_TIMEOUT seconds
-def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
-    address = "tcp://127.0.0.1:9"  # the discard port: nothing listens
+@pytest.mark.parametrize(
+    "address",
+    [
+        pytest.param("tcp://127.0.0.1:9", id="unreachable", marks=pytest.mark.slow),
+        pytest.param("nonsense://x", id="unknown scheme"),
+        pytest.param("tcp://", id="no host"),
+    ],
+)
+def test_a_scheduler_that_cannot_be_reached_is_one_line_naming_it(address, tmp_path):
+    """(unreachable: the discard port, nothing listens; the client tries for
+    CONNECT_TIMEOUT seconds: slow)"""
     result = run_script(
-        "packet-translator.py",
-        *TPLINK_CAPTURES,
-        "-o",
-        tmp_path,
-        "--scheduler",
-        address,
+        "packet-translator.py", *TPLINK_CAPTURES, "-o", tmp_path, "--scheduler", address,
         check=False,
-    )
+    )  # fmt: skip
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -448,24 +441,6 @@ def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
         f"packet-translator.py: error: cannot reach the Dask scheduler at {address}: "
     )
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("address", ["nonsense://x", "tcp://"], ids=["unknown scheme", "no host"])
-def test_a_malformed_scheduler_address_is_one_line(address, tmp_path):
-    result = run_script(
-        "packet-translator.py",
-        *TPLINK_CAPTURES,
-        "-o",
-        tmp_path,
-        "--scheduler",
-        address,
-        check=False,
-    )
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(
-        f"packet-translator.py: error: cannot reach the Dask scheduler at {address}: "
-    ), result.stderr
 
 
 def test_an_empty_scheduler_option_runs_here_despite_the_variable(tmp_path):

@@ -26,6 +26,7 @@ from conftest import (
     capinfos_count,
     long_tplink_recordings,
     run_script,
+    stop_and_check,
 )
 
 MAIN_OUTPUTS = {"pattern.txt", "profile.yaml", "signature.csv"}
@@ -79,18 +80,7 @@ def test_stopped_main_leaves_no_half_file_and_a_rerun_finishes(how, long_recordi
     out = tmp_path / "out"
     process = start("main.py", "TpLinkPlug", PLUG_IP, *long_recordings, "-o", out)
     wait_for_part_file(out, process)
-    if how == "ctrl-c":  # the terminal sends SIGINT to every process of the command
-        os.killpg(process.pid, signal.SIGINT)
-    else:  # kill PID: the main process only; it must stop its workers itself
-        process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=60)
-    expected_exit, word = (130, "interrupted") if how == "ctrl-c" else (143, "terminated")
-    assert process.returncode == expected_exit, stderr
-    assert "Traceback" not in stdout + stderr
-    assert (
-        stderr.strip().splitlines()[-1]
-        == f"main.py: error: {word}; unfinished output files were removed"
-    )
+    stdout, stderr = stop_and_check(process, how, timeout=60)
     # What is there is whole: the packets CSV and flows CSV of each capture that finished
     # (each capture's worker writes both), nothing of the signature stage.
     for path in out.rglob("*"):

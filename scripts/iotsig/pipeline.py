@@ -38,6 +38,14 @@ def packets_path(capture: Path, output_dir: Path) -> Path:
     return packets.output_path(capture, output_dir)
 
 
+def packets_beside(flows_csv: Path) -> Path:
+    """The packets CSV main.py writes beside a flows CSV: <name>.packets.csv for
+    <name>.flows.csv (any other CSV: its stem)."""
+    name = Path(flows_csv).name
+    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
+    return Path(flows_csv).parent / f"{stem}.packets.csv"
+
+
 def flows_path(packets_csv: Path, output_dir: Path) -> Path:
     """OUTPUT_DIR/<name>.flows.csv for <name>.packets.csv (any other CSV: its stem)."""
     name = Path(packets_csv).name
@@ -386,19 +394,13 @@ def _read_long(flows_csvs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame | Non
     """The flows of the long captures, and their packets where every packets CSV is beside
     its flows CSV (main.py writes them so)."""
     flows_table = pd.concat([csvio.read_table(p, FLOWS) for p in flows_csvs], ignore_index=True)
-    packet_files = [_packets_beside(p) for p in flows_csvs]
+    packet_files = [packets_beside(p) for p in flows_csvs]
     if not all(p.is_file() for p in packet_files):
         return flows_table, None
     packets_table = pd.concat(
         [csvio.read_table(p, PACKETS) for p in packet_files], ignore_index=True
     )
     return flows_table, packets_table
-
-
-def _packets_beside(flows_csv: Path) -> Path:
-    name = Path(flows_csv).name
-    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
-    return Path(flows_csv).parent / f"{stem}.packets.csv"
 
 
 def _found_in(

@@ -140,14 +140,7 @@ class Main(Command):
         """The last step: the traffic report of the event recordings just processed (their
         packets CSVs beside the flows CSVs). Returns report.html's path, or None when it
         could not be made: the signature is written by then, so that is a warning."""
-        packet_files = [
-            p
-            for p in (
-                pipeline.packets_path(Path(f).name[: -len(".flows.csv")], Path(f).parent)
-                for f in flow_files
-            )
-            if p.is_file()
-        ]
+        packet_files = [p for p in map(pipeline.packets_beside, flow_files) if p.is_file()]
         self.say("")
         try:
             result = self.traffic_report(
