@@ -10,7 +10,9 @@ import csv
 import itertools
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -105,14 +107,39 @@ TIME_FORMAT = "%.6f"
 
 
 def write_table(frame: pd.DataFrame, table: Table, path: Path) -> None:
+    write_table_pieces([frame], table, path)
+
+
+def write_table_pieces(pieces: Iterable[pd.DataFrame], table: Table, path: Path) -> None:
+    """write_table for a table given as consecutive pieces, each written as it comes (a
+    table too big to hold at once): the same bytes as the whole table's."""
     formats = {c.name: TIME_FORMAT for c in table.columns if c.spelling == "epoch"}
     with atomic_path(path) as tmp:
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as sink:
                 sink.write(",".join(table.names) + "\n")
-                write_rows(sink, to_csv_text(frame, table), formats=formats)
+                for frame in pieces:
+                    write_rows(sink, to_csv_text(frame, table), formats=formats)
         except OSError as e:
             raise OutputError(path, f"cannot write ({e.strerror})") from None
+
+
+@contextlib.contextmanager
+def temporary_folder(path: Path):
+    """A hidden folder beside `path` for a command's intermediate files, named as
+    atomic_path names its temporary files (.NAME.*.part); removed with all it holds
+    however the block ends (Ctrl-C included)."""
+    path = Path(path)
+    tag = temporary_tag.get()
+    prefix = f".{path.name}.{tag()}." if tag else f".{path.name}."
+    try:
+        folder = tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=path.parent)
+    except OSError as e:
+        raise OutputError(path.parent, f"cannot write here ({e.strerror})") from None
+    try:
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 WRITE_BATCH_ROWS = 50_000  # bounds the memory of the spelled cells
@@ -168,19 +195,8 @@ def read_table(
     million-row files. A copy saved back by a spreadsheet is read where its meaning is
     plain (see _Resaved); what it changed is said in notes (take_notes)."""
     path = Path(path)
-    header, separator = _read_header(path, table)
-    needed = table.names if required is None else required
-    missing = [c for c in needed if c not in header]
-    if missing:
-        raise InputError(path, f"not a {table.name} CSV: missing column(s) {', '.join(missing)}")
-    wanted = [c for c in header if columns is None or c in columns]
-    numeric = [
-        c
-        for c in wanted
-        if c in table.by_name and table.by_name[c].type in ("int", "float", "bool")
-    ]
-    text = [c for c in wanted if c in table.by_name and table.by_name[c].type == "text"]
-    resaved = _Resaved.sample(path, table, separator, wanted)
+    wanted, numeric, text, resaved = _plan(path, table, required, columns)
+    separator = resaved.separator
     try:  # numbers parsed by the reader: many times faster than converting strings
         frame, text = _read_fast(path, wanted, numeric, text, compact, resaved)
         if frame is None:
@@ -209,15 +225,111 @@ def read_table(
                 frame[name] = _convert(raw, table.by_name[name].type, path, name, resaved)
         _NOTES.extend(resaved.notes)
         return frame
+    _checked(frame, path, table, numeric, text, resaved)
+    _NOTES.extend(resaved.notes)
+    return frame
+
+
+def _plan(path: Path, table: Table, required: list[str] | None, columns: list[str] | None):
+    """The columns to read (the required ones named when missing), which of them are
+    numbers and text, and what a spreadsheet did to the file (_Resaved)."""
+    header, separator = _read_header(path, table)
+    needed = table.names if required is None else required
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise InputError(path, f"not a {table.name} CSV: missing column(s) {', '.join(missing)}")
+    wanted = [c for c in header if columns is None or c in columns]
+    numeric = [
+        c
+        for c in wanted
+        if c in table.by_name and table.by_name[c].type in ("int", "float", "bool")
+    ]
+    text = [c for c in wanted if c in table.by_name and table.by_name[c].type == "text"]
+    return wanted, numeric, text, _Resaved.sample(path, table, separator, wanted)
+
+
+def _checked(
+    frame: pd.DataFrame,
+    path: Path,
+    table: Table,
+    numeric: list[str],
+    text: list[str],
+    resaved: _Resaved,
+) -> None:
+    """The frame's numbers checked, the tools' escaping undone and a spreadsheet's
+    spellings told back, in place."""
     for name in numeric:
         _check_numbers(frame[name], table.by_name[name].type, path, name)
     for name in text:
         if resaved.keeps_apostrophes(frame[name], name):
             frame[name] = unescape_formulas(frame[name])
-    for name in resaved.to_respell(wanted):
+    for name in resaved.to_respell(list(frame.columns)):
         frame[name] = resaved.respelled(frame[name], name)
-    _NOTES.extend(resaved.notes)
-    return frame
+
+
+class NeedsWholeFile(Exception):
+    """read_table_chunks cannot give the file in chunks exactly as read_table reads it
+    whole: a spreadsheet's copy (what it changed is judged on the whole column), a cell
+    pyarrow cannot read, a bad number. The caller reads it with read_table, which reads
+    what it can and names the problem. (A spreadsheet holds at most 1,048,576 rows, so a
+    copy saved by one is never too big to read whole.)"""
+
+
+CHUNK_BYTES = 32 << 20  # of CSV text per chunk: ~100,000 packet rows
+
+
+def read_table_chunks(
+    path: Path | str,
+    table: Table,
+    required: list[str] | None = None,
+    columns: list[str] | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[pd.DataFrame]:
+    """read_table(compact=True) in consecutive chunks of rows (their index counts on from
+    the previous chunk's), for files too big to hold at once. Raises NeedsWholeFile, before
+    or between chunks, where the file must be read whole."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    path = Path(path)
+    wanted, numeric, text, resaved = _plan(path, table, required, columns)
+    if resaved.separator != "," or resaved.converted or resaved.notes:
+        raise NeedsWholeFile(path)
+    pa.set_memory_pool(pa.system_memory_pool())  # (as _read_fast)
+    kind = pa.dictionary(pa.int32(), pa.string())
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=chunk_bytes),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.float64() if c in numeric else kind for c in wanted},
+                include_columns=wanted,
+                null_values=[""],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowException, OSError):
+        raise NeedsWholeFile(path) from None
+    first_row = 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError):
+            raise NeedsWholeFile(path) from None
+        frame = pa.Table.from_batches([batch]).to_pandas(self_destruct=True, use_threads=False)
+        frame.index = pd.RangeIndex(first_row, first_row + len(frame))
+        try:
+            _checked(frame, path, table, numeric, text, resaved)
+        except InputError:
+            raise NeedsWholeFile(path) from None
+        if resaved.notes:  # a column-wide judgement made on one chunk only
+            raise NeedsWholeFile(path)
+        first_row += len(frame)
+        yield frame
 
 
 # What read_table noticed in files a spreadsheet saved back: one line each, taken by the

@@ -10,6 +10,7 @@ Non-IP frames are grouped by their addresses and protocol (ARP by sender/target 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -106,12 +107,29 @@ def build_flows(packets: pd.DataFrame, options: FlowOptions | None = None) -> pd
     options = options or FlowOptions()
     if packets.empty:
         return pd.DataFrame(columns=FLOWS.names)
-    p = _prepare(packets)
+    p = prepare(packets)
+    return with_uids(flows_of(p, options, cross_flow([evidence(p, options)], options)), 0)
+
+
+def flows_of(p: Packets, options: FlowOptions, shared: CrossFlow) -> pd.DataFrame:
+    """The flows of packets that hold whole conversations (all packets, or a partition of
+    them by conversation_hash), with what is shared across flows given: ordered by first
+    packet (time, then row), without uid, with the row of each flow's first packet in
+    `first_row` (the rows p was prepared with)."""
     s = _in_flow_order(p, *_assign_flows(p, options))
     is_orig = _orient(s)
     flows = _aggregate(s, p, is_orig)
     _label_device(flows, s, p, is_orig, options)
-    _name_remote(flows, p, options)
+    _name_remote(flows, shared)
+    flows["first_row"] = p.rows[s["row"][_flow_starts(s["flow"])]]
+    return flows
+
+
+def with_uids(flows: pd.DataFrame, before: int) -> pd.DataFrame:
+    """Flows (of flows_of, in the CSV's order, `before` flows written ahead of them) with
+    their uid, capture#N, N their number in the CSV, and the CSV's columns."""
+    numbers = pd.Series(np.arange(before + 1, before + len(flows) + 1), index=flows.index)
+    flows = flows.assign(uid=flows["capture"] + "#" + numbers.astype(str))
     return flows.reindex(columns=FLOWS.names)
 
 
@@ -187,17 +205,22 @@ def values_at(column: pd.Series, rows: np.ndarray) -> np.ndarray:
 
 class Packets(dict):
     """The packets' columns by name, in capture order: text as categorical Series, numbers
-    as numpy arrays (a dict, not a DataFrame, which would copy each column put in it), and
-    the vocabulary that src_addr and dst_addr index."""
+    as numpy arrays (a dict, not a DataFrame, which would copy each column put in it), the
+    vocabulary that src_addr and dst_addr index, and each packet's row in the packets CSV
+    (what orders flows that start at the same time)."""
 
     addresses: np.ndarray
+    rows: np.ndarray
 
 
-def _prepare(packets: pd.DataFrame) -> Packets:
+def prepare(packets: pd.DataFrame, rows: np.ndarray | None = None) -> Packets:
+    """The packets' columns as the builder reads them; rows: their rows in the whole
+    packets CSV, in increasing order (default 0, 1, ...: the table is the whole CSV)."""
     n = len(packets)
     if not packets.index.equals(pd.RangeIndex(n)):  # e.g. several CSVs concatenated
         packets = packets.reset_index(drop=True)
     p = Packets()
+    p.rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     for name in TEXT_COLUMNS:
         p[name] = _categorical(packets, name, n)
     # One spelling per address, as tshark writes them, whatever a person typed in a CSV.
@@ -287,6 +310,44 @@ def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndar
     rows = np.empty_like(order)
     rows[place[flow_in_order] + np.arange(len(order)) - starts[flow_in_order]] = order
     return rows, np.repeat(np.arange(len(starts)), lengths[by_first])
+
+
+def conversation_hash(p: Packets) -> np.ndarray:
+    """A 64-bit number per packet, the same for all the packets of one conversation as
+    _assign_flows groups them (capture, protocol and both endpoints, either way round):
+    what partitions packets so that a partition holds whole conversations. Computed from
+    the values as spelled, not from codes, so that chunks prepared apart agree."""
+    address = _hashed(p.addresses)
+    src = _mixed(address[p["src_addr"]] + _port_number(p["src_port"]) * _GOLDEN)
+    dst = _mixed(address[p["dst_addr"]] + _port_number(p["dst_port"]) * _GOLDEN)
+    capture = _hashed(p["capture"].cat.categories)[p["capture"].cat.codes.to_numpy()]
+    proto = _hashed(p["l4_proto"].cat.categories)[p["l4_proto"].cat.codes.to_numpy()]
+    return _mixed(src + dst + _mixed(capture) + _mixed(_mixed(proto)))  # src + dst: symmetric
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _hashed(values) -> np.ndarray:
+    """A stable 64-bit number per string (Python's hash() changes from run to run)."""
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little")
+            for v in values
+        ],
+        dtype=np.uint64,
+    )
+
+
+def _port_number(ports: np.ndarray) -> np.ndarray:
+    return (np.nan_to_num(ports, nan=-1).astype(np.int64) + 1).astype(np.uint64)
+
+
+def _mixed(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit (uint64 wraps)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def _in_flow_order(p: Packets, rows: np.ndarray, flow: np.ndarray) -> dict[str, np.ndarray]:
@@ -522,8 +583,8 @@ def _label_device(
     flows["remote_h"] = np.where(flows["device_side"] == "resp", flows["orig_h"], flows["resp_h"])
 
 
-def _name_remote(flows: pd.DataFrame, p: Packets, options: FlowOptions) -> None:
-    names = _dns_names_for_flows(flows, p, options)
+def _name_remote(flows: pd.DataFrame, shared: CrossFlow) -> None:
+    names = _dns_names_for_flows(flows, shared.dns_answers)
     tls = _first_value(flows["tls_server_name"])
     host = _first_value(flows["http_host"], strip=_PORT)
     remote_is_orig = (flows["device_side"] == "resp").to_numpy()
@@ -531,7 +592,7 @@ def _name_remote(flows: pd.DataFrame, p: Packets, options: FlowOptions) -> None:
     tls = np.where(remote_is_orig, "", tls)
     host = np.where(remote_is_orig, "", host)
     flows["remote_name"] = np.where(names != "", names, np.where(tls != "", tls, host))
-    flows["remote_class"] = _classify(flows["remote_h"].to_numpy(), _gateways(p, options))
+    flows["remote_class"] = _classify(flows["remote_h"].to_numpy(), shared.gateways)
 
 
 _PORT = re.compile(r":\d+$")
@@ -546,28 +607,99 @@ def _first_value(cells: pd.Series, strip: re.Pattern | None = None) -> np.ndarra
     return np.array(firsts + [""], dtype=object)[codes]
 
 
-def _dns_names_for_flows(flows: pd.DataFrame, p: Packets, options: FlowOptions) -> np.ndarray:
-    """The query name whose DNS answer gave the flow's remote address, latest answer at or
-    before the flow's start, in the same capture (and to the device, when it is known)."""
+# ---------------------------------------------------------------------------------------
+# What names and classes a flow's remote party beyond its own packets: the DNS answers the
+# device received and who acts as its gateway. Gathered from each stretch of packets
+# (evidence: all of them, or each chunk of a big packets CSV) and put together once
+# (cross_flow), so that flows built partition by partition get the same names.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evidence:
+    """What one stretch of packets (rows in CSV order) shows beyond its own flows."""
+
+    dns_answers: pd.DataFrame  # capture, ts, addr, name, received: one row per answer address
+    directions_given: bool  # the packets CSV has a direction column that is filled in
+    dns_servers: set[str]
+    dhcp_servers: set[str]
+    router_macs: set[str]  # the MACs that packets to external addresses go to
+    mac_ips: set[tuple[str, str]]  # (eth_src, ip_src) of every packet
+
+
+@dataclass
+class CrossFlow:
+    """What every flow is named and classed with, from all the packets: the DNS answers
+    to the device (capture, ts, addr, name; in time order) and the gateway addresses."""
+
+    dns_answers: pd.DataFrame
+    gateways: set[str]
+
+
+def evidence(p: Packets, options: FlowOptions) -> Evidence:
+    def addresses(column: str, where) -> set[str]:
+        return set(values_at(p[column], np.flatnonzero(np.asarray(where))))
+
+    not_icmp = (p["l4_proto"] != "icmp").to_numpy()
+    dns_servers = addresses("ip_dst", (p["dst_port"] == 53) & not_icmp)
+    dns_servers |= addresses("ip_src", (p["src_port"] == 53) & not_icmp)
+    categories = p["ip_dst"].cat.categories
+    external = np.array([address_class(c) == "external" for c in categories] + [False])
+    # Distinct (MAC, IP) senders, by codes: the router's IPs are those of its MACs.
+    eth, ip = p["eth_src"], p["ip_src"]
+    pairs = np.unique(
+        eth.cat.codes.to_numpy().astype(np.int64) * (len(ip.cat.categories) + 1)
+        + ip.cat.codes.to_numpy()
+    )
+    macs = np.asarray(eth.cat.categories, dtype=object)[pairs // (len(ip.cat.categories) + 1)]
+    ips = np.asarray(ip.cat.categories, dtype=object)[pairs % (len(ip.cat.categories) + 1)]
+    return Evidence(
+        dns_answers=_dns_answers(p, options),
+        directions_given=bool((p["direction"] != "").any()),
+        dns_servers=dns_servers,
+        dhcp_servers=addresses("ip_src", p["dhcp_msg_type"].isin(["offer", "ack"])),
+        router_macs=addresses("eth_dst", external[p["ip_dst"].cat.codes.to_numpy()]) - {""},
+        mac_ips=set(zip(macs.tolist(), ips.tolist())),
+    )
+
+
+def cross_flow(pieces: list[Evidence], options: FlowOptions) -> CrossFlow:
+    """The evidence of all the packets (pieces in CSV order) put together."""
+    found = [e.dns_answers for e in pieces if len(e.dns_answers)]
+    answers = pd.concat(found, ignore_index=True) if found else pieces[0].dns_answers
+    # To the device, when it is known: by its address, else by the direction column.
+    if not options.device_ips and any(e.directions_given for e in pieces):
+        answers = answers[answers["received"].to_numpy()]
+    answers = answers.drop(columns="received").sort_values("ts", kind="stable")
+    return CrossFlow(answers, _gateways(pieces))
+
+
+def _dns_answers(p: Packets, options: FlowOptions) -> pd.DataFrame:
+    """One row per address of each DNS answer (to the device's address when it is given):
+    where it was received, when, the address and the query name."""
     answers = (p["dns_flags_response"] == "1") & (p["dns_answer_addrs"] != "")
     if options.device_ips:
         answers &= p["ip_dst"].isin(options.device_ips)
-    elif (p["direction"] != "").any():
-        answers &= p["direction"] == "received"
-    result = np.full(len(flows), "", dtype=object)
-    if not answers.any():
-        return result
     rows = np.flatnonzero(answers.to_numpy())
     which, addr, vocabulary = _split_values(p["dns_answer_addrs"], rows)
     rows = rows[which]
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
             "capture": values_at(p["capture"], rows),
             "ts": p["ts"][rows],
             "addr": vocabulary[addr],
-            "name": _first_value(pd.Series(values_at(p["dns_qry_name"], rows))),
+            "name": _first_value(pd.Series(values_at(p["dns_qry_name"], rows), dtype=object)),
+            "received": (p["direction"] == "received").to_numpy()[rows],
         }
-    ).sort_values("ts", kind="stable")
+    )
+
+
+def _dns_names_for_flows(flows: pd.DataFrame, answers: pd.DataFrame) -> np.ndarray:
+    """The query name whose DNS answer gave the flow's remote address, latest answer at or
+    before the flow's start, in the same capture (and to the device, when it is known)."""
+    result = np.full(len(flows), "", dtype=object)
+    if answers.empty:
+        return result
     lookup = pd.DataFrame(
         {
             "capture": flows["capture"].to_numpy(),
@@ -576,26 +708,18 @@ def _dns_names_for_flows(flows: pd.DataFrame, p: Packets, options: FlowOptions) 
             "row": np.arange(len(flows)),
         }
     ).sort_values("ts", kind="stable")
-    matched = pd.merge_asof(lookup, table, on="ts", by=["capture", "addr"], direction="backward")
+    matched = pd.merge_asof(lookup, answers, on="ts", by=["capture", "addr"], direction="backward")
     result[matched["row"].to_numpy()] = matched["name"].fillna("").to_numpy()
     return result
 
 
-def _gateways(p: Packets, options: FlowOptions) -> set[str]:
-    """Local addresses acting as the device's DNS server, DHCP server or router."""
-
-    def addresses(column: str, where) -> set[str]:
-        return set(values_at(p[column], np.flatnonzero(np.asarray(where))))
-
-    not_icmp = (p["l4_proto"] != "icmp").to_numpy()
-    dns_servers = addresses("ip_dst", (p["dst_port"] == 53) & not_icmp)
-    dns_servers |= addresses("ip_src", (p["src_port"] == 53) & not_icmp)
-    dhcp_servers = addresses("ip_src", p["dhcp_msg_type"].isin(["offer", "ack"]))
-    # The router: the MAC that packets to external addresses go to; its local IPs.
-    categories = p["ip_dst"].cat.categories
-    external = np.array([address_class(c) == "external" for c in categories] + [False])
-    router_macs = addresses("eth_dst", external[p["ip_dst"].cat.codes.to_numpy()]) - {""}
-    router_ips = addresses("ip_src", p["eth_src"].isin(router_macs))
+def _gateways(pieces: list[Evidence]) -> set[str]:
+    """Local addresses acting as the device's DNS server, DHCP server or router (the
+    router: the IPs its MACs send from)."""
+    dns_servers = set().union(*(e.dns_servers for e in pieces))
+    dhcp_servers = set().union(*(e.dhcp_servers for e in pieces))
+    router_macs = set().union(*(e.router_macs for e in pieces))
+    router_ips = {ip for e in pieces for mac, ip in e.mac_ips if mac in router_macs}
     candidates = (dns_servers | dhcp_servers | router_ips) - {"", "0.0.0.0"}
     return {a for a in candidates if address_class(a) == "local"}
 

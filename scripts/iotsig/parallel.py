@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import shutil
 import signal
 import time
 import uuid
@@ -251,7 +252,7 @@ def _remove_temporary_files(tasks, topic: str) -> None:
     for folder in folders:
         for part in folder.glob(f".*.{topic}.*.part"):
             with contextlib.suppress(OSError):
-                part.unlink()
+                shutil.rmtree(part) if part.is_dir() else part.unlink()  # a dir: flows' partitions
 
 
 def connect(address: str):

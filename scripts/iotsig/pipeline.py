@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import csvio, detector, flows, packets, profile, windows
+from . import csvio, detector, flow_partitions, flows, packets, profile, windows
 from . import signature as sig
 from .errors import ToolError
 from .parallel import run_parallel
@@ -80,7 +80,17 @@ def read_packets(packets_csv: Path) -> pd.DataFrame:
     )
 
 
-def blank_cell_warnings(packets_csv: Path, table: pd.DataFrame) -> list[str]:
+def blank_cells(table: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Per column of ts and frame_len: how many rows have it empty, and the first one."""
+    found = {}
+    for name in ("ts", "frame_len"):
+        blank = table[name].isna().to_numpy()
+        if blank.any():
+            found[name] = (int(blank.sum()), int(blank.argmax()))
+    return found
+
+
+def blank_cell_warnings(packets_csv: Path, blank: dict[str, tuple[int, int]]) -> list[str]:
     """A row whose ts or frame_len was emptied by hand still lands in a flow: say so rather
     than let it open a flow in 1970 or count as an empty frame unnoticed."""
     warnings = []
@@ -88,25 +98,43 @@ def blank_cell_warnings(packets_csv: Path, table: pd.DataFrame) -> list[str]:
         ("ts", "taken as time 0, their flows start in 1970"),
         ("frame_len", "counted as 0 bytes"),
     ):
-        blank = table[name].isna().to_numpy()
-        if blank.any():
-            line = int(blank.argmax()) + 2  # the header is line 1
+        if name in blank:
+            count, first = blank[name]
             warnings.append(
-                f"{packets_csv}: {int(blank.sum())} row(s) without {name} (first "
-                f"on line {line}): {effect}"
+                f"{packets_csv}: {count} row(s) without {name} (first on line {first + 2}): "
+                f"{effect}"  # the header is line 1
             )
     return warnings
 
 
 def packets_to_flows(
-    packets_csv: Path, output_dir: Path, options: flows.FlowOptions | None = None
+    packets_csv: Path,
+    output_dir: Path,
+    options: flows.FlowOptions | None = None,
+    partitions: int | None = None,
 ) -> FlowsWritten:
-    """stream-identifier for one packets CSV: OUTPUT_DIR/<name>.flows.csv."""
+    """stream-identifier for one packets CSV: OUTPUT_DIR/<name>.flows.csv. A big one is
+    built in partitions (flow_partitions: memory stays flat), by default one per
+    flow_partitions.PARTITION_BYTES of the file; the same bytes either way."""
     started = time.perf_counter()
-    table = read_packets(packets_csv)
-    warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, table)
-    result = flows.build_flows(table, options or flows.FlowOptions())
+    options = options or flows.FlowOptions()
     output = flows_path(packets_csv, output_dir)
+    if partitions is None:
+        partitions = flow_partitions.partitions_for(packets_csv)
+    if partitions > 1:
+        try:
+            written = flow_partitions.write_flows(packets_csv, output, options, partitions)
+        except csvio.NeedsWholeFile:
+            pass  # (a spreadsheet's copy, a bad cell...): read whole below, as it says
+        else:
+            warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, written.blank)
+            seconds = time.perf_counter() - started
+            return FlowsWritten(
+                Path(packets_csv), output, written.packets, written.flows, warnings, seconds
+            )
+    table = read_packets(packets_csv)
+    warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, blank_cells(table))
+    result = flows.build_flows(table, options)
     csvio.write_table(result, FLOWS, output)
     return FlowsWritten(
         Path(packets_csv), output, len(table), len(result), warnings, time.perf_counter() - started

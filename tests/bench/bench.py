@@ -94,27 +94,28 @@ def run(command: list, **options) -> None:
     subprocess.run([str(c) for c in command], check=True, **options)
 
 
-def big_capture(shared: Path, min_packets: int) -> tuple[Path, int]:
+def big_capture(shared: Path, min_packets: int, name: str = "big") -> tuple[Path, int]:
     """One pcapng of all the shared captures, concatenated as many times as needed to reach
-    min_packets; rebuilt only when the inputs or the target change."""
+    min_packets; rebuilt only when the inputs or the target change. Captures of another
+    `name` are kept (the memory benchmark keeps a 1M- and a 10M-packet one)."""
     inputs = shared_captures(shared)
     key = hashlib.sha256(
         json.dumps(
             [min_packets] + [(str(f.relative_to(shared)), f.stat().st_size) for f in inputs]
         ).encode()
     ).hexdigest()[:12]
-    big, meta = CACHE / f"big-{key}.pcapng", CACHE / f"big-{key}.json"
+    big, meta = CACHE / f"{name}-{key}.pcapng", CACHE / f"{name}-{key}.json"
     if big.exists() and meta.exists():
         return big, json.loads(meta.read_text())["packets"]
     CACHE.mkdir(parents=True, exist_ok=True)
-    for old in CACHE.glob("big-*"):
+    for old in CACHE.glob(f"{name}-*"):
         shutil.rmtree(old) if old.is_dir() else old.unlink()
     print(
         f"bench: building the big capture from {len(inputs)} shared captures "
         f"(once; cached in {CACHE.relative_to(REPO)}/)",
         file=sys.stderr,
     )
-    one_set = CACHE / "one-set.pcapng"
+    one_set = CACHE / f"{name}-one-set.pcapng"
     run(["mergecap", "-F", "pcapng", "-a", "-w", one_set, *inputs])
     per_set = packet_count(one_set)
     repeats = math.ceil(min_packets / per_set)
