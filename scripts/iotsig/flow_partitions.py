@@ -102,7 +102,7 @@ def _route(
             frame.index = pd.RangeIndex(len(frame))
             _count_blanks(frame, first, blank)
             p = flows.prepare(frame, np.arange(first, first + len(frame)))
-            evidence.append(flows.evidence(p, options))
+            evidence = [flows.combined([*evidence, flows.evidence(p, options)])]
             partition = (flows.conversation_hash(p) % np.uint64(partitions)).astype(np.intp)
             frame[ROW] = p.rows
             schema = schema or _schema(frame)

@@ -663,15 +663,29 @@ def evidence(p: Packets, options: FlowOptions) -> Evidence:
     )
 
 
+def combined(pieces: list[Evidence]) -> Evidence:
+    """The evidence of consecutive stretches as one (what a chunked read keeps: the sets
+    of addresses stay as small as the distinct addresses)."""
+    found = [e.dns_answers for e in pieces if len(e.dns_answers)]
+    return Evidence(
+        dns_answers=pd.concat(found, ignore_index=True) if found else pieces[0].dns_answers,
+        directions_given=any(e.directions_given for e in pieces),
+        dns_servers=set().union(*(e.dns_servers for e in pieces)),
+        dhcp_servers=set().union(*(e.dhcp_servers for e in pieces)),
+        router_macs=set().union(*(e.router_macs for e in pieces)),
+        mac_ips=set().union(*(e.mac_ips for e in pieces)),
+    )
+
+
 def cross_flow(pieces: list[Evidence], options: FlowOptions) -> CrossFlow:
     """The evidence of all the packets (pieces in CSV order) put together."""
-    found = [e.dns_answers for e in pieces if len(e.dns_answers)]
-    answers = pd.concat(found, ignore_index=True) if found else pieces[0].dns_answers
+    everything = combined(pieces)
+    answers = everything.dns_answers
     # To the device, when it is known: by its address, else by the direction column.
-    if not options.device_ips and any(e.directions_given for e in pieces):
+    if not options.device_ips and everything.directions_given:
         answers = answers[answers["received"].to_numpy()]
     answers = answers.drop(columns="received").sort_values("ts", kind="stable")
-    return CrossFlow(answers, _gateways(pieces))
+    return CrossFlow(answers, _gateways(everything))
 
 
 def _dns_answers(p: Packets, options: FlowOptions) -> pd.DataFrame:
@@ -713,14 +727,11 @@ def _dns_names_for_flows(flows: pd.DataFrame, answers: pd.DataFrame) -> np.ndarr
     return result
 
 
-def _gateways(pieces: list[Evidence]) -> set[str]:
+def _gateways(seen: Evidence) -> set[str]:
     """Local addresses acting as the device's DNS server, DHCP server or router (the
     router: the IPs its MACs send from)."""
-    dns_servers = set().union(*(e.dns_servers for e in pieces))
-    dhcp_servers = set().union(*(e.dhcp_servers for e in pieces))
-    router_macs = set().union(*(e.router_macs for e in pieces))
-    router_ips = {ip for e in pieces for mac, ip in e.mac_ips if mac in router_macs}
-    candidates = (dns_servers | dhcp_servers | router_ips) - {"", "0.0.0.0"}
+    router_ips = {ip for mac, ip in seen.mac_ips if mac in seen.router_macs}
+    candidates = (seen.dns_servers | seen.dhcp_servers | router_ips) - {"", "0.0.0.0"}
     return {a for a in candidates if address_class(a) == "local"}
 
 
