@@ -49,14 +49,14 @@ CONSTANTS = {
     "PROFILE_PACKETS": (sig, [3, 4, 6, 8, 10], []),
     # the flows CSV keeps the first 10 payload sizes: a wider window sees nothing more
     "PROFILE_WINDOW": (sig, [6, 8, 10], [(sig.payload_matrix, "width")]),
-    "PROFILE_GAP": (sig, [4, 8, 16, 24, 32, 48], []),
+    "PROFILE_GAP": (sig, [8, 16, 24, 32], []),
     "PROFILE_SLACK": (sig, [0, 2, 4, 8, 16], [(sig.profile_matches, "slack")]),
-    "KEEP_ALIVE_PACKETS": (sig, [0, 1, 2, 3, 4], []),
+    "KEEP_ALIVE_PACKETS": (sig, [0, 1, 2, 3], []),
     "MIN_VARIANT": (sig, [1, 2, 3, 4], [(sig._item_table, "needed")]),
     "DEFAULT_TOLERANCE": (detector, [0.0, 0.25, 0.5, 1.0, 2.0], []),
-    "SLACK_PACKETS": (detector, [0, 1, 2, 4, 8], []),
+    "SLACK_PACKETS": (detector, [0, 1, 2, 4], []),
     "DEFAULT_MIN_SCORE": (detector, [0.5, 0.66, 0.75, 0.85, 1.0], []),
-    "WINDOW_FACTOR": (detector, [1.5, 2.0, 3.0, 5.0, 8.0], []),
+    "WINDOW_FACTOR": (detector, [1.5, 2.0, 3.0, 5.0], []),
 }
 
 
@@ -194,18 +194,37 @@ def held_out_f1(runs: dict, group: str, groups: dict) -> float:
     )
 
 
+def _moved(runs: dict, current_runs: dict, group_names: list, groups: dict) -> str:
+    """The devices whose F1 this value changes from the current value's: ' (HueLight -0.050)'."""
+    moved = []
+    for group in group_names:
+        change = held_out_f1(runs, group, groups) - held_out_f1(current_runs, group, groups)
+        if abs(change) >= 0.0005:
+            moved.append(f"{group} {change:+.3f}")
+    return f" ({'; '.join(moved)})" if moved else ""
+
+
 def others_f1(runs: dict, group: str) -> float:
     """The other devices' macro F1, mean over the runs, without the left-out device."""
     return mean(mean(scores[group].values()) for scores in runs.values())
 
 
-def choose(by_value: dict, current, group: str) -> object:
-    """The value best on the other devices; a tie keeps the current value, else the
-    nearest to it."""
+def choose(by_value: dict, current, group: str) -> tuple[object, list]:
+    """The value best on the other devices, and the values tied with it; a tie keeps the
+    current value, else the nearest to it."""
     score = {v: round(others_f1(runs, group), 6) for v, runs in by_value.items()}
     best = max(score.values())
     tied = [v for v, s in score.items() if s == best]
-    return current if current in tied else min(tied, key=lambda v: (abs(v - current), v))
+    chosen = current if current in tied else min(tied, key=lambda v: (abs(v - current), v))
+    return chosen, tied
+
+
+def _choice_text(chosen, tied: list, values: list) -> str:
+    """'6', '6 (flat)' when the other devices score every value alike, '6 (= 4, 8)'."""
+    if len(tied) == len(values):
+        return f"{chosen:g} (flat)"
+    others = [f"{v:g}" for v in tied if v != chosen]
+    return f"{chosen:g}" + (f" (= {', '.join(others)})" if others else "")
 
 
 def report(done: dict, groups: dict, seeds) -> str:
@@ -231,10 +250,11 @@ def report(done: dict, groups: dict, seeds) -> str:
             continue
         cells, choices = [], []
         for group in group_names:
-            chosen = choose(by_value, current, group)
+            chosen, tied = choose(by_value, current, group)
             choices.append(chosen)
             cells.append(
-                f"{chosen:g}: {held_out_f1(by_value[chosen], group, groups):.3f} / "
+                f"{_choice_text(chosen, tied, list(by_value))}: "
+                f"{held_out_f1(by_value[chosen], group, groups):.3f} / "
                 f"{held_out_f1(by_value[current], group, groups):.3f}"
             )
         stable = "yes" if len(set(choices)) == 1 else "no"
@@ -245,13 +265,15 @@ def report(done: dict, groups: dict, seeds) -> str:
                 f"{'**' if v == current else ''}{v:g}: "
                 f"{mean(mean(s['all'].values()) for s in by_value[v].values()):.3f}"
                 f"{'**' if v == current else ''}"
+                + _moved(by_value[v], by_value[current], group_names, groups)
                 for v in by_value
             )
             + " |"
         )
     lines += [
         "",
-        "Each value's macro F1 over all events (mean of the runs; the current value in bold):",
+        "Each value's macro F1 over all events (mean of the runs; the current value in bold), "
+        "and the devices whose F1 (mean over their events and the runs) it changes:",
         "",
         "| constant | values |",
         "|---|---|",
@@ -261,6 +283,10 @@ def report(done: dict, groups: dict, seeds) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _current(name: str):
+    return getattr(CONSTANTS[name][0], name)
 
 
 def main() -> None:
@@ -284,9 +310,15 @@ def main() -> None:
     store = CACHE / "runs.jsonl"
     done = load_runs(store, key)
     for name in args.constants:
+        current = getattr(CONSTANTS[name][0], name)
         for value in CONSTANTS[name][1]:
             if (name, value) in done:
                 continue
+            if value == current:  # every constant at its current value: the same runs
+                same = next((r for (n, v), r in done.items() if v == _current(n)), None)
+                if same is not None:
+                    done[(name, value)] = same
+                    continue
             started = time.monotonic()
             runs = sweep_value(name, value, found, devices, flows, groups, args.seeds)
             done[(name, value)] = runs
