@@ -8,6 +8,7 @@ writing it to tests/bench/<stage>-results.md and a verdict line to stderr.
     python tests/bench/bench.py evaluate    # evaluate.py on the shared events: time and F1
     python tests/bench/bench.py report      # what the traffic report adds to main.py
     python tests/bench/bench.py long        # main.py / event-detector --events, long captures
+    python tests/bench/bench.py memory      # peak memory, 1M and 10M packets (process tree)
 
 The inputs are built once and cached in tests/.bench/ (git-ignored): the big capture from
 the shared public captures (../shared/pcaps next to the repository) with mergecap; its
@@ -935,6 +936,161 @@ def bench_report(args) -> None:
     )
 
 
+# --- memory: main.py and stream-identifier.py on 1M- and 10M-packet captures -----------
+
+MEMORY_RESULTS = HERE / "memory-results.md"
+MEMORY_SIZES = (1_000_000, 10_000_000)
+MEMORY_TARGET_MB = 1500  # issue 16: main.py --no-report on 10M packets
+# The whole process tree's memory, sampled: ru_maxrss (measure()) is the peak of the
+# largest single process only, and main.py runs tshark, and workers, beside itself.
+MEASURE_TREE = """import json, resource, subprocess, sys, time
+import psutil
+INTERVAL = float(sys.argv[1])
+
+def rollup(pid):  # resident and proportional (shared pages split among their users) KiB
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            found = dict(line.split(":", 1) for line in f if line[:4] in ("Rss:", "Pss:"))
+        return int(found["Rss"].split()[0]), int(found["Pss"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+started = time.perf_counter()
+process = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=sys.stderr)
+root = psutil.Process(process.pid)
+peak = {"rss": 0, "pss": 0, "rss_tshark": 0, "rss_after": 0, "samples": 0}
+while process.poll() is None:
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        tree = [root]
+    rss = pss = 0
+    tshark = False
+    for member in tree:
+        r, p = rollup(member.pid)
+        rss, pss = rss + r, pss + p
+        try:
+            tshark |= member.name() == "tshark"
+        except psutil.Error:
+            pass
+    peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+    key = "rss_tshark" if tshark else "rss_after"
+    peak[key] = max(peak[key], rss)
+    peak["samples"] += 1
+    time.sleep(INTERVAL)
+wall = time.perf_counter() - started
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = usage.ru_utime + usage.ru_stime
+print(json.dumps([process.returncode, wall, cpu, usage.ru_maxrss, peak]))"""
+SAMPLE_SECONDS = 0.1
+
+
+def measure_tree(command: list) -> dict:
+    """Run command once: wall and CPU seconds, and its memory (MB): the peak of the sum of
+    the resident sets of it and all its descendants (tshark, workers), sampled every
+    SAMPLE_SECONDS from /proc/PID/smaps_rollup (a peak shorter than that can be missed),
+    that peak while a tshark runs and after, the peak of the sum of proportional sets
+    (PSS: a page shared by n processes counts 1/n in each, the RSS sum counts it n
+    times), and ru_maxrss, the peak of the largest single process (exact, what
+    measure() and /usr/bin/time -v report)."""
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE_TREE, str(SAMPLE_SECONDS), *map(str, command)],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
+    code, wall, cpu, maxrss, peak = json.loads(out)
+    if code != 0:
+        sys.exit(f"bench: {Path(command[1]).name} exited {code}")
+    mb = {key: value * 1024 / 1e6 for key, value in peak.items() if key != "samples"}
+    return {"wall": wall, "cpu": cpu, "single": maxrss * 1024 / 1e6, **mb}
+
+
+def bench_memory(args) -> None:
+    """Peak memory of main.py --no-report, of stream-identifier.py alone and of the
+    traffic report on a 1M- and a 10M-packet capture built from the shared captures."""
+    cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    rows, figures = [], {}
+    for size in args.sizes:
+        capture, packets = big_capture(args.shared, size, f"mem{size}")
+        with tempfile.TemporaryDirectory(prefix="bench-memory-", dir=CACHE) as tmp:
+            out = Path(tmp)
+            runs = {
+                "main.py --no-report": [
+                    MAIN, DEVICE_NAME, DEVICE_IP, capture, "-o", out / "main", "-q", "--no-report",
+                ],
+            }  # fmt: skip
+            print(f"bench: {packets:,} packets: main.py --no-report", file=sys.stderr)
+            figures[size, "main"] = measure_tree([sys.executable, *runs["main.py --no-report"]])
+            packets_csv = out / "main" / f"{capture.name}.packets.csv"
+            flows_csv = out / "main" / f"{capture.name}.flows.csv"
+            print(f"bench: {packets:,} packets: stream-identifier alone", file=sys.stderr)
+            figures[size, "flows"] = measure_tree(
+                [sys.executable, STREAM_IDENTIFIER, packets_csv, "-o", out / "flows", "-q"]
+            )
+            print(f"bench: {packets:,} packets: the traffic report alone", file=sys.stderr)
+            figures[size, "report"] = measure_tree(
+                [
+                    sys.executable, REPO / "scripts" / "traffic-report.py", packets_csv, flows_csv,
+                    "--device-ip", DEVICE_IP, "--signature", out / "main" / "signature.csv",
+                    "-o", out / "report", "-q",
+                ]
+            )  # fmt: skip
+        for key, label in (
+            ("main", "`main.py DEVICE IP CAPTURE --no-report -q`"),
+            ("flows", "`stream-identifier.py PACKETS.csv -q` alone"),
+            ("report", "`traffic-report.py PACKETS.csv FLOWS.csv --signature ... -q` alone"),
+        ):
+            f = figures[size, key]
+            tshark = f"{f['rss_tshark']:,.0f} MB" if f["rss_tshark"] else "(no tshark)"
+            rows.append(
+                f"| {label} | {packets:,} | {f['wall']:.1f} s | **{f['rss']:,.0f} MB** | "
+                f"{tshark} | {f['rss_after']:,.0f} MB | {f['pss']:,.0f} MB | "
+                f"{f['single']:,.0f} MB |"
+            )
+    small, big = (min(args.sizes), max(args.sizes))
+    main_big, main_small = figures[big, "main"]["rss"], figures[small, "main"]["rss"]
+    flows_big, flows_small = figures[big, "flows"]["rss"], figures[small, "flows"]["rss"]
+    verdicts = [
+        f"- main.py --no-report at {big:,} packets: peak {main_big:,.0f} MB (target < "
+        f"{MEMORY_TARGET_MB:,} MB): {met(main_big < MEMORY_TARGET_MB)}; "
+        f"{main_big / main_small:.2f}× its peak at {small:,} (target ≤ 1.20×): "
+        f"{met(main_big <= 1.2 * main_small)}.",
+        f"- main.py once tshark is done (flows and signature) at {big:,}: "
+        f"{figures[big, 'main']['rss_after']:,.0f} MB; at {small:,}: "
+        f"{figures[small, 'main']['rss_after']:,.0f} MB.",
+        f"- stream-identifier alone: {flows_big:,.0f} MB at {big:,} packets, "
+        f"{flows_small:,.0f} MB at {small:,} ({flows_big / flows_small:.2f}×).",
+    ]
+    text = "\n".join(
+        [
+            "Peak memory on captures built from the shared public captures (all of them, "
+            "concatenated with `mergecap -F pcapng -a` as many times as needed: "
+            f"`big_capture()`), the device {DEVICE_NAME} {DEVICE_IP}. One run each, one at a "
+            f"time; {machine(cores, load_before)}.",
+            "",
+            "Memory of the whole process tree (the command, its tshark and its workers): the "
+            "sum of their resident sets, sampled every "
+            f"{SAMPLE_SECONDS:g} s from /proc/PID/smaps_rollup (what `measure()` and "
+            "`/usr/bin/time -v` give, ru_maxrss, is the peak of the largest single process "
+            "only: last column). The RSS sum counts a page shared by several processes in "
+            "each; the PSS sum counts it once.",
+            "",
+            "| run | packets | wall | peak, process tree (RSS sum) | while tshark runs | "
+            "after tshark | peak, PSS sum | largest single process |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            *verdicts,
+            "",
+            *busy_note(cores, load_before),
+            "Produced by `python tests/bench/bench.py memory`.",
+            "",
+        ]
+    )
+    write_results(MEMORY_RESULTS, text, " ".join(verdicts))
+
+
 def _tshark_version() -> str:
     out = subprocess.run([tshark_path(), "--version"], capture_output=True, text=True).stdout
     return out.split()[2] if out.startswith("TShark") else "?"
@@ -985,11 +1141,20 @@ def main() -> None:
     report.set_defaults(function=bench_report)
     long_parser = sub.add_parser("long", help="main.py and event-detector with --events")
     long_parser.set_defaults(function=bench_long)
+    memory = sub.add_parser("memory", help="peak memory of main.py and stream-identifier")
+    memory.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=list(MEMORY_SIZES),
+        help="packets of the captures (default: %(default)s)",
+    )
+    memory.set_defaults(function=bench_memory)
     for benchmark in (translator, flows_parser, signature, evaluate, report, long_parser):
         benchmark.add_argument(
             "--repeat", type=int, default=3, help="runs; the median is reported (default: 3)"
         )
-    for benchmark in (translator, flows_parser, evaluate, long_parser):  # the shared captures
+    for benchmark in (translator, flows_parser, evaluate, long_parser, memory):  # shared captures
         benchmark.add_argument(
             "--shared",
             type=Path,
