@@ -256,3 +256,29 @@ def test_every_shared_capture_partitioned_is_the_one_pass_bytes(folder, tmp_path
             assert_same_bytes(packets_csv, out / capture.name, flows.FlowOptions(), partitions=4)
             checked += 1
     assert checked == len(captures)
+
+
+def test_chunks_are_the_whole_read_even_with_a_line_break_in_a_cell(quick_packets, tmp_path):
+    """A cell edited by hand to hold a line break (quoted, RFC 4180): wherever a chunk's
+    bytes end, chunks are cut at row ends, and together they are the whole read."""
+    packets_csv = quick_packets["1724060053.pcap"]
+    table = pd.read_csv(packets_csv, dtype=str, keep_default_na=False)
+    table.loc[20, "dns_qry_name"] = 'two\nlines, "quoted"'
+    edited = tmp_path / "edited.packets.csv"
+    table.to_csv(edited, index=False)
+    columns = flows.REQUIRED + flows.OPTIONAL
+    whole = csvio.read_table(edited, PACKETS, flows.REQUIRED, columns, compact=True)
+    assert whole.loc[20, "dns_qry_name"] == 'two\nlines, "quoted"'
+    data = edited.read_bytes()
+    header = data.index(b"\n") + 1
+    inside = data.index(b"two\nlines") + 4  # just after the line break in the cell
+    # The first chunk's bytes end inside the quoted cell; then a few other places.
+    for chunk_bytes in [inside - header + 2, inside - header + 20, 1000, 1500]:
+        chunks = list(
+            csvio.read_table_chunks(edited, PACKETS, flows.REQUIRED, columns, chunk_bytes)
+        )
+        assert len(chunks) >= 3
+        together = pd.concat(chunks)
+        pd.testing.assert_frame_equal(
+            together.astype(object), whole.astype(object), check_index_type=False
+        )
