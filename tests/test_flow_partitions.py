@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from iotsig import csvio, flow_partitions, flows, pipeline
-from iotsig.errors import InputError
+from iotsig.errors import InputError, OutputError
 from iotsig.schema import PACKETS
 
 from conftest import CAPTURES, PLUG_IP, SHARED, TPLINK_CAPTURES, run_script
@@ -282,3 +282,15 @@ def test_chunks_are_the_whole_read_even_with_a_line_break_in_a_cell(quick_packet
         pd.testing.assert_frame_equal(
             together.astype(object), whole.astype(object), check_index_type=False
         )
+
+
+def test_a_full_disk_is_one_error_and_leaves_nothing(quick_packets, mount_tmpfs):
+    """Room for the flows CSV but not for the partitions: one OutputError naming the disk
+    full, no temporary folder, no flows CSV."""
+    packets_csv = quick_packets["joined"]
+    disk = mount_tmpfs("size=24k")
+    with pytest.raises(OutputError) as caught:
+        flow_partitions.write_flows(packets_csv, disk / "x.flows.csv", flows.FlowOptions(), 4, 2048)
+    assert "No space left on device" in str(caught.value)
+    assert str(disk) in str(caught.value)
+    assert list(disk.iterdir()) == []

@@ -63,9 +63,14 @@ def write_flows(
     """The flows CSV of packets_csv written to output, built in `partitions` partitions.
     Raises csvio.NeedsWholeFile (nothing written) when the file must be read whole."""
     with csvio.temporary_folder(output) as folder:
-        routed = _route(Path(packets_csv), folder, options, partitions, chunk_bytes)
-        shared = flows.cross_flow(routed.evidence, options)
-        built = [_build(folder, k, options, shared) for k in range(partitions) if routed.rows[k]]
+        try:
+            routed = _route(Path(packets_csv), folder, options, partitions, chunk_bytes)
+            shared = flows.cross_flow(routed.evidence, options)
+            built = [
+                _build(folder, k, options, shared) for k in range(partitions) if routed.rows[k]
+            ]
+        except OSError as e:  # the partition files (pyarrow's errors are OSErrors)
+            raise OutputError(folder, f"cannot write ({e.strerror or e})") from None
         count = sum(len(b.ts) for b in built)
         csvio.write_table_pieces(_merged(built), FLOWS, output)
     return Written(routed.packets, count, routed.blank, routed.chunks, len(built))
@@ -90,7 +95,7 @@ def _route(
     writers: dict[int, ipc.RecordBatchStreamWriter] = {}
     rows = np.zeros(partitions, np.int64)
     evidence, blank, schema, packets, chunks = [], {}, None, 0, 0
-    try:
+    try:  # (an OSError: write_flows says it)
         for frame in csvio.read_table_chunks(
             packets_csv,
             PACKETS,
@@ -98,7 +103,9 @@ def _route(
             columns=flows.REQUIRED + flows.OPTIONAL,
             chunk_bytes=chunk_bytes,
         ):
-            first = int(frame.index[0]) if len(frame) else packets
+            if not len(frame):  # (a block of blank lines)
+                continue
+            first = int(frame.index[0])
             frame.index = pd.RangeIndex(len(frame))
             _count_blanks(frame, first, blank)
             p = flows.prepare(frame, np.arange(first, first + len(frame)))
@@ -118,8 +125,6 @@ def _route(
             rows += counts
             packets += len(frame)
             chunks += 1
-    except OSError as e:
-        raise OutputError(folder, f"cannot write ({e.strerror})") from None
     finally:
         for writer in writers.values():
             writer.close()

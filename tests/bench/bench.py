@@ -1028,6 +1028,11 @@ def bench_memory(args) -> None:
             figures[size, "flows"] = measure_tree(
                 [sys.executable, STREAM_IDENTIFIER, packets_csv, "-o", out / "flows", "-q"]
             )
+            if args.report:
+                print(f"bench: {packets:,} packets: main.py with the report", file=sys.stderr)
+                command = [sys.executable, *runs["main.py --no-report"][:-1]]
+                command[command.index(out / "main")] = out / "main-report"
+                figures[size, "main-report"] = measure_tree(command)
             print(f"bench: {packets:,} packets: the traffic report alone", file=sys.stderr)
             figures[size, "report"] = measure_tree(
                 [
@@ -1038,9 +1043,12 @@ def bench_memory(args) -> None:
             )  # fmt: skip
         for key, label in (
             ("main", "`main.py DEVICE IP CAPTURE --no-report -q`"),
+            ("main-report", "`main.py DEVICE IP CAPTURE -q` (with the report)"),
             ("flows", "`stream-identifier.py PACKETS.csv -q` alone"),
             ("report", "`traffic-report.py PACKETS.csv FLOWS.csv --signature ... -q` alone"),
         ):
+            if (size, key) not in figures:
+                continue
             f = figures[size, key]
             tshark = f"{f['rss_tshark']:,.0f} MB" if f["rss_tshark"] else "(no tshark)"
             rows.append(
@@ -1148,6 +1156,9 @@ def main() -> None:
         nargs="+",
         default=list(MEMORY_SIZES),
         help="packets of the captures (default: %(default)s)",
+    )
+    memory.add_argument(
+        "--report", action="store_true", help="main.py with the report too (as long again)"
     )
     memory.set_defaults(function=bench_memory)
     for benchmark in (translator, flows_parser, signature, evaluate, report, long_parser):
