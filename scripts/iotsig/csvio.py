@@ -246,7 +246,8 @@ def _row_blocks(path: Path, size: int) -> Iterator[tuple[list[str], bytes]]:
             while block := handle.read(size):
                 block = carried + block  # (starts with a row)
                 cut = block.rfind(b"\n")
-                while cut >= 0 and block.count(b'"', 0, cut) % 2:
+                quoted = block.find(b'"') >= 0  # (find is many times faster than count)
+                while quoted and cut >= 0 and block.count(b'"', 0, cut) % 2:
                     cut = block.rfind(b"\n", 0, cut)
                 carried = block[cut + 1 :]
                 if cut >= 0:

@@ -113,7 +113,7 @@ def _route(
             partition = (flows.conversation_hash(p) % np.uint64(partitions)).astype(np.intp)
             frame[ROW] = p.rows
             schema = schema or _schema(frame)
-            table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+            table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False, nthreads=1)
             counts = np.bincount(partition, minlength=partitions)
             table = table.take(np.argsort(partition, kind="stable"))
             start = 0
@@ -185,7 +185,7 @@ def _build(folder: Path, k: int, options: flows.FlowOptions, shared: flows.Cross
     rows = frame.pop(ROW).to_numpy()
     built = flows.flows_of(flows.prepare(frame, rows), options, shared)
     del frame
-    table = pa.Table.from_pandas(built, preserve_index=False)
+    table = pa.Table.from_pandas(built, preserve_index=False, nthreads=1)
     path = _flows_file(folder, k)
     with ipc.new_file(path, table.schema) as writer:
         writer.write_table(table, max_chunksize=MERGE_PIECE_ROWS)
