@@ -6,7 +6,9 @@ import contextlib
 import csv
 import functools
 import io
+import os
 import queue
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import csvio, fields, tshark
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, ToolError
 from .fields import first, map_uniques
 from .schema import PACKETS
 from .timefmt import utc_text
@@ -70,11 +72,35 @@ FIELDS = list(
         ]
     )
 )
+# What tshark gives only by looking each MAC up in its OUI database (manuf): the same lookup
+# is done here once per distinct MAC, when that database is found (8% of tshark's time).
+VENDOR_FIELDS = ["eth.src.oui_resolved", "eth.dst.oui_resolved"]
+
+
+def asked_fields() -> list[str]:
+    """The fields tshark is asked for: FIELDS, but for what is computed here as tshark
+    would (the columns are checked against the full FIELDS in the tests)."""
+    if _manuf() is None:
+        return FIELDS
+    return [f for f in FIELDS if f not in VENDOR_FIELDS]
+
+
 # Rows per chunk: fewer chunks cost less CPU; the 1 MB pipe keeps tshark going meanwhile.
 CHUNK_ROWS = 20_000
 # Frames an IP fragment waits for the frame that completes its datagram (the rows after it
 # wait too, to keep capture order): bounds the memory whatever the capture holds.
 FRAGMENT_WAIT_FRAMES = 100_000
+# A capture file of more packets than MIN_CHUNK_PACKETS is translated in chunks, one tshark
+# each, on as many cores as there are (and never more than CHUNK_PACKETS a chunk: tshark's
+# memory grows with what it has read, a chunk's tshark with its chunk only). A tshark costs
+# a fifth of a second to start: a chunk must be worth it.
+CHUNK_PACKETS = 500_000
+MIN_CHUNK_PACKETS = 100_000
+MIN_CHUNKED_BYTES = 16 << 20  # smaller files are not even counted
+# Frames a chunk's tshark reads before the chunk's own, to rebuild what tshark keeps from
+# frame to frame (TCP segments and retransmissions, IP fragments, conversations): a chunk's
+# rows are the whole capture's as long as no such state reaches back further (README).
+OVERLAP_FRAMES = 10_000
 # What a fragment's row takes from its datagram's row: the conversation, which flows are
 # keyed on. The rest of the datagram (flags, payload length, application fields) stays in
 # the row of the frame that completes it: counted once.
@@ -128,6 +154,111 @@ class Translation:
     first_unwritable_frame: str = ""
     incomplete_fragments: int = 0  # IP fragments whose datagram never completed
     first_incomplete_fragment: str = ""
+    chunk: Chunk | None = None  # the chunk of the capture this is the translation of
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Frames first..last (numbered in the capture from 1) of a capture, whose rows one
+    tshark writes to `part`, a file of the folder `folder`."""
+
+    index: int
+    first: int
+    last: int
+    folder: Path
+
+    @property
+    def part(self) -> Path:
+        return self.folder / f"{self.index:05d}.csv"
+
+    @property
+    def read_frames(self) -> tuple[int, int]:
+        """The frames tshark reads: the overlap before, the chunk, and what may complete
+        its datagrams after (read only as far as needed)."""
+        return max(1, self.first - OVERLAP_FRAMES), self.last + FRAGMENT_WAIT_FRAMES
+
+    def own_and_after(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """tshark's rows numbered as in the whole capture, without the overlap's."""
+        offset = self.read_frames[0] - 1
+        numbers = _frame_numbers(raw["frame.number"]) + offset
+        keep = numbers >= self.first
+        raw = raw[keep].reset_index(drop=True)
+        raw["frame.number"] = numbers[keep].astype(np.int64).astype(str)
+        for name in ("ip.fragment", "ipv6.fragment"):  # the frames a datagram was made of
+            listed = raw[name].to_numpy() != ""
+            if listed.any():
+                renumber = lambda cell: ";".join(str(int(n) + offset) for n in cell.split(";"))  # noqa: E731
+                raw.loc[listed, name] = map_uniques(raw[name][listed], renumber).to_numpy()
+        return raw
+
+    def is_after(self, raw: pd.DataFrame, position: int) -> bool:
+        """Whether the row at `position` (renumbered) comes after the chunk's last frame."""
+        return int(raw["frame.number"].iat[position]) > self.last
+
+
+def plan_chunks(capture: Path, parallel: int) -> list[tuple[int, int]] | None:
+    """The frame ranges a capture file is translated in, one tshark each; None: one tshark
+    over the whole capture (a small file, a pipe, a compressed or damaged file)."""
+    capture = Path(capture)
+    try:
+        if tshark.is_stdin(capture) or not capture.is_file():
+            return None
+        if capture.stat().st_size < MIN_CHUNKED_BYTES:
+            return None
+        with open(capture, "rb") as handle:
+            if handle.read(4) not in tshark.CAPTURE_MAGICS:
+                return None  # compressed: editcap would have to read it all for each chunk
+    except OSError:
+        return None  # translate() says what is wrong with it
+    count = tshark.packet_count(capture)
+    if not count or count < 2 * MIN_CHUNK_PACKETS:
+        return None
+    chunks = max(-(-count // CHUNK_PACKETS), min(max(parallel, 1), count // MIN_CHUNK_PACKETS))
+    if chunks < 2:
+        return None
+    bounds = np.linspace(0, count, chunks + 1).round().astype(int)
+    return [(int(a) + 1, int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def translate_chunk(
+    capture: Path,
+    output: Path,
+    chunk: Chunk,
+    device_mac: str | None = None,
+    device_ip: str | None = None,
+    on_packets: Callable[[int], None] | None = None,
+) -> Translation:
+    """One chunk's rows of the packets CSV `output`, to chunk.part (whole or not at all);
+    join_chunks makes `output` of the parts."""
+    result = Translation(Path(capture), output, chunk=chunk)
+    with _output_errors(output), csvio.atomic_path(chunk.part) as tmp:
+        return _translate_into(tmp, result, device_mac, device_ip, on_packets, chunk)
+
+
+def join_chunks(parts: list[Translation]) -> Translation:
+    """The packets CSV made of its chunks' parts, in order (the first has the header), and
+    the capture's Translation; the parts are gone."""
+    parts = sorted(parts, key=lambda t: t.chunk.index)
+    first = parts[0]
+    whole = Translation(first.capture, first.output)
+    with _output_errors(first.output), csvio.atomic_path(first.output) as tmp:
+        os.replace(first.chunk.part, tmp)
+        with open(tmp, "ab") as sink:
+            for part in parts[1:]:
+                with open(part.chunk.part, "rb") as source:
+                    shutil.copyfileobj(source, sink, 1 << 20)
+                os.unlink(part.chunk.part)
+    for part in parts:
+        whole.packets += part.packets
+        whole.warnings += [w for w in part.warnings if w not in whole.warnings]
+        if part.unwritable_times and not whole.unwritable_times:
+            whole.first_unwritable_frame = part.first_unwritable_frame
+        whole.unwritable_times += part.unwritable_times
+        if part.incomplete_fragments and not whole.incomplete_fragments:
+            whole.first_incomplete_fragment = part.first_incomplete_fragment
+        whole.incomplete_fragments += part.incomplete_fragments
+    whole.warnings += _counted_warnings(whole)
+    return whole
 
 
 def output_path(capture: Path, output_dir: Path) -> Path:
@@ -141,19 +272,37 @@ def translate(
     device_ip: str | None = None,
     on_packets: Callable[[int], None] | None = None,
 ) -> Translation:
-    """Write the packets CSV of one capture to `output`, whole or not at all."""
+    """Write the packets CSV of one capture to `output`, whole or not at all: one tshark
+    over the whole capture."""
     capture = Path(capture)
     tshark.check_capture(capture)
-    result = Translation(capture, output)
-    with (
-        tempfile.TemporaryFile() as stderr,
-        _output_errors(output),
-        csvio.atomic_path(output) as tmp,
-    ):
-        process = tshark.popen_fields(capture, FIELDS, stderr)
+    with _output_errors(output), csvio.atomic_path(output) as tmp:
+        return _translate_into(tmp, Translation(capture, output), device_mac, device_ip, on_packets)
+
+
+def _translate_into(
+    tmp: Path,
+    result: Translation,
+    device_mac: str | None,
+    device_ip: str | None,
+    on_packets: Callable[[int], None] | None,
+    chunk: Chunk | None = None,
+) -> Translation:
+    """The rows of result.capture (of its chunk's frames, for a chunk) written to tmp, with
+    the header unless the chunk is not the first; result filled in and returned."""
+    capture = result.capture
+    with tempfile.TemporaryFile() as stderr:
+        if chunk is None:
+            cutter, process = None, tshark.popen_fields(capture, asked_fields(), stderr)
+        else:
+            cutter, process = tshark.popen_range(
+                capture, asked_fields(), stderr, *chunk.read_frames
+            )
+        stopped_early = False
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as sink:
-                sink.write(",".join(PACKETS.names) + "\n")
+                if chunk is None or chunk.index == 0:
+                    sink.write(",".join(PACKETS.names) + "\n")
 
                 def write(rows: pd.DataFrame) -> None:
                     if not len(rows):
@@ -164,42 +313,81 @@ def translate(
                     if on_packets:
                         on_packets(len(rows))
 
-                datagrams = Datagrams()
-                for raw in _read_chunks(process.stdout):
-                    write(datagrams.feed(build_rows(raw, capture.name, device_mac, device_ip), raw))
-                write(datagrams.finish())
-                result.incomplete_fragments = datagrams.incomplete
-                result.first_incomplete_fragment = datagrams.first_incomplete
+                stopped_early = _write_rows(
+                    _read_chunks(process.stdout), write, result, device_mac, device_ip, chunk
+                )
         except BaseException:
-            process.kill()
+            _end(cutter, process, kill=True)
             raise
-        finally:
-            process.stdout.close()
-            process.wait()
+        _end(cutter, process, kill=stopped_early)  # the rest of the range is not the chunk's
         stderr.seek(0)
         warnings, errors = tshark.stderr_problems(stderr.read().decode("utf-8", "replace"))
-        if errors and not result.packets:
-            raise InputError(capture, "tshark could not read it: " + "; ".join(errors))
-        if not result.packets and not warnings:
-            raise InputError(capture, "capture contains no packets")
-        if not result.packets:
-            raise InputError(capture, "no packet could be read: " + "; ".join(warnings))
-        result.warnings = [
-            f"{capture}: {w} (kept the {result.packets} packets read)" for w in warnings + errors
-        ]
-        if result.unwritable_times:
-            result.warnings.append(
-                f"{capture}: {result.unwritable_times} packet(s) with a time outside the years "
-                f"0001-9999 (first: frame {result.first_unwritable_frame}): ts kept as read, "
-                "time_utc left empty"
-            )
-        if result.incomplete_fragments:
-            result.warnings.append(
-                f"{capture}: {result.incomplete_fragments} IP fragment(s) whose datagram never "
-                f"completed (first: frame {result.first_incomplete_fragment}): kept as tshark "
-                "gives them, without ports"
-            )
+    if stopped_early:
+        warnings, errors = [], []  # about frames past the chunk, or the pipe closed on them
+    if errors and not result.packets:
+        raise InputError(capture, "tshark could not read it: " + "; ".join(errors))
+    if not result.packets and not warnings:
+        raise InputError(capture, "capture contains no packets")
+    if not result.packets:
+        raise InputError(capture, "no packet could be read: " + "; ".join(warnings))
+    result.warnings = [
+        f"{capture}: {w} (kept the {result.packets} packets read)" for w in warnings + errors
+    ]
+    if chunk is None:
+        result.warnings += _counted_warnings(result)
     return result
+
+
+def _end(*processes, kill: bool) -> None:
+    for process in filter(None, processes):
+        if kill:
+            process.kill()
+        if process.stdout:
+            process.stdout.close()
+        process.wait()
+
+
+def _counted_warnings(result: Translation) -> list[str]:
+    """The warnings of what was counted over the whole capture."""
+    warnings = []
+    if result.unwritable_times:
+        warnings.append(
+            f"{result.capture}: {result.unwritable_times} packet(s) with a time outside the "
+            f"years 0001-9999 (first: frame {result.first_unwritable_frame}): ts kept as read, "
+            "time_utc left empty"
+        )
+    if result.incomplete_fragments:
+        warnings.append(
+            f"{result.capture}: {result.incomplete_fragments} IP fragment(s) whose datagram "
+            f"never completed (first: frame {result.first_incomplete_fragment}): kept as "
+            "tshark gives them, without ports"
+        )
+    return warnings
+
+
+def _write_rows(raw_chunks, write, result, device_mac, device_ip, chunk) -> bool:
+    """Build and write the rows of tshark's output; for a chunk only its own frames (the
+    frames before them were read to rebuild tshark's state, those after only to complete
+    the IP datagrams of its fragments). True when it stopped before the end of the output."""
+    datagrams = Datagrams(chunk.last if chunk else None)
+    stopped_early = False
+    for raw in raw_chunks:
+        if chunk is not None:
+            raw = chunk.own_and_after(raw)
+            if not len(raw):
+                continue
+            if chunk.is_after(raw, 0) and not datagrams.holds_own():
+                stopped_early = True
+                break
+        rows = datagrams.feed(build_rows(raw, result.capture.name, device_mac, device_ip), raw)
+        write(datagrams.own(rows))
+        if chunk is not None and chunk.is_after(raw, -1) and not datagrams.holds_own():
+            stopped_early = True
+            break
+    write(datagrams.own(datagrams.finish()))
+    result.incomplete_fragments = datagrams.incomplete
+    result.first_incomplete_fragment = datagrams.first_incomplete
+    return stopped_early
 
 
 def _note_unwritable_times(rows: pd.DataFrame, result: Translation) -> None:
@@ -228,7 +416,7 @@ def _read_chunks(stream):
         io.BufferedReader(PipeDrainer(stream), 1 << 20),
         sep="\t",
         header=None,
-        names=FIELDS,
+        names=asked_fields(),
         dtype=str,
         quoting=csv.QUOTE_NONE,
         na_filter=False,
@@ -290,10 +478,26 @@ class Datagrams:
     frame that completes its datagram is read, at most FRAGMENT_WAIT_FRAMES frames; a
     fragment whose datagram never completes is kept as tshark gives it, and counted."""
 
-    def __init__(self):
+    def __init__(self, last_frame: int | None = None):
         self.held: pd.DataFrame | None = None  # rows read, waiting to be written
         self.incomplete = 0
         self.first_incomplete = ""
+        # A chunk's last frame: the rows after it only complete datagrams, and are not its.
+        self.last_frame = last_frame
+
+    def own(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The rows up to the last frame (all of them, outside a chunk)."""
+        if self.last_frame is None or not len(rows):
+            return rows
+        return rows[_frame_numbers(rows["frame_number"]) <= self.last_frame]
+
+    def holds_own(self) -> bool:
+        """Whether rows up to the last frame are still waiting."""
+        if self.held is None:
+            return False
+        return self.last_frame is None or (
+            _frame_numbers(self.held["frame_number"].iloc[:1])[0] <= self.last_frame
+        )
 
     def feed(self, rows: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
         """The rows that can be written now (the chunk's, after those held back)."""
@@ -322,9 +526,15 @@ class Datagrams:
         return rows
 
     def _count_incomplete(self, rows: pd.DataFrame, mask: np.ndarray) -> None:
+        if self.last_frame is not None:
+            mask = mask & (_frame_numbers(rows["frame_number"]) <= self.last_frame)
         if mask.any() and not self.incomplete:
             self.first_incomplete = rows["frame_number"].iat[int(np.argmax(mask))]
         self.incomplete += int(mask.sum())
+
+
+def _frame_numbers(column: pd.Series) -> np.ndarray:
+    return pd.to_numeric(column, errors="coerce").to_numpy()
 
 
 def _has_fragments(raw: pd.DataFrame) -> bool:
@@ -423,14 +633,15 @@ def build_rows(
     out["eth_dst"] = _first_nonblank(eth_dst, raw["wlan.da"], raw["wlan.ra"])
     # An inner Ethernet header's vendor is looked up in the same database: tshark lists
     # only the vendors it knows, so occurrences of oui_resolved do not line up with eth's.
-    inner = conv.eth > 0
     for end in ("src", "dst"):
+        looked_up = map_uniques(out[f"eth_{end}"], oui_vendor)
+        if f"eth.{end}.oui_resolved" not in raw:  # asked_fields: always looked up here
+            out[f"eth_{end}_vendor"] = looked_up
+            continue
         vendor = first(raw[f"eth.{end}.oui_resolved"])
         wireless = (raw["eth.src"] == "") & (out[f"eth_{end}"] != "") & (vendor == "")
-        redo = wireless.to_numpy() | inner
-        if redo.any():
-            vendor = vendor.where(~redo, map_uniques(out[f"eth_{end}"], oui_vendor))
-        out[f"eth_{end}_vendor"] = vendor
+        redo = wireless.to_numpy() | (conv.eth > 0)
+        out[f"eth_{end}_vendor"] = vendor.where(~redo, looked_up)
 
     # The conversation is the innermost IP (or ARP) header that is not quoted by an ICMP
     # message: every address, port, flag and length comes from that layer's occurrence of
@@ -601,26 +812,37 @@ def _first_nonblank(*columns: pd.Series) -> pd.Series:
     return result
 
 
-MANUF = Path("/usr/share/wireshark/manuf")
-
-
 @functools.lru_cache(maxsize=1)
-def _manuf() -> dict[str, str]:
-    """Wireshark's OUI database: the first three octets -> the vendor's full name (what
-    eth.src.oui_resolved gives). Empty where the file is not there."""
+def _manuf() -> dict[str, str] | None:
+    """Wireshark's OUI database as tshark reads it: the first three octets -> the vendor's
+    full name (what eth.src.oui_resolved gives), from the manuf file of tshark's
+    installation (PREFIX/share/wireshark). None when there is none (Wireshark 4.2 and later
+    build it in), or when a personal manuf file may change tshark's answers: tshark is
+    then asked."""
+    try:
+        prefix = Path(tshark.tshark_path()).resolve().parent.parent
+    except tshark.ToolError:
+        return None
+    manuf = prefix / "share" / "wireshark" / "manuf"
+    home = Path(os.environ.get("HOME") or "/nonexistent")
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    personal = [config / "wireshark", home / ".wireshark"]
+    if os.environ.get("WIRESHARK_CONFIG_DIR"):
+        personal.append(Path(os.environ["WIRESHARK_CONFIG_DIR"]))
+    if not manuf.is_file() or any((folder / "manuf").exists() for folder in personal):
+        return None
     vendors = {}
-    with contextlib.suppress(OSError):
-        for line in MANUF.read_text(encoding="utf-8", errors="replace").splitlines():
-            parts = line.split("\t")
-            if len(parts) >= 2 and len(parts[0]) == 8 and not line.startswith("#"):
-                vendors[parts[0].lower()] = parts[2].strip() if len(parts) > 2 else parts[1]
+    for line in manuf.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2 and len(parts[0]) == 8 and not line.startswith("#"):
+            vendors[parts[0].lower()] = parts[2].strip() if len(parts) > 2 else parts[1]
     return vendors
 
 
 def oui_vendor(mac: str) -> str:
     if not mac or int(mac[:2], 16) & 2:  # locally administered: no vendor
         return ""
-    return _manuf().get(mac[:8].lower(), "")
+    return (_manuf() or {}).get(mac[:8].lower(), "")
 
 
 def _tcp_letters(value: str) -> str:
@@ -644,12 +866,68 @@ def translate_many(
     output_dir: Path,
     device_mac=None,
     device_ip=None,
-    jobs: int = 0,
+    jobs=0,
     on_packets: Callable[[int], None] | None = None,
 ):
-    """Translate several captures, one tshark per core. Yields (capture, Translation or
-    ToolError) as each finishes; one bad capture does not stop the others."""
-    from .parallel import run_parallel
+    """Translate several captures, one tshark per core (a big capture in chunks, on every
+    core). Yields (capture, Translation or ToolError) as each finishes; one bad capture
+    does not stop the others."""
+    items = [(c, output_path(c, output_dir), device_mac, device_ip) for c in captures]
+    yield from run_translations(items, jobs, on_packets)
 
-    tasks = [(translate, (c, output_path(c, output_dir), device_mac, device_ip)) for c in captures]
-    yield from run_parallel(tasks, jobs=jobs, on_progress=on_packets)
+
+def run_translations(items, jobs=0, on_progress=None, whole_task=None):
+    """items: (capture, output, device_mac, device_ip) each. A capture file big enough is
+    translated in chunks, each a task of its own; the others are one task each,
+    whole_task(item) -> (function, arguments) (default: translate). Yields (capture,
+    result or ToolError) as each finishes: a chunked capture's result is its Translation
+    once its last chunk is done and the parts are joined."""
+    from .parallel import run_parallel, width
+
+    tasks, chunks, folders = [], {}, []
+    whole_task = whole_task or (lambda item: (translate, tuple(item)))
+    try:
+        for item in items:
+            capture, output = Path(item[0]), Path(item[1])
+            ranges = None if capture in chunks else plan_chunks(capture, width(jobs))
+            if ranges is None:
+                tasks.append(whole_task(item))
+                continue
+            folders.append(_chunk_folder(output))
+            chunks[capture] = len(ranges)
+            for index, (first, last) in enumerate(ranges):
+                chunk = Chunk(index, first, last, folders[-1])
+                tasks.append((translate_chunk, (capture, output, chunk, *item[2:4])))
+        done: dict[Path, list] = {capture: [] for capture in chunks}
+        for capture, result in run_parallel(tasks, jobs, on_progress):
+            if Path(capture) not in chunks:
+                yield capture, result
+                continue
+            done[Path(capture)].append(result)
+            if len(done[Path(capture)]) == chunks[Path(capture)]:
+                yield capture, _joined(done.pop(Path(capture)))
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _chunk_folder(output: Path) -> Path:
+    """A hidden folder beside the output for its chunks' parts (on the shared filesystem,
+    for the workers of a cluster)."""
+    try:
+        return Path(
+            tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".chunks", dir=output.parent)
+        )
+    except OSError as e:
+        raise OutputError(output.parent, f"cannot write here ({e.strerror})") from None
+
+
+def _joined(results: list) -> Translation | ToolError:
+    """The capture's Translation from its chunks', or the first chunk's error."""
+    errors = [r for r in results if isinstance(r, ToolError)]
+    if errors:
+        return errors[0]
+    try:
+        return join_chunks(results)
+    except ToolError as e:
+        return e

@@ -91,6 +91,12 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def width(jobs: int | Workers) -> int:
+    """How many tasks run at once on this machine (a cluster's size is not known here)."""
+    workers = jobs if isinstance(jobs, Workers) else Workers(jobs)
+    return workers.jobs or cores()
+
+
 def run_parallel(tasks, jobs: int | Workers = 0, on_progress=None):
     """tasks: [(function, args)], each function taking on_packets=. Yields (first arg,
     result or ToolError) in completion order. `jobs`: a number of local processes (0: one

@@ -206,6 +206,19 @@ def capture_to_flows(
     return Converted(Path(capture), translation, written, translated)
 
 
+def translated_to_flows(
+    capture: Path,
+    translation: packets.Translation,
+    output_dir: Path,
+    device_ip: str | None = None,
+    options: flows.FlowOptions | None = None,
+    on_packets: Callable[[int], None] | None = None,
+) -> Converted:
+    """stream-identifier for a capture translated in chunks (capture_to_flows' second half)."""
+    written = packets_to_flows(translation.output, output_dir, flow_options(device_ip, options))
+    return Converted(Path(capture), translation, written)
+
+
 def captures_to_flows(
     captures: Iterable,
     output_dir: Path | None = None,
@@ -215,24 +228,42 @@ def captures_to_flows(
     jobs: int = 0,
     on_packets: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[Path, Converted | ToolError]]:
-    """capture_to_flows for each capture, one per core. `captures` are paths (all written
-    to OUTPUT_DIR, for DEVICE_IP/DEVICE_MAC) or Job items (each with its own). Yields
-    (capture, Converted or the capture's ToolError) as each finishes: one bad capture does
-    not stop the others."""
-    tasks = []
+    """capture_to_flows for each capture, one per core; a big capture is translated in
+    chunks on every core first (packets.run_translations), then its flows are built.
+    `captures` are paths (all written to OUTPUT_DIR, for DEVICE_IP/DEVICE_MAC) or Job items
+    (each with its own). Yields (capture, Converted or the capture's ToolError) as each
+    finishes: one bad capture does not stop the others."""
+    items = []
     for item in captures:
         job = (
             item
             if isinstance(item, Job)
             else Job(Path(item), Path(output_dir), device_ip, device_mac)
         )
-        tasks.append(
-            (
-                capture_to_flows,
-                (job.capture, job.output_dir, job.device_ip, job.device_mac, options),
-            )
+        output = packets_path(job.capture, job.output_dir)
+        items.append((job.capture, output, job.device_mac, job.device_ip, job))
+
+    def whole(item):
+        job = item[4]
+        return capture_to_flows, (
+            job.capture,
+            job.output_dir,
+            job.device_ip,
+            job.device_mac,
+            options,
         )
-    yield from run_parallel(tasks, jobs=jobs, on_progress=on_packets)
+
+    by_output = {item[1]: item[4] for item in items}
+    chunked = []
+    for capture, result in packets.run_translations(items, jobs, on_packets, whole):
+        if isinstance(result, packets.Translation):  # chunked: its flows are still to build
+            job = by_output[result.output]
+            chunked.append(
+                (translated_to_flows, (capture, result, job.output_dir, job.device_ip, options))
+            )
+        else:
+            yield capture, result
+    yield from run_parallel(chunked, jobs=jobs, on_progress=on_packets)
 
 
 # ---------------------------------------------------------------------------------------

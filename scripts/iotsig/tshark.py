@@ -166,6 +166,75 @@ def fields_command(
     return command
 
 
+def wireshark_tool(name: str) -> str:
+    """Another Wireshark program (editcap, capinfos): beside the tshark in use, else on PATH."""
+    beside = Path(tshark_path()).with_name(name)
+    return str(beside) if beside.is_file() else shutil.which(name) or name
+
+
+def popen_range(
+    capture: Path, fields: list[str], stderr, first: int, last: int
+) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """(editcap, tshark): tshark's fields export of frames first..last of a capture file,
+    which editcap cuts out and pipes to it (their frames are numbered from 1)."""
+    command = [
+        wireshark_tool("editcap"),
+        "-F",
+        "pcapng",  # holds every link type and time resolution the input may have
+        "-r",
+        str(capture if capture.is_absolute() else Path(".") / capture),
+        "-",
+        f"{first}-{last}",
+    ]
+    try:
+        cutter = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL
+        )
+    except OSError as e:
+        raise ToolError(f"cannot run {command[0]} ({e.strerror or e})") from None
+    try:
+        process = subprocess.Popen(
+            fields_command(Path("-"), fields),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=cutter.stdout,
+            env=dict(os.environ, LC_ALL="C.UTF-8"),
+        )
+    except OSError as e:
+        cutter.kill()
+        raise ToolError(f"cannot run {tshark_path()} ({e.strerror or e})") from None
+    finally:
+        cutter.stdout.close()  # tshark's now: editcap sees tshark go
+    _widen_pipe(process.stdout)
+    return cutter, process
+
+
+def packet_count(capture: Path) -> int | None:
+    """The number of packets of a capture file, read by capinfos (it reads the record
+    headers only: a fraction of a second for a gigabyte); None when capinfos is missing or
+    finds anything wrong with the file (a damaged file is read whole, by one tshark, which
+    says what it can read)."""
+    try:
+        result = subprocess.run(
+            [wireshark_tool("capinfos"), "-c", "-M", "-T", "-r", str(capture)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+    problems = [
+        line for line in result.stderr.splitlines() if line and "Running as user" not in line
+    ]
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or problems or not lines:
+        return None
+    try:
+        return int(lines[-1].split("\t")[-1])
+    except ValueError:
+        return None
+
+
 def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
     """tshark's fields export of the capture, running. A pipe (standard input that is not a
     file, or a FIFO) is relayed to tshark's standard input by a thread, after its first
@@ -279,13 +348,11 @@ def stderr_problems(text: str) -> tuple[list[str], list[str]]:
 
 
 def _check_compressed(path: Path, compression: str) -> None:
-    capinfos = Path(tshark_path()).with_name("capinfos")
-    if not capinfos.is_file():
-        capinfos = shutil.which("capinfos")
-    if not capinfos:
+    capinfos = wireshark_tool("capinfos")
+    if not os.path.isfile(capinfos):
         return  # tshark will say what it finds
     result = subprocess.run(
-        [str(capinfos), "-t", "-M", "-T", "-r", str(path)], capture_output=True, text=True
+        [capinfos, "-t", "-M", "-T", "-r", str(path)], capture_output=True, text=True
     )
     kind = result.stdout.strip().splitlines()[-1].split("\t")[-1] if result.stdout.strip() else ""
     if result.returncode != 0 or kind not in ("pcap", "pcapng"):
