@@ -127,6 +127,40 @@ def big_capture(shared: Path, min_packets: int, name: str = "big") -> tuple[Path
     return big, packets
 
 
+def distinct_capture(shared: Path, min_packets: int) -> tuple[Path, int]:
+    """One pcapng of all the shared captures, copied as many times as needed to reach
+    min_packets, each copy's addresses moved elsewhere (distinct.py: no conversation
+    repeats); rebuilt only when the inputs or the target change."""
+    from distinct import rewrite_copy
+
+    inputs = shared_captures(shared)
+    key = hashlib.sha256(
+        json.dumps(
+            ["distinct", min_packets]
+            + [(str(f.relative_to(shared)), f.stat().st_size) for f in inputs]
+        ).encode()
+    ).hexdigest()[:12]
+    big, meta = CACHE / f"distinct-{key}.pcapng", CACHE / f"distinct-{key}.json"
+    if big.exists() and meta.exists():
+        return big, json.loads(meta.read_text())["packets"]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for old in CACHE.glob("distinct-*"):
+        old.unlink()
+    print(f"bench: building the {min_packets:,}-packet capture (once)", file=sys.stderr)
+    one_set = CACHE / "distinct-set.pcapng.tmp"
+    run(["mergecap", "-F", "pcapng", "-a", "-w", one_set, *inputs])
+    repeats = math.ceil(min_packets / packet_count(one_set))
+    copies = [CACHE / f"distinct-copy-{k}.pcapng.tmp" for k in range(repeats)]
+    for shift, copy in enumerate(copies):
+        rewrite_copy(one_set, copy, shift)
+    run(["mergecap", "-F", "pcapng", "-a", "-w", big, *copies])
+    for temporary in [one_set, *copies]:
+        temporary.unlink()
+    packets = packet_count(big)
+    meta.write_text(json.dumps({"packets": packets, "repeats": repeats, "inputs": len(inputs)}))
+    return big, packets
+
+
 def halves(big: Path, packets: int) -> list[Path]:
     """The big capture cut in two files of (nearly) the same number of packets."""
     folder = big.with_suffix(".halves")
