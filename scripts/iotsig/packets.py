@@ -890,10 +890,11 @@ def run_translations(items, jobs=0, on_progress=None, whole_task=None):
         for item in items:
             capture, output = Path(item[0]), Path(item[1])
             ranges = None if capture in chunks else plan_chunks(capture, width(jobs))
-            if ranges is None:
+            folder = _chunk_folder(output) if ranges else None
+            if folder is None:  # the whole capture's task says what is wrong with the output
                 tasks.append(whole_task(item))
                 continue
-            folders.append(_chunk_folder(output))
+            folders.append(folder)
             chunks[capture] = len(ranges)
             for index, (first, last) in enumerate(ranges):
                 chunk = Chunk(index, first, last, folders[-1])
@@ -911,15 +912,15 @@ def run_translations(items, jobs=0, on_progress=None, whole_task=None):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _chunk_folder(output: Path) -> Path:
+def _chunk_folder(output: Path) -> Path | None:
     """A hidden folder beside the output for its chunks' parts (on the shared filesystem,
-    for the workers of a cluster)."""
+    for the workers of a cluster); None when it cannot be made there."""
     try:
         return Path(
             tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".chunks", dir=output.parent)
         )
-    except OSError as e:
-        raise OutputError(output.parent, f"cannot write here ({e.strerror})") from None
+    except OSError:
+        return None
 
 
 def _joined(results: list) -> Translation | ToolError:

@@ -9,6 +9,7 @@ writing it to tests/bench/<stage>-results.md and a verdict line to stderr.
     python tests/bench/bench.py report      # what the traffic report adds to main.py
     python tests/bench/bench.py long        # main.py / event-detector --events, long captures
     python tests/bench/bench.py memory      # peak memory, 1M and 10M packets (process tree)
+    python tests/bench/bench.py chunks      # one 1M-packet capture in chunks on every core
 
 The inputs are built once and cached in tests/.bench/ (git-ignored): the big capture from
 the shared public captures (../shared/pcaps next to the repository) with mergecap; its
@@ -27,6 +28,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -920,6 +922,96 @@ def bench_long(args) -> None:
     write_results(LONG_RESULTS, text, "; ".join(verdicts))
 
 
+# --- chunks: one big capture on every core ------------------------------------------------
+
+CHUNKS_RESULTS = HERE / "chunks-results.md"
+WHOLE_TRANSLATION = (  # packet-translator as it was: one tshark over the whole capture
+    "import sys; from pathlib import Path; from iotsig import packets; "
+    "packets.translate(Path(sys.argv[1]), Path(sys.argv[2]))"
+)
+
+
+def bench_chunks(args) -> None:
+    """One capture of about a million packets (distinct_capture) on this machine's cores:
+    bare tshark, packet-translator (in chunks), the same with one tshark, main.py
+    --no-report; wall, CPU and peak memory; the outputs of the chunked and the whole runs
+    compared byte for byte."""
+    big, packets = distinct_capture(args.shared, args.min_packets)
+    cores = len(os.sched_getaffinity(0))
+    load_before = os.getloadavg()[0]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "scripts"))
+    runs: dict[str, list[tuple[float, float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-chunks-") as tmp:
+        tmp = Path(tmp)
+        bare = " ".join(map(shlex.quote, fields_command(big, FIELDS))) + f" > {tmp / 'bare.tsv'}"
+        commands = {
+            "bare": ["sh", "-c", bare],
+            "whole": [sys.executable, "-c", WHOLE_TRANSLATION, big, tmp / "whole.packets.csv"],
+            "translator": [sys.executable, TRANSLATOR, big, "-o", tmp / "chunked", "-q"],
+            "main": [
+                sys.executable, MAIN, DEVICE_NAME, DEVICE_IP, big, "-o", tmp / "main",
+                "--no-report", "-q",
+            ],
+        }  # fmt: skip
+        os.environ["PYTHONPATH"] = env["PYTHONPATH"]  # for the whole run's -c
+        for _ in range(args.repeat):
+            for name, command in commands.items():
+                shutil.rmtree(tmp / name, ignore_errors=True)
+                runs.setdefault(name, []).append(measure(command))
+        name = f"{big.name}.packets.csv"
+        same_packets = _same_file(tmp / "whole.packets.csv", tmp / "chunked" / name)
+        run([sys.executable, STREAM_IDENTIFIER, tmp / "whole.packets.csv", "-o", tmp, "-q"])
+        flows_name = f"{big.name}.flows.csv"
+        same_flows = _same_file(tmp / "whole.flows.csv", tmp / "main" / flows_name)
+    median = {k: [statistics.median(r[i] for r in v) for i in range(3)] for k, v in runs.items()}
+    bare_wall = median["bare"][0]
+    labels = {
+        "bare": "bare `tshark -T fields` (every field the columns come from), 1 process",
+        "whole": "packet-translator's code with one tshark over the whole capture (as before)",
+        "translator": f"`packet-translator.py` (chunks, {cores} at once)",
+        "main": "`main.py --no-report` (chunks, then flows and signature)",
+    }
+    lines = [
+        f"{packets:,} packets ({big.name}: the shared public captures, copied with their "
+        "addresses moved, tests/bench/distinct.py); median of "
+        f"{args.repeat} interleaved runs; {machine(cores, load_before)}. CPU time: user + "
+        "system of every process of the run; peak memory: the largest process.",
+        "",
+        "| run | wall time | CPU time | peak memory | packets/s (wall) | against bare tshark |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in labels.items():
+        wall, cpu, peak = median[key]
+        lines.append(
+            f"| {label} | {wall:.2f} s | {cpu:.2f} s | {peak:.0f} MB | {packets / wall:,.0f} "
+            f"| {bare_wall / wall:.2f}× |"
+        )
+    translator_ratio = bare_wall / median["translator"][0]
+    main_ratio = bare_wall / median["main"][0]
+    lines += [
+        "",
+        f"Chunked packets CSV identical to the whole run's: {'yes' if same_packets else 'NO'}; "
+        f"main.py's flows CSV identical to stream-identifier's on the whole run's packets CSV: "
+        f"{'yes' if same_flows else 'NO'}.",
+        "",
+        *busy_note(cores, load_before),
+        f"Produced by `python tests/bench/bench.py chunks --min-packets {args.min_packets}`.",
+        "",
+    ]
+    verdict = (
+        f"packet-translator {translator_ratio:.2f}x bare tshark (target 1.5: "
+        f"{met(translator_ratio >= 1.5)}), main.py --no-report {main_ratio:.2f}x (target 1.4: "
+        f"{met(main_ratio >= 1.4)}); identical outputs: {met(same_packets and same_flows)}"
+    )
+    write_results(CHUNKS_RESULTS, "\n".join(lines), verdict)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    import filecmp
+
+    return filecmp.cmp(a, b, shallow=False)
+
+
 # --- report: what the traffic report adds to main.py ---------------------------------------
 
 
@@ -1195,11 +1287,20 @@ def main() -> None:
         "--report", action="store_true", help="main.py with the report too (as long again)"
     )
     memory.set_defaults(function=bench_memory)
-    for benchmark in (translator, flows_parser, signature, evaluate, report, long_parser):
+    chunks = sub.add_parser("chunks", help="one big capture in chunks on every core")
+    chunks.add_argument(
+        "--min-packets",
+        type=int,
+        default=1_000_000,
+        help="size of the capture (default: %(default)s)",
+    )
+    chunks.set_defaults(function=bench_chunks)
+    for benchmark in (translator, flows_parser, signature, evaluate, report, long_parser, chunks):
         benchmark.add_argument(
             "--repeat", type=int, default=3, help="runs; the median is reported (default: 3)"
         )
-    for benchmark in (translator, flows_parser, evaluate, long_parser, memory):  # shared captures
+    shared = (translator, flows_parser, evaluate, long_parser, memory, chunks)
+    for benchmark in shared:  # the shared captures
         benchmark.add_argument(
             "--shared",
             type=Path,

@@ -1,0 +1,139 @@
+"""A capture translated in chunks (one tshark each, at once) gives the packets CSV of one
+tshark over the whole capture, byte for byte: frame numbers, reassembled TCP segments and
+IP datagrams across a border, warnings. The chunks are made small here so that every
+capture has borders (in use, a chunk is 100,000 to 500,000 packets)."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from iotsig import packets, pipeline
+
+from conftest import CAPTURES, SHARED, TPLINK_CAPTURES, quick_only
+
+SHARED_PCAPS = SHARED / "pcaps"
+CAPTURE_FILES = (
+    sorted(p for p in CAPTURES.iterdir() if p.suffix in (".pcap", ".pcapng")) + TPLINK_CAPTURES
+)
+QUICK = {"1724059939.pcap"}
+
+
+def chunks_of(monkeypatch, frames: int = 10**9) -> None:
+    """Chunk every capture: in chunks of `frames` frames, or as many as there are jobs."""
+    monkeypatch.setattr(packets, "MIN_CHUNKED_BYTES", 0)
+    monkeypatch.setattr(packets, "MIN_CHUNK_PACKETS", 1)
+    monkeypatch.setattr(packets, "CHUNK_PACKETS", frames)
+
+
+def translated(capture: Path, output: Path, jobs: int = 1) -> packets.Translation:
+    [(_, result)] = list(packets.run_translations([(capture, output, None, None)], jobs))
+    assert isinstance(result, packets.Translation), result
+    return result
+
+
+def assert_same_translation(capture: Path, tmp_path: Path, jobs: int = 1):
+    whole = packets.translate(capture, tmp_path / "whole.csv")
+    ranges = packets.plan_chunks(capture, jobs)
+    assert ranges and len(ranges) > 1, "the capture must be cut"
+    chunked = translated(capture, tmp_path / "chunked.csv", jobs)
+    assert filecmp.cmp(tmp_path / "whole.csv", tmp_path / "chunked.csv", shallow=False)
+    assert chunked.warnings == whole.warnings
+    assert chunked.packets == whole.packets
+    assert not list(tmp_path.glob(".*")), "the chunks' parts are gone"
+    return whole, chunked
+
+
+@pytest.mark.parametrize("capture", quick_only(CAPTURE_FILES, QUICK))
+def test_chunked_translation_is_the_whole_one(capture, tmp_path, monkeypatch):
+    """Chunks of 7 frames: borders everywhere, across DNS answers cut in IP fragments, HTTP
+    requests in several TCP segments, TLS handshakes."""
+    chunks_of(monkeypatch, frames=7)
+    assert_same_translation(capture, tmp_path)
+
+
+def test_chunks_run_at_once_on_workers(tmp_path, monkeypatch):
+    """Two worker processes, several chunks each: parts joined in frame order."""
+    chunks_of(monkeypatch, frames=5)
+    assert_same_translation(CAPTURES / "http-lines-split.pcap", tmp_path, jobs=2)
+
+
+@pytest.mark.slow
+def test_a_fragment_waits_past_its_chunk_for_its_datagram(tmp_path, monkeypatch):
+    """Every frame its own chunk: a fragment's chunk reads on past its end until the frame
+    that completes the datagram, and takes the conversation (ports) from it."""
+    chunks_of(monkeypatch, frames=1)
+    assert_same_translation(CAPTURES / "dns_fragmented.pcap", tmp_path)
+    rows = pd.read_csv(tmp_path / "chunked.csv", dtype=str, keep_default_na=False)
+    udp = rows[rows["l4_proto"] == "udp"]
+    assert (udp["highest_layer"] == "data").sum() >= 5  # the fragments before the last
+    assert (udp["src_port"] != "").all() and (udp["dst_port"] != "").all()
+
+
+def test_without_the_overlap_tshark_state_is_lost(tmp_path, monkeypatch):
+    """The check above can fail: with no frame read before a chunk, the HTTP request
+    split over TCP segments is not reassembled at the border, and the rows differ."""
+    chunks_of(monkeypatch, frames=2)
+    monkeypatch.setattr(packets, "OVERLAP_FRAMES", 0)
+    capture = CAPTURES / "http-lines-split.pcap"
+    packets.translate(capture, tmp_path / "whole.csv")
+    translated(capture, tmp_path / "chunked.csv")
+    assert not filecmp.cmp(tmp_path / "whole.csv", tmp_path / "chunked.csv", shallow=False)
+
+
+def test_flows_of_a_chunked_capture_are_the_whole_ones(tmp_path, monkeypatch):
+    """main.py's path (pipeline.captures_to_flows): a capture in chunks, then its flows;
+    flows that span a border are one flow, as from one tshark."""
+    capture = TPLINK_CAPTURES[0]
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "chunked").mkdir()
+    [(_, whole)] = list(pipeline.captures_to_flows([capture], tmp_path / "whole", jobs=1))
+    chunks_of(monkeypatch, frames=9)
+    [(_, chunked)] = list(pipeline.captures_to_flows([capture], tmp_path / "chunked", jobs=1))
+    assert len(packets.plan_chunks(capture, 1)) > 3 and chunked.flows.flows == whole.flows.flows
+    for name in (whole.packets_csv.name, whole.flows_csv.name):
+        assert filecmp.cmp(tmp_path / "whole" / name, tmp_path / "chunked" / name, shallow=False)
+
+
+def test_a_damaged_capture_is_read_whole(tmp_path, monkeypatch):
+    """capinfos finds the file cut short: one tshark reads what it can and warns, as
+    without chunks."""
+    chunks_of(monkeypatch, frames=7)
+    damaged = tmp_path / "cut.pcap"
+    damaged.write_bytes(TPLINK_CAPTURES[0].read_bytes()[:-30])
+    assert packets.plan_chunks(damaged, 2) is None
+    [(_, result)] = list(packets.run_translations([(damaged, tmp_path / "o.csv", None, None)]))
+    assert result.packets > 0 and any("cut short" in w for w in result.warnings)
+
+
+def test_compressed_and_small_captures_are_read_whole(tmp_path):
+    compressed = tmp_path / "c.pcap.gz"
+    subprocess.run(
+        ["gzip", "-c", str(TPLINK_CAPTURES[0])], stdout=compressed.open("wb"), check=True
+    )
+    assert packets.plan_chunks(compressed, 2) is None
+    assert packets.plan_chunks(TPLINK_CAPTURES[0], 2) is None  # a few kilobytes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_PCAPS.is_dir(), reason="../shared/pcaps is not beside the repo")
+def test_every_shared_capture_chunked_is_the_whole_one(tmp_path, monkeypatch):
+    """Every shared capture, each in three chunks (the camera's week: 24,022 packets)."""
+    chunks_of(monkeypatch)
+    captures = (
+        sorted(
+            p
+            for p in SHARED_PCAPS.rglob("*")
+            if p.suffix in (".pcap", ".pcapng") and "events" not in p.parts
+        )
+        + sorted(SHARED_PCAPS.glob("events/*/*/*.pcap"))[::5]
+    )
+    assert len(captures) > 60
+    for capture in captures:
+        folder = tmp_path / capture.name
+        folder.mkdir()
+        assert_same_translation(capture, folder, jobs=3)
