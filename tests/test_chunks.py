@@ -74,6 +74,15 @@ def test_a_fragment_waits_past_its_chunk_for_its_datagram(tmp_path, monkeypatch)
     assert (udp["src_port"] != "").all() and (udp["dst_port"] != "").all()
 
 
+@pytest.mark.slow
+def test_a_datagram_ending_past_the_tail_has_its_chunk_read_again(tmp_path, monkeypatch):
+    """No tail: each fragment's chunk ends before its datagram does, and is read again
+    with the whole capture's wait."""
+    chunks_of(monkeypatch, frames=3)
+    monkeypatch.setattr(packets, "CHUNK_TAIL_FRAMES", 0)
+    assert_same_translation(CAPTURES / "dns_fragmented.pcap", tmp_path)
+
+
 def test_without_the_overlap_tshark_state_is_lost(tmp_path, monkeypatch):
     """The check above can fail: with no frame read before a chunk, the HTTP request
     split over TCP segments is not reassembled at the border, and the rows differ."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import functools
 import io
 import os
@@ -101,6 +102,9 @@ MIN_CHUNKED_BYTES = 16 << 20  # smaller files are not even counted
 # frame to frame (TCP segments and retransmissions, IP fragments, conversations): a chunk's
 # rows are the whole capture's as long as no such state reaches back further (README).
 OVERLAP_FRAMES = 10_000
+# Frames read after a chunk's own, for its IP datagrams that end there; one still waiting
+# after them has its chunk read again with the whole capture's FRAGMENT_WAIT_FRAMES.
+CHUNK_TAIL_FRAMES = 1_000
 # What a fragment's row takes from its datagram's row: the conversation, which flows are
 # keyed on. The rest of the datagram (flags, payload length, application fields) stays in
 # the row of the frame that completes it: counted once.
@@ -166,6 +170,7 @@ class Chunk:
     first: int
     last: int
     folder: Path
+    tail: int  # frames read after the chunk, for datagrams that end there
 
     @property
     def part(self) -> Path:
@@ -173,9 +178,10 @@ class Chunk:
 
     @property
     def read_frames(self) -> tuple[int, int]:
-        """The frames tshark reads: the overlap before, the chunk, and what may complete
-        its datagrams after (read only as far as needed)."""
-        return max(1, self.first - OVERLAP_FRAMES), self.last + FRAGMENT_WAIT_FRAMES
+        """The frames tshark reads: the overlap before, the chunk, and the tail after, which
+        may complete its datagrams (tshark dissects ahead of what is read: a tail as long as
+        FRAGMENT_WAIT_FRAMES would cost as much again as a fifth of a chunk)."""
+        return max(1, self.first - OVERLAP_FRAMES), self.last + self.tail
 
     def own_and_after(self, raw: pd.DataFrame) -> pd.DataFrame:
         """tshark's rows numbered as in the whole capture, without the overlap's."""
@@ -232,7 +238,13 @@ def translate_chunk(
     join_chunks makes `output` of the parts."""
     result = Translation(Path(capture), output, chunk=chunk)
     with _output_errors(output), csvio.atomic_path(chunk.part) as tmp:
-        return _translate_into(tmp, result, device_mac, device_ip, on_packets, chunk)
+        result = _translate_into(tmp, result, device_mac, device_ip, on_packets, chunk)
+    if result.incomplete_fragments and chunk.tail < FRAGMENT_WAIT_FRAMES:
+        # A datagram may end further on (the rare case): the chunk again, with the whole
+        # capture's wait; its packets were counted the first time.
+        chunk = dataclasses.replace(chunk, tail=FRAGMENT_WAIT_FRAMES)
+        return translate_chunk(capture, output, chunk, device_mac, device_ip)
+    return result
 
 
 def join_chunks(parts: list[Translation]) -> Translation:
@@ -897,7 +909,7 @@ def run_translations(items, jobs=0, on_progress=None, whole_task=None):
             folders.append(folder)
             chunks[capture] = len(ranges)
             for index, (first, last) in enumerate(ranges):
-                chunk = Chunk(index, first, last, folders[-1])
+                chunk = Chunk(index, first, last, folders[-1], CHUNK_TAIL_FRAMES)
                 tasks.append((translate_chunk, (capture, output, chunk, *item[2:4])))
         done: dict[Path, list] = {capture: [] for capture in chunks}
         for capture, result in run_parallel(tasks, jobs, on_progress):

@@ -925,9 +925,9 @@ def bench_long(args) -> None:
 # --- chunks: one big capture on every core ------------------------------------------------
 
 CHUNKS_RESULTS = HERE / "chunks-results.md"
-WHOLE_TRANSLATION = (  # packet-translator as it was: one tshark over the whole capture
-    "import sys; from pathlib import Path; from iotsig import packets; "
-    "packets.translate(Path(sys.argv[1]), Path(sys.argv[2]))"
+WHOLE_RUN = (  # main.py's first two steps as they were: one tshark over the whole capture
+    "import sys; from pathlib import Path; from iotsig import pipeline; "
+    "pipeline.capture_to_flows(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])"
 )
 
 
@@ -946,7 +946,7 @@ def bench_chunks(args) -> None:
         bare = " ".join(map(shlex.quote, fields_command(big, FIELDS))) + f" > {tmp / 'bare.tsv'}"
         commands = {
             "bare": ["sh", "-c", bare],
-            "whole": [sys.executable, "-c", WHOLE_TRANSLATION, big, tmp / "whole.packets.csv"],
+            "whole": [sys.executable, "-c", WHOLE_RUN, big, tmp / "whole", DEVICE_IP],
             "translator": [sys.executable, TRANSLATOR, big, "-o", tmp / "chunked", "-q"],
             "main": [
                 sys.executable, MAIN, DEVICE_NAME, DEVICE_IP, big, "-o", tmp / "main",
@@ -957,17 +957,18 @@ def bench_chunks(args) -> None:
         for _ in range(args.repeat):
             for name, command in commands.items():
                 shutil.rmtree(tmp / name, ignore_errors=True)
+                (tmp / name).mkdir()
                 runs.setdefault(name, []).append(measure(command))
-        name = f"{big.name}.packets.csv"
-        same_packets = _same_file(tmp / "whole.packets.csv", tmp / "chunked" / name)
-        run([sys.executable, STREAM_IDENTIFIER, tmp / "whole.packets.csv", "-o", tmp, "-q"])
-        flows_name = f"{big.name}.flows.csv"
-        same_flows = _same_file(tmp / "whole.flows.csv", tmp / "main" / flows_name)
+        same_packets, same_flows = (
+            _same_file(tmp / "whole" / name, tmp / "main" / name)
+            for name in (f"{big.name}.packets.csv", f"{big.name}.flows.csv")
+        )
     median = {k: [statistics.median(r[i] for r in v) for i in range(3)] for k, v in runs.items()}
     bare_wall = median["bare"][0]
     labels = {
         "bare": "bare `tshark -T fields` (every field the columns come from), 1 process",
-        "whole": "packet-translator's code with one tshark over the whole capture (as before)",
+        "whole": "main.py's translation and flows with one tshark over the whole capture "
+        "(as before), in-process",
         "translator": f"`packet-translator.py` (chunks, {cores} at once)",
         "main": "`main.py --no-report` (chunks, then flows and signature)",
     }
@@ -990,9 +991,8 @@ def bench_chunks(args) -> None:
     main_ratio = bare_wall / median["main"][0]
     lines += [
         "",
-        f"Chunked packets CSV identical to the whole run's: {'yes' if same_packets else 'NO'}; "
-        f"main.py's flows CSV identical to stream-identifier's on the whole run's packets CSV: "
-        f"{'yes' if same_flows else 'NO'}.",
+        f"main.py's packets CSV (chunked) identical to the whole run's: "
+        f"{'yes' if same_packets else 'NO'}; its flows CSV: {'yes' if same_flows else 'NO'}.",
         "",
         *busy_note(cores, load_before),
         f"Produced by `python tests/bench/bench.py chunks --min-packets {args.min_packets}`.",
