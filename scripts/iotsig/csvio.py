@@ -90,7 +90,7 @@ def unescape_formulas(series: pd.Series) -> pd.Series:
 
 def to_csv_text(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
     """The frame as it goes on disk: schema column order, text escaped, bools as 1/0."""
-    out = frame.reindex(columns=table.names).copy()
+    out = frame.reindex(columns=table.names)  # a new frame: the caller's is not changed
     for name in table.of_type("text"):
         if out[name].dtype == object or pd.api.types.is_string_dtype(out[name]):
             out[name] = escape_formulas(out[name])

@@ -183,10 +183,15 @@ class Chunk:
         FRAGMENT_WAIT_FRAMES would cost as much again as a fifth of a chunk)."""
         return max(1, self.first - OVERLAP_FRAMES), self.last + self.tail
 
-    def own_and_after(self, raw: pd.DataFrame) -> pd.DataFrame:
-        """tshark's rows numbered as in the whole capture, without the overlap's."""
+    def own_and_after(self, raw: pd.DataFrame, read_before: int) -> pd.DataFrame:
+        """tshark's rows numbered as in the whole capture, without the overlap's
+        (read_before: the rows tshark gave before these)."""
         offset = self.read_frames[0] - 1
-        numbers = _frame_numbers(raw["frame.number"]) + offset
+        numbers = np.arange(1, len(raw) + 1) + read_before  # tshark numbers frames 1, 2...
+        ends = raw["frame.number"].iloc[[0, -1]].astype(int).to_numpy()
+        if not (ends == numbers[[0, -1]]).all():  # never seen: read them, then
+            numbers = _frame_numbers(raw["frame.number"])
+        numbers = numbers + offset
         keep = numbers >= self.first
         raw = raw[keep].reset_index(drop=True)
         raw["frame.number"] = numbers[keep].astype(np.int64).astype(str)
@@ -383,9 +388,10 @@ def _write_rows(raw_chunks, write, result, device_mac, device_ip, chunk) -> bool
     the IP datagrams of its fragments). True when it stopped before the end of the output."""
     datagrams = Datagrams(chunk.last if chunk else None)
     stopped_early = False
+    read = 0
     for raw in raw_chunks:
         if chunk is not None:
-            raw = chunk.own_and_after(raw)
+            read, raw = read + len(raw), chunk.own_and_after(raw, read)
             if not len(raw):
                 continue
             if chunk.is_after(raw, 0) and not datagrams.holds_own():
@@ -500,6 +506,8 @@ class Datagrams:
     def own(self, rows: pd.DataFrame) -> pd.DataFrame:
         """The rows up to the last frame (all of them, outside a chunk)."""
         if self.last_frame is None or not len(rows):
+            return rows
+        if int(rows["frame_number"].iat[-1]) <= self.last_frame:  # the usual batch
             return rows
         return rows[_frame_numbers(rows["frame_number"]) <= self.last_frame]
 
@@ -626,7 +634,8 @@ def build_rows(
     # Positional index: columns built from numpy arrays come back as Series indexed 0..n-1,
     # and a later chunk's index (20000...) would not line up with them.
     raw = raw.reset_index(drop=True)
-    out = pd.DataFrame(index=raw.index)
+    out: dict = {}  # the columns, made a frame once (a frame grown column by column is
+    # consolidated, copied, again and again)
     out["capture"] = capture_name
     out["frame_number"] = raw["frame.number"]
     ts = pd.to_numeric(raw["frame.time_epoch"], errors="coerce")
@@ -708,7 +717,7 @@ def build_rows(
     for app in fields.REGISTRY:
         out[app.name] = app.spell(*(raw[t] for t in app.tshark))
     out["direction"] = packet_direction(out, device_mac, device_ip)
-    return out
+    return pd.DataFrame(out, index=raw.index)
 
 
 # Layers that hold the conversation's addresses, and those inside which a header is quoted,
@@ -809,11 +818,11 @@ def packet_direction(rows: pd.DataFrame, device_mac: str | None, device_ip: str 
     received = np.zeros(len(rows), bool)
     if device_mac:
         mac = device_mac.lower()
-        sent |= (rows["eth_src"].str.lower() == mac).to_numpy()
-        received |= (rows["eth_dst"].str.lower() == mac).to_numpy()
+        sent |= (pd.Series(rows["eth_src"]).str.lower() == mac).to_numpy()
+        received |= (pd.Series(rows["eth_dst"]).str.lower() == mac).to_numpy()
     if device_ip:
-        sent |= (rows["ip_src"] == device_ip).to_numpy()
-        received |= (rows["ip_dst"] == device_ip).to_numpy()
+        sent |= np.asarray(rows["ip_src"] == device_ip)
+        received |= np.asarray(rows["ip_dst"] == device_ip)
     return np.select([sent, received], ["sent", "received"], "other")
 
 
