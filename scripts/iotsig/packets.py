@@ -814,8 +814,9 @@ def _tunnel_columns(out: pd.DataFrame, raw: pd.DataFrame, conv: Conversations) -
 def packet_direction(rows: pd.DataFrame, device_mac: str | None, device_ip: str | None):
     if not device_mac and not device_ip:
         return ""
-    sent = np.zeros(len(rows), bool)
-    received = np.zeros(len(rows), bool)
+    count = len(rows["frame_number"])  # rows: a frame, or build_rows' dict of columns
+    sent = np.zeros(count, bool)
+    received = np.zeros(count, bool)
     if device_mac:
         mac = device_mac.lower()
         sent |= (pd.Series(rows["eth_src"]).str.lower() == mac).to_numpy()
