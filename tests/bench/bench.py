@@ -142,17 +142,18 @@ def distinct_capture(shared: Path, min_packets: int) -> tuple[Path, int]:
             + [(str(f.relative_to(shared)), f.stat().st_size) for f in inputs]
         ).encode()
     ).hexdigest()[:12]
-    big, meta = CACHE / f"distinct-{key}.pcapng", CACHE / f"distinct-{key}.json"
+    name = f"distinct{min_packets}"  # one cached capture per size
+    big, meta = CACHE / f"{name}-{key}.pcapng", CACHE / f"{name}-{key}.json"
     if big.exists() and meta.exists():
         return big, json.loads(meta.read_text())["packets"]
     CACHE.mkdir(parents=True, exist_ok=True)
-    for old in CACHE.glob("distinct-*"):
+    for old in CACHE.glob(f"{name}-*"):
         old.unlink()
     print(f"bench: building the {min_packets:,}-packet capture (once)", file=sys.stderr)
-    one_set = CACHE / "distinct-set.pcapng.tmp"
+    one_set = CACHE / f"{name}-set.pcapng.tmp"
     run(["mergecap", "-F", "pcapng", "-a", "-w", one_set, *inputs])
     repeats = math.ceil(min_packets / packet_count(one_set))
-    copies = [CACHE / f"distinct-copy-{k}.pcapng.tmp" for k in range(repeats)]
+    copies = [CACHE / f"{name}-copy-{k}.pcapng.tmp" for k in range(repeats)]
     for shift, copy in enumerate(copies):
         rewrite_copy(one_set, copy, shift)
     run(["mergecap", "-F", "pcapng", "-a", "-w", big, *copies])
