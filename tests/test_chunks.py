@@ -14,7 +14,7 @@ import pytest
 
 from iotsig import packets, pipeline
 
-from conftest import CAPTURES, SHARED, TPLINK_CAPTURES, quick_only
+from conftest import CAPTURES, SHARED, TPLINK_CAPTURES, quick_only, run_script
 
 SHARED_PCAPS = SHARED / "pcaps"
 CAPTURE_FILES = (
@@ -146,3 +146,27 @@ def test_every_shared_capture_chunked_is_the_whole_one(tmp_path, monkeypatch):
         folder = tmp_path / capture.name
         folder.mkdir()
         assert_same_translation(capture, folder, jobs=3)
+
+
+def test_the_environment_asks_for_chunks_of_n_packets(tmp_path):
+    """packet-translator.py as a user runs it, with IOTSIG_CHUNK_PACKETS (a cluster's
+    size): a capture of a few kilobytes in chunks of 10 packets, the same file."""
+    capture = TPLINK_CAPTURES[1]
+    run_script("packet-translator.py", capture, "-o", tmp_path / "whole", "-q")
+    chunked = {"IOTSIG_CHUNK_PACKETS": "10"}
+    run_script("packet-translator.py", capture, "-o", tmp_path / "chunked", "-q", env=chunked)
+    name = f"{capture.name}.packets.csv"
+    assert filecmp.cmp(tmp_path / "whole" / name, tmp_path / "chunked" / name, shallow=False)
+    assert sorted(p.name for p in (tmp_path / "chunked").iterdir()) == [name]
+
+
+def test_a_chunk_size_that_is_no_number_is_one_line(tmp_path):
+    bad = {"IOTSIG_CHUNK_PACKETS": "lots"}
+    result = run_script(
+        "packet-translator.py", TPLINK_CAPTURES[0], "-o", tmp_path, check=False, env=bad
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "packet-translator.py: error: IOTSIG_CHUNK_PACKETS=lots: give a number of packets "
+        "(1 or more)"
+    ]

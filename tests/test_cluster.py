@@ -194,7 +194,7 @@ def drop_times(output: Path) -> None:
     report.write_text("\n".join(lines))
 
 
-def start(script: str, *args, cwd: Path) -> subprocess.Popen:
+def start(script: str, *args, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """The script in its own process group, as a terminal starts a command."""
     return subprocess.Popen(
         [sys.executable, str(SCRIPTS / script), *map(str, args)],
@@ -203,6 +203,7 @@ def start(script: str, *args, cwd: Path) -> subprocess.Popen:
         text=True,
         start_new_session=True,
         cwd=cwd,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -222,13 +223,14 @@ def kill_a_worker_after_its_first_progress(cluster: Cluster, folder: Path, captu
     packets written, and so reported, as the progress bar shows it."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        written = [p for p in folder.glob("*.part") if p.stat().st_size > CHUNK_BYTES]
+        written = [p for p in folder.rglob("*.part") if p.stat().st_size > CHUNK_BYTES]
         if written:
             break
         time.sleep(0.02)
     else:
         raise AssertionError("no task wrote its first chunk of packets")
-    capture = next(str(c) for c in captures if written[0].name.startswith(f".{c.name}."))
+    names = written[0].relative_to(folder).parts  # a capture's chunks are in a folder of its
+    capture = next(str(c) for c in captures if any(n.startswith(f".{c.name}.") for n in names))
     time.sleep(0.5)  # for its progress event to reach the command
     for worker in cluster.live_workers():
         children = subprocess.run(
@@ -362,6 +364,47 @@ def test_a_killed_worker_loses_and_duplicates_no_row(two_workers, long_recording
         frames = pd.read_csv(out / f"{capture.name}.packets.csv", usecols=["frame_number"])
         assert frames["frame_number"].tolist() == list(range(1, capinfos_count(capture) + 1))
     assert f"{sum(capinfos_count(c) for c in long_recordings)} packets from 3 capture(s)" in stdout
+
+
+@pytest.mark.slow
+def test_a_capture_in_chunks_on_the_cluster_is_the_local_run(
+    two_workers, long_recordings, tmp_path
+):
+    """IOTSIG_CHUNK_PACKETS: each long recording in chunks of 20,000 packets, the chunks
+    tasks on the two workers, then the flows: main.py writes the files of the local run;
+    and a worker killed mid-chunk loses and duplicates no row (its chunk runs again).
+    (That chunks give one tshark's rows: tests/test_chunks.py; these recordings repeat the
+    same background traffic ten times, which tshark takes for retransmissions of the
+    first copy, state older than a chunk's overlap.)"""
+    command = ("main.py", "-q", "TpLinkPlug", PLUG_IP, *long_recordings, "--no-report")
+    chunks = {"IOTSIG_CHUNK_PACKETS": "20000"}
+    run_script(*command, "-o", tmp_path / "local", env=chunks)
+    out = tmp_path / "remote"
+    process = start(
+        *command, "-o", out, "--scheduler", two_workers.address, cwd=tmp_path, env=chunks
+    )
+    kill_a_worker_cutting_a_chunk(two_workers, process)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert_same_files(tmp_path / "local", out)  # and no chunk folder or part left
+
+
+def kill_a_worker_cutting_a_chunk(cluster: Cluster, process: subprocess.Popen) -> None:
+    """SIGKILL to the first worker seen running editcap (it cuts a chunk for its tshark)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"finished before: {process.communicate()}"
+        for worker in cluster.live_workers():
+            children = subprocess.run(
+                ["ps", "-o", "comm=", "--ppid", str(worker.pid)], capture_output=True, text=True
+            ).stdout.split()
+            if "editcap" in children:
+                time.sleep(0.3)  # into its chunk's rows
+                worker.kill()
+                worker.wait(timeout=30)
+                return
+        time.sleep(0.05)
+    raise AssertionError("no worker cut a chunk")
 
 
 @pytest.mark.slow

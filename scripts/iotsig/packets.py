@@ -94,7 +94,8 @@ FRAGMENT_WAIT_FRAMES = 100_000
 # A capture file of more packets than MIN_CHUNK_PACKETS is translated in chunks, one tshark
 # each, on as many cores as there are (and never more than CHUNK_PACKETS a chunk: tshark's
 # memory grows with what it has read, a chunk's tshark with its chunk only). A tshark costs
-# a fifth of a second to start: a chunk must be worth it.
+# a fifth of a second to start: a chunk must be worth it. IOTSIG_CHUNK_PACKETS=N asks for
+# chunks of N packets instead (a cluster's size is not known here).
 CHUNK_PACKETS = 500_000
 MIN_CHUNK_PACKETS = 100_000
 MIN_CHUNKED_BYTES = 16 << 20  # smaller files are not even counted
@@ -214,21 +215,39 @@ def plan_chunks(capture: Path, parallel: int) -> list[tuple[int, int]] | None:
     try:
         if tshark.is_stdin(capture) or not capture.is_file():
             return None
-        if capture.stat().st_size < MIN_CHUNKED_BYTES:
+        if capture.stat().st_size < MIN_CHUNKED_BYTES and not _chunk_packets_asked():
             return None
         with open(capture, "rb") as handle:
             if handle.read(4) not in tshark.CAPTURE_MAGICS:
                 return None  # compressed: editcap would have to read it all for each chunk
     except OSError:
         return None  # translate() says what is wrong with it
+    size = _chunk_packets_asked()
     count = tshark.packet_count(capture)
-    if not count or count < 2 * MIN_CHUNK_PACKETS:
+    if size:  # as asked: chunks of that many packets
+        chunks = -(-count // size) if count else 0
+    elif not count or count < 2 * MIN_CHUNK_PACKETS:
         return None
-    chunks = max(-(-count // CHUNK_PACKETS), min(max(parallel, 1), count // MIN_CHUNK_PACKETS))
+    else:
+        chunks = max(-(-count // CHUNK_PACKETS), min(max(parallel, 1), count // MIN_CHUNK_PACKETS))
     if chunks < 2:
         return None
     bounds = np.linspace(0, count, chunks + 1).round().astype(int)
     return [(int(a) + 1, int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+CHUNK_VARIABLE = "IOTSIG_CHUNK_PACKETS"
+
+
+def _chunk_packets_asked() -> int | None:
+    """Packets per chunk as the environment asks (IOTSIG_CHUNK_PACKETS: for a cluster of
+    many workers, whose size is not known here); None: the defaults."""
+    value = os.environ.get(CHUNK_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ToolError(f"{CHUNK_VARIABLE}={value}: give a number of packets (1 or more)")
+    return int(value)
 
 
 def translate_chunk(
