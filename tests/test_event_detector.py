@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from iotsig import csvio, detector
+from iotsig import signature as sig
 from iotsig.schema import DETECTIONS, EVALUATION, SIGNATURE
 
 from conftest import CAPTURES, DATA, run_script
@@ -148,6 +149,47 @@ def test_a_capture_without_the_event_gives_no_detection(signatures, tmp_path):
     assert f"{HELD_OUT_BOOT.name}: no event detected" in result.stdout
     assert _detections(tmp_path).empty
     assert list(pd.read_csv(tmp_path / "detections.csv").columns) == DETECTIONS.names
+
+
+HUE_TOGGLES = CAPTURES / "sweep" / "events" / "HueLight" / "toggle"
+HUE_BRIDGE = "192.168.1.141"
+# The app's toggle request to the bridge, on a connection open before every recording: one
+# 366-byte frame in these three, cut in two TCP segments (251 and 169 bytes) in the fourth.
+HUE_TRAIN = [HUE_TOGGLES / f"{name}.anon.pcap" for name in (1732358376, 1732358526, 1732359313)]
+HUE_SPLIT = HUE_TOGGLES / "1732359712.anon.pcap"
+
+
+def test_a_request_cut_in_two_segments_is_still_the_request(tmp_path):
+    """A learned packet size is found where the message came as two TCP segments: the
+    pattern of the phone's connection, whose profile holds the 366-byte request, matches
+    the recording where the request is 251 + 169 bytes (before: 2 of 3 patterns, no
+    detection)."""
+    learned, found = tmp_path / "learned", tmp_path / "found"
+    run_script("main.py", "HueLight", HUE_BRIDGE, *HUE_TRAIN, "-o", learned, "--no-report", "-q")
+    signature = csvio.read_table(learned / "signature.csv", SIGNATURE)
+    request = signature.loc[signature["packet_profile"].str.split().map(lambda s: "366" in s)]
+    assert len(request) == 1  # the phone's connection to the bridge, with its request
+    run_script("event-detector.py", learned / "signature.csv", HUE_SPLIT, "-o", found, "-q")
+    detections = _detections(found)
+    assert list(detections["status"]) == ["detected"]
+    assert request["pattern"].iat[0] in detections["matched_patterns"].iat[0].split(";")
+    assert detections["patterns_matched"].iat[0] == detections["patterns_total"].iat[0]
+
+
+def test_only_one_side_s_tcp_segments_make_a_message():
+    """message_matrix: two TCP payload packets in a row from one side are also read as one
+    message (less one header: that side's smallest frame); not across sides, not in UDP."""
+    flows = pd.DataFrame(
+        {
+            "first_payload_sizes": ["251 169 -530", "251 169 -530", "251 -169"],
+            "proto": ["tcp", "udp", "tcp"],
+            "orig_size_min": [54, 54, 54],
+            "resp_size_min": [60, 60, 60],
+        }
+    )
+    sizes = sig.message_matrix(flows)
+    assert 366 in sizes[0] and 366 not in sizes[1] and 366 not in sizes[2]
+    assert not (sizes[2] == 251 + 169 - 60).any() and not (sizes[2] == -(251 + 169 - 60)).any()
 
 
 def test_boot_is_not_taken_for_toggle_nor_the_reverse(signatures, tmp_path):

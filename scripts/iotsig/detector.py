@@ -343,7 +343,7 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
     counts = {
         m: pd.to_numeric(view[m], errors="coerce").to_numpy(dtype=float) for m in COUNT_METRICS
     }
-    sizes = sig.payload_matrix(view["first_payload_sizes"])
+    sizes = sig.message_matrix(view)
     for row in range(len(view)):
         key = list(keys[row])  # (fingerprints() already spelled the sets canonically)
         key[PORT] = int(key[PORT])

@@ -539,6 +539,27 @@ def payload_matrix(sizes: pd.Series, width: int = PROFILE_WINDOW) -> np.ndarray:
     return table[codes]
 
 
+def message_matrix(flows: pd.DataFrame, width: int = PROFILE_WINDOW) -> np.ndarray:
+    """payload_matrix, and one more column per two neighbouring sizes: in a TCP flow, two
+    payload packets in a row from one side may be one message cut in two segments (a request
+    that is one frame in most recordings of an event can come as two in another one).
+    Their sizes added, less one header (that side's smallest frame in the flow, a bare ACK),
+    stand for the message; NaN elsewhere. What a learned profile is matched against, by the
+    detector and the report; learning keeps the packets as they came."""
+    sizes = payload_matrix(flows["first_payload_sizes"], width)
+    if not {"proto", "orig_size_min", "resp_size_min"} <= set(flows.columns):
+        return sizes  # a flows CSV without the sizes: the packets alone
+    first, second = sizes[:, :-1], sizes[:, 1:]
+    tcp = (flows["proto"] == "tcp").to_numpy()[:, None]
+    orig_header = pd.to_numeric(flows["orig_size_min"], errors="coerce").to_numpy()[:, None]
+    resp_header = pd.to_numeric(flows["resp_size_min"], errors="coerce").to_numpy()[:, None]
+    with np.errstate(invalid="ignore"):
+        one_side = tcp & (np.sign(first) == np.sign(second))
+        header = np.where(first > 0, orig_header, -resp_header)
+        messages = np.where(one_side, first + second - header, np.nan)
+    return np.hstack([sizes, messages])
+
+
 def profile_patterns(
     keys: np.ndarray, recordings: np.ndarray, sizes: np.ndarray, needed: int
 ) -> tuple[np.ndarray, dict]:

@@ -71,7 +71,7 @@ def _packets_fit(merged: pd.DataFrame, mine: pd.DataFrame, patterns: pd.DataFram
     with_profile = np.flatnonzero(profiles[pattern_of] != "")
     if not len(with_profile):
         return fits
-    sizes = sig.payload_matrix(text(mine["first_payload_sizes"]))
+    sizes = sig.message_matrix(mine.assign(first_payload_sizes=text(mine["first_payload_sizes"])))
     rows = merged["_row"].to_numpy()
     for pattern, where in pd.Series(with_profile).groupby(pattern_of[with_profile]):
         where = where.to_numpy()

@@ -47,6 +47,8 @@ FLOW_OPTIONAL = [
     "remote_name",
     "remote_class",
     "first_payload_sizes",
+    "orig_size_min",  # (a message cut in two segments: signature.message_matrix)
+    "resp_size_min",
     *FLOW_FIELDS,  # the application fields (fields.py)
 ]
 
