@@ -170,3 +170,23 @@ def test_a_chunk_size_that_is_no_number_is_one_line(tmp_path):
         "packet-translator.py: error: IOTSIG_CHUNK_PACKETS=lots: give a number of packets "
         "(1 or more)"
     ]
+
+
+@pytest.mark.parametrize(
+    "count, cores, chunks",
+    [(150_000, 2, None), (250_000, 2, 2), (1_021_248, 2, 4), (10_020_996, 2, 22), (900_000, 8, 8)],
+)
+def test_a_plan_covers_every_frame_once_in_whole_rounds(count, cores, chunks, monkeypatch):
+    """As many chunks as cores, in whole rounds (3 chunks on 2 cores would leave one core
+    idle a third of the time), none of more than CHUNK_PACKETS; a capture of less than
+    twice MIN_CHUNK_PACKETS is read whole."""
+    monkeypatch.setattr(packets, "MIN_CHUNKED_BYTES", 0)
+    monkeypatch.setattr(packets.tshark, "packet_count", lambda capture: count)
+    ranges = packets.plan_chunks(TPLINK_CAPTURES[0], cores)
+    if chunks is None:
+        assert ranges is None
+        return
+    assert len(ranges) == chunks
+    assert ranges[0][0] == 1 and ranges[-1][1] == count
+    assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:]))
+    assert max(last - first + 1 for first, last in ranges) <= packets.CHUNK_PACKETS

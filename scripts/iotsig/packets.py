@@ -229,7 +229,10 @@ def plan_chunks(capture: Path, parallel: int) -> list[tuple[int, int]] | None:
     elif not count or count < 2 * MIN_CHUNK_PACKETS:
         return None
     else:
-        chunks = max(-(-count // CHUNK_PACKETS), min(max(parallel, 1), count // MIN_CHUNK_PACKETS))
+        parallel = max(parallel, 1)
+        chunks = max(-(-count // CHUNK_PACKETS), min(parallel, count // MIN_CHUNK_PACKETS))
+        if chunks > parallel:  # whole rounds: 3 chunks on 2 cores would leave one idle a third
+            chunks = -(-chunks // parallel) * parallel
     if chunks < 2:
         return None
     bounds = np.linspace(0, count, chunks + 1).round().astype(int)
