@@ -174,7 +174,7 @@ def test_a_chunk_size_that_is_no_number_is_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     "count, cores, chunks",
-    [(150_000, 2, None), (250_000, 2, 2), (1_021_248, 2, 4), (10_020_996, 2, 22), (900_000, 8, 8)],
+    [(150_000, 2, None), (250_000, 2, 2), (1_021_248, 2, 6), (10_020_996, 2, 42), (900_000, 8, 8)],
 )
 def test_a_plan_covers_every_frame_once_in_whole_rounds(count, cores, chunks, monkeypatch):
     """As many chunks as cores, in whole rounds (3 chunks on 2 cores would leave one core

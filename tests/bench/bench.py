@@ -1135,11 +1135,12 @@ def measure_tree(command: list) -> dict:
 
 def bench_memory(args) -> None:
     """Peak memory of main.py --no-report, of stream-identifier.py alone and of the
-    traffic report on a 1M- and a 10M-packet capture built from the shared captures."""
+    traffic report on a 1M- and a 10M-packet capture built from the shared captures (no
+    conversation repeated: a copy's conversation is not one flow with the first's)."""
     cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
     rows, figures = [], {}
     for size in args.sizes:
-        capture, packets = big_capture(args.shared, size, f"mem{size}")
+        capture, packets = distinct_capture(args.shared, size)
         with tempfile.TemporaryDirectory(prefix="bench-memory-", dir=CACHE) as tmp:
             out = Path(tmp)
             runs = {
@@ -1200,9 +1201,10 @@ def bench_memory(args) -> None:
     text = "\n".join(
         [
             "Peak memory on captures built from the shared public captures (all of them, "
-            "concatenated with `mergecap -F pcapng -a` as many times as needed: "
-            f"`big_capture()`), the device {DEVICE_NAME} {DEVICE_IP}. One run each, one at a "
-            f"time; {machine(cores, load_before)}.",
+            "copied as many times as needed, each copy's addresses moved so that no "
+            "conversation repeats: `distinct_capture()`, tests/bench/distinct.py), the device "
+            f"{DEVICE_NAME} {DEVICE_IP}. One run each, one at a time; "
+            f"{machine(cores, load_before)}.",
             "",
             "Memory of the whole process tree (the command, its tshark and its workers): the "
             "sum of their resident sets, sampled every "
