@@ -174,12 +174,20 @@ def test_a_chunk_size_that_is_no_number_is_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     "count, cores, chunks",
-    [(150_000, 2, None), (250_000, 2, 2), (1_021_248, 2, 6), (10_020_996, 2, 42), (900_000, 8, 8)],
+    [
+        (150_000, 2, None),
+        (250_000, 2, 2),
+        (1_021_248, 2, 6),
+        (10_020_996, 2, 42),
+        (900_000, 8, 8),
+        (319_140, 1, None),
+        (2_000_000, 1, 8),
+    ],
 )
 def test_a_plan_covers_every_frame_once_in_whole_rounds(count, cores, chunks, monkeypatch):
     """As many chunks as cores, in whole rounds (3 chunks on 2 cores would leave one core
     idle a third of the time), none of more than CHUNK_PACKETS; a capture of less than
-    twice MIN_CHUNK_PACKETS is read whole."""
+    twice MIN_CHUNK_PACKETS is read whole, and on one core one of up to a million packets."""
     monkeypatch.setattr(packets, "MIN_CHUNKED_BYTES", 0)
     monkeypatch.setattr(packets.tshark, "packet_count", lambda capture: count)
     ranges = packets.plan_chunks(TPLINK_CAPTURES[0], cores)
