@@ -124,14 +124,38 @@ def run_parallel(tasks, jobs: int | Workers = 0, on_progress=None):
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(progress_queue, on_progress)
             for future in done:
-                yield pending.pop(future), future.result()
+                yield pending.pop(future), _result(future)
         _drain(progress_queue, on_progress)
     except BaseException:
-        for process in list(getattr(executor, "_processes", {}).values()):
+        processes = list(getattr(executor, "_processes", {}).values())
+        for process in processes:
             process.terminate()  # workers remove their unfinished files on SIGTERM
-        executor.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=False, cancel_futures=True)  # and then leave
+        deadline = time.monotonic() + WORKER_STOP_WAIT
+        for process in processes:
+            process.join(max(deadline - time.monotonic(), 0))
+            if process.is_alive():  # stuck on a lock of the pool's queue that a stopped
+                process.kill()  # worker held: it runs no task, it has no file to remove
+                process.join()
         raise
     executor.shutdown(wait=True)
+
+
+WORKER_STOP_WAIT = 10.0  # seconds for a stopped worker to remove its files and exit
+STOP_GRACE = 1.0  # seconds for a Ctrl-C that stopped the workers first to reach this process
+
+
+def _result(future):
+    """The task's result. A worker that died under it breaks the pool: when Ctrl-C reached
+    the workers first (the whole terminal's process group gets it), the same signal reaches
+    this process within a moment and stops it as an interrupt, not as an internal error."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        time.sleep(STOP_GRACE)
+        raise
 
 
 def _drain(progress_queue, on_progress):
