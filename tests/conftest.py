@@ -28,6 +28,13 @@ PLUG_IP, PLUG_MAC, PHONE_IP, GATEWAY_IP = (
 # TLS, TCP, UDP, ARP, ICMP (the plug), HTTP over IPv6, DHCP in pcapng, mDNS.
 QUICK_CAPTURES = {"1724059939.pcap", "http_ipv6.pcap", "dhcp.pcapng", "mdns.pcap"}
 
+# A command a user starts in a terminal gets Ctrl-C. A test suite started as a background
+# job (`pytest &` in a non-interactive shell, as a CI script may) has SIGINT ignored, and
+# every command it starts inherits that: the Ctrl-C tests' main.py then ran to the end
+# (exit 0, on a cluster, where no local worker was there to be stopped instead).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def quick_only(values, quick, name=lambda value: value.name) -> list:
     """parametrize() values: those whose name is in `quick` in every tier, the others marked
@@ -228,6 +235,19 @@ def long_tplink_recordings(folder: Path) -> list[Path]:
         )
         recordings.append(out)
     return recordings
+
+
+def start(script: str, *args, cwd: Path | None = None, env: dict | None = None):
+    """The script in its own process group, as a terminal starts a command."""
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / script), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def stop_and_check(process, how: str, timeout: float, prog: str = "main.py") -> tuple[str, str]:

@@ -25,11 +25,11 @@ from iotsig.parallel import Workers, run_parallel
 from conftest import (
     CAPTURES,
     PLUG_IP,
-    SCRIPTS,
     TPLINK_CAPTURES,
     capinfos_count,
     long_tplink_recordings,
     run_script,
+    start,
     stop_and_check,
 )
 
@@ -192,19 +192,6 @@ def drop_times(output: Path) -> None:
         if not line.startswith("Time: "):
             lines.append(line)
     report.write_text("\n".join(lines))
-
-
-def start(script: str, *args, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """The script in its own process group, as a terminal starts a command."""
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPTS / script), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def wait_for_part_files(folder: Path, process: subprocess.Popen, count: int) -> None:
@@ -432,17 +419,8 @@ def test_progress_counts_each_packet_once_when_a_worker_dies(
     assert any(count < 0 for count in counts), "no run was taken back: no worker died in one"
 
 
-# Ctrl-C here ended main.py with exit 0 and an empty stderr in 2 of 2 full-suite runs of
-# .ci/run (2026-11-27), while the test passes alone, with its module, and after
-# test_chunks.py: not understood yet (see the closing note of issue 16); it still runs.
-CTRL_C_UNEXPLAINED = pytest.mark.xfail(
-    reason="Ctrl-C on the cluster exited 0 in the full suite only (under investigation)",
-    strict=False,
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("how", [pytest.param("ctrl-c", marks=CTRL_C_UNEXPLAINED), "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_stopped_on_the_cluster_leaves_no_partial_file(how, two_workers, long_recordings, tmp_path):
     out = tmp_path / "out"
     process = start(

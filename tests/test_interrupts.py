@@ -9,7 +9,6 @@ import ast
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from conftest import (
     capinfos_count,
     long_tplink_recordings,
     run_script,
+    start,
     stop_and_check,
 )
 
@@ -36,17 +36,6 @@ MAIN_OUTPUTS = {"pattern.txt", "profile.yaml", "signature.csv"}
 def long_recordings(tmp_path_factory) -> list[Path]:
     """The TP-Link recordings with ~85,000 packets of other traffic after each."""
     return long_tplink_recordings(tmp_path_factory.mktemp("long"))
-
-
-def start(script: str, *args) -> subprocess.Popen:
-    """The script in its own process group, as a terminal starts a command."""
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPTS / script), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def wait_for_part_file(folder: Path, process: subprocess.Popen, timeout: float = 60) -> None:
