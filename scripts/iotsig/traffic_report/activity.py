@@ -171,9 +171,12 @@ def bin_width(longest: float, at_least: int = 20, at_most: int = 3000) -> float:
 def recording_starts(inputs: Inputs) -> pd.Series:
     """Start of each recording (capture): its first packet, else its first flow."""
     starts = []
-    for frame in (inputs.packets, inputs.flows):
-        if frame is not None and len(frame):
-            starts.append(frame.groupby(text(frame["capture"]).to_numpy())["ts"].min())
+    if inputs.summary is not None and len(inputs.summary.groups):
+        groups = inputs.summary.groups
+        starts.append(groups.groupby("capture")["first_ts"].min())
+    f = inputs.flows
+    if f is not None and len(f):
+        starts.append(f.groupby(text(f["capture"]).to_numpy())["ts"].min())
     if not starts:
         return pd.Series(dtype=float)
     return pd.concat(starts).groupby(level=0, sort=False).min()
@@ -182,9 +185,9 @@ def recording_starts(inputs: Inputs) -> pd.Series:
 def recording_ends(inputs: Inputs) -> pd.Series:
     """End of each recording: its last packet, or the end of its last flow if later."""
     ends = []
-    p, f = inputs.packets, inputs.flows
-    if p is not None and len(p):
-        ends.append(p.groupby(text(p["capture"]).to_numpy())["ts"].max())
+    if inputs.summary is not None and len(inputs.summary.groups):
+        ends.append(inputs.summary.groups.groupby("capture")["last_ts"].max())
+    f = inputs.flows
     if f is not None and len(f):
         end = f["ts"] + pd.to_numeric(f["duration"], errors="coerce").fillna(0)
         ends.append(end.groupby(text(f["capture"]).to_numpy()).max())
@@ -201,13 +204,14 @@ def activity(
     mine: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Bytes sent and received by the device per time bin of each recording: columns
-    capture, bin, sent, received. From the packets where given, else spread evenly over
-    each flow's duration."""
+    capture, bin, sent, received. From the packets where given (read again a chunk at a
+    time: packet_summary.py), else spread evenly over each flow's duration."""
     parts = []
     from_packets = set()
-    if inputs.packets is not None and len(inputs.packets):
-        from_packets = set(text(inputs.packets["capture"]).unique())
-        parts.append(_packet_bins(inputs.packets, device, starts, width))
+    if inputs.summary is not None and len(inputs.summary.groups):
+        from_packets = set(inputs.summary.captures())
+        chunks = [_packet_bins(p, device, starts, width) for p in inputs.summary.frames()]
+        parts.extend([_added(chunks)] if chunks else [])
     if mine is not None and len(mine):
         f = mine[~text(mine["capture"]).isin(from_packets)]
         if len(f):
@@ -215,6 +219,12 @@ def activity(
     if not parts:
         return pd.DataFrame(columns=["capture", "bin", "sent", "received"])
     return pd.concat(parts, ignore_index=True)
+
+
+def _added(chunks: list[pd.DataFrame]) -> pd.DataFrame:
+    """The bins of several chunks as one (a bin cut by a chunk's end is in both)."""
+    whole = pd.concat(chunks, ignore_index=True)
+    return whole.groupby(["capture", "bin"], as_index=False)[["sent", "received"]].sum()
 
 
 def _packet_bins(p: pd.DataFrame, device: Device, starts: pd.Series, width: float) -> pd.DataFrame:

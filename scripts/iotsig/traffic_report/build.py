@@ -71,8 +71,8 @@ def build_report(
     mine = device_flows(inputs.flows, device)
     gateways = set(mine.loc[mine["klass"] == "gateway", "remote_addr"]) if len(mine) else set()
     inventory_table = None
-    if inputs.packets is not None:
-        inventory_table = inventory(inputs.packets, device, gateways)
+    if inputs.summary is not None:
+        inventory_table = inventory(inputs.summary.groups, device, gateways)
         csvio.write_table(inventory_table, INVENTORY, paths["inventory"])
     else:
         paths.pop("inventory")
@@ -147,7 +147,7 @@ def _timeline(
         matched["rel_end"] = matched["end"] - offset
     source = (
         "packets"
-        if inputs.packets is not None
+        if inputs.summary is not None
         else "flows: each flow's bytes spread evenly over its duration"
     )
     bins = activity(inputs, device, starts, width, mine)

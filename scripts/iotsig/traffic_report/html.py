@@ -127,10 +127,9 @@ def render_html(
     other_links: list[tuple[str, str]] = (),
     timeline_notes: list[str] = (),
 ) -> str:
-    captures = set()
-    for frame in (inputs.packets, inputs.flows):
-        if frame is not None:
-            captures |= set(text(frame["capture"]).unique())
+    captures = set(inputs.summary.captures()) if inputs.summary is not None else set()
+    if inputs.flows is not None:
+        captures |= set(text(inputs.flows["capture"]).unique())
     pattern_lines = pattern_text.splitlines(keepends=True) if pattern_text is not None else []
     return (
         environment()

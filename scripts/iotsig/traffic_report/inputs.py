@@ -13,6 +13,7 @@ from ..errors import InputError, ToolError
 from ..fields import FLOW_FIELDS
 from ..inputs import file_kind
 from ..schema import FLOWS, PACKETS
+from .packet_summary import PacketSummary, read_summary, summary_of
 
 PACKET_COLUMNS = ["capture", "ts", "frame_len", "eth_src", "eth_dst", "ip_src", "ip_dst"]
 PACKET_OPTIONAL = [
@@ -65,8 +66,9 @@ class Device:
 class Inputs:
     packet_files: list[Path] = field(default_factory=list)
     flow_files: list[Path] = field(default_factory=list)
-    packets: pd.DataFrame | None = None
+    packets: pd.DataFrame | None = None  # whole: only where the flows are rebuilt from them
     flows: pd.DataFrame | None = None
+    summary: PacketSummary | None = None  # of the packets, whenever packets CSVs are given
 
 
 def csv_kind(path: Path) -> str:
@@ -87,8 +89,11 @@ def read_inputs(paths: list[Path]) -> Inputs:
                 "or packet-translator.py writes them)",
             )
         (inputs.packet_files if kind == "packets" else inputs.flow_files).append(Path(path))
-    if inputs.packet_files:
-        inputs.packets = _read_packets(inputs.packet_files, rebuild=not inputs.flow_files)
+    if inputs.packet_files and inputs.flow_files:  # in chunks: small aggregates only
+        inputs.summary = read_summary(inputs.packet_files)
+    elif inputs.packet_files:  # whole: the flows are rebuilt from them
+        inputs.packets = _read_packets(inputs.packet_files)
+        inputs.summary = summary_of(inputs.packets)
     if inputs.flow_files:
         frames = [
             csvio.read_table(p, FLOWS, required=FLOW_COLUMNS, columns=FLOW_COLUMNS + FLOW_OPTIONAL)
@@ -98,12 +103,15 @@ def read_inputs(paths: list[Path]) -> Inputs:
     return inputs
 
 
-def _read_packets(paths: list[Path], rebuild: bool) -> pd.DataFrame:
-    wanted = PACKET_COLUMNS + PACKET_OPTIONAL
-    if rebuild:  # flows are rebuilt from the packets: read what that needs
-        from .. import flows as flow_builder
+def _read_packets(paths: list[Path]) -> pd.DataFrame:
+    """The packets whole, with what rebuilding the flows needs."""
+    from .. import flows as flow_builder
 
-        wanted = list(dict.fromkeys(wanted + flow_builder.REQUIRED + flow_builder.OPTIONAL))
+    wanted = list(
+        dict.fromkeys(
+            PACKET_COLUMNS + PACKET_OPTIONAL + flow_builder.REQUIRED + flow_builder.OPTIONAL
+        )
+    )
     frames = [
         csvio.read_table(p, PACKETS, required=PACKET_COLUMNS, columns=wanted, compact=True)
         for p in paths
@@ -179,16 +187,16 @@ def find_device(
 
 def _address_from_columns(inputs: Inputs) -> tuple[str, str]:
     """The address the flows' device_side, else the packets' direction, names most."""
-    f, p = inputs.flows, inputs.packets
+    f, s = inputs.flows, inputs.summary
     if f is not None and (text(f["device_side"]) != "").any():
         side = text(f["device_side"])
         addresses = pd.concat(
             [text(f["orig_h"])[side == "orig"], text(f["resp_h"])[side == "resp"]]
         )
         return addresses.mode().iloc[0], "the flows' device_side column"
-    if p is not None and (text(p["direction"]) == "sent").any():
-        sent = text(p["direction"]) == "sent"
-        return text(p["ip_src"])[sent].mode().iloc[0], "the packets' direction column"
+    if s is not None and (s.groups["direction"] == "sent").any():
+        sent = s.groups[s.groups["direction"] == "sent"]
+        return most_frequent(sent["ip_src"], sent["frames"]), "the packets' direction column"
     return "", ""
 
 
@@ -196,11 +204,21 @@ def _mac_of(inputs: Inputs, ip: str) -> str:
     """The MAC that sends most often from `ip` (packets, else the flows' orig_mac)."""
     if not ip:
         return ""
-    if inputs.packets is not None:
-        frame, mac, address = inputs.packets, "eth_src", "ip_src"
+    if inputs.summary is not None:
+        groups = inputs.summary.groups
+        macs, frames = groups["eth_src"], groups["frames"]
+        chosen = (groups["ip_src"] == ip) & (macs != "")
     elif inputs.flows is not None:
-        frame, mac, address = inputs.flows, "orig_mac", "orig_h"
+        macs = text(inputs.flows["orig_mac"])
+        frames = pd.Series(1, index=macs.index)
+        chosen = (text(inputs.flows["orig_h"]) == ip) & (macs != "")
     else:
         return ""
-    macs = text(frame[mac])[text(frame[address]) == ip]
-    return macs[macs != ""].mode().iloc[0].lower() if (macs != "").any() else ""
+    return most_frequent(macs[chosen], frames[chosen]).lower() if chosen.any() else ""
+
+
+def most_frequent(values: pd.Series, weights: pd.Series) -> str:
+    """The value of the greatest total weight, the least of them on a tie: Series.mode of
+    the values each repeated `weight` times."""
+    totals = weights.groupby(values.to_numpy()).sum()  # (sorted by value)
+    return str(totals.idxmax())

@@ -11,21 +11,23 @@ import pandas as pd
 from .. import csvio
 from ..schema import INVENTORY
 from ..timefmt import utc_text
-from .inputs import Device, text
+from .inputs import Device
 
 
 def inventory(
-    packets: pd.DataFrame, device: Device, gateway_addresses: set[str] | None = None
+    groups: pd.DataFrame, device: Device, gateway_addresses: set[str] | None = None
 ) -> pd.DataFrame:
-    """One row per MAC seen: vendor, addresses, DHCP host name, traffic, first/last seen."""
-    if packets is None or packets.empty:
+    """One row per MAC seen: vendor, addresses, DHCP host name, traffic, first/last seen.
+    groups: the packets' summary (packet_summary.py: one row per capture, MACs, vendors,
+    source IP, DHCP host name and direction, with frames, bytes, first/last time)."""
+    if groups is None or groups.empty:
         return csvio.empty_frame(INVENTORY)
-    src = text(packets["eth_src"]).str.lower()
-    table = _traffic(packets, src)
-    pairs = _sender_addresses(packets, src)
+    src = groups["eth_src"].str.lower()
+    table = _traffic(groups, src)
+    pairs = _sender_addresses(groups, src)
     routers = _routers(pairs, gateway_addresses or set())
     own = _add_addresses(table, pairs, routers)
-    names = pd.DataFrame({"mac": src, "name": text(packets["dhcp_hostname"])}).drop_duplicates()
+    names = pd.DataFrame({"mac": src, "name": groups["dhcp_hostname"]}).drop_duplicates()
     names = names[names["name"] != ""]
     table["dhcp_hostname"] = (
         names.groupby("mac")["name"]
@@ -42,36 +44,41 @@ def inventory(
     return table.reindex(columns=INVENTORY.names).reset_index(drop=True)
 
 
-def _traffic(packets: pd.DataFrame, src: pd.Series) -> pd.DataFrame:
-    """Per MAC: frames and bytes sent and received, first/last seen, captures, vendor."""
-    dst = text(packets["eth_dst"]).str.lower()
-    ts = packets["ts"].to_numpy(dtype=float)
-    size = packets["frame_len"].fillna(0).to_numpy(dtype=float)
-    capture = text(packets["capture"])
+def _traffic(groups: pd.DataFrame, src: pd.Series) -> pd.DataFrame:
+    """Per MAC: frames and bytes sent and received, first/last seen, captures, vendor (that
+    of its first frame that names one, as source before as destination)."""
+    dst = groups["eth_dst"].str.lower()
+    frames = groups["frames"].to_numpy()
+    size = groups["bytes"].to_numpy(dtype=float)
+    first, last = groups["first_ts"].to_numpy(dtype=float), groups["last_ts"].to_numpy(dtype=float)
+    row = groups["first_row"].to_numpy()
     sides = pd.DataFrame(
         {
             "mac": pd.concat([src, dst], ignore_index=True),
-            "sent": np.r_[np.ones(len(src)), np.zeros(len(dst))],
+            "frames": np.r_[frames, frames],
+            "sent": np.r_[frames.astype(float), np.zeros(len(dst))],
             "size": np.r_[size, size],
-            "ts": np.r_[ts, ts],
-            "capture": pd.concat([capture, capture], ignore_index=True),
+            "sent_size": np.r_[size, np.zeros(len(dst))],
+            "first_ts": np.r_[first, first],
+            "last_ts": np.r_[last, last],
+            "capture": pd.concat([groups["capture"], groups["capture"]], ignore_index=True),
             "vendor": pd.concat(
-                [text(packets["eth_src_vendor"]), text(packets["eth_dst_vendor"])],
-                ignore_index=True,
+                [groups["eth_src_vendor"], groups["eth_dst_vendor"]], ignore_index=True
             ),
+            "side": np.r_[np.zeros(len(src), int), np.ones(len(dst), int)],
+            "row": np.r_[row, row],
         }
     )
-    sides = sides[sides["mac"] != ""]
-    sides["sent_size"] = sides["size"] * sides["sent"]
+    sides = sides[sides["mac"] != ""].sort_values(["side", "row"], kind="stable")
     grouped = sides.groupby("mac", sort=False)
     table = pd.DataFrame(
         {
             "pkts_sent": grouped["sent"].sum(),
             "bytes_sent": grouped["sent_size"].sum(),
-            "frames": grouped.size(),
+            "frames": grouped["frames"].sum(),
             "bytes": grouped["size"].sum(),
-            "first_ts": grouped["ts"].min(),
-            "last_ts": grouped["ts"].max(),
+            "first_ts": grouped["first_ts"].min(),
+            "last_ts": grouped["last_ts"].max(),
             "captures": grouped["capture"].nunique(),
         }
     )
@@ -82,10 +89,10 @@ def _traffic(packets: pd.DataFrame, src: pd.Series) -> pd.DataFrame:
     return table
 
 
-def _sender_addresses(packets: pd.DataFrame, src: pd.Series) -> pd.DataFrame:
+def _sender_addresses(groups: pd.DataFrame, src: pd.Series) -> pd.DataFrame:
     """The distinct (MAC, IP it sent from) pairs, with the IP's version, whether it is global
     and its network: a handful, whatever the capture size."""
-    pairs = pd.DataFrame({"mac": src, "ip": text(packets["ip_src"])}).drop_duplicates()
+    pairs = pd.DataFrame({"mac": src, "ip": groups["ip_src"]}).drop_duplicates()
     pairs = pairs[(pairs["mac"] != "") & (pairs["ip"] != "")]
     kinds = {ip: _address_kind(ip) for ip in pairs["ip"].unique()}
     pairs["version"] = pairs["ip"].map(lambda ip: kinds[ip][0])
