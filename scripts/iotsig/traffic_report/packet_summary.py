@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .. import csvio
+from ..errors import InputError
 from ..schema import PACKETS
 
 # The columns a summary row is keyed by, those read for it, and those pass 2 reads.
@@ -83,10 +84,8 @@ class PacketSummary:
                     columns=columns,
                     chunk_bytes=self.chunk_bytes,
                 )
-            except csvio.NeedsWholeFile:  # (read in chunks in pass 1: changed since?)
-                yield csvio.read_table(
-                    source, PACKETS, required=REQUIRED, columns=columns, compact=True
-                )
+            except csvio.NeedsWholeFile:  # (pass 1 read it in chunks, with more columns)
+                raise InputError(source, "changed while the report read it") from None
 
 
 def summarise(frame: pd.DataFrame, first_row: int = 0) -> pd.DataFrame:
