@@ -3,10 +3,12 @@ timeline, and one self-contained report.html that ties them to the signature.
 
 Inputs are packets CSVs and/or flows CSVs (told apart by their header: inputs.file_kind).
 The inventory needs packets; the endpoint map and the timeline work from flows (the
-timeline uses packets for its byte counts when it has them). Flows are matched to a
+timeline uses packets for its byte counts when it has them). With flows CSVs, the packets
+are never held whole: their aggregates are (packet_summary.py). Flows are matched to a
 signature's patterns by recomputing their fingerprints (iotsig.signature.fingerprints).
 
   inputs.py     reading the CSVs; the device under study
+  packet_summary.py  the packets read in chunks into small aggregates (given flows CSVs)
   inventory.py  inventory.csv: one row per MAC
   endpoints.py  the device's flows, their remote parties (iotsig.parties), one row each
   activity.py   pattern matching, the timeline's pattern rows, bytes per time bin
