@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from iotsig import event_times, windows
+from iotsig import csvio, event_times, windows
 from iotsig.errors import InputError, ToolError
+from iotsig.schema import PACKETS
 
 import long_capture
-from conftest import SHARED
+from conftest import SHARED, TPLINK_CAPTURES, run_script
 
 LONG = SHARED / "pcaps" / "long"
 CAMERA = LONG / "blink-cam-01.pcap"
@@ -173,6 +175,45 @@ def test_background_windows_keep_a_width_away_from_every_event():
     # only within the period the list covers
     assert background["start"].min() >= events["start"].min() - width
     assert background["end"].max() <= events["end"].max() + width
+
+
+def test_window_packets_read_in_chunks_are_all_packets_sorted_by_time_and_sliced(
+    tmp_path, monkeypatch
+):
+    """Each window's packets, read a few rows at a time from two packets CSVs (one of
+    captures appended out of time order, one sharing its times), are the rows, in the
+    order, that sorting the whole tables by time and slicing gives: the same bytes."""
+    appended = tmp_path / "appended.pcap"
+    subprocess.run(
+        ["mergecap", "-F", "pcap", "-a", "-w", appended, *reversed(TPLINK_CAPTURES)], check=True
+    )
+    run_script("packet-translator.py", appended, TPLINK_CAPTURES[0], "-o", tmp_path, "-q")
+    files = [tmp_path / f"{c.name}.packets.csv" for c in (appended, TPLINK_CAPTURES[0])]
+    monkeypatch.setattr(windows, "PACKET_CHUNK_BYTES", 2_000)
+    assert len(list(csvio.read_table_chunks(files[0], PACKETS, chunk_bytes=2_000))) > 10
+    everything = pd.concat([csvio.read_table(f, PACKETS) for f in files], ignore_index=True)
+    everything = everything.sort_values("ts", kind="stable").reset_index(drop=True)
+    times = everything["ts"].to_numpy(float)
+    assert (pd.Series(times).diff() == 0).any()  # ties: file order decides
+    exact = times[len(times) // 3]  # a packet's own time: in the span it starts
+    spans = pd.DataFrame(
+        [
+            (times[0] - 1, times[-1] + 1),  # every packet
+            (exact, times[2 * len(times) // 3]),
+            (exact - 30, exact + 30),  # overlaps the one before
+            (exact, exact),  # empty
+            (times[-1] + 10, times[-1] + 20),  # after the capture
+        ],
+        columns=["start", "end"],
+    )
+    got = windows.window_packets(files, spans)
+    for number, span in enumerate(spans.itertuples(index=False)):
+        first, after = np.searchsorted(times, [span.start, span.end], side="left")
+        expected, found = tmp_path / f"expected{number}.csv", tmp_path / f"found{number}.csv"
+        csvio.write_table(everything.iloc[first:after], PACKETS, expected)
+        csvio.write_table(got[number], PACKETS, found)
+        assert found.read_bytes() == expected.read_bytes(), span
+    assert len(got[0]) == len(everything) and len(got[3]) == 0 and len(got[4]) == 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -351,7 +351,7 @@ def learn_in_windows(
     log, an event without traffic): they are left out, said, and the signature is learned
     from the others, the background windows as its baseline."""
     options = options or windows.WindowOptions()
-    flows_table, packets_table = _read_long(flows_csvs)
+    flows_table, packet_files = _read_long(flows_csvs)
     first = float(flows_table["ts"].min())
     last = float((flows_table["ts"] + flows_table["duration"].fillna(0)).max())
     warnings = []
@@ -375,7 +375,7 @@ def learn_in_windows(
     background = windows.background_windows(listed[inside], first, last)
     cut = windows.cut(
         flows_table,
-        packets_table,
+        packet_files,
         {
             "event": listed[mine & inside],
             "other": listed[~mine & inside],
@@ -449,17 +449,12 @@ def _grouped(chosen: list[windows.Window], group: str) -> list[sig.Recording]:
     return recordings_read
 
 
-def _read_long(flows_csvs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The flows of the long captures, and their packets where every packets CSV is beside
-    its flows CSV (main.py writes them so)."""
+def _read_long(flows_csvs: list[Path]) -> tuple[pd.DataFrame, list[Path] | None]:
+    """The flows of the long captures, and their packets CSVs where every one is beside its
+    flows CSV (main.py writes them so): windows.cut reads those in chunks."""
     flows_table = pd.concat([csvio.read_table(p, FLOWS) for p in flows_csvs], ignore_index=True)
     packet_files = [packets_beside(p) for p in flows_csvs]
-    if not all(p.is_file() for p in packet_files):
-        return flows_table, None
-    packets_table = pd.concat(
-        [csvio.read_table(p, PACKETS) for p in packet_files], ignore_index=True
-    )
-    return flows_table, packets_table
+    return flows_table, packet_files if all(p.is_file() for p in packet_files) else None
 
 
 def _found_in(

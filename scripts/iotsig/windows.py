@@ -108,20 +108,21 @@ def in_window(table: pd.DataFrame, start: float, end: float, times: np.ndarray) 
 
 def cut(
     flows: pd.DataFrame,
-    packets: pd.DataFrame | None,
+    packet_files: list[Path] | None,
     tables: dict[str, pd.DataFrame],
     output_dir: Path,
 ) -> dict[str, list[Window]]:
     """For each kind of window (event, other, background: a table of start and end, and
     for listed events their times file rows), write OUTPUT_DIR/<kind>-NNN-<start>.flows.csv
-    (and .packets.csv when the packets are given); flows and packets sorted by time."""
+    (and .packets.csv when the packets CSVs are given, one per capture); flows and packets
+    sorted by time."""
     output_dir = Path(output_dir)
     flows = flows.sort_values("ts", kind="stable").reset_index(drop=True)
     flow_times = flows["ts"].to_numpy(float)
-    if packets is not None:
-        packets = packets.sort_values("ts", kind="stable").reset_index(drop=True)
-        packet_times = packets["ts"].to_numpy(float)
+    spans = pd.concat([t[["start", "end"]] for t in tables.values()], ignore_index=True)
+    packets = window_packets(packet_files, spans) if packet_files else None
     result = {}
+    done = 0  # windows of the kinds before
     for kind, table in tables.items():
         result[kind] = []
         for number, row in enumerate(table.itertuples(index=False), start=1):
@@ -131,7 +132,7 @@ def cut(
             csvio.write_table(mine, FLOWS, flows_csv)
             packets_csv, packet_count = None, 0
             if packets is not None:
-                rows = in_window(packets, row.start, row.end, packet_times)
+                rows = packets[done + number - 1]
                 packets_csv = output_dir / f"{name}.packets.csv"
                 csvio.write_table(rows, PACKETS, packets_csv)
                 packet_count = len(rows)
@@ -149,7 +150,47 @@ def cut(
                     listed,
                 )
             )
+        done += len(table)
     return result
+
+
+PACKET_CHUNK_BYTES = csvio.CHUNK_BYTES  # packets CSV text read at once (tests cut it small)
+
+
+def window_packets(packet_files: list[Path], spans: pd.DataFrame) -> list[pd.DataFrame]:
+    """Each span's packets (start <= ts < end) of all the packets CSVs, in time order
+    (stable: file and capture order among equal times): the rows, in the order, that
+    sorting all the packets by time and slicing gives. The files are read chunk by chunk,
+    so memory holds the windows' packets, not the captures'."""
+    starts, ends = spans["start"].to_numpy(float), spans["end"].to_numpy(float)
+    pieces: list[list[pd.DataFrame]] = [[] for _ in range(len(spans))]
+    for path in packet_files:
+        found: list[list[pd.DataFrame]] = [[] for _ in range(len(spans))]
+        try:
+            for frame in csvio.read_table_chunks(path, PACKETS, chunk_bytes=PACKET_CHUNK_BYTES):
+                _add_in_spans(frame, starts, ends, found)
+        except csvio.NeedsWholeFile:  # (a spreadsheet's copy...): what it found is dropped
+            found = [[] for _ in range(len(spans))]
+            _add_in_spans(csvio.read_table(path, PACKETS), starts, ends, found)
+        for kept, new in zip(pieces, found):
+            kept.extend(new)
+    return [_in_time_order(p) for p in pieces]
+
+
+def _add_in_spans(frame: pd.DataFrame, starts, ends, found: list[list]) -> None:
+    times = frame["ts"].to_numpy(float)
+    order = np.argsort(times, kind="stable")  # a missing time sorts last: in no span
+    first = np.searchsorted(times[order], starts, side="left")
+    after = np.searchsorted(times[order], ends, side="left")
+    for span in np.flatnonzero(after > first):
+        found[span].append(frame.iloc[order[first[span] : after[span]]])
+
+
+def _in_time_order(pieces: list[pd.DataFrame]) -> pd.DataFrame:
+    if not pieces:
+        return csvio.empty_frame(PACKETS)
+    rows = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
+    return rows.sort_values("ts", kind="stable").reset_index(drop=True)
 
 
 def windows_frame(

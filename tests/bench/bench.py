@@ -10,6 +10,7 @@ writing it to tests/bench/<stage>-results.md and a verdict line to stderr.
     python tests/bench/bench.py long        # main.py / event-detector --events, long captures
     python tests/bench/bench.py memory      # peak memory, 1M and 10M packets (process tree)
     python tests/bench/bench.py chunks      # one 1M-packet capture in chunks on every core
+    python tests/bench/bench.py windows     # cutting a 1M-packet CSV into --events windows
 
 The inputs are built once and cached in tests/.bench/ (git-ignored): the big capture from
 the shared public captures (../shared/pcaps next to the repository) with mergecap; its
@@ -1007,6 +1008,65 @@ def bench_chunks(args) -> None:
     write_results(CHUNKS_RESULTS, "\n".join(lines), verdict)
 
 
+WINDOWS_RESULTS = HERE / "windows-results.md"
+
+
+def bench_windows(args) -> None:
+    """The packets CSV of a million-packet capture (distinct_capture) cut into windows as
+    main.py --events does (windows.window_packets, in chunks), against the whole-table cut
+    it replaced (read whole, sorted, sliced): peak memory, time, and the files compared."""
+    big, packets = distinct_capture(args.shared, args.min_packets)
+    packets_csv = translated(big)
+    load_before = os.getloadavg()[0]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "scripts"))
+    result = {}
+    with tempfile.TemporaryDirectory(prefix="bench-windows-") as tmp:
+        for how in ("whole", "chunks"):
+            (Path(tmp) / how).mkdir()
+            command = [sys.executable, HERE / "cut_windows.py", how, packets_csv, Path(tmp) / how]
+            out = subprocess.run(
+                [*map(str, command), str(args.windows)], env=env, capture_output=True,
+                text=True, check=True,
+            ).stdout  # fmt: skip
+            result[how] = json.loads(out)
+        names = sorted(p.name for p in (Path(tmp) / "whole").iterdir())
+        same = names == sorted(p.name for p in (Path(tmp) / "chunks").iterdir()) and all(
+            _same_file(Path(tmp) / "whole" / n, Path(tmp) / "chunks" / n) for n in names
+        )
+    labels = {
+        "whole": "the whole CSV read, sorted by time and sliced (before)",
+        "chunks": "`windows.window_packets`: read in chunks of 16 MB (now)",
+    }
+    lines = [
+        f"A packets CSV of {packets:,} packets ({big.name}, translated) cut into "
+        f"{args.windows} windows of 210 s spread over its time span, each written as its "
+        f"packets CSV, as main.py --events does; {machine(1, load_before)}. Peak: the "
+        "process's largest resident set (ru_maxrss); before the cut it had read the ts "
+        "column alone to place the windows.",
+        "",
+        "| cut | rows in the windows | time | peak memory | before the cut |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for how, label in labels.items():
+        r = result[how]
+        lines.append(
+            f"| {label} | {r['rows']:,} | {r['seconds']:.1f} s | {r['peak']:,.0f} MB "
+            f"| {r['before']:,.0f} MB |"
+        )
+    lines += [
+        "",
+        f"The {len(names)} window files identical, byte for byte: {'yes' if same else 'NO'}.",
+        "",
+        f"Produced by `python tests/bench/bench.py windows --windows {args.windows}`.",
+        "",
+    ]
+    verdict = (
+        f"cutting windows: peak {result['chunks']['peak']:,.0f} MB in chunks against "
+        f"{result['whole']['peak']:,.0f} MB whole; identical files: {met(same)}"
+    )
+    write_results(WINDOWS_RESULTS, "\n".join(lines), verdict)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     import filecmp
 
@@ -1298,11 +1358,15 @@ def main() -> None:
         help="size of the capture (default: %(default)s)",
     )
     chunks.set_defaults(function=bench_chunks)
+    windows_parser = sub.add_parser("windows", help="cutting a big packets CSV into windows")
+    windows_parser.add_argument("--min-packets", type=int, default=1_000_000)
+    windows_parser.add_argument("--windows", type=int, default=71, help="(default: 71)")
+    windows_parser.set_defaults(function=bench_windows)
     for benchmark in (translator, flows_parser, signature, evaluate, report, long_parser, chunks):
         benchmark.add_argument(
             "--repeat", type=int, default=3, help="runs; the median is reported (default: 3)"
         )
-    shared = (translator, flows_parser, evaluate, long_parser, memory, chunks)
+    shared = (translator, flows_parser, evaluate, long_parser, memory, chunks, windows_parser)
     for benchmark in shared:  # the shared captures
         benchmark.add_argument(
             "--shared",
