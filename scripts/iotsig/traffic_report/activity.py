@@ -228,28 +228,49 @@ def _added(chunks: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _packet_bins(p: pd.DataFrame, device: Device, starts: pd.Series, width: float) -> pd.DataFrame:
-    capture = text(p["capture"])
-    sent = pd.Series(False, index=p.index)
-    received = pd.Series(False, index=p.index)
+    capture, capture_codes = _categories(p["capture"])
+    sent = np.zeros(len(p), bool)
+    received = np.zeros(len(p), bool)
     if device.ip:
-        sent |= text(p["ip_src"]) == device.ip
-        received |= text(p["ip_dst"]) == device.ip
+        sent |= _equals(p["ip_src"], device.ip)
+        received |= _equals(p["ip_dst"], device.ip)
     if device.mac:
-        sent |= text(p["eth_src"]).str.lower() == device.mac
-        received |= text(p["eth_dst"]).str.lower() == device.mac
+        sent |= _equals(p["eth_src"], device.mac, lower=True)
+        received |= _equals(p["eth_dst"], device.mac, lower=True)
     received &= ~sent
-    keep = (sent | received).to_numpy()
-    offset = p["ts"].to_numpy(dtype=float) - capture.map(starts).to_numpy(dtype=float)
+    keep = sent | received
+    start = capture.map(starts).to_numpy(dtype=float)[capture_codes]
+    offset = p["ts"].to_numpy(dtype=float) - start
     size = p["frame_len"].fillna(0).to_numpy(dtype=float)
     frame = pd.DataFrame(
         {
-            "capture": capture.to_numpy()[keep],
+            "capture": capture.to_numpy()[capture_codes[keep]],
             "bin": np.floor(offset[keep] / width).astype(np.int64),
-            "sent": np.where(sent.to_numpy(), size, 0)[keep],
-            "received": np.where(received.to_numpy(), size, 0)[keep],
+            "sent": np.where(sent, size, 0)[keep],
+            "received": np.where(received, size, 0)[keep],
         }
     )
     return frame.groupby(["capture", "bin"], as_index=False)[["sent", "received"]].sum()
+
+
+def _categories(column: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """A text column as its distinct values (text(): '' for missing) and each row's code:
+    what is worked out per value is then done once per value, not per row (a million
+    packets hold a few thousand addresses)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        values = text(pd.Series(column.cat.categories, dtype=object))
+        codes = column.cat.codes.to_numpy()  # (-1, missing: the '' appended last)
+        return pd.concat([values, pd.Series([""])], ignore_index=True), codes
+    codes, values = pd.factorize(text(column))
+    return pd.Series(values, dtype=object), codes
+
+
+def _equals(column: pd.Series, value: str, lower: bool = False) -> np.ndarray:
+    """text(column) == value (lower-cased first: lower), row by row."""
+    values, codes = _categories(column)
+    if lower:
+        values = values.str.lower()
+    return (values == value).to_numpy()[codes]
 
 
 def spread_flows(f: pd.DataFrame, starts: pd.Series, width: float) -> pd.DataFrame:
