@@ -87,6 +87,7 @@ def test_a_datagram_ending_past_the_tail_has_its_chunk_read_again(tmp_path, monk
     assert_same_translation(CAPTURES / "dns_fragmented.pcap", tmp_path)
 
 
+@pytest.mark.slow
 def test_without_the_overlap_tshark_state_is_lost(tmp_path, monkeypatch):
     """The check above can fail: with no frame read before a chunk, the HTTP request
     split over TCP segments is not reassembled at the border, and the rows differ."""
@@ -98,6 +99,7 @@ def test_without_the_overlap_tshark_state_is_lost(tmp_path, monkeypatch):
     assert not filecmp.cmp(tmp_path / "whole.csv", tmp_path / "chunked.csv", shallow=False)
 
 
+@pytest.mark.slow
 def test_flows_of_a_chunked_capture_are_the_whole_ones(tmp_path, monkeypatch):
     """main.py's path (pipeline.captures_to_flows): a capture in chunks, then its flows;
     flows that span a border are one flow, as from one tshark."""
@@ -152,6 +154,7 @@ def test_every_shared_capture_chunked_is_the_whole_one(tmp_path, monkeypatch):
         assert_same_translation(capture, folder, jobs=3)
 
 
+@pytest.mark.slow
 def test_the_environment_asks_for_chunks_of_n_packets(tmp_path):
     """packet-translator.py as a user runs it, with IOTSIG_CHUNK_PACKETS (a cluster's
     size): a capture of a few kilobytes in chunks of 10 packets, the same file."""

@@ -90,8 +90,10 @@ def quick_packets(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "options",
-    [flows.FlowOptions(), flows.FlowOptions(device_ips=(PLUG_IP,), idle_timeout=5)],
-    ids=["by-direction", "device-ip"],
+    [
+        pytest.param(flows.FlowOptions(), marks=pytest.mark.slow, id="by-direction"),
+        pytest.param(flows.FlowOptions(device_ips=(PLUG_IP,), idle_timeout=5), id="device-ip"),
+    ],
 )
 def test_partitioned_flows_are_the_one_pass_bytes(quick_packets, options, tmp_path, monkeypatch):
     # Batches of a few flows: the merge takes flows from several partitions in each.

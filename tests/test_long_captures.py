@@ -412,6 +412,7 @@ def test_scoring_matches_each_detection_to_one_listed_event():
 
 
 @needs_camera
+@pytest.mark.slow
 def test_a_times_file_without_event_names_is_said_and_several_signatures_need_them(run, tmp_path):
     log = write(tmp_path / "log.csv", "time\n2021-03-08T18:18:58Z\n2021-03-08T22:17:08Z\n")
     learned = run(

@@ -257,6 +257,7 @@ def test_routes_are_found_without_a_baseline_only_where_flows_and_packets_agree(
     )
 
 
+@pytest.mark.slow
 def test_a_profile_is_the_same_whatever_the_hash_seed():
     """Two packet sizes whose median positions tie are ordered by item, not by the order of
     a set of strings (which changes with PYTHONHASHSEED: two evaluate runs once wrote

@@ -104,6 +104,7 @@ def test_plug_recordings_in_chunks_report_as_read_whole(plug_toggle, tmp_path, m
     assert report.device.ip == PLUG_IP and report.inventory["is_device"].sum() == 1
 
 
+@pytest.mark.slow
 def test_device_found_from_packet_directions_in_chunks(tmp_path, monkeypatch):
     """The plug booting (DHCP host names). No --device-ip, no signature, flows whose
     device_side was emptied: the device is the source the packets' direction column names
