@@ -9,6 +9,7 @@ import ast
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,6 +95,36 @@ def test_stopped_main_leaves_no_half_file_and_a_rerun_finishes(how, long_recordi
         assert packet_rows(out / f"{capture.name}.packets.csv") == capinfos_count(capture)
     signature = pd.read_csv(out / "signature.csv")
     assert {9999, 53, 443} <= set(signature["server_port"])
+
+
+# How a non-interactive shell starts `command &`: with Ctrl-C ignored.
+AS_A_BACKGROUND_JOB = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+@pytest.mark.slow  # main.py on three ~85,000-packet recordings
+def test_a_run_started_with_ctrl_c_ignored_goes_on_through_it(long_recordings, tmp_path):
+    """A script's background job (nohup too) ignores the terminal's Ctrl-C: so do main.py's
+    workers and their tsharks, which otherwise died of it and stopped the run (exit 130),
+    where one tshark (-j 1) or a cluster's went on."""
+    out = tmp_path / "out"
+    command = [SCRIPTS / "main.py", "-q", "TpLinkPlug", PLUG_IP, *long_recordings, "-o", out]
+    process = subprocess.Popen(
+        [sys.executable, "-c", AS_A_BACKGROUND_JOB, *map(str, command), "-j", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for_part_file(out, process)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert {p.name for p in out.iterdir()} >= MAIN_OUTPUTS
+    for capture in long_recordings:
+        assert packet_rows(out / f"{capture.name}.packets.csv") == capinfos_count(capture)
 
 
 @pytest.mark.slow  # builds the ~85,000-packet recordings

@@ -34,16 +34,28 @@ _deferred = 0  # a further signal that came during that clean-up
 
 
 def _worker_init(progress_queue):
-    global _progress_queue
+    global _progress_queue, _ignores_ctrl_c
     _progress_queue = progress_queue
+    _ignores_ctrl_c = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     _between_tasks()
+
+
+# The command was started with Ctrl-C ignored (a script's background job, nohup): its
+# workers and their tsharks ignore it too, as the command does and as -j 1 does, rather
+# than die of it and stop the run.
+_ignores_ctrl_c = False
+
+
+def _stop_on(handler) -> None:
+    if not _ignores_ctrl_c:
+        signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _between_tasks() -> None:
     """An idle worker has nothing to clean up: Ctrl-C or SIGTERM end it quietly (an
     exception out of the pool's wait for work would print a traceback)."""
-    signal.signal(signal.SIGINT, _exit_quietly)
-    signal.signal(signal.SIGTERM, _exit_quietly)
+    _stop_on(_exit_quietly)
 
 
 def _exit_quietly(signum, frame):
@@ -72,8 +84,7 @@ def _report(count: int) -> None:
 def _call(function, arguments):
     global _stopping, _deferred
     _stopping, _deferred = False, 0
-    signal.signal(signal.SIGINT, _stop_task)
-    signal.signal(signal.SIGTERM, _stop_task)
+    _stop_on(_stop_task)
     try:
         return function(*arguments, on_packets=_report)
     except ToolError as e:
