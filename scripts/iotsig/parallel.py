@@ -31,6 +31,10 @@ class Workers:
 _progress_queue = None
 _stopping = False  # the running task was stopped by a signal and is cleaning up
 _deferred = 0  # a further signal that came during that clean-up
+# The command was started with Ctrl-C ignored (a script's background job, nohup): its
+# workers and their tsharks ignore it too, as the command does and as -j 1 does, rather
+# than die of it and stop the run.
+_ignores_ctrl_c = False
 
 
 def _worker_init(progress_queue):
@@ -38,12 +42,6 @@ def _worker_init(progress_queue):
     _progress_queue = progress_queue
     _ignores_ctrl_c = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     _between_tasks()
-
-
-# The command was started with Ctrl-C ignored (a script's background job, nohup): its
-# workers and their tsharks ignore it too, as the command does and as -j 1 does, rather
-# than die of it and stop the run.
-_ignores_ctrl_c = False
 
 
 def _stop_on(handler) -> None:
