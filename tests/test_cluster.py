@@ -35,7 +35,7 @@ from conftest import (
 
 DASK = Path(sys.executable).parent / "dask"
 EVENTS = CAPTURES / "sweep" / "events"
-CHUNK_BYTES = packets.CHUNK_ROWS * 200  # a packets CSV row takes more than 200 bytes here
+WRITTEN_BYTES = 1_000  # more than a packets CSV header: its first block of rows is written
 SMALL_EVENTS = {("TapoLight", "toggle"): 3, ("TapoLight", "set_brightness"): 3}
 
 
@@ -210,7 +210,7 @@ def kill_a_worker_after_its_first_progress(cluster: Cluster, folder: Path, captu
     packets written, and so reported, as the progress bar shows it."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        written = [p for p in folder.rglob("*.part") if p.stat().st_size > CHUNK_BYTES]
+        written = [p for p in folder.rglob("*.part") if p.stat().st_size > WRITTEN_BYTES]
         if written:
             break
         time.sleep(0.02)

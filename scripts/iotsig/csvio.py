@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import fields
+from .coded import Coded, Frame
 from .errors import InputError, OutputError
 from .schema import Table
 
@@ -167,15 +170,74 @@ def _spelled(column: pd.Series, float_format: str | None) -> list[str]:
     if pd.api.types.is_float_dtype(column):
         spell = (lambda x: float_format % x) if float_format else repr
     else:
-        spell = _csv_cell
+        spell = csv_cell
     words = np.array([spell(u) for u in uniques.tolist()] + [""], dtype=object)
     return words[codes].tolist()  # code -1 (missing) is the last word: an empty cell
+
+
+def write_frame_rows(sink, frame: Frame, table: Table) -> None:
+    """A coded.Frame's rows of `table` to a binary sink: the bytes write_rows writes for
+    the same values (text escaped against formulas, a cell quoted when it holds a comma, a
+    quote or a line break, epoch times with microseconds, '' for NaN), joined by Arrow
+    from each column's distinct values."""
+    if not frame.rows:
+        return
+    epochs = {c.name for c in table.columns if c.spelling == "epoch"}
+    texts = set(table.of_type("text"))
+    cells = []
+    for name in table.names:
+        column = frame[name]
+        if isinstance(column, pa.Array):
+            cells.append(column)
+        elif name in epochs:
+            cells.append(_epoch_text(column))
+        elif isinstance(column, Coded):
+            cells.append(_spelled_words(column, name in texts))
+        elif column.dtype == object:
+            cells.append(_spelled_words(Coded.of(column), name in texts))
+        else:
+            cells.append(pc.cast(pa.array(column), pa.string()))
+    lines = pc.binary_join_element_wise(*cells, ",")
+    lines = pc.binary_join_element_wise(lines, "\n", "")
+    offsets = np.frombuffer(lines.buffers()[1], np.int32)
+    start, end = offsets[lines.offset], offsets[lines.offset + len(lines)]
+    sink.write(memoryview(lines.buffers()[2])[start:end])
+
+
+def _spelled_words(column: Coded, text: bool) -> pa.Array:
+    words = pd.Series(column.words, dtype=object)
+    if text:
+        words = escape_formulas(words)
+    return pa.array([csv_cell(w) for w in words], pa.string()).take(pa.array(column.codes))
+
+
+# Times whose microseconds a double holds exactly enough for integer arithmetic to spell
+# them as TIME_FORMAT spells the rounded double (2**33 s: the year 2242).
+EXACT_SECONDS = 2.0**33
+
+
+def _epoch_text(seconds: np.ndarray) -> pa.Array:
+    """TIME_FORMAT of each time rounded to the microsecond ('' for NaN): integer arithmetic
+    on the microseconds for the usual times, Python's formatting for the rest."""
+    with np.errstate(invalid="ignore"):
+        usual = (seconds >= 0) & (seconds < EXACT_SECONDS)  # -0.0 too: '0.000000'
+    micros = np.rint(np.where(usual, seconds, 0) * 1e6).astype(np.int64)
+    whole = pc.cast(pa.array(micros // 1_000_000), pa.string())
+    fraction = pc.utf8_lpad(pc.cast(pa.array(micros % 1_000_000), pa.string()), 6, "0")
+    text = pc.binary_join_element_wise(whole, fraction, ".")
+    if usual.all():
+        return text
+    spelled = np.array(text.to_pylist(), dtype=object)
+    odd = np.flatnonzero(~usual)
+    rounded = np.round(seconds[odd], 6)
+    spelled[odd] = ["" if np.isnan(s) else TIME_FORMAT % s for s in rounded]
+    return pa.array(spelled, pa.string())
 
 
 _NEEDS_QUOTES = re.compile('[,"\r\n]').search
 
 
-def _csv_cell(value) -> str:
+def csv_cell(value) -> str:
     text = value if isinstance(value, str) else str(value)
     if _NEEDS_QUOTES(text):
         return '"' + text.replace('"', '""') + '"'

@@ -15,8 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
+from .coded import Coded, choose, combine
 
 # Vocabularies: Wireshark's numbers -> the names network people read.
 DNS_TYPES = {
@@ -71,50 +70,42 @@ ARP_OPCODES = {"1": "request", "2": "reply", "3": "rarp-request", "4": "rarp-rep
 
 
 # ---------------------------------------------------------------------------------------
-# How tshark's values become CSV values (each applied once per distinct value)
+# How tshark's values become CSV values: Coded columns, each function applied once per
+# distinct value
 
 
-def map_uniques(values, function) -> pd.Series:
-    """Apply a Python function once per distinct value: packet fields repeat a lot."""
-    series = pd.Series(values) if not isinstance(values, pd.Series) else values
-    codes, uniques = pd.factorize(series, sort=False)
-    mapped = np.array([function(u) or "" for u in uniques] + [""], dtype=object)
-    return pd.Series(mapped[codes], index=series.index, dtype=object)
-
-
-def first(values) -> pd.Series:
+def first(values: Coded) -> Coded:
     """First occurrence of an aggregated field ('a;b' -> 'a')."""
-    return map_uniques(values, lambda s: s.split(";", 1)[0])
+    return values.map(lambda s: s.split(";", 1)[0])
 
 
-def distinct(values) -> pd.Series:
+def distinct(values: Coded) -> Coded:
     """Every value once, in order ('a;b;a' -> 'a;b')."""
-    return map_uniques(values, lambda s: ";".join(dict.fromkeys(s.split(";"))) if s else "")
+    return values.map(lambda s: ";".join(dict.fromkeys(s.split(";"))) if s else "")
 
 
-def as_is(values) -> pd.Series:
+def as_is(values: Coded) -> Coded:
     return values
 
 
-def first_present(*columns) -> pd.Series:
+def first_present(*columns: Coded) -> Coded:
     """The first column's value where it has one, else the next's (ICMP or ICMPv6 type)."""
     result = columns[-1]
     for column in reversed(columns[:-1]):
-        result = np.where(column != "", column, result)
+        result = choose(column.filled(), column, result)
     return first(result)
 
 
-def joined(*columns) -> pd.Series:
+def joined(*columns: Coded) -> Coded:
     """Several fields' values as one list ('a' and 'b' -> 'a;b'): A and AAAA answers."""
     result = columns[0]
     for column in columns[1:]:
-        both = (result != "") & (column != "")
-        result = np.where(both, result + ";" + column, result + column)
-    return pd.Series(result, index=columns[0].index)
+        result = combine(lambda a, b: f"{a};{b}" if a and b else a + b, result, column)
+    return result
 
 
-def arp_opcode(values) -> pd.Series:
-    return map_uniques(first(values), ARP_OPCODES.get)
+def arp_opcode(values: Coded) -> Coded:
+    return first(values).map(ARP_OPCODES.get)
 
 
 def named(names: dict, unknown_prefix: str):
@@ -126,10 +117,10 @@ def named(names: dict, unknown_prefix: str):
         parts = (names.get(v, f"{unknown_prefix}{v}") for v in value.split(";"))
         return ";".join(dict.fromkeys(parts))
 
-    return lambda values: map_uniques(values, name_all)
+    return lambda values: values.map(name_all)
 
 
-def coap_codes(values) -> pd.Series:
+def coap_codes(values: Coded) -> Coded:
     """CoAP code numbers -> a method (GET ...) or a response code class.detail (2.05)."""
 
     def one(code: str) -> str:
@@ -140,7 +131,7 @@ def coap_codes(values) -> pd.Series:
     def spell(value: str) -> str:
         return ";".join(dict.fromkeys(one(c) for c in value.split(";") if c.isdigit()))
 
-    return map_uniques(values, spell)
+    return values.map(spell)
 
 
 _METHOD_NAMES = frozenset(COAP_METHODS.values())
@@ -178,7 +169,7 @@ class AppField:
     tshark: tuple[str, ...]  # Wireshark fields read; the first is the one spelled
     type: str  # schema type: "text" (attacker-controlled), "str", "int", "bool"
     meaning: str  # in the packets CSV
-    spell: object = distinct  # tshark's column(s) -> the CSV column, vectorised
+    spell: object = distinct  # tshark's column(s) (Coded) -> the CSV column (Coded)
     label: str = ""  # pattern.txt / evaluation: "DNS query"; "" for packet-only
     flow_meaning: str = ""  # in the flows CSV; "" when the field stays in the packets CSV
     fingerprint: bool = True  # part of the flow fingerprint (when carried into flows)

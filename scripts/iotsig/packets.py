@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import functools
 import io
@@ -12,18 +11,20 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import csvio, fields, tshark
+from .coded import Coded, Frame, choose, read_fields, select, utc_texts
 from .errors import InputError, OutputError, ToolError
-from .fields import first, map_uniques
+from .fields import first
 from .schema import PACKETS
-from .timefmt import utc_text
 
 # The Wireshark fields exported, in tshark's output order: what the packet and transport
 # columns need, then every application field of the registry.
@@ -86,8 +87,11 @@ def asked_fields() -> list[str]:
     return [f for f in FIELDS if f not in VENDOR_FIELDS]
 
 
-# Rows per chunk: fewer chunks cost less CPU; the 1 MB pipe keeps tshark going meanwhile.
-CHUNK_ROWS = 20_000
+# tshark's output is read and written in blocks of CHUNK_BYTES of its text (about 40,000
+# rows, at most CHUNK_ROWS): fewer blocks cost less CPU; the pipe keeps tshark going
+# meanwhile. A line longer than a block (a field of megabytes) cannot be read.
+CHUNK_BYTES = 8 << 20
+CHUNK_ROWS = 50_000
 # Frames an IP fragment waits for the frame that completes its datagram (the rows after it
 # wait too, to keep capture order): bounds the memory whatever the capture holds.
 FRAGMENT_WAIT_FRAMES = 100_000
@@ -187,28 +191,21 @@ class Chunk:
         FRAGMENT_WAIT_FRAMES would cost as much again as a fifth of a chunk)."""
         return max(1, self.first - OVERLAP_FRAMES), self.last + self.tail
 
-    def own_and_after(self, raw: pd.DataFrame, read_before: int) -> pd.DataFrame:
-        """tshark's rows numbered as in the whole capture, without the overlap's
-        (read_before: the rows tshark gave before these)."""
+    def own_and_after(self, raw: Frame) -> Frame:
+        """tshark's rows numbered as in the whole capture, without the overlap's."""
         offset = self.read_frames[0] - 1
-        numbers = np.arange(1, len(raw) + 1) + read_before  # tshark numbers frames 1, 2...
-        ends = raw["frame.number"].iloc[[0, -1]].astype(int).to_numpy()
-        if not (ends == numbers[[0, -1]]).all():  # never seen: read them, then
-            numbers = _frame_numbers(raw["frame.number"])
-        numbers = numbers + offset
+        numbers = raw["frame.number"] + offset
         keep = numbers >= self.first
-        raw = raw[keep].reset_index(drop=True)
-        raw["frame.number"] = numbers[keep].astype(np.int64).astype(str)
+        raw = raw.take(keep)
+        raw["frame.number"] = numbers[keep]
+        renumber = lambda cell: ";".join(str(int(n) + offset) for n in cell.split(";"))  # noqa: E731
         for name in ("ip.fragment", "ipv6.fragment"):  # the frames a datagram was made of
-            listed = raw[name].to_numpy() != ""
-            if listed.any():
-                renumber = lambda cell: ";".join(str(int(n) + offset) for n in cell.split(";"))  # noqa: E731
-                raw.loc[listed, name] = map_uniques(raw[name][listed], renumber).to_numpy()
+            raw[name] = raw[name].map(lambda cell: renumber(cell) if cell else "")
         return raw
 
-    def is_after(self, raw: pd.DataFrame, position: int) -> bool:
+    def is_after(self, raw: Frame, position: int) -> bool:
         """Whether the row at `position` (renumbered) comes after the chunk's last frame."""
-        return int(raw["frame.number"].iat[position]) > self.last
+        return int(raw["frame.number"][position]) > self.last
 
 
 def plan_chunks(capture: Path, parallel: int) -> list[tuple[int, int]] | None:
@@ -341,22 +338,28 @@ def _translate_into(
                 capture, asked_fields(), stderr, *chunk.read_frames
             )
         stopped_early = False
+        cut_lines: list[str] = []
         try:
-            with open(tmp, "w", encoding="utf-8", newline="") as sink:
+            with open(tmp, "wb") as sink:
                 if chunk is None or chunk.index == 0:
-                    sink.write(",".join(PACKETS.names) + "\n")
+                    sink.write((",".join(PACKETS.names) + "\n").encode())
 
-                def write(rows: pd.DataFrame) -> None:
+                def write(rows: Frame) -> None:
                     if not len(rows):
                         return
                     _note_unwritable_times(rows, result)
-                    csvio.write_rows(sink, csvio.to_csv_text(rows, PACKETS), "%.6f")
+                    csvio.write_frame_rows(sink, rows, PACKETS)
                     result.packets += len(rows)
                     if on_packets:
                         on_packets(len(rows))
 
                 stopped_early = _write_rows(
-                    _read_chunks(process.stdout), write, result, device_mac, device_ip, chunk
+                    _read_chunks(process.stdout, cut_lines),
+                    write,
+                    result,
+                    device_mac,
+                    device_ip,
+                    chunk,
                 )
         except BaseException:
             _end(cutter, process, kill=True)
@@ -364,6 +367,8 @@ def _translate_into(
         _end(cutter, process, kill=stopped_early)  # the rest of the range is not the chunk's
         stderr.seek(0)
         warnings, errors = tshark.stderr_problems(stderr.read().decode("utf-8", "replace"))
+    if cut_lines:
+        warnings.append(f"{len(cut_lines)} line(s) of tshark's output cut short: skipped")
     if stopped_early:
         warnings, errors = [], []  # about frames past the chunk, or the pipe closed on them
     if errors and not result.packets:
@@ -413,10 +418,9 @@ def _write_rows(raw_chunks, write, result, device_mac, device_ip, chunk) -> bool
     the IP datagrams of its fragments). True when it stopped before the end of the output."""
     datagrams = Datagrams(chunk.last if chunk else None)
     stopped_early = False
-    read = 0
     for raw in raw_chunks:
         if chunk is not None:
-            read, raw = read + len(raw), chunk.own_and_after(raw, read)
+            raw = chunk.own_and_after(raw)
             if not len(raw):
                 continue
             if chunk.is_after(raw, 0) and not datagrams.holds_own():
@@ -433,10 +437,11 @@ def _write_rows(raw_chunks, write, result, device_mac, device_ip, chunk) -> bool
     return stopped_early
 
 
-def _note_unwritable_times(rows: pd.DataFrame, result: Translation) -> None:
-    odd = np.flatnonzero((rows["time_utc"] == "").to_numpy() & rows["ts"].notna().to_numpy())
+def _note_unwritable_times(rows: Frame, result: Translation) -> None:
+    empty = pc.equal(rows["time_utc"], "").to_numpy(zero_copy_only=False)
+    odd = np.flatnonzero(empty & ~np.isnan(rows["ts"]))
     if len(odd) and not result.unwritable_times:
-        result.first_unwritable_frame = rows["frame_number"].iat[odd[0]]
+        result.first_unwritable_frame = str(rows["frame_number"][odd[0]])
     result.unwritable_times += len(odd)
 
 
@@ -451,28 +456,21 @@ def _output_errors(output: Path):
         raise OutputError(output, f"cannot write ({e.strerror or e})") from None
 
 
-def _read_chunks(stream):
-    """tshark's tab-separated lines as string frames. tshark escapes tabs and newlines
-    inside values, so a line is a row. A thread drains the pipe so that tshark never waits
-    for pandas: the two run on two cores."""
-    reader = pd.read_csv(
-        io.BufferedReader(PipeDrainer(stream), 1 << 20),
-        sep="\t",
-        header=None,
-        names=asked_fields(),
-        dtype=str,
-        quoting=csv.QUOTE_NONE,
-        na_filter=False,
-        keep_default_na=False,
-        chunksize=CHUNK_ROWS,
-        encoding="utf-8",
-        encoding_errors="replace",
-        engine="c",
-    )
+# The fields read as numbers; tshark's other fields are read as text.
+NUMBER_FIELDS = {"frame.number": pa.int64(), "frame.time_epoch": pa.float64()}
+
+
+def _read_chunks(stream, cut_lines: list) -> Iterator[Frame]:
+    """tshark's tab-separated lines as Frames of at most CHUNK_ROWS rows (a line cut
+    short is skipped, and added to cut_lines). A thread drains the pipe so that tshark
+    never waits for the reader: the two run on two cores."""
+    source = io.BufferedReader(PipeDrainer(stream), 1 << 20)
     try:
-        yield from reader
-    except pd.errors.EmptyDataError:
-        return
+        for frame in read_fields(source, asked_fields(), NUMBER_FIELDS, CHUNK_BYTES, cut_lines):
+            for start in range(0, len(frame), CHUNK_ROWS):
+                yield frame.take(np.arange(start, min(start + CHUNK_ROWS, len(frame))))
+    except pa.ArrowInvalid as e:
+        raise ToolError(f"tshark's output could not be read: {e}") from None
 
 
 class PipeDrainer(io.RawIOBase):
@@ -522,150 +520,143 @@ class Datagrams:
     fragment whose datagram never completes is kept as tshark gives it, and counted."""
 
     def __init__(self, last_frame: int | None = None):
-        self.held: pd.DataFrame | None = None  # rows read, waiting to be written
+        self.held: Frame | None = None  # rows read, waiting to be written
         self.incomplete = 0
         self.first_incomplete = ""
         # A chunk's last frame: the rows after it only complete datagrams, and are not its.
         self.last_frame = last_frame
 
-    def own(self, rows: pd.DataFrame) -> pd.DataFrame:
+    def own(self, rows: Frame) -> Frame:
         """The rows up to the last frame (all of them, outside a chunk)."""
         if self.last_frame is None or not len(rows):
             return rows
-        if int(rows["frame_number"].iat[-1]) <= self.last_frame:  # the usual batch
+        numbers = rows["frame_number"]
+        if numbers[-1] <= self.last_frame:  # the usual batch
             return rows
-        return rows[_frame_numbers(rows["frame_number"]) <= self.last_frame]
+        return rows.take(numbers <= self.last_frame)
 
     def holds_own(self) -> bool:
         """Whether rows up to the last frame are still waiting."""
         if self.held is None:
             return False
-        return self.last_frame is None or (
-            _frame_numbers(self.held["frame_number"].iloc[:1])[0] <= self.last_frame
-        )
+        return self.last_frame is None or self.held["frame_number"][0] <= self.last_frame
 
-    def feed(self, rows: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+    def feed(self, rows: Frame, raw: Frame) -> Frame:
         """The rows that can be written now (the chunk's, after those held back)."""
         if self.held is None and not _has_fragments(raw):
             return rows  # the usual case: no fragment, nothing held
         rows["_waiting"], rows["_parts"] = _fragment_marks(raw)
         if self.held is not None:
-            rows = pd.concat([self.held, rows], ignore_index=True)
+            rows = Frame.concat([self.held, rows])
         self.held = None
         _join_fragments(rows)
-        waiting = rows["_waiting"].to_numpy()
+        waiting = rows["_waiting"]
         overdue = waiting & (np.arange(len(rows)) < len(rows) - FRAGMENT_WAIT_FRAMES)
         self._count_incomplete(rows, overdue)
         waiting = waiting & ~overdue
         if waiting.any():
             cut = int(np.argmax(waiting))
-            self.held, rows = rows.iloc[cut:].reset_index(drop=True), rows.iloc[:cut]
+            self.held = rows.take(np.arange(cut, len(rows)))
+            rows = rows.take(np.arange(cut))
         return rows
 
-    def finish(self) -> pd.DataFrame:
+    def finish(self) -> Frame:
         """What is still held at the end of the capture: its fragments never completed."""
         rows, self.held = self.held, None
         if rows is None:
-            return pd.DataFrame(columns=PACKETS.names)
-        self._count_incomplete(rows, rows["_waiting"].to_numpy())
+            return Frame({}, 0)
+        self._count_incomplete(rows, rows["_waiting"])
         return rows
 
-    def _count_incomplete(self, rows: pd.DataFrame, mask: np.ndarray) -> None:
+    def _count_incomplete(self, rows: Frame, mask: np.ndarray) -> None:
         if self.last_frame is not None:
-            mask = mask & (_frame_numbers(rows["frame_number"]) <= self.last_frame)
+            mask = mask & (rows["frame_number"] <= self.last_frame)
         if mask.any() and not self.incomplete:
-            self.first_incomplete = rows["frame_number"].iat[int(np.argmax(mask))]
+            self.first_incomplete = str(rows["frame_number"][int(np.argmax(mask))])
         self.incomplete += int(mask.sum())
 
 
-def _frame_numbers(column: pd.Series) -> np.ndarray:
-    return pd.to_numeric(column, errors="coerce").to_numpy()
-
-
-def _has_fragments(raw: pd.DataFrame) -> bool:
+def _has_fragments(raw: Frame) -> bool:
     """Whether any frame may be a fragment: a quick look (flags other than 0, a fragment
     header) that spares the usual chunk the full one."""
     for name in ("ip.flags.mf", "ip.frag_offset"):
-        values = raw[name].to_numpy()
-        if ((values != "") & (values != "0")).any():
+        if raw[name].test(lambda v: v not in ("", "0")).any():
             return True
-    return bool((raw["ipv6.fraghdr.more"].to_numpy() != "").any())
+    return bool(raw["ipv6.fraghdr.more"].filled().any())
 
 
-def _fragment_marks(raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _fragment_marks(raw: Frame) -> tuple[np.ndarray, Coded]:
     """(the frame is a fragment still waiting for its datagram, the frames a reassembled
     datagram was made of: '2;3' in the frame that completes it, else '')."""
-    v4_parts, v6_parts = raw["ip.fragment"].to_numpy(), raw["ipv6.fragment"].to_numpy()
-    parts = np.where(v4_parts != "", v4_parts, v6_parts)
+    v4_parts = raw["ip.fragment"]
+    parts = choose(v4_parts.filled(), v4_parts, raw["ipv6.fragment"])
     fragment = (
         _any_value(raw["ip.flags.mf"], "1")
         | _any_value(raw["ip.frag_offset"], "0", negate=True)
         | _any_value(raw["ipv6.fraghdr.more"], "1")
         | _any_value(raw["ipv6.fraghdr.offset"], "0", negate=True)
     )
-    return fragment & (parts == ""), parts
+    return fragment & ~parts.filled(), parts
 
 
-def _any_value(values: pd.Series, value: str, negate: bool = False) -> np.ndarray:
+def _any_value(values: Coded, value: str, negate: bool = False) -> np.ndarray:
     """Whether any of a cell's values ('a;b') is `value` (negate: is another value)."""
-    codes, uniques = pd.factorize(values, sort=False)
 
     def test(cell: str) -> bool:
         found = [v for v in cell.split(";") if v]
         return any((v != value) if negate else (v == value) for v in found)
 
-    return np.array([test(u) for u in uniques] + [False], dtype=bool)[codes]
+    return values.test(test)
 
 
-def _positions(frame_numbers: pd.Series, frames: np.ndarray) -> np.ndarray:
+def _positions(frame_numbers: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """Where the given frames are among the rows (-1: not there). tshark numbers frames
     1, 2, 3...: a row's place is its frame's distance from the first, checked."""
-    numbers = pd.to_numeric(frame_numbers.iloc[[0, -1]], errors="coerce").to_numpy()
-    if np.isnan(numbers).any() or numbers[1] - numbers[0] != len(frame_numbers) - 1:
-        index = pd.Index(pd.to_numeric(frame_numbers, errors="coerce"))
+    if frame_numbers[-1] - frame_numbers[0] != len(frame_numbers) - 1:
+        index = pd.Index(frame_numbers)
         return index.get_indexer(frames) if index.is_unique else np.full(len(frames), -1)
-    found = frames - numbers[0]
+    found = frames - frame_numbers[0]
     found = np.where(np.isnan(found) | (found < 0) | (found >= len(frame_numbers)), -1, found)
     return found.astype(np.int64)
 
 
-def _join_fragments(rows: pd.DataFrame) -> None:
+def _join_fragments(rows: Frame) -> None:
     """Copy each reassembled datagram's conversation into its fragments' rows (in place)."""
-    datagrams = np.flatnonzero(rows["_parts"].to_numpy() != "")
+    parts = rows["_parts"]
+    datagrams = np.flatnonzero(parts.filled())
     if not len(datagrams):
         return
-    lists = [p.split(";") for p in rows["_parts"].to_numpy()[datagrams]]
+    lists = [p.split(";") for p in parts.values()[datagrams]]
     frames = pd.to_numeric(pd.Series(np.concatenate(lists)), errors="coerce").to_numpy()
     source = np.repeat(datagrams, [len(p) for p in lists])
     target = _positions(rows["frame_number"], frames)
     keep = (target >= 0) & (target != source)
     target, source = target[keep], source[keep]
     for name in DATAGRAM_COLUMNS:
-        column = rows[name].to_numpy(copy=True)
-        column[target] = column[source]
-        rows[name] = column
-    waiting = rows["_waiting"].to_numpy(copy=True)
+        column = rows[name]
+        codes = column.codes.copy()
+        codes[target] = codes[source]
+        rows[name] = Coded(codes, column.words)
+    waiting = rows["_waiting"].copy()
     waiting[target] = False
     rows["_waiting"] = waiting
 
 
 def build_rows(
-    raw: pd.DataFrame,
+    raw: Frame,
     capture_name: str,
     device_mac: str | None = None,
     device_ip: str | None = None,
-) -> pd.DataFrame:
-    """tshark's raw fields -> the packets CSV columns (vectorised)."""
-    # Positional index: columns built from numpy arrays come back as Series indexed 0..n-1,
-    # and a later chunk's index (20000...) would not line up with them.
-    raw = raw.reset_index(drop=True)
-    out: dict = {}  # the columns, made a frame once (a frame grown column by column is
-    # consolidated, copied, again and again)
-    out["capture"] = capture_name
+) -> Frame:
+    """tshark's raw fields -> the packets CSV columns, each worked out once per distinct
+    value (Coded) or as arrays."""
+    rows = len(raw)
+    out = Frame({}, rows)
+    out["capture"] = Coded.constant(capture_name, rows)
     out["frame_number"] = raw["frame.number"]
-    ts = pd.to_numeric(raw["frame.time_epoch"], errors="coerce")
-    out["ts"] = ts.round(6)
-    out["time_utc"] = utc_text(ts)
+    ts = raw["frame.time_epoch"]
+    out["ts"] = np.round(ts, 6)
+    out["time_utc"] = utc_texts(ts)
     out["frame_len"] = raw["frame.len"]
 
     # 802.11 frames carry their MACs as source/destination (and transmitter/receiver, for
@@ -680,26 +671,25 @@ def build_rows(
     # An inner Ethernet header's vendor is looked up in the same database: tshark lists
     # only the vendors it knows, so occurrences of oui_resolved do not line up with eth's.
     for end in ("src", "dst"):
-        looked_up = map_uniques(out[f"eth_{end}"], oui_vendor)
+        looked_up = out[f"eth_{end}"].map(oui_vendor)
         if f"eth.{end}.oui_resolved" not in raw:  # asked_fields: always looked up here
             out[f"eth_{end}_vendor"] = looked_up
             continue
         vendor = first(raw[f"eth.{end}.oui_resolved"])
-        wireless = (raw["eth.src"] == "") & (out[f"eth_{end}"] != "") & (vendor == "")
-        redo = wireless.to_numpy() | (conv.eth > 0)
-        out[f"eth_{end}_vendor"] = vendor.where(~redo, looked_up)
+        wireless = ~raw["eth.src"].filled() & out[f"eth_{end}"].filled() & ~vendor.filled()
+        out[f"eth_{end}_vendor"] = choose(wireless | (conv.eth > 0), looked_up, vendor)
 
     # The conversation is the innermost IP (or ARP) header that is not quoted by an ICMP
     # message: every address, port, flag and length comes from that layer's occurrence of
     # the field (tshark lists a tunnelled packet's as 'outer;inner').
-    has_v4 = (conv.net == "ip") & (raw["ip.src"] != "").to_numpy()
-    has_v6 = (conv.net == "ipv6") & (raw["ipv6.src"] != "").to_numpy()
-    arp = conv.net == "arp"
-    out["ip_version"] = np.select([has_v4, has_v6], ["4", "6"], "")
+    has_v4 = conv.net.equals("ip") & raw["ip.src"].filled()
+    has_v6 = conv.net.equals("ipv6") & raw["ipv6.src"].filled()
+    arp = conv.net.equals("arp")
+    out["ip_version"] = select([has_v4, has_v6], ["4", "6"], "")
     net_depth = np.where(has_v4, conv.ip, conv.ipv6)
     for end in ("src", "dst"):
         out[f"ip_{end}"] = nth(
-            np.select(
+            select(
                 [has_v4, has_v6, arp],
                 [raw[f"ip.{end}"], raw[f"ipv6.{end}"], raw[f"arp.{end}.proto_ipv4"]],
                 "",
@@ -708,41 +698,31 @@ def build_rows(
         )
 
     layers = raw["frame.protocols"]
-    highest = map_uniques(layers, lambda s: s.rsplit(":", 1)[-1])
-    out["highest_layer"] = highest
-    icmp, icmp6 = conv.l4 == "icmp", conv.l4 == "icmpv6"
-    tcp, udp = conv.l4 == "tcp", conv.l4 == "udp"
+    out["highest_layer"] = layers.map(lambda s: s.rsplit(":", 1)[-1])
+    tcp, udp = conv.l4.equals("tcp"), conv.l4.equals("udp")
     # An IPv6 fragment's next header is 44 (the fragment header): take the one after it,
     # so that a later fragment says udp, as it does in IPv4, not ip-proto-44.
-    v6_number = raw["ipv6.fraghdr.nxt"].where(raw["ipv6.fraghdr.nxt"] != "", raw["ipv6.nxt"])
-    ip_number = nth(np.where(has_v4, raw["ip.proto"], v6_number), net_depth)
-    by_number = map_uniques(ip_number, lambda n: IP_PROTOCOLS.get(n, f"ip-proto-{n}" if n else ""))
-    non_ip = ~(has_v4 | has_v6)
-    link_proto = map_uniques(layers, _link_protocol)
-    out["l4_proto"] = np.select(
-        [icmp, icmp6, tcp, udp, non_ip], ["icmp", "icmpv6", "tcp", "udp", link_proto], by_number
+    v6_number = choose(raw["ipv6.fraghdr.nxt"].filled(), raw["ipv6.fraghdr.nxt"], raw["ipv6.nxt"])
+    ip_number = nth(choose(has_v4, raw["ip.proto"], v6_number), net_depth)
+    by_number = ip_number.map(lambda n: IP_PROTOCOLS.get(n, f"ip-proto-{n}" if n else ""))
+    out["l4_proto"] = select(
+        [conv.l4.equals("icmp"), conv.l4.equals("icmpv6"), tcp, udp, ~(has_v4 | has_v6)],
+        ["icmp", "icmpv6", "tcp", "udp", layers.map(_link_protocol)],
+        by_number,
     )
     transport = tcp | udp  # an ICMP error quotes the TCP/UDP header of another packet
     l4_depth = np.where(tcp, conv.tcp, conv.udp)
     for end in ("src", "dst"):
-        port = nth(np.where(tcp, raw[f"tcp.{end}port"], raw[f"udp.{end}port"]), l4_depth)
-        out[f"{end}_port"] = np.where(transport, port, "")
-    flags = map_uniques(nth(raw["tcp.flags"], conv.tcp), _tcp_letters)
-    out["tcp_flags"] = np.where(tcp, flags, "")
-    udp_payload = pd.to_numeric(nth(raw["udp.length"], conv.udp), errors="coerce") - 8
-    out["l4_payload_len"] = np.select(
-        [tcp, udp],
-        [
-            nth(raw["tcp.len"], conv.tcp),
-            udp_payload.astype("Int64").astype(str).replace("<NA>", ""),
-        ],
-        "",
-    )
+        port = nth(choose(tcp, raw[f"tcp.{end}port"], raw[f"udp.{end}port"]), l4_depth)
+        out[f"{end}_port"] = choose(transport, port, "")
+    out["tcp_flags"] = choose(tcp, nth(raw["tcp.flags"], conv.tcp).map(_tcp_letters), "")
+    udp_payload = nth(raw["udp.length"], conv.udp).map(_udp_payload)
+    out["l4_payload_len"] = select([tcp, udp], [nth(raw["tcp.len"], conv.tcp), udp_payload], "")
     _tunnel_columns(out, raw, conv)
     for app in fields.REGISTRY:
         out[app.name] = app.spell(*(raw[t] for t in app.tshark))
     out["direction"] = packet_direction(out, device_mac, device_ip)
-    return pd.DataFrame(out, index=raw.index)
+    return out
 
 
 # Layers that hold the conversation's addresses, and those inside which a header is quoted,
@@ -761,21 +741,22 @@ NOT_ENCAPSULATIONS = {"udp", "eth", "ethertype", "vlan", "ip", "ipv6"}
 
 
 class Conversations:
-    """Where each frame's conversation is among its layers (frame.protocols), as per-row
-    arrays: `net` its network layer (ip, ipv6, arp or ''), `l4` the transport after it,
-    `ip`, `ipv6`, `tcp`, `udp`, `eth` the occurrence (0 = outermost) of those layers'
-    fields that belong to it, `tunnel` the encapsulation around it and `outer` the kind of
-    the outermost IP header ('' when the conversation is not tunnelled)."""
+    """Where each frame's conversation is among its layers (frame.protocols): `net` its
+    network layer (ip, ipv6, arp or ''), `l4` the transport after it, `tunnel` the
+    encapsulation around it and `outer` the kind of the outermost IP header ('' when the
+    conversation is not tunnelled), as Coded; `ip`, `ipv6`, `tcp`, `udp`, `eth` the
+    occurrence (0 = outermost) of those layers' fields that belong to it, per row."""
 
     NAMES = ("net", "l4", "ip", "ipv6", "tcp", "udp", "eth", "tunnel", "outer")
 
-    def __init__(self, layers: pd.Series):
-        codes, uniques = pd.factorize(layers, sort=False)
-        parsed = [_conversation(u) for u in uniques] + [_conversation("")]  # -1: missing
+    def __init__(self, layers: Coded):
+        parsed = [_conversation(u) for u in layers.words]
         for index, name in enumerate(self.NAMES):
             values = [p[index] for p in parsed]
-            dtype = np.int64 if isinstance(values[0], int) else object
-            setattr(self, name, np.array(values, dtype=dtype)[codes])
+            if isinstance(_conversation("")[index], int):
+                setattr(self, name, np.array(values, dtype=np.int64)[layers.codes])
+            else:
+                setattr(self, name, Coded(layers.codes, values))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -809,53 +790,51 @@ def _conversation(layers: str) -> tuple:
     )
 
 
-def nth(values, depth: np.ndarray) -> pd.Series:
+def nth(values: Coded, depth: np.ndarray) -> Coded:
     """The depth-th value of each aggregated cell ('a;b', 1 -> 'b'; '' where there is
     none). Depth is 0 in all but tunnelled frames: those alone cost a second look."""
     result = first(values)
     for level in np.unique(depth[depth > 0]):
-        rows = depth == level
-        result[rows] = map_uniques(
-            pd.Series(np.asarray(values, dtype=object)[rows]),
-            lambda s, k=int(level): (s.split(";") + [""] * (k + 1))[k],
-        ).to_numpy()
+        kth = values.map(lambda s, k=int(level): (s.split(";") + [""] * (k + 1))[k])
+        result = choose(depth == level, kth, result)
     return result
 
 
-def _tunnel_columns(out: pd.DataFrame, raw: pd.DataFrame, conv: Conversations) -> None:
+def _tunnel_columns(out: Frame, raw: Frame, conv: Conversations) -> None:
     """The encapsulation and the outermost IP header's addresses of a tunnelled packet."""
     out["tunnel"] = conv.tunnel
-    tunnelled = conv.tunnel != ""
+    tunnelled = conv.tunnel.filled()
     for end in ("src", "dst"):
         if not tunnelled.any():
-            out[f"outer_ip_{end}"] = ""
+            out[f"outer_ip_{end}"] = Coded.constant("", len(raw))
             continue
-        outer = np.select(
-            [conv.outer == "ip", conv.outer == "ipv6"], [raw[f"ip.{end}"], raw[f"ipv6.{end}"]], ""
+        outer = select(
+            [conv.outer.equals("ip"), conv.outer.equals("ipv6")],
+            [raw[f"ip.{end}"], raw[f"ipv6.{end}"]],
+            "",
         )
         out[f"outer_ip_{end}"] = first(outer)
 
 
-def packet_direction(rows: pd.DataFrame, device_mac: str | None, device_ip: str | None):
+def packet_direction(rows: Frame, device_mac: str | None, device_ip: str | None) -> Coded:
     if not device_mac and not device_ip:
-        return ""
-    count = len(rows["frame_number"])  # rows: a frame, or build_rows' dict of columns
-    sent = np.zeros(count, bool)
-    received = np.zeros(count, bool)
+        return Coded.constant("", len(rows))
+    sent = np.zeros(len(rows), bool)
+    received = np.zeros(len(rows), bool)
     if device_mac:
         mac = device_mac.lower()
-        sent |= (pd.Series(rows["eth_src"]).str.lower() == mac).to_numpy()
-        received |= (pd.Series(rows["eth_dst"]).str.lower() == mac).to_numpy()
+        sent |= rows["eth_src"].test(lambda m: m.lower() == mac)
+        received |= rows["eth_dst"].test(lambda m: m.lower() == mac)
     if device_ip:
-        sent |= np.asarray(rows["ip_src"] == device_ip)
-        received |= np.asarray(rows["ip_dst"] == device_ip)
-    return np.select([sent, received], ["sent", "received"], "other")
+        sent |= rows["ip_src"].equals(device_ip)
+        received |= rows["ip_dst"].equals(device_ip)
+    return select([sent, received], ["sent", "received"], "other")
 
 
-def _first_nonblank(*columns: pd.Series) -> pd.Series:
+def _first_nonblank(*columns: Coded) -> Coded:
     result = first(columns[0])
     for column in columns[1:]:
-        result = result.where(result != "", first(column))
+        result = choose(result.filled(), result, first(column))
     return result
 
 
@@ -897,6 +876,13 @@ def _tcp_letters(value: str) -> str:
         return ""
     bits = int(value, 16)
     return "".join(letter for bit, letter in TCP_FLAG_LETTERS if bits & bit)
+
+
+def _udp_payload(length: str) -> str:
+    try:
+        return str(int(length) - 8)
+    except ValueError:
+        return ""
 
 
 def _link_protocol(layers: str) -> str:
