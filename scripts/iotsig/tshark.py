@@ -194,7 +194,7 @@ def popen_range(
         raise ToolError(f"cannot run {command[0]} ({e.strerror or e})") from None
     try:
         process = subprocess.Popen(
-            fields_command(Path("-"), fields),
+            buffered(fields_command(Path("-"), fields)),
             stdout=subprocess.PIPE,
             stderr=stderr,
             stdin=cutter.stdout,
@@ -252,7 +252,7 @@ def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
     else:
         source = capture
     env = dict(os.environ, LC_ALL="C.UTF-8")
-    command = fields_command(source, fields)
+    command = buffered(fields_command(source, fields))
     try:
         process = subprocess.Popen(
             command,
@@ -314,6 +314,20 @@ def _relay(head: bytes, pipe: int, sink) -> None:
             sink.close()
         if pipe != 0:
             os.close(pipe)
+
+
+# tshark's standard output to a pipe is written 4 KB at a time, and each write wakes the
+# reader: with 1 MB, reading its rows costs half the CPU (2.3 against 3.9 us per frame,
+# measured on 180,000 frames) and tshark a little less. Rows written but still in the
+# buffer are lost if tshark crashes (it flushes them when it stops on a damaged file).
+OUTPUT_BUFFER = "1M"
+
+
+def buffered(command: list[str]) -> list[str]:
+    """The command run with OUTPUT_BUFFER of standard output buffer (coreutils' stdbuf,
+    which execs it: the process is the command's); as it is without stdbuf."""
+    stdbuf = shutil.which("stdbuf")
+    return [stdbuf, "-o", OUTPUT_BUFFER, *command] if stdbuf else command
 
 
 def _widen_pipe(pipe) -> None:
