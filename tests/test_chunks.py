@@ -184,8 +184,10 @@ def test_a_chunk_size_that_is_no_number_is_one_line(tmp_path):
     [
         (150_000, 2, None),
         (250_000, 2, 2),
-        (1_021_248, 2, 6),
-        (10_020_996, 2, 42),
+        (1_021_248, 2, 4),
+        (700_000, 2, 4),
+        (520_000, 2, 2),
+        (10_020_996, 2, 40),
         (900_000, 8, 8),
         (319_140, 1, None),
         (2_000_000, 1, 8),
@@ -193,8 +195,9 @@ def test_a_chunk_size_that_is_no_number_is_one_line(tmp_path):
 )
 def test_a_plan_covers_every_frame_once_in_whole_rounds(count, cores, chunks, monkeypatch):
     """As many chunks as cores, in whole rounds (3 chunks on 2 cores would leave one core
-    idle a third of the time), none of more than CHUNK_PACKETS; a capture of less than
-    twice MIN_CHUNK_PACKETS is read whole, and on one core one of up to a million packets."""
+    idle a third of the time) of chunks a little larger than CHUNK_PACKETS rather than one
+    round more, none of more than MAX_CHUNK_PACKETS; a capture of less than twice
+    MIN_CHUNK_PACKETS is read whole, and on one core one of up to a million packets."""
     monkeypatch.setattr(packets, "MIN_CHUNKED_BYTES", 0)
     monkeypatch.setattr(packets.tshark, "packet_count", lambda capture: count)
     ranges = packets.plan_chunks(TPLINK_CAPTURES[0], cores)
@@ -204,4 +207,4 @@ def test_a_plan_covers_every_frame_once_in_whole_rounds(count, cores, chunks, mo
     assert len(ranges) == chunks
     assert ranges[0][0] == 1 and ranges[-1][1] == count
     assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:]))
-    assert max(last - first + 1 for first, last in ranges) <= packets.CHUNK_PACKETS
+    assert max(last - first + 1 for first, last in ranges) <= packets.MAX_CHUNK_PACKETS

@@ -184,31 +184,43 @@ def write_frame_rows(sink, frame: Frame, table: Table) -> None:
         return
     epochs = {c.name for c in table.columns if c.spelling == "epoch"}
     texts = set(table.of_type("text"))
-    cells = []
+    pieces: list = []  # a coded column's [spelled words, codes], or an Arrow array of text
     for name in table.names:
         column = frame[name]
-        if isinstance(column, pa.Array):
-            cells.append(column)
+        if isinstance(column, Coded):
+            words = _spelled_words(column, name in texts)
+            if not any(words) and pieces and isinstance(pieces[-1], list):
+                # A column empty in every row: its separator rides on the column before (the
+                # application fields are, in most rows: half as much to join).
+                pieces[-1][0] = [w + "," for w in pieces[-1][0]]
+                continue
+            pieces.append([words, column.codes])
         elif name in epochs:
-            cells.append(_epoch_text(column))
-        elif isinstance(column, Coded):
-            cells.append(_spelled_words(column, name in texts))
-        elif column.dtype == object:
-            cells.append(_spelled_words(Coded.of(column), name in texts))
+            pieces.append(_epoch_text(column))
+        elif isinstance(column, pa.Array):
+            pieces.append(column)
         else:
-            cells.append(pc.cast(pa.array(column), pa.string()))
-    lines = pc.binary_join_element_wise(*cells, ",")
-    lines = pc.binary_join_element_wise(lines, "\n", "")
+            pieces.append(pc.cast(pa.array(column), pa.string()))
+    ends_coded = isinstance(pieces[-1], list)
+    if ends_coded:
+        pieces[-1][0] = [w + "\n" for w in pieces[-1][0]]
+    cells = [
+        pa.array(p[0], pa.string()).take(pa.array(p[1])) if isinstance(p, list) else p
+        for p in pieces
+    ]
+    lines = pc.binary_join_element_wise(*cells, ",") if len(cells) > 1 else cells[0]
+    if not ends_coded:
+        lines = pc.binary_join_element_wise(lines, "\n", "")
     offsets = np.frombuffer(lines.buffers()[1], np.int32)
     start, end = offsets[lines.offset], offsets[lines.offset + len(lines)]
     sink.write(memoryview(lines.buffers()[2])[start:end])
 
 
-def _spelled_words(column: Coded, text: bool) -> pa.Array:
+def _spelled_words(column: Coded, text: bool) -> list[str]:
     words = pd.Series(column.words, dtype=object)
     if text:
         words = escape_formulas(words)
-    return pa.array([csv_cell(w) for w in words], pa.string()).take(pa.array(column.codes))
+    return [csv_cell(w) for w in words]
 
 
 # Times whose microseconds a double holds exactly enough for integer arithmetic to spell

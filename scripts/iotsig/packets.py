@@ -101,6 +101,9 @@ FRAGMENT_WAIT_FRAMES = 100_000
 # a fifth of a second to start: a chunk must be worth it. IOTSIG_CHUNK_PACKETS=N asks for
 # chunks of N packets instead (a cluster's size is not known here).
 CHUNK_PACKETS = 250_000  # main.py at 10M packets: 1.2 GB (1.4 GB with 500,000)
+# Chunks are made a little larger rather than more numerous to fill whole rounds of the
+# cores: each chunk reads OVERLAP_FRAMES again and starts a tshark.
+MAX_CHUNK_PACKETS = CHUNK_PACKETS * 5 // 4
 MIN_CHUNK_PACKETS = 100_000
 MIN_CHUNKED_BYTES = 16 << 20  # smaller files are not even counted
 # On one core (-j 1) a capture is cut only for memory: one tshark reads up to a million
@@ -232,7 +235,8 @@ def plan_chunks(capture: Path, parallel: int) -> list[tuple[int, int]] | None:
         parallel = max(parallel, 1)
         chunks = max(-(-count // CHUNK_PACKETS), min(parallel, count // MIN_CHUNK_PACKETS))
         if chunks > parallel:  # whole rounds: 3 chunks on 2 cores would leave one idle a third
-            chunks = -(-chunks // parallel) * parallel
+            rounds = chunks // parallel  # fewer, larger chunks while they stay under the cap
+            chunks = (rounds + (count > rounds * parallel * MAX_CHUNK_PACKETS)) * parallel
     if chunks < 2:
         return None
     bounds = np.linspace(0, count, chunks + 1).round().astype(int)
