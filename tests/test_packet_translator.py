@@ -859,6 +859,20 @@ def test_chunks_give_the_same_rows_as_one_read(monkeypatch, tmp_path):
     assert (tmp_path / "chunked.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
+def test_a_line_longer_than_a_block_is_one_error_naming_the_capture(monkeypatch, tmp_path):
+    """tshark's output is read in blocks of CHUNK_BYTES: a line that does not fit one (a
+    field of megabytes) cannot be read, and says so; nothing is left behind."""
+    from iotsig import packets
+    from iotsig.errors import InputError
+
+    monkeypatch.setattr(packets, "CHUNK_BYTES", 64)  # shorter than any line
+    with pytest.raises(InputError) as error:
+        packets.translate(TPLINK, tmp_path / "out.csv")
+    assert str(error.value).startswith(f"{TPLINK}: tshark's output could not be read (")
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_captures_with_one_file_name_are_refused(tmp_path):
     """Their CSVs would be one file, the second overwriting the first."""
     copies = []

@@ -359,7 +359,7 @@ def _translate_into(
                         on_packets(len(rows))
 
                 stopped_early = _write_rows(
-                    _read_chunks(process.stdout, cut_lines),
+                    _read_chunks(process.stdout, cut_lines, capture),
                     write,
                     result,
                     device_mac,
@@ -465,7 +465,7 @@ def _output_errors(output: Path):
 NUMBER_FIELDS = {"frame.number": pa.int64(), "frame.time_epoch": pa.float64()}
 
 
-def _read_chunks(stream, cut_lines: list) -> Iterator[Frame]:
+def _read_chunks(stream, cut_lines: list, capture: Path) -> Iterator[Frame]:
     """tshark's tab-separated lines as Frames of at most CHUNK_ROWS rows (a line cut
     short is skipped, and added to cut_lines). A thread drains the pipe so that tshark
     never waits for the reader: the two run on two cores."""
@@ -474,8 +474,8 @@ def _read_chunks(stream, cut_lines: list) -> Iterator[Frame]:
         for frame in read_fields(source, asked_fields(), NUMBER_FIELDS, CHUNK_BYTES, cut_lines):
             for start in range(0, len(frame), CHUNK_ROWS):
                 yield frame.take(np.arange(start, min(start + CHUNK_ROWS, len(frame))))
-    except pa.ArrowInvalid as e:
-        raise ToolError(f"tshark's output could not be read: {e}") from None
+    except pa.ArrowInvalid as e:  # a line longer than CHUNK_BYTES
+        raise InputError(capture, f"tshark's output could not be read ({e})") from None
 
 
 class PipeDrainer(io.RawIOBase):
