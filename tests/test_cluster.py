@@ -6,6 +6,7 @@ loses and duplicates no row; Ctrl-C stops the tasks and leaves no partial file."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -218,16 +219,26 @@ def kill_a_worker_after_its_first_progress(cluster: Cluster, folder: Path, captu
         raise AssertionError("no task wrote its first chunk of packets")
     names = written[0].relative_to(folder).parts  # a capture's chunks are in a folder of its
     capture = next(str(c) for c in captures if any(n.startswith(f".{c.name}.") for n in names))
-    time.sleep(0.5)  # for its progress event to reach the command
     for worker in cluster.live_workers():
         children = subprocess.run(
             ["ps", "-o", "args=", "--ppid", str(worker.pid)], capture_output=True, text=True
         ).stdout
-        if capture in children:  # its tshark reads the capture
+        # Its tshark reads the capture, or (tshark done, its last rows read) it still writes
+        # the file: the rows are written in several blocks.
+        if capture in children or written[0] in open_files(worker.pid):
+            time.sleep(0.5)  # for its progress event to reach the command
             worker.kill()
             worker.wait(timeout=30)
             return
-    raise AssertionError(f"no worker runs tshark on {capture}")
+    raise AssertionError(f"no worker runs tshark on {capture} or writes {written[0]}")
+
+
+def open_files(pid: int) -> set[Path]:
+    found = set()
+    for descriptor in Path(f"/proc/{pid}/fd").glob("*"):
+        with contextlib.suppress(OSError):
+            found.add(Path(os.readlink(descriptor)))
+    return found
 
 
 # --- the same outputs as a local run -------------------------------------------------------
