@@ -8,9 +8,9 @@ import pandas as pd
 import pyarrow as pa
 
 from iotsig import csvio
-from iotsig.coded import Coded, Frame, choose, combine, read_fields, select, utc_texts
+from iotsig.coded import Coded, Frame, choose, combine, read_fields, select
 from iotsig.schema import PACKETS
-from iotsig.timefmt import utc_text
+from iotsig.timefmt import utc_text, utc_text_arrow
 
 NAMES = ["frame.number", "frame.time_epoch", "a", "b"]
 NUMBERS = {"frame.number": pa.int64(), "frame.time_epoch": pa.float64()}
@@ -100,12 +100,12 @@ def test_frames_are_written_as_write_rows_writes_the_same_rows():
     coded = Frame({name: coded_of(frame[name]) for name in PACKETS.names}, count)
     coded["frame_number"] = np.arange(1, count + 1)
     coded["ts"] = rows["ts"]
-    coded["time_utc"] = utc_texts(np.array(times))
+    coded["time_utc"] = utc_text_arrow(np.array(times))
     written = io.BytesIO()
     csvio.write_frame_rows(written, coded, PACKETS)
     assert written.getvalue() == expected.getvalue()
 
 
-def test_utc_texts_are_utc_text():
+def test_utc_text_arrow_is_utc_text():
     times = np.array([0.0, 1.5e-7, 1.7e9 + 0.0000005, 9.9e9, 253402300799.9999994, -1.0, np.nan])
-    assert utc_texts(times).to_pylist() == utc_text(times).tolist()
+    assert utc_text_arrow(times).to_pylist() == utc_text(times).tolist()

@@ -15,10 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-
-from .timefmt import LAST_SECOND, utc_text
 
 
 class Coded:
@@ -198,18 +195,3 @@ def _words(dictionary: pa.Array) -> list[str]:
         return dictionary.cast(pa.string()).to_pylist()
     except pa.ArrowInvalid:  # not UTF-8
         return [b.decode("utf-8", "replace") for b in dictionary.to_pylist()]
-
-
-def utc_texts(seconds: np.ndarray) -> pa.Array:
-    """timefmt.utc_text of each time, made by Arrow for the times from 1970 to 9999."""
-    with np.errstate(invalid="ignore"):
-        usual = (seconds >= 0) & (seconds < LAST_SECOND)
-    micros = np.round(np.where(usual, seconds, 0) * 1e6).astype("int64")
-    stamps = pc.cast(pa.array(micros.astype("datetime64[us]")), pa.string())
-    text = pc.binary_join_element_wise(pc.replace_substring(stamps, " ", "T"), "Z", "")
-    if usual.all():
-        return text
-    spelled = np.array(text.to_pylist(), dtype=object)
-    odd = np.flatnonzero(~usual)
-    spelled[odd] = utc_text(seconds[odd])
-    return pa.array(spelled, pa.string())

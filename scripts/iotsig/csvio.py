@@ -169,7 +169,7 @@ def _spelled(column: pd.Series, float_format: str | None) -> Coded:
     if pd.api.types.is_float_dtype(column):
         spell = (lambda x: float_format % x) if float_format else repr
     else:
-        spell = csv_cell
+        spell = _csv_cell
     words = [spell(u) for u in uniques.tolist()] + [""]  # code -1 (missing): an empty cell
     return Coded(np.where(codes < 0, len(uniques), codes), words)
 
@@ -189,7 +189,7 @@ def write_frame_rows(sink, frame: Frame, table: Table) -> None:
             words = pd.Series(column.words, dtype=object)
             if name in texts:
                 words = escape_formulas(words)
-            pieces.append(Coded(column.codes, [csv_cell(w) for w in words]))
+            pieces.append(Coded(column.codes, [_csv_cell(w) for w in words]))
         elif name in epochs:
             pieces.append(_epoch_text(column))
         elif isinstance(column, pa.Array):
@@ -254,7 +254,7 @@ def _epoch_text(seconds: np.ndarray) -> pa.Array:
 _NEEDS_QUOTES = re.compile('[,"\r\n]').search
 
 
-def csv_cell(value) -> str:
+def _csv_cell(value) -> str:
     text = value if isinstance(value, str) else str(value)
     if _NEEDS_QUOTES(text):
         return '"' + text.replace('"', '""') + '"'

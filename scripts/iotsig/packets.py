@@ -21,10 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import csvio, fields, tshark
-from .coded import Coded, Frame, choose, read_fields, select, utc_texts
+from .coded import Coded, Frame, choose, read_fields, select
 from .errors import InputError, OutputError, ToolError
 from .fields import first
 from .schema import PACKETS
+from .timefmt import utc_text_arrow
 
 # The Wireshark fields exported, in tshark's output order: what the packet and transport
 # columns need, then every application field of the registry.
@@ -660,8 +661,8 @@ def build_rows(
     out["capture"] = Coded.constant(capture_name, rows)
     out["frame_number"] = raw["frame.number"]
     ts = raw["frame.time_epoch"]
-    out["ts"] = np.round(ts, 6)
-    out["time_utc"] = utc_texts(ts)
+    out["ts"] = ts  # written rounded to the microsecond
+    out["time_utc"] = utc_text_arrow(ts)
     out["frame_len"] = raw["frame.len"]
 
     # 802.11 frames carry their MACs as source/destination (and transmitter/receiver, for
