@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from iotsig import packets, pipeline, tshark
+from iotsig import csvio, flow_partitions, packets, pipeline, tshark
 
 from conftest import CAPTURES, SHARED, TPLINK_CAPTURES, quick_only, run_script
 
@@ -208,3 +208,58 @@ def test_a_plan_covers_every_frame_once_in_whole_rounds(count, cores, chunks, mo
     assert ranges[0][0] == 1 and ranges[-1][1] == count
     assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:]))
     assert max(last - first + 1 for first, last in ranges) <= packets.MAX_CHUNK_PACKETS
+
+
+@pytest.mark.parametrize("capture", quick_only(CAPTURE_FILES, QUICK))
+def test_the_flows_of_chunks_take_their_cells_which_are_the_csv_read(
+    capture, tmp_path, monkeypatch
+):
+    """main.py builds a chunked capture's flows from the cells its chunks wrote with the
+    packets CSV (csvio.CellsFile), not from the CSV parsed again: the same frame as the
+    CSV read, on every test capture (odd fields, fragments, tunnels, bad bytes); the
+    cells are gone after."""
+    count = tshark.packet_count(capture)
+    if count < 2:
+        pytest.skip("a capture of one packet has no border")
+    chunks_of(monkeypatch, frames=min(7, count // 2))
+    handed = []
+    read_cells = csvio.read_cells
+
+    def compared(files, packets_csv, *arguments):
+        frame = read_cells(files, packets_csv, *arguments)
+        assert frame is not None, "the cells could not stand for the CSV"
+        pd.testing.assert_frame_equal(frame, pipeline.read_packets(packets_csv))
+        handed.append(packets_csv)
+        return frame
+
+    monkeypatch.setattr(csvio, "read_cells", compared)
+    [(_, result)] = list(pipeline.captures_to_flows([capture], tmp_path, jobs=1))
+    assert handed == [result.packets_csv]
+    assert not list(tmp_path.glob(".*")), "the chunks' folder is gone"
+
+
+def test_the_cells_are_gone_when_the_flows_stage_stops(tmp_path, monkeypatch):
+    """Ctrl-C while the flows are built, or before: no chunk folder is left."""
+    chunks_of(monkeypatch, frames=9)
+
+    def interrupted(*arguments, **options):
+        raise KeyboardInterrupt
+
+    for stopped in (pipeline, "packets_to_flows"), (pipeline, "translated_to_flows"):
+        monkeypatch.setattr(*stopped, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            list(pipeline.captures_to_flows([TPLINK_CAPTURES[0]], tmp_path, jobs=1))
+        assert not list(tmp_path.glob(".*"))
+        monkeypatch.undo()
+        chunks_of(monkeypatch, frames=9)
+
+
+def test_a_capture_too_big_for_flows_in_one_pass_hands_over_no_cells(tmp_path, monkeypatch):
+    """Flows built in partitions read the CSV in chunks: no cells are written for them."""
+    chunks_of(monkeypatch, frames=9)
+    monkeypatch.setattr(flow_partitions, "ONE_PASS_PACKETS", 10)
+    written = []
+    monkeypatch.setattr(csvio.CellsFile, "write", lambda self, cells: written.append(cells))
+    [(_, result)] = list(pipeline.captures_to_flows([TPLINK_CAPTURES[0]], tmp_path, jobs=1))
+    assert result.flows.flows > 0 and not result.translation.cells and not written
+    assert not list(tmp_path.glob(".*"))

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from iotsig import csvio
+from iotsig import csvio, flows, pipeline
 from iotsig.coded import Coded, Frame, choose, combine, read_fields, select
 from iotsig.schema import PACKETS
 from iotsig.timefmt import utc_text, utc_text_arrow
@@ -109,3 +109,74 @@ def test_frames_are_written_as_write_rows_writes_the_same_rows():
 def test_utc_text_arrow_is_utc_text():
     times = np.array([0.0, 1.5e-7, 1.7e9 + 0.0000005, 9.9e9, 253402300799.9999994, -1.0, np.nan])
     assert utc_text_arrow(times).to_pylist() == utc_text(times).tolist()
+
+
+def packet_frame(count: int, **columns) -> Frame:
+    """A coded.Frame of PACKETS' columns: empty text but for `columns` (lists of strings or
+    Coded), numbered frames, times a second apart."""
+    frame = Frame({name: Coded.constant("", count) for name in PACKETS.names}, count)
+    frame["frame_number"] = np.arange(1, count + 1)
+    frame["ts"] = 1.7e9 + np.arange(count) + 0.25
+    frame["time_utc"] = utc_text_arrow(frame["ts"])
+    for name, values in columns.items():
+        frame[name] = values if isinstance(values, Coded) else coded_of(values)
+    return frame
+
+
+def write_with_cells(tmp_path, frames: list[Frame]):
+    """The CSV of the frames' rows and the CellsFile written with it, as a chunk writes
+    them."""
+    csv, arrow = tmp_path / "p.csv", tmp_path / "p.arrow"
+    cells_file = csvio.CellsFile(arrow, PACKETS, pipeline.FLOW_COLUMNS)
+    with open(csv, "wb") as sink:
+        sink.write((",".join(PACKETS.names) + "\n").encode())
+        for frame in frames:
+            cells = csvio.frame_cells(frame, PACKETS)
+            csvio.write_cells(sink, cells)
+            cells_file.write(cells)
+    cells_file.close()
+    return csv, arrow, cells_file
+
+
+def read_cells(csv, arrow, rows: int):
+    return csvio.read_cells([arrow], csv, PACKETS, rows, flows.REQUIRED, pipeline.FLOW_COLUMNS)
+
+
+def test_cells_handed_over_are_the_csv_as_read_back(tmp_path):
+    """read_cells gives read_table's frame of the CSV written with them: numbers parsed
+    alike ('' missing, a leading zero, an exponent), formula escapes undone, quotes and
+    line breaks kept, and categories in the order values first appear in the file (words
+    not in that order, repeated or unused, values met again in the next batch)."""
+    reversed_words = Coded(np.array([2, 4, 0, 1]), ["=cmd", 'say "hi"', "plain", "unused", "plain"])
+    first = packet_frame(
+        4,
+        http_host=reversed_words,
+        src_port=["443", "", "053", "1e3"],
+        ip_src=["10.0.0.2", "10.0.0.1", "10.0.0.2", "10.0.0.3"],
+        dns_qry_name=["line\nbreak", "a,b", "'quoted", "-1"],
+        eth_src_vendor=["Ünïcode", "", "", "x"],
+    )
+    second = packet_frame(
+        3,
+        http_host=["new", "=cmd", "plain"],
+        src_port=["80", "80", ""],
+        ip_src=["10.0.0.9", "10.0.0.1", "10.0.0.2"],
+        dns_qry_name=["", "@x", "line\nbreak"],
+        eth_src_vendor=["", "y", "Ünïcode"],
+    )
+    csv, arrow, cells_file = write_with_cells(tmp_path, [first, second])
+    assert cells_file.usable
+    expected = pipeline.read_packets(csv)
+    assert expected["http_host"].cat.categories.tolist() == [
+        "plain", "=cmd", 'say "hi"', "new"
+    ]  # fmt: skip
+    pd.testing.assert_frame_equal(read_cells(csv, arrow, 7), expected)
+    assert read_cells(csv, arrow, 8) is None  # not the CSV's rows: read it
+
+
+def test_a_number_only_the_csv_reader_takes_makes_the_cells_unusable(tmp_path):
+    """' 5': the CSV reader skips the spaces, Arrow's cast does not; the CSV is read."""
+    frame = packet_frame(2, src_port=[" 5", "6"])
+    csv, arrow, cells_file = write_with_cells(tmp_path, [frame])
+    assert not cells_file.usable
+    assert pipeline.read_packets(csv)["src_port"].tolist() == [5.0, 6.0]

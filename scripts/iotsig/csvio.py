@@ -178,25 +178,40 @@ def write_frame_rows(sink, frame: Frame, table: Table) -> None:
     """A coded.Frame's rows of `table` to a binary sink: the bytes write_rows writes for
     the same values (text escaped against formulas, epoch times with microseconds, '' for
     NaN, integer arrays as integers)."""
-    if not frame.rows:
-        return
+    write_cells(sink, frame_cells(frame, table))
+
+
+def frame_cells(frame: Frame, table: Table) -> dict:
+    """Each column of `table` as the text of its cells before quoting (what a CSV reader
+    gives back): Coded words or Arrow arrays of text."""
     epochs = {c.name for c in table.columns if c.spelling == "epoch"}
     texts = set(table.of_type("text"))
-    pieces = []
+    cells = {}
     for name in table.names:
         column = frame[name]
         if isinstance(column, Coded):
             words = pd.Series(column.words, dtype=object)
             if name in texts:
                 words = escape_formulas(words)
-            pieces.append(Coded(column.codes, [_csv_cell(w) for w in words]))
+            cells[name] = Coded(column.codes, words.to_numpy())
         elif name in epochs:
-            pieces.append(_epoch_text(column))
+            cells[name] = _epoch_text(column)
         elif isinstance(column, pa.Array):
-            pieces.append(column)
+            cells[name] = column
         else:
-            pieces.append(pc.cast(pa.array(column), pa.string()))
-    _write_joined(sink, pieces)
+            cells[name] = pc.cast(pa.array(column), pa.string())
+    return cells
+
+
+def write_cells(sink, cells: dict) -> None:
+    """frame_cells' rows as CSV lines, quoted where RFC 4180 needs it, to a binary sink."""
+    if not len(next(iter(cells.values()))):
+        return
+    quoted = [
+        Coded(c.codes, [_csv_cell(w) for w in c.words]) if isinstance(c, Coded) else c
+        for c in cells.values()
+    ]
+    _write_joined(sink, quoted)
 
 
 def _write_joined(sink, pieces: list) -> None:
@@ -346,13 +361,14 @@ def _plan(path: Path, table: Table, required: list[str] | None, columns: list[st
     if missing:
         raise InputError(path, f"not a {table.name} CSV: missing column(s) {', '.join(missing)}")
     wanted = [c for c in header if columns is None or c in columns]
-    numeric = [
-        c
-        for c in wanted
-        if c in table.by_name and table.by_name[c].type in ("int", "float", "bool")
-    ]
-    text = [c for c in wanted if c in table.by_name and table.by_name[c].type == "text"]
+    numeric, text = _kinds(table, wanted)
     return wanted, numeric, text, _Resaved.sample(path, table, separator, wanted)
+
+
+def _kinds(table: Table, names: list[str]) -> tuple[list[str], list[str]]:
+    """Which of these columns are read as numbers, and which are text."""
+    numeric = [c for c in names if _kind(table, c) in ("int", "float", "bool")]
+    return numeric, [c for c in names if _kind(table, c) == "text"]
 
 
 def _checked(
@@ -434,6 +450,97 @@ def read_table_chunks(
             raise NeedsWholeFile(path)
         first_row += len(frame)
         yield frame
+
+
+# ---------------------------------------------------------------------------------------
+# A CSV's cells handed to the next stage already read
+
+TEXT_CODES = pa.dictionary(pa.int32(), pa.string())  # text as the compact reader reads it
+
+
+class CellsFile:
+    """Some columns of a CSV being written, as read_table(compact=True) reads them back
+    (numbers parsed by the same Arrow parser, text as dictionaries in the order values first
+    appear), in an Arrow IPC stream: the next stage takes them (read_cells) instead of
+    parsing the CSV again, a second for a million packets. A cell that reader would not
+    take as it is (a number it cannot parse) makes the file unusable: nothing more is
+    written and the CSV is read."""
+
+    def __init__(self, path: Path, table: Table, columns: list[str]):
+        self.names = [c for c in table.names if c in columns]
+        self.numeric = set(_kinds(table, self.names)[0])
+        self.schema = pa.schema(
+            [(n, pa.float64() if n in self.numeric else TEXT_CODES) for n in self.names]
+        )
+        self.writer = pa.ipc.new_stream(str(path), self.schema)
+        self.usable = True
+
+    def write(self, cells: dict) -> None:
+        """frame_cells' rows (the cells of every column of the CSV)."""
+        if not self.usable:
+            return
+        try:
+            columns = [_as_read(cells[n], n in self.numeric) for n in self.names]
+        except pa.ArrowInvalid:  # (the CSV reader names the cell)
+            self.usable = False
+            return
+        self.writer.write_batch(pa.record_batch(columns, schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _as_read(cells, numeric: bool) -> pa.Array:
+    """Cells (Coded words or Arrow text) as the compact reader reads their column."""
+    if isinstance(cells, Coded):
+        words = pa.array(cells.words, pa.string())
+        if numeric:  # (each distinct number parsed once)
+            return _numbers(words).take(pa.array(cells.codes))
+        distinct = pc.dictionary_encode(words)  # (words may repeat)
+        codes = distinct.indices.to_numpy()[cells.codes]
+        seen = pc.dictionary_encode(pa.array(codes))  # in the order they first appear
+        return pa.DictionaryArray.from_arrays(
+            seen.indices, distinct.dictionary.take(seen.dictionary)
+        )
+    cells = cells.cast(pa.string())
+    return _numbers(cells) if numeric else pc.dictionary_encode(cells)
+
+
+def _numbers(text: pa.Array) -> pa.Array:
+    """Text parsed as the CSV reader parses numbers ('' is missing). Its parser, but without
+    the spaces around a number the reader skips: such a cell raises, and the CSV is read."""
+    return pc.cast(pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text), pa.float64())
+
+
+def read_cells(
+    files: list[Path],
+    path: Path,
+    table: Table,
+    rows: int,
+    required: list[str] | None = None,
+    columns: list[str] | None = None,
+) -> pd.DataFrame | None:
+    """read_table(path, table, required, columns, compact=True) from the CellsFiles written
+    with it, in order: the same frame without parsing the CSV again. None when they cannot
+    stand for it (missing, unusable, or not `rows` rows: the CSV has them): read the CSV."""
+    import pyarrow.ipc as ipc
+
+    wanted, numeric, text, resaved = _plan(path, table, required, columns)
+    try:
+        tables = []
+        for file in files:
+            with pa.OSFile(str(file)) as source:  # (not mapped: RSS would count it)
+                tables.append(ipc.open_stream(source).read_all())
+        cells = pa.concat_tables(tables).select(wanted)
+    except (pa.ArrowException, OSError, KeyError, ValueError):
+        return None
+    if cells.num_rows != rows:
+        return None
+    del tables
+    frame = cells.to_pandas(self_destruct=True, use_threads=False)
+    _checked(frame, path, table, numeric, text, resaved)
+    _NOTES.extend(resaved.notes)
+    return frame
 
 
 # What read_table noticed in files a spreadsheet saved back: one line each, taken by the

@@ -38,6 +38,10 @@ PARTITION_BYTES = 64 << 20
 # their workers: ~1 GB), and partitions cost a third more time (2.7-2.9 s against
 # 2.1-2.2 s for 1M packets, 263 MB, measured). Past it, partitions keep memory flat.
 ONE_PASS_BYTES = 512 << 20
+# The packets of a capture whose packets CSV is likely built in one pass (~260 bytes a row
+# on the shared captures): a capture translated in chunks hands them its cells
+# (csvio.CellsFile) up to that many, which partitions do not use.
+ONE_PASS_PACKETS = ONE_PASS_BYTES // 260
 ROW = "_row"  # the packet's row in the packets CSV, carried in the partition files
 
 

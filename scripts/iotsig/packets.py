@@ -172,6 +172,9 @@ class Translation:
     incomplete_fragments: int = 0  # IP fragments whose datagram never completed
     first_incomplete_fragment: str = ""
     chunk: Chunk | None = None  # the chunk of the capture this is the translation of
+    # Chunked with cells asked for: the CellsFile of each chunk, in order (csvio.read_cells);
+    # they are in the chunks' folder, which the caller removes (run_translations).
+    cells: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -184,10 +187,15 @@ class Chunk:
     last: int
     folder: Path
     tail: int  # frames read after the chunk, for datagrams that end there
+    cells: tuple[str, ...] = ()  # columns whose cells go to a CellsFile too
 
     @property
     def part(self) -> Path:
         return self.folder / f"{self.index:05d}.csv"
+
+    @property
+    def cells_part(self) -> Path:
+        return self.folder / f"{self.index:05d}.arrow"
 
     @property
     def read_frames(self) -> tuple[int, int]:
@@ -270,8 +278,18 @@ def translate_chunk(
     """One chunk's rows of the packets CSV `output`, to chunk.part (whole or not at all);
     join_chunks makes `output` of the parts."""
     result = Translation(Path(capture), output, chunk=chunk)
-    with _output_errors(output), csvio.atomic_path(chunk.part) as tmp:
-        result = _translate_into(tmp, result, device_mac, device_ip, on_packets, chunk)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_output_errors(output))
+        tmp = stack.enter_context(csvio.atomic_path(chunk.part))
+        cells = None
+        if chunk.cells:
+            path = stack.enter_context(csvio.atomic_path(chunk.cells_part))
+            cells = stack.enter_context(
+                contextlib.closing(csvio.CellsFile(path, PACKETS, chunk.cells))
+            )
+        result = _translate_into(tmp, result, device_mac, device_ip, on_packets, chunk, cells)
+        if cells is not None and cells.usable:
+            result.cells = [chunk.cells_part]
     if result.incomplete_fragments and chunk.tail < FRAGMENT_WAIT_FRAMES:
         # A datagram may end further on (the rare case): the chunk again, with the whole
         # capture's wait; its packets were counted the first time.
@@ -293,6 +311,8 @@ def join_chunks(parts: list[Translation]) -> Translation:
                 with open(part.chunk.part, "rb") as source:
                     shutil.copyfileobj(source, sink, 1 << 20)
                 os.unlink(part.chunk.part)
+    if all(part.cells for part in parts):
+        whole.cells = [part.cells[0] for part in parts]
     for part in parts:
         whole.packets += part.packets
         whole.warnings += [w for w in part.warnings if w not in whole.warnings]
@@ -332,9 +352,11 @@ def _translate_into(
     device_ip: str | None,
     on_packets: Callable[[int], None] | None,
     chunk: Chunk | None = None,
+    cells: csvio.CellsFile | None = None,
 ) -> Translation:
     """The rows of result.capture (of its chunk's frames, for a chunk) written to tmp, with
-    the header unless the chunk is not the first; result filled in and returned."""
+    the header unless the chunk is not the first, and to `cells`; result filled in and
+    returned."""
     capture = result.capture
     with tempfile.TemporaryFile() as stderr:
         if chunk is None:
@@ -354,7 +376,10 @@ def _translate_into(
                     if not len(rows):
                         return
                     _note_unwritable_times(rows, result)
-                    csvio.write_frame_rows(sink, rows, PACKETS)
+                    spelled = csvio.frame_cells(rows, PACKETS)
+                    csvio.write_cells(sink, spelled)
+                    if cells is not None:
+                        cells.write(spelled)
                     result.packets += len(rows)
                     if on_packets:
                         on_packets(len(rows))
@@ -915,15 +940,17 @@ def translate_many(
     yield from run_translations(items, jobs, on_packets)
 
 
-def run_translations(items, jobs=0, on_progress=None, whole_task=None):
+def run_translations(items, jobs=0, on_progress=None, whole_task=None, cells=(), cells_up_to=0):
     """items: (capture, output, device_mac, device_ip) each. A capture file big enough is
     translated in chunks, each a task of its own; the others are one task each,
     whole_task(item) -> (function, arguments) (default: translate). Yields (capture,
     result or ToolError) as each finishes: a chunked capture's result is its Translation
-    once its last chunk is done and the parts are joined."""
+    once its last chunk is done and the parts are joined. cells: columns whose cells the
+    chunks of a capture of up to cells_up_to packets also write to CellsFiles
+    (Translation.cells), whose folder the caller then removes (remove_cells)."""
     from .parallel import run_parallel, width
 
-    tasks, chunks, folders = [], {}, []
+    tasks, chunks, folders, kept = [], {}, [], set()
     whole_task = whole_task or (lambda item: (translate, tuple(item)))
     try:
         for item in items:
@@ -935,8 +962,9 @@ def run_translations(items, jobs=0, on_progress=None, whole_task=None):
                 continue
             folders.append(folder)
             chunks[capture] = len(ranges)
+            handed = tuple(cells) if ranges[-1][1] <= cells_up_to else ()
             for index, (first, last) in enumerate(ranges):
-                chunk = Chunk(index, first, last, folders[-1], CHUNK_TAIL_FRAMES)
+                chunk = Chunk(index, first, last, folders[-1], CHUNK_TAIL_FRAMES, handed)
                 tasks.append((translate_chunk, (capture, output, chunk, *item[2:4])))
         done: dict[Path, list] = {capture: [] for capture in chunks}
         for capture, result in run_parallel(tasks, jobs, on_progress):
@@ -945,10 +973,20 @@ def run_translations(items, jobs=0, on_progress=None, whole_task=None):
                 continue
             done[Path(capture)].append(result)
             if len(done[Path(capture)]) == chunks[Path(capture)]:
-                yield capture, _joined(done.pop(Path(capture)))
+                joined = _joined(done.pop(Path(capture)))
+                if isinstance(joined, Translation) and joined.cells:
+                    kept.add(joined.cells[0].parent)
+                yield capture, joined
     finally:
         for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+            if folder not in kept:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_cells(translation: Translation) -> None:
+    """The folder of a chunked translation's CellsFiles, gone."""
+    if translation.cells:
+        shutil.rmtree(translation.cells[0].parent, ignore_errors=True)
 
 
 def _chunk_folder(output: Path) -> Path | None:

@@ -68,14 +68,28 @@ class FlowsWritten:
     seconds: float = 0.0
 
 
-def read_packets(packets_csv: Path) -> pd.DataFrame:
+FLOW_COLUMNS = flows.REQUIRED + flows.OPTIONAL  # the packets CSV's columns flows use
+
+
+def read_packets(packets_csv: Path, translation: packets.Translation | None = None) -> pd.DataFrame:
     """The columns of a packets CSV that flows are built from (the required ones named
-    when missing)."""
+    when missing): from the translation's CellsFiles where it wrote them, else read."""
+    if translation is not None and translation.cells:
+        frame = csvio.read_cells(
+            translation.cells,
+            packets_csv,
+            PACKETS,
+            translation.packets,
+            flows.REQUIRED,
+            FLOW_COLUMNS,
+        )
+        if frame is not None:
+            return frame
     return csvio.read_table(
         packets_csv,
         PACKETS,
         required=flows.REQUIRED,
-        columns=flows.REQUIRED + flows.OPTIONAL,
+        columns=FLOW_COLUMNS,
         compact=True,
     )
 
@@ -112,10 +126,12 @@ def packets_to_flows(
     output_dir: Path,
     options: flows.FlowOptions | None = None,
     partitions: int | None = None,
+    translation: packets.Translation | None = None,
 ) -> FlowsWritten:
     """stream-identifier for one packets CSV: OUTPUT_DIR/<name>.flows.csv. A big one is
     built in partitions (flow_partitions: memory stays flat), by default one per
-    flow_partitions.PARTITION_BYTES of the file; the same bytes either way."""
+    flow_partitions.PARTITION_BYTES of the file; the same bytes either way. `translation`:
+    the one that just wrote it, whose cells are taken rather than read again."""
     started = time.perf_counter()
     options = options or flows.FlowOptions()
     output = flows_path(packets_csv, output_dir)
@@ -132,7 +148,7 @@ def packets_to_flows(
             return FlowsWritten(
                 Path(packets_csv), output, written.packets, written.flows, warnings, seconds
             )
-    table = read_packets(packets_csv)
+    table = read_packets(packets_csv, translation)
     warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, blank_cells(table))
     result = flows.build_flows(table, options)
     csvio.write_table(result, FLOWS, output)
@@ -214,8 +230,17 @@ def translated_to_flows(
     options: flows.FlowOptions | None = None,
     on_packets: Callable[[int], None] | None = None,
 ) -> Converted:
-    """stream-identifier for a capture translated in chunks (capture_to_flows' second half)."""
-    written = packets_to_flows(translation.output, output_dir, flow_options(device_ip, options))
+    """stream-identifier for a capture translated in chunks (capture_to_flows' second half),
+    from the cells its chunks handed over."""
+    try:
+        written = packets_to_flows(
+            translation.output,
+            output_dir,
+            flow_options(device_ip, options),
+            translation=translation,
+        )
+    finally:
+        packets.remove_cells(translation)
     return Converted(Path(capture), translation, written)
 
 
@@ -255,15 +280,21 @@ def captures_to_flows(
 
     by_output = {item[1]: item[4] for item in items}
     chunked = []
-    for capture, result in packets.run_translations(items, jobs, on_packets, whole):
-        if isinstance(result, packets.Translation):  # chunked: its flows are still to build
-            job = by_output[result.output]
-            chunked.append(
-                (translated_to_flows, (capture, result, job.output_dir, job.device_ip, options))
-            )
-        else:
-            yield capture, result
-    yield from run_parallel(chunked, jobs=jobs, on_progress=on_packets)
+    try:
+        for capture, result in packets.run_translations(
+            items, jobs, on_packets, whole, FLOW_COLUMNS, flow_partitions.ONE_PASS_PACKETS
+        ):
+            if isinstance(result, packets.Translation):  # chunked: its flows are still to build
+                job = by_output[result.output]
+                chunked.append(
+                    (translated_to_flows, (capture, result, job.output_dir, job.device_ip, options))
+                )
+            else:
+                yield capture, result
+        yield from run_parallel(chunked, jobs=jobs, on_progress=on_packets)
+    finally:  # (the tasks that ran removed theirs)
+        for _, arguments in chunked:
+            packets.remove_cells(arguments[1])
 
 
 # ---------------------------------------------------------------------------------------
