@@ -173,7 +173,7 @@ class Translation:
     first_incomplete_fragment: str = ""
     chunk: Chunk | None = None  # the chunk of the capture this is the translation of
     # Chunked with cells asked for: the CellsFile of each chunk, in order (csvio.read_cells);
-    # they are in the chunks' folder, which the caller removes (run_translations).
+    # they are in the chunks' folder, which the caller removes (remove_cells).
     cells: list[Path] = field(default_factory=list)
 
 
