@@ -240,7 +240,7 @@ def test_the_flows_of_chunks_take_their_cells_which_are_the_csv_read(
 
 def test_the_cells_are_gone_when_the_flows_stage_stops(tmp_path, monkeypatch):
     """Ctrl-C while the flows are built, or before: no chunk folder is left."""
-    chunks_of(monkeypatch, frames=9)
+    chunks_of(monkeypatch, frames=25)  # 2 chunks
 
     def interrupted(*arguments, **options):
         raise KeyboardInterrupt
@@ -251,12 +251,12 @@ def test_the_cells_are_gone_when_the_flows_stage_stops(tmp_path, monkeypatch):
             list(pipeline.captures_to_flows([TPLINK_CAPTURES[0]], tmp_path, jobs=1))
         assert not list(tmp_path.glob(".*"))
         monkeypatch.undo()
-        chunks_of(monkeypatch, frames=9)
+        chunks_of(monkeypatch, frames=25)  # 2 chunks
 
 
 def test_a_capture_too_big_for_flows_in_one_pass_hands_over_no_cells(tmp_path, monkeypatch):
     """Flows built in partitions read the CSV in chunks: no cells are written for them."""
-    chunks_of(monkeypatch, frames=9)
+    chunks_of(monkeypatch, frames=25)  # 2 chunks
     monkeypatch.setattr(flow_partitions, "ONE_PASS_PACKETS", 10)
     written = []
     monkeypatch.setattr(csvio.CellsFile, "write", lambda self, cells: written.append(cells))
