@@ -102,7 +102,7 @@ def test_frames_are_written_as_write_rows_writes_the_same_rows():
     coded["ts"] = rows["ts"]
     coded["time_utc"] = utc_text_arrow(np.array(times))
     written = io.BytesIO()
-    csvio.write_frame_rows(written, coded, PACKETS)
+    csvio.write_cells(written, csvio.frame_cells(coded, PACKETS))
     assert written.getvalue() == expected.getvalue()
 
 

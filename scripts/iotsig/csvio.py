@@ -179,16 +179,11 @@ def _spelled(column: pd.Series, float_format: str | None) -> Coded:
     return Coded(np.where(codes < 0, len(uniques), codes), words)
 
 
-def write_frame_rows(sink, frame: Frame, table: Table) -> None:
-    """A coded.Frame's rows of `table` to a binary sink: the bytes write_rows writes for
-    the same values (text escaped against formulas, epoch times with microseconds, '' for
-    NaN, integer arrays as integers)."""
-    write_cells(sink, frame_cells(frame, table))
-
-
 def frame_cells(frame: Frame, table: Table) -> dict:
-    """Each column of `table` as the text of its cells before quoting (what a CSV reader
-    gives back): Coded words or Arrow arrays of text."""
+    """Each column of `table` in a coded.Frame as the text of its cells before quoting
+    (what a CSV reader gives back): Coded words or Arrow arrays of text. write_cells writes
+    the bytes write_rows writes for the same values (text escaped against formulas, epoch
+    times with microseconds, '' for NaN, integer arrays as integers)."""
     epochs = {c.name for c in table.columns if c.spelling == "epoch"}
     texts = set(table.of_type("text"))
     cells = {}
