@@ -55,6 +55,10 @@ def assert_same_bytes(packets_csv: Path, out: Path, options: flows.FlowOptions, 
     whole = one_pass(packets_csv, out / "one", options)
     parts, written = partitioned(packets_csv, out / "parts", options, **sizes)
     assert filecmp.cmp(whole, parts, shallow=False), f"{packets_csv.name}: {options}"
+    # The bursts too: renumbered to the merged flows, keep-alives marked across partitions.
+    whole_bursts, parts_bursts = pipeline.bursts_beside(whole), pipeline.bursts_beside(parts)
+    assert filecmp.cmp(whole_bursts, parts_bursts, shallow=False), f"{packets_csv.name} bursts"
+    assert written.bursts == len(pd.read_csv(whole_bursts, usecols=["uid"]))
     return written
 
 
@@ -180,16 +184,16 @@ def test_stopped_build_leaves_no_partition_folder_and_the_old_csv(
         if built:
             raise KeyboardInterrupt
         built.append(1)
-        return flows_of(*args)
+        return build_of(*args)
 
-    flows_of = flows.flows_of
-    monkeypatch.setattr(flows, "flows_of", stopped)
+    build_of = flows.build_of
+    monkeypatch.setattr(flows, "build_of", stopped)
     with pytest.raises(KeyboardInterrupt):
         flow_partitions.write_flows(
             packets_csv, earlier, flows.FlowOptions(), 4, chunk_bytes_for(packets_csv, 4)
         )
     assert built, "stopped before any partition was built"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [earlier.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["joined.bursts.csv", earlier.name]
     assert earlier.read_bytes() == before
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import csvio, flows
 from .errors import OutputError
-from .schema import FLOWS, PACKETS
+from .schema import BURSTS, FLOWS, PACKETS
 
 # Packets CSV text per partition: ~260,000 packet rows, whose build takes ~150 MB.
 PARTITION_BYTES = 64 << 20
@@ -61,6 +61,7 @@ class Written:
     blank: dict[str, tuple[int, int]] = field(default_factory=dict)  # column: (rows, first)
     chunks: int = 0  # read
     filled: int = 0  # partitions that got packets
+    bursts: int = 0
 
 
 def write_flows(
@@ -70,8 +71,10 @@ def write_flows(
     partitions: int,
     chunk_bytes: int = csvio.CHUNK_BYTES,
 ) -> Written:
-    """The flows CSV of packets_csv written to output, built in `partitions` partitions.
-    Raises csvio.NeedsWholeFile (nothing written) when the file must be read whole."""
+    """The flows CSV of packets_csv written to output, built in `partitions` partitions,
+    and its bursts CSV beside it (held whole: the bursts of all the partitions are put in
+    one order and their keep-alives marked across them). Raises csvio.NeedsWholeFile
+    (nothing written) when the file must be read whole."""
     with csvio.temporary_folder(output) as folder:
         try:
             routed = _route(Path(packets_csv), folder, options, partitions, chunk_bytes)
@@ -83,7 +86,34 @@ def write_flows(
             raise OutputError(folder, f"cannot write ({e.strerror or e})") from None
         count = sum(len(b.ts) for b in built)
         csvio.write_table_pieces(_merged(built), FLOWS, output)
-    return Written(routed.packets, count, routed.blank, routed.chunks, len(built))
+        bursts = _bursts_in_order(built)
+        csvio.write_table(bursts, BURSTS, _bursts_beside(output))
+    return Written(routed.packets, count, routed.blank, routed.chunks, len(built), len(bursts))
+
+
+def _bursts_beside(flows_csv: Path) -> Path:
+    name = Path(flows_csv).name
+    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
+    return Path(flows_csv).parent / f"{stem}.bursts.csv"
+
+
+def _bursts_in_order(built: list[_Built]) -> pd.DataFrame:
+    """The bursts of every partition, each naming its flow by the flow's place in the
+    flows CSV (the merge's order), finished as one table."""
+    if not built:
+        return flows.finished_bursts(pd.DataFrame(), 0)
+    ts = np.concatenate([b.ts for b in built])
+    order = np.lexsort((np.concatenate([b.first_row for b in built]), ts))
+    place = np.empty_like(order)
+    place[order] = np.arange(len(order))
+    offsets = np.cumsum([0] + [len(b.ts) for b in built])
+    pieces = []
+    for offset, b in zip(offsets, built):
+        piece = pd.read_pickle(b.bursts_path)
+        os.unlink(b.bursts_path)
+        piece["flow"] = place[offset + piece["flow"].to_numpy()]
+        pieces.append(piece)
+    return flows.finished_bursts(pd.concat(pieces, ignore_index=True), 0)
 
 
 @dataclass
@@ -182,6 +212,7 @@ class _Built:
     path: str
     ts: np.ndarray  # of each flow, in the partition's order (the CSV's)
     first_row: np.ndarray
+    bursts_path: str = ""  # the partition's bursts (flows.build_of's), pickled
 
 
 def _build(folder: Path, k: int, options: flows.FlowOptions, shared: flows.CrossFlow) -> _Built:
@@ -193,13 +224,16 @@ def _build(folder: Path, k: int, options: flows.FlowOptions, shared: flows.Cross
         frame = ipc.open_stream(source).read_all().to_pandas()
     os.unlink(_packets_file(folder, k))
     rows = frame.pop(ROW).to_numpy()
-    built = flows.flows_of(flows.prepare(frame, rows), options, shared)
+    both = flows.build_of(flows.prepare(frame, rows), options, shared)
     del frame
+    built = both.flows
     table = pa.Table.from_pandas(built, preserve_index=False, nthreads=1)
     path = _flows_file(folder, k)
     with ipc.new_file(path, table.schema) as writer:
         writer.write_table(table, max_chunksize=MERGE_PIECE_ROWS)
-    return _Built(path, built["ts"].to_numpy(), built["first_row"].to_numpy())
+    bursts_path = os.path.join(folder, f"bursts-{k}.pickle")
+    both.bursts.to_pickle(bursts_path)
+    return _Built(path, built["ts"].to_numpy(), built["first_row"].to_numpy(), bursts_path)
 
 
 MERGE_PIECE_ROWS = 8192  # flows read at a time from a partition's flows file

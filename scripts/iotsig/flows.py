@@ -6,6 +6,11 @@ A flow is the packets of one 5-tuple (both directions) of one capture. It ends a
 is cut every `max_duration` seconds counted from its first packet. SYN and SYN-ACK are
 recognised with or without the ECN bits (E, C).
 Non-IP frames are grouped by their addresses and protocol (ARP by sender/target IP).
+
+A burst is a run of one flow's packets without a gap longer than `burst_gap` seconds: a
+long-lived connection (a lock's MQTT/TLS link to its cloud) carries many, its keep-alives
+and, now and then, the few messages of a user event (BehavIoT's bursts, the feature
+notebook's subflows). Bursts are built in the same pass as the flows (build).
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import pandas as pd
 
 from .fields import FLOW_FIELDS
 from .parties import address_class, canonical_ip, canonical_ips
-from .schema import FLOWS
+from .schema import BURSTS, FLOWS
 
 DEFAULT_IDLE_TIMEOUT = 120.0  # NFStream's default idle timeout
 DEFAULT_MAX_DURATION = 600.0
+DEFAULT_BURST_GAP = 1.0  # seconds of silence inside a flow that end a burst (BehavIoT's)
 FIRST_SIZES = 10
 PORT_SPAN = 65537  # endpoint key = address code * PORT_SPAN + port + 1
 
@@ -100,15 +106,29 @@ class FlowOptions:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_duration: float = DEFAULT_MAX_DURATION
     device_ips: tuple[str, ...] = ()
+    burst_gap: float = DEFAULT_BURST_GAP
+
+
+@dataclass
+class Built:
+    flows: pd.DataFrame
+    bursts: pd.DataFrame  # empty when not asked for
 
 
 def build_flows(packets: pd.DataFrame, options: FlowOptions | None = None) -> pd.DataFrame:
     """Packets (as read by csvio.read_table) -> flows, ordered by first packet."""
+    return build(packets, options, bursts=False).flows
+
+
+def build(packets: pd.DataFrame, options: FlowOptions | None = None, bursts: bool = True) -> Built:
+    """Packets (as read by csvio.read_table) -> flows ordered by first packet, and their
+    bursts ordered by first packet, keep-alives marked (the BURSTS columns)."""
     options = options or FlowOptions()
     if packets.empty:
-        return pd.DataFrame(columns=FLOWS.names)
+        return Built(pd.DataFrame(columns=FLOWS.names), pd.DataFrame(columns=BURSTS.names))
     p = prepare(packets)
-    return with_uids(flows_of(p, options, cross_flow([evidence(p, options)], options)), 0)
+    built = build_of(p, options, cross_flow([evidence(p, options)], options), bursts)
+    return Built(with_uids(built.flows, 0), finished_bursts(built.bursts, 0))
 
 
 def flows_of(p: Packets, options: FlowOptions, shared: CrossFlow) -> pd.DataFrame:
@@ -116,13 +136,22 @@ def flows_of(p: Packets, options: FlowOptions, shared: CrossFlow) -> pd.DataFram
     them by conversation_hash), with what is shared across flows given: ordered by first
     packet (time, then row), without uid, with the row of each flow's first packet in
     `first_row` (the rows p was prepared with)."""
-    s = _in_flow_order(p, *_assign_flows(p, options))
+    return build_of(p, options, shared, bursts=False).flows
+
+
+def build_of(p: Packets, options: FlowOptions, shared: CrossFlow, bursts: bool = True) -> Built:
+    """flows_of, and (with `bursts`) the flows' bursts, each with the number of its flow
+    in `flow` (its place among these flows) and its first packet's row in `first_row`:
+    without uids and keep-alive marks (finished_bursts adds them)."""
+    rows, flow, continued = _assign_flows(p, options)
+    s = _in_flow_order(p, rows, flow)
     is_orig = _orient(s)
     flows = _aggregate(s, p, is_orig)
     _label_device(flows, s, p, is_orig, options)
     _name_remote(flows, shared)
     flows["first_row"] = p.rows[s["row"][_flow_starts(s["flow"])]]
-    return flows
+    found = _bursts(s, p, is_orig, flows, continued, options) if bursts else pd.DataFrame()
+    return Built(flows, found)
 
 
 def with_uids(flows: pd.DataFrame, before: int) -> pd.DataFrame:
@@ -131,6 +160,22 @@ def with_uids(flows: pd.DataFrame, before: int) -> pd.DataFrame:
     numbers = pd.Series(np.arange(before + 1, before + len(flows) + 1), index=flows.index)
     flows = flows.assign(uid=flows["capture"] + "#" + numbers.astype(str))
     return flows.reindex(columns=FLOWS.names)
+
+
+def finished_bursts(bursts: pd.DataFrame, before: int) -> pd.DataFrame:
+    """Bursts (of build_of; `before` flows ahead of theirs in the flows CSV) in the CSV's
+    order, with their uids (the flow's uid, '/', the burst's number in it), keep-alives
+    marked, and the BURSTS columns."""
+    if bursts.empty:
+        return pd.DataFrame(columns=BURSTS.names)
+    bursts = bursts.sort_values(["ts", "first_row"], kind="stable").reset_index(drop=True)
+    flow_uid = bursts["capture"] + "#" + pd.Series(bursts["flow"].to_numpy() + before + 1).astype(
+        str
+    )
+    bursts["flow_uid"] = flow_uid
+    bursts["uid"] = flow_uid + "/" + bursts["burst"].astype(str)
+    mark_keepalives(bursts)
+    return bursts.reindex(columns=BURSTS.names)
 
 
 # Text columns stay pandas categoricals throughout: a million packets carry a few thousand
@@ -265,9 +310,10 @@ def prepare(packets: pd.DataFrame, rows: np.ndarray | None = None) -> Packets:
     return p
 
 
-def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndarray]:
+def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The packets in flow order, flows numbered by their first packet and packets in time
-    order within a flow: for each, its row in p and its flow number."""
+    order within a flow: for each, its row in p and its flow number; and for each flow
+    whether it continues the one before it in its conversation (cut by max_duration)."""
     # Conversation: capture, protocol and both endpoints (lower key first); sorted by it,
     # then time. lexsort is stable: packets at the same time keep their capture order.
     conversation = [
@@ -295,6 +341,7 @@ def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndar
     follows_syn = np.r_[False, first_row[syn_rows[1:]] == first_row[syn_rows[:-1]]]
     since = np.where(follows_syn, closes_before[previous_syn], closes_before[first_row[syn_rows]])
     new_flow[syn_rows[closes_before[syn_rows] > since]] = True
+    cut_by_time = new_flow.copy()
     segment = np.cumsum(new_flow)
     segment_start = ts[np.flatnonzero(new_flow)][segment - 1]
     chunk = np.floor((ts - segment_start) / options.max_duration).astype(np.int64)
@@ -309,7 +356,8 @@ def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndar
     flow_in_order = np.cumsum(new_flow) - 1
     rows = np.empty_like(order)
     rows[place[flow_in_order] + np.arange(len(order)) - starts[flow_in_order]] = order
-    return rows, np.repeat(np.arange(len(starts)), lengths[by_first])
+    continued = ~cut_by_time[starts][by_first]
+    return rows, np.repeat(np.arange(len(starts)), lengths[by_first]), continued
 
 
 def conversation_hash(p: Packets) -> np.ndarray:
@@ -457,6 +505,167 @@ def _aggregate(s: dict[str, np.ndarray], p: Packets, is_orig: np.ndarray) -> pd.
     return out
 
 
+# Columns a burst takes from its flow: who talks, and who the device and the remote are.
+BURST_FROM_FLOW = [
+    "capture",
+    "proto",
+    "orig_h",
+    "orig_p",
+    "resp_h",
+    "resp_p",
+    "device_side",
+    "orig_mac",
+    "resp_mac",
+    "remote_h",
+    "remote_name",
+    "remote_class",
+]
+
+
+def _bursts(
+    s: dict[str, np.ndarray],
+    p: Packets,
+    is_orig: np.ndarray,
+    flows: pd.DataFrame,
+    continued: np.ndarray,
+    options: FlowOptions,
+) -> pd.DataFrame:
+    """Each flow cut where its packets pause longer than options.burst_gap: one row per
+    burst, with the counts, sizes, application fields and packet profile of its own
+    packets and its flow's parties; `flow` is the flow's number among `flows`."""
+    flow, ts, rows = s["flow"], s["ts"], s["row"]
+    flow_start = np.ones(len(flow), dtype=bool)
+    flow_start[1:] = flow[1:] != flow[:-1]
+    gap = np.diff(ts, prepend=-np.inf)
+    new = flow_start | (gap > options.burst_gap)
+    starts = np.flatnonzero(new)
+    burst = np.cumsum(new) - 1
+    n = len(starts)
+    owner = flow[starts]
+    first_in_flow = flow_start[starts]
+    out = pd.DataFrame({"flow": owner})
+    out["burst"] = np.arange(n) - np.flatnonzero(first_in_flow)[owner] + 1
+    out["ts"] = ts[starts]
+    last = np.r_[starts[1:], len(flow)] - 1
+    out["duration"] = np.round(ts[last] - ts[starts], 6)
+    out["gap_before"] = np.where(first_in_flow, np.nan, np.round(gap[starts], 6))
+    for column in BURST_FROM_FLOW:
+        out[column] = flows[column].to_numpy()[owner]
+    # A burst opens its connection when it is the first of a flow whose opening the
+    # capture holds: a TCP handshake, or another protocol's first packet after silence.
+    handshake = pd.to_numeric(flows["handshake"], errors="coerce").to_numpy()[owner]
+    out["opens"] = (first_in_flow & ~continued[owner] & (handshake != 0)).astype(np.int8)
+    sizes, payload = s["frame_len"], s["l4_payload_len"]
+    for side, mask in (("orig", is_orig), ("resp", ~is_orig)):
+        side_burst = burst[mask]
+        out[f"{side}_pkts"] = np.bincount(side_burst, minlength=n)
+        for column, values in ((f"{side}_bytes", payload), (f"{side}_frame_bytes", sizes)):
+            out[column] = np.bincount(side_burst, values[mask], minlength=n).astype(np.int64)
+        stats = _group_stats(side_burst, sizes[mask], n)
+        out[f"{side}_size_min"], out[f"{side}_size_max"] = stats["min"], stats["max"]
+    frames = s["frame_number"]
+    out["first_frame"] = np.fmin.reduceat(frames, starts)
+    out["last_frame"] = np.fmax.reduceat(frames, starts)
+    place = np.empty_like(rows)
+    place[rows] = np.arange(len(rows))
+    by_burst = {"row": rows, "flow": burst}
+    for name in FLOW_FIELDS:
+        out[name] = _distinct_per_flow(p[name], place, by_burst, n)
+    out["first_payload_sizes"] = _first_payload_sizes(burst, sizes, payload, is_orig, n)
+    out["first_row"] = p.rows[rows[starts]]
+    return out
+
+
+# Keep-alives: bursts of one series (capture, protocol, the two parties, the server port and
+# the largest frame each way, to KEEPALIVE_SIZE_BIN bytes) that recur at the series' steady
+# period. The period is the gap between consecutive bursts of the series that most other
+# gaps agree with (within KEEPALIVE_TOLERANCE); it must account for at least
+# KEEPALIVE_MIN_GAPS gaps and KEEPALIVE_SHARE of them. A burst is a keep-alive when another
+# one of its series comes one or two periods before or after it.
+KEEPALIVE_SIZE_BIN = 16
+KEEPALIVE_MIN_GAPS = 3
+KEEPALIVE_SHARE = 0.25
+
+
+def keepalive_tolerance(period: np.ndarray) -> np.ndarray:
+    """Seconds a keep-alive may be off its period: timers are steady, the network is not
+    (2.5 s of delay and jitter), and a long period drifts (0.2%)."""
+    return np.maximum(2.5, 0.002 * period)
+
+
+def mark_keepalives(bursts: pd.DataFrame) -> None:
+    """Add `keepalive` (1/0) and `period` (seconds, for keep-alives) to bursts."""
+    n = len(bursts)
+    bursts["keepalive"] = np.zeros(n, np.int8)
+    bursts["period"] = np.full(n, np.nan)
+    if n < KEEPALIVE_MIN_GAPS + 1:
+        return
+    remote_h, resp_h = bursts["remote_h"].to_numpy(), bursts["resp_h"].to_numpy()
+    near = np.where(remote_h == resp_h, bursts["orig_h"].to_numpy(), resp_h)
+    name = bursts["remote_name"].fillna("").to_numpy()
+    party = np.where(name != "", name, remote_h)
+    key = [pd.factorize(np.asarray(c, dtype=object))[0] for c in (bursts["capture"], bursts["proto"], near, party)]
+    key.append(pd.factorize(bursts["resp_p"].fillna(-1).to_numpy())[0])
+    for column in ("orig_size_max", "resp_size_max"):
+        binned = np.nan_to_num(bursts[column].to_numpy(float), nan=-1) // KEEPALIVE_SIZE_BIN
+        key.append(pd.factorize(binned)[0])
+    series = _series_ids(key)
+    ts = bursts["ts"].to_numpy(float)
+    order = np.lexsort((ts, series))
+    series, ts = series[order], ts[order]
+    period = _series_periods(series, ts)
+    steady = ~np.isnan(period[series])
+    if not steady.any():
+        return
+    tolerance = keepalive_tolerance(np.nan_to_num(period[series], nan=0.0))
+    # One sorted line of all the times, each series far from the others.
+    span = float(ts.max() - ts.min()) + 4 * float(np.nanmax(period)) + 10.0
+    line = series * span + (ts - ts.min())
+    near_period = np.zeros(len(ts), dtype=bool)
+    for k in (1, 2, -1, -2):
+        target = line + k * np.nan_to_num(period[series])
+        low = np.searchsorted(line, target - abs(k) * tolerance, side="left")
+        high = np.searchsorted(line, target + abs(k) * tolerance, side="right")
+        near_period |= high > low
+    keepalive = steady & near_period
+    marks = np.zeros(n, np.int8)
+    marks[order] = keepalive
+    periods = np.full(n, np.nan)
+    periods[order] = np.where(keepalive, np.round(period[series], 3), np.nan)
+    bursts["keepalive"], bursts["period"] = marks, periods
+
+
+def _series_ids(codes: list[np.ndarray]) -> np.ndarray:
+    ids = codes[0].astype(np.int64)
+    for column in codes[1:]:
+        ids = pd.factorize(ids * (int(column.max()) + 1) + column)[0]
+    return ids
+
+
+def _series_periods(series: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Each series' period (NaN where it has none), from its bursts sorted by series, time."""
+    periods = np.full(int(series.max()) + 1, np.nan)
+    same = series[1:] == series[:-1]
+    gaps, owner = np.diff(ts)[same], series[1:][same]
+    if not len(gaps):
+        return periods
+    order = np.lexsort((gaps, owner))
+    gaps, owner = gaps[order], owner[order]
+    span = float(gaps.max()) * 2 + 10.0
+    line = owner * span + gaps
+    tolerance = keepalive_tolerance(gaps)
+    agreeing = np.searchsorted(line, line + tolerance, side="right") - np.searchsorted(
+        line, line - tolerance, side="left"
+    )
+    frame = pd.DataFrame({"owner": owner, "gap": gaps, "agreeing": agreeing})
+    best = frame.loc[frame.groupby("owner")["agreeing"].idxmax()]
+    total = np.bincount(owner, minlength=len(periods))[best["owner"].to_numpy()]
+    count = best["agreeing"].to_numpy()
+    steady = (count >= KEEPALIVE_MIN_GAPS) & (count >= KEEPALIVE_SHARE * total)
+    periods[best["owner"].to_numpy()[steady]] = best["gap"].to_numpy()[steady]
+    return periods
+
+
 def _group_stats(groups: np.ndarray, values: np.ndarray, n: int) -> dict[str, np.ndarray]:
     """min, max, mean and population std of values per group (groups sorted), NaN where
     a group has none."""
@@ -584,14 +793,22 @@ def _label_device(
 
 
 def _name_remote(flows: pd.DataFrame, shared: CrossFlow) -> None:
-    names = _dns_names_for_flows(flows, shared.dns_answers)
-    tls = _first_value(flows["tls_server_name"])
-    host = _first_value(flows["http_host"], strip=_PORT)
+    """One party, one name: the remote address is named by the capture's DNS answers to
+    the device for it (the latest at or before the flow's start), else by the flow's own
+    TLS server name, else by a DNS answer after the flow's start (a connection opened
+    before the capture's first answer), else by the TLS server name of another connection
+    to that address in the capture, else by the flow's HTTP host."""
     remote_is_orig = (flows["device_side"] == "resp").to_numpy()
     # The TLS/HTTP names belong to the server: only use them when the remote is the server.
-    tls = np.where(remote_is_orig, "", tls)
-    host = np.where(remote_is_orig, "", host)
-    flows["remote_name"] = np.where(names != "", names, np.where(tls != "", tls, host))
+    tls = np.where(remote_is_orig, "", _first_value(flows["tls_server_name"]))
+    host = np.where(remote_is_orig, "", _first_value(flows["http_host"], strip=_PORT))
+    before, after = _names_for_flows(flows, shared.dns_answers)
+    tls_before, tls_after = _names_for_flows(flows, shared.server_names)
+    other_tls = np.where(remote_is_orig, "", np.where(tls_before != "", tls_before, tls_after))
+    name = before
+    for fallback in (tls, after, other_tls, host):
+        name = np.where(name != "", name, fallback)
+    flows["remote_name"] = name
     flows["remote_class"] = _classify(flows["remote_h"].to_numpy(), shared.gateways)
 
 
@@ -620,6 +837,7 @@ class Evidence:
     """What one stretch of packets (rows in CSV order) shows beyond its own flows."""
 
     dns_answers: pd.DataFrame  # capture, ts, addr, name, received: one row per answer address
+    server_names: pd.DataFrame  # capture, ts, addr, name: the TLS server name a client sent
     directions_given: bool  # the packets CSV has a direction column that is filled in
     dns_servers: set[str]
     dhcp_servers: set[str]
@@ -634,6 +852,7 @@ class CrossFlow:
 
     dns_answers: pd.DataFrame
     gateways: set[str]
+    server_names: pd.DataFrame  # capture, ts, addr, name; in time order
 
 
 def evidence(p: Packets, options: FlowOptions) -> Evidence:
@@ -655,6 +874,7 @@ def evidence(p: Packets, options: FlowOptions) -> Evidence:
     ips = np.asarray(ip.cat.categories, dtype=object)[pairs % (len(ip.cat.categories) + 1)]
     return Evidence(
         dns_answers=_dns_answers(p, options),
+        server_names=_server_names(p),
         directions_given=bool((p["direction"] != "").any()),
         dns_servers=dns_servers,
         dhcp_servers=addresses("ip_src", p["dhcp_msg_type"].isin(["offer", "ack"])),
@@ -669,6 +889,7 @@ def combined(pieces: list[Evidence]) -> Evidence:
     found = [e.dns_answers for e in pieces if len(e.dns_answers)]
     return Evidence(
         dns_answers=pd.concat(found, ignore_index=True) if found else pieces[0].dns_answers,
+        server_names=pd.concat([e.server_names for e in pieces], ignore_index=True),
         directions_given=any(e.directions_given for e in pieces),
         dns_servers=set().union(*(e.dns_servers for e in pieces)),
         dhcp_servers=set().union(*(e.dhcp_servers for e in pieces)),
@@ -685,7 +906,8 @@ def cross_flow(pieces: list[Evidence], options: FlowOptions) -> CrossFlow:
     if not options.device_ips and everything.directions_given:
         answers = answers[answers["received"].to_numpy()]
     answers = answers.drop(columns="received").sort_values("ts", kind="stable")
-    return CrossFlow(answers, _gateways(everything))
+    server_names = everything.server_names.sort_values("ts", kind="stable")
+    return CrossFlow(answers, _gateways(everything), server_names)
 
 
 def _dns_answers(p: Packets, options: FlowOptions) -> pd.DataFrame:
@@ -708,12 +930,27 @@ def _dns_answers(p: Packets, options: FlowOptions) -> pd.DataFrame:
     )
 
 
-def _dns_names_for_flows(flows: pd.DataFrame, answers: pd.DataFrame) -> np.ndarray:
-    """The query name whose DNS answer gave the flow's remote address, latest answer at or
-    before the flow's start, in the same capture (and to the device, when it is known)."""
-    result = np.full(len(flows), "", dtype=object)
-    if answers.empty:
-        return result
+def _server_names(p: Packets) -> pd.DataFrame:
+    """One row per packet that names its server (a TLS client hello): where, when, the
+    server's address and the name."""
+    rows = np.flatnonzero((p["tls_server_name"] != "").to_numpy())
+    return pd.DataFrame(
+        {
+            "capture": values_at(p["capture"], rows),
+            "ts": p["ts"][rows],
+            "addr": values_at(p["ip_dst"], rows),
+            "name": _first_value(pd.Series(values_at(p["tls_server_name"], rows), dtype=object)),
+        }
+    )
+
+
+def _names_for_flows(flows: pd.DataFrame, names: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """For each flow, the name that `names` (capture, ts, addr, name; in time order) gives
+    its remote address in the same capture: the latest at or before the flow's start, and
+    the earliest after it."""
+    found = [np.full(len(flows), "", dtype=object) for _ in range(2)]
+    if names.empty or flows.empty:
+        return found[0], found[1]
     lookup = pd.DataFrame(
         {
             "capture": flows["capture"].to_numpy(),
@@ -722,9 +959,12 @@ def _dns_names_for_flows(flows: pd.DataFrame, answers: pd.DataFrame) -> np.ndarr
             "row": np.arange(len(flows)),
         }
     ).sort_values("ts", kind="stable")
-    matched = pd.merge_asof(lookup, answers, on="ts", by=["capture", "addr"], direction="backward")
-    result[matched["row"].to_numpy()] = matched["name"].fillna("").to_numpy()
-    return result
+    for result, direction in zip(found, ("backward", "forward")):
+        matched = pd.merge_asof(
+            lookup, names, on="ts", by=["capture", "addr"], direction=direction
+        )
+        result[matched["row"].to_numpy()] = matched["name"].fillna("").to_numpy()
+    return found[0], found[1]
 
 
 def _gateways(seen: Evidence) -> set[str]:

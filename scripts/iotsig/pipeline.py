@@ -23,7 +23,7 @@ from . import signature as sig
 from .errors import ToolError
 from .parallel import run_parallel
 from .pattern_text import pattern_text
-from .schema import FLOWS, PACKETS, WINDOWS
+from .schema import BURSTS, FLOWS, PACKETS, WINDOWS
 
 OUTPUT_NAMES = {"pattern": "pattern.txt", "profile": "profile.yaml", "signature": "signature.csv"}
 
@@ -46,6 +46,14 @@ def packets_beside(flows_csv: Path) -> Path:
     return Path(flows_csv).parent / f"{stem}.packets.csv"
 
 
+def bursts_beside(flows_csv: Path) -> Path:
+    """The bursts CSV stream-identifier writes beside a flows CSV: <name>.bursts.csv for
+    <name>.flows.csv (any other CSV: its stem)."""
+    name = Path(flows_csv).name
+    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
+    return Path(flows_csv).parent / f"{stem}.bursts.csv"
+
+
 def flows_path(packets_csv: Path, output_dir: Path) -> Path:
     """OUTPUT_DIR/<name>.flows.csv for <name>.packets.csv (any other CSV: its stem)."""
     name = Path(packets_csv).name
@@ -66,6 +74,11 @@ class FlowsWritten:
     flows: int
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    bursts: int = 0
+
+    @property
+    def bursts_csv(self) -> Path:
+        return bursts_beside(self.flows_csv)
 
 
 FLOW_COLUMNS = flows.REQUIRED + flows.OPTIONAL  # the packets CSV's columns flows use
@@ -128,7 +141,8 @@ def packets_to_flows(
     partitions: int | None = None,
     translation: packets.Translation | None = None,
 ) -> FlowsWritten:
-    """stream-identifier for one packets CSV: OUTPUT_DIR/<name>.flows.csv. A big one is
+    """stream-identifier for one packets CSV: OUTPUT_DIR/<name>.flows.csv and
+    <name>.bursts.csv. A big one is
     built in partitions (flow_partitions: memory stays flat), by default one per
     flow_partitions.PARTITION_BYTES of the file; the same bytes either way. `translation`:
     the one that just wrote it, whose cells are taken rather than read again."""
@@ -146,14 +160,27 @@ def packets_to_flows(
             warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, written.blank)
             seconds = time.perf_counter() - started
             return FlowsWritten(
-                Path(packets_csv), output, written.packets, written.flows, warnings, seconds
+                Path(packets_csv),
+                output,
+                written.packets,
+                written.flows,
+                warnings,
+                seconds,
+                written.bursts,
             )
     table = read_packets(packets_csv, translation)
     warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, blank_cells(table))
-    result = flows.build_flows(table, options)
-    csvio.write_table(result, FLOWS, output)
+    built = flows.build(table, options)
+    csvio.write_table(built.flows, FLOWS, output)
+    csvio.write_table(built.bursts, BURSTS, bursts_beside(output))
     return FlowsWritten(
-        Path(packets_csv), output, len(table), len(result), warnings, time.perf_counter() - started
+        Path(packets_csv),
+        output,
+        len(table),
+        len(built.flows),
+        warnings,
+        time.perf_counter() - started,
+        len(built.bursts),
     )
 
 
@@ -563,9 +590,14 @@ def translated_lines(
 
 
 def flows_lines(written: list[FlowsWritten], failed: int, seconds: float) -> list[str]:
-    lines = [f"wrote {w.flows_csv} ({w.flows} flows from {w.packets} packets)" for w in written]
+    lines = [
+        f"wrote {w.flows_csv} ({w.flows} flows from {w.packets} packets) and "
+        f"{w.bursts_csv.name} ({w.bursts} bursts)"
+        for w in written
+    ]
     lines.append(
-        f"stream-identifier: {sum(w.flows for w in written)} flows in {len(written)} "
+        f"stream-identifier: {sum(w.flows for w in written)} flows, "
+        f"{sum(w.bursts for w in written)} bursts in {len(written)} "
         f"file(s) in {seconds:.1f} s" + (f"; {failed} file(s) failed" if failed else "")
     )
     return lines

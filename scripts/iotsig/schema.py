@@ -317,6 +317,89 @@ FLOWS = Table(
     ),
 )
 
+
+def _flow_column(name: str, meaning: str | None = None) -> tuple:
+    """A flows CSV column as a bursts CSV column: the same name, type and spelling; the
+    meaning said of the burst's own packets where it differs."""
+    c = FLOWS.by_name[name]
+    return (name, c.type, meaning or c.meaning, c.source, c.spelling)
+
+
+BURSTS = Table(
+    "bursts",
+    _cols(
+        (
+            "uid",
+            "text",
+            "burst id, unique in the file: its flow's uid, '/', its number in the flow",
+            "computed",
+        ),
+        ("flow_uid", "text", "uid of the flow it belongs to (flows CSV)", "computed"),
+        ("burst", "int", "its number in the flow, from 1", "computed"),
+        _flow_column("capture"),
+        _flow_column("ts", "time of the burst's first packet, epoch seconds"),
+        _flow_column("duration", "seconds from the burst's first to its last packet"),
+        (
+            "gap_before",
+            "float",
+            "seconds of silence in the flow before the burst (more than --burst-gap); empty "
+            "for a flow's first burst",
+            "ts",
+        ),
+        (
+            "opens",
+            "bool",
+            "1 when the burst opens its connection (the first burst of a flow whose opening "
+            "the capture holds: a TCP handshake, or another protocol's first packet after "
+            "--idle-timeout of silence); 0 for a burst inside a connection already open",
+            "computed",
+        ),
+        *[
+            _flow_column(c)
+            for c in ("proto", "orig_h", "orig_p", "resp_h", "resp_p", "device_side")
+        ],
+        *[
+            _flow_column(c, f"{FLOWS.by_name[c].meaning}, of the burst's packets")
+            for c in (
+                "orig_pkts",
+                "orig_bytes",
+                "orig_frame_bytes",
+                "resp_pkts",
+                "resp_bytes",
+                "resp_frame_bytes",
+                "first_frame",
+                "last_frame",
+            )
+        ],
+        *[_flow_column(c) for c in ("orig_mac", "resp_mac", "remote_h", "remote_name", "remote_class")],
+        *[
+            (f.name, "text" if f.type == "text" else "str", f.flow_meaning, f.name, f.spelling)
+            for f in fields.REGISTRY
+            if f.in_flows
+        ],
+        *[
+            _flow_column(c, f"{FLOWS.by_name[c].meaning}, in the burst")
+            for c in ("orig_size_min", "orig_size_max", "resp_size_min", "resp_size_max")
+        ],
+        _flow_column(
+            "first_payload_sizes",
+            "the burst's packet profile: frame lengths of its first 10 packets that carry "
+            "TCP/UDP payload, negative when sent by the responder (a packet repeated at once "
+            "counts once); the detector also reads two segments in a row from one side as one "
+            "message",
+        ),
+        (
+            "keepalive",
+            "bool",
+            "1 when the burst is one of a periodic series: the same parties, server port and "
+            "largest frame each way (to 16 bytes), another such burst one or two periods "
+            "before or after it (see the keep-alive rule)",
+            "computed",
+        ),
+        ("period", "float", "the series' period in seconds, for a keep-alive", "computed"),
+    ),
+)
+
 # The flow metrics a signature keeps the range of, per pattern.
 RANGE_METRICS = [
     "orig_pkts",
@@ -678,7 +761,7 @@ SCORED_EVENTS = Table(
     ),
 )
 
-ALL_TABLES = [PACKETS, FLOWS, SIGNATURE, INVENTORY, DETECTIONS, EVALUATION, WINDOWS, SCORED_EVENTS]
+ALL_TABLES = [PACKETS, FLOWS, BURSTS, SIGNATURE, INVENTORY, DETECTIONS, EVALUATION, WINDOWS, SCORED_EVENTS]
 
 if __name__ == "__main__":  # print the README's column tables
     for table in ALL_TABLES:
