@@ -127,9 +127,24 @@ def test_a_signature_csv_of_another_version_is_refused_clearly(default, tmp_path
     with pytest.raises(
         InputError,
         match=r"v99\.csv: signature version \[99\] is not supported "
-        rf"\(this tool reads version {SIGNATURE_VERSION}",
+        rf"\(this tool reads versions 2 and {SIGNATURE_VERSION}",
     ):
         signature.read_signature_csv(tmp_path / "v99.csv")
+
+
+def test_a_version_2_signature_is_read_as_flow_patterns(default, tmp_path):
+    """A signature learned before bursts (version 2, without unit, accepted_profile,
+    periodic and the flow settings) still detects: its patterns are flows."""
+    frame = pd.read_csv(default.dir / "signature.csv", dtype=str, keep_default_na=False)
+    new = ["unit", "accepted_profile", "periodic", "idle_timeout", "max_duration", "burst_gap"]
+    frame.drop(columns=new).assign(signature_version="2").to_csv(tmp_path / "v2.csv", index=False)
+    read = signature.read_signature_csv(tmp_path / "v2.csv")
+    assert list(read.columns) == SIGNATURE.names
+    assert set(read["unit"]) == {"flow"} and set(read["periodic"]) == {0}
+    assert read["burst_gap"].isna().all()
+    current = signature.read_signature_csv(default.dir / "signature.csv")
+    same = [c for c in SIGNATURE.names if c not in new + ["signature_version"]]
+    pd.testing.assert_frame_equal(read[same], current[same], check_dtype=False)
 
 
 def test_a_version_1_signature_without_packet_profiles_is_named_as_old(default, tmp_path):

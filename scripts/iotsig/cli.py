@@ -147,24 +147,38 @@ def add_jobs_argument(parser) -> None:
     )
 
 
-def add_flow_arguments(parser) -> None:
-    """--idle-timeout and --max-duration, for every command that builds flows."""
-    from .flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION
+def add_flow_arguments(parser, learned: bool = False) -> None:
+    """--idle-timeout, --max-duration and --burst-gap, for every command that builds flows
+    (`learned`: event-detector's, whose default is the value the signatures record)."""
+    from .flows import DEFAULT_BURST_GAP, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION
 
-    parser.add_argument(
-        "--idle-timeout",
-        type=positive,
-        default=DEFAULT_IDLE_TIMEOUT,
-        metavar="S",
-        help="a flow ends after S seconds without a packet (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-duration",
-        type=positive,
-        default=DEFAULT_MAX_DURATION,
-        metavar="S",
-        help="a flow is cut into chunks of at most S seconds (default: %(default)s)",
-    )
+    for flag, default, text in (
+        ("--idle-timeout", DEFAULT_IDLE_TIMEOUT, "a flow ends after S seconds without a packet"),
+        ("--max-duration", DEFAULT_MAX_DURATION, "a flow is cut into chunks of at most S seconds"),
+        (
+            "--burst-gap",
+            DEFAULT_BURST_GAP,
+            "a burst (bursts CSV) ends after S seconds without a packet of its flow",
+        ),
+    ):
+        parser.add_argument(
+            flag,
+            type=positive,
+            default=None if learned else default,
+            metavar="S",
+            help=f"{text} (default: "
+            + (
+                f"the value the signatures were learned with, else {default:g})"
+                if learned
+                else "%(default)s)"
+            ),
+        )
+
+
+def flow_settings(args) -> dict:
+    """How the flows were built (the flow arguments given), for the signature to keep."""
+    names = ("idle_timeout", "max_duration", "burst_gap")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def add_event_times_arguments(parser, detecting: bool = False) -> None:
@@ -445,6 +459,7 @@ class Command:
                 args.support,
                 args.event or "event",
                 baseline_files or None,
+                settings=flow_settings(args),
             )
         for warning in learned.warnings:
             self.warn(warning)
@@ -479,6 +494,7 @@ class Command:
             args.event or named or "event",
             window_options(args),
             baseline_files or None,
+            flow_settings(args),
         )
         self.say(
             f"wrote {len(result.events)} event, {len(result.others)} other-event and "

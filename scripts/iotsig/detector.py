@@ -27,7 +27,7 @@ import pandas as pd
 from . import csvio
 from . import signature as sig
 from .errors import InputError
-from .schema import DETECTIONS, FLOWS
+from .schema import DETECTIONS
 from .timefmt import utc
 
 DEFAULT_TOLERANCE = 0.5  # counts may be 50% below the learned minimum / above the maximum
@@ -90,6 +90,8 @@ class Pattern:
     flows_max: int
     start_offset: float
     profile: tuple = ()  # ((low, high), ...): sizes of the first payload packets
+    unit: str = "flow"  # or "burst": a burst inside a connection already open
+    periodic: bool = False  # keep-alive bursts may match it
 
     @property
     def general(self) -> bool:
@@ -142,6 +144,11 @@ class EventSignature:
     patterns: list[Pattern]  # event patterns, in event order
     background: list[Pattern]
     span: float  # learned seconds from the first to the last event flow's start
+    settings: dict = field(default_factory=dict)  # how its flows were built (learned)
+
+    @property
+    def needs_bursts(self) -> bool:
+        return any(p.unit == "burst" for p in self.patterns)
 
     @property
     def label(self) -> str:
@@ -182,6 +189,12 @@ def read_signatures(path: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[Ev
         # make the event longer (and would merge the next events into it).
         starts = pd.to_numeric(event_rows["start_offset_median"], errors="coerce").fillna(0)
         span = float(starts.max() - starts.min()) if len(event_rows) else 0.0
+        first = rows.iloc[0]
+        settings = {
+            name: float(first[name])
+            for name in LEARNED_SETTINGS
+            if first[name] == first[name] and float(first[name]) > 0
+        }
         signatures.append(
             EventSignature(
                 str(path),
@@ -191,9 +204,13 @@ def read_signatures(path: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[Ev
                 events,
                 background,
                 max(span, 0.0),
+                settings,
             )
         )
     return signatures
+
+
+LEARNED_SETTINGS = ("idle_timeout", "max_duration", "burst_gap")
 
 
 def _key(values: dict) -> tuple:
@@ -237,7 +254,9 @@ def _pattern(row, tolerance: float) -> Pattern:
         tuple(ranges),
         int(flows_max) if flows_max == flows_max and flows_max >= 1 else 1,
         float(offset) if offset == offset else 0.0,
-        sig.parse_profile(values["packet_profile"]),
+        sig.parse_profile(values["accepted_profile"] or values["packet_profile"]),
+        str(values["unit"] or "flow"),
+        bool(values["periodic"] == values["periodic"] and values["periodic"]),
     )
 
 
@@ -246,10 +265,18 @@ def _pattern(row, tolerance: float) -> Pattern:
 # ---------------------------------------------------------------------------------------
 
 
-def read_flows(path: Path) -> pd.DataFrame:
+def read_flows(path: Path, bursts: bool = False) -> pd.DataFrame:
     """A flows CSV: the columns a fingerprint needs (named when missing), and the frame
-    numbers and remote address where the file has them."""
-    return csvio.read_table(path, FLOWS, required=sig.REQUIRED, columns=sig.REQUIRED + FLOW_EXTRAS)
+    numbers and remote address where the file has them; with `bursts`, the bursts inside
+    connections already open of the bursts CSV beside it, as units of their own (a missing
+    bursts CSV is an InputError naming it)."""
+    if bursts and not sig.bursts_beside(path).is_file():
+        raise InputError(
+            path,
+            f"no bursts CSV beside it ({sig.bursts_beside(path).name}), and a signature has "
+            "burst patterns: build it with stream-identifier.py from the packets CSV",
+        )
+    return sig.read_units(Path(path), bursts, tuple(FLOW_EXTRAS))
 
 
 def device_view(flows: pd.DataFrame, capture: str, device_ip: str) -> pd.DataFrame:
@@ -344,6 +371,11 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
         m: pd.to_numeric(view[m], errors="coerce").to_numpy(dtype=float) for m in COUNT_METRICS
     }
     sizes = sig.message_matrix(view)
+    keepalive = (
+        pd.to_numeric(view["keepalive"], errors="coerce").fillna(0).to_numpy() > 0
+        if "keepalive" in view
+        else np.zeros(len(view), dtype=bool)
+    )
     for row in range(len(view)):
         key = list(keys[row])  # (fingerprints() already spelled the sets canonically)
         key[PORT] = int(key[PORT])
@@ -353,6 +385,8 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
         values = {m: counts[m][row] for m in COUNT_METRICS}
         for number in candidates:
             pattern = patterns[number]
+            if keepalive[row] and not pattern.periodic:
+                continue  # a connection's timer, not the event
             if (
                 pattern.remote_matches(*remotes[row])
                 and pattern.counts_match(values)
@@ -391,7 +425,10 @@ def find_occurrences(
     occurrences, current, anchor, opened = [], None, None, 0.0
     for row in rows:
         pattern = signature.patterns[matches[row]]
-        restart = pattern is anchor and len(current.flows[pattern.name]) >= pattern.flows_max
+        # A burst inside an open connection is one message exchange: the event again.
+        restart = pattern is anchor and (
+            pattern.unit == "burst" or len(current.flows[pattern.name]) >= pattern.flows_max
+        )
         if current is None or ts[row] - opened > window or restart:
             current = Occurrence(
                 capture, signature, strict=options.strict_order, unobservable=unobservable

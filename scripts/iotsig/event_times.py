@@ -116,13 +116,16 @@ def _rows(path: Path) -> list[list[str]]:
 
 
 def _split_header(path, rows, spec) -> tuple[list[str] | None, list[list[str]], int]:
-    """A first row whose time cell is not a time is the header."""
+    """A first row whose time cell is not a time is the header (a time cell that reads as
+    a time is data, even where another cell is a column name: an event called 'action')."""
     first = rows[0]
     index = _number(spec.time_column)
     probe = first[index] if index is not None and index < len(first) else None
     names = [c.strip().lower() for c in first]
     named = any(n in names for role in COLUMN_NAMES.values() for n in role)
-    if probe is not None and not named and _looks_like_time(probe):
+    if probe is not None and _looks_like_time(probe):
+        return None, rows, 1
+    if probe is None and first and _looks_like_time(first[0]):  # headerless: time first
         return None, rows, 1
     if probe is None and not named and any(_looks_like_time(c) for c in first):
         return None, rows, 1

@@ -169,8 +169,8 @@ def finished_bursts(bursts: pd.DataFrame, before: int) -> pd.DataFrame:
     if bursts.empty:
         return pd.DataFrame(columns=BURSTS.names)
     bursts = bursts.sort_values(["ts", "first_row"], kind="stable").reset_index(drop=True)
-    flow_uid = bursts["capture"] + "#" + pd.Series(bursts["flow"].to_numpy() + before + 1).astype(
-        str
+    flow_uid = (
+        bursts["capture"] + "#" + pd.Series(bursts["flow"].to_numpy() + before + 1).astype(str)
     )
     bursts["flow_uid"] = flow_uid
     bursts["uid"] = flow_uid + "/" + bursts["burst"].astype(str)
@@ -604,7 +604,10 @@ def mark_keepalives(bursts: pd.DataFrame) -> None:
     near = np.where(remote_h == resp_h, bursts["orig_h"].to_numpy(), resp_h)
     name = bursts["remote_name"].fillna("").to_numpy()
     party = np.where(name != "", name, remote_h)
-    key = [pd.factorize(np.asarray(c, dtype=object))[0] for c in (bursts["capture"], bursts["proto"], near, party)]
+    key = [
+        pd.factorize(np.asarray(c, dtype=object))[0]
+        for c in (bursts["capture"], bursts["proto"], near, party)
+    ]
     key.append(pd.factorize(bursts["resp_p"].fillna(-1).to_numpy())[0])
     for column in ("orig_size_max", "resp_size_max"):
         binned = np.nan_to_num(bursts[column].to_numpy(float), nan=-1) // KEEPALIVE_SIZE_BIN
@@ -960,9 +963,7 @@ def _names_for_flows(flows: pd.DataFrame, names: pd.DataFrame) -> tuple[np.ndarr
         }
     ).sort_values("ts", kind="stable")
     for result, direction in zip(found, ("backward", "forward")):
-        matched = pd.merge_asof(
-            lookup, names, on="ts", by=["capture", "addr"], direction=direction
-        )
+        matched = pd.merge_asof(lookup, names, on="ts", by=["capture", "addr"], direction=direction)
         result[matched["row"].to_numpy()] = matched["name"].fillna("").to_numpy()
     return found[0], found[1]
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import csvio, detector, flow_partitions, flows, packets, profile, windows
@@ -349,10 +350,12 @@ def learn(
     event: str = "event",
     baseline=None,
     background_share: float = 0.0,
+    settings: dict | None = None,
 ) -> sig.Signature:
     """signature-extractor: the patterns that recur in the event's recordings (flows CSV
     paths or sig.Recording), those also in the baseline's as background (in more than
-    background_share of its recordings). Raises ToolError when the device never appears."""
+    background_share of its recordings). Raises ToolError when the device never appears.
+    settings: how the flows were built (idle_timeout, max_duration, burst_gap)."""
     event_recordings = recordings(event_recordings)
     baseline = recordings(baseline) if baseline else None
     notes = csvio.take_notes()  # what a spreadsheet changed in the flows CSVs
@@ -365,6 +368,7 @@ def learn(
         event,
         baseline,
         background_share,
+        settings,
     )
     signature.warnings[:0] = notes
     return signature
@@ -401,15 +405,20 @@ def learn_in_windows(
     event: str = "event",
     options: windows.WindowOptions | None = None,
     baseline_files=None,
+    settings: dict | None = None,
 ) -> WindowedLearning:
-    """Cut long captures (their flows CSVs, and packets CSVs beside them where there are)
-    into one recording per listed time and background windows far from all of them
-    (OUTPUT_DIR/<kind>-NNN-<start>.flows.csv, windows.csv), then learn. A first pass on
-    what recurs in most windows finds the windows without the event (a wrong time in the
-    log, an event without traffic): they are left out, said, and the signature is learned
-    from the others, the background windows as its baseline."""
+    """Cut long captures (their flows CSVs, and the bursts and packets CSVs beside them
+    where there are) into one recording per listed time and background windows far from
+    all of them (OUTPUT_DIR/<kind>-NNN-<start>.flows.csv, windows.csv), then learn. A
+    recording holds the flows that start in it and, with bursts, the bursts inside
+    connections already open that start in it; keep-alive bursts are background (unless
+    the event itself recurs on a timer: then only with them does anything recur). A first
+    pass on what recurs in most windows finds the windows without the event (a wrong time
+    in the log, an event without traffic): they are left out, said, and the signature is
+    learned from the others, the background windows as its baseline. windows.csv is
+    written before learning, so that it is there when learning fails."""
     options = options or windows.WindowOptions()
-    flows_table, packet_files = _read_long(flows_csvs)
+    flows_table, packet_files, bursts_table = _read_long(flows_csvs)
     first = float(flows_table["ts"].min())
     last = float((flows_table["ts"] + flows_table["duration"].fillna(0)).max())
     warnings = []
@@ -440,34 +449,63 @@ def learn_in_windows(
             "background": background,
         },
         output_dir,
+        bursts_table,
     )
     events, quiet = cut["event"], cut["background"]
-    baseline = _grouped(quiet, "background") + _grouped(cut["other"], "other")
-    baseline += sig.read_recordings(baseline_files) if baseline_files else []
+    index = Path(output_dir) / "windows.csv"
+    everything = events + cut["other"] + quiet
+
+    def write_index(found: dict, left_out: dict) -> None:
+        frame = windows.windows_frame(everything, times_file, found, left_out)
+        csvio.write_table(frame, WINDOWS, index)
+
+    write_index({}, {w.name: "not learned: learning stopped (see its error)" for w in events})
+    with_bursts = bursts_table is not None
+    recorded = {
+        kind: _window_recordings(chosen, with_bursts, kind)
+        for kind, chosen in (("event", events), ("background", quiet), ("other", cut["other"]))
+    }
+    extra = sig.read_recordings(baseline_files) if baseline_files else []
     share = windows.BACKGROUND_SHARE
 
-    def learn_on(chosen, at_support):
+    def learn_on(chosen, at_support, keepalives=False, others=True):
+        def kept(recordings):
+            return recordings if keepalives else [sig.without_keepalives(r) for r in recordings]
+
+        names = {w.name for w in chosen}
+        base = kept(recorded["background"] + (recorded["other"] if others else [])) + extra
         return learn(
-            [w.flows_csv for w in chosen],
+            kept([r for r in recorded["event"] if r.name in names]),
             device_name,
             device_ip,
             device_mac,
             at_support,
             event,
-            baseline or None,
+            base or None,
             share,
+            settings,
         )
 
-    rough = learn_on(events, min(support, FIRST_PASS_SUPPORT))
+    rough_support = min(support, FIRST_PASS_SUPPORT)
+    rough, keepalives = learn_on(events, rough_support), False
+    if rough.event_patterns.empty and with_bursts:
+        # An event that recurs on a timer (scheduled) has keep-alive bursts of its own.
+        rough, keepalives = learn_on(events, rough_support, keepalives=True), True
     if rough.event_patterns.empty:
         raise ToolError(
-            f"nothing recurs in half of the {len(events)} listed times' windows that the "
-            "background lacks: check the times (--timezone), widen --time-tolerance, or "
-            "give more events"
+            _nothing_learned(
+                events,
+                recorded,
+                lambda: learn_on(events, rough_support, others=False),
+                device_ip,
+                cut["other"],
+            )
         )
     # A window holding none of the flows that recur in most windows, whatever their
     # packets (the event may take a variant), is not the event's.
-    found = _found_in(rough, events, detector.DetectOptions(min_score=1e-9), fingerprints=True)
+    found = _found_in(
+        rough, events, detector.DetectOptions(min_score=1e-9), fingerprints=True, bursts=with_bursts
+    )
     left_out = {
         w.name: "left out: none of the patterns that recur in the other windows is in it "
         "(a wrong time in the log, or an event without traffic)"
@@ -476,6 +514,7 @@ def learn_in_windows(
     }
     kept = [w for w in events if w.name not in left_out]
     if len(kept) < 2:
+        write_index(found, left_out)
         raise ToolError(f"{times_file}: the event is found in {len(kept)} window(s) only")
     for w in events:
         if w.name in left_out:
@@ -486,33 +525,117 @@ def learn_in_windows(
             )
     learned = rough
     if left_out or support > FIRST_PASS_SUPPORT:
-        learned = learn_on(kept, support)
-        if not learned.event_patterns.empty:
-            found = _found_in(learned, events)
+        learned = learn_on(kept, support, keepalives)
+    if with_bursts and not learned.event_patterns.empty:
+        spans = [(w.start, w.end) for w in events]
+        learned.patterns["accepted_profile"] = sig.accepted_profiles(
+            learned.patterns, _units_elsewhere(bursts_table, spans, device_ip, device_mac)
+        )
+    if not learned.event_patterns.empty:
+        found = _found_in(learned, events, bursts=with_bursts)
     learned.warnings[:0] = warnings
-    index = Path(output_dir) / "windows.csv"
-    everything = events + cut["other"] + quiet
-    csvio.write_table(
-        windows.windows_frame(everything, times_file, found, left_out), WINDOWS, index
-    )
+    write_index(found, left_out)
     return WindowedLearning(learned, events, quiet, index, left_out, found, warnings, cut["other"])
 
 
-def _grouped(chosen: list[windows.Window], group: str) -> list[sig.Recording]:
-    """Windows as baseline recordings of one group (the share rule counts per group:
-    quiet time, and each other event)."""
-    recordings_read = sig.read_recordings([w.flows_csv for w in chosen]) if chosen else []
+def _window_recordings(
+    chosen: list[windows.Window], bursts: bool, kind: str
+) -> list[sig.Recording]:
+    """Windows as recordings (with the bursts inside connections already open that start
+    in them); a baseline's in groups (the share rule counts per group: quiet time, and
+    each other event)."""
+    recordings_read = sig.read_recordings([w.flows_csv for w in chosen], bursts) if chosen else []
     for window, recording in zip(chosen, recordings_read):
-        recording.group = group if group != "other" else f"event {window.listed['event']}"
+        recording.group = (
+            ""
+            if kind == "event"
+            else kind
+            if kind != "other"
+            else f"event {window.listed['event']}"
+        )
     return recordings_read
 
 
-def _read_long(flows_csvs: list[Path]) -> tuple[pd.DataFrame, list[Path] | None]:
-    """The flows of the long captures, and their packets CSVs where every one is beside its
-    flows CSV (main.py writes them so): windows.cut reads those in chunks."""
+def _nothing_learned(events, recorded, without_others, device_ip: str, others) -> str:
+    """Why nothing recurs in half of the event's windows that the baseline lacks, in one
+    line: what it shares with another listed event, else what the windows hold."""
+    if others:
+        shared = without_others()
+        if not shared.event_patterns.empty:
+            names = sorted({w.listed["event"] for w in others} - {""})
+            what = "; ".join(_pattern_words(row) for row in shared.event_patterns.itertuples())
+            other = ", ".join(names) or "the other listed events"
+            return (
+                f"{shared.event} cannot be told from {other}: "
+                f"what recurs around its listed times ({what}) recurs around theirs too, and "
+                "the recordings show no difference between them (list them as one event, "
+                "or record where they differ)"
+            )
+    seen = []
+    for recording in recorded["event"]:
+        units = recording.flows
+        mine = (units["orig_h"] == device_ip) | (units["resp_h"] == device_ip)
+        kinds = (
+            set(units.loc[mine, "unit"]) if "unit" in units else {"flow"} if mine.any() else set()
+        )
+        seen.append(kinds)
+    inner = sum(k == {"burst"} for k in seen)
+    empty = sum(not k for k in seen)
+    said = []
+    if inner:
+        said.append(
+            f"{inner} of {len(events)} windows hold only bursts inside connections "
+            "opened before them"
+        )
+    if empty:
+        said.append(f"{empty} of {len(events)} windows hold no traffic of {device_ip}")
+    return (
+        f"nothing recurs in half of the {len(events)} listed times' windows that the "
+        "background lacks"
+        + (f" ({'; '.join(said)})" if said else "")
+        + ": check the times (--timezone), widen --time-tolerance, or give more events"
+    )
+
+
+def _pattern_words(row) -> str:
+    port = "" if row.server_port != row.server_port else f"/{int(row.server_port)}"
+    profile = f" sizes {row.packet_profile}" if row.packet_profile else ""
+    kind = "a burst in" if row.unit == "burst" else "a flow of"
+    return f"{kind} {row.proto}{port} with {row.remote}{profile}"
+
+
+def _units_elsewhere(bursts: pd.DataFrame, spans: list, device_ip: str, device_mac) -> pd.DataFrame:
+    """The device's bursts inside connections already open, away from the given windows,
+    keep-alives aside, fingerprinted: what the device sends when the event is not listed."""
+    units = sig.burst_units(bursts)
+    ts = units["ts"].to_numpy(float)
+    away = np.ones(len(units), dtype=bool)
+    for start, end in spans:
+        away &= ~((ts >= start) & (ts < end))
+    units = units[away & (units["keepalive"] == 0).to_numpy()]
+    mine = sig.device_flows(sig.Recording("elsewhere", units), device_ip, device_mac)
+    return sig.fingerprints(mine) if len(mine) else mine.assign(remote="", remote_general="")
+
+
+def _read_long(
+    flows_csvs: list[Path],
+) -> tuple[pd.DataFrame, list[Path] | None, pd.DataFrame | None]:
+    """The flows of the long captures, their packets CSVs where every one is beside its
+    flows CSV (main.py writes them so: windows.cut reads those in chunks), and their bursts
+    where every one has its bursts CSV beside it (stream-identifier writes them)."""
     flows_table = pd.concat([csvio.read_table(p, FLOWS) for p in flows_csvs], ignore_index=True)
     packet_files = [packets_beside(p) for p in flows_csvs]
-    return flows_table, packet_files if all(p.is_file() for p in packet_files) else None
+    burst_files = [bursts_beside(p) for p in flows_csvs]
+    bursts_table = None
+    if all(p.is_file() for p in burst_files):
+        bursts_table = pd.concat(
+            [csvio.read_table(p, BURSTS) for p in burst_files], ignore_index=True
+        )
+    return (
+        flows_table,
+        packet_files if all(p.is_file() for p in packet_files) else None,
+        bursts_table,
+    )
 
 
 def _found_in(
@@ -520,6 +643,7 @@ def _found_in(
     chosen: list[windows.Window],
     options: detector.DetectOptions | None = None,
     fingerprints: bool = False,
+    bursts: bool = False,
 ) -> dict[str, float]:
     """Where the signature finds its event in each window, as event-detector would (or,
     with `fingerprints`, by the flows' fingerprints alone, whatever their counts and
@@ -533,7 +657,8 @@ def _found_in(
             s.patterns = [dataclasses.replace(p, ranges=(), profile=()) for p in s.patterns]
     found = {}
     for w in chosen:
-        occurrences = detector.detect(detector.read_flows(w.flows_csv), w.name, signatures, options)
+        units = detector.read_flows(w.flows_csv, bursts)
+        occurrences = detector.detect(units, w.name, signatures, options)
         starts = [o.start for o in occurrences if o.status == "detected"]
         if starts:
             middle = w.listed["time"] + w.listed["resolution"] / 2

@@ -371,7 +371,10 @@ BURSTS = Table(
                 "last_frame",
             )
         ],
-        *[_flow_column(c) for c in ("orig_mac", "resp_mac", "remote_h", "remote_name", "remote_class")],
+        *[
+            _flow_column(c)
+            for c in ("orig_mac", "resp_mac", "remote_h", "remote_name", "remote_class")
+        ],
         *[
             (f.name, "text" if f.type == "text" else "str", f.flow_meaning, f.name, f.spelling)
             for f in fields.REGISTRY
@@ -412,7 +415,7 @@ RANGE_METRICS = [
     "resp_size_min",
     "resp_size_max",
 ]
-SIGNATURE_VERSION = 2
+SIGNATURE_VERSION = 3
 
 SIGNATURE = Table(
     "signature",
@@ -432,6 +435,13 @@ SIGNATURE = Table(
         ),
         ("order", "int", "position in the event, from 1", "median start offset"),
         ("role", "str", "background (also seen without the event) or event", "--baseline"),
+        (
+            "unit",
+            "str",
+            "flow: the pattern is a flow (flows CSV); burst: a burst inside a connection that "
+            "was already open (bursts CSV, opens 0), matched against a capture's bursts",
+            "computed",
+        ),
         (
             "device_side",
             "str",
@@ -473,8 +483,42 @@ SIGNATURE = Table(
             "empty when the flows carry no payload",
             "flows.first_payload_sizes",
         ),
+        (
+            "accepted_profile",
+            "str",
+            "for a burst pattern learned from long captures: the sizes a burst may carry to "
+            "match, each item of packet_profile widened by up to a tenth of its size but "
+            "never past halfway to a size the same fingerprint carried elsewhere in the "
+            "capture (see Burst patterns); empty: packet_profile as it is",
+            "computed",
+        ),
+        (
+            "periodic",
+            "bool",
+            "1 when the event's own bursts were keep-alives (it recurs on a timer): "
+            "keep-alive bursts may match the pattern; 0: they never do",
+            "bursts.keepalive",
+        ),
+        (
+            "idle_timeout",
+            "float",
+            "how the flows it was learned from were built (seconds): event-detector builds a "
+            "capture's flows the same way unless told otherwise",
+            "--idle-timeout",
+        ),
+        ("max_duration", "float", "the same, for --max-duration", "--max-duration"),
+        ("burst_gap", "float", "the same, for --burst-gap", "--burst-gap"),
     ),
 )
+# Columns a signature of version 2 lacks, and what they were then.
+SIGNATURE_V2_DEFAULTS = {
+    "unit": "flow",
+    "accepted_profile": "",
+    "periodic": 0,
+    "idle_timeout": float("nan"),
+    "max_duration": float("nan"),
+    "burst_gap": float("nan"),
+}
 
 
 INVENTORY = Table(
@@ -761,7 +805,17 @@ SCORED_EVENTS = Table(
     ),
 )
 
-ALL_TABLES = [PACKETS, FLOWS, BURSTS, SIGNATURE, INVENTORY, DETECTIONS, EVALUATION, WINDOWS, SCORED_EVENTS]
+ALL_TABLES = [
+    PACKETS,
+    FLOWS,
+    BURSTS,
+    SIGNATURE,
+    INVENTORY,
+    DETECTIONS,
+    EVALUATION,
+    WINDOWS,
+    SCORED_EVENTS,
+]
 
 if __name__ == "__main__":  # print the README's column tables
     for table in ALL_TABLES:

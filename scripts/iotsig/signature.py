@@ -20,10 +20,29 @@ from . import csvio, fields
 from .errors import InputError, ToolError
 from .fields import FINGERPRINT_FIELDS
 from .parties import remote_party, server_ports
-from .schema import FLOWS, RANGE_METRICS, SIGNATURE, SIGNATURE_VERSION
+from .schema import (
+    BURSTS,
+    FLOWS,
+    RANGE_METRICS,
+    SIGNATURE,
+    SIGNATURE_V2_DEFAULTS,
+    SIGNATURE_VERSION,
+)
 
-FINGERPRINT = ["device_side", "proto", "remote", "server_port", "server_side", *FINGERPRINT_FIELDS]
+FINGERPRINT = [
+    "unit",
+    "device_side",
+    "proto",
+    "remote",
+    "server_port",
+    "server_side",
+    *FINGERPRINT_FIELDS,
+]
 OPTIONAL = ["remote_h", "handshake"]  # read where the flows CSV has them
+# A unit is what a pattern is learned from and matched to: a flow (the flows CSV), or a
+# burst inside a connection that was already open (the bursts CSV's rows with opens 0: a
+# lock's command inside its days-long link to the cloud), read as a flow of its own.
+UNIT_COLUMNS = ["unit", "keepalive"]
 REQUIRED = [
     "uid",
     "ts",
@@ -93,9 +112,11 @@ class Signature:
         return self.patterns[self.patterns["role"] != "event"]
 
 
-def read_recordings(paths: list[Path]) -> list[Recording]:
+def read_recordings(paths: list[Path], bursts: bool = False) -> list[Recording]:
     """One recording per flows CSV, named after its file (after its path where two files
-    share a name: each must count as a recording of its own)."""
+    share a name: each must count as a recording of its own). With `bursts`, each also
+    holds the bursts inside connections already open of the bursts CSV beside it
+    (<name>.bursts.csv), where there is one."""
     resolved = [Path(p).resolve() for p in paths]
     for number, path in enumerate(resolved):
         if path in resolved[:number]:
@@ -104,9 +125,56 @@ def read_recordings(paths: list[Path]) -> list[Recording]:
     names = [str(p) if names.count(n) > 1 else n for n, p in zip(names, paths)]
     recordings = []
     for path, name in zip(paths, names):
-        flows = csvio.read_table(path, FLOWS, required=REQUIRED, columns=REQUIRED + OPTIONAL)
-        recordings.append(Recording(name, flows))
+        recordings.append(Recording(name, read_units(Path(path), bursts)))
     return recordings
+
+
+def read_units(flows_csv: Path, bursts: bool = False, extra: tuple = ()) -> pd.DataFrame:
+    """A flows CSV's flows (the columns a fingerprint needs, named when missing, and the
+    `extra` ones where it has them) and, with `bursts`, the bursts inside connections
+    already open of the bursts CSV beside it."""
+    columns = list(dict.fromkeys(REQUIRED + OPTIONAL + list(extra)))
+    flows = csvio.read_table(flows_csv, FLOWS, required=REQUIRED, columns=columns)
+    beside = bursts_beside(flows_csv)
+    if not bursts or not beside.is_file():
+        return flows
+    wanted = [c for c in BURSTS.names if c in columns + UNIT_COLUMNS + ["opens", "uid"]]
+    return with_bursts(flows, csvio.read_table(beside, BURSTS, columns=wanted))
+
+
+def bursts_beside(flows_csv: Path) -> Path:
+    """<name>.bursts.csv beside <name>.flows.csv (any other CSV: its stem)."""
+    name = Path(flows_csv).name
+    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
+    return Path(flows_csv).parent / f"{stem}.bursts.csv"
+
+
+def with_bursts(flows: pd.DataFrame, bursts: pd.DataFrame) -> pd.DataFrame:
+    """Flows and the bursts inside connections already open (opens 0), as units of one
+    table: unit 'flow' or 'burst', keepalive 1 for a periodic burst."""
+    units = pd.concat(
+        [flows.assign(unit="flow", keepalive=0), burst_units(bursts)], ignore_index=True
+    )
+    return units.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def burst_units(bursts: pd.DataFrame) -> pd.DataFrame:
+    """The bursts inside connections already open (opens 0) as units: unit 'burst'."""
+    inner = bursts[pd.to_numeric(bursts["opens"], errors="coerce").fillna(1) == 0]
+    inner = inner.drop(columns=["opens"]).assign(unit="burst", handshake=0.0)
+    keepalive = inner["keepalive"] if "keepalive" in inner else pd.Series(0, index=inner.index)
+    inner["keepalive"] = pd.to_numeric(keepalive, errors="coerce").fillna(0).astype(int)
+    return inner
+
+
+def without_keepalives(recording: Recording) -> Recording:
+    """The recording less its keep-alive bursts (background: neither the event nor
+    evidence against it)."""
+    units = recording.flows
+    if "keepalive" not in units:
+        return recording
+    keep = ~((units["unit"] == "burst") & (units["keepalive"] == 1)).to_numpy()
+    return Recording(recording.name, units[keep].reset_index(drop=True), recording.group)
 
 
 def _some_names(recordings: list[Recording], shown: int = 4) -> str:
@@ -141,6 +209,8 @@ def device_flows(recording: Recording, device_ip: str, device_mac: str | None) -
     mine = flows.copy(deep=False) if involved.all() else flows[involved].copy()
     mine["device_side"] = np.where(orig.to_numpy()[involved], "orig", "resp")
     mine["recording"] = recording.name
+    if "unit" not in mine:  # flows alone
+        mine["unit"], mine["keepalive"] = "flow", 0
     return mine
 
 
@@ -211,6 +281,7 @@ def extract(
     event: str = "event",
     baseline: list[Recording] | None = None,
     background_share: float = 0.0,
+    settings: dict | None = None,
 ) -> Signature:
     """The signature of an event from its recordings (and, to tell background, a baseline:
     a pattern is background when more than `background_share` of the baseline recordings,
@@ -220,7 +291,31 @@ def extract(
     enough recordings that the baseline lacks, the recordings are split by the distinctive
     packets they share (_route_variants); without one, only where a fingerprint and a
     packet size split them the same way (_complementary_routes). Each route gets a
-    signature of its own, a variant of the same event."""
+    signature of its own, a variant of the same event. `settings`: how the flows were
+    built (idle_timeout, max_duration, burst_gap: seconds), kept in every pattern."""
+    learned = _extract_routes(
+        recordings, device_name, device_ip, device_mac, support, event, baseline, background_share
+    )
+    learned.patterns = learned.patterns.assign(**_settings(settings))
+    return learned
+
+
+def _settings(settings: dict | None) -> dict:
+    chosen = dict.fromkeys(("idle_timeout", "max_duration", "burst_gap"), np.nan)
+    chosen.update(settings or {})
+    return chosen
+
+
+def _extract_routes(
+    recordings: list[Recording],
+    device_name: str,
+    device_ip: str,
+    device_mac: str | None,
+    support: float,
+    event: str,
+    baseline: list[Recording] | None,
+    background_share: float,
+) -> Signature:
     learned, flows = _extract_once(
         recordings, device_name, device_ip, device_mac, support, event, baseline, background_share
     )
@@ -699,6 +794,63 @@ def profile_matches(sizes: np.ndarray, profile: tuple, slack: float = PROFILE_SL
     return fits
 
 
+# Burst patterns of long captures: a message's size varies a little with its content (a
+# name, a time, a block cipher's padding: the lock's command is 459 to 507 bytes), so an
+# item accepts sizes up to ACCEPT_SHARE of its own size beyond what was seen, but never
+# past halfway to a size that the same fingerprint's bursts carry elsewhere in the capture
+# (away from the event's listed times, keep-alives aside): what the device sends when
+# nothing happens bounds what the event may be.
+ACCEPT_SHARE = 0.1
+
+
+def accepted_profiles(patterns: pd.DataFrame, elsewhere: pd.DataFrame) -> list[str]:
+    """accepted_profile for each pattern: its burst event patterns' items widened (see
+    ACCEPT_SHARE) against the fingerprinted units `elsewhere`; '' for the others."""
+    accepted = []
+    for row in patterns.itertuples(index=False):
+        profile = parse_profile(row.packet_profile)
+        if row.unit != "burst" or row.role != "event" or not profile:
+            accepted.append("")
+            continue
+        same = elsewhere[_same_fingerprint(elsewhere, row)]
+        sizes = payload_matrix(same["first_payload_sizes"]).ravel()
+        sizes = sizes[~np.isnan(sizes)]
+        accepted.append(profile_text(tuple(_widened(low, high, sizes) for low, high in profile)))
+    return accepted
+
+
+def _same_fingerprint(units: pd.DataFrame, pattern) -> np.ndarray:
+    same = np.ones(len(units), dtype=bool)
+    for column in FINGERPRINT:
+        if column == "remote":
+            continue
+        value = getattr(pattern, column)
+        if column == "server_port":
+            value = -1 if value != value else int(value)
+        same &= units[column].to_numpy() == ("" if value != value else value)
+    addresses = set(str(pattern.remote_addrs or "").split(";")) - {""}
+    remote = (
+        (units["remote"] == pattern.remote)
+        | (units["remote_general"] == pattern.remote)
+        | units["remote_h"].isin(addresses)
+    )
+    return same & remote.to_numpy()
+
+
+def _widened(low: float, high: float, sizes: np.ndarray) -> tuple[float, float]:
+    sign = 1.0 if low > 0 else -1.0
+    mine = sizes[np.sign(sizes) == sign]
+    outside = mine[(mine < low - PROFILE_SLACK) | (mine > high + PROFILE_SLACK)]
+    lo, hi = low - ACCEPT_SHARE * abs(low), high + ACCEPT_SHARE * abs(high)
+    below, above = outside[outside < low], outside[outside > high]
+    if len(below):
+        lo = max(lo, (below.max() + low) / 2)
+    if len(above):
+        hi = min(hi, (above.min() + high) / 2)
+    # (never across zero: a size's sign is its direction)
+    return (max(lo, 1.0), hi) if sign > 0 else (lo, min(hi, -1.0))
+
+
 def profile_text(profile: tuple) -> str:
     """((178, 182), (-395, -395)) -> '178..182 -395': the signature CSV's spelling."""
     return " ".join(f"{lo:.0f}" if lo == hi else f"{lo:.0f}..{hi:.0f}" for lo, hi in profile)
@@ -807,6 +959,9 @@ def _summarise(
         summary[f"{metric}_max"] = values.groupby(flows["key"]).max()
     summary["remote_addrs"] = grouped["remote_h"].agg(lambda a: ";".join(sorted(set(a))))
     summary["packet_profile"] = [profile_text(profiles.get(key, ())) for key in summary.index]
+    keepalive = pd.to_numeric(flows["keepalive"], errors="coerce").fillna(0)
+    summary["periodic"] = (keepalive.groupby(flows["key"]).mean() >= 0.5).astype(int)
+    summary["accepted_profile"] = ""
     summary["role"] = "event"
     summary.loc[summary.index.isin(background_keys), "role"] = "background"
     if not baseline_given:
@@ -964,17 +1119,22 @@ def write_signature_csv(signature: Signature, path: Path) -> None:
 
 
 def read_signature_csv(path: Path) -> pd.DataFrame:
-    """A signature CSV of this version; another version is refused before its columns are
-    checked, so that an old file is named as old rather than as broken."""
+    """A signature CSV of this version, or of version 2 (its patterns are flows, built with
+    the default settings); another version is refused before its columns are checked, so
+    that an old file is named as old rather than as broken."""
     versions = csvio.read_table(
         path, SIGNATURE, required=["signature_version"], columns=["signature_version"]
     )["signature_version"]
     versions = set(versions.dropna().astype(int))
-    if versions - {SIGNATURE_VERSION}:
+    if versions - {SIGNATURE_VERSION, 2}:
         raise InputError(
             path,
             f"signature version {sorted(versions)} is not supported "
-            f"(this tool reads version {SIGNATURE_VERSION}: learn the "
+            f"(this tool reads versions 2 and {SIGNATURE_VERSION}: learn the "
             "signature again with this version)",
         )
+    if versions == {2}:
+        older = [c for c in SIGNATURE.names if c not in SIGNATURE_V2_DEFAULTS]
+        frame = csvio.read_table(path, SIGNATURE, required=older, columns=older)
+        return frame.assign(**SIGNATURE_V2_DEFAULTS).reindex(columns=SIGNATURE.names)
     return csvio.read_table(path, SIGNATURE)

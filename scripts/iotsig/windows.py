@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import csvio
 from .errors import ToolError
-from .schema import FLOWS, PACKETS, SCORED_EVENTS, WINDOWS
+from .schema import BURSTS, FLOWS, PACKETS, SCORED_EVENTS, WINDOWS
 from .timefmt import utc, utc_text
 
 DEFAULT_TOLERANCE = 60.0  # seconds a listed time may be off
@@ -111,14 +111,18 @@ def cut(
     packet_files: list[Path] | None,
     tables: dict[str, pd.DataFrame],
     output_dir: Path,
+    bursts: pd.DataFrame | None = None,
 ) -> dict[str, list[Window]]:
     """For each kind of window (event, other, background: a table of start and end, and
     for listed events their times file rows), write OUTPUT_DIR/<kind>-NNN-<start>.flows.csv
-    (and .packets.csv when the packets CSVs are given, one per capture); flows and packets
-    sorted by time."""
+    (.bursts.csv with the bursts that start in it, when given, and .packets.csv when the
+    packets CSVs are given, one per capture); flows, bursts and packets sorted by time."""
     output_dir = Path(output_dir)
     flows = flows.sort_values("ts", kind="stable").reset_index(drop=True)
     flow_times = flows["ts"].to_numpy(float)
+    if bursts is not None:
+        bursts = bursts.sort_values("ts", kind="stable").reset_index(drop=True)
+        burst_times = bursts["ts"].to_numpy(float)
     spans = pd.concat([t[["start", "end"]] for t in tables.values()], ignore_index=True)
     packets = window_packets(packet_files, spans) if packet_files else None
     result = {}
@@ -130,6 +134,9 @@ def cut(
             mine = in_window(flows, row.start, row.end, flow_times)
             flows_csv = output_dir / f"{name}.flows.csv"
             csvio.write_table(mine, FLOWS, flows_csv)
+            if bursts is not None:
+                inside = in_window(bursts, row.start, row.end, burst_times)
+                csvio.write_table(inside, BURSTS, output_dir / f"{name}.bursts.csv")
             packets_csv, packet_count = None, 0
             if packets is not None:
                 rows = packets[done + number - 1]

@@ -86,7 +86,7 @@ class EventDetector(Command):
             help="count patterns seen out of the signature's order as missing",
         )
         add_event_times_arguments(parser, detecting=True)
-        add_flow_arguments(parser)  # for captures, as main.py builds flows
+        add_flow_arguments(parser, learned=True)  # for captures, as the signatures learned
         add_jobs_argument(parser)
 
     def run(self, args):
@@ -122,10 +122,11 @@ class EventDetector(Command):
         sources, failed = self.flow_files(kinds, output_dir, signatures, args)
 
         options = detector.DetectOptions(args.min_score, args.window, args.strict_order)
+        bursts = any(s.needs_bursts for s in signatures)
         found, spans = [], {}
         for name, flows_csv in sources:
             try:
-                table = detector.read_flows(flows_csv)
+                table = detector.read_flows(flows_csv, bursts)
             except InputError as e:
                 self.error(str(e))
                 failed.append(name)
@@ -188,16 +189,45 @@ class EventDetector(Command):
         for score in scores:
             self.say(score.line())
 
+    def flow_options(self, signatures, args, building: bool) -> flows.FlowOptions:
+        """How to build the flows of captures: as told, else as the signatures were
+        learned (said when that is not the default), else the defaults."""
+        chosen, said = {}, []
+        for name, default in (
+            ("idle_timeout", flows.DEFAULT_IDLE_TIMEOUT),
+            ("max_duration", flows.DEFAULT_MAX_DURATION),
+            ("burst_gap", flows.DEFAULT_BURST_GAP),
+        ):
+            given = getattr(args, name)
+            learned = sorted({s.settings[name] for s in signatures if name in s.settings})
+            if given is not None:
+                chosen[name] = given
+            elif learned:
+                chosen[name] = learned[0]
+                if len(learned) > 1:
+                    self.warn(
+                        f"the signatures were learned with different --{name.replace('_', '-')} "
+                        f"({', '.join(f'{v:g}' for v in learned)}): using {learned[0]:g}"
+                    )
+                if learned[0] != default:
+                    said.append(f"--{name.replace('_', '-')} {learned[0]:g}")
+            else:
+                chosen[name] = default
+        if said and building:
+            self.say("building flows as the signatures were learned: " + ", ".join(said))
+        return flows.FlowOptions(
+            chosen["idle_timeout"],
+            chosen["max_duration"],
+            tuple(dict.fromkeys(s.device_ip for s in signatures)),
+            chosen["burst_gap"],
+        )
+
     def flow_files(self, kinds, output_dir, signatures, args):
         """(name, flows CSV) per input, in the order given; pcaps and packets CSVs go
         through packet-translator and stream-identifier first (pipeline), as main.py runs
         them, with the signatures' device addresses."""
         failed = []
-        options = flows.FlowOptions(
-            args.idle_timeout,
-            args.max_duration,
-            tuple(dict.fromkeys(s.device_ip for s in signatures)),
-        )
+        options = self.flow_options(signatures, args, bool(kinds["capture"] + kinds["packets"]))
         flow_files = {}
         started = time.monotonic()
         translations, written = [], []

@@ -82,7 +82,9 @@ class Main(Command):
             raise ToolError("standard input (-) given twice, as a capture and as --idle")
         args.jobs = jobs_for(args.captures + args.idle, args.jobs)
         output_dir = ensure_output_dir(args.output_dir)
-        options = flows.FlowOptions(args.idle_timeout, args.max_duration, (args.device_ip,))
+        options = flows.FlowOptions(
+            args.idle_timeout, args.max_duration, (args.device_ip,), args.burst_gap
+        )
         event_flows = self.captures_to_flows(args.captures, output_dir, args, options)
         idle_flows = []
         if args.idle:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..cli import (
     Command,
     add_event_times_arguments,
+    add_flow_arguments,
     add_signature_arguments,
     ensure_output_dir,
     event_to_learn,
@@ -43,6 +44,11 @@ class SignatureExtractor(Command):
             help="flows CSVs of the same device recorded without the event: "
             "their fingerprints are background, not the event",
         )
+        group = parser.add_argument_group(
+            "how the flows CSVs were built (stream-identifier's values: kept in "
+            "signature.csv, so that event-detector builds a capture's flows the same way)"
+        )
+        add_flow_arguments(group)
 
     def run(self, args):
         if args.events:

@@ -40,7 +40,9 @@ class StreamIdentifier(Command):
             output_name=lambda p: pipeline.flows_path(p, ".").name,
         )
         output_dir = ensure_output_dir(args.output_dir)
-        options = flows.FlowOptions(args.idle_timeout, args.max_duration, tuple(args.device_ip))
+        options = flows.FlowOptions(
+            args.idle_timeout, args.max_duration, tuple(args.device_ip), args.burst_gap
+        )
         _, failed = self.identify_streams(args.packets, output_dir, options)
         return 1 if failed else 0
 
