@@ -648,7 +648,8 @@ def test_the_corpus_has_every_shared_capture(sweep):
     left_out = {
         "alexa-app.pcapng",  # 1.5 MB: its first 2000 packets are in sweep/
         "blink-cam-01.pcap",
-    }  # long/: no license to copy it (../shared/pcaps/README.md)
+        "schlage-lock-01.pcap",
+    }  # long/: no license to copy them (../shared/pcaps/README.md)
     missing = {p.name for p in shared.rglob("*") if p.suffix in CAPTURE_SUFFIXES} - have
     assert missing == left_out
 

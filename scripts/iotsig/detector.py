@@ -92,6 +92,7 @@ class Pattern:
     profile: tuple = ()  # ((low, high), ...): sizes of the first payload packets
     unit: str = "flow"  # or "burst": a burst inside a connection already open
     periodic: bool = False  # keep-alive bursts may match it
+    slack: float = sig.PROFILE_SLACK  # bytes around each item (none for accepted ranges)
 
     @property
     def general(self) -> bool:
@@ -117,7 +118,7 @@ class Pattern:
         return bool(self.key[DNS_NAME])
 
     def packets_match(self, sizes: np.ndarray) -> bool:
-        return bool(sig.profile_matches(sizes[None, :], self.profile)[0])
+        return bool(sig.profile_matches(sizes[None, :], self.profile, self.slack)[0])
 
     def counts_match(self, values: dict) -> bool:
         for metric, low, high in self.ranges:
@@ -257,6 +258,7 @@ def _pattern(row, tolerance: float) -> Pattern:
         sig.parse_profile(values["accepted_profile"] or values["packet_profile"]),
         str(values["unit"] or "flow"),
         bool(values["periodic"] == values["periodic"] and values["periodic"]),
+        0.0 if values["accepted_profile"] else sig.PROFILE_SLACK,
     )
 
 
@@ -291,7 +293,102 @@ def device_view(flows: pd.DataFrame, capture: str, device_ip: str) -> pd.DataFra
             view[column] = np.nan
     if "uid" not in view:
         view["uid"] = [f"{capture}:{i}" for i in range(len(view))]
-    return view
+    return _with_joined_bursts(view)
+
+
+# Delay and jitter split an exchange: a reply 0.5-2 s late starts a burst of its own. So a
+# burst is also tried joined with the next bursts of its flow (up to JOIN_MAX) that start
+# within JOIN_HORIZON seconds of the one before; among the tries that match, the fewest
+# bursts win, and no burst counts twice (resolve_joined).
+JOIN_HORIZON = 3.0
+JOIN_MAX = 3
+JOINED_SUMS = ["orig_pkts", "resp_pkts", "orig_frame_bytes", "resp_frame_bytes"]
+
+
+def _with_joined_bursts(view: pd.DataFrame) -> pd.DataFrame:
+    """The view, its burst units numbered in `burst_pos` (by flow, then time; -1 for the
+    flows), and after them the joined tries: rows that stand for the burst at `burst_pos`
+    and the `joins` bursts after it."""
+    view = view.assign(burst_pos=-1, joins=0)
+    if "unit" not in view or not (view["unit"] == "burst").any():
+        return view
+    bursts = view[view["unit"] == "burst"]
+    flow = bursts["uid"].astype(str).str.rsplit("/", n=1).str[0].to_numpy()
+    order = np.lexsort((bursts["ts"].to_numpy(float), flow))
+    position = np.empty(len(order), np.int64)
+    position[order] = np.arange(len(order))
+    view.loc[bursts.index, "burst_pos"] = position
+    ordered = bursts.iloc[order].reset_index(drop=True)
+    flow = flow[order]
+    ts, end = ordered["ts"].to_numpy(float), ordered["end"].to_numpy(float)
+    sizes = ordered["first_payload_sizes"].fillna("").astype(str).str.lstrip("'").to_numpy()
+    chain = np.ones(len(ordered), dtype=bool)
+    tries = []
+    for k in range(1, JOIN_MAX + 1):
+        last = np.arange(len(ordered)) + k
+        inside = last < len(ordered)
+        last = np.minimum(last, len(ordered) - 1)
+        previous_end = end[np.maximum(last - 1, 0)]
+        chain &= (
+            inside
+            & (flow[last] == flow[np.arange(len(ordered))])
+            & (ts[last] - previous_end <= JOIN_HORIZON)
+        )
+        starts = np.flatnonzero(chain)
+        if not len(starts):
+            break
+        joined = ordered.iloc[starts].copy()
+        joined["burst_pos"], joined["joins"] = starts, k
+        text = sizes[starts]
+        for step in range(1, k + 1):
+            text = text + " " + sizes[starts + step]
+            for column in JOINED_SUMS:
+                joined[column] = (
+                    joined[column].to_numpy(float)
+                    + pd.to_numeric(ordered[column], errors="coerce").to_numpy(float)[starts + step]
+                )
+        joined["first_payload_sizes"] = [" ".join(s.split()) for s in text]
+        joined["end"] = end[starts + k]
+        joined["last_frame"] = ordered["last_frame"].to_numpy(float)[starts + k]
+        for side in ("orig", "resp"):
+            for stat, pick in (("min", np.fmin), ("max", np.fmax)):
+                column = f"{side}_size_{stat}"
+                values = ordered[column].to_numpy(float)
+                combined = values[starts]
+                for step in range(1, k + 1):
+                    combined = pick(combined, values[starts + step])
+                joined[column] = combined
+        tries.append(joined)
+    if not tries:
+        return view
+    return pd.concat([view, *tries], ignore_index=True)
+
+
+def resolve_joined(view: pd.DataFrame, matches: np.ndarray) -> np.ndarray:
+    """matches, with the joined tries settled: of the matched rows that cover the same
+    bursts, the one joining the fewest (a burst matched alone first) is kept, and the
+    others are unmatched: each burst counts once."""
+    if "joins" not in view:
+        return matches
+    joins = view["joins"].to_numpy()
+    matched = np.flatnonzero((matches >= 0) & (view["burst_pos"].to_numpy() >= 0))
+    if not len(matched) or not (joins > 0).any():
+        return matches
+    matches = matches.copy()
+    start = view["burst_pos"].to_numpy()[matched]
+    taken: set[int] = set()
+    for row in matched[np.lexsort((start, joins[matched]))]:
+        span = set(
+            range(
+                int(view["burst_pos"].iat[row]),
+                int(view["burst_pos"].iat[row]) + int(joins[row]) + 1,
+            )
+        )
+        if span & taken:
+            matches[row] = -1
+        else:
+            taken |= span
+    return matches
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,7 +504,7 @@ def find_occurrences(
     patterns may repeat, as retries do)."""
     if view.empty or not signature.patterns:
         return []
-    matches = match_flows(view, signature.patterns)
+    matches = resolve_joined(view, match_flows(view, signature.patterns))
     rows = np.flatnonzero(matches >= 0)
     if not len(rows):
         return []

@@ -145,7 +145,8 @@ def build_of(p: Packets, options: FlowOptions, shared: CrossFlow, bursts: bool =
     without uids and keep-alive marks (finished_bursts adds them)."""
     rows, flow, continued = _assign_flows(p, options)
     s = _in_flow_order(p, rows, flow)
-    is_orig = _orient(s)
+    tcp = values_at(p["l4_proto"], rows[_flow_starts(flow)]) == "tcp"
+    is_orig = _orient(s, tcp)
     flows = _aggregate(s, p, is_orig)
     _label_device(flows, s, p, is_orig, options)
     _name_remote(flows, shared)
@@ -423,15 +424,20 @@ def _flow_starts(flow: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
 
 
-def _orient(s: dict[str, np.ndarray]) -> np.ndarray:
+def _orient(s: dict[str, np.ndarray], tcp: np.ndarray) -> np.ndarray:
     """orig = sender of the TCP SYN, else receiver of the SYN-ACK, else the first packet's
-    sender; a first packet from a well-known port to a high one is taken for a reply."""
+    sender; a first packet from a well-known port to a high one is taken for a reply, and
+    so is a TCP flow's first packet from the lower port (a connection open before the
+    capture, or its later chunks: the server's port is below its client's ephemeral one,
+    so every chunk of a days-long connection is oriented alike). `tcp`: per flow."""
     flow = s["flow"]
     starts = _flow_starts(flow)
     orig_key = s["src_key"][starts].copy()
     first_src_port = s["src_port"][starts]
     first_dst_port = s["dst_port"][starts]
-    looks_reply = (first_src_port < 1024) & (first_dst_port >= 1024)
+    looks_reply = ((first_src_port < 1024) & (first_dst_port >= 1024)) | (
+        tcp & (first_src_port < first_dst_port)
+    )
     orig_key[looks_reply] = s["dst_key"][starts][looks_reply]
     for kind, key in (("syn_ack", "dst_key"), ("syn", "src_key")):  # SYN wins over SYN-ACK
         rows = np.flatnonzero(s[kind])

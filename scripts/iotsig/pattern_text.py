@@ -87,6 +87,13 @@ def _block(number: int, row, s) -> list[str]:
     device_opens = row.device_side == "orig"
     arrow = f"{device}  ->  {remote}" if device_opens else f"{remote}  ->  {device}"
     opener = "the device opens the flow" if device_opens else "the remote party opens the flow"
+    burst = getattr(row, "unit", "flow") == "burst"
+    if burst:
+        opener = (
+            "a burst of messages inside a connection the "
+            + ("device" if device_opens else "remote party")
+            + " opened before"
+        )
     lines = [f"{number}. {row.pattern}", f"   {arrow}   ({opener})"]
     lines.append(f"   protocol: {_protocol(row)}")
     application = application_text(row)
@@ -105,7 +112,7 @@ def _block(number: int, row, s) -> list[str]:
         )
     lines.append(f"   seen in {row.recordings_seen}/{row.recordings_total} recordings{offset}")
     flows = _range(row.flows_min, row.flows_max)
-    lines.append(f"   flows per recording: {flows}")
+    lines.append(f"   {'bursts' if burst else 'flows'} per recording: {flows}")
     sent, received = ("orig", "resp") if device_opens else ("resp", "orig")
 
     def both(metric_low: str, metric_high: str, unit: str = "") -> str:
@@ -124,6 +131,17 @@ def _block(number: int, row, s) -> list[str]:
     profile = _profile_words(row.packet_profile, device_opens)
     if profile:
         lines.append(f"   packet profile (first packets with payload, frame bytes): {profile}")
+    accepted = _profile_words(getattr(row, "accepted_profile", ""), device_opens)
+    if accepted:
+        lines.append(
+            f"   accepted in detection: {accepted} (a message's size varies with its content, "
+            "up to what the device sends at other times)"
+        )
+    if burst:
+        lines.append(
+            "   keep-alives (bursts of the connection that recur at its steady period) "
+            + ("may match: the event itself recurs on a timer" if row.periodic else "never match")
+        )
     reason = unexpressible(row)
     if reason:
         lines.append(f"   (left out of profile.yaml: {reason})")

@@ -614,7 +614,7 @@ def _units_elsewhere(bursts: pd.DataFrame, spans: list, device_ip: str, device_m
         away &= ~((ts >= start) & (ts < end))
     units = units[away & (units["keepalive"] == 0).to_numpy()]
     mine = sig.device_flows(sig.Recording("elsewhere", units), device_ip, device_mac)
-    return sig.fingerprints(mine) if len(mine) else mine.assign(remote="", remote_general="")
+    return sig.fingerprints(mine) if len(mine) else mine
 
 
 def _read_long(
@@ -679,6 +679,12 @@ def write_signature(signature: sig.Signature, output_dir: Path) -> dict[str, Pat
         f"{len(signature.recordings)} recording(s) of event '{signature.event}'.\n"
         "See pattern.txt for what each policy was built from."
     )
+    bursts = signature.patterns.loc[signature.patterns["unit"] == "burst", "pattern"].tolist()
+    if bursts:
+        header += (
+            f"\n{', '.join(bursts)}: a burst of messages inside a connection opened before "
+            "the event (its stats count the burst's packets, not the connection's)."
+        )
     csvio.write_text(paths["pattern"], pattern_text(signature))
     csvio.write_text(paths["profile"], profile.dump_profile(document, header))
     sig.write_signature_csv(signature, paths["signature"])

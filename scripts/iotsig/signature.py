@@ -812,8 +812,8 @@ def accepted_profiles(patterns: pd.DataFrame, elsewhere: pd.DataFrame) -> list[s
         if row.unit != "burst" or row.role != "event" or not profile:
             accepted.append("")
             continue
-        same = elsewhere[_same_fingerprint(elsewhere, row)]
-        sizes = payload_matrix(same["first_payload_sizes"]).ravel()
+        same = elsewhere[_same_fingerprint(elsewhere, row)] if len(elsewhere) else elsewhere
+        sizes = payload_matrix(same.get("first_payload_sizes", pd.Series(dtype=str))).ravel()
         sizes = sizes[~np.isnan(sizes)]
         accepted.append(profile_text(tuple(_widened(low, high, sizes) for low, high in profile)))
     return accepted
@@ -1084,6 +1084,8 @@ def policy_names(patterns: pd.DataFrame) -> list[str]:
             parts = [application, str(row.remote)]
         else:
             parts = [application or row.proto, port, str(row.remote)]
+        if getattr(row, "unit", "flow") == "burst":  # a message exchange in an open connection
+            parts.insert(0, "burst")
         base = c_safe("-".join(p for p in parts if p))[:56].strip("-_") or "policy"
         name, suffix = base, 2
         while name in used:

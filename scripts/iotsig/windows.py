@@ -7,7 +7,9 @@ listed time to its resolution (a log to the minute: the event happened within th
 plus `tolerance` plus the event's own `duration` after it. Flows are built over the whole
 capture first (idle timeout and maximum duration as everywhere), and a window holds the
 flows that start in it: a flow already open when the event came belongs to the window it
-opened in.
+opened in. With the capture's bursts, a window also holds the bursts that start in it
+inside connections opened before it (a lock's command inside its days-long link to the
+cloud): those of a connection that opened in the window are its flow's.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def cut(
     if bursts is not None:
         bursts = bursts.sort_values("ts", kind="stable").reset_index(drop=True)
         burst_times = bursts["ts"].to_numpy(float)
+        opened_at = _opened_at(bursts)
     spans = pd.concat([t[["start", "end"]] for t in tables.values()], ignore_index=True)
     packets = window_packets(packet_files, spans) if packet_files else None
     result = {}
@@ -136,6 +139,8 @@ def cut(
             csvio.write_table(mine, FLOWS, flows_csv)
             if bursts is not None:
                 inside = in_window(bursts, row.start, row.end, burst_times)
+                opened = in_window(opened_at, row.start, row.end, burst_times).to_numpy()
+                inside = inside[(inside["opens"] == 0).to_numpy() & (opened < row.start)]
                 csvio.write_table(inside, BURSTS, output_dir / f"{name}.bursts.csv")
             packets_csv, packet_count = None, 0
             if packets is not None:
@@ -159,6 +164,19 @@ def cut(
             )
         done += len(table)
     return result
+
+
+def _opened_at(bursts: pd.DataFrame) -> pd.Series:
+    """For each burst, when its connection was opened, as far as a window can tell: the
+    start of its flow where that flow's first burst opens it, else -inf (a connection
+    already open when the capture began, or a flow that continues one)."""
+    first = bursts["burst"] == 1
+    opens = pd.Series(
+        np.where(bursts.loc[first, "opens"].to_numpy() == 1, bursts.loc[first, "ts"], -np.inf),
+        index=bursts.loc[first, "flow_uid"].to_numpy(),
+    )
+    opens = opens[~opens.index.duplicated()]
+    return pd.Series(opens.reindex(bursts["flow_uid"].to_numpy()).fillna(-np.inf).to_numpy())
 
 
 PACKET_CHUNK_BYTES = csvio.CHUNK_BYTES  # packets CSV text read at once (tests cut it small)
