@@ -13,11 +13,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from packet_bytes import ethernet, transport_packet
+from packet_bytes import ethernet, ipv4_header, transport_packet, udp_segment
 
 DEVICE, CLOUD, GATEWAY = "192.0.2.20", "203.0.113.10", "192.0.2.1"
 DEVICE_MAC, GATEWAY_MAC = "02:00:00:00:00:20", "02:00:00:00:00:01"
 DEVICE_PORT, CLOUD_PORT = 51000, 8883
+CLOUD_NAME = "cloud.example.net"
 START = 1_700_000_000.0
 KEEPALIVE_PERIOD = 60.0
 COMMAND, LOCK_REPLY, UNLOCK_REPLY = 213, 120, 140  # TCP payload bytes
@@ -42,6 +43,22 @@ def _frame(from_device: bool, flags: str, payload_len: int) -> bytes:
     return frame
 
 
+def _dns_answer_frame() -> bytes:
+    """The gateway's DNS answer to the device: CLOUD_NAME is CLOUD."""
+    name = b"".join(bytes([len(p)]) + p.encode() for p in CLOUD_NAME.split(".")) + b"\0"
+    answer = (
+        struct.pack("!HHHHHH", 0x4242, 0x8180, 1, 1, 0, 0)
+        + name
+        + struct.pack("!HH", 1, 1)
+        + b"\xc0\x0c"
+        + struct.pack("!HHIH", 1, 1, 60, 4)
+        + bytes(int(x) for x in CLOUD.split("."))
+    )
+    segment = udp_segment(GATEWAY, DEVICE, 53, 40053, answer)
+    frame = ethernet(ipv4_header(GATEWAY, DEVICE, 17, len(segment)) + segment, src=GATEWAY_MAC)
+    return bytes.fromhex(DEVICE_MAC.replace(":", "")) + frame[6:]
+
+
 def _exchange(
     at: float, steps: list[tuple[float, bool, str, int]], rng: random.Random | None = None
 ) -> list[tuple[float, bytes]]:
@@ -63,10 +80,13 @@ def make(
     jitter: bool = False,
     seed: int = 1,
     name: str = "lock",
+    same_reply: bool = False,
 ) -> Made:
     """The capture and its log: `events` commands at random times at least 5 minutes
     apart, lock and unlock alternating, each listed 0.5-3 s before its command arrives
-    (a phone's log is not the network's clock)."""
+    (a phone's log is not the network's clock). The connection opens first; the only DNS
+    answer naming the cloud comes 100 s later (a device that resolved its cloud before).
+    `same_reply`: the device answers lock and unlock alike."""
     rng = random.Random(seed)
     delays = random.Random(seed + 1) if jitter else None  # the same events, delayed
     packets = _exchange(
@@ -80,6 +100,7 @@ def make(
             (0.30, True, "A", 0),
         ],
     )
+    packets.append((START + 100.0, _dns_answer_frame()))
     end = START + hours * 3600
     at = START + 20.0
     while at < end:  # the device's timer: a ping and its answer
@@ -94,7 +115,7 @@ def make(
             times.append(t)
     for number, t in enumerate(sorted(times)):
         kind = "lock" if number % 2 == 0 else "unlock"
-        reply = LOCK_REPLY if kind == "lock" else UNLOCK_REPLY
+        reply = LOCK_REPLY if kind == "lock" or same_reply else UNLOCK_REPLY
         arrives = t + rng.uniform(0.5, 3.0)
         packets += _exchange(
             arrives,
