@@ -177,7 +177,7 @@ def test_background_windows_keep_a_width_away_from_every_event():
     assert background["end"].max() <= events["end"].max() + width
 
 
-def test_window_packets_read_in_chunks_are_all_packets_sorted_by_time_and_sliced(
+def test_window_rows_read_in_chunks_are_all_packets_sorted_by_time_and_sliced(
     tmp_path, monkeypatch
 ):
     """Each window's packets, read a few rows at a time from two packets CSVs (one of
@@ -189,7 +189,7 @@ def test_window_packets_read_in_chunks_are_all_packets_sorted_by_time_and_sliced
     )
     run_script("packet-translator.py", appended, TPLINK_CAPTURES[0], "-o", tmp_path, "-q")
     files = [tmp_path / f"{c.name}.packets.csv" for c in (appended, TPLINK_CAPTURES[0])]
-    monkeypatch.setattr(windows, "PACKET_CHUNK_BYTES", 2_000)
+    monkeypatch.setattr(windows, "CHUNK_BYTES", 2_000)
     assert len(list(csvio.read_table_chunks(files[0], PACKETS, chunk_bytes=2_000))) > 10
     everything = pd.concat([csvio.read_table(f, PACKETS) for f in files], ignore_index=True)
     everything = everything.sort_values("ts", kind="stable").reset_index(drop=True)
@@ -206,7 +206,7 @@ def test_window_packets_read_in_chunks_are_all_packets_sorted_by_time_and_sliced
         ],
         columns=["start", "end"],
     )
-    got = windows.window_packets(files, spans)
+    got = windows.window_rows(files, spans)
     for number, span in enumerate(spans.itertuples(index=False)):
         first, after = np.searchsorted(times, [span.start, span.end], side="left")
         expected, found = tmp_path / f"expected{number}.csv", tmp_path / f"found{number}.csv"

@@ -133,7 +133,7 @@ def test_report_links_every_csv_of_the_output_dir_relatively(toggle):
     output, _ = toggle
     parser = parse_html(output / "report.html")
     csvs = {p.name for p in output.glob("*.csv")}
-    assert len(csvs) == 8  # 3 packets, 3 flows, signature, inventory
+    assert len(csvs) == 11  # 3 packets, 3 flows, 3 bursts, signature, inventory
     assert csvs <= set(parser.urls)
     for url in parser.urls:
         if url.endswith(".csv"):

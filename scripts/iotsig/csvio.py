@@ -74,6 +74,8 @@ def write_text(path: Path, text: str) -> None:
 
 def escape_formulas(series: pd.Series) -> pd.Series:
     # Checked once per distinct value: packet fields repeat a lot, and str ops are slow.
+    if isinstance(series.dtype, pd.CategoricalDtype):  # (a compact read's rows, written)
+        series = series.astype(object)
     codes, uniques = pd.factorize(series, sort=False)
     risky = np.array([isinstance(u, str) and u[:1] in FORMULA_CHARS for u in uniques] + [False])
     if not risky.any():

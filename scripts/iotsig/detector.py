@@ -27,7 +27,7 @@ import pandas as pd
 from . import csvio
 from . import signature as sig
 from .errors import InputError
-from .schema import DETECTIONS
+from .schema import BURSTS, DETECTIONS, FLOWS
 from .timefmt import utc
 
 DEFAULT_TOLERANCE = 0.5  # counts may be 50% below the learned minimum / above the maximum
@@ -279,6 +279,54 @@ def read_flows(path: Path, bursts: bool = False) -> pd.DataFrame:
             "burst patterns: build it with stream-identifier.py from the packets CSV",
         )
     return sig.read_units(Path(path), bursts, tuple(FLOW_EXTRAS))
+
+
+def read_device_units(
+    path: Path, devices: set[str], bursts: bool = False, table=FLOWS
+) -> tuple[pd.DataFrame, tuple[float, float]]:
+    """read_flows for the flows (and bursts) of the given devices only, read a chunk at a
+    time: memory holds the devices' units, not a week of a whole home's flows. Also the
+    extent of the capture: (first packet, last packet) over all its flows. (table=BURSTS:
+    a bursts CSV's rows of the devices, as they are.)"""
+    if bursts and not sig.bursts_beside(path).is_file():
+        read_flows(path, bursts)  # (raises the error that names the missing file)
+    columns = list(dict.fromkeys(sig.REQUIRED + sig.OPTIONAL + FLOW_EXTRAS))
+    if table is BURSTS:
+        wanted = [c for c in BURSTS.names if c in columns + sig.UNIT_COLUMNS + ["opens", "uid"]]
+        return _devices_rows(path, BURSTS, wanted, wanted, devices)
+    flows, extent = _devices_rows(path, FLOWS, sig.REQUIRED, columns, devices)
+    if not bursts:
+        return flows, extent
+    wanted = [c for c in BURSTS.names if c in columns + sig.UNIT_COLUMNS + ["opens", "uid"]]
+    inner, _ = _devices_rows(sig.bursts_beside(path), BURSTS, wanted, wanted, devices)
+    return sig.with_bursts(flows, inner), extent
+
+
+def _devices_rows(path: Path, table, required, columns, devices: set[str]):
+    """The rows of a flows or bursts CSV with a device on either side, read in chunks (a
+    file that must be read whole, whole), as read_table reads them; and the extent of
+    all rows' times."""
+    first, last, kept = math.inf, -math.inf, []
+
+    def take(frame: pd.DataFrame) -> None:
+        nonlocal first, last
+        if not len(frame):
+            return
+        ends = frame["ts"] + pd.to_numeric(frame["duration"], errors="coerce").fillna(0)
+        first, last = min(first, float(frame["ts"].min())), max(last, float(ends.max()))
+        mine = frame["orig_h"].isin(devices) | frame["resp_h"].isin(devices)
+        kept.append(frame[mine.to_numpy()])
+
+    wanted = list(dict.fromkeys([*columns, "duration"]))
+    try:
+        for chunk in csvio.read_table_chunks(path, table, required=required, columns=wanted):
+            text = [c for c in chunk.columns if isinstance(chunk[c].dtype, pd.CategoricalDtype)]
+            take(chunk.astype(dict.fromkeys(text, object)))
+    except csvio.NeedsWholeFile:
+        first, last, kept = math.inf, -math.inf, []
+        take(csvio.read_table(path, table, required=required, columns=wanted))
+    frame = pd.concat(kept, ignore_index=True) if kept else csvio.empty_frame(table)[wanted]
+    return frame, (first, last)
 
 
 def device_view(flows: pd.DataFrame, capture: str, device_ip: str) -> pd.DataFrame:

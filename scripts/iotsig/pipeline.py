@@ -418,9 +418,10 @@ def learn_in_windows(
     learned from the others, the background windows as its baseline. windows.csv is
     written before learning, so that it is there when learning fails."""
     options = options or windows.WindowOptions()
-    flows_table, packet_files, bursts_table = _read_long(flows_csvs)
-    first = float(flows_table["ts"].min())
-    last = float((flows_table["ts"] + flows_table["duration"].fillna(0)).max())
+    packet_files, burst_files = _beside_long(flows_csvs)
+    first, last = windows.extent(flows_csvs)
+    if first > last:
+        raise ToolError(f"{', '.join(map(str, flows_csvs))}: no flow in the capture(s)")
     warnings = []
     # Every listed event gets its window (close ones are cut halfway between them, whatever
     # their event); the other events' windows are a baseline of their own.
@@ -441,7 +442,7 @@ def learn_in_windows(
         )
     background = windows.background_windows(listed[inside], first, last)
     cut = windows.cut(
-        flows_table,
+        flows_csvs,
         packet_files,
         {
             "event": listed[mine & inside],
@@ -449,7 +450,7 @@ def learn_in_windows(
             "background": background,
         },
         output_dir,
-        bursts_table,
+        burst_files,
     )
     events, quiet = cut["event"], cut["background"]
     index = Path(output_dir) / "windows.csv"
@@ -460,7 +461,7 @@ def learn_in_windows(
         csvio.write_table(frame, WINDOWS, index)
 
     write_index({}, {w.name: "not learned: learning stopped (see its error)" for w in events})
-    with_bursts = bursts_table is not None
+    with_bursts = burst_files is not None
     recorded = {
         kind: _window_recordings(chosen, with_bursts, kind)
         for kind, chosen in (("event", events), ("background", quiet), ("other", cut["other"]))
@@ -529,7 +530,7 @@ def learn_in_windows(
     if with_bursts and not learned.event_patterns.empty:
         spans = [(w.start, w.end) for w in events]
         learned.patterns["accepted_profile"] = sig.accepted_profiles(
-            learned.patterns, _units_elsewhere(bursts_table, spans, device_ip, device_mac)
+            learned.patterns, _units_elsewhere(burst_files, spans, device_ip, device_mac)
         )
     if not learned.event_patterns.empty:
         found = _found_in(learned, events, bursts=with_bursts)
@@ -604,10 +605,17 @@ def _pattern_words(row) -> str:
     return f"{kind} {row.proto}{port} with {row.remote}{profile}"
 
 
-def _units_elsewhere(bursts: pd.DataFrame, spans: list, device_ip: str, device_mac) -> pd.DataFrame:
+def _units_elsewhere(
+    burst_files: list[Path], spans: list, device_ip: str, device_mac
+) -> pd.DataFrame:
     """The device's bursts inside connections already open, away from the given windows,
-    keep-alives aside, fingerprinted: what the device sends when the event is not listed."""
-    units = sig.burst_units(bursts)
+    keep-alives aside, fingerprinted: what the device sends when the event is not listed
+    (read a chunk at a time: only these are kept)."""
+    pieces = []
+    for path in burst_files:
+        units, _ = detector.read_device_units(path, {device_ip}, bursts=False, table=BURSTS)
+        pieces.append(sig.burst_units(units))
+    units = pd.concat(pieces, ignore_index=True)
     ts = units["ts"].to_numpy(float)
     away = np.ones(len(units), dtype=bool)
     for start, end in spans:
@@ -617,24 +625,15 @@ def _units_elsewhere(bursts: pd.DataFrame, spans: list, device_ip: str, device_m
     return sig.fingerprints(mine) if len(mine) else mine
 
 
-def _read_long(
-    flows_csvs: list[Path],
-) -> tuple[pd.DataFrame, list[Path] | None, pd.DataFrame | None]:
-    """The flows of the long captures, their packets CSVs where every one is beside its
-    flows CSV (main.py writes them so: windows.cut reads those in chunks), and their bursts
-    where every one has its bursts CSV beside it (stream-identifier writes them)."""
-    flows_table = pd.concat([csvio.read_table(p, FLOWS) for p in flows_csvs], ignore_index=True)
+def _beside_long(flows_csvs: list[Path]) -> tuple[list[Path] | None, list[Path] | None]:
+    """The long captures' packets CSVs where every one is beside its flows CSV (main.py
+    writes them so), and their bursts CSVs where every one is (stream-identifier writes
+    them): windows.cut reads them a chunk at a time."""
     packet_files = [packets_beside(p) for p in flows_csvs]
     burst_files = [bursts_beside(p) for p in flows_csvs]
-    bursts_table = None
-    if all(p.is_file() for p in burst_files):
-        bursts_table = pd.concat(
-            [csvio.read_table(p, BURSTS) for p in burst_files], ignore_index=True
-        )
     return (
-        flows_table,
         packet_files if all(p.is_file() for p in packet_files) else None,
-        bursts_table,
+        burst_files if all(p.is_file() for p in burst_files) else None,
     )
 
 

@@ -109,45 +109,40 @@ def in_window(table: pd.DataFrame, start: float, end: float, times: np.ndarray) 
 
 
 def cut(
-    flows: pd.DataFrame,
+    flow_files: list[Path],
     packet_files: list[Path] | None,
     tables: dict[str, pd.DataFrame],
     output_dir: Path,
-    bursts: pd.DataFrame | None = None,
+    burst_files: list[Path] | None = None,
 ) -> dict[str, list[Window]]:
     """For each kind of window (event, other, background: a table of start and end, and
     for listed events their times file rows), write OUTPUT_DIR/<kind>-NNN-<start>.flows.csv
-    (.bursts.csv with the bursts that start in it, when given, and .packets.csv when the
-    packets CSVs are given, one per capture); flows, bursts and packets sorted by time."""
+    (.bursts.csv with the bursts inside connections opened before it, when the bursts CSVs
+    are given, and .packets.csv when the packets CSVs are, one of each per capture);
+    flows, bursts and packets sorted by time. Every file is read a chunk at a time: memory
+    holds the windows' rows, not the captures'."""
     output_dir = Path(output_dir)
-    flows = flows.sort_values("ts", kind="stable").reset_index(drop=True)
-    flow_times = flows["ts"].to_numpy(float)
-    if bursts is not None:
-        bursts = bursts.sort_values("ts", kind="stable").reset_index(drop=True)
-        burst_times = bursts["ts"].to_numpy(float)
-        opened_at = _opened_at(bursts)
     spans = pd.concat([t[["start", "end"]] for t in tables.values()], ignore_index=True)
-    packets = window_packets(packet_files, spans) if packet_files else None
+    flows = window_rows(flow_files, spans, FLOWS)
+    bursts = window_rows(burst_files, spans, BURSTS) if burst_files else None
+    packets = window_rows(packet_files, spans, PACKETS) if packet_files else None
     result = {}
     done = 0  # windows of the kinds before
     for kind, table in tables.items():
         result[kind] = []
         for number, row in enumerate(table.itertuples(index=False), start=1):
+            at = done + number - 1
             name = window_name(kind, number, row.start)
-            mine = in_window(flows, row.start, row.end, flow_times)
             flows_csv = output_dir / f"{name}.flows.csv"
-            csvio.write_table(mine, FLOWS, flows_csv)
+            csvio.write_table(flows[at], FLOWS, flows_csv)
             if bursts is not None:
-                inside = in_window(bursts, row.start, row.end, burst_times)
-                opened = in_window(opened_at, row.start, row.end, burst_times).to_numpy()
-                inside = inside[(inside["opens"] == 0).to_numpy() & (opened < row.start)]
-                csvio.write_table(inside, BURSTS, output_dir / f"{name}.bursts.csv")
+                inner = _inside_connections_opened_before(bursts[at], row.start)
+                csvio.write_table(inner, BURSTS, output_dir / f"{name}.bursts.csv")
             packets_csv, packet_count = None, 0
             if packets is not None:
-                rows = packets[done + number - 1]
                 packets_csv = output_dir / f"{name}.packets.csv"
-                csvio.write_table(rows, PACKETS, packets_csv)
-                packet_count = len(rows)
+                csvio.write_table(packets[at], PACKETS, packets_csv)
+                packet_count = len(packets[at])
             listed = table.iloc[number - 1] if "line" in table else None
             result[kind].append(
                 Window(
@@ -157,7 +152,7 @@ def cut(
                     row.end,
                     flows_csv,
                     packets_csv,
-                    len(mine),
+                    len(flows[at]),
                     packet_count,
                     listed,
                 )
@@ -166,40 +161,60 @@ def cut(
     return result
 
 
-def _opened_at(bursts: pd.DataFrame) -> pd.Series:
-    """For each burst, when its connection was opened, as far as a window can tell: the
-    start of its flow where that flow's first burst opens it, else -inf (a connection
-    already open when the capture began, or a flow that continues one)."""
-    first = bursts["burst"] == 1
-    opens = pd.Series(
-        np.where(bursts.loc[first, "opens"].to_numpy() == 1, bursts.loc[first, "ts"], -np.inf),
-        index=bursts.loc[first, "flow_uid"].to_numpy(),
-    )
-    opens = opens[~opens.index.duplicated()]
-    return pd.Series(opens.reindex(bursts["flow_uid"].to_numpy()).fillna(-np.inf).to_numpy())
+def _inside_connections_opened_before(bursts: pd.DataFrame, start: float) -> pd.DataFrame:
+    """The bursts (of a window starting at `start`) inside connections already open, less
+    those of a connection the window saw open: its flow's first burst opens it, in the
+    window (a flow opens with its first burst, so that burst is among them)."""
+    inside = (pd.to_numeric(bursts["opens"], errors="coerce") == 0).to_numpy()
+    opening = (bursts["burst"] == 1).to_numpy() & ~inside & (bursts["ts"] >= start).to_numpy()
+    opened_here = bursts["flow_uid"].isin(set(bursts.loc[opening, "flow_uid"])).to_numpy()
+    return bursts[inside & ~opened_here].reset_index(drop=True)
 
 
-PACKET_CHUNK_BYTES = csvio.CHUNK_BYTES  # packets CSV text read at once (tests cut it small)
+CHUNK_BYTES = csvio.CHUNK_BYTES  # CSV text read at once (tests cut it small)
 
 
-def window_packets(packet_files: list[Path], spans: pd.DataFrame) -> list[pd.DataFrame]:
-    """Each span's packets (start <= ts < end) of all the packets CSVs, in time order
-    (stable: file and capture order among equal times): the rows, in the order, that
-    sorting all the packets by time and slicing gives. The files are read chunk by chunk,
-    so memory holds the windows' packets, not the captures'."""
+def window_rows(files: list[Path], spans: pd.DataFrame, table=PACKETS) -> list[pd.DataFrame]:
+    """Each span's rows (start <= ts < end) of all the CSVs of `table` (packets, flows or
+    bursts), in time order (stable: file and row order among equal times): the rows, in
+    the order, that sorting all the rows by time and slicing gives. The files are read
+    chunk by chunk, so memory holds the windows' rows, not the captures'."""
     starts, ends = spans["start"].to_numpy(float), spans["end"].to_numpy(float)
     pieces: list[list[pd.DataFrame]] = [[] for _ in range(len(spans))]
-    for path in packet_files:
+    for path in files:
         found: list[list[pd.DataFrame]] = [[] for _ in range(len(spans))]
         try:
-            for frame in csvio.read_table_chunks(path, PACKETS, chunk_bytes=PACKET_CHUNK_BYTES):
+            for frame in csvio.read_table_chunks(path, table, chunk_bytes=CHUNK_BYTES):
                 _add_in_spans(frame, starts, ends, found)
         except csvio.NeedsWholeFile:  # (a spreadsheet's copy...): what it found is dropped
             found = [[] for _ in range(len(spans))]
-            _add_in_spans(csvio.read_table(path, PACKETS), starts, ends, found)
+            _add_in_spans(csvio.read_table(path, table), starts, ends, found)
         for kept, new in zip(pieces, found):
             kept.extend(new)
-    return [_in_time_order(p) for p in pieces]
+    return [_in_time_order(p, table) for p in pieces]
+
+
+def extent(flow_files: list[Path]) -> tuple[float, float]:
+    """(first packet, last packet) over the flows CSVs, read a chunk at a time."""
+    first, last = np.inf, -np.inf
+    for path in flow_files:
+        try:
+            chunks = list(
+                csvio.read_table_chunks(
+                    path, FLOWS, required=["ts", "duration"], columns=["ts", "duration"]
+                )
+            )
+        except csvio.NeedsWholeFile:
+            chunks = [
+                csvio.read_table(
+                    path, FLOWS, required=["ts", "duration"], columns=["ts", "duration"]
+                )
+            ]
+        for frame in chunks:
+            if len(frame):
+                first = min(first, float(frame["ts"].min()))
+                last = max(last, float((frame["ts"] + frame["duration"].fillna(0)).max()))
+    return first, last
 
 
 def _add_in_spans(frame: pd.DataFrame, starts, ends, found: list[list]) -> None:
@@ -211,9 +226,9 @@ def _add_in_spans(frame: pd.DataFrame, starts, ends, found: list[list]) -> None:
         found[span].append(frame.iloc[order[first[span] : after[span]]])
 
 
-def _in_time_order(pieces: list[pd.DataFrame]) -> pd.DataFrame:
+def _in_time_order(pieces: list[pd.DataFrame], table=PACKETS) -> pd.DataFrame:
     if not pieces:
-        return csvio.empty_frame(PACKETS)
+        return csvio.empty_frame(table)
     rows = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
     return rows.sort_values("ts", kind="stable").reset_index(drop=True)
 
@@ -410,6 +425,16 @@ def _device_active(
             reach = np.where(upto > 0, last[np.maximum(upto - 1, 0)], -np.inf)
             active[rows] |= reach >= listed["start"].to_numpy(float)[rows]
     return active
+
+
+def with_extent(flows: pd.DataFrame, extent: tuple[float, float]) -> pd.DataFrame:
+    """Some of a capture's flows (its devices') and a row that spans the whole capture
+    (first to last packet, no address): what scoring needs of it."""
+    first, last = extent
+    if first > last:
+        return flows
+    span = pd.DataFrame({"ts": [first], "duration": [last - first], "orig_h": [""], "resp_h": [""]})
+    return pd.concat([flows[["ts", "duration", "orig_h", "resp_h"]], span], ignore_index=True)
 
 
 def capture_spans(flows_by_capture: dict[str, pd.DataFrame]) -> pd.DataFrame:

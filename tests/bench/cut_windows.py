@@ -1,6 +1,6 @@
 """One run of bench.py windows, in a process of its own so that its peak memory is its own:
 cut a packets CSV into windows spread over its time span, the way windows.cut does now
-(`chunks`: read in chunks, windows.window_packets) or the way it did before (`whole`: read
+(`chunks`: read in chunks, windows.window_rows) or the way it did before (`whole`: read
 whole, sorted by time, sliced), and write each window's packets CSV.
 
     python tests/bench/cut_windows.py chunks|whole PACKETS.csv OUTPUT_DIR WINDOWS
@@ -47,7 +47,7 @@ def main() -> None:
         bounds = np.searchsorted(ordered, spans[["start", "end"]].to_numpy(), side="left")
         parts = [table.iloc[first:after] for first, after in bounds]
     else:
-        parts = windows.window_packets([packets_csv], spans)
+        parts = windows.window_rows([packets_csv], spans)
     for number, part in enumerate(parts):
         csvio.write_table(part, PACKETS, output / f"window-{number:03d}.packets.csv")
     seconds = time.perf_counter() - start

@@ -123,10 +123,11 @@ class EventDetector(Command):
 
         options = detector.DetectOptions(args.min_score, args.window, args.strict_order)
         bursts = any(s.needs_bursts for s in signatures)
+        devices = {s.device_ip for s in signatures}
         found, spans = [], {}
         for name, flows_csv in sources:
             try:
-                table = detector.read_flows(flows_csv, bursts)
+                table, extent = detector.read_device_units(flows_csv, devices, bursts)
             except InputError as e:
                 self.error(str(e))
                 failed.append(name)
@@ -134,7 +135,7 @@ class EventDetector(Command):
             for note in csvio.take_notes():
                 self.warn(note)
             occurrences = detector.detect(table, name, signatures, options)
-            spans[name] = table
+            spans[name] = windows.with_extent(table, extent)
             found += occurrences
             self.say(detector.summary_line(name, occurrences))
         output = output_dir / OUTPUT_NAME
