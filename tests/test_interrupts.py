@@ -75,7 +75,7 @@ def test_stopped_main_leaves_no_half_file_and_a_rerun_finishes(how, long_recordi
     # (each capture's worker writes both), nothing of the signature stage.
     for path in out.rglob("*"):
         assert not path.name.endswith(".part"), f"left behind: {path}"
-        assert path.name.endswith((".packets.csv", ".flows.csv")), (
+        assert path.name.endswith((".packets.csv", ".flows.csv", ".bursts.csv")), (
             f"written before the translation ended: {path}"
         )
         capture = next(c for c in long_recordings if path.name.startswith(c.name))

@@ -208,7 +208,9 @@ def test_every_intermediate_csv_is_in_the_output_dir(toggle):
         assert list(packets["frame_number"]) == list(range(1, len(packets) + 1))
         assert set(flows["capture"]) == {capture.name}
         assert flows["orig_pkts"].sum() + flows["resp_pkts"].sum() == len(packets)
-    expected = {f"{c.name}.{kind}.csv" for c in TPLINK_CAPTURES for kind in ("packets", "flows")}
+    expected = {
+        f"{c.name}.{kind}.csv" for c in TPLINK_CAPTURES for kind in ("packets", "flows", "bursts")
+    }
     assert {p.name for p in toggle.dir.iterdir()} == expected | {
         "pattern.txt",
         "profile.yaml",
@@ -357,6 +359,7 @@ def test_idle_capture_moves_the_udp_9999_pattern_to_background(with_idle):
     assert {p.name for p in (with_idle.dir / "idle").iterdir()} == {
         "idle.pcap.packets.csv",
         "idle.pcap.flows.csv",
+        "idle.pcap.bursts.csv",
     }
 
 

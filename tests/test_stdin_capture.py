@@ -87,6 +87,7 @@ def test_main_reads_its_one_capture_from_stdin(tmp_path):
     run_script("main.py", "plug", PLUG_IP, CAPTURE, "-o", tmp_path / "file", "--no-report", "-q")
     assert sorted(p.name for p in (tmp_path / "pipe").glob("*.csv")) == [
         "signature.csv",
+        "stdin.bursts.csv",
         "stdin.flows.csv",
         "stdin.packets.csv",
     ]

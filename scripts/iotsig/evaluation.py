@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import detector, fields, pipeline
+from . import detector, fields, flows, pipeline
 from . import signature as sig
 from .errors import InputError
 from .schema import EVALUATION
@@ -229,7 +229,14 @@ def learn(
     if baseline_mode == "other-events" and others_train:
         baseline = [sig.Recording(c.recording, c.flows) for c in others_train]
     learned = pipeline.learn(
-        recordings, result.device, device_ip, None, support, result.event, baseline
+        recordings,
+        result.device,
+        device_ip,
+        None,
+        support,
+        result.event,
+        baseline,
+        settings=flows.FlowOptions().settings(),  # (translate_all builds them so)
     )
     folder = output_dir / "signatures" / result.device / result.event
     folder.mkdir(parents=True, exist_ok=True)

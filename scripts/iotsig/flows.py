@@ -108,6 +108,14 @@ class FlowOptions:
     device_ips: tuple[str, ...] = ()
     burst_gap: float = DEFAULT_BURST_GAP
 
+    def settings(self) -> dict:
+        """What a signature keeps of how its flows were built."""
+        return {
+            "idle_timeout": self.idle_timeout,
+            "max_duration": self.max_duration,
+            "burst_gap": self.burst_gap,
+        }
+
 
 @dataclass
 class Built:

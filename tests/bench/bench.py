@@ -1229,6 +1229,23 @@ def bench_memory(args) -> None:
             figures[size, "main"] = measure_tree([sys.executable, *runs["main.py --no-report"]])
             packets_csv = out / "main" / f"{capture.name}.packets.csv"
             flows_csv = out / "main" / f"{capture.name}.flows.csv"
+            if args.events:
+                times = _listed_times(flows_csv, out / "times.csv")
+                print(f"bench: {packets:,} packets: main.py --events", file=sys.stderr)
+                figures[size, "events"] = measure_tree(
+                    [
+                        sys.executable, MAIN, DEVICE_NAME, DEVICE_IP, capture, "--events", times,
+                        "-o", out / "events", "-q", "--no-report",
+                    ]
+                )  # fmt: skip
+                print(f"bench: {packets:,} packets: event-detector --events", file=sys.stderr)
+                figures[size, "detector"] = measure_tree(
+                    [
+                        sys.executable, REPO / "scripts" / "event-detector.py",
+                        out / "events" / "signature.csv", capture, "--events", times,
+                        "-o", out / "detect", "-q",
+                    ]
+                )  # fmt: skip
             print(f"bench: {packets:,} packets: stream-identifier alone", file=sys.stderr)
             figures[size, "flows"] = measure_tree(
                 [sys.executable, STREAM_IDENTIFIER, packets_csv, "-o", out / "flows", "-q"]
@@ -1249,6 +1266,8 @@ def bench_memory(args) -> None:
         for key, label in (
             ("main", "`main.py DEVICE IP CAPTURE --no-report -q`"),
             ("main-report", "`main.py DEVICE IP CAPTURE -q` (with the report)"),
+            ("events", "`main.py DEVICE IP CAPTURE --events TIMES.csv --no-report -q`"),
+            ("detector", "`event-detector.py signature.csv CAPTURE --events TIMES.csv -q`"),
             ("flows", "`stream-identifier.py PACKETS.csv -q` alone"),
             ("report", "`traffic-report.py PACKETS.csv FLOWS.csv --signature ... -q` alone"),
         ):
@@ -1275,6 +1294,15 @@ def bench_memory(args) -> None:
         f"- stream-identifier alone: {flows_big:,.0f} MB at {big:,} packets, "
         f"{flows_small:,.0f} MB at {small:,} ({flows_big / flows_small:.2f}×).",
     ]
+    for key, name in (("events", "main.py --events"), ("detector", "event-detector")):
+        if (big, key) in figures:
+            peak = figures[big, key]["rss"]
+            verdicts.append(
+                f"- {name} at {big:,} packets: peak {peak:,.0f} MB, "
+                f"{peak / main_small:.2f}× main.py's at {small:,} (target ≤ 1.20×): "
+                f"{met(peak <= 1.2 * main_small)}; at {small:,}: "
+                f"{figures[small, key]['rss']:,.0f} MB."
+            )
     report_big, report_small = figures[big, "report"]["rss"], figures[small, "report"]["rss"]
     verdicts.append(
         f"- traffic-report alone: {report_big:,.0f} MB at {big:,} packets, "
@@ -1313,11 +1341,28 @@ def bench_memory(args) -> None:
             *verdicts,
             "",
             *busy_note(cores, load_before),
-            "Produced by `python tests/bench/bench.py memory`.",
+            "Produced by `python tests/bench/bench.py memory"
+            + (" --events" if args.events else "")
+            + (" --report" if args.report else "")
+            + "`.",
             "",
         ]
     )
     write_results(MEMORY_RESULTS, text, " ".join(verdicts))
+
+
+LISTED_TIMES = 40
+
+
+def _listed_times(flows_csv: Path, path: Path) -> Path:
+    """An event-times CSV for the memory benchmark's --events runs: the starts of the
+    device's TLS connections to its cloud (the plug's toggles, in every copy), at most
+    LISTED_TIMES spread evenly over the capture."""
+    flows = pd.read_csv(flows_csv, usecols=["ts", "orig_h", "resp_p"])
+    starts = np.sort(flows.loc[(flows["orig_h"] == DEVICE_IP) & (flows["resp_p"] == 443), "ts"])
+    chosen = starts[np.unique(np.linspace(0, len(starts) - 1, LISTED_TIMES).round().astype(int))]
+    pd.DataFrame({"time": [f"{t:.3f}" for t in chosen]}).to_csv(path, index=False)
+    return path
 
 
 def _tshark_version() -> str:
@@ -1380,6 +1425,12 @@ def main() -> None:
     )
     memory.add_argument(
         "--report", action="store_true", help="main.py with the report too (as long again)"
+    )
+    memory.add_argument(
+        "--events",
+        action="store_true",
+        help="main.py --events and event-detector --events too (a times list from the "
+        "device's connections to its cloud)",
     )
     memory.set_defaults(function=bench_memory)
     chunks = sub.add_parser("chunks", help="one big capture in chunks on every core")
