@@ -21,7 +21,7 @@ DEVICE_PORT, CLOUD_PORT = 51000, 8883
 CLOUD_NAME = "cloud.example.net"
 START = 1_700_000_000.0
 KEEPALIVE_PERIOD = 60.0
-COMMAND, LOCK_REPLY, UNLOCK_REPLY = 213, 120, 140  # TCP payload bytes
+COMMAND, LOCK_REPLY, UNLOCK_REPLY, OTHER_REPLY = 213, 120, 140, 160  # TCP payload bytes
 
 
 @dataclass
@@ -81,12 +81,15 @@ def make(
     seed: int = 1,
     name: str = "lock",
     same_reply: bool = False,
+    other_reply_every: int = 0,
 ) -> Made:
     """The capture and its log: `events` commands at random times at least 5 minutes
     apart, lock and unlock alternating, each listed 0.5-3 s before its command arrives
     (a phone's log is not the network's clock). The connection opens first; the only DNS
     answer naming the cloud comes 100 s later (a device that resolved its cloud before).
-    `same_reply`: the device answers lock and unlock alike."""
+    `same_reply`: the device answers lock and unlock alike; `other_reply_every`: every
+    n-th command gets a third reply, neither lock's nor unlock's (told apart in most
+    actions, not all)."""
     rng = random.Random(seed)
     delays = random.Random(seed + 1) if jitter else None  # the same events, delayed
     packets = _exchange(
@@ -116,6 +119,8 @@ def make(
     for number, t in enumerate(sorted(times)):
         kind = "lock" if number % 2 == 0 else "unlock"
         reply = LOCK_REPLY if kind == "lock" or same_reply else UNLOCK_REPLY
+        if other_reply_every and number % other_reply_every == other_reply_every - 1:
+            reply = OTHER_REPLY
         arrives = t + rng.uniform(0.5, 3.0)
         packets += _exchange(
             arrives,

@@ -152,6 +152,35 @@ def test_lock_and_unlock_are_told_apart_by_the_reply(captures, tmp_path):
     assert not (table["status"] == "false").any()
 
 
+def test_lock_and_unlock_told_apart_in_most_actions_only(tmp_path):
+    """Every fifth command gets a reply that is neither lock's nor unlock's: nothing that
+    the other event lacks is in every window, so each is learned from what most of its
+    windows hold (said in a warning), and found where its reply tells it."""
+    mixed = made.make(tmp_path, name="mixed", other_reply_every=5, events=60, hours=24)
+    parts = made.halves(mixed, _mkdir(tmp_path / "halves"))
+    first, first_log = parts["first"]
+    second, second_log = parts["second"]
+    signatures = []
+    for event in ("lock", "unlock"):
+        out = tmp_path / event
+        result = run_script(
+            "main.py", "lock", made.DEVICE, first, "--events", first_log, "--event", event,
+            "-o", out, "--no-report",
+        )  # fmt: skip
+        signatures.append(out / "signature.csv")
+        if event == "lock":
+            assert "learned from what recurs in at least 0.5 of them" in result.stderr
+    detect = tmp_path / "detect"
+    run_script("event-detector.py", *signatures, second, "--events", second_log, "-o", detect, "-q")
+    table = scored(detect)
+    for event in ("lock", "unlock"):
+        mine = table[table["event"] == event]
+        listed = mine["status"].isin(["found", "missed"]).sum()
+        assert listed == 15, mine["status"].value_counts()
+        assert (mine["status"] == "found").sum() / listed >= 0.8, (event, mine["status"])
+        assert (mine["status"] == "false").sum() == 0, (event, mine["status"])
+
+
 def test_events_nothing_tells_apart_are_refused_in_one_line(captures, tmp_path):
     """The device answers lock and unlock alike: learning lock says so, naming both
     events and what they share, and leaves the windows for a person to look at."""

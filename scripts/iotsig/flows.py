@@ -177,14 +177,17 @@ def finished_bursts(bursts: pd.DataFrame, before: int) -> pd.DataFrame:
     marked, and the BURSTS columns."""
     if bursts.empty:
         return pd.DataFrame(columns=BURSTS.names)
-    bursts = bursts.sort_values(["ts", "first_row"], kind="stable").reset_index(drop=True)
-    flow_uid = (
-        bursts["capture"] + "#" + pd.Series(bursts["flow"].to_numpy() + before + 1).astype(str)
-    )
-    bursts["flow_uid"] = flow_uid
-    bursts["uid"] = flow_uid + "/" + bursts["burst"].astype(str)
-    mark_keepalives(bursts)
-    return bursts.reindex(columns=BURSTS.names)
+    order = np.lexsort((bursts["first_row"].to_numpy(), bursts["ts"].to_numpy()))
+    bursts = bursts.take(order).reset_index(drop=True)
+    numbers = (bursts["flow"].to_numpy() + before + 1).astype(str).astype(object)
+    flow_uid = bursts["capture"].to_numpy(dtype=object) + "#" + numbers
+    columns = {
+        "uid": flow_uid + "/" + bursts["burst"].to_numpy().astype(str).astype(object),
+        "flow_uid": flow_uid,
+        **{c: bursts[c].to_numpy() for c in BURSTS.names if c in bursts},
+    }
+    columns.update(keepalives(bursts))
+    return pd.DataFrame(columns, columns=BURSTS.names)
 
 
 # Text columns stay pandas categoricals throughout: a million packets carry a few thousand
@@ -536,6 +539,26 @@ BURST_FROM_FLOW = [
 ]
 
 
+# What a burst that is its flow's only one has of its flow: the same packets.
+BURST_OWN = [
+    "duration",
+    "orig_pkts",
+    "orig_bytes",
+    "orig_frame_bytes",
+    "resp_pkts",
+    "resp_bytes",
+    "resp_frame_bytes",
+    "orig_size_min",
+    "orig_size_max",
+    "resp_size_min",
+    "resp_size_max",
+    "first_frame",
+    "last_frame",
+    *FLOW_FIELDS,
+    "first_payload_sizes",
+]
+
+
 def _bursts(
     s: dict[str, np.ndarray],
     p: Packets,
@@ -546,48 +569,76 @@ def _bursts(
 ) -> pd.DataFrame:
     """Each flow cut where its packets pause longer than options.burst_gap: one row per
     burst, with the counts, sizes, application fields and packet profile of its own
-    packets and its flow's parties; `flow` is the flow's number among `flows`."""
-    flow, ts, rows = s["flow"], s["ts"], s["row"]
+    packets and its flow's parties; `flow` is the flow's number among `flows`. A flow of
+    one burst that opens its connection (most flows: a DNS query, a short connection) is
+    its flows CSV row and no burst row; a flow of one burst inside a connection already
+    open gives its own figures; the others' bursts are counted packet by packet."""
+    flow, ts = s["flow"], s["ts"]
     flow_start = np.ones(len(flow), dtype=bool)
     flow_start[1:] = flow[1:] != flow[:-1]
     gap = np.diff(ts, prepend=-np.inf)
     new = flow_start | (gap > options.burst_gap)
     starts = np.flatnonzero(new)
-    burst = np.cumsum(new) - 1
-    n = len(starts)
     owner = flow[starts]
     first_in_flow = flow_start[starts]
-    out = pd.DataFrame({"flow": owner})
-    out["burst"] = np.arange(n) - np.flatnonzero(first_in_flow)[owner] + 1
-    out["ts"] = ts[starts]
-    last = np.r_[starts[1:], len(flow)] - 1
-    out["duration"] = np.round(ts[last] - ts[starts], 6)
-    out["gap_before"] = np.where(first_in_flow, np.nan, np.round(gap[starts], 6))
-    for column in BURST_FROM_FLOW:
-        out[column] = flows[column].to_numpy()[owner]
     # A burst opens its connection when it is the first of a flow whose opening the
     # capture holds: a TCP handshake, or another protocol's first packet after silence.
     handshake = pd.to_numeric(flows["handshake"], errors="coerce").to_numpy()[owner]
-    out["opens"] = (first_in_flow & ~continued[owner] & (handshake != 0)).astype(np.int8)
-    sizes, payload = s["frame_len"], s["l4_payload_len"]
+    opens = first_in_flow & ~continued[owner] & (handshake != 0)
+    several = np.bincount(owner, minlength=len(flows)) > 1
+    listed = np.flatnonzero(several[owner] | ~opens)
+    # (columns gathered in a dict, the frame made once: a column set at a time costs)
+    out = {"flow": owner[listed]}
+    number = np.arange(len(starts)) - np.flatnonzero(first_in_flow)[owner] + 1
+    out["burst"] = number[listed]
+    out["ts"] = ts[starts[listed]]
+    out["gap_before"] = np.where(first_in_flow, np.nan, np.round(gap[starts], 6))[listed]
+    for column in BURST_FROM_FLOW + BURST_OWN:
+        out[column] = flows[column].to_numpy()[owner[listed]]
+    out["opens"] = opens[listed].astype(np.int8)
+    out["first_row"] = p.rows[s["row"][starts[listed]]]
+    if several.any():
+        mine = several[flow]  # the packets of flows of several bursts
+        own = _burst_figures(s, p, is_orig, mine, new)
+        # (the bursts of those flows, in order, are the first listed of their flows' rows)
+        rows = np.flatnonzero(several[owner[listed]])
+        for column in BURST_OWN:
+            values = out[column].copy()
+            values[rows] = own[column]
+            out[column] = values
+    return pd.DataFrame(out)
+
+
+def _burst_figures(
+    s: dict[str, np.ndarray], p: Packets, is_orig: np.ndarray, mine: np.ndarray, new: np.ndarray
+) -> dict[str, np.ndarray]:
+    """BURST_OWN of the bursts of the packets `mine` (whole flows, in flow order), one
+    value per burst in order; `new`: where a burst starts."""
+    ts, rows, flow_new = s["ts"][mine], s["row"][mine], new[mine]
+    burst = np.cumsum(flow_new) - 1
+    starts = np.flatnonzero(flow_new)
+    n = len(starts)
+    sizes, payload, is_orig = s["frame_len"][mine], s["l4_payload_len"][mine], is_orig[mine]
+    last = np.r_[starts[1:], len(burst)] - 1
+    own = {"duration": np.round(ts[last] - ts[starts], 6)}
     for side, mask in (("orig", is_orig), ("resp", ~is_orig)):
         side_burst = burst[mask]
-        out[f"{side}_pkts"] = np.bincount(side_burst, minlength=n)
+        own[f"{side}_pkts"] = np.bincount(side_burst, minlength=n)
         for column, values in ((f"{side}_bytes", payload), (f"{side}_frame_bytes", sizes)):
-            out[column] = np.bincount(side_burst, values[mask], minlength=n).astype(np.int64)
+            own[column] = np.bincount(side_burst, values[mask], minlength=n).astype(np.int64)
         stats = _group_stats(side_burst, sizes[mask], n)
-        out[f"{side}_size_min"], out[f"{side}_size_max"] = stats["min"], stats["max"]
-    frames = s["frame_number"]
-    out["first_frame"] = np.fmin.reduceat(frames, starts)
-    out["last_frame"] = np.fmax.reduceat(frames, starts)
-    place = np.empty_like(rows)
+        own[f"{side}_size_min"] = np.round(stats["min"], 3)
+        own[f"{side}_size_max"] = np.round(stats["max"], 3)
+    frames = s["frame_number"][mine]
+    own["first_frame"] = np.fmin.reduceat(frames, starts)
+    own["last_frame"] = np.fmax.reduceat(frames, starts)
+    place = np.full(len(p.rows), -1, dtype=np.int64)
     place[rows] = np.arange(len(rows))
     by_burst = {"row": rows, "flow": burst}
     for name in FLOW_FIELDS:
-        out[name] = _distinct_per_flow(p[name], place, by_burst, n)
-    out["first_payload_sizes"] = _first_payload_sizes(burst, sizes, payload, is_orig, n)
-    out["first_row"] = p.rows[rows[starts]]
-    return out
+        own[name] = _distinct_per_flow(p[name], place, by_burst, n)
+    own["first_payload_sizes"] = _first_payload_sizes(burst, sizes, payload, is_orig, n)
+    return own
 
 
 # Keep-alives: bursts of one series (capture, protocol, the two parties, the server port and
@@ -607,13 +658,12 @@ def keepalive_tolerance(period: np.ndarray) -> np.ndarray:
     return np.maximum(2.5, 0.002 * period)
 
 
-def mark_keepalives(bursts: pd.DataFrame) -> None:
-    """Add `keepalive` (1/0) and `period` (seconds, for keep-alives) to bursts."""
+def keepalives(bursts: pd.DataFrame) -> dict[str, np.ndarray]:
+    """`keepalive` (1/0) and `period` (seconds, for keep-alives) of each burst."""
     n = len(bursts)
-    bursts["keepalive"] = np.zeros(n, np.int8)
-    bursts["period"] = np.full(n, np.nan)
+    result = {"keepalive": np.zeros(n, np.int8), "period": np.full(n, np.nan)}
     if n < KEEPALIVE_MIN_GAPS + 1:
-        return
+        return result
     remote_h, resp_h = bursts["remote_h"].to_numpy(), bursts["resp_h"].to_numpy()
     near = np.where(remote_h == resp_h, bursts["orig_h"].to_numpy(), resp_h)
     name = bursts["remote_name"].fillna("").to_numpy()
@@ -633,7 +683,7 @@ def mark_keepalives(bursts: pd.DataFrame) -> None:
     period = _series_periods(series, ts)
     steady = ~np.isnan(period[series])
     if not steady.any():
-        return
+        return result
     tolerance = keepalive_tolerance(np.nan_to_num(period[series], nan=0.0))
     # One sorted line of all the times, each series far from the others.
     span = float(ts.max() - ts.min()) + 4 * float(np.nanmax(period)) + 10.0
@@ -645,11 +695,9 @@ def mark_keepalives(bursts: pd.DataFrame) -> None:
         high = np.searchsorted(line, target + abs(k) * tolerance, side="right")
         near_period |= high > low
     keepalive = steady & near_period
-    marks = np.zeros(n, np.int8)
-    marks[order] = keepalive
-    periods = np.full(n, np.nan)
-    periods[order] = np.where(keepalive, np.round(period[series], 3), np.nan)
-    bursts["keepalive"], bursts["period"] = marks, periods
+    result["keepalive"][order] = keepalive
+    result["period"][order] = np.where(keepalive, np.round(period[series], 3), np.nan)
+    return result
 
 
 def _series_ids(codes: list[np.ndarray]) -> np.ndarray:
@@ -710,6 +758,7 @@ def _distinct_per_flow(
     wanted = np.append(~column.cat.categories.isin((skip or set()) | {""}), False)  # code -1
     result = np.full(n, "", dtype=object)
     hits = np.sort(place[np.flatnonzero(wanted[column.cat.codes.to_numpy()])])  # flow order
+    hits = hits[hits >= 0]  # (-1: a packet left out, see _burst_figures)
     if not len(hits):
         return result
     which, value, vocabulary = _split_values(column, s["row"][hits])

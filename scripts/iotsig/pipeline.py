@@ -527,6 +527,16 @@ def learn_in_windows(
     learned = rough
     if left_out or support > FIRST_PASS_SUPPORT:
         learned = learn_on(kept, support, keepalives)
+        if learned.event_patterns.empty and support > FIRST_PASS_SUPPORT:
+            # What tells the event from the others is in most of its windows, not all
+            # (a lock's reply that is an unlock's now and then): learned from most.
+            learned = learn_on(kept, FIRST_PASS_SUPPORT, keepalives)
+            warnings.append(
+                f"nothing that the other listed events and the background lack recurs in "
+                f"all {len(kept)} windows of {event}: learned from what recurs in at least "
+                f"{FIRST_PASS_SUPPORT:g} of them (--support {FIRST_PASS_SUPPORT:g}), which "
+                "some of its occurrences will lack"
+            )
     if with_bursts and not learned.event_patterns.empty:
         spans = [(w.start, w.end) for w in events]
         learned.patterns["accepted_profile"] = sig.accepted_profiles(

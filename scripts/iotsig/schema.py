@@ -401,6 +401,9 @@ BURSTS = Table(
         ),
         ("period", "float", "the series' period in seconds, for a keep-alive", "computed"),
     ),
+    notes="One row per burst of every flow of several bursts, and per burst inside a "
+    "connection already open; a flow of one burst that opens its connection is its flows "
+    "CSV row alone.",
 )
 
 # The flow metrics a signature keeps the range of, per pattern.
