@@ -13,7 +13,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from packet_bytes import ethernet, ipv4_header, transport_packet, udp_segment
+from packet_bytes import (
+    ethernet,
+    ipv4_header,
+    transport_packet,
+    udp_segment,
+    write_timed_capture,
+)
 
 DEVICE, CLOUD, GATEWAY = "192.0.2.20", "203.0.113.10", "192.0.2.1"
 DEVICE_MAC, GATEWAY_MAC = "02:00:00:00:00:20", "02:00:00:00:00:01"
@@ -137,7 +143,7 @@ def make(
         listed.append((t, kind))
     packets.sort(key=lambda p: p[0])
     pcap = folder / f"{name}.pcap"
-    _write(packets, pcap)
+    write_timed_capture(packets, pcap)
     log = folder / f"{name}-events.csv"
     log.write_text("time,event\n" + "".join(f"{_iso(t)},{kind}\n" for t, kind in listed))
     return Made(pcap, log, listed)
@@ -147,19 +153,6 @@ def _iso(t: float) -> str:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _write(packets: list[tuple[float, bytes]], path: Path) -> None:
-    dump = path.with_suffix(".txt")
-    with open(dump, "w") as out:
-        for t, frame in packets:
-            out.write(f"{t:.6f}\n")
-            for offset in range(0, len(frame), 16):
-                out.write(f"{offset:06x}  {frame[offset : offset + 16].hex(' ')}\n")
-            out.write("\n")
-    command = ["text2pcap", "-q", "-F", "pcap", "-t", "%s.", str(dump), str(path)]
-    subprocess.run(command, check=True, capture_output=True)
-    dump.unlink()
 
 
 def halves(made: Made, folder: Path, jittered: Made | None = None) -> dict:

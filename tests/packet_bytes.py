@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import subprocess
+from pathlib import Path
 
 
 def _checksum(data: bytes) -> int:
@@ -154,3 +156,18 @@ TUNNELS = {  # the tunnel column's value -> how to wrap a packet (outer IP versi
     "4in6": lambda p: ip_in_ip(p, 6),
     "vxlan": lambda p: vxlan(p),
 }
+
+
+def write_timed_capture(packets: list[tuple[float, bytes]], path: Path) -> Path:
+    """(epoch seconds, Ethernet frame) in order -> a pcap, through text2pcap's hex dump."""
+    dump = path.with_suffix(".txt")
+    with open(dump, "w") as out:
+        for t, frame in packets:
+            out.write(f"{t:.6f}\n")
+            for offset in range(0, len(frame), 16):
+                out.write(f"{offset:06x}  {frame[offset : offset + 16].hex(' ')}\n")
+            out.write("\n")
+    command = ["text2pcap", "-q", "-F", "pcap", "-t", "%s.", str(dump), str(path)]
+    subprocess.run(command, check=True, capture_output=True)
+    dump.unlink()
+    return path

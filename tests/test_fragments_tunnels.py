@@ -28,6 +28,7 @@ from packet_bytes import (
     ip_fragments,
     ip_packet,
     udp_segment,
+    write_timed_capture,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -63,17 +64,7 @@ def dns_answer(name: str, answers: int, ident: int = 7) -> bytes:
 
 def write_capture(frames: list[bytes], path: Path, start: float = 1_700_000_000.0) -> Path:
     """Ethernet frames -> a pcap through text2pcap's hex dump, a tenth of a second apart."""
-    dump = path.with_suffix(".txt")
-    with open(dump, "w") as out:
-        for number, frame in enumerate(frames):
-            out.write(f"{start + number / 10:.6f}\n")
-            for offset in range(0, len(frame), 16):
-                out.write(f"{offset:06x}  {frame[offset : offset + 16].hex(' ')}\n")
-            out.write("\n")
-    command = ["text2pcap", "-q", "-F", "pcap", "-t", "%s.", str(dump), str(path)]
-    subprocess.run(command, check=True, capture_output=True)
-    dump.unlink()
-    return path
+    return write_timed_capture([(start + n / 10, f) for n, f in enumerate(frames)], path)
 
 
 def fragmented_answers(version: int, ports=(40001, 40002)) -> list[bytes]:

@@ -539,23 +539,10 @@ BURST_FROM_FLOW = [
 ]
 
 
-# What a burst that is its flow's only one has of its flow: the same packets.
+# What a burst has of its own packets (the bursts CSV's columns that a flow has too): a
+# burst that is its flow's only one has the flow's.
 BURST_OWN = [
-    "duration",
-    "orig_pkts",
-    "orig_bytes",
-    "orig_frame_bytes",
-    "resp_pkts",
-    "resp_bytes",
-    "resp_frame_bytes",
-    "orig_size_min",
-    "orig_size_max",
-    "resp_size_min",
-    "resp_size_max",
-    "first_frame",
-    "last_frame",
-    *FLOW_FIELDS,
-    "first_payload_sizes",
+    c for c in BURSTS.names if c in FLOWS.by_name and c not in [*BURST_FROM_FLOW, "uid", "ts"]
 ]
 
 
