@@ -290,16 +290,18 @@ def read_device_units(
     a bursts CSV's rows of the devices, as they are.)"""
     if bursts and not sig.bursts_beside(path).is_file():
         read_flows(path, bursts)  # (raises the error that names the missing file)
-    columns = list(dict.fromkeys(sig.REQUIRED + sig.OPTIONAL + FLOW_EXTRAS))
     if table is BURSTS:
-        wanted = [c for c in BURSTS.names if c in columns + sig.UNIT_COLUMNS + ["opens", "uid"]]
-        return _devices_rows(path, BURSTS, wanted, wanted, devices)
-    flows, extent = _devices_rows(path, FLOWS, sig.REQUIRED, columns, devices)
+        return _devices_rows(path, BURSTS, BURST_COLUMNS, BURST_COLUMNS, devices)
+    flows, extent = _devices_rows(path, FLOWS, sig.REQUIRED, UNIT_COLUMNS, devices)
     if not bursts:
         return flows, extent
-    wanted = [c for c in BURSTS.names if c in columns + sig.UNIT_COLUMNS + ["opens", "uid"]]
-    inner, _ = _devices_rows(sig.bursts_beside(path), BURSTS, wanted, wanted, devices)
+    inner, _ = _devices_rows(sig.bursts_beside(path), BURSTS, BURST_COLUMNS, BURST_COLUMNS, devices)
     return sig.with_bursts(flows, inner), extent
+
+
+# What a unit is read with: a flow's columns, and a burst's of the same.
+UNIT_COLUMNS = list(dict.fromkeys(sig.REQUIRED + sig.OPTIONAL + FLOW_EXTRAS))
+BURST_COLUMNS = [c for c in BURSTS.names if c in UNIT_COLUMNS + sig.UNIT_COLUMNS + ["opens", "uid"]]
 
 
 def _devices_rows(path: Path, table, required, columns, devices: set[str]):
