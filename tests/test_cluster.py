@@ -26,6 +26,7 @@ from iotsig.parallel import Workers, run_parallel
 from conftest import (
     CAPTURES,
     PLUG_IP,
+    SCRIPTS,
     TPLINK_CAPTURES,
     capinfos_count,
     long_tplink_recordings,
@@ -40,20 +41,35 @@ WRITTEN_BYTES = 1_000  # more than a packets CSV header: its first block of rows
 SMALL_EVENTS = {("TapoLight", "toggle"): 3, ("TapoLight", "set_brightness"): 3}
 
 
+# The dask command in a Python that cannot import iotsig (.venv's, the working tree's
+# scripts/ taken off its path): a scheduler or worker where the package was not installed.
+WITHOUT_PACKAGE = """import sys
+sys.path[:] = [p for p in sys.path if p.rstrip("/") != {scripts!r}]
+from dask.__main__ import main
+sys.argv[0] = "dask"
+sys.exit(main())
+"""
+
+
 class Cluster:
     """A scheduler and workers, each in its own process group (their tshark children
     included), all stopped at the end, whatever happened."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, without_package: tuple = ()):
         self.folder = folder
         self.processes: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
         self.address = ""
+        self.without_package = without_package  # "scheduler", "worker": started without it
 
     def _start(self, name: str, *args) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        command = [str(DASK)]
+        if args[0] in self.without_package:
+            command = [sys.executable, str(self.folder / "dask-without-iotsig.py")]
+            Path(command[1]).write_text(WITHOUT_PACKAGE.format(scripts=str(SCRIPTS)))
         process = subprocess.Popen(
-            [str(DASK), *args],
+            [*command, *args],
             cwd=self.folder,  # not the tests' directory: relative paths must not work there
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -482,6 +498,42 @@ def test_a_scheduler_that_cannot_be_reached_is_one_line_naming_it(address, tmp_p
         f"packet-translator.py: error: cannot reach the Dask scheduler at {address}: "
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "lacking, where",
+    [
+        pytest.param("scheduler", "the scheduler", id="scheduler"),
+        pytest.param("worker", "1 of 1 worker(s): tcp://127.0.0.1:", id="worker",
+                     marks=pytest.mark.slow),
+    ],
+)  # fmt: skip
+def test_a_cluster_without_the_package_is_one_line_saying_to_install_it(lacking, where, tmp_path):
+    """A scheduler without the package gave, per capture, "RuntimeError: Error during
+    deserialization of the task graph..."; a worker without it died unpickling the task,
+    and the command waited for a worker for ever."""
+    cluster = Cluster(tmp_path / "cluster", without_package=(lacking,))
+    cluster.folder.mkdir()
+    try:
+        cluster.start(workers=1)
+        result = run_script(
+            "packet-translator.py", *TPLINK_CAPTURES, "-o", tmp_path / "out",
+            "--scheduler", cluster.address, check=False, timeout=120,
+        )  # fmt: skip
+    finally:
+        cluster.stop()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        f"packet-translator.py: error: the Dask cluster at {cluster.address} cannot import "
+        f"the iotsig package ({where}"
+    ), lines[0]
+    assert lines[0].endswith(
+        ": install the iotsig package (pip install, as on this machine) in the Python "
+        "environment of every worker and of the scheduler"
+    )
+    assert not list((tmp_path / "out").glob("*.csv"))
 
 
 def test_an_empty_scheduler_option_runs_here_despite_the_variable(tmp_path):

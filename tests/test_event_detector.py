@@ -289,6 +289,31 @@ def test_an_input_that_is_nothing_known_is_refused(signatures, tmp_path):
     assert f"{text}: not a pcap/pcapng capture" in message
 
 
+def test_an_empty_or_broken_input_is_said_and_the_others_are_searched(signatures, tmp_path):
+    """It stopped the whole run at the first input that was nothing known; as in the other
+    commands, each is said in one line, the others are searched, and the exit status is 1."""
+    empty = tmp_path / "empty.pcap"
+    empty.touch()
+    broken = tmp_path / "broken.pcap"
+    broken.write_bytes(b"not a capture\n")
+    out = tmp_path / "out"
+    result = run_script(
+        "event-detector.py", signatures["toggle"], empty, broken, HELD_OUT_TOGGLE, "-o", out,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(": ")[:3] for line in lines] == [
+        ["event-detector.py", "error", str(empty)],
+        ["event-detector.py", "error", str(broken)],
+    ], result.stderr
+    detections = _detections(out)
+    assert set(detections["capture"]) == {HELD_OUT_TOGGLE.name}
+    assert (detections["status"] == "detected").sum() == 1
+    assert "2 input(s) failed" in result.stdout
+
+
 def test_without_a_signature_nothing_runs(tmp_path):
     result = run_script("event-detector.py", HELD_OUT_TOGGLE, "-o", tmp_path, check=False)
     assert result.returncode == 1 and "no signature CSV among the arguments" in result.stderr

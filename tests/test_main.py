@@ -442,8 +442,89 @@ def test_arguments_in_the_wrong_order_and_an_empty_name_are_named(tmp_path):
     ):
         result = run_script("main.py", *arguments, "-o", tmp_path / "out", check=False)
         assert result.returncode == 2
-        assert result.stderr.splitlines()[-1] == f"main.py: error: {complaint}"
+        assert result.stderr == f"main.py: error: {complaint} (see main.py --help)\n"
         assert not (tmp_path / "out").exists()
+
+
+SCRIPT_NAMES = [
+    "main.py",
+    "packet-translator.py",
+    "stream-identifier.py",
+    "signature-extractor.py",
+    "traffic-report.py",
+    "event-detector.py",
+    "evaluate.py",
+]
+
+
+@pytest.mark.parametrize("script", SCRIPT_NAMES)
+def test_a_usage_error_is_one_line_in_every_script(script, tmp_path):
+    """argparse wrote its usage block (eight lines for main.py) before the error line."""
+    for arguments in ([], ["--no-such-option"]):
+        result = run_script(script, *arguments, "-o", tmp_path / "out", check=False)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"{script}: error: "), lines[0]
+        assert lines[0].endswith(f" (see {script} --help)"), lines[0]
+        assert result.stdout == ""
+
+
+def test_a_swapped_name_and_address_and_a_missing_name_are_said_in_one_line(tmp_path):
+    """DEVICE IPV4 the other way round said only "'TpLinkPlug' is not an IPv4 or IPv6
+    address" (after the whole usage block); a capture as DEVICE was taken as the name."""
+    capture = TPLINK_CAPTURES[0]
+    for arguments, complaint in (
+        (
+            [PLUG_IP, "TpLinkPlug", capture],
+            f"argument IPV4: 'TpLinkPlug' is not an IP address but DEVICE '{PLUG_IP}' is: "
+            "they are swapped, the device's name comes first (DEVICE IPV4 PCAP ...)",
+        ),
+        (
+            [PLUG_IP, capture, *TPLINK_CAPTURES[1:]],
+            f"argument DEVICE: '{PLUG_IP}' is an address and IPV4 '{capture}' a file: the "
+            "device's name is missing, it comes first (DEVICE IPV4 PCAP ...)",
+        ),
+        (
+            [capture, PLUG_IP, *TPLINK_CAPTURES[1:]],
+            f"argument DEVICE: '{capture}' is a file, not a device name: the device's name "
+            "and address come before the captures",
+        ),
+    ):
+        result = run_script("main.py", *arguments, "-o", tmp_path / "out", check=False)
+        assert result.returncode == 2
+        assert result.stderr == f"main.py: error: {complaint} (see main.py --help)\n"
+        assert not (tmp_path / "out").exists()
+
+
+def test_idle_takes_one_capture_per_use_and_the_documented_row_after_the_captures(tmp_path):
+    """`--idle a.pcap plug IP b.pcap` took every argument as idle captures ("the following
+    arguments are required: DEVICE, IPV4, PCAP"): --idle takes one capture per use, and the
+    README's `DEVICE IPV4 PCAP ... --idle PCAP ...` still takes the whole row."""
+    first, second, third = TPLINK_CAPTURES
+    runs = {
+        "before": ["--idle", first, "TpLinkPlug", PLUG_IP, second, third],
+        "repeated": ["TpLinkPlug", PLUG_IP, third, "--idle", first, "--idle", second],
+        "row": ["TpLinkPlug", PLUG_IP, third, "--idle", first, second, "--event", "toggle"],
+    }
+    idle = {"before": [first], "repeated": [first, second], "row": [first, second]}
+    for name, arguments in runs.items():
+        out = tmp_path / name
+        result = run_script("main.py", *arguments, "-o", out, "-q", "--no-report")
+        assert_clean_run(result, out)
+        assert sorted(p.name for p in (out / "idle").glob("*.flows.csv")) == [
+            f"{c.name}.flows.csv" for c in idle[name]
+        ], name
+        event = [c for c in TPLINK_CAPTURES if c not in idle[name]]
+        assert sorted(p.name for p in out.glob("*.flows.csv")) == [
+            f"{c.name}.flows.csv" for c in event
+        ], name
+    # A stray file after another option's value is still refused, in one line.
+    result = run_script("main.py", *runs["row"], third, "-o", tmp_path / "stray", check=False)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"main.py: error: unrecognized arguments: {third} (see main.py --help)\n"
+    )
 
 
 def test_an_ipv6_device_is_accepted(tmp_path):

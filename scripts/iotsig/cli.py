@@ -38,7 +38,7 @@ def _hint(text: str) -> str:
     """What the text looks like instead: the usual mix-ups of a device's IP argument."""
     if MAC_PATTERN.match(text.strip()):
         return " but a MAC address: give the device's IP here, its MAC with --device-mac"
-    if Path(text).exists() or text.endswith((".pcap", ".pcapng", ".cap", ".csv")):
+    if looks_like_capture(text):
         return " but a file: the device's address comes before the files"
     return ""
 
@@ -46,7 +46,25 @@ def _hint(text: str) -> str:
 def device_name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the device name is empty")
+    if looks_like_capture(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a file, not a device name: the device's name and address come "
+            "before the captures"
+        )
     return text
+
+
+def looks_like_capture(text: str) -> bool:
+    """A capture (or CSV) file, given where a name or an address goes."""
+    return text.endswith((".pcap", ".pcapng", ".cap", ".csv")) or Path(text).is_file()
+
+
+def is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip())
+    except ValueError:
+        return False
+    return True
 
 
 def ipv4(text: str) -> str:
@@ -321,6 +339,44 @@ def check_distinct_names(inputs, output_dir: Path, kind: str, output_name=None) 
             )
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, its usage errors on one line as every other error (argparse writes the
+    whole usage block first): `PROG: error: problem (see PROG --help)`."""
+
+    def error(self, message):
+        line = f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)"
+        self.exit(EXIT_USAGE, line + "\n")
+
+
+def _continuations(argv: list[str], actions) -> list[tuple]:
+    """(action, text) for each argument that follows the value of one of `actions` (options
+    taking one file each) in a row, up to the next option: `--idle a.pcap b.pcap`."""
+    found, following = [], None
+    for text in argv:
+        if text == "--":
+            break
+        option = next(
+            (
+                a
+                for a in actions
+                if any(text == o or text.startswith(f"{o}=") for o in a.option_strings)
+            ),
+            None,
+        )
+        if option is not None:
+            following = option
+            if "=" not in text:
+                following = (option, "value")  # its own value comes next
+            continue
+        if text.startswith("-") and text != "-":
+            following = None
+        elif isinstance(following, tuple):
+            following = following[0]
+        elif following is not None:
+            found.append((following, text))
+    return found
+
+
 class Command:
     """Subclasses set `prog` and `description`, add their own arguments and `run`."""
 
@@ -332,6 +388,7 @@ class Command:
     def __init__(self):
         self.quiet = False
         self.warnings = 0
+        self.file_options: list[argparse.Action] = []
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
@@ -339,8 +396,45 @@ class Command:
     def run(self, args: argparse.Namespace) -> int:
         raise NotImplementedError
 
+    def check_arguments(self, parser: argparse.ArgumentParser, args) -> None:
+        """Checks of several arguments together, after parsing (parser.error to refuse)."""
+
+    def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
+        """parse_args, where an option of `self.file_options` (one file per use, as
+        --idle) also takes the files that follow its own in a row once the positional
+        arguments are complete (the README's `--idle PCAP ...`); before them, such a file
+        is the positional argument it looks like."""
+        parser = self.parser()
+        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        args, extras = parser.parse_known_args(argv)
+        following = iter(_continuations(argv, self.file_options))
+        unknown = []
+        for text in extras:
+            for action, candidate in following:
+                if candidate == text:
+                    try:
+                        getattr(args, action.dest).append(action.type(text))
+                    except argparse.ArgumentTypeError as e:
+                        parser.error(f"argument {'/'.join(action.option_strings)}: {e}")
+                    break
+            else:
+                unknown.append(text)
+                following = iter(())
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        self.check_arguments(parser, args)
+        return args
+
+    def add_file_option(self, parser, *names, **options):
+        """An option given once per file (--idle a.pcap --idle b.pcap), whose files may also
+        follow it in a row after the positional arguments (--idle a.pcap b.pcap)."""
+        action = parser.add_argument(*names, action="append", default=[], **options)
+        self.file_options.append(action)
+        return action
+
     def parser(self) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(
+        self.file_options = []
+        parser = ArgumentParser(
             prog=self.prog,
             description=self.description,
             epilog=self.epilog,
@@ -519,7 +613,7 @@ class Command:
 
     def main(self, argv: list[str] | None = None) -> int:
         _keep_freed_memory()
-        args = self.parser().parse_args(argv)
+        args = self.parse(argv)
         self.quiet = args.quiet
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:

@@ -309,8 +309,57 @@ def connect(address: str):
         raise ToolError(f"cannot reach the Dask scheduler at {address}: {reason}") from None
 
 
+PACKAGE = __name__.split(".")[0]  # what the scheduler and every worker must import
+
+
+def package_missing(address: str, where: str = "") -> ToolError:
+    """The one line for a cluster whose scheduler or workers lack the package (Dask says
+    'Error during deserialization of the task graph', or a worker dies unpickling a task)."""
+    return ToolError(
+        f"the Dask cluster at {address} cannot import the {PACKAGE} package"
+        + (f" ({where})" if where else "")
+        + f": install the {PACKAGE} package (pip install, as on this machine) in the Python "
+        "environment of every worker and of the scheduler"
+    )
+
+
+def _is_package_missing(error: BaseException) -> bool:
+    text = str(error)
+    return (
+        "deserialization of the task graph" in text
+        or (isinstance(error, ImportError) and (error.name or "").split(".")[0] == PACKAGE)
+        or f"No module named '{PACKAGE}" in text
+    )
+
+
+def check_package(client, address: str) -> None:
+    """Refuse a cluster whose scheduler or workers cannot import the package before any
+    task is sent: a worker without it dies unpickling its task, and the run would wait for
+    a worker forever. (find_spec: a function of Python's own, that every process has.)"""
+    from importlib.util import find_spec
+
+    try:
+        scheduler = client.run_on_scheduler(find_spec, PACKAGE) is not None
+        workers = client.run(find_spec, PACKAGE, on_error="return")
+    except Exception:  # an old scheduler that refuses run_on_scheduler: the tasks will tell
+        return
+    lacking = [w for w, spec in workers.items() if spec is None or isinstance(spec, Exception)]
+    where = ([] if scheduler else ["the scheduler"]) + (
+        [f"{len(lacking)} of {len(workers)} worker(s): {', '.join(sorted(lacking))}"]
+        if lacking
+        else []
+    )
+    if where:
+        raise package_missing(address, " and ".join(where))
+
+
 def _run_on_cluster(tasks, address: str, on_progress):
     client = connect(address)
+    try:
+        check_package(client, address)
+    except ToolError:
+        client.close()
+        raise
     topic = f"iotsig-{uuid.uuid4().hex}"
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     attempts = _Attempts(on_progress)
@@ -338,7 +387,10 @@ def _run_on_cluster(tasks, address: str, on_progress):
                 elif item in pending:
                     pending.discard(item)
                     future, first = futures[item]
-                    yield first, _outcome(future, first)
+                    outcome = _outcome(future, first)
+                    if outcome is PACKAGE_MISSING:  # every task would fail so: one line
+                        raise package_missing(address)
+                    yield first, outcome
         attempts.wait_for_ends(inbox, END_WAIT)
     except BaseException:
         client.cancel([future for future, _ in futures.values()])
@@ -357,13 +409,19 @@ def _absolute(arguments) -> tuple:
     return tuple(Path(os.path.abspath(a)) if isinstance(a, Path) else a for a in arguments)
 
 
+PACKAGE_MISSING = object()  # _outcome's: the cluster cannot import the package
+
+
 def _outcome(future, first):
-    """The task's result or ToolError; what else stopped it on the cluster (a worker that
-    cannot import the package, one killed every time) is that task's ToolError too."""
+    """The task's result or ToolError; what else stopped it on the cluster (a worker
+    killed every time...) is that task's ToolError too, but for a cluster that cannot
+    import the package (PACKAGE_MISSING: the run stops there)."""
     if future.status == "finished":
         return future.result()
     if future.status == "cancelled":
         return ToolError(f"{first}: its task was cancelled on the Dask cluster")
     error = future.exception()
+    if _is_package_missing(error):
+        return PACKAGE_MISSING
     reason = " ".join(str(error).split())
     return ToolError(f"{first}: failed on the Dask cluster: {type(error).__name__}: {reason}")

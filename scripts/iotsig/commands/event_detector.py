@@ -92,19 +92,34 @@ class EventDetector(Command):
     def run(self, args):
         started = time.monotonic()
         kinds = {"signature": [], "capture": [], "flows": [], "packets": []}
+        unread = []  # inputs that are nothing known (empty, broken...): said, the others go on
         for path in args.inputs:
-            kinds[detector.classify(path)].append(path)
+            try:
+                kinds[detector.classify(path)].append(path)
+            except ToolError as e:
+                self.error(str(e))
+                unread.append(path)
         if not kinds["signature"]:
+            if unread:
+                return 1
             raise ToolError(
                 "no signature CSV among the arguments (a CSV with a "
                 "signature_version column, as signature-extractor writes)"
             )
         inputs = kinds["capture"] + kinds["flows"] + kinds["packets"]
         if not inputs:
+            if unread:
+                return 1
             raise ToolError("no capture or flows CSV among the arguments: nothing to search")
         signatures = []
         for path in kinds["signature"]:
-            for signature in detector.read_signatures(path, args.tolerance):
+            try:
+                read = detector.read_signatures(path, args.tolerance)
+            except ToolError as e:
+                self.error(str(e))
+                unread.append(path)
+                continue
+            for signature in read:
                 if not signature.patterns:
                     self.warn(
                         f"{path}: event {signature.event!r} has no event pattern "
@@ -115,11 +130,14 @@ class EventDetector(Command):
             for note in csvio.take_notes():
                 self.warn(note)
         if not signatures:
+            if unread:
+                return 1
             raise ToolError("none of the signatures has an event pattern")
         times = read_event_times(args) if args.events else None
         check_distinct_names(inputs, args.output_dir, "inputs")
         output_dir = ensure_output_dir(args.output_dir)
         sources, failed = self.flow_files(kinds, output_dir, signatures, args)
+        failed += unread
 
         options = detector.DetectOptions(args.min_score, args.window, args.strict_order)
         bursts = any(s.needs_bursts for s in signatures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from ..cli import (
     ensure_output_dir,
     event_to_learn,
     ipv4_or_ipv6,
+    is_address,
     jobs_for,
+    looks_like_capture,
     read_event_times,
 )
 from ..errors import ToolError
@@ -39,8 +42,7 @@ class Main(Command):
         )
         parser.add_argument(
             "device_ip",
-            metavar="IPV4",
-            type=ipv4_or_ipv6,
+            metavar="IPV4",  # checked with DEVICE (check_arguments): the two swapped
             help="the device's IPv4 address (or IPv6)",
         )
         parser.add_argument(
@@ -51,13 +53,14 @@ class Main(Command):
             help="one capture per recording of the event (with --events: long "
             "captures, cut around each listed time; - reads one from standard input)",
         )
-        parser.add_argument(
+        self.add_file_option(
+            parser,
             "--idle",
-            nargs="+",
             type=capture_argument,
-            default=[],
             metavar="PCAP",
-            help="captures of the same device without the event (baseline)",
+            help="a capture of the same device without the event (baseline); once per "
+            "capture: --idle a.pcap --idle b.pcap (after DEVICE IPV4 PCAP..., also "
+            "--idle a.pcap b.pcap)",
         )
         add_signature_arguments(parser, device_required=False)
         add_event_times_arguments(parser)
@@ -68,6 +71,24 @@ class Main(Command):
             action="store_true",
             help="skip the traffic report (inventory.csv, endpoint map, timeline, report.html)",
         )
+
+    def check_arguments(self, parser, args):
+        try:
+            args.device_ip = ipv4_or_ipv6(args.device_ip)
+        except argparse.ArgumentTypeError as e:
+            if is_address(args.device_name) and looks_like_capture(args.device_ip):
+                parser.error(
+                    f"argument DEVICE: {args.device_name!r} is an address and IPV4 "
+                    f"{args.device_ip!r} a file: the device's name is missing, it comes "
+                    "first (DEVICE IPV4 PCAP ...)"
+                )
+            if is_address(args.device_name):
+                parser.error(
+                    f"argument IPV4: {args.device_ip!r} is not an IP address but DEVICE "
+                    f"{args.device_name!r} is: they are swapped, the device's name comes "
+                    "first (DEVICE IPV4 PCAP ...)"
+                )
+            parser.error(f"argument IPV4: {e}")
 
     def run(self, args):
         started = time.monotonic()

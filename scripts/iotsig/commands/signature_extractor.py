@@ -35,14 +35,14 @@ class SignatureExtractor(Command):
         )
         add_signature_arguments(parser)
         add_event_times_arguments(parser)
-        parser.add_argument(
+        self.add_file_option(
+            parser,
             "--baseline",
-            nargs="+",
             type=Path,
-            default=[],
             metavar="FLOWS_CSV",
-            help="flows CSVs of the same device recorded without the event: "
-            "their fingerprints are background, not the event",
+            help="a flows CSV of the same device recorded without the event: its "
+            "fingerprints are background, not the event; once per file (after the "
+            "FLOWS_CSVs, also --baseline a.csv b.csv)",
         )
         group = parser.add_argument_group(
             "how the flows CSVs were built (stream-identifier's values: kept in "
