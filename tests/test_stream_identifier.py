@@ -1324,3 +1324,35 @@ def test_handshake_tells_a_connection_opened_in_the_capture_from_one_already_ope
         assert one(flows, proto="tcp", resp_p="9999").handshake == expected
         assert one(flows, proto="tcp", resp_p="443").handshake == "1"
         assert set(flows.loc[flows["proto"] != "tcp", "handshake"]) == {""}
+
+
+BOOT_CAPTURE = sorted((CAPTURES / "events" / "TpLinkPlug" / "boot").glob("*.pcap"))[0]
+BOOT_PLUG_MAC = "50:c7:bf:f5:a0:83"  # the plug of the boot recordings (not data/'s)
+
+
+def test_a_dhcp_discover_from_the_unspecified_address_is_the_device_s(tmp_path):
+    """A booting device asks for its address from 0.0.0.0, with its MAC: given only the
+    device's IP, the translator called its DISCOVER and REQUEST frames 'other' and the
+    flow 0.0.0.0 -> 255.255.255.255 had no device side, as if another host had asked.
+    They are sent by the device (its MAC, the one its IP is sent to and from), and the
+    device opens that flow."""
+    run_script("packet-translator.py", BOOT_CAPTURE, "--device-ip", PLUG_IP, "-o", tmp_path, "-q")
+    packets = read_packets(packets_csv(tmp_path, BOOT_CAPTURE))
+    client = packets[packets["dhcp_msg_type"].isin(["discover", "request"])]
+    assert len(client) >= 2 and set(client["ip_src"]) == {"0.0.0.0"}
+    assert set(client["direction"]) == {"sent"}
+    server = packets[packets["dhcp_msg_type"].isin(["offer", "ack"])]
+    assert len(server) >= 2 and set(server["direction"]) == {"received"}
+    # Another MAC's frames (the other plug's, no IP) stay 'other'.
+    others = packets[~packets["eth_src"].isin([BOOT_PLUG_MAC]) & (packets["ip_dst"] == "")]
+    assert len(others) and set(others["direction"]) == {"other"}
+    run_script(
+        "stream-identifier.py", packets_csv(tmp_path, BOOT_CAPTURE), "--device-ip", PLUG_IP,
+        "-o", tmp_path, "-q",
+    )  # fmt: skip
+    flows = csvio.read_table(flows_csv(tmp_path, BOOT_CAPTURE), FLOWS)
+    discover = flows[flows["orig_h"] == "0.0.0.0"]
+    assert len(discover) == 1
+    assert discover.iloc[0]["device_side"] == "orig"
+    assert discover.iloc[0]["orig_mac"] == BOOT_PLUG_MAC
+    assert discover.iloc[0]["dhcp_msg_type"] == "discover;request"

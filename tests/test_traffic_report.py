@@ -23,6 +23,7 @@ from iotsig import csvio, traffic_report
 from iotsig.schema import FLOWS, INVENTORY, PACKETS, SIGNATURE, SIGNATURE_VERSION
 
 from conftest import (
+    CAPTURES,
     GATEWAY_IP,
     PHONE_IP,
     PLUG_IP,
@@ -173,6 +174,28 @@ def test_inventory_rows(toggle):
     assert plug["bytes_sent"] == sent_by_plug["frame_len"].sum()
     assert plug["first_ts"] == packets["ts"].min() and plug["captures"] == 3
     assert plug["first_time_utc"] == packets["time_utc"].min()
+
+
+def test_a_dhcp_host_name_is_the_client_s_not_the_router_s_that_echoes_it(tmp_path):
+    """A booting plug sends its host name (DHCP option 12) in its DISCOVER and REQUEST; the
+    router's OFFER and ACK echo it. The inventory gave the name to the router's MAC too."""
+    boot = sorted((CAPTURES / "events" / "TpLinkPlug" / "boot").glob("*.pcap"))[0]
+    run_script("packet-translator.py", boot, "-o", tmp_path, "-q")
+    packets = csvio.read_table(tmp_path / f"{boot.name}.packets.csv", PACKETS)
+    named = packets[packets["dhcp_hostname"] != ""]
+    senders = named.groupby("dhcp_msg_type")["eth_src"].agg(set)
+    client, router = senders["discover"], senders["offer"]  # the capture shows the echo
+    assert len(client) == 1 and len(router) == 1 and client != router
+    result = run_script(
+        "traffic-report.py", tmp_path / f"{boot.name}.packets.csv", "--device-ip", PLUG_IP,
+        "-o", tmp_path / "report", "-q",
+    )  # fmt: skip
+    table = csvio.read_table(tmp_path / "report" / "inventory.csv", INVENTORY).set_index("mac")
+    names = table["dhcp_hostname"]
+    assert names[next(iter(client))] == named["dhcp_hostname"].iloc[0]
+    assert names[next(iter(router))] == ""
+    assert table.loc[next(iter(router)), "role"] == "gateway"
+    assert (names != "").sum() == 1, result.stderr
 
 
 def test_timeline_marks_each_event_pattern_once_per_recording(toggle):

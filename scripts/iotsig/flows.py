@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .fields import FLOW_FIELDS
-from .parties import address_class, canonical_ip, canonical_ips
+from .parties import UNSPECIFIED_ADDRESSES, address_class, canonical_ip, canonical_ips
 from .schema import BURSTS, FLOWS
 
 DEFAULT_IDLE_TIMEOUT = 120.0  # NFStream's default idle timeout
@@ -833,16 +833,27 @@ def _label_device(
     if options.device_ips:
         orig = flows["orig_h"].isin(options.device_ips).to_numpy()
         resp = flows["resp_h"].isin(options.device_ips).to_numpy()
+        # The device before it has its address (a DHCP DISCOVER from 0.0.0.0): the
+        # translator's direction says whether it sent the flow (by its MAC).
+        early = flows["orig_h"].isin(UNSPECIFIED_ADDRESSES).to_numpy() & ~(orig | resp)
+        if early.any():
+            orig = orig | (early & _sides_by_direction(len(flows), s, p, is_orig)[0])
     else:  # from the packets' direction column, when the translator was told the device
-        rows = s["row"]
-        sent = (p["direction"] == "sent").to_numpy()[rows]
-        known = sent | (p["direction"] == "received").to_numpy()[rows]
-        device_sent_as = pd.Series(np.where(sent, is_orig, ~is_orig))
-        votes = device_sent_as[known].groupby(s["flow"][known]).mean()
-        share = votes.reindex(range(len(flows))).to_numpy()
-        orig, resp = share > 0.5, share < 0.5
+        orig, resp = _sides_by_direction(len(flows), s, p, is_orig)
     flows["device_side"] = np.select([orig, resp], ["orig", "resp"], "")
     flows["remote_h"] = np.where(flows["device_side"] == "resp", flows["orig_h"], flows["resp_h"])
+
+
+def _sides_by_direction(count: int, s, p: Packets, is_orig: np.ndarray) -> tuple:
+    """(device is orig, device is resp) per flow, by the packets' direction column: the
+    side that sent most of the packets the translator saw the device send or receive."""
+    rows = s["row"]
+    sent = (p["direction"] == "sent").to_numpy()[rows]
+    known = sent | (p["direction"] == "received").to_numpy()[rows]
+    device_sent_as = pd.Series(np.where(sent, is_orig, ~is_orig))
+    votes = device_sent_as[known].groupby(s["flow"][known]).mean()
+    share = votes.reindex(range(count)).to_numpy()
+    return share > 0.5, share < 0.5
 
 
 def _name_remote(flows: pd.DataFrame, shared: CrossFlow) -> None:

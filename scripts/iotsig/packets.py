@@ -24,6 +24,7 @@ from . import csvio, fields, tshark
 from .coded import Coded, Frame, choose, read_fields, select
 from .errors import InputError, OutputError, ToolError
 from .fields import first
+from .parties import UNSPECIFIED_ADDRESSES
 from .schema import PACKETS
 from .timefmt import utc_text_arrow
 
@@ -857,9 +858,23 @@ def packet_direction(rows: Frame, device_mac: str | None, device_ip: str | None)
         sent |= rows["eth_src"].test(lambda m: m.lower() == mac)
         received |= rows["eth_dst"].test(lambda m: m.lower() == mac)
     if device_ip:
-        sent |= rows["ip_src"].equals(device_ip)
-        received |= rows["ip_dst"].equals(device_ip)
+        from_ip, to_ip = rows["ip_src"].equals(device_ip), rows["ip_dst"].equals(device_ip)
+        sent |= from_ip
+        received |= to_ip
+        if not device_mac:
+            # Before it has its address the device sends from the unspecified one, with
+            # its MAC: the MAC(s) its address is sent from or to in these rows.
+            macs = _words_at(rows["eth_src"], from_ip) | _words_at(rows["eth_dst"], to_ip)
+            macs = {m.lower() for m in macs} - {"", "ff:ff:ff:ff:ff:ff"}
+            if macs:
+                unspecified = rows["ip_src"].test(lambda a: a in UNSPECIFIED_ADDRESSES)
+                sent |= unspecified & rows["eth_src"].test(lambda m: m.lower() in macs)
     return select([sent, received], ["sent", "received"], "other")
+
+
+def _words_at(column: Coded, rows: np.ndarray) -> set[str]:
+    """The distinct values of a text column at some rows."""
+    return set(column.words[np.unique(column.codes[rows])])
 
 
 def _first_nonblank(*columns: Coded) -> Coded:

@@ -14,6 +14,10 @@ import pandas as pd
 # server's (e.g. the plug answering from 9999 to the phone's random port).
 EPHEMERAL_FROM = 1024
 
+# The source address of a host that has none yet: its DHCP DISCOVER or REQUEST (0.0.0.0),
+# its IPv6 duplicate address check (::).
+UNSPECIFIED_ADDRESSES = ("0.0.0.0", "::")
+
 
 @lru_cache(maxsize=65536)
 def canonical_ip(text: str) -> str:

@@ -159,7 +159,10 @@ PACKETS = Table(
         (
             "direction",
             "str",
-            "with --device-mac/--device-ip: sent (by the device), received, or other",
+            "with --device-mac/--device-ip: sent (by the device), received, or other; "
+            "given only --device-ip, a frame from the unspecified address (0.0.0.0 or ::, "
+            "a DHCP DISCOVER before the device has its address) is sent when its MAC is one that "
+            "the device's IP is sent from or to in the same block of rows",
             "computed",
         ),
     ),
@@ -263,7 +266,8 @@ FLOWS = Table(
         (
             "device_side",
             "str",
-            "which side is the device under study: orig, resp, or empty",
+            "which side is the device under study: orig, resp, or empty (a flow from "
+            "0.0.0.0 or :: is the device's when its packets' direction says sent)",
             "--device-ip or direction",
         ),
         ("orig_mac", "str", "originator MAC", "eth_src/eth_dst"),
@@ -559,7 +563,8 @@ INVENTORY = Table(
         (
             "dhcp_hostname",
             "text",
-            "host names it gave in DHCP requests, ';' between them",
+            "host names it gave in its own DHCP messages, ';' between them (a server's "
+            "offer or ack that echoes a client's name does not count for the server)",
             "dhcp_hostname",
         ),
         ("pkts_sent", "int", "frames it sent", "eth_src"),

@@ -43,7 +43,10 @@ KEYS = [
     "direction",
 ]
 REQUIRED = ["capture", "ts", "frame_len", "eth_src", "eth_dst", "ip_src", "ip_dst"]
-READ = [*KEYS, "ts", "frame_len"]
+READ = [*KEYS, "ts", "frame_len", "dhcp_msg_type"]
+# A DHCP server's messages echo the client's host name (option 12): the name is the
+# client's, the MAC that sent it in one of its own messages, never the server's.
+DHCP_SERVER_MESSAGES = ["offer", "ack", "nak"]
 BIN_COLUMNS = ["capture", "ts", "frame_len", "eth_src", "eth_dst", "ip_src", "ip_dst"]
 VALUES = {
     "frames": "sum",
@@ -93,6 +96,12 @@ def summarise(frame: pd.DataFrame, first_row: int = 0) -> pd.DataFrame:
     whole of the inputs."""
     frame = frame.reset_index(drop=True)
     data = {key: frame.get(key, "") for key in KEYS}
+    if "dhcp_msg_type" in frame and "dhcp_hostname" in frame:
+        echoed = frame["dhcp_msg_type"].isin(DHCP_SERVER_MESSAGES).to_numpy()
+        if echoed.any():
+            names = frame["dhcp_hostname"].astype(object).to_numpy().copy()
+            names[echoed] = ""
+            data["dhcp_hostname"] = names
     values = pd.DataFrame(
         {
             **data,
