@@ -665,3 +665,60 @@ def test_the_timeline_folds_patterns_beyond_thirty_rows():
 def _png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+# --- issue 27: what the page and the pictures show -------------------------------------------
+
+
+def test_each_nav_link_reads_as_its_section_heading_and_tables_scroll_in_a_box(toggle):
+    """The nav said 'Endpoints' for the section 'Remote parties'; the inventory table ran
+    past a 1,280 px window, taking the page with it."""
+    output, _ = toggle
+    page = (output / "report.html").read_text()
+    nav = re.search(r"<nav>(.*?)</nav>", page).group(1)
+    links = re.findall(r'<a href="#([^"]+)">([^<]+)</a>', nav)
+    headings = dict(re.findall(r'<h2 id="([^"]+)">([^<]+)</h2>', page))
+    assert [target for target, _ in links] == list(headings)
+    for target, label in links:
+        assert headings[target].startswith(label), (label, headings[target])
+    # Both tables in a box that scrolls sideways; long cells wrap.
+    assert page.count('<div class="scroll"><table>') == 2
+    assert re.search(r"\.scroll\{[^}]*overflow-x:auto", page)
+    assert '<td class="wrap">Tp-Link' in page  # (the vendor)
+
+
+def test_ephemeral_udp_ports_are_one_label():
+    """UDP between two dynamic ports (a phone app's discovery answers, RTP...) gave one
+    label per port picked: udp/50123, udp/50177... on the map and in the table."""
+    flows = pd.DataFrame(
+        {
+            "proto": ["udp", "udp", "udp", "udp", "tcp"],
+            "orig_p": [50123, 50177, 50000, 40000, 50200],
+            "resp_p": [61000, 60001, 53, 9999, 443],
+            "service": ["", "", "dns", "", ""],
+        }
+    )
+    labels = list(traffic_report.protocol_labels(flows))
+    assert labels == ["udp/ephemeral", "udp/ephemeral", "udp/53 dns", "udp/9999", "tcp/443"]
+
+
+def test_a_recording_longer_than_a_day_has_utc_dates_and_times_on_its_axis(toggle, tmp_path):
+    """Seconds since the first packet (0 to 300,000) said nothing about a capture of days."""
+    from iotsig.traffic_report.timeline import utc_ticks
+
+    start = 1724059940.5  # 2024-08-19 09:32:20 UTC
+    ticks, labels = utc_ticks(start, 0, 3 * 86400)
+    assert labels[:2] == ["08-19 12:00", "08-20 00:00"] and len(labels) <= 8
+    assert ticks[0] == pytest.approx(1724068800 - start)
+    ticks, labels = utc_ticks(start, 0, 30 * 86400)
+    assert labels[0] == "2024-08-22" and len(labels) <= 8  # (weeks from the epoch)
+    # Through the command: one flow three days after the others.
+    output, _ = toggle
+    name = TPLINK_CAPTURES[0].name
+    flows = pd.read_csv(output / f"{name}.flows.csv", dtype=str, keep_default_na=False)
+    ts = flows["ts"].astype(float)
+    ts.iloc[-1] += 3 * 86400
+    flows["ts"] = ts.map(repr)
+    flows.to_csv(tmp_path / f"{name}.flows.csv", index=False)
+    run_script("traffic-report.py", tmp_path / f"{name}.flows.csv", "-o", tmp_path / "out", "-q")
+    assert (tmp_path / "out" / "timeline.png").read_bytes().startswith(PNG_MAGIC)

@@ -57,14 +57,27 @@ def _sum(frame: pd.DataFrame, a: str, b: str) -> pd.Series:
     ).fillna(0)
 
 
+# UDP between two ports this high (the dynamic range of Linux, 32768-60999, and of IANA,
+# 49152-65535) has no fixed port to speak of: one label, not one per port picked.
+DYNAMIC_PORTS_FROM = 32768
+
+
 def protocol_labels(f: pd.DataFrame) -> np.ndarray:
-    """tcp/443 tls, udp/53 dns, arp, icmp: protocol, the fixed (server) port, the service."""
+    """tcp/443 tls, udp/53 dns, arp, icmp: protocol, the fixed (server) port, the service;
+    UDP whose lower port is a dynamic one is udp/ephemeral."""
     port, _ = server_ports(f["orig_p"], f["resp_p"])
     known = ~np.isnan(port)
     port_text = np.full(len(port), "", dtype=object)
     port_text[known] = np.char.add("/", port[known].astype(np.int64).astype(str)).astype(object)
     service = text(f["service"]).to_numpy().astype(object)
     proto = text(f["proto"]).to_numpy().astype(object)
+    lower = np.fmin(
+        pd.to_numeric(pd.Series(f["orig_p"]), errors="coerce").to_numpy(dtype=float),
+        pd.to_numeric(pd.Series(f["resp_p"]), errors="coerce").to_numpy(dtype=float),
+    )
+    with np.errstate(invalid="ignore"):
+        ephemeral = (proto == "udp") & (lower >= DYNAMIC_PORTS_FROM)
+    port_text[ephemeral] = "/ephemeral"
     service_text = np.where((service != "") & (service != proto), " " + service, "")
     return (proto.astype(object) + port_text + service_text).astype(object)
 

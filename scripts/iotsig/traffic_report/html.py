@@ -145,7 +145,7 @@ def render_html(
             inventory=_records(inventory_table),
             shown=INVENTORY_SHOWN,
             numeric={"pkts_sent", "bytes_sent", "pkts_received", "bytes_received"},
-            wrapped={"ipv6", "dhcp_hostname"},
+            wrapped={"vendor", "ipv4", "ipv6", "dhcp_hostname"},
             times={"first_time_utc", "last_time_utc"},
             ends=_records(ends),
             colours=CLASS_COLOURS,

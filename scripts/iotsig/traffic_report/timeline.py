@@ -61,6 +61,9 @@ def draw_timeline(
     figure = new_figure(12.5, height)
     longest = float(max((ends - starts).reindex(drawn).max(), width)) if drawn else width
     x_max = longest * 1.02
+    # Past a day, seconds since the first packet say nothing: each panel is labelled with
+    # its own UTC dates and times (its recording's), so the panels no longer share ticks.
+    in_utc = longest > DAY
     colours = [
         PATTERN_COLOURS[i % len(PATTERN_COLOURS)] if role == "event" else OTHER_COLOUR
         for i, role in enumerate(shown["role"])
@@ -73,6 +76,8 @@ def draw_timeline(
     first_axes = axes = None
     for capture in drawn or ["(no recording)"]:
         band = None
+        if in_utc:
+            first_axes = None  # (a panel shares its axis with its own strip only)
         if rows:
             y -= strip
             band = figure.add_axes(
@@ -88,9 +93,14 @@ def draw_timeline(
         _draw_bytes(axes, by_capture.get(capture), width)
         _first_event_line(axes, marks_of.get(capture), start)
         _style_panel(axes, width)
+        if in_utc:
+            axes.set_xlim(-x_max * 0.01, x_max)
+            if start == start:
+                ticks, labels = utc_ticks(start, -x_max * 0.01, x_max)
+                axes.set_xticks(ticks, labels)
         y -= gap
     axes.set_xlabel(
-        "seconds since the recording's first packet"
+        ("UTC date and time" if in_utc else "seconds since the recording's first packet")
         + ("   (dashed: the first event-pattern flow)" if rows else ""),
         fontsize=9,
     )
@@ -105,8 +115,35 @@ def draw_timeline(
             va="center",
             color="#555555",
         )
-    first_axes.set_xlim(-x_max * 0.01, x_max)
+    if not in_utc:
+        first_axes.set_xlim(-x_max * 0.01, x_max)
     return save(figure, "png")
+
+
+DAY = 86_400.0
+# Tick steps for the UTC axis, seconds: whole hours of a day, then whole days.
+UTC_STEPS = [3600 * h for h in (1, 2, 3, 6, 12)] + [DAY * d for d in (1, 2, 7, 14, 28)]
+MAX_UTC_TICKS = 8
+
+
+def utc_ticks(start: float, low: float, high: float) -> tuple[list[float], list[str]]:
+    """Ticks at round UTC times between start+low and start+high (seconds since the epoch;
+    the ticks are placed in seconds since `start`), at most MAX_UTC_TICKS: 'YYYY-MM-DD'
+    on whole days, else 'MM-DD HH:MM'."""
+    span = high - low
+    step = next((s for s in UTC_STEPS if span / s <= MAX_UTC_TICKS), None)
+    if step is None:
+        step = DAY * math.ceil(span / DAY / MAX_UTC_TICKS)
+    first = math.ceil((start + low) / step) * step
+    times = np.arange(first, start + high + 1e-9, step)
+    daily = step % DAY == 0
+    labels = [
+        dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime(
+            "%Y-%m-%d" if daily else "%m-%d %H:%M"
+        )
+        for t in times
+    ]
+    return [float(t - start) for t in times], labels
 
 
 def _header(
