@@ -22,6 +22,7 @@ PACKET_OPTIONAL = [
     "ip_version",
     "l4_proto",
     "dhcp_hostname",
+    "dhcp_msg_type",  # (a server's messages echo the client's host name: not the server's)
     "direction",
 ]
 FLOW_COLUMNS = [
