@@ -1036,13 +1036,16 @@ def test_event_detector_over_damaged_captures(sweep, detected):
 
 @pytest.mark.sweep
 def test_event_detector_refuses_what_is_no_capture_nor_csv(sweep, detected):
-    """Random bytes and empty files are not recognised as any input: the run stops there,
-    with one error line, before writing anything."""
+    """Random bytes and empty files are not recognised as any input: each is said in one
+    error line, and the other inputs are still searched, exit status 1 (issue 27: the
+    first of them stopped the whole run)."""
     result = detected.unknown
     check_messages(result, "event-detector.py")
-    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
-    assert "random-4k.pcap: not a pcap/pcapng capture" in result.stderr
-    assert not (sweep.base / "detected-unknown").exists()
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert sum("random-4k.pcap: not a pcap/pcapng capture" in line for line in lines) == 1
+    assert sum("zero-length.pcapng: empty file (0 bytes)" in line for line in lines) == 1
+    assert (sweep.base / "detected-unknown" / "detections.csv").is_file()
 
 
 @pytest.fixture(scope="module")
