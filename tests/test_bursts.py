@@ -80,7 +80,7 @@ def test_bursts_csv_marks_the_keepalives_and_names_the_party(captures, tmp_path)
     assert set(link["remote_name"]) == {made.CLOUD_NAME}
 
 
-@pytest.mark.parametrize("kind", ["clean", "jittered"])
+@pytest.mark.parametrize("kind", ["clean", pytest.param("jittered", marks=pytest.mark.slow)])
 def test_a_command_inside_an_open_connection_is_learned_and_found(captures, kind, tmp_path):
     """Learned from the first half of the log (the clean capture), found in the second
     half (clean, or every cloud packet 0.5-2 s late): the keep-alives never count."""
@@ -121,6 +121,7 @@ def test_a_command_inside_an_open_connection_is_learned_and_found(captures, kind
     assert statuses == {"found": 20}, statuses
 
 
+@pytest.mark.slow  # (the quick tier keeps the clean capture's learning)
 def test_lock_and_unlock_are_told_apart_by_the_reply(captures, tmp_path):
     _, parts = captures
     first, first_log = parts["clean"]["first"]
@@ -152,6 +153,7 @@ def test_lock_and_unlock_are_told_apart_by_the_reply(captures, tmp_path):
     assert not (table["status"] == "false").any()
 
 
+@pytest.mark.slow  # (the quick tier keeps the clean capture's learning)
 def test_lock_and_unlock_told_apart_in_most_actions_only(tmp_path):
     """Every fifth command gets a reply that is neither lock's nor unlock's: nothing that
     the other event lacks is in every window, so each is learned from what most of its
@@ -214,6 +216,7 @@ def test_events_nothing_tells_apart_are_refused_in_one_line(captures, tmp_path):
     assert all((out / "windows" / name).is_file() for name in index["flows_csv"])
 
 
+@pytest.mark.slow  # (the quick tier keeps the clean capture's learning)
 def test_the_detector_builds_flows_as_the_signature_was_learned(captures, tmp_path):
     _, parts = captures
     first, first_log = parts["clean"]["first"]
