@@ -23,18 +23,20 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+HOURS, EVENTS = 10.0, 24  # a day's morning: 12 commands to learn from, 12 to find
+
+
 @pytest.fixture(scope="module")
 def captures(tmp_path_factory):
     """A day's half of each: the clean capture, and the same events 0.5-2 s late."""
     folder = tmp_path_factory.mktemp("connection")
-    clean = made.make(folder, name="clean")
-    jittered = made.make(folder, jitter=True, name="jittered")
+    clean = made.make(folder, HOURS, EVENTS, name="clean")
+    jittered = made.make(folder, HOURS, EVENTS, jitter=True, name="jittered")
+    alike = made.make(folder, HOURS, EVENTS, same_reply=True, name="alike")
     parts = {
         "clean": made.halves(clean, _mkdir(folder / "clean-halves")),
         "jittered": made.halves(clean, _mkdir(folder / "jittered-halves"), jittered),
-        "alike": made.halves(
-            made.make(folder, same_reply=True, name="alike"), _mkdir(folder / "alike-halves")
-        ),
+        "alike": made.halves(alike, _mkdir(folder / "alike-halves")),
     }
     return clean, parts
 
@@ -71,7 +73,7 @@ def test_bursts_csv_marks_the_keepalives_and_names_the_party(captures, tmp_path)
     # The pings every minute are keep-alives, with the period they have; no command is.
     pings = link["first_payload_sizes"] == "85 -85"
     commands = link["first_payload_sizes"].astype(str).str.contains("267")
-    assert pings.sum() > 900 and link.loc[pings, "keepalive"].mean() > 0.99
+    assert pings.sum() > HOURS * 55 and link.loc[pings, "keepalive"].mean() > 0.99
     assert link.loc[pings & (link["keepalive"] == 1), "period"].between(59, 61).all()
     assert commands.sum() == len(clean.events)
     assert (link.loc[commands, "keepalive"] == 0).all()
@@ -118,7 +120,7 @@ def test_a_command_inside_an_open_connection_is_learned_and_found(captures, kind
         "-q",
     )
     statuses = scored(detect)["status"].value_counts().to_dict()
-    assert statuses == {"found": 20}, statuses
+    assert statuses == {"found": EVENTS // 2}, statuses
 
 
 @pytest.mark.slow  # (the quick tier keeps the clean capture's learning)
@@ -149,7 +151,7 @@ def test_lock_and_unlock_are_told_apart_by_the_reply(captures, tmp_path):
     detect = tmp_path / "detect"
     run_script("event-detector.py", *signatures, second, "--events", second_log, "-o", detect, "-q")
     table = scored(detect)
-    assert (table["status"] == "found").sum() == 20, table["status"].value_counts()
+    assert (table["status"] == "found").sum() == EVENTS // 2, table["status"].value_counts()
     assert not (table["status"] == "false").any()
 
 
@@ -211,7 +213,7 @@ def test_events_nothing_tells_apart_are_refused_in_one_line(captures, tmp_path):
     assert f"a burst in tcp/8883 with {made.CLOUD_NAME} sizes -267 174 114 -94" in message
     assert "check the times" not in message
     index = pd.read_csv(out / "windows" / "windows.csv", dtype=str, keep_default_na=False)
-    assert len(index[index["kind"] == "event"]) == 10
+    assert len(index[index["kind"] == "event"]) == EVENTS // 4  # the locks of the first half
     assert index.loc[index["kind"] == "event", "status"].str.startswith("not learned").all()
     assert all((out / "windows" / name).is_file() for name in index["flows_csv"])
 
