@@ -469,12 +469,15 @@ def learn_in_windows(
     extra = sig.read_recordings(baseline_files) if baseline_files else []
     share = windows.BACKGROUND_SHARE
 
-    def learn_on(chosen, at_support, keepalives=False, others=True):
+    def learn_on(chosen, at_support, keepalives=False, others=None):
+        """others: the other events whose windows are a baseline (None: all of them)."""
+
         def kept(recordings):
             return recordings if keepalives else [sig.without_keepalives(r) for r in recordings]
 
         names = {w.name for w in chosen}
-        base = kept(recorded["background"] + (recorded["other"] if others else [])) + extra
+        other = [r for r in recorded["other"] if others is None or r.group in others]
+        base = kept(recorded["background"] + other) + extra
         return learn(
             kept([r for r in recorded["event"] if r.name in names]),
             device_name,
@@ -497,9 +500,8 @@ def learn_in_windows(
             _nothing_learned(
                 events,
                 recorded,
-                lambda: learn_on(events, rough_support, others=False),
+                lambda groups: learn_on(events, rough_support, others=groups),
                 device_ip,
-                cut["other"],
             )
         )
     # A window holding none of the flows that recur in most windows, whatever their
@@ -567,15 +569,19 @@ def _window_recordings(
     return recordings_read
 
 
-def _nothing_learned(events, recorded, without_others, device_ip: str, others) -> str:
+def _nothing_learned(events, recorded, learn_against, device_ip: str) -> str:
     """Why nothing recurs in half of the event's windows that the baseline lacks, in one
-    line: what it shares with another listed event, else what the windows hold."""
-    if others:
-        shared = without_others()
+    line: what it shares with other listed events (learn_against(groups): learned with
+    only those other events' windows as a baseline), else what the windows hold."""
+    groups = sorted({r.group for r in recorded["other"]})
+    if groups:
+        shared = learn_against(set())
         if not shared.event_patterns.empty:
-            names = sorted({w.listed["event"] for w in others} - {""})
             what = "; ".join(_pattern_words(row) for row in shared.event_patterns.itertuples())
-            other = ", ".join(names) or "the other listed events"
+            # The other events that alone take all of it away.
+            alike = [g for g in groups if learn_against({g}).event_patterns.empty] or groups
+            names = [g.removeprefix("event ") for g in alike]
+            other = ", ".join(n for n in names if n) or "the other listed events"
             return (
                 f"{shared.event} cannot be told from {other}: "
                 f"what recurs around its listed times ({what}) recurs around theirs too, and "
