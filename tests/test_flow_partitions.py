@@ -56,7 +56,7 @@ def assert_same_bytes(packets_csv: Path, out: Path, options: flows.FlowOptions, 
     parts, written = partitioned(packets_csv, out / "parts", options, **sizes)
     assert filecmp.cmp(whole, parts, shallow=False), f"{packets_csv.name}: {options}"
     # The bursts too: renumbered to the merged flows, keep-alives marked across partitions.
-    whole_bursts, parts_bursts = pipeline.bursts_beside(whole), pipeline.bursts_beside(parts)
+    whole_bursts, parts_bursts = flows.bursts_beside(whole), flows.bursts_beside(parts)
     assert filecmp.cmp(whole_bursts, parts_bursts, shallow=False), f"{packets_csv.name} bursts"
     assert written.bursts == len(pd.read_csv(whole_bursts, usecols=["uid"]))
     return written

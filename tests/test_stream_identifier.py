@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iotsig import csvio, pipeline
+from iotsig import csvio
 from iotsig.errors import InputError, OutputError
-from iotsig.flows import FlowOptions, build_flows
+from iotsig.flows import FlowOptions, build_flows, bursts_beside
 from iotsig.schema import FLOWS, PACKETS
 
 from conftest import (
@@ -1151,7 +1151,7 @@ def test_one_bad_input_does_not_stop_the_others(tmp_path, out):
     assert len(result.stderr.strip().splitlines()) == 1 and "bad.packets.csv" in result.stderr
     written = flows_csv("", TPLINK_CAPTURES[1])
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted(
-        [written.name, pipeline.bursts_beside(written).name]
+        [written.name, bursts_beside(written).name]
     )
     assert (
         flows_csv(tmp_path / "o", TPLINK_CAPTURES[1]).read_text()

@@ -27,6 +27,7 @@ import pandas as pd
 from . import csvio
 from . import signature as sig
 from .errors import InputError
+from .flows import bursts_beside
 from .schema import BURSTS, DETECTIONS, FLOWS
 from .timefmt import utc
 
@@ -272,10 +273,10 @@ def read_flows(path: Path, bursts: bool = False) -> pd.DataFrame:
     numbers and remote address where the file has them; with `bursts`, the bursts inside
     connections already open of the bursts CSV beside it, as units of their own (a missing
     bursts CSV is an InputError naming it)."""
-    if bursts and not sig.bursts_beside(path).is_file():
+    if bursts and not bursts_beside(path).is_file():
         raise InputError(
             path,
-            f"no bursts CSV beside it ({sig.bursts_beside(path).name}), and a signature has "
+            f"no bursts CSV beside it ({bursts_beside(path).name}), and a signature has "
             "burst patterns: build it with stream-identifier.py from the packets CSV",
         )
     return sig.read_units(Path(path), bursts, tuple(FLOW_EXTRAS))
@@ -288,14 +289,14 @@ def read_device_units(
     time: memory holds the devices' units, not a week of a whole home's flows. Also the
     extent of the capture: (first packet, last packet) over all its flows. (table=BURSTS:
     a bursts CSV's rows of the devices, as they are.)"""
-    if bursts and not sig.bursts_beside(path).is_file():
+    if bursts and not bursts_beside(path).is_file():
         read_flows(path, bursts)  # (raises the error that names the missing file)
     if table is BURSTS:
         return _devices_rows(path, BURSTS, BURST_COLUMNS, BURST_COLUMNS, devices)
     flows, extent = _devices_rows(path, FLOWS, sig.REQUIRED, UNIT_COLUMNS, devices)
     if not bursts:
         return flows, extent
-    inner, _ = _devices_rows(sig.bursts_beside(path), BURSTS, BURST_COLUMNS, BURST_COLUMNS, devices)
+    inner, _ = _devices_rows(bursts_beside(path), BURSTS, BURST_COLUMNS, BURST_COLUMNS, devices)
     return sig.with_bursts(flows, inner), extent
 
 

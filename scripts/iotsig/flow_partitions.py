@@ -87,14 +87,8 @@ def write_flows(
         count = sum(len(b.ts) for b in built)
         csvio.write_table_pieces(_merged(built), FLOWS, output)
         bursts = _bursts_in_order(built)
-        csvio.write_table(bursts, BURSTS, _bursts_beside(output))
+        csvio.write_table(bursts, BURSTS, flows.bursts_beside(output))
     return Written(routed.packets, count, routed.blank, routed.chunks, len(built), len(bursts))
-
-
-def _bursts_beside(flows_csv: Path) -> Path:
-    name = Path(flows_csv).name
-    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
-    return Path(flows_csv).parent / f"{stem}.bursts.csv"
 
 
 def _bursts_in_order(built: list[_Built]) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -121,6 +122,14 @@ class FlowOptions:
 class Built:
     flows: pd.DataFrame
     bursts: pd.DataFrame  # empty when not asked for
+
+
+def bursts_beside(flows_csv) -> Path:
+    """The bursts CSV beside a flows CSV: <name>.bursts.csv for <name>.flows.csv (any other
+    CSV: its stem)."""
+    name = Path(flows_csv).name
+    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
+    return Path(flows_csv).parent / f"{stem}.bursts.csv"
 
 
 def build_flows(packets: pd.DataFrame, options: FlowOptions | None = None) -> pd.DataFrame:

@@ -47,14 +47,6 @@ def packets_beside(flows_csv: Path) -> Path:
     return Path(flows_csv).parent / f"{stem}.packets.csv"
 
 
-def bursts_beside(flows_csv: Path) -> Path:
-    """The bursts CSV stream-identifier writes beside a flows CSV: <name>.bursts.csv for
-    <name>.flows.csv (any other CSV: its stem)."""
-    name = Path(flows_csv).name
-    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
-    return Path(flows_csv).parent / f"{stem}.bursts.csv"
-
-
 def flows_path(packets_csv: Path, output_dir: Path) -> Path:
     """OUTPUT_DIR/<name>.flows.csv for <name>.packets.csv (any other CSV: its stem)."""
     name = Path(packets_csv).name
@@ -79,7 +71,7 @@ class FlowsWritten:
 
     @property
     def bursts_csv(self) -> Path:
-        return bursts_beside(self.flows_csv)
+        return flows.bursts_beside(self.flows_csv)
 
 
 FLOW_COLUMNS = flows.REQUIRED + flows.OPTIONAL  # the packets CSV's columns flows use
@@ -173,7 +165,7 @@ def packets_to_flows(
     warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, blank_cells(table))
     built = flows.build(table, options)
     csvio.write_table(built.flows, FLOWS, output)
-    csvio.write_table(built.bursts, BURSTS, bursts_beside(output))
+    csvio.write_table(built.bursts, BURSTS, flows.bursts_beside(output))
     return FlowsWritten(
         Path(packets_csv),
         output,
@@ -646,7 +638,7 @@ def _beside_long(flows_csvs: list[Path]) -> tuple[list[Path] | None, list[Path] 
     writes them so), and their bursts CSVs where every one is (stream-identifier writes
     them): windows.cut reads them a chunk at a time."""
     packet_files = [packets_beside(p) for p in flows_csvs]
-    burst_files = [bursts_beside(p) for p in flows_csvs]
+    burst_files = [flows.bursts_beside(p) for p in flows_csvs]
     return (
         packet_files if all(p.is_file() for p in packet_files) else None,
         burst_files if all(p.is_file() for p in burst_files) else None,

@@ -19,6 +19,7 @@ import pandas as pd
 from . import csvio, fields
 from .errors import InputError, ToolError
 from .fields import FINGERPRINT_FIELDS
+from .flows import bursts_beside
 from .parties import remote_party, server_ports
 from .schema import (
     BURSTS,
@@ -140,13 +141,6 @@ def read_units(flows_csv: Path, bursts: bool = False, extra: tuple = ()) -> pd.D
         return flows
     wanted = [c for c in BURSTS.names if c in columns + UNIT_COLUMNS + ["opens", "uid"]]
     return with_bursts(flows, csvio.read_table(beside, BURSTS, columns=wanted))
-
-
-def bursts_beside(flows_csv: Path) -> Path:
-    """<name>.bursts.csv beside <name>.flows.csv (any other CSV: its stem)."""
-    name = Path(flows_csv).name
-    stem = name[: -len(".flows.csv")] if name.endswith(".flows.csv") else Path(name).stem
-    return Path(flows_csv).parent / f"{stem}.bursts.csv"
 
 
 def with_bursts(flows: pd.DataFrame, bursts: pd.DataFrame) -> pd.DataFrame:
