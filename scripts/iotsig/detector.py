@@ -28,6 +28,7 @@ from . import csvio
 from . import signature as sig
 from .errors import InputError
 from .flows import bursts_beside
+from .inputs import file_kind
 from .schema import BURSTS, DETECTIONS, FLOWS
 from .timefmt import utc
 
@@ -53,8 +54,6 @@ FLOW_EXTRAS = ["capture", "first_frame", "last_frame", *sig.OPTIONAL]
 
 def classify(path: Path) -> str:
     """'capture', 'signature', 'flows' or 'packets': inputs.file_kind, the one rule."""
-    from .inputs import file_kind
-
     return file_kind(path, ("capture", "signature", "flows"))
 
 

@@ -127,8 +127,6 @@ class EventDetector(Command):
                     )
                     continue
                 signatures.append(signature)
-            for note in csvio.take_notes():
-                self.warn(note)
         if not signatures:
             if unread:
                 return 1
@@ -150,8 +148,6 @@ class EventDetector(Command):
                 self.error(str(e))
                 failed.append(name)
                 continue
-            for note in csvio.take_notes():
-                self.warn(note)
             occurrences = detector.detect(table, name, signatures, options)
             spans[name] = windows.with_extent(table, extent)
             found += occurrences
