@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import ipaddress
 import os
-import re
 import signal
 import sys
 import time
@@ -22,11 +21,10 @@ from . import __version__, event_times, pipeline, traffic_report
 from .errors import IotsigWarning, OutputError, Terminated, ToolError
 from .flows import DEFAULT_BURST_GAP, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION
 from .parallel import Workers
+from .parties import MAC_PATTERN
 from .signature import LearnOptions
 from .tshark import STDIN, is_stdin
 from .windows import DEFAULT_DURATION, DEFAULT_TOLERANCE, WindowOptions
-
-MAC_PATTERN = re.compile(r"^[0-9a-f]{2}([:-])(?:[0-9a-f]{2}\1){4}[0-9a-f]{2}$", re.I)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -601,6 +599,11 @@ class Command:
             dynamic_ncols=True,
             **options,
         )
+
+    @classmethod
+    def script(cls) -> None:
+        """Run as scripts/<command>.py: main() on sys.argv, then exit with its code."""
+        entry_point(cls)
 
     def main(self, argv: list[str] | None = None) -> int:
         _tune_process()

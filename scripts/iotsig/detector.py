@@ -27,7 +27,7 @@ import pandas as pd
 from . import csvio
 from . import signature as sig
 from .errors import InputError
-from .flows import bursts_beside
+from .flows import FlowOptions, bursts_beside
 from .inputs import file_kind
 from .schema import BURSTS, DETECTIONS, FLOWS
 from .timefmt import utc
@@ -170,6 +170,14 @@ def read_signatures(path: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[Ev
     frame = sig.read_signature_csv(path)  # checks every column and the version
     if frame.empty:
         raise InputError(path, "signature CSV without any pattern")
+    return event_signatures(frame, path, tolerance)
+
+
+def event_signatures(
+    frame: pd.DataFrame, path, tolerance: float = DEFAULT_TOLERANCE
+) -> list[EventSignature]:
+    """The signatures of a signature CSV's rows, as read (read_signature_csv); `path`
+    names them (the detections' signature column)."""
     signatures = []
     # One signature per event, device and variant (a route the event takes).
     groups = frame.groupby(
@@ -260,6 +268,32 @@ def _pattern(row, tolerance: float) -> Pattern:
         bool(values["periodic"] == values["periodic"] and values["periodic"]),
         0.0 if values["accepted_profile"] else sig.PROFILE_SLACK,
     )
+
+
+def flow_options(signatures: list[EventSignature], given: dict | None = None):
+    """How to build the flows of captures to search: as `given` (idle_timeout,
+    max_duration, burst_gap), else as the signatures were learned, else the defaults.
+    Also the settings taken from the signatures that are not the defaults (said by the
+    caller), and a warning where the signatures disagree."""
+    defaults = FlowOptions().settings()
+    chosen, learned_not_default, warnings = {}, [], []
+    for name, default in defaults.items():
+        learned = sorted({s.settings[name] for s in signatures if name in s.settings})
+        if (given or {}).get(name) is not None:
+            chosen[name] = given[name]
+        elif learned:
+            chosen[name] = learned[0]
+            if len(learned) > 1:
+                warnings.append(
+                    f"the signatures were learned with different --{name.replace('_', '-')} "
+                    f"({', '.join(f'{v:g}' for v in learned)}): using {learned[0]:g}"
+                )
+            if learned[0] != default:
+                learned_not_default.append(f"--{name.replace('_', '-')} {learned[0]:g}")
+        else:
+            chosen[name] = default
+    devices = tuple(dict.fromkeys(s.device_ip for s in signatures))
+    return FlowOptions(device_ips=devices, **chosen), learned_not_default, warnings
 
 
 # ---------------------------------------------------------------------------------------
