@@ -236,6 +236,7 @@ def _key(values: dict) -> tuple:
 
 def _pattern(row, tolerance: float) -> Pattern:
     values = row._asdict()
+    values["unit"] = values["unit"] or "flow"  # (an empty cell: a flow, as in version 2)
     key = _key(values)
     ranges = []
     for metric in COUNT_METRICS:
@@ -264,7 +265,7 @@ def _pattern(row, tolerance: float) -> Pattern:
         int(flows_max) if flows_max == flows_max and flows_max >= 1 else 1,
         float(offset) if offset == offset else 0.0,
         sig.parse_profile(values["accepted_profile"] or values["packet_profile"]),
-        str(values["unit"] or "flow"),
+        str(values["unit"]),
         bool(values["periodic"] == values["periodic"] and values["periodic"]),
         0.0 if values["accepted_profile"] else sig.PROFILE_SLACK,
     )
@@ -541,11 +542,20 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
     result = np.full(len(view), -1, dtype=np.int64)
     if view.empty or not patterns:
         return result
-    by_key: dict[tuple, list[int]] = {}
+    # The patterns a flow may match, looked up by its key and remote party (as
+    # Pattern.remote_matches reads them): a signature of thousands of patterns to as many
+    # addresses (a scan) is thousands of lookups, not thousands of tries per flow.
+    by_remote: dict[tuple, list[int]] = {}  # (key, remote): the remote itself
+    by_address: dict[tuple, list[int]] = {}  # (key, address): a domain's known addresses
+    by_class: dict[tuple, list[int]] = {}  # (key, class): a generalised pattern
     for number, pattern in enumerate(patterns):
-        by_key.setdefault(pattern.key, []).append(number)
-    for numbers in by_key.values():  # specific remotes before classes
-        numbers.sort(key=lambda n: patterns[n].general)
+        if pattern.general:
+            by_class.setdefault((pattern.key, pattern.remote), []).append(number)
+            continue
+        by_remote.setdefault((pattern.key, pattern.remote), []).append(number)
+        if pattern.remote_kind == "domain":
+            for address in pattern.remote_addrs:
+                by_address.setdefault((pattern.key, address), []).append(number)
     keys = view[KEY_COLUMNS].astype(object).to_numpy()
     remotes = view[["remote", "remote_general", "remote_kind", "remote_h"]].astype(str).to_numpy()
     counts = {
@@ -560,11 +570,16 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
     for row in range(len(view)):
         key = list(keys[row])  # (fingerprints() already spelled the sets canonically)
         key[PORT] = int(key[PORT])
-        candidates = by_key.get(tuple(key))
+        key = tuple(key)
+        remote, remote_general, remote_kind, remote_h = remotes[row]
+        candidates = by_remote.get((key, remote), []) + by_class.get((key, remote_general), [])
+        if remote_kind != "domain":
+            candidates += by_address.get((key, remote_h), [])
         if not candidates:
             continue
         values = {m: counts[m][row] for m in COUNT_METRICS}
-        for number in candidates:
+        # specific remotes before classes, each in the signature's order
+        for number in sorted(set(candidates), key=lambda n: (patterns[n].general, n)):
             pattern = patterns[number]
             if keepalive[row] and not pattern.periodic:
                 continue  # a connection's timer, not the event
@@ -576,6 +591,35 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
                 result[row] = number
                 break
     return result
+
+
+def pattern_matches(flows: pd.DataFrame, signatures: list[EventSignature]) -> pd.DataFrame:
+    """Which flows match which pattern, event and background alike, by the rule the
+    detector counts them with (match_flows): each matched flow's position in `flows`, and
+    the pattern's name, order and role. (The traffic report draws these.)"""
+    found = []
+    numbered = flows.assign(_row=np.arange(len(flows)))
+    for signature in signatures:
+        view = device_view(numbered, "", signature.device_ip)
+        patterns = signature.patterns + signature.background
+        if view.empty or not patterns:
+            continue
+        matches = match_flows(view, patterns)
+        hit = np.flatnonzero(matches >= 0)
+        chosen = [patterns[n] for n in matches[hit]]
+        found.append(
+            pd.DataFrame(
+                {
+                    "row": view["_row"].to_numpy()[hit].astype(np.int64),
+                    "pattern": [p.name for p in chosen],
+                    "order": [p.order for p in chosen],
+                    "role": [p.role for p in chosen],
+                }
+            )
+        )
+    if not found:
+        return pd.DataFrame({"row": [], "pattern": [], "order": [], "role": []})
+    return pd.concat(found, ignore_index=True).sort_values("row", kind="stable")
 
 
 def find_occurrences(
