@@ -39,19 +39,6 @@ from .parties import MAC_PATTERN
 from .schema import BURSTS, DETECTIONS, FLOWS, PACKETS, SIGNATURE, Table
 from .signature import LearnOptions
 
-__all__ = [
-    "LearnOptions",
-    "Signature",
-    "TimesFormat",
-    "detect",
-    "learn",
-    "read_bursts",
-    "read_flows",
-    "read_packets",
-    "read_signature",
-    "typed",
-]
-
 PathLike = str | os.PathLike
 
 
@@ -99,6 +86,7 @@ def read_flows(
     max_duration: float = flows.DEFAULT_MAX_DURATION,
     burst_gap: float = flows.DEFAULT_BURST_GAP,
     jobs: int = 0,
+    bursts: bool = False,
 ) -> pd.DataFrame:
     """The flows of a capture: stream-identifier's CSV (Zeek conn.log style).
 
@@ -109,30 +97,22 @@ def read_flows(
         device_mac: the device's MAC (a capture only: for the packets' direction).
         idle_timeout, max_duration, burst_gap: seconds, as stream-identifier's flags.
         jobs: processes for a big capture (0: one per core).
+        bursts: the bursts CSV's rows instead (read_bursts).
 
     Returns:
         One row per flow, the flows CSV's columns.
     """
-    return _flows_and_bursts(
+    built = _flows_and_bursts(
         source, device_ip, device_mac, idle_timeout, max_duration, burst_gap, jobs
-    )[0]
+    )
+    return built[1] if bursts else built[0]
 
 
-def read_bursts(
-    source: PathLike | pd.DataFrame,
-    *,
-    device_ip: str | Sequence[str] | None = None,
-    device_mac: str | None = None,
-    idle_timeout: float = flows.DEFAULT_IDLE_TIMEOUT,
-    max_duration: float = flows.DEFAULT_MAX_DURATION,
-    burst_gap: float = flows.DEFAULT_BURST_GAP,
-    jobs: int = 0,
-) -> pd.DataFrame:
+def read_bursts(source: PathLike | pd.DataFrame, **arguments) -> pd.DataFrame:
     """The bursts inside long-lived connections: the bursts CSV (README: bursts CSV), of
-    the same sources and arguments as read_flows (a flows CSV: the bursts CSV beside it)."""
-    return _flows_and_bursts(
-        source, device_ip, device_mac, idle_timeout, max_duration, burst_gap, jobs
-    )[1]
+    the same sources and keyword arguments as read_flows (a flows CSV: the bursts CSV beside
+    it)."""
+    return read_flows(source, bursts=True, **arguments)
 
 
 def _flows_and_bursts(source, device_ip, device_mac, idle_timeout, max_duration, burst_gap, jobs):
