@@ -16,6 +16,7 @@ notebook's subflows). Bursts are built in the same pass as the flows (build).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,10 +105,27 @@ GENERIC_LAYERS = {
 
 @dataclass
 class FlowOptions:
+    """How flows are built (stream-identifier's flags): seconds, and the device's
+    addresses (one address or several; each checked and written canonically)."""
+
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_duration: float = DEFAULT_MAX_DURATION
     device_ips: tuple[str, ...] = ()
     burst_gap: float = DEFAULT_BURST_GAP
+
+    def __post_init__(self):
+        addresses = (self.device_ips,) if isinstance(self.device_ips, str) else self.device_ips
+        try:
+            self.device_ips = tuple(str(ipaddress.ip_address(a.strip())) for a in addresses)
+        except (ValueError, AttributeError):
+            raise ValueError(
+                f"device_ips: {self.device_ips!r} is not an IP address or a sequence of them"
+            ) from None
+        for name in ("idle_timeout", "max_duration", "burst_gap"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(
+                    f"{name}: a positive number of seconds, not {getattr(self, name)!r}"
+                )
 
     def settings(self) -> dict:
         """What a signature keeps of how its flows were built."""
