@@ -130,20 +130,26 @@ def big_capture(shared: Path, min_packets: int, name: str = "big") -> tuple[Path
     return big, packets
 
 
-def distinct_capture(shared: Path, min_packets: int) -> tuple[Path, int]:
+SPREAD_SECONDS = 7 * 86400  # --spread: each copy a week after the one before
+
+
+def distinct_capture(shared: Path, min_packets: int, spread: bool = False) -> tuple[Path, int]:
     """One pcapng of all the shared captures, copied as many times as needed to reach
     min_packets, each copy's addresses moved elsewhere (distinct.py: no conversation
-    repeats); rebuilt only when the inputs or the target change."""
+    repeats); rebuilt only when the inputs or the target change. `spread`: each copy also
+    moved SPREAD_SECONDS later than the one before, so that the traffic at any moment is
+    one home's, as in a week-long recording (without it, every copy replays the same
+    moments: ten copies are ten homes at once)."""
     from distinct import rewrite_copy
 
     inputs = shared_captures(shared)
     key = hashlib.sha256(
         json.dumps(
-            ["distinct", min_packets]
+            ["distinct", min_packets, SPREAD_SECONDS if spread else 0]
             + [(str(f.relative_to(shared)), f.stat().st_size) for f in inputs]
         ).encode()
     ).hexdigest()[:12]
-    name = f"distinct{min_packets}"  # one cached capture per size
+    name = f"{'spread' if spread else 'distinct'}{min_packets}"  # one per size and kind
     big, meta = CACHE / f"{name}-{key}.pcapng", CACHE / f"{name}-{key}.json"
     if big.exists() and meta.exists():
         return big, json.loads(meta.read_text())["packets"]
@@ -157,6 +163,10 @@ def distinct_capture(shared: Path, min_packets: int) -> tuple[Path, int]:
     copies = [CACHE / f"{name}-copy-{k}.pcapng.tmp" for k in range(repeats)]
     for shift, copy in enumerate(copies):
         rewrite_copy(one_set, copy, shift)
+        if spread and shift:
+            moved = copy.with_suffix(".moved.tmp")
+            run(["editcap", "-F", "pcapng", "-t", str(shift * SPREAD_SECONDS), copy, moved])
+            moved.replace(copy)
     run(["mergecap", "-F", "pcapng", "-a", "-w", big, *copies])
     for temporary in [one_set, *copies]:
         temporary.unlink()
@@ -1217,7 +1227,7 @@ def bench_memory(args) -> None:
     cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
     rows, figures = [], {}
     for size in args.sizes:
-        capture, packets = distinct_capture(args.shared, size)
+        capture, packets = distinct_capture(args.shared, size, args.spread)
         with tempfile.TemporaryDirectory(prefix="bench-memory-", dir=CACHE) as tmp:
             out = Path(tmp)
             runs = {
@@ -1322,7 +1332,9 @@ def bench_memory(args) -> None:
         [
             "Peak memory on captures built from the shared public captures (all of them, "
             "copied as many times as needed, each copy's addresses moved so that no "
-            "conversation repeats: `distinct_capture()`, tests/bench/distinct.py), the device "
+            "conversation repeats: `distinct_capture()`, tests/bench/distinct.py"
+            + (", each copy a week after the one before: `--spread`" if args.spread else "")
+            + "), the device "
             f"{DEVICE_NAME} {DEVICE_IP}. One run each, one at a time; "
             f"{machine(cores, load_before)}.",
             "",
@@ -1344,11 +1356,13 @@ def bench_memory(args) -> None:
             "Produced by `python tests/bench/bench.py memory"
             + (" --events" if args.events else "")
             + (" --report" if args.report else "")
+            + (" --spread" if args.spread else "")
             + "`.",
             "",
         ]
     )
-    write_results(MEMORY_RESULTS, text, " ".join(verdicts))
+    path = MEMORY_RESULTS.with_name("memory-spread-results.md") if args.spread else MEMORY_RESULTS
+    write_results(path, text, " ".join(verdicts))
 
 
 LISTED_TIMES = 40
@@ -1431,6 +1445,11 @@ def main() -> None:
         action="store_true",
         help="main.py --events and event-detector --events too (a times list from the "
         "device's connections to its cloud)",
+    )
+    memory.add_argument(
+        "--spread",
+        action="store_true",
+        help="the copies a week apart (a week-long recording of one home), not at once",
     )
     memory.set_defaults(function=bench_memory)
     chunks = sub.add_parser("chunks", help="one big capture in chunks on every core")
