@@ -381,6 +381,18 @@ def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndar
     return rows, np.repeat(np.arange(len(starts)), lengths[by_first]), continued
 
 
+def packets_in_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, ...]:
+    """The packets in flow order, flows numbered as build numbers them (the flows CSV's
+    order) and packets in time order within a flow: each packet's row in p, its flow, and
+    whether its flow's originator sent it. What features.py cuts its units from, without
+    the flows' statistics."""
+    rows, flow, _ = _assign_flows(p, options)
+    names = ("src_key", "dst_key", "src_port", "dst_port", "syn", "syn_ack")
+    s = {"flow": flow, **{name: p[name][rows] for name in names}}
+    tcp = values_at(p["l4_proto"], rows[_flow_starts(flow)]) == "tcp"
+    return rows, flow, _orient(s, tcp)
+
+
 def conversation_hash(p: Packets) -> np.ndarray:
     """A 64-bit number per packet, the same for all the packets of one conversation as
     _assign_flows groups them (capture, protocol and both endpoints, either way round):
