@@ -68,6 +68,7 @@ LENGTH_QUANTILE = 0.9  # netml's q_interval: the default L
 SAMPLING_QUANTILE = 0.3  # netml's quantile of the durations: the SAMP_* window
 MAX_SAMPLES = 500  # netml stops a unit's SAMP_* values there
 DEFAULT_MIN_PACKETS = 2  # netml's flow_ptks_thres
+EDGE_SECONDS = 1e-6  # a packet this close to a SAMP_* window's boundary is walked as netml
 DEFAULT_INTERVAL = 600.0  # the notebook's chunks
 IDLE = "idle"
 # The packets CSV's columns the units need (flows.prepare reads the others as empty).
@@ -439,22 +440,25 @@ def _quantile(ordered, starts, count, q: float) -> np.ndarray:
 
 def _samples(piece: Piece, pos: np.ndarray, kind: str, rate: float):
     """SAMP_NUM / SAMP_SIZE as (unit, slot, value) sums: each packet in its sampling
-    window counted from the unit's first packet. netml walks the packets: a packet at most
-    `rate` after the current window's start stays in it, else it opens the window that
-    holds it; so a packet exactly on a boundary stays in the window before when the
-    packet before it is there."""
+    window counted from the unit's first packet (floor(offset / rate)). netml walks the
+    packets, adding `rate` to the current window's start as it goes: a packet on a window's
+    boundary (to float noise) may fall either side, so the few units that have one are
+    walked as netml walks them (_walked)."""
     unit, ts = piece.unit, piece.ts
     starts = piece.starts
     offset = ts - ts[starts][unit]
     if rate > 0:
-        with np.errstate(invalid="ignore"):
-            raw = np.floor(offset / rate)
-        exact = (raw >= 1) & (offset == raw * rate)
-        previous = np.r_[-1, raw[:-1]]
-        raw = np.where(exact & (pos > 0) & (previous >= raw - 1), raw - 1, raw)
+        with np.errstate(invalid="ignore", over="ignore"):
+            ratio = offset / rate
+        raw = np.floor(ratio)
+        # (an epoch time's float holds it to ~2e-7 s: the boundaries are that blurred)
+        edge = (ratio >= 0.5) & (np.abs(offset - np.rint(ratio) * rate) <= EDGE_SECONDS)
+        for u in np.unique(unit[edge]):
+            first, last = starts[u], starts[u] + np.count_nonzero(unit == u)
+            raw[first:last] = _walked(ts[first:last], rate)
     else:  # (netml fails there) every packet at the first one's time in one window
         raw = np.where(offset > 0, np.nan, 0)
-    slot = np.nan_to_num(raw, nan=MAX_SAMPLES).astype(np.int64)
+    slot = np.nan_to_num(raw, nan=MAX_SAMPLES, posinf=MAX_SAMPLES).astype(np.int64)
     keep = slot < MAX_SAMPLES
     weight = np.ones(len(ts)) if kind == "SAMP_NUM" else piece.size
     n = len(piece.keys)
@@ -467,6 +471,26 @@ def _samples(piece: Piece, pos: np.ndarray, kind: str, rate: float):
     grid = sums.reshape(n, MAX_SAMPLES)[:, :width] if n else np.zeros((0, 0))
     units, slots = np.nonzero(np.arange(width)[None, :] <= last[:, None])
     return units, slots, grid[units, slots]
+
+
+def _walked(times: np.ndarray, rate: float) -> np.ndarray:
+    """The sampling window of each packet of one unit, as netml's _get_SAMP walks them
+    (its float sums included); MAX_SAMPLES past its limit."""
+    window = np.zeros(len(times))
+    current, at = float(times[0]), 0
+    for i in range(1, len(times)):
+        if times[i] - current > rate:
+            current += rate
+            skipped = int(np.floor((times[i] - current) // rate))
+            if skipped > 0:
+                skipped = min(skipped, MAX_SAMPLES)
+                current += skipped * rate
+            at += 1 + max(skipped, 0)
+            if at >= MAX_SAMPLES:
+                window[i:] = MAX_SAMPLES
+                break
+        window[i] = at
+    return window
 
 
 # ---------------------------------------------------------------------------------------
