@@ -656,6 +656,13 @@ DETECTIONS = Table(
 EVALUATION = Table(
     "evaluation",
     _cols(
+        (
+            "method",
+            "str",
+            "signature (the learned signatures and event-detector) or ml (a random forest "
+            "per device on its units' features, remote party and port)",
+            "--method",
+        ),
         ("device", "text", "device folder", "EVENTS_DIR/DEVICE"),
         ("event", "text", "event folder", "EVENTS_DIR/DEVICE/EVENT"),
         (

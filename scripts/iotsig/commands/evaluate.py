@@ -6,7 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from .. import csvio, detector, evaluation, tshark
+import pandas as pd
+
+from .. import csvio, detector, evaluation, learned, tshark
 from ..cli import Command, add_jobs_argument, ensure_output_dir, fraction, non_negative, positive
 from ..errors import ToolError
 from ..schema import DETECTIONS, EVALUATION
@@ -106,6 +108,14 @@ class Evaluate(Command):
             metavar="FRACTION",
             help="event-detector's --min-score (default: %(default)s)",
         )
+        parser.add_argument(
+            "--method",
+            choices=("signature", "ml", "both"),
+            default="signature",
+            help="signature: the learned signatures and event-detector (default); ml: a "
+            "random forest per device on its units' features, remote party and port, on "
+            "the same split and scoring; both: the two side by side",
+        )
         add_jobs_argument(parser)
 
     def run(self, args):
@@ -163,7 +173,8 @@ class Evaluate(Command):
 
         # 2. Signatures: one event that cannot be learned is reported, the others still run.
         step = time.monotonic()
-        for result in results:
+        signatures = args.method != "ml"
+        for result in results if signatures else []:
             self.learn(result, results, devices, baseline, output_dir, args)
         learn_seconds = time.monotonic() - step
 
@@ -171,10 +182,10 @@ class Evaluate(Command):
         step = time.monotonic()
         options = detector.DetectOptions(args.min_score, args.window)
         detected, occurrences, per_signature = evaluation.detect_all(
-            results, captures, devices, args.protocol, options
+            results if signatures else [], captures, devices, args.protocol, options
         )
         detect_seconds = time.monotonic() - step
-        for result in results:
+        for result in results if signatures else []:
             if result.status == "failed":
                 continue
             if result.event_signatures:  # (variants share their label)
@@ -188,13 +199,24 @@ class Evaluate(Command):
 
         frame = evaluation.table(results, output_dir, args.protocol)
         confusion = evaluation.confusion(results, detected)
-        total = time.monotonic() - started
         timings = {
             "translation": translate_seconds,
             "learning": learn_seconds,
             "detection": detect_seconds,
-            "total": total,
         }
+        if args.method != "signature":  # 4. the learned classifier, on the same split
+            step = time.monotonic()
+            ml_results, ml_detected = learned.evaluate(
+                results, captures, devices, args.protocol, args.seed
+            )
+            timings["ml"] = time.monotonic() - step
+            ml_frame = evaluation.table(ml_results, output_dir, args.protocol, "ml")
+            if args.method == "ml":
+                results, frame = ml_results, ml_frame
+                confusion = evaluation.confusion(ml_results, ml_detected)
+            else:
+                frame = pd.concat([frame, ml_frame], ignore_index=True)
+        total = timings["total"] = time.monotonic() - started
         settings = {
             "protocol": args.protocol,
             "train share": args.train_share,
@@ -204,18 +226,20 @@ class Evaluate(Command):
             "tolerance": args.tolerance,
             "min score": args.min_score,
             "window": args.window or "per signature",
+            "method": args.method,
         }
         paths = {
             name: output_dir / name
             for name in ("evaluation.csv", "evaluation.md", "confusion.csv", "detections.csv")
         }
         csvio.write_table(frame, EVALUATION, paths["evaluation.csv"])
-        csvio.write_text(
-            paths["evaluation.md"],
-            evaluation.markdown(
-                frame, results, settings, timings, output_dir, confusion, args.protocol
-            ),
+        first = frame[frame["method"] == frame["method"].iloc[0]] if len(frame) else frame
+        text = evaluation.markdown(
+            first, results, settings, timings, output_dir, confusion, args.protocol
         )
+        if args.method == "both":
+            text += "\n" + "\n".join(learned.side_by_side(frame))
+        csvio.write_text(paths["evaluation.md"], text)
         csvio.write_table(confusion, evaluation.confusion_table(confusion), paths["confusion.csv"])
         csvio.write_table(
             detector.detections_frame(occurrences), DETECTIONS, paths["detections.csv"]
@@ -225,7 +249,8 @@ class Evaluate(Command):
                 self.say(f"{row.device}/{row.event}: failed: {row.note}")
                 continue
             self.say(
-                f"{row.device}/{row.event}: {row.event_patterns} pattern(s), TP {row.tp} "
+                (f"{row.method}: " if args.method == "both" else "")
+                + f"{row.device}/{row.event}: {row.event_patterns} pattern(s), TP {row.tp} "
                 f"FP {row.fp} TN {row.tn} FN {row.fn}, precision {_fmt(row.precision)} "
                 f"recall {_fmt(row.recall)} F1 {_fmt(row.f1)} (per device: FP "
                 f"{row.fp_per_device}, F1 {_fmt(row.f1_per_device)})"
@@ -236,8 +261,14 @@ class Evaluate(Command):
         self.say(
             f"evaluate: {len(results)} event(s), {len(captures)} capture(s) in "
             f"{total:.1f} s (translation {translate_seconds:.1f} s, learning "
-            f"{learn_seconds:.1f} s, detection {detect_seconds:.1f} s); "
-            f"{evaluation.summary_text(frame)}"
+            f"{learn_seconds:.1f} s, detection {detect_seconds:.1f} s"
+            + (f", ml {timings['ml']:.1f} s" if "ml" in timings else "")
+            + "); "
+            + (
+                "; ".join(learned.summary_lines(frame))
+                if args.method == "both"
+                else evaluation.summary_text(frame)
+            )
         )
         if not evaluated:
             raise ToolError("no event could be evaluated (see the warnings above)")
