@@ -166,6 +166,24 @@ def _flag_bits(flags: pd.Series) -> np.ndarray:
 
 def cut_units(frame: pd.DataFrame, rows, options: FeatureOptions, device_ips=()) -> Piece:
     """The units of packets (read_table's frame; rows: their rows in the whole CSV)."""
+    if not len(frame):
+        keys = ["capture", "ts", "duration", "proto", "orig_h", "orig_p", "resp_h", "resp_p"]
+        keys += ["packets", "rank_ts", "rank_row", "burst"]
+        empty = np.zeros(0)
+        return Piece(
+            empty,
+            empty,
+            empty.astype(np.uint8),
+            empty.astype(np.int64),
+            pd.DataFrame(
+                {
+                    k: pd.Series(
+                        dtype=object if k in ("capture", "proto", "orig_h", "resp_h") else float
+                    )
+                    for k in keys
+                }
+            ),
+        )
     p = flows.prepare(frame, rows)
     unit = options.unit
     if unit in ("flow", "burst"):
@@ -632,6 +650,8 @@ def write_features(
                 piece.keys["uid"] = uid
                 piece = piece.kept(options.min_packets)
                 keys = piece.keys
+                if keys.empty:
+                    continue
                 if windows is not None:
                     label = window_labels(keys, windows)
                 elif signatures is not None:

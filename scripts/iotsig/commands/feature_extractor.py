@@ -171,6 +171,11 @@ class FeatureExtractor(Command):
         written = features.write_features(
             packet_files, output_dir, options, tuple(args.device_ip), windows, signatures
         )
+        if not written.units:
+            self.warn(
+                f"no {args.unit} of {args.min_packets} packet(s) or more "
+                "(--min-packets): the features files hold their header only"
+            )
         for warning in written.warnings:
             self.warn(f"{args.events}: {warning}" if args.events else warning)
         labels = ", ".join(f"{k or 'unlabelled'} {v}" for k, v in sorted(written.per_label.items()))
