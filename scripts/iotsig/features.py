@@ -576,12 +576,18 @@ def read_packets(packets_csv: Path) -> pd.DataFrame:
 
 def _pieces(packets_csv: Path, folder: Path, options: FeatureOptions, device_ips, whole: bool):
     """Phase 1: the units of one packets CSV, each piece pickled in `folder`; yields the
-    pieces' paths and keys (their packets stay on disk)."""
+    pieces' paths and summaries (_saved: the rest stays on disk)."""
     partitions = 1 if whole else flow_partitions.partitions_for(packets_csv)
     if partitions > 1:
         try:
             routed = flow_partitions.route(
-                Path(packets_csv), folder, options.flow, partitions, csvio.CHUNK_BYTES
+                Path(packets_csv),
+                folder,
+                options.flow,
+                partitions,
+                csvio.CHUNK_BYTES,
+                COLUMNS,
+                COLUMNS + OPTIONAL_COLUMNS,
             )
         except csvio.NeedsWholeFile:
             partitions = 1
@@ -594,10 +600,15 @@ def _pieces(packets_csv: Path, folder: Path, options: FeatureOptions, device_ips
     yield _saved(cut_units(frame, None, options, device_ips), folder, "whole")
 
 
+SUMMARY = ["packets", "duration", "rank_ts", "rank_row"]  # what phase 1 keeps per unit
+
+
 def _saved(piece: Piece, folder: Path, name: str):
+    """The piece on disk, and the numbers phase 1 keeps of its units in memory (~32 bytes a
+    unit: a key's text columns would grow memory with the capture)."""
     path = folder / f"units-{name}.pickle"
     pd.to_pickle(piece, path)
-    return path, piece.keys
+    return path, {c: piece.keys[c].to_numpy() for c in SUMMARY}
 
 
 def write_features(
@@ -627,12 +638,11 @@ def write_features(
                     )
         except OSError as e:
             raise OutputError(folder, f"cannot write ({e.strerror or e})") from None
-        uids = _uids(pieces, options.unit)
-        kept = [k["packets"].to_numpy() >= options.min_packets for _, _, k in pieces]
-        counts = np.concatenate([k["packets"].to_numpy()[m] for (_, _, k), m in zip(pieces, kept)])
-        durations = np.concatenate(
-            [k["duration"].to_numpy()[m] for (_, _, k), m in zip(pieces, kept)]
-        )
+        uids = _uids(pieces)
+        kept = [k["packets"] >= options.min_packets for _, _, k in pieces]
+        counts = np.concatenate([[], *(k["packets"][m] for (_, _, k), m in zip(pieces, kept))])
+        durations = np.concatenate([[], *(k["duration"][m] for (_, _, k), m in zip(pieces, kept))])
+        del kept
         length = options.length or default_length(counts)
         rate = (
             options.sampling_rate
@@ -644,9 +654,17 @@ def write_features(
         per_label: dict[str, int] = {}
 
         def frames():
-            for (_, path, _), uid in zip(pieces, uids):
+            mark = {"uniflow": "u", "window": "w"}.get(options.unit, "")
+            for (_, path, _), number in zip(pieces, uids):
                 piece = pd.read_pickle(path)
                 os.unlink(path)
+                uid = (
+                    piece.keys["capture"].to_numpy(dtype=object)
+                    + f"#{mark}"
+                    + number.astype(str).astype(object)
+                )
+                if options.unit == "burst":
+                    uid = uid + "/" + piece.keys["burst"].to_numpy().astype(str).astype(object)
                 piece.keys["uid"] = uid
                 piece = piece.kept(options.min_packets)
                 keys = piece.keys
@@ -681,18 +699,17 @@ def write_features(
     return Written(written, length, rate, per_label, csv_path, parquet_path, warnings)
 
 
-def _uids(pieces, unit: str) -> list[np.ndarray]:
-    """Each piece's units' uids, numbered per packets CSV by (time, row) of their flow's
-    first packet (flows: the flows CSV's uid; bursts: that, '/', the burst's number in
-    its flow; uniflows and windows: 'u' and 'w' before the number)."""
+def _uids(pieces) -> list[np.ndarray]:
+    """Each piece's units' numbers in their uids, per packets CSV by (time, row) of their
+    flow's first packet (flows: the flows CSV's uid capture#N; bursts: that, '/', the
+    burst's number in its flow; uniflows and windows: 'u' and 'w' before N)."""
     out: list = [None] * len(pieces)
     by_file: dict[int, list[int]] = {}
     for i, (number, _, _) in enumerate(pieces):
         by_file.setdefault(number, []).append(i)
-    mark = {"uniflow": "u", "window": "w"}.get(unit, "")
     for indices in by_file.values():
-        ts = np.concatenate([pieces[i][2]["rank_ts"].to_numpy() for i in indices])
-        row = np.concatenate([pieces[i][2]["rank_row"].to_numpy() for i in indices])
+        ts = np.concatenate([pieces[i][2]["rank_ts"] for i in indices])
+        row = np.concatenate([pieces[i][2]["rank_row"] for i in indices])
         _, first = np.unique(row, return_inverse=True)  # one number per flow
         rows_first = np.unique(row)
         ts_first = np.zeros(len(rows_first))
@@ -702,13 +719,9 @@ def _uids(pieces, unit: str) -> list[np.ndarray]:
         numbers = rank[first] + 1
         at = 0
         for i in indices:
-            keys = pieces[i][2]
-            mine = numbers[at : at + len(keys)].astype(str).astype(object)
-            at += len(keys)
-            uid = keys["capture"].to_numpy(dtype=object) + f"#{mark}" + mine
-            if unit == "burst":
-                uid = uid + "/" + keys["burst"].to_numpy().astype(str).astype(object)
-            out[i] = uid
+            count = len(pieces[i][2]["packets"])
+            out[i] = numbers[at : at + count]
+            at += count
     return out
 
 

@@ -120,9 +120,16 @@ class _Routed:
 
 
 def route(
-    packets_csv: Path, folder: Path, options: flows.FlowOptions, partitions: int, chunk_bytes
+    packets_csv: Path,
+    folder: Path,
+    options: flows.FlowOptions,
+    partitions: int,
+    chunk_bytes,
+    required: list[str] = flows.REQUIRED,
+    columns: list[str] = flows.REQUIRED + flows.OPTIONAL,
 ) -> _Routed:
-    """Pass 1: each chunk's packets appended to their partition's file, and its evidence."""
+    """Pass 1: each chunk's packets appended to their partition's file, and its evidence.
+    (features.py routes fewer columns: a partition's memory is its columns'.)"""
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
@@ -133,8 +140,8 @@ def route(
         for frame in csvio.read_table_chunks(
             packets_csv,
             PACKETS,
-            required=flows.REQUIRED,
-            columns=flows.REQUIRED + flows.OPTIONAL,
+            required=required,
+            columns=columns,
             chunk_bytes=chunk_bytes,
         ):
             if not len(frame):  # (a block of blank lines)
