@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import csvio, flow_partitions, flows
+from . import csvio, detector, flow_partitions, flows
 from .errors import InputError, OutputError
 from .schema import PACKETS, features_table
 
@@ -72,21 +72,7 @@ EDGE_SECONDS = 1e-6  # a packet this close to a SAMP_* window's boundary is walk
 DEFAULT_INTERVAL = 600.0  # the notebook's chunks
 IDLE = "idle"
 # The packets CSV's columns the units need (flows.prepare reads the others as empty).
-COLUMNS = [
-    "capture",
-    "frame_number",
-    "ts",
-    "frame_len",
-    "eth_src",
-    "eth_dst",
-    "ip_src",
-    "ip_dst",
-    "l4_proto",
-    "src_port",
-    "dst_port",
-    "tcp_flags",
-    "l4_payload_len",
-]
+COLUMNS = flows.PACKET_COLUMNS
 OPTIONAL_COLUMNS = ["direction"]
 
 
@@ -536,8 +522,6 @@ def signature_labels(packets: pd.DataFrame, signatures, options: FeatureOptions)
     """Per flow (flows.build's numbering, the flows CSV's), the event of the signature
     pattern it matches (detector.match_flows on the device's fingerprinted flows), else
     idle."""
-    from . import detector
-
     built = flows.build(packets, options.flow, bursts=False).flows
     labels = pd.Series(IDLE, index=built["uid"].to_numpy(), dtype=object)
     for capture, mine in built.groupby("capture", sort=False, observed=True):

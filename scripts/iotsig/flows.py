@@ -36,7 +36,7 @@ PORT_SPAN = 65537  # endpoint key = address code * PORT_SPAN + port + 1
 # Columns the flow builder reads from a packets CSV: the packet's own, and what names the
 # remote party (DNS answers, TLS server name, HTTP host). The other application fields are
 # carried into the flows where the packets CSV has them.
-REQUIRED = [
+PACKET_COLUMNS = [  # (what features.py cuts its units from)
     "capture",
     "frame_number",
     "ts",
@@ -50,6 +50,9 @@ REQUIRED = [
     "dst_port",
     "tcp_flags",
     "l4_payload_len",
+]
+REQUIRED = [
+    *PACKET_COLUMNS,
     "highest_layer",
     "dns_qry_name",
     "dns_flags_response",

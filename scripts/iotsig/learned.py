@@ -48,13 +48,14 @@ class Model:
     units: int = 0
 
 
-def units_of(capture: evaluation.Capture) -> pd.DataFrame:
-    """The capture's flows and bursts inside connections already open (read once)."""
-    if getattr(capture, "units", None) is None:
-        capture.units = detector.read_flows(
+def units_of(capture: evaluation.Capture, read: dict) -> pd.DataFrame:
+    """The capture's flows and bursts inside connections already open (read once: `read`
+    keeps them by capture name)."""
+    if capture.name not in read:
+        read[capture.name] = detector.read_flows(
             capture.flows_csv, bursts=detector.bursts_beside(capture.flows_csv).is_file()
         )
-    return capture.units
+    return read[capture.name]
 
 
 def device_units(units: pd.DataFrame, name: str, device_ip: str) -> pd.DataFrame:
@@ -70,14 +71,14 @@ def matrix(units: pd.DataFrame, vocabulary: dict) -> np.ndarray:
     return np.nan_to_num(np.column_stack([*numbers, sizes, *codes]), nan=-1.0)
 
 
-def train(device: str, device_ip: str, captures: list, seed: int) -> Model | None:
+def train(device: str, device_ip: str, captures: list, seed: int, read: dict) -> Model | None:
     """The device's forest, from its training captures (labelled with their events)."""
     from sklearn.ensemble import RandomForestClassifier
 
     started = time.perf_counter()
     tables, labels = [], []
     for capture in captures:
-        units = device_units(units_of(capture), capture.name, device_ip)
+        units = device_units(units_of(capture, read), capture.name, device_ip)
         if len(units):
             tables.append(units)
             labels += [capture.event] * len(units)
@@ -92,9 +93,9 @@ def train(device: str, device_ip: str, captures: list, seed: int) -> Model | Non
     return Model(device, device_ip, forest, vocabulary, time.perf_counter() - started, len(units))
 
 
-def predict(model: Model, capture: evaluation.Capture) -> str | None:
+def predict(model: Model, capture: evaluation.Capture, read: dict) -> str | None:
     """The event the recording is detected as, or None without the device's traffic."""
-    units = device_units(units_of(capture), capture.name, model.device_ip)
+    units = device_units(units_of(capture, read), capture.name, model.device_ip)
     if units.empty:
         return None
     probability = model.forest.predict_proba(matrix(units, model.vocabulary)).mean(axis=0)
@@ -124,16 +125,17 @@ def evaluate(
         )
         for r in results
     ]
-    models = {}
+    models, read = {}, {}
     for device in dict.fromkeys(r.device for r in ml):
         mine = [r for r in ml if r.device == device]
-        if any(not r.train or not r.test for r in mine):
-            for r in mine:
-                if not r.train or not r.test:
-                    r.status = "failed"
-                    r.note = f"too few readable captures ({len(r.train)} to learn, {len(r.test)})"
+        for r in mine:
+            if not r.train or not r.test:
+                r.status = "failed"
+                r.note = (
+                    f"too few readable captures ({len(r.train)} to learn, {len(r.test)} to test)"
+                )
         trained = [c for r in mine if r.status != "failed" for c in r.train]
-        model = train(device, devices[device], trained, seed)
+        model = train(device, devices[device], trained, seed, read)
         if model is None:
             for r in mine:
                 r.status, r.note = "failed", "no unit of the device in its training recordings"
@@ -141,10 +143,11 @@ def evaluate(
         models[device] = model
         for r in mine:
             r.learn_seconds = model.seconds / len(mine)
-            r.note = f"random forest of {TREES} trees on {model.units} training units"
+            if r.status != "failed":
+                r.note = f"random forest of {TREES} trees on {model.units} training units"
     detected = {c.name: set() for c in captures}
     for device, model in models.items():
-        started, runs = time.perf_counter(), 0
+        started = time.perf_counter()
         for capture in captures:
             if protocol == "user" and (
                 capture.train or not evaluation.same_device(devices, capture.device, device)
@@ -152,8 +155,7 @@ def evaluate(
                 continue
             if capture.train and capture.device == device:
                 continue  # (its own training recordings: not scored)
-            event = predict(model, capture)
-            runs += 1
+            event = predict(model, capture, read)
             if event is not None:
                 detected[capture.name].add((device, event))
         mine = [r for r in ml if r.device == device]

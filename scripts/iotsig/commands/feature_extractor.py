@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .. import features, inputs, packets, pipeline, tshark
+from .. import detector, features, inputs, packets, pipeline, tshark, windows
 from ..cli import (
     Command,
     add_event_times_arguments,
@@ -137,15 +137,11 @@ class FeatureExtractor(Command):
 
     def run(self, args):
         started = time.monotonic()
-        windows = signatures = None
+        spans = signatures = None
         if args.events:
-            from ..windows import event_windows
-
-            windows = event_windows(read_event_times(args), window_options(args))
+            spans = windows.event_windows(read_event_times(args), window_options(args))
         if args.signature:
-            from ..detector import read_signatures
-
-            signatures = read_signatures(args.signature)
+            signatures = detector.read_signatures(args.signature)
         kinds = [inputs.file_kind(p, ("capture", "packets")) for p in args.inputs]
         captures = [p for p, k in zip(args.inputs, kinds) if k == "capture"]
         output_dir = ensure_output_dir(args.output_dir)
@@ -169,7 +165,7 @@ class FeatureExtractor(Command):
         options.flow.max_duration = args.max_duration
         options.flow.burst_gap = args.burst_gap
         written = features.write_features(
-            packet_files, output_dir, options, tuple(args.device_ip), windows, signatures
+            packet_files, output_dir, options, tuple(args.device_ip), spans, signatures
         )
         if not written.units:
             self.warn(
