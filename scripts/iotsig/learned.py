@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import detector, evaluation
+from . import csvio, detector, evaluation, features, pipeline, windows
 from . import signature as sig
+from .errors import ToolError
+from .schema import DETECTIONS
+from .timefmt import utc
 
 NUMERIC = [
     "duration",
@@ -218,3 +222,175 @@ def summary_lines(frame: pd.DataFrame) -> list[str]:
         f"{evaluation._num(evaluation.macro_f1(part, 'f1_per_device'))}"
         for m, part in frame.groupby("method", sort=False)
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# Long captures with a times file: learn on the first half of the listed events, score the
+# second half as event-detector --events does
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LongResult:
+    method: str
+    scores: list  # windows.Score per event
+    scored: pd.DataFrame  # the scored-events table
+    seconds: float
+
+
+def split_times(times: pd.DataFrame, options: windows.WindowOptions) -> tuple:
+    """The listed events in time order cut in two halves (the first has the odd one), and
+    the time between them: the end of the first half's last window."""
+    ordered = windows.event_windows(times, options)
+    half = (len(ordered) + 1) // 2
+    train, test = ordered.iloc[:half], ordered.iloc[half:]
+    split = float(train["end"].max()) if len(test) else float("inf")
+    lines = set(train["line"])
+    return times[times["line"].isin(lines)], times[~times["line"].isin(lines)], split
+
+
+def evaluate_long(
+    flows_csvs: list[Path],
+    times: pd.DataFrame,
+    times_file: Path,
+    device_name: str,
+    device_ip: str,
+    options: windows.WindowOptions,
+    methods: tuple[str, ...],
+    seed: int,
+    output_dir: Path,
+) -> tuple[list[LongResult], float, list[str]]:
+    """Each method learned from the listed events of the first half (and the traffic
+    around them) and scored on the second half's capture with event-detector's rules
+    (windows.score_detections: recall over the listed events, false detections per day of
+    the second half). Returns the results, the split time and what could not be learned."""
+    train_times, test_times, split = split_times(times, options)
+    units = pd.concat(
+        [detector.read_flows(f, bursts=detector.bursts_beside(f).is_file()) for f in flows_csvs],
+        ignore_index=True,
+    )
+    later = units[units["ts"] >= split].reset_index(drop=True)
+    spans = {
+        str(c): windows.with_extent(part, (float(part["ts"].min()), float(part["ts"].max())))
+        for c, part in later.groupby("capture", observed=True)
+    }
+    events = sorted(set(times["event"]) - {""}) or ["event"]
+    devices = dict.fromkeys(events, device_ip)
+    results, notes = [], []
+    for method in methods:
+        started = time.perf_counter()
+        if method == "ml":
+            found = _long_ml(units, later, train_times, split, device_ip, options, seed)
+        else:
+            found = _long_signatures(
+                flows_csvs, later, train_times, times_file, device_name, device_ip, options,
+                events, output_dir, notes,
+            )  # fmt: skip
+        scored, scores = windows.score_detections(found, test_times, spans, options, devices)
+        results.append(LongResult(method, scores, scored, time.perf_counter() - started))
+    return results, split, notes
+
+
+def _long_ml(units, later, train_times, split, device_ip, options, seed) -> pd.DataFrame:
+    """The forest learned from the first half's units (labelled by the event window that
+    holds them, else idle) and run on the second half's: a run of units predicted as one
+    event, each within the event duration of the one before, is one detection."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    earlier = device_units(units[units["ts"] < split].reset_index(drop=True), "", device_ip)
+    labels = features.window_labels(earlier, windows.event_windows(train_times, options))
+    vocabulary = {
+        c: {v: i for i, v in enumerate(sorted(earlier[c].astype(str).unique()))} for c in CATEGORIES
+    }
+    # (idle outnumbers the events by far: weighted so that an event's few units count)
+    forest = RandomForestClassifier(
+        n_estimators=TREES, random_state=seed, n_jobs=1, class_weight="balanced"
+    )
+    forest.fit(matrix(earlier, vocabulary), labels)
+    test = device_units(later, "", device_ip)
+    if test.empty:
+        return csvio.empty_frame(DETECTIONS)
+    predicted = forest.predict(matrix(test, vocabulary))
+    test = test.assign(predicted=predicted).sort_values("ts", kind="stable")
+    rows = []
+    for event, mine in test[test["predicted"] != features.IDLE].groupby("predicted"):
+        ts = mine["ts"].to_numpy(float)
+        end = ts + pd.to_numeric(mine["duration"], errors="coerce").fillna(0).to_numpy()
+        run = np.cumsum(np.r_[True, np.diff(ts) > options.duration])
+        for number in np.unique(run):
+            at = run == number
+            first = mine.iloc[np.flatnonzero(at)[0]]
+            rows.append(
+                {
+                    "capture": first["capture"],
+                    "event": event,
+                    "device_name": "",
+                    "device_ip": device_ip,
+                    "start": round(float(ts[at].min()), 6),
+                    "end": round(float(end[at].max()), 6),
+                    "start_utc": utc(float(ts[at].min())),
+                    "first_frame": first.get("first_frame"),
+                    "status": "detected",
+                    "flows": ";".join(mine["uid"].astype(str)[at]),
+                }
+            )
+    if not rows:
+        return csvio.empty_frame(DETECTIONS)
+    return pd.DataFrame(rows).reindex(columns=DETECTIONS.names)
+
+
+def _long_signatures(
+    flows_csvs,
+    later,
+    train_times,
+    times_file,
+    device_name,
+    device_ip,
+    options,
+    events,
+    folder,
+    notes: list,
+) -> pd.DataFrame:
+    """main.py --events' learning from the first half's listed events (each event against
+    the others' windows), event-detector on the second half's units."""
+    signatures = []
+    for event in events:
+        place = Path(folder) / "signatures" / event
+        (place / "windows").mkdir(parents=True, exist_ok=True)
+        try:
+            learned = pipeline.learn_in_windows(
+                flows_csvs, train_times, times_file, place / "windows", device_name, device_ip,
+                None, 1.0, event, options,
+            )  # fmt: skip
+        except ToolError as e:  # (this event cannot be learned: the others still are)
+            notes.append(f"signature of {event}: not learned: {e}")
+            continue
+        path = pipeline.write_signature(learned.signature, place)["signature"]
+        signatures += detector.read_signatures(path)
+    occurrences = []
+    for capture, part in later.groupby("capture", observed=True):
+        occurrences += detector.detect(part.reset_index(drop=True), str(capture), signatures)
+    return detector.detections_frame(occurrences)
+
+
+def long_markdown(
+    results: list[LongResult], split: float, times_file: Path, notes: list[str]
+) -> list[str]:
+    lines = [
+        "# Event detection on a long capture: evaluation",
+        "",
+        f"Times file {times_file}: the first half of its listed events (to {utc(split)}) "
+        "learned, the second half scored as event-detector --events scores (a detection "
+        "overlapping a listed event's window finds it; one matched to none is false).",
+        "",
+        "| method | event | listed | found | recall | false | days | false per day | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for s in r.scores:
+            lines.append(
+                f"| {r.method} | {s.event} | {s.listed} | {s.found} | "
+                f"{evaluation._num(s.recall)} | {s.false} | {s.days:.2f} | "
+                f"{evaluation._num(s.false_per_day)} | {r.seconds:.1f} |"
+            )
+    return lines + [""] + [f"- {n}" for n in notes] + ([""] if notes else [])

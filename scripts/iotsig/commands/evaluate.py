@@ -8,10 +8,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import csvio, detector, evaluation, learned, tshark
-from ..cli import Command, add_jobs_argument, ensure_output_dir, fraction, non_negative, positive
+from .. import csvio, detector, evaluation, flows, inputs, learned, pipeline, tshark
+from ..cli import (
+    Command,
+    add_event_times_arguments,
+    add_jobs_argument,
+    ensure_output_dir,
+    fraction,
+    ipv4_or_ipv6,
+    non_negative,
+    positive,
+    read_event_times,
+    window_options,
+)
 from ..errors import ToolError
-from ..schema import DETECTIONS, EVALUATION
+from ..schema import DETECTIONS, EVALUATION, SCORED_EVENTS
 
 
 class Evaluate(Command):
@@ -42,11 +53,16 @@ class Evaluate(Command):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "events_dir", type=Path, metavar="EVENTS_DIR", help="folder of DEVICE/EVENT/*.pcap"
+            "events_dir",
+            type=Path,
+            nargs="?",
+            metavar="EVENTS_DIR",
+            help="folder of DEVICE/EVENT/*.pcap",
         )
         parser.add_argument(
             "devices",
             type=Path,
+            nargs="?",
             metavar="DEVICES_YAML",
             help="device table: name -> {ipv4: address}",
         )
@@ -116,9 +132,33 @@ class Evaluate(Command):
             "random forest per device on its units' features, remote party and port, on "
             "the same split and scoring; both: the two side by side",
         )
+        long = parser.add_argument_group(
+            "long captures (instead of EVENTS_DIR DEVICES_YAML): learn from the first half of "
+            "the --events file's listed events, score the second half as event-detector does"
+        )
+        long.add_argument(
+            "--long",
+            type=Path,
+            action="append",
+            default=[],
+            metavar="PCAP_OR_FLOWS_CSV",
+            help="a long capture of the device (or its flows CSV, bursts CSV beside it)",
+        )
+        long.add_argument("--device-name", metavar="NAME", help="the device (--long)")
+        long.add_argument("--device-ip", type=ipv4_or_ipv6, metavar="IP", help="its address")
+        add_event_times_arguments(parser, detecting=True)
         add_jobs_argument(parser)
 
+    def check_arguments(self, parser, args):
+        if args.long:
+            if not (args.events and args.device_ip) or args.events_dir:
+                parser.error("--long takes --events and --device-ip, and no EVENTS_DIR")
+        elif args.events_dir is None or args.devices is None:
+            parser.error("the following arguments are required: EVENTS_DIR DEVICES_YAML")
+
     def run(self, args):
+        if args.long:
+            return self.run_long(args)
         started = time.monotonic()
         if args.protocol == "user" and args.baseline == "other-events":
             raise ToolError(
@@ -273,6 +313,53 @@ class Evaluate(Command):
         if not evaluated:
             raise ToolError("no event could be evaluated (see the warnings above)")
         return 1 if failures else 0
+
+    def run_long(self, args) -> int:
+        """--long: the methods on a long capture with its times file."""
+        started = time.monotonic()
+        times = read_event_times(args, args.device_name)
+        output_dir = ensure_output_dir(args.output_dir)
+        kinds = [inputs.file_kind(p, ("capture", "flows")) for p in args.long]
+        flows_csvs = [p for p, k in zip(args.long, kinds) if k == "flows"]
+        captures = [p for p, k in zip(args.long, kinds) if k == "capture"]
+        if captures:
+            tshark.tshark_path()
+            options = flows.FlowOptions(device_ips=(args.device_ip,))
+            folder = ensure_output_dir(output_dir / "captures")
+            failed = []
+            results = pipeline.captures_to_flows(
+                captures, folder, args.device_ip, None, options, args.jobs
+            )
+            flows_csvs += [r.flows_csv for _, r in self.successes(results, failed)]
+            if failed:
+                raise ToolError(f"{len(failed)} capture(s) could not be read (see above)")
+        methods = ("signature", "ml") if args.method == "both" else (args.method,)
+        results, split, notes = learned.evaluate_long(
+            flows_csvs,
+            times,
+            args.events,
+            args.device_name or "device",
+            args.device_ip,
+            window_options(args),
+            methods,
+            args.seed,
+            output_dir,
+        )
+        for note in notes:
+            self.warn(note)
+        for r in results:
+            path = output_dir / f"scored-events.{r.method}.csv"
+            csvio.write_table(r.scored, SCORED_EVENTS, path)
+            self.say(f"wrote {path}")
+            for score in r.scores:
+                self.say(f"{r.method}: {score.line()}")
+        path = output_dir / "evaluation.md"
+        csvio.write_text(path, "\n".join(learned.long_markdown(results, split, args.events, notes)))
+        self.say(f"wrote {path}")
+        self.say(
+            f"evaluate: {len(flows_csvs)} long capture(s) in {time.monotonic() - started:.1f} s"
+        )
+        return 0
 
     def learn(self, result, results, devices, baseline, output_dir, args) -> None:
         """Learn one event's signature; when it cannot be, the event is marked failed with
