@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import csvio, detector, flow_partitions, flows
+from . import csvio, detector, flow_partitions, flows, pipeline
 from .errors import InputError, OutputError
 from .schema import PACKETS, features_table
 
@@ -618,7 +618,8 @@ def write_features(
                     pieces.append((number, path, keys))
                 if signatures is not None:
                     flow_labels.update(
-                        signature_labels(read_packets(packets_csv), signatures, options)
+                        # (the flow builder's every column: the remote party's name too)
+                        signature_labels(pipeline.read_packets(packets_csv), signatures, options)
                     )
         except OSError as e:
             raise OutputError(folder, f"cannot write ({e.strerror or e})") from None

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .. import detector, features, inputs, packets, pipeline, tshark, windows
+from .. import detector, features, inputs, pipeline, tshark, windows
 from ..cli import (
     Command,
     add_event_times_arguments,
@@ -23,6 +23,7 @@ from ..cli import (
     window_options,
 )
 from ..errors import ToolError
+from .packet_translator import translate_captures
 
 
 def feature_types(text: str) -> tuple[str, ...]:
@@ -191,24 +192,14 @@ class FeatureExtractor(Command):
         return 0
 
     def translate(self, captures, output_dir: Path, args) -> list[Path]:
-        """Each capture to its packets CSV in OUTPUT_DIR, one tshark per core."""
-        failed, done = [], {}
+        """Each capture to its packets CSV in OUTPUT_DIR, as packet-translator does (one
+        tshark per core, its summary said); in the order given."""
         device_ip = args.device_ip[0] if len(args.device_ip) == 1 else None
-        with self.progress(
-            unit=" packets", unit_scale=True, desc=f"translating {len(captures)} capture(s)"
-        ) as bar:
-            results = packets.translate_many(
-                captures,
-                output_dir,
-                None,
-                device_ip,
-                jobs_for(captures, args.jobs),
-                on_packets=bar.update,
-            )
-            for capture, result in self.successes(results, failed):
-                done[Path(capture)] = result.output
+        jobs = jobs_for(captures, args.jobs)
+        written, failed = translate_captures(self, captures, output_dir, None, device_ip, jobs)
         if failed:
             raise ToolError(
                 f"{len(failed)} of {len(captures)} capture(s) could not be read (see above)"
             )
+        done = {Path(w.capture): w.output for w in written}
         return [done[Path(c)] for c in captures]
