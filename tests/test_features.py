@@ -164,6 +164,13 @@ def test_events_label_the_units_in_their_window_and_a_list_that_labels_none_is_s
     table = pd.read_parquet(tmp_path / "a" / "features.parquet")
     assert set(table["label"]) <= {"toggle", "idle"} and (table["label"] == "toggle").any()
     assert "toggle" in result.stdout
+    # a window unit (600 s from the device's first packet) overlaps the listed time's window
+    times.write_text(f"time,event\n{first + 5:.3f},toggle\n")
+    run_script(
+        "feature-extractor.py", packets_csv, "--unit", "window", "--device-ip", PLUG_IP,
+        "--features", "STATS", "--events", times, "-o", tmp_path / "w",
+    )  # fmt: skip
+    assert set(pd.read_parquet(tmp_path / "w" / "features.parquet")["label"]) == {"toggle"}
     far = tmp_path / "far.csv"
     far.write_text("time,event\n1000000000,toggle\n")
     result = run_script("feature-extractor.py", packets_csv, "--events", far, "-o", tmp_path / "b")

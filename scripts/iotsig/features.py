@@ -502,9 +502,10 @@ def _walked(times: np.ndarray, rate: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
-def window_labels(keys: pd.DataFrame, windows: pd.DataFrame) -> np.ndarray:
+def window_labels(keys: pd.DataFrame, windows: pd.DataFrame, overlap: bool = False) -> np.ndarray:
     """The event whose window (windows.event_windows) holds the unit's first packet, else
-    idle (windows are cut so as not to overlap)."""
+    idle (windows are cut so as not to overlap); with `overlap` (window units, minutes
+    long), the last event window that overlaps the unit."""
     labels = np.full(len(keys), IDLE, dtype=object)
     if windows.empty or keys.empty:
         return labels
@@ -512,7 +513,8 @@ def window_labels(keys: pd.DataFrame, windows: pd.DataFrame) -> np.ndarray:
     start, end = windows["start"].to_numpy(float), windows["end"].to_numpy(float)
     names = windows["event"].astype(str).replace("", "event").to_numpy(dtype=object)
     ts = keys["ts"].to_numpy(float)
-    at = np.searchsorted(start, ts, side="right") - 1
+    last = ts + keys["duration"].to_numpy(float) if overlap else ts
+    at = np.searchsorted(start, last, side="right") - 1
     inside = (at >= 0) & (ts <= end[np.maximum(at, 0)])
     labels[inside] = names[at[inside]]
     return labels
@@ -656,7 +658,7 @@ def write_features(
                 if keys.empty:
                     continue
                 if windows is not None:
-                    label = window_labels(keys, windows)
+                    label = window_labels(keys, windows, options.unit == "window")
                 elif signatures is not None:
                     flow_uid = keys["uid"].str.replace(r"/\d+$", "", regex=True)
                     label = flow_uid.map(flow_labels).fillna(IDLE).to_numpy()

@@ -841,7 +841,8 @@ _FEATURE_KEYS = _cols(
     (
         "label",
         "text",
-        "--events: the event whose window holds the unit's first packet, else idle; "
+        "--events: the event whose window holds the unit's first packet (a window unit: "
+        "that it overlaps), else idle; "
         "--signature: the event of the pattern its flow matches, else idle; empty without",
         "--events / --signature",
     ),
