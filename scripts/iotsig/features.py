@@ -106,12 +106,17 @@ def parse_features(text: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------
 
 
+PIECE_KEYS = ["capture", "ts", "duration", "proto", "orig_h", "orig_p", "resp_h", "resp_p"]
+PIECE_KEYS += ["packets", "rank_ts", "rank_row", "burst"]
+TEXT_KEYS = {"capture", "proto", "orig_h", "resp_h"}
+
+
 @dataclass
 class Piece:
     """The units of some packets: per packet in unit order (units numbered from 0, packets
     in time order within one) its time, size and TCP flags (bits of FLAGS); per unit its
-    keys. `ranked`: per unit, what numbers it in its capture's uid (the time and row of
-    its flow's first packet, or its own)."""
+    keys (PIECE_KEYS: rank_ts and rank_row are what numbers it in its uid, the time and
+    row of its flow's first packet, or of its own)."""
 
     ts: np.ndarray
     size: np.ndarray
@@ -153,22 +158,10 @@ def _flag_bits(flags: pd.Series) -> np.ndarray:
 def cut_units(frame: pd.DataFrame, rows, options: FeatureOptions, device_ips=()) -> Piece:
     """The units of packets (read_table's frame; rows: their rows in the whole CSV)."""
     if not len(frame):
-        keys = ["capture", "ts", "duration", "proto", "orig_h", "orig_p", "resp_h", "resp_p"]
-        keys += ["packets", "rank_ts", "rank_row", "burst"]
         empty = np.zeros(0)
+        keys = {k: pd.Series(dtype=object if k in TEXT_KEYS else float) for k in PIECE_KEYS}
         return Piece(
-            empty,
-            empty,
-            empty.astype(np.uint8),
-            empty.astype(np.int64),
-            pd.DataFrame(
-                {
-                    k: pd.Series(
-                        dtype=object if k in ("capture", "proto", "orig_h", "resp_h") else float
-                    )
-                    for k in keys
-                }
-            ),
+            empty, empty, empty.astype(np.uint8), empty.astype(np.int64), pd.DataFrame(keys)
         )
     p = flows.prepare(frame, rows)
     unit = options.unit
