@@ -11,6 +11,7 @@ writing it to tests/bench/<stage>-results.md and a verdict line to stderr.
     python tests/bench/bench.py memory      # peak memory, 1M and 10M packets (process tree)
     python tests/bench/bench.py chunks      # one 1M-packet capture in chunks on every core
     python tests/bench/bench.py windows     # cutting a 1M-packet CSV into --events windows
+    python tests/bench/bench.py features    # feature-extractor.py against stream-identifier.py
 
 The inputs are built once and cached in tests/.bench/ (git-ignored): the big capture from
 the shared public captures (../shared/pcaps next to the repository) with mergecap; its
@@ -60,6 +61,8 @@ SIGNATURE_RESULTS = HERE / "signature-results.md"
 EVALUATE_RESULTS = HERE / "evaluate-results.md"
 REPORT_RESULTS = HERE / "report-results.md"
 LONG_RESULTS = HERE / "long-results.md"
+FEATURES_RESULTS = HERE / "features-results.md"
+FEATURE_EXTRACTOR = REPO / "scripts" / "feature-extractor.py"
 DETECTOR = REPO / "scripts" / "event-detector.py"
 EVALUATE = REPO / "scripts" / "evaluate.py"
 MIN_PACKETS = 300_000  # the big capture's size: the translator's default, so one cache serves all
@@ -634,6 +637,74 @@ def bench_flows(args) -> None:
         f"({'one core' if one_core(cpu, wall) else 'MORE than one core'}); in process "
         f"{rows / median['total'][0]:,.0f} rows/s; bursts +{overhead:.0%} (target <= 15%): "
         f"{met(overhead <= 0.15)}",
+    )
+
+
+# --- features: feature-extractor.py ------------------------------------------------------
+
+
+def bench_features(args) -> None:
+    """feature-extractor.py --unit flow --features IAT_SIZE,STATS on the flows benchmark's
+    1M-row packets CSV against stream-identifier.py on the same file (interleaved runs),
+    then its peak memory on the same CSV repeated to 10M rows (built in partitions)."""
+    big, _ = big_capture(args.shared, MIN_PACKETS)
+    cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    command = ["--unit", "flow", "--features", "IAT_SIZE,STATS", "-q"]
+    runs: dict[str, list] = {"flows": [], "features": []}
+    packets_csv, info = big_packets_csv(big, args.rows)
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        for round_number in range(args.repeat):
+            print(f"bench: round {round_number + 1}/{args.repeat}", file=sys.stderr)
+            runs["flows"].append(
+                measure([sys.executable, STREAM_IDENTIFIER, packets_csv, "-o", tmp, "-q"])
+            )
+            runs["features"].append(
+                measure([sys.executable, FEATURE_EXTRACTOR, packets_csv, *command, "-o", tmp])
+            )
+        units = len(pd.read_parquet(Path(tmp) / "features.parquet", columns=["uid"]))
+    wall = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
+    peak = {k: max(r[2] for r in v) for k, v in runs.items()}
+    ratio = wall["features"] / wall["flows"]
+    big_rows = args.big_rows
+    print(f"bench: {big_rows:,} rows: feature-extractor once (memory)", file=sys.stderr)
+    big_csv, _ = big_packets_csv(big, big_rows)
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        big_run = measure([sys.executable, FEATURE_EXTRACTOR, big_csv, *command, "-o", tmp])
+    growth = big_run[2] / peak["features"]
+    rows = info["rows"]
+    text = "\n".join(
+        [
+            f"`feature-extractor.py PACKETS.csv --unit flow --features IAT_SIZE,STATS -q` "
+            f"against `stream-identifier.py PACKETS.csv -q` on the flows benchmark's packets "
+            f"CSV ({rows:,} rows, the big capture's packets repeated: see flows-results.md; "
+            f"{units:,} flows of 2 packets or more), median of {args.repeat} interleaved runs; "
+            f"then feature-extractor once on the same packets repeated to {big_rows:,} rows "
+            f"(read in partitions by conversation). {machine(cores, load_before)}.",
+            "",
+            "| run | rows | wall time | CPU time | peak memory | compared |",
+            "|---|---:|---:|---:|---:|---|",
+            f"| stream-identifier.py | {rows:,} | {wall['flows']:.2f} s | {cpu['flows']:.2f} s | "
+            f"{peak['flows']:,.0f} MB | |",
+            f"| feature-extractor.py | {rows:,} | {wall['features']:.2f} s | "
+            f"{cpu['features']:.2f} s | {peak['features']:,.0f} MB | **{ratio:.2f}×** "
+            f"stream-identifier's wall time (target ≤ 1.3×): {met(ratio <= 1.3)}; CPU "
+            f"{cpu['features'] / cpu['flows']:.2f}× |",
+            f"| feature-extractor.py | {big_rows:,} | {big_run[0]:.1f} s | {big_run[1]:.1f} s "
+            f"| {big_run[2]:,.0f} MB | peak **{growth:.2f}×** its peak at {rows:,} "
+            f"(target ≤ 1.2×): {met(growth <= 1.2)} |",
+            "",
+            *busy_note(cores, load_before),
+            "Produced by `python tests/bench/bench.py features`.",
+            "",
+        ]
+    )
+    write_results(
+        FEATURES_RESULTS,
+        text,
+        f"feature-extractor {ratio:.2f}x stream-identifier's wall time (target <= 1.3x): "
+        f"{met(ratio <= 1.3)}; peak {big_run[2]:,.0f} MB at {big_rows:,} rows, "
+        f"{growth:.2f}x its peak at {rows:,} (target <= 1.2x): {met(growth <= 1.2)}",
     )
 
 
@@ -1464,11 +1535,33 @@ def main() -> None:
     windows_parser.add_argument("--min-packets", type=int, default=1_000_000)
     windows_parser.add_argument("--windows", type=int, default=71, help="(default: 71)")
     windows_parser.set_defaults(function=bench_windows)
-    for benchmark in (translator, flows_parser, signature, evaluate, report, long_parser, chunks):
+    features_parser = sub.add_parser("features", help="feature-extractor.py, time and memory")
+    features_parser.add_argument("--rows", type=int, default=1_000_000)
+    features_parser.add_argument("--big-rows", type=int, default=10_000_000)
+    features_parser.set_defaults(function=bench_features)
+    for benchmark in (
+        translator,
+        flows_parser,
+        signature,
+        evaluate,
+        report,
+        long_parser,
+        chunks,
+        features_parser,
+    ):
         benchmark.add_argument(
             "--repeat", type=int, default=3, help="runs; the median is reported (default: 3)"
         )
-    shared = (translator, flows_parser, evaluate, long_parser, memory, chunks, windows_parser)
+    shared = (
+        translator,
+        flows_parser,
+        evaluate,
+        long_parser,
+        memory,
+        chunks,
+        windows_parser,
+        features_parser,
+    )
     for benchmark in shared:  # the shared captures
         benchmark.add_argument(
             "--shared",

@@ -6,10 +6,23 @@ import os
 import time
 from pathlib import Path
 
-from .. import csvio, detector, evaluation, tshark
-from ..cli import Command, add_jobs_argument, ensure_output_dir, fraction, non_negative, positive
+import pandas as pd
+
+from .. import csvio, detector, evaluation, flows, inputs, learned, pipeline, tshark
+from ..cli import (
+    Command,
+    add_event_times_arguments,
+    add_jobs_argument,
+    ensure_output_dir,
+    fraction,
+    ipv4_or_ipv6,
+    non_negative,
+    positive,
+    read_event_times,
+    window_options,
+)
 from ..errors import ToolError
-from ..schema import DETECTIONS, EVALUATION
+from ..schema import DETECTIONS, EVALUATION, SCORED_EVENTS
 
 
 class Evaluate(Command):
@@ -40,11 +53,16 @@ class Evaluate(Command):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "events_dir", type=Path, metavar="EVENTS_DIR", help="folder of DEVICE/EVENT/*.pcap"
+            "events_dir",
+            type=Path,
+            nargs="?",
+            metavar="EVENTS_DIR",
+            help="folder of DEVICE/EVENT/*.pcap",
         )
         parser.add_argument(
             "devices",
             type=Path,
+            nargs="?",
             metavar="DEVICES_YAML",
             help="device table: name -> {ipv4: address}",
         )
@@ -106,9 +124,41 @@ class Evaluate(Command):
             metavar="FRACTION",
             help="event-detector's --min-score (default: %(default)s)",
         )
+        parser.add_argument(
+            "--method",
+            choices=("signature", "ml", "both"),
+            default="signature",
+            help="signature: the learned signatures and event-detector (default); ml: a "
+            "random forest per device on its units' features, remote party and port, on "
+            "the same split and scoring; both: the two side by side",
+        )
+        long = parser.add_argument_group(
+            "long captures (instead of EVENTS_DIR DEVICES_YAML): learn from the first half of "
+            "the --events file's listed events, score the second half as event-detector does"
+        )
+        long.add_argument(
+            "--long",
+            type=Path,
+            action="append",
+            default=[],
+            metavar="PCAP_OR_FLOWS_CSV",
+            help="a long capture of the device (or its flows CSV, bursts CSV beside it)",
+        )
+        long.add_argument("--device-name", metavar="NAME", help="the device (--long)")
+        long.add_argument("--device-ip", type=ipv4_or_ipv6, metavar="IP", help="its address")
+        add_event_times_arguments(parser, detecting=True)
         add_jobs_argument(parser)
 
+    def check_arguments(self, parser, args):
+        if args.long:
+            if not (args.events and args.device_ip) or args.events_dir:
+                parser.error("--long takes --events and --device-ip, and no EVENTS_DIR")
+        elif args.events_dir is None or args.devices is None:
+            parser.error("the following arguments are required: EVENTS_DIR DEVICES_YAML")
+
     def run(self, args):
+        if args.long:
+            return self.run_long(args)
         started = time.monotonic()
         if args.protocol == "user" and args.baseline == "other-events":
             raise ToolError(
@@ -163,7 +213,8 @@ class Evaluate(Command):
 
         # 2. Signatures: one event that cannot be learned is reported, the others still run.
         step = time.monotonic()
-        for result in results:
+        signatures = args.method != "ml"
+        for result in results if signatures else []:
             self.learn(result, results, devices, baseline, output_dir, args)
         learn_seconds = time.monotonic() - step
 
@@ -171,10 +222,10 @@ class Evaluate(Command):
         step = time.monotonic()
         options = detector.DetectOptions(args.min_score, args.window)
         detected, occurrences, per_signature = evaluation.detect_all(
-            results, captures, devices, args.protocol, options
+            results if signatures else [], captures, devices, args.protocol, options
         )
         detect_seconds = time.monotonic() - step
-        for result in results:
+        for result in results if signatures else []:
             if result.status == "failed":
                 continue
             if result.event_signatures:  # (variants share their label)
@@ -188,13 +239,24 @@ class Evaluate(Command):
 
         frame = evaluation.table(results, output_dir, args.protocol)
         confusion = evaluation.confusion(results, detected)
-        total = time.monotonic() - started
         timings = {
             "translation": translate_seconds,
             "learning": learn_seconds,
             "detection": detect_seconds,
-            "total": total,
         }
+        if args.method != "signature":  # 4. the learned classifier, on the same split
+            step = time.monotonic()
+            ml_results, ml_detected = learned.evaluate(
+                results, captures, devices, args.protocol, args.seed
+            )
+            timings["ml"] = time.monotonic() - step
+            ml_frame = evaluation.table(ml_results, output_dir, args.protocol, "ml")
+            if args.method == "ml":
+                results, frame = ml_results, ml_frame
+                confusion = evaluation.confusion(ml_results, ml_detected)
+            else:
+                frame = pd.concat([frame, ml_frame], ignore_index=True)
+        total = timings["total"] = time.monotonic() - started
         settings = {
             "protocol": args.protocol,
             "train share": args.train_share,
@@ -204,18 +266,20 @@ class Evaluate(Command):
             "tolerance": args.tolerance,
             "min score": args.min_score,
             "window": args.window or "per signature",
+            "method": args.method,
         }
         paths = {
             name: output_dir / name
             for name in ("evaluation.csv", "evaluation.md", "confusion.csv", "detections.csv")
         }
         csvio.write_table(frame, EVALUATION, paths["evaluation.csv"])
-        csvio.write_text(
-            paths["evaluation.md"],
-            evaluation.markdown(
-                frame, results, settings, timings, output_dir, confusion, args.protocol
-            ),
+        first = frame[frame["method"] == frame["method"].iloc[0]] if len(frame) else frame
+        text = evaluation.markdown(
+            first, results, settings, timings, output_dir, confusion, args.protocol
         )
+        if args.method == "both":
+            text += "\n" + "\n".join(learned.side_by_side(frame))
+        csvio.write_text(paths["evaluation.md"], text)
         csvio.write_table(confusion, evaluation.confusion_table(confusion), paths["confusion.csv"])
         csvio.write_table(
             detector.detections_frame(occurrences), DETECTIONS, paths["detections.csv"]
@@ -225,7 +289,8 @@ class Evaluate(Command):
                 self.say(f"{row.device}/{row.event}: failed: {row.note}")
                 continue
             self.say(
-                f"{row.device}/{row.event}: {row.event_patterns} pattern(s), TP {row.tp} "
+                (f"{row.method}: " if args.method == "both" else "")
+                + f"{row.device}/{row.event}: {row.event_patterns} pattern(s), TP {row.tp} "
                 f"FP {row.fp} TN {row.tn} FN {row.fn}, precision {_fmt(row.precision)} "
                 f"recall {_fmt(row.recall)} F1 {_fmt(row.f1)} (per device: FP "
                 f"{row.fp_per_device}, F1 {_fmt(row.f1_per_device)})"
@@ -236,12 +301,65 @@ class Evaluate(Command):
         self.say(
             f"evaluate: {len(results)} event(s), {len(captures)} capture(s) in "
             f"{total:.1f} s (translation {translate_seconds:.1f} s, learning "
-            f"{learn_seconds:.1f} s, detection {detect_seconds:.1f} s); "
-            f"{evaluation.summary_text(frame)}"
+            f"{learn_seconds:.1f} s, detection {detect_seconds:.1f} s"
+            + (f", ml {timings['ml']:.1f} s" if "ml" in timings else "")
+            + "); "
+            + (
+                "; ".join(learned.summary_lines(frame))
+                if args.method == "both"
+                else evaluation.summary_text(frame)
+            )
         )
         if not evaluated:
             raise ToolError("no event could be evaluated (see the warnings above)")
         return 1 if failures else 0
+
+    def run_long(self, args) -> int:
+        """--long: the methods on a long capture with its times file."""
+        started = time.monotonic()
+        times = read_event_times(args, args.device_name)
+        output_dir = ensure_output_dir(args.output_dir)
+        kinds = [inputs.file_kind(p, ("capture", "flows")) for p in args.long]
+        flows_csvs = [p for p, k in zip(args.long, kinds) if k == "flows"]
+        captures = [p for p, k in zip(args.long, kinds) if k == "capture"]
+        if captures:
+            tshark.tshark_path()
+            options = flows.FlowOptions(device_ips=(args.device_ip,))
+            folder = ensure_output_dir(output_dir / "captures")
+            failed = []
+            results = pipeline.captures_to_flows(
+                captures, folder, args.device_ip, None, options, args.jobs
+            )
+            flows_csvs += [r.flows_csv for _, r in self.successes(results, failed)]
+            if failed:
+                raise ToolError(f"{len(failed)} capture(s) could not be read (see above)")
+        methods = ("signature", "ml") if args.method == "both" else (args.method,)
+        results, split, notes = learned.evaluate_long(
+            flows_csvs,
+            times,
+            args.events,
+            args.device_name or "device",
+            args.device_ip,
+            window_options(args),
+            methods,
+            args.seed,
+            output_dir,
+        )
+        for note in notes:
+            self.warn(note)
+        for r in results:
+            path = output_dir / f"scored-events.{r.method}.csv"
+            csvio.write_table(r.scored, SCORED_EVENTS, path)
+            self.say(f"wrote {path}")
+            for score in r.scores:
+                self.say(f"{r.method}: {score.line()}")
+        path = output_dir / "evaluation.md"
+        csvio.write_text(path, "\n".join(learned.long_markdown(results, split, args.events, notes)))
+        self.say(f"wrote {path}")
+        self.say(
+            f"evaluate: {len(flows_csvs)} long capture(s) in {time.monotonic() - started:.1f} s"
+        )
+        return 0
 
     def learn(self, result, results, devices, baseline, output_dir, args) -> None:
         """Learn one event's signature; when it cannot be, the event is marked failed with
