@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from . import __version__, event_times, pipeline, traffic_report
+from . import __version__, event_times, packets, pipeline, traffic_report
 from .errors import IotsigWarning, OutputError, Terminated, ToolError
 from .flows import DEFAULT_BURST_GAP, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION
 from .parallel import Workers
@@ -482,6 +482,24 @@ class Command:
             for warning in result.warnings:
                 self.warn(warning)
             yield item, result
+
+    def translate_captures(
+        self, captures, output_dir: Path, device_mac=None, device_ip=None, jobs=0
+    ):
+        """packet-translator's step: translate with a progress bar, warn and report per
+        capture. Returns the Translations written and the captures that failed."""
+        started = time.monotonic()
+        written, failed = [], []
+        with self.progress(
+            unit=" packets", unit_scale=True, desc=f"translating {len(captures)} capture(s)"
+        ) as bar:
+            results = packets.translate_many(
+                captures, output_dir, device_mac, device_ip, jobs, on_packets=bar.update
+            )
+            written += [result for _, result in self.successes(results, failed)]
+        for line in pipeline.translated_lines(written, len(failed), time.monotonic() - started):
+            self.say(line)
+        return written, failed
 
     def traffic_report(
         self,

@@ -23,7 +23,6 @@ from ..cli import (
     window_options,
 )
 from ..errors import ToolError
-from .packet_translator import translate_captures
 
 
 def feature_types(text: str) -> tuple[str, ...]:
@@ -196,7 +195,7 @@ class FeatureExtractor(Command):
         tshark per core, its summary said); in the order given."""
         device_ip = args.device_ip[0] if len(args.device_ip) == 1 else None
         jobs = jobs_for(captures, args.jobs)
-        written, failed = translate_captures(self, captures, output_dir, None, device_ip, jobs)
+        written, failed = self.translate_captures(captures, output_dir, None, device_ip, jobs)
         if failed:
             raise ToolError(
                 f"{len(failed)} of {len(captures)} capture(s) could not be read (see above)"
