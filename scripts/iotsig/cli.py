@@ -163,6 +163,18 @@ def add_jobs_argument(parser) -> None:
     )
 
 
+def add_device_ips_argument(parser, use: str) -> None:
+    """--device-ip, repeatable (args.device_ip: a list)."""
+    parser.add_argument(
+        "--device-ip",
+        type=ipv4_or_ipv6,
+        action="append",
+        default=[],
+        metavar="IP",
+        help=f"address of the device under study (repeatable): {use}",
+    )
+
+
 def add_flow_arguments(parser, learned: bool = False) -> None:
     """--idle-timeout, --max-duration and --burst-gap, for every command that builds flows
     (`learned`: event-detector's, whose default is the value the signatures record)."""

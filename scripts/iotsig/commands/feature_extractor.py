@@ -9,13 +9,13 @@ from pathlib import Path
 from .. import detector, features, inputs, pipeline, tshark, windows
 from ..cli import (
     Command,
+    add_device_ips_argument,
     add_event_times_arguments,
     add_flow_arguments,
     add_jobs_argument,
     capture_argument,
     check_distinct_names,
     ensure_output_dir,
-    ipv4_or_ipv6,
     jobs_for,
     non_negative,
     positive,
@@ -111,14 +111,10 @@ class FeatureExtractor(Command):
             help="SAMP_*: seconds per sampling window (default: the 30th percentile of the "
             "units' durations, as netml)",
         )
-        parser.add_argument(
-            "--device-ip",
-            type=ipv4_or_ipv6,
-            action="append",
-            default=[],
-            metavar="IP",
-            help="the device under study (repeatable): fills the packets' direction column "
-            "and chooses a window's packets (default: their direction column)",
+        add_device_ips_argument(
+            parser,
+            "fills the packets' direction column and chooses a window's packets (default: "
+            "their direction column)",
         )
         parser.add_argument(
             "--signature",
