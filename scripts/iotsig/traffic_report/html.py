@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from .. import __version__
+from .. import __version__, geo
 from ..errors import ToolError
 from .figures import CLASS_COLOURS
 from .inputs import Device, Inputs, text
@@ -149,6 +149,7 @@ def render_html(
             times={"first_time_utc", "last_time_utc"},
             ends=_records(ends),
             colours=CLASS_COLOURS,
+            geo_source=geo.source(),
             matched=len(matched),
             timeline_notes=timeline_notes,
             map_uri=data_uri(pictures["map_svg"], "image/svg+xml"),
