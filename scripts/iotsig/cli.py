@@ -199,9 +199,10 @@ def flow_settings(args) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def add_event_times_arguments(parser, detecting: bool = False) -> None:
+def add_event_times_arguments(parser, detecting: bool = False, drawing: bool = False) -> None:
     """--events TIMES.csv and how to read it: main.py, signature-extractor.py (a long
-    capture cut around each listed time) and event-detector.py (its detections scored)."""
+    capture cut around each listed time), event-detector.py (its detections scored) and
+    traffic-report.py (`drawing`: the times drawn, no windows cut)."""
     from .windows import DEFAULT_DURATION, DEFAULT_TOLERANCE
 
     group = parser.add_argument_group(
@@ -215,6 +216,8 @@ def add_event_times_arguments(parser, detecting: bool = False) -> None:
         + (
             "each detection is matched to a listed event, each listed event found or missed"
             if detecting
+            else "each listed time is drawn on the timeline"
+            if drawing
             else "the capture is cut into one recording per listed time of the event"
         ),
     )
@@ -232,6 +235,8 @@ def add_event_times_arguments(parser, detecting: bool = False) -> None:
         help="zone of the times written without one: a UTC offset (UTC-5, or "
         "--timezone=-05:00) or a name (America/New_York)",
     )
+    if drawing:
+        return
     group.add_argument(
         "--time-tolerance",
         type=non_negative,
@@ -490,9 +495,12 @@ class Command:
         device_name=None,
         signature=None,
         pattern=None,
+        events=None,
+        detections=None,
     ):
         """traffic-report.py's step (main.py's last): read the CSVs, write the report files
-        with a progress bar, and summarise."""
+        with a progress bar, and summarise. `events`: the listed event times (event_times'
+        table); `detections`: event-detector's detections.csv."""
         import time
 
         from . import csvio, traffic_report
@@ -515,6 +523,8 @@ class Command:
                 device_name=device_name,
                 signature_path=signature,
                 pattern_path=pattern,
+                events=events,
+                detections_path=detections,
                 step=step,
             )
         for note in csvio.take_notes() + result.notes:  # (take_notes: the CSVs read)

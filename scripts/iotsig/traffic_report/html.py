@@ -126,6 +126,7 @@ def render_html(
     notes: list[str],
     other_links: list[tuple[str, str]] = (),
     timeline_notes: list[str] = (),
+    marked: dict | None = None,
 ) -> str:
     captures = set(inputs.summary.captures()) if inputs.summary is not None else set()
     if inputs.flows is not None:
@@ -152,6 +153,7 @@ def render_html(
             geo_source=geo.source(),
             matched=len(matched),
             timeline_notes=timeline_notes,
+            marked=marked or {},
             map_uri=data_uri(pictures["map_svg"], "image/svg+xml"),
             timeline_uri=data_uri(pictures["timeline"], "image/png"),
             pattern_text=pattern_text
