@@ -20,7 +20,7 @@ from . import csvio, fields
 from .errors import InputError, ToolError
 from .fields import FINGERPRINT_FIELDS
 from .flows import bursts_beside
-from .parties import remote_party, server_ports
+from .parties import UNSPECIFIED_ADDRESSES, remote_party, server_ports
 from .schema import (
     BURSTS,
     FLOWS,
@@ -39,7 +39,7 @@ FINGERPRINT = [
     "server_side",
     *FINGERPRINT_FIELDS,
 ]
-OPTIONAL = ["remote_h", "handshake"]  # read where the flows CSV has them
+OPTIONAL = ["remote_h", "handshake", "device_side"]  # read where the flows CSV has them
 # A unit is what a pattern is learned from and matched to: a flow (the flows CSV), or a
 # burst inside a connection that was already open (the bursts CSV's rows with opens 0: a
 # lock's command inside its days-long link to the cloud), read as a flow of its own.
@@ -190,6 +190,13 @@ def device_flows(recording: Recording, device_ip: str, device_mac: str | None) -
     flows = recording.flows
     orig = flows["orig_h"] == device_ip
     resp = flows["resp_h"] == device_ip
+    if "device_side" in flows:
+        # A flow from the unspecified address (a DHCP DISCOVER/REQUEST from 0.0.0.0) that
+        # stream-identifier credited to the device by its packets' direction (the device's
+        # MAC): the device's, though no address of it is the device's IP.
+        side = flows["device_side"].fillna("")
+        orig |= (side == "orig") & flows["orig_h"].isin(UNSPECIFIED_ADDRESSES) & ~resp
+        resp |= (side == "resp") & flows["resp_h"].isin(UNSPECIFIED_ADDRESSES) & ~orig
     if device_mac:
         orig |= (flows["orig_mac"].str.lower() == device_mac) & ~resp
         resp |= (
