@@ -3,6 +3,8 @@ ships) in the flows CSV, pattern.txt and the report."""
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 import pytest
 
@@ -80,7 +82,9 @@ def assert_all_placed(flows: pd.DataFrame) -> None:
     """Every external flow has a country and an organisation, but where the data itself
     (asked directly, not through iotsig) knows neither."""
     unplaced = flows[(flows["remote_country"] == "") | (flows["remote_org"] == "")]
-    from geoip2fast import GeoIP2Fast
+    with warnings.catch_warnings():  # (its regular expressions' escapes)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from geoip2fast import GeoIP2Fast
 
     database = GeoIP2Fast(geoip2fast_data_file="geoip2fast-asn-ipv6.dat.gz")
     for address in unplaced["remote_h"].unique():
@@ -111,3 +115,74 @@ def test_every_shared_external_flow_is_placed(tmp_path):
     flows = external_flows(tmp_path)
     assert len(flows) > 4000 and flows["remote_h"].nunique() > 200
     assert_all_placed(flows)
+
+
+def test_the_arrays_answer_as_geoip2fast_does():
+    """geo's arrays (built once from geoip2fast's lists, cached) against geoip2fast's own
+    lookup: random IPv4 addresses (its IPv4 file, whose lookup checks each network's end),
+    and IPv6 addresses inside its networks."""
+    import ipaddress
+    import random
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from geoip2fast import GeoIP2Fast
+
+    rng = random.Random(7)
+    v4 = [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(3000)]
+    tables = geo._tables()
+    rows = rng.sample(range(len(tables["org_v6_start_hi"])), 300)
+    v6 = [
+        str(
+            ipaddress.IPv6Address(
+                (int(tables["org_v6_start_hi"][i]) << 64 | int(tables["org_v6_start_lo"][i]))
+                + rng.getrandbits(8)
+            )
+        )
+        for i in rows
+    ]
+    # geoip2fast keeps its data in module globals: one file loaded at a time. Countries from
+    # the IPv4+IPv6 file (the IPv4 file's list has one reserved entry fewer, and geoip2fast
+    # takes its 16th country, Andorra, for reserved); whether a network holds an IPv4
+    # address, and its AS, from the IPv4 file (the other does not check a network's end).
+    external = [a for a in v4 + v6 if geo.address_class(a) == "external"]
+    database = GeoIP2Fast(geoip2fast_data_file="geoip2fast-asn-ipv6.dat.gz")
+    places = {a: database.lookup(a) for a in external}
+    database = GeoIP2Fast(geoip2fast_data_file="geoip2fast-asn.dat.gz")
+    networks = {a: database.lookup(a) if ":" not in a else places[a] for a in external}
+    found = geo.lookup(external)
+    for address in external:
+        place, answer = places[address], networks[address]
+        in_network = not answer.country_name.startswith("<") and not place.is_private
+        org = answer.asn_name if answer.asn_name not in ("<unknown>", "", "IANA.ORG") else ""
+        expected = (place.country_code if in_network else "", answer.asn_cidr if org else "", org)
+        assert tuple(found.loc[address]) == expected, address
+    assert np.all(np.diff(tables["country_v4_start"].astype(np.int64)) > 0)
+
+
+def test_no_writable_cache_still_answers(tmp_path):
+    """Where the cache cannot be written (a read-only home), the arrays are built in the
+    process and the answers are the same."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    result = run_script_code(
+        "from iotsig import geo; print(geo.lookup(['8.8.8.8']).loc['8.8.8.8'].tolist())",
+        env={"XDG_CACHE_HOME": str(blocked)},
+    )
+    assert result.stdout.strip() == "['US', '8.8.8.0/24', 'GOOGLE']"
+
+
+def run_script_code(code: str, env: dict):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
