@@ -106,3 +106,7 @@ def lock_week(tmp_path_factory) -> Path:
 @pytest.mark.slow  # main.py on a week of traffic (15-20 s)
 def test_lock_week_report_fits_1280_px_and_its_figures_load(browser, lock_week):
     assert_fits_and_loads(look_at(browser, lock_week / "report.html"))
+    # main.py --events hands its listed times to the report's timeline (37 lines: 36
+    # actions and a battery notice)
+    page = (lock_week / "report.html").read_text()
+    assert "37 listed event time(s) (--events; dotted lines)" in page
