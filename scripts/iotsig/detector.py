@@ -28,7 +28,7 @@ from . import csvio
 from . import signature as sig
 from .errors import InputError
 from .flows import bursts_beside
-from .parties import UNSPECIFIED_ADDRESSES
+from .parties import unspecified_device_sides
 from .schema import BURSTS, DETECTIONS, FLOWS
 from .timefmt import utc
 
@@ -319,10 +319,8 @@ def _devices_rows(path: Path, table, required, columns, devices: set[str]):
         ends = frame["ts"] + pd.to_numeric(frame["duration"], errors="coerce").fillna(0)
         first, last = min(first, float(frame["ts"].min())), max(last, float(ends.max()))
         mine = frame["orig_h"].isin(devices) | frame["resp_h"].isin(devices)
-        if "device_side" in frame:  # a device's DHCP DISCOVER from 0.0.0.0 (device_flows)
-            side = frame["device_side"].fillna("")
-            mine |= (side == "orig") & frame["orig_h"].isin(UNSPECIFIED_ADDRESSES)
-            mine |= (side == "resp") & frame["resp_h"].isin(UNSPECIFIED_ADDRESSES)
+        unaddressed_orig, unaddressed_resp = unspecified_device_sides(frame)  # (device_flows)
+        mine |= unaddressed_orig | unaddressed_resp
         kept.append(frame[mine.to_numpy()])
 
     wanted = list(dict.fromkeys([*columns, "duration"]))

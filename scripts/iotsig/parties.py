@@ -34,6 +34,21 @@ def canonical_ips(cell: str) -> str:
     return ";".join(canonical_ip(part) for part in cell.split(";"))
 
 
+def unspecified_device_sides(flows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(device is the originator, device is the responder) of the flows from or to the
+    unspecified address (a DHCP DISCOVER/REQUEST from 0.0.0.0) that stream-identifier
+    credited to the device by its packets' direction (its MAC), though no address of them
+    is the device's IP: their device_side column, where the flows have one."""
+    if "device_side" not in flows:
+        none = pd.Series(False, index=flows.index)
+        return none, none
+    side = flows["device_side"].astype(object).fillna("")
+    return (
+        (side == "orig") & flows["orig_h"].isin(UNSPECIFIED_ADDRESSES),
+        (side == "resp") & flows["resp_h"].isin(UNSPECIFIED_ADDRESSES),
+    )
+
+
 def is_mac(address: str) -> bool:
     return (
         len(address) == 17

@@ -20,7 +20,7 @@ from . import csvio, fields
 from .errors import InputError, ToolError
 from .fields import FINGERPRINT_FIELDS
 from .flows import bursts_beside
-from .parties import UNSPECIFIED_ADDRESSES, remote_party, server_ports
+from .parties import remote_party, server_ports, unspecified_device_sides
 from .schema import (
     BURSTS,
     FLOWS,
@@ -190,13 +190,9 @@ def device_flows(recording: Recording, device_ip: str, device_mac: str | None) -
     flows = recording.flows
     orig = flows["orig_h"] == device_ip
     resp = flows["resp_h"] == device_ip
-    if "device_side" in flows:
-        # A flow from the unspecified address (a DHCP DISCOVER/REQUEST from 0.0.0.0) that
-        # stream-identifier credited to the device by its packets' direction (the device's
-        # MAC): the device's, though no address of it is the device's IP.
-        side = flows["device_side"].fillna("")
-        orig |= (side == "orig") & flows["orig_h"].isin(UNSPECIFIED_ADDRESSES) & ~resp
-        resp |= (side == "resp") & flows["resp_h"].isin(UNSPECIFIED_ADDRESSES) & ~orig
+    unaddressed_orig, unaddressed_resp = unspecified_device_sides(flows)  # (DHCP DISCOVER)
+    orig |= unaddressed_orig & ~resp
+    resp |= unaddressed_resp & ~orig
     if device_mac:
         orig |= (flows["orig_mac"].str.lower() == device_mac) & ~resp
         resp |= (
