@@ -319,7 +319,8 @@ def _devices_rows(path: Path, table, required, columns, devices: set[str]):
         ends = frame["ts"] + pd.to_numeric(frame["duration"], errors="coerce").fillna(0)
         first, last = min(first, float(frame["ts"].min())), max(last, float(ends.max()))
         mine = frame["orig_h"].isin(devices) | frame["resp_h"].isin(devices)
-        unaddressed_orig, unaddressed_resp = unspecified_device_sides(frame)  # (device_flows)
+        # (a first cut, a chunk at a time: device_flows keeps those of each device's MAC)
+        unaddressed_orig, unaddressed_resp = unspecified_device_sides(frame)
         mine |= unaddressed_orig | unaddressed_resp
         kept.append(frame[mine.to_numpy()])
 

@@ -190,7 +190,7 @@ def device_flows(recording: Recording, device_ip: str, device_mac: str | None) -
     flows = recording.flows
     orig = flows["orig_h"] == device_ip
     resp = flows["resp_h"] == device_ip
-    unaddressed_orig, unaddressed_resp = unspecified_device_sides(flows)  # (DHCP DISCOVER)
+    unaddressed_orig, unaddressed_resp = unspecified_device_sides(flows, device_ip)
     orig |= unaddressed_orig & ~resp
     resp |= unaddressed_resp & ~orig
     if device_mac:
