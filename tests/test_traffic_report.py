@@ -770,3 +770,28 @@ def test_listed_times_and_detections_are_drawn_on_the_recording_they_fall_in(tog
     assert len(axes.patches) == 1  # its detection's span
     triangles = [line for line in axes.lines if line.get_marker() == "v"]
     assert len(triangles) == 1 and len(triangles[0].get_xdata()) == 1
+
+
+def test_external_parties_are_coloured_by_organisation_with_a_legend():
+    """The map colours each external party by its autonomous system's organisation (the
+    flows looked up where the CSV has no such columns), groups them on the ring, and the
+    legend names each with its country; the remote-parties table has both."""
+    flows = _synthetic_flows(12)  # external parties in 52.x: two of Amazon's systems
+    device = traffic_report.Device(ip=PLUG_IP, mac=PLUG_MAC, name="TpLinkPlug")
+    ends = traffic_report.endpoints(traffic_report.device_flows(flows, device))
+    external = ends[ends["remote_class"] == "external"]
+    assert set(external["org"]) == {"AMAZON-AES", "AMAZON-02"}
+    assert set(external["country"]) == {"US"}
+    assert set(ends.loc[ends["remote_class"] != "external", "org"]) == {""}
+    figure = traffic_report.endpoint_map_figure(ends, device)
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert "external: AMAZON-AES · US (5)" in legend
+    assert "external: AMAZON-02 · US (2)" in legend
+    assert not any(entry.startswith("external (") for entry in legend)
+    # One organisation's parties sit next to each other on the ring.
+    ring = traffic_report.figures._by_organisation(ends)
+    groups = ring["group"].tolist()
+    assert all(
+        groups.index(g) + groups.count(g) - 1 == len(groups) - 1 - groups[::-1].index(g)
+        for g in set(groups)
+    )
