@@ -262,9 +262,8 @@ def _by_organisation(ends: pd.DataFrame) -> pd.DataFrame:
         at = external & (org == name)
         ends.loc[at, "colour"] = ORG_COLOURS[i]
         where = countries.get(name, "")
-        ends.loc[at, "group"] = f"external: {picture_text(name, 30)}" + (
-            f" · {where}" if where else ""
-        )
+        label = picture_text(name.replace(";", " / "), 40)  # (a name's addresses in two)
+        ends.loc[at, "group"] = f"external: {label}" + (f" · {where}" if where else "")
     others = (ends["remote_class"] == "external") & ~org.isin(coloured)
     if coloured and others.any():
         ends.loc[others, "group"] = "external, other or unknown organisation"
@@ -302,8 +301,15 @@ def _map_legend(axes, ends: pd.DataFrame) -> None:
             label="device under study",
         )
     )
+    # Under the ring, in two columns: a dozen organisations and classes never cover a label
+    # (the picture is saved to what is drawn, so it grows to hold it).
     axes.legend(
-        handles=handles, loc="lower left", fontsize=10, frameon=False, bbox_to_anchor=(0.0, 0.0)
+        handles=handles,
+        loc="upper center",
+        fontsize=10,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=2 if len(handles) > 4 else 1,
     )
 
 
