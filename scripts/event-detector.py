@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """SIGNATURE_CSV [...] PCAP_OR_FLOWS_CSV [...]: find learned events in captures. See --help."""
 
-from iotsig.cli import entry_point
 from iotsig.commands.event_detector import EventDetector
 
 if __name__ == "__main__":
-    entry_point(EventDetector)
+    EventDetector.script()

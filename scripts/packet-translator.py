@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Captures (pcap/pcapng) -> one packets CSV per capture. See --help and the README."""
 
-from iotsig.cli import entry_point
 from iotsig.commands.packet_translator import PacketTranslator
 
 if __name__ == "__main__":
-    entry_point(PacketTranslator)
+    PacketTranslator.script()

@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Flows CSVs of one event's recordings -> pattern.txt, profile.yaml, signature.csv."""
 
-from iotsig.cli import entry_point
 from iotsig.commands.signature_extractor import SignatureExtractor
 
 if __name__ == "__main__":
-    entry_point(SignatureExtractor)
+    SignatureExtractor.script()

@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Packets/flows CSVs -> device inventory, endpoint map, timeline, report.html. See --help."""
 
-from iotsig.cli import entry_point
 from iotsig.commands.traffic_report import TrafficReport
 
 if __name__ == "__main__":
-    entry_point(TrafficReport)
+    TrafficReport.script()

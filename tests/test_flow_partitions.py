@@ -203,7 +203,6 @@ def test_a_spreadsheet_copy_is_read_whole(quick_packets, tmp_path):
     packets_csv = quick_packets["joined"]
     copy = tmp_path / "copy.packets.csv"
     pd.read_csv(packets_csv, dtype=str, keep_default_na=False).to_csv(copy, sep=";", index=False)
-    csvio.take_notes()
     whole = pipeline.packets_to_flows(copy, folder(tmp_path / "one"), partitions=1)
     parts = pipeline.packets_to_flows(copy, folder(tmp_path / "parts"), partitions=4)
     assert any("separator is ';'" in w for w in whole.warnings)

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from iotsig import csvio, fields, inputs
+from iotsig.errors import collected
 from iotsig.schema import FLOWS
 
 from conftest import PLUG_IP, TPLINK_CAPTURES, run_script
@@ -121,9 +122,10 @@ def resaved(rows: list[list[str]]) -> list[list[str]]:
 
 
 def read(path: Path, table=FLOWS) -> tuple[pd.DataFrame, list[str]]:
-    csvio.take_notes()
-    frame = csvio.read_table(path, table)
-    return frame, csvio.take_notes()
+    notes = []
+    with collected(notes):
+        frame = csvio.read_table(path, table)
+    return frame, notes
 
 
 def column_of(rows: list[list[str]], name: str) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from iotsig import csvio, signature
-from iotsig.errors import InputError
+from iotsig.errors import InputError, collected
 from iotsig.profile import build_profile, policy, printable, unexpressible, validate_profile
 from iotsig.schema import FLOWS, SIGNATURE, SIGNATURE_VERSION
 
@@ -756,11 +756,12 @@ def test_a_flows_csv_saved_with_semicolons_is_read_with_one_note(flows, tmp_path
     table = pd.read_csv(flows[0], dtype=str, keep_default_na=False)
     semicolons = tmp_path / "excel.flows.csv"
     table.to_csv(semicolons, sep=";", index=False)
-    csvio.take_notes()
-    [read] = signature.read_recordings([semicolons])
-    [original] = signature.read_recordings([flows[0]])
+    notes = []
+    with collected(notes):
+        [read] = signature.read_recordings([semicolons])
+        [original] = signature.read_recordings([flows[0]])
     pd.testing.assert_frame_equal(read.flows, original.flows)
-    assert csvio.take_notes() == [
+    assert notes == [
         f"{semicolons}: the separator is ';', not ',' (a spreadsheet's export where the decimal "
         "mark is a comma): read as such"
     ]

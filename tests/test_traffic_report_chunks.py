@@ -47,7 +47,6 @@ def read_both_ways(packet_files, flow_files, monkeypatch):
         for p in packet_files
     ]
     whole.summary = packet_summary.summary_of(pd.concat(frames, ignore_index=True))
-    csvio.take_notes()  # (a resaved copy's notes, said once per read)
     return chunked, whole
 
 

@@ -1,17 +1,55 @@
 """iotsig: IoT event signatures from packet captures.
 
-Library behind the scripts in scripts/: packets (tshark -> packets CSV), flows (packets CSV
--> flows CSV), signature (flows CSVs -> pattern.txt, profile.yaml, signature CSV).
+From Python (README: "From Python"), every function returns pandas DataFrames:
+
+    import iotsig
+    packets = iotsig.read_packets("capture.pcap")             # packet-translator
+    flows = iotsig.read_flows("capture.pcap", device_ip="192.168.1.135")  # stream-identifier
+    signature = iotsig.learn([...], device="plug", device_ip="192.168.1.135")
+    detections = iotsig.detect("week.pcap", signature)         # event-detector
+
+The commands in scripts/ are thin users of the same library: packets (tshark -> packets
+CSV), flows (packets -> flows and bursts), signature (flows -> signature), detector.
+Importing iotsig changes nothing in the caller's process (no environment variable, no
+allocator): only the commands tune their own.
 """
 
 __version__ = "0.1.0"
 
 import os as _os
 
-# No linear algebra here: OpenBLAS's thread pool, started when numpy is imported, would only
-# spend a tenth of a second of CPU on a second core (and compete with the translator's
-# workers). Set before numpy is imported; an explicit setting wins.
-_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+__all__ = [
+    "IotsigWarning",
+    "LearnOptions",
+    "Signature",
+    "TimesFormat",
+    "ToolError",
+    "__version__",
+    "detect",
+    "learn",
+    "read_bursts",
+    "read_flows",
+    "read_packets",
+    "read_signature",
+]
+
+
+def __getattr__(name: str):
+    """The API is imported on first use: `import iotsig.cli` (every command's first line)
+    must not load numpy before the commands set their thread pools (iotsig.commands)."""
+    if name in ("IotsigWarning", "ToolError"):
+        from . import errors
+
+        return getattr(errors, name)
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'iotsig' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def _run_with_the_project_python() -> None:

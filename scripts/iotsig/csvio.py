@@ -22,13 +22,8 @@ import pyarrow.compute as pc
 
 from . import fields
 from .coded import Coded, Frame
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, warn
 from .schema import Table
-
-# Arrow allocates from glibc, which keeps freed memory (cli._keep_freed_memory), rather
-# than from its own mimalloc: a third less system time in page faults reading a million
-# rows, and a tenth less time in a chunk's reading and writing of 250,000 packets.
-pa.set_memory_pool(pa.system_memory_pool())
 
 # A spreadsheet takes a cell starting with one of these for a formula (OWASP "CSV
 # injection"); a leading apostrophe makes it text. Cells that already start with an
@@ -289,7 +284,7 @@ def read_table(
     and a missing column or an unparsable value is an InputError naming it.
     columns: read only these (default all). compact: strings as categories, for
     million-row files. A copy saved back by a spreadsheet is read where its meaning is
-    plain (see _Resaved); what it changed is said in notes (take_notes)."""
+    plain (see _Resaved); what it changed is said in warnings (errors.IotsigWarning)."""
     path = Path(path)
     wanted, numeric, text, resaved = _plan(path, table, required, columns)
     separator = resaved.separator
@@ -319,10 +314,10 @@ def read_table(
                 if resaved.decimal == "," and table.by_name[name].type in ("int", "float"):
                     raw = raw.str.replace(",", ".", regex=False)
                 frame[name] = _convert(raw, table.by_name[name].type, path, name, resaved)
-        _NOTES.extend(resaved.notes)
+        _say_notes(resaved)
         return frame
     _checked(frame, path, table, numeric, text, resaved)
-    _NOTES.extend(resaved.notes)
+    _say_notes(resaved)
     return frame
 
 
@@ -540,20 +535,14 @@ def read_cells(
     del tables
     frame = cells.to_pandas(self_destruct=True, use_threads=False)
     _checked(frame, path, table, numeric, text, resaved)
-    _NOTES.extend(resaved.notes)
+    _say_notes(resaved)
     return frame
 
 
-# What read_table noticed in files a spreadsheet saved back: one line each, taken by the
-# caller that says them (take_notes), in the process that read the file.
-_NOTES: list[str] = []
-
-
-def take_notes() -> list[str]:
-    """The notes of the files read since the last call (and forget them)."""
-    notes = _NOTES[:]
-    _NOTES.clear()
-    return notes
+def _say_notes(resaved: _Resaved) -> None:
+    """What read_table noticed in a file a spreadsheet saved back: a warning a line."""
+    for note in resaved.notes:
+        warn(note)
 
 
 SAMPLE_ROWS = 100  # a spreadsheet converts every row alike: the first rows show what it did

@@ -27,7 +27,8 @@ import pandas as pd
 from . import csvio
 from . import signature as sig
 from .errors import InputError
-from .flows import bursts_beside
+from .flows import FlowOptions, bursts_beside
+from .inputs import file_kind
 from .parties import unspecified_device_sides
 from .schema import BURSTS, DETECTIONS, FLOWS
 from .timefmt import utc
@@ -54,8 +55,6 @@ FLOW_EXTRAS = ["capture", "first_frame", "last_frame", *sig.OPTIONAL]
 
 def classify(path: Path) -> str:
     """'capture', 'signature', 'flows' or 'packets': inputs.file_kind, the one rule."""
-    from .inputs import file_kind
-
     return file_kind(path, ("capture", "signature", "flows"))
 
 
@@ -172,6 +171,14 @@ def read_signatures(path: Path, tolerance: float = DEFAULT_TOLERANCE) -> list[Ev
     frame = sig.read_signature_csv(path)  # checks every column and the version
     if frame.empty:
         raise InputError(path, "signature CSV without any pattern")
+    return event_signatures(frame, path, tolerance)
+
+
+def event_signatures(
+    frame: pd.DataFrame, path, tolerance: float = DEFAULT_TOLERANCE
+) -> list[EventSignature]:
+    """The signatures of a signature CSV's rows, as read (read_signature_csv); `path`
+    names them (the detections' signature column)."""
     signatures = []
     # One signature per event, device and variant (a route the event takes).
     groups = frame.groupby(
@@ -230,6 +237,7 @@ def _key(values: dict) -> tuple:
 
 def _pattern(row, tolerance: float) -> Pattern:
     values = row._asdict()
+    values["unit"] = values["unit"] or "flow"  # (an empty cell: a flow, as in version 2)
     key = _key(values)
     ranges = []
     for metric in COUNT_METRICS:
@@ -258,10 +266,36 @@ def _pattern(row, tolerance: float) -> Pattern:
         int(flows_max) if flows_max == flows_max and flows_max >= 1 else 1,
         float(offset) if offset == offset else 0.0,
         sig.parse_profile(values["accepted_profile"] or values["packet_profile"]),
-        str(values["unit"] or "flow"),
+        str(values["unit"]),
         bool(values["periodic"] == values["periodic"] and values["periodic"]),
         0.0 if values["accepted_profile"] else sig.PROFILE_SLACK,
     )
+
+
+def flow_options(signatures: list[EventSignature], given: dict | None = None):
+    """How to build the flows of captures to search: as `given` (idle_timeout,
+    max_duration, burst_gap), else as the signatures were learned, else the defaults.
+    Also the settings taken from the signatures that are not the defaults (said by the
+    caller), and a warning where the signatures disagree."""
+    defaults = FlowOptions().settings()
+    chosen, learned_not_default, warnings = {}, [], []
+    for name, default in defaults.items():
+        learned = sorted({s.settings[name] for s in signatures if name in s.settings})
+        if (given or {}).get(name) is not None:
+            chosen[name] = given[name]
+        elif learned:
+            chosen[name] = learned[0]
+            if len(learned) > 1:
+                warnings.append(
+                    f"the signatures were learned with different --{name.replace('_', '-')} "
+                    f"({', '.join(f'{v:g}' for v in learned)}): using {learned[0]:g}"
+                )
+            if learned[0] != default:
+                learned_not_default.append(f"--{name.replace('_', '-')} {learned[0]:g}")
+        else:
+            chosen[name] = default
+    devices = tuple(dict.fromkeys(s.device_ip for s in signatures))
+    return FlowOptions(device_ips=devices, **chosen), learned_not_default, warnings
 
 
 # ---------------------------------------------------------------------------------------
@@ -512,11 +546,20 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
     result = np.full(len(view), -1, dtype=np.int64)
     if view.empty or not patterns:
         return result
-    by_key: dict[tuple, list[int]] = {}
+    # The patterns a flow may match, looked up by its key and remote party (as
+    # Pattern.remote_matches reads them): a signature of thousands of patterns to as many
+    # addresses (a scan) is thousands of lookups, not thousands of tries per flow.
+    by_remote: dict[tuple, list[int]] = {}  # (key, remote): the remote itself
+    by_address: dict[tuple, list[int]] = {}  # (key, address): a domain's known addresses
+    by_class: dict[tuple, list[int]] = {}  # (key, class): a generalised pattern
     for number, pattern in enumerate(patterns):
-        by_key.setdefault(pattern.key, []).append(number)
-    for numbers in by_key.values():  # specific remotes before classes
-        numbers.sort(key=lambda n: patterns[n].general)
+        if pattern.general:
+            by_class.setdefault((pattern.key, pattern.remote), []).append(number)
+            continue
+        by_remote.setdefault((pattern.key, pattern.remote), []).append(number)
+        if pattern.remote_kind == "domain":
+            for address in pattern.remote_addrs:
+                by_address.setdefault((pattern.key, address), []).append(number)
     keys = view[KEY_COLUMNS].astype(object).to_numpy()
     remotes = view[["remote", "remote_general", "remote_kind", "remote_h"]].astype(str).to_numpy()
     counts = {
@@ -531,11 +574,16 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
     for row in range(len(view)):
         key = list(keys[row])  # (fingerprints() already spelled the sets canonically)
         key[PORT] = int(key[PORT])
-        candidates = by_key.get(tuple(key))
+        key = tuple(key)
+        remote, remote_general, remote_kind, remote_h = remotes[row]
+        candidates = by_remote.get((key, remote), []) + by_class.get((key, remote_general), [])
+        if remote_kind != "domain":
+            candidates += by_address.get((key, remote_h), [])
         if not candidates:
             continue
         values = {m: counts[m][row] for m in COUNT_METRICS}
-        for number in candidates:
+        # specific remotes before classes, each in the signature's order
+        for number in sorted(set(candidates), key=lambda n: (patterns[n].general, n)):
             pattern = patterns[number]
             if keepalive[row] and not pattern.periodic:
                 continue  # a connection's timer, not the event
@@ -547,6 +595,35 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
                 result[row] = number
                 break
     return result
+
+
+def pattern_matches(flows: pd.DataFrame, signatures: list[EventSignature]) -> pd.DataFrame:
+    """Which flows match which pattern, event and background alike, by the rule the
+    detector counts them with (match_flows): each matched flow's position in `flows`, and
+    the pattern's name, order and role. (The traffic report draws these.)"""
+    found = []
+    numbered = flows.assign(_row=np.arange(len(flows)))
+    for signature in signatures:
+        view = device_view(numbered, "", signature.device_ip)
+        patterns = signature.patterns + signature.background
+        if view.empty or not patterns:
+            continue
+        matches = match_flows(view, patterns)
+        hit = np.flatnonzero(matches >= 0)
+        chosen = [patterns[n] for n in matches[hit]]
+        found.append(
+            pd.DataFrame(
+                {
+                    "row": view["_row"].to_numpy()[hit].astype(np.int64),
+                    "pattern": [p.name for p in chosen],
+                    "order": [p.order for p in chosen],
+                    "role": [p.role for p in chosen],
+                }
+            )
+        )
+    if not found:
+        return pd.DataFrame({"row": [], "pattern": [], "order": [], "role": []})
+    return pd.concat(found, ignore_index=True).sort_values("row", kind="stable")
 
 
 def find_occurrences(

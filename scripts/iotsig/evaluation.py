@@ -30,6 +30,7 @@ is reported with the reason, and the others still run.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import random
@@ -38,11 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from . import detector, fields, flows, pipeline
 from . import signature as sig
 from .errors import InputError
-from .schema import EVALUATION
+from .schema import EVALUATION, Column, Table
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 BASELINES = ("other-events", "none")
@@ -115,10 +117,6 @@ class EventResult:
 
 def read_devices(path: Path) -> dict[str, str]:
     """name -> IPv4 address, from a YAML mapping of device name -> {ipv4: ...}."""
-    import ipaddress
-
-    import yaml
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -232,11 +230,10 @@ def learn(
         recordings,
         result.device,
         device_ip,
-        None,
-        support,
-        result.event,
-        baseline,
-        settings=flows.FlowOptions().settings(),  # (translate_all builds them so)
+        event=result.event,
+        baseline=baseline,
+        # (translate_all builds the flows with the default settings)
+        options=sig.LearnOptions(support, flow_settings=flows.FlowOptions().settings()),
     )
     folder = output_dir / "signatures" / result.device / result.event
     folder.mkdir(parents=True, exist_ok=True)
@@ -346,11 +343,17 @@ def _rounded(value):
     return round(value, 4) if value == value else math.nan
 
 
-def table(results: list[EventResult], output_dir: Path, protocol: str = "baseline") -> pd.DataFrame:
+def table(
+    results: list[EventResult],
+    output_dir: Path,
+    protocol: str = "baseline",
+    method: str = "signature",
+) -> pd.DataFrame:
     rows = []
     for r in results:
         patterns = [p for signature in r.event_signatures for p in signature.patterns]
         row = {
+            "method": method,
             "device": r.device,
             "event": r.event,
             "protocol": protocol,
@@ -414,8 +417,6 @@ def confusion(results: list[EventResult], detected: dict[str, set]) -> pd.DataFr
 
 def confusion_table(frame: pd.DataFrame):
     """The schema of confusion.csv: its columns are the run's learned events."""
-    from .schema import Column, Table
-
     columns = [
         Column("event", "text", "the event whose held-out recordings these are"),
         Column("held_out", "int", "its held-out recordings"),

@@ -24,6 +24,7 @@ from . import csvio, fields, tshark
 from .coded import Coded, Frame, choose, read_fields, select
 from .errors import InputError, OutputError, ToolError
 from .fields import first
+from .parallel import run_parallel, width
 from .parties import UNSPECIFIED_ADDRESSES
 from .schema import PACKETS
 from .timefmt import utc_text_arrow
@@ -963,8 +964,6 @@ def run_translations(items, jobs=0, on_progress=None, whole_task=None, cells=(),
     once its last chunk is done and the parts are joined. cells: columns whose cells the
     chunks of a capture of up to cells_up_to packets also write to CellsFiles
     (Translation.cells), whose folder the caller then removes (remove_cells)."""
-    from .parallel import run_parallel, width
-
     tasks, chunks, folders, kept = [], {}, [], set()
     whole_task = whole_task or (lambda item: (translate, tuple(item)))
     try:

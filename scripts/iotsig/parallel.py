@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import csvio
-from .errors import ToolError
+from .errors import Terminated, ToolError
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,6 @@ def _stop_task(signum, frame):
         _deferred = signum
         return
     _stopping = True
-    from .cli import Terminated
-
     raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 

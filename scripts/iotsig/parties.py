@@ -5,6 +5,7 @@ party as seen from the device."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -17,6 +18,7 @@ EPHEMERAL_FROM = 1024
 # The source address of a host that has none yet: its DHCP DISCOVER or REQUEST (0.0.0.0),
 # its IPv6 duplicate address check (::).
 UNSPECIFIED_ADDRESSES = ("0.0.0.0", "::")
+MAC_PATTERN = re.compile(r"^[0-9a-f]{2}([:-])(?:[0-9a-f]{2}\1){4}[0-9a-f]{2}$", re.I)
 
 
 @lru_cache(maxsize=65536)

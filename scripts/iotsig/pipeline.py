@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import csvio, detector, flow_partitions, flows, geo, packets, profile, windows
 from . import signature as sig
-from .errors import ToolError
+from .errors import ToolError, collected
 from .parallel import run_parallel
 from .pattern_text import pattern_text
 from .schema import BURSTS, FLOWS, PACKETS, WINDOWS
@@ -146,12 +146,14 @@ def packets_to_flows(
     if partitions is None:
         partitions = flow_partitions.partitions_for(packets_csv)
     if partitions > 1:
+        notes = []
         try:
-            written = flow_partitions.write_flows(packets_csv, output, options, partitions)
+            with collected(notes):
+                written = flow_partitions.write_flows(packets_csv, output, options, partitions)
         except csvio.NeedsWholeFile:
             pass  # (a spreadsheet's copy, a bad cell...): read whole below, as it says
         else:
-            warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, written.blank)
+            warnings = notes + blank_cell_warnings(packets_csv, written.blank)
             seconds = time.perf_counter() - started
             return FlowsWritten(
                 Path(packets_csv),
@@ -162,8 +164,10 @@ def packets_to_flows(
                 seconds,
                 written.bursts,
             )
-    table = read_packets(packets_csv, translation)
-    warnings = csvio.take_notes() + blank_cell_warnings(packets_csv, blank_cells(table))
+    warnings = []
+    with collected(warnings):  # what a spreadsheet changed in the packets CSV
+        table = read_packets(packets_csv, translation)
+    warnings += blank_cell_warnings(packets_csv, blank_cells(table))
     built = flows.build(table, options)
     csvio.write_table(built.flows, FLOWS, output)
     csvio.write_table(built.bursts, BURSTS, flows.bursts_beside(output))
@@ -340,29 +344,27 @@ def learn(
     device_name: str,
     device_ip: str,
     device_mac: str | None = None,
-    support: float = 1.0,
+    *,
     event: str = "event",
     baseline=None,
-    background_share: float = 0.0,
-    settings: dict | None = None,
+    options: sig.LearnOptions | None = None,
 ) -> sig.Signature:
     """signature-extractor: the patterns that recur in the event's recordings (flows CSV
     paths or sig.Recording), those also in the baseline's as background (in more than
-    background_share of its recordings). Raises ToolError when the device never appears.
-    settings: how the flows were built (idle_timeout, max_duration, burst_gap)."""
-    event_recordings = recordings(event_recordings)
-    baseline = recordings(baseline) if baseline else None
-    notes = csvio.take_notes()  # what a spreadsheet changed in the flows CSVs
+    options.background_share of its recordings). Raises ToolError when the device never
+    appears."""
+    notes = []
+    with collected(notes):  # what a spreadsheet changed in the flows CSVs
+        event_recordings = recordings(event_recordings)
+        baseline = recordings(baseline) if baseline else None
     signature = sig.extract(
         event_recordings,
         device_name,
         device_ip,
         device_mac,
-        support,
-        event,
-        baseline,
-        background_share,
-        settings,
+        event=event,
+        baseline=baseline,
+        options=options,
     )
     signature.warnings[:0] = notes
     return signature
@@ -395,11 +397,10 @@ def learn_in_windows(
     device_name: str,
     device_ip: str,
     device_mac: str | None = None,
-    support: float = 1.0,
+    *,
     event: str = "event",
-    options: windows.WindowOptions | None = None,
     baseline_files=None,
-    settings: dict | None = None,
+    options: sig.LearnOptions | None = None,
 ) -> WindowedLearning:
     """Cut long captures (their flows CSVs, and the bursts and packets CSVs beside them
     where there are) into one recording per listed time and background windows far from
@@ -411,7 +412,8 @@ def learn_in_windows(
     in the log, an event without traffic): they are left out, said, and the signature is
     learned from the others, the background windows as its baseline. windows.csv is
     written before learning, so that it is there when learning fails."""
-    options = options or windows.WindowOptions()
+    options = options or sig.LearnOptions()
+    support = options.support
     packet_files, burst_files = _beside_long(flows_csvs)
     first, last = windows.extent(flows_csvs)
     if first > last:
@@ -419,7 +421,7 @@ def learn_in_windows(
     warnings = []
     # Every listed event gets its window (close ones are cut halfway between them, whatever
     # their event); the other events' windows are a baseline of their own.
-    listed = windows.event_windows(times, options)
+    listed = windows.event_windows(times, options.windows)
     inside = (listed["end"] >= first) & (listed["start"] <= last)
     named = (listed["event"] != "").any()
     mine = listed["event"] == event if named else pd.Series(True, index=listed.index)
@@ -477,11 +479,9 @@ def learn_in_windows(
             device_name,
             device_ip,
             device_mac,
-            at_support,
-            event,
-            base or None,
-            share,
-            settings,
+            event=event,
+            baseline=base or None,
+            options=dataclasses.replace(options, support=at_support, background_share=share),
         )
 
     rough_support = min(support, FIRST_PASS_SUPPORT)

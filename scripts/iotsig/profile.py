@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 
 from . import fields as app_fields
+from .signature import c_safe
 
 # Protocols and fields the firewall's translator reads.
 KNOWN_FIELDS = {
@@ -337,8 +338,6 @@ def printable(text: str) -> str:
 
 
 def _c_name(text: str) -> str:
-    from .signature import c_safe
-
     return c_safe(str(text))
 
 

@@ -29,6 +29,7 @@ from .schema import (
     SIGNATURE_V2_DEFAULTS,
     SIGNATURE_VERSION,
 )
+from .windows import WindowOptions
 
 FINGERPRINT = [
     "unit",
@@ -269,31 +270,58 @@ def _map_distinct(values: pd.Series, function) -> pd.Series:
     return pd.Series(result, index=values.index, dtype=object)
 
 
+@dataclass(frozen=True)
+class LearnOptions:
+    """How a signature is learned: signature-extractor's options, in one place.
+
+    support: the share of the event's recordings a pattern must recur in (1.0: all).
+    background_share: a pattern is background when more than this share of the baseline's
+        recordings (and at least one) hold it.
+    flow_settings: how the flows were built (idle_timeout, max_duration, burst_gap:
+        seconds), kept in every pattern so that detection builds them alike.
+    windows: how a long capture is cut around listed event times (--events)."""
+
+    support: float = 1.0
+    background_share: float = 0.0
+    flow_settings: dict = field(default_factory=dict)
+    windows: WindowOptions = field(default_factory=WindowOptions)
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What one learning is about: the device, the event, the baseline and the options."""
+
+    device_name: str
+    device_ip: str
+    device_mac: str | None
+    event: str
+    baseline: list[Recording] | None
+    options: LearnOptions
+
+
 def extract(
     recordings: list[Recording],
     device_name: str,
     device_ip: str,
     device_mac: str | None = None,
-    support: float = 1.0,
+    *,
     event: str = "event",
     baseline: list[Recording] | None = None,
-    background_share: float = 0.0,
-    settings: dict | None = None,
+    options: LearnOptions | None = None,
 ) -> Signature:
     """The signature of an event from its recordings (and, to tell background, a baseline:
-    a pattern is background when more than `background_share` of the baseline recordings,
-    and at least one, hold it).
+    a pattern is background when more than options.background_share of the baseline
+    recordings, and at least one, hold it).
     The event may take several routes (the app reaches the device directly in some
     recordings, through the cloud in others). With a baseline, where nothing recurs in
     enough recordings that the baseline lacks, the recordings are split by the distinctive
     packets they share (_route_variants); without one, only where a fingerprint and a
     packet size split them the same way (_complementary_routes). Each route gets a
-    signature of its own, a variant of the same event. `settings`: how the flows were
-    built (idle_timeout, max_duration, burst_gap: seconds), kept in every pattern."""
-    learned = _extract_routes(
-        recordings, device_name, device_ip, device_mac, support, event, baseline, background_share
-    )
-    learned.patterns = learned.patterns.assign(**_settings(settings))
+    signature of its own, a variant of the same event."""
+    options = options or LearnOptions()
+    task = _Task(device_name, device_ip, device_mac, event, baseline, options)
+    learned = _extract_routes(recordings, task)
+    learned.patterns = learned.patterns.assign(**_settings(options.flow_settings))
     return learned
 
 
@@ -303,53 +331,24 @@ def _settings(settings: dict | None) -> dict:
     return chosen
 
 
-def _extract_routes(
-    recordings: list[Recording],
-    device_name: str,
-    device_ip: str,
-    device_mac: str | None,
-    support: float,
-    event: str,
-    baseline: list[Recording] | None,
-    background_share: float,
-) -> Signature:
-    learned, flows = _extract_once(
-        recordings, device_name, device_ip, device_mac, support, event, baseline, background_share
-    )
-    routes = []
+def _extract_routes(recordings: list[Recording], task: _Task) -> Signature:
+    learned, flows = _extract_once(recordings, task)
+    routes, baseline = [], task.baseline
     if len(recordings) < 2 * MIN_VARIANT:
         pass
     elif baseline and learned.event_patterns.empty:
-        routes = _route_variants(flows, recordings, device_ip, device_mac, baseline)
+        routes = _route_variants(flows, recordings, task.device_ip, task.device_mac, baseline)
     elif not baseline and _partly_shared(learned.noise, len(recordings)):
         routes = _complementary_routes(flows, recordings)
     del flows
     if len(routes) > 1:
-        return _with_variants(
-            learned,
-            routes,
-            recordings,
-            device_name,
-            device_ip,
-            device_mac,
-            support,
-            event,
-            baseline,
-            background_share,
-        )
+        return _with_variants(learned, routes, recordings, task)
     return learned
 
 
-def _extract_once(
-    recordings: list[Recording],
-    device_name: str,
-    device_ip: str,
-    device_mac: str | None,
-    support: float,
-    event: str,
-    baseline: list[Recording] | None,
-    background_share: float = 0.0,
-) -> tuple[Signature, pd.DataFrame]:
+def _extract_once(recordings: list[Recording], task: _Task) -> tuple[Signature, pd.DataFrame]:
+    device_ip, device_mac, baseline = task.device_ip, task.device_mac, task.baseline
+    support = task.options.support
     warnings = []
     if len(recordings) == 1:
         warnings.append(
@@ -401,24 +400,27 @@ def _extract_once(
             )
         if base is not None:
             background_keys = _background_keys(
-                flows[in_pattern], profiles, base, _needed_in_base(baseline, background_share)
+                flows[in_pattern],
+                profiles,
+                base,
+                _needed_in_base(baseline, task.options.background_share),
             )
     patterns = _summarise(
         flows[in_pattern],
         n,
-        device_name,
+        task.device_name,
         device_ip,
-        event,
+        task.event,
         background_keys,
         baseline is not None,
         profiles,
     )
     noise = _noise(flows.loc[~in_pattern, [*FINGERPRINT, "key", "recording"]], n)
     learned = Signature(
-        device_name,
+        task.device_name,
         device_ip,
         mac or "",
-        event,
+        task.event,
         [r.name for r in recordings],
         support,
         patterns,
@@ -522,32 +524,14 @@ def _recording_sets(groups: pd.Series, recordings: pd.Series, low: int, high: in
 
 
 def _with_variants(
-    learned: Signature,
-    routes: list[list[str]],
-    recordings: list[Recording],
-    device_name: str,
-    device_ip: str,
-    device_mac: str | None,
-    support: float,
-    event: str,
-    baseline: list[Recording],
-    background_share: float = 0.0,
+    learned: Signature, routes: list[list[str]], recordings: list[Recording], task: _Task
 ) -> Signature:
     """One signature whose patterns are those of each route's own signature, numbered by
     route in the `variant` column; routes without an event pattern of their own are left
     out."""
     parts, kept = [], []
     for names in routes:
-        route, _ = _extract_once(
-            [r for r in recordings if r.name in names],
-            device_name,
-            device_ip,
-            device_mac,
-            support,
-            event,
-            baseline,
-            background_share,
-        )
+        route, _ = _extract_once([r for r in recordings if r.name in names], task)
         if route.event_patterns.empty:
             continue
         parts.append(route.patterns.assign(variant=len(parts) + 1))
@@ -568,12 +552,12 @@ def _with_variants(
         learned.device_name,
         learned.device_ip,
         learned.device_mac,
-        event,
+        task.event,
         learned.recordings,
-        support,
+        task.options.support,
         patterns.reindex(columns=SIGNATURE.names),
         learned.noise,
-        baseline is not None,
+        task.baseline is not None,
         learned.warnings + [note],
         kept,
     )
@@ -1106,8 +1090,6 @@ def _application_label(row) -> str:
 
 
 def c_safe(text: str) -> str:
-    import re
-
     safe = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
     safe = re.sub(r"-{2,}", "-", safe)
     return re.sub("backward", "back-ward", safe, flags=re.I)

@@ -127,8 +127,6 @@ class EventDetector(Command):
                     )
                     continue
                 signatures.append(signature)
-            for note in csvio.take_notes():
-                self.warn(note)
         if not signatures:
             if unread:
                 return 1
@@ -150,8 +148,6 @@ class EventDetector(Command):
                 self.error(str(e))
                 failed.append(name)
                 continue
-            for note in csvio.take_notes():
-                self.warn(note)
             occurrences = detector.detect(table, name, signatures, options)
             spans[name] = windows.with_extent(table, extent)
             found += occurrences
@@ -211,35 +207,13 @@ class EventDetector(Command):
     def flow_options(self, signatures, args, building: bool) -> flows.FlowOptions:
         """How to build the flows of captures: as told, else as the signatures were
         learned (said when that is not the default), else the defaults."""
-        chosen, said = {}, []
-        for name, default in (
-            ("idle_timeout", flows.DEFAULT_IDLE_TIMEOUT),
-            ("max_duration", flows.DEFAULT_MAX_DURATION),
-            ("burst_gap", flows.DEFAULT_BURST_GAP),
-        ):
-            given = getattr(args, name)
-            learned = sorted({s.settings[name] for s in signatures if name in s.settings})
-            if given is not None:
-                chosen[name] = given
-            elif learned:
-                chosen[name] = learned[0]
-                if len(learned) > 1:
-                    self.warn(
-                        f"the signatures were learned with different --{name.replace('_', '-')} "
-                        f"({', '.join(f'{v:g}' for v in learned)}): using {learned[0]:g}"
-                    )
-                if learned[0] != default:
-                    said.append(f"--{name.replace('_', '-')} {learned[0]:g}")
-            else:
-                chosen[name] = default
+        given = {name: getattr(args, name) for name in flows.FlowOptions().settings()}
+        options, said, warnings = detector.flow_options(signatures, given)
+        for warning in warnings:
+            self.warn(warning)
         if said and building:
             self.say("building flows as the signatures were learned: " + ", ".join(said))
-        return flows.FlowOptions(
-            chosen["idle_timeout"],
-            chosen["max_duration"],
-            tuple(dict.fromkeys(s.device_ip for s in signatures)),
-            chosen["burst_gap"],
-        )
+        return options
 
     def flow_files(self, kinds, output_dir, signatures, args):
         """(name, flows CSV) per input, in the order given; pcaps and packets CSVs go

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import detector
 from .. import signature as sig
 from .inputs import Device, Inputs, text
 
@@ -18,96 +19,32 @@ MAX_TIMELINE_ROWS = 30  # pattern rows in the strip: beyond, the rest share one 
 
 
 def match_patterns(mine: pd.DataFrame, patterns: pd.DataFrame | None) -> pd.DataFrame:
-    """Which of the device's flows belong to which signature pattern: the flows'
-    fingerprints recomputed (iotsig.signature.fingerprints) and compared column by column;
-    a generalised pattern (remote by class) matches on the class. Two joins on the whole
-    key (remote party included): linear in flows plus patterns, plus the matches."""
+    """Which of the device's flows belong to which signature pattern: the detector's rule
+    (detector.pattern_matches: fingerprint, remote party, counts and packets), so that the
+    report shows the flows event-detector counts."""
     if patterns is None or patterns.empty or mine.empty:
         return pd.DataFrame(columns=MATCH_COLUMNS)
-    f = _fingerprinted(mine)
-    # Every fingerprint column but the remote party, which is joined on below.
-    keys = [c for c in sig.FINGERPRINT if c != "remote" and c in patterns and c in f]
-    p = patterns[patterns["remote"].notna()].reset_index(drop=True)
-    p = p.assign(
-        server_port=pd.to_numeric(p["server_port"], errors="coerce").fillna(-1).astype(int),
-        remote=text(p["remote"]),
-        _p=np.arange(len(p)),
-    )
-    for name in keys:
-        if name != "server_port":
-            p[name] = text(p[name])
-            f[name] = text(f[name])
-    left = f[keys + ["remote", "remote_general"]].assign(_row=np.arange(len(f)))
-    right = p[keys + ["remote", "pattern", "order", "role", "_p"]]
-    exact = left.merge(right, on=[*keys, "remote"])
-    general = left.merge(
-        right.rename(columns={"remote": "remote_general"}), on=[*keys, "remote_general"]
-    )
-    merged = pd.concat([exact, general], ignore_index=True).drop_duplicates(["_row", "_p"])
-    merged = merged[_packets_fit(merged, mine, p)].sort_values(["_row", "_p"], kind="stable")
-    rows = merged["_row"].to_numpy()
+    flows = mine.drop(columns=["side", "remote", "klass"], errors="ignore")
+    for name in ("first_frame", "last_frame"):
+        if name not in flows:
+            flows[name] = np.nan
+    for name in sig.REQUIRED:
+        if name not in flows:
+            flows[name] = "" if name not in detector.COUNT_METRICS else np.nan
+    matched = detector.pattern_matches(flows, detector.event_signatures(patterns, "signature"))
+    rows = matched["row"].to_numpy(dtype=np.int64)
     start = mine["ts"].to_numpy(dtype=float)[rows]
     duration = np.nan_to_num(pd.to_numeric(mine["duration"], errors="coerce").to_numpy()[rows])
     return pd.DataFrame(
         {
             "capture": text(mine["capture"]).to_numpy()[rows],
-            "pattern": merged["pattern"].to_numpy(),
-            "order": merged["order"].to_numpy(),
-            "role": merged["role"].to_numpy(),
+            "pattern": matched["pattern"].to_numpy(),
+            "order": matched["order"].to_numpy(),
+            "role": matched["role"].to_numpy(),
             "start": start,
             "end": start + duration,
         }
     )
-
-
-def _packets_fit(merged: pd.DataFrame, mine: pd.DataFrame, patterns: pd.DataFrame) -> np.ndarray:
-    """Which (flow, pattern) pairs also agree on the pattern's packet profile, as the
-    detector matches them (patterns of one fingerprint differ by their packets)."""
-    fits = np.ones(len(merged), bool)
-    if "packet_profile" not in patterns or "first_payload_sizes" not in mine:
-        return fits
-    profiles = text(patterns["packet_profile"]).to_numpy()
-    pattern_of = merged["_p"].to_numpy()
-    with_profile = np.flatnonzero(profiles[pattern_of] != "")
-    if not len(with_profile):
-        return fits
-    sizes = sig.message_matrix(mine.assign(first_payload_sizes=text(mine["first_payload_sizes"])))
-    rows = merged["_row"].to_numpy()
-    for pattern, where in pd.Series(with_profile).groupby(pattern_of[with_profile]):
-        where = where.to_numpy()
-        fits[where] = sig.profile_matches(sizes[rows[where]], sig.parse_profile(profiles[pattern]))
-    return fits
-
-
-def _fingerprinted(mine: pd.DataFrame) -> pd.DataFrame:
-    """The device's flows with their fingerprint columns, the remote party as device_flows
-    worked it out (name and class checked against the address seen from the device)."""
-    needed = [
-        "orig_h",
-        "resp_h",
-        "orig_p",
-        "resp_p",
-        "remote_name",
-        "remote_class",
-        *sig.FINGERPRINT_FIELDS,
-    ]
-    wanted = set(needed) | {"capture", "ts", "duration", "proto", "remote_h"}
-    f = mine[[c for c in mine.columns if c in wanted]].copy()
-    for name in needed:
-        if name not in f:
-            f[name] = ""
-    f["device_side"] = mine["side"].to_numpy()
-    f["remote_h"] = mine["remote_addr"].to_numpy()
-    f["remote_name"] = np.where(mine["remote"] != mine["remote_addr"], mine["remote"], "")
-    f["remote_class"] = mine["klass"].to_numpy()
-    for name in ["remote_name", "remote_class", "http_request_uri", *sig.FINGERPRINT_FIELDS]:
-        f[name] = text(f[name])
-    f = sig.fingerprints(f)
-    if "remote_general" not in f:
-        f["remote_general"] = f["remote"]
-    f["remote"] = text(f["remote"])
-    f["remote_general"] = text(f["remote_general"])
-    return f
 
 
 def timeline_rows(

@@ -11,6 +11,7 @@ import pandas as pd
 from .. import csvio
 from ..errors import InputError, OutputError
 from ..schema import DETECTIONS, INVENTORY
+from ..signature import read_signature_csv
 from .activity import (
     MAX_TIMELINE_ROWS,
     activity,
@@ -116,8 +117,6 @@ def read_signature(
     """The signature's patterns, and the text of pattern.txt (by default the one beside it)."""
     patterns = None
     if signature_path is not None:
-        from ..signature import read_signature_csv
-
         patterns = read_signature_csv(signature_path)
         if pattern_path is None and (Path(signature_path).parent / "pattern.txt").is_file():
             pattern_path = Path(signature_path).parent / "pattern.txt"

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .. import geo
+from .. import signature as sig
 from ..parties import remote_party, server_ports
 from .inputs import Device, text
 from .inventory import sort_addresses
@@ -31,11 +32,15 @@ def device_flows(flows: pd.DataFrame | None, device: Device) -> pd.DataFrame:
     extra = ["side", "remote_addr", "remote", "klass", "country", "org", "label", "bytes", "pkts"]
     if flows is None or flows.empty:
         return pd.DataFrame(columns=[*(flows.columns if flows is not None else []), *extra])
-    me = {a for a in (device.ip, device.mac) if a}  # non-IP flows are keyed by MAC
-    orig = text(flows["orig_h"]).str.lower().isin(me)
-    resp = text(flows["resp_h"]).str.lower().isin(me) & ~orig
-    mine = flows[orig | resp].copy()
-    device_is_orig = orig[orig | resp].to_numpy()
+    # The one rule the signatures are learned with (signature.device_flows); non-IP flows
+    # (ARP) are keyed by MAC.
+    macs = {"orig_mac", "resp_mac"} <= set(flows.columns)
+    keys = ["orig_h", "resp_h", *(["orig_mac", "resp_mac"] if macs else [])]
+    keyed = flows.assign(**{c: text(flows[c]).str.lower() for c in keys})
+    mac = (device.mac or "").lower() if macs else None
+    chosen = sig.device_flows(sig.Recording("", keyed), device.ip or device.mac.lower(), mac)
+    mine = flows.loc[chosen.index].copy()
+    device_is_orig = (chosen["device_side"] == "orig").to_numpy()
     mine["side"] = np.where(device_is_orig, "orig", "resp")
     remote_h, name, klass = remote_party(
         text(mine["orig_h"]).to_numpy(),

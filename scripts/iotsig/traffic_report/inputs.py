@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import csvio
+from .. import flows as flow_builder
 from ..errors import InputError, ToolError
 from ..fields import FLOW_FIELDS
 from ..inputs import file_kind
@@ -111,8 +112,6 @@ def read_inputs(paths: list[Path]) -> Inputs:
 
 def _read_packets(paths: list[Path]) -> pd.DataFrame:
     """The packets whole, with what rebuilding the flows needs."""
-    from .. import flows as flow_builder
-
     wanted = list(
         dict.fromkeys(
             PACKET_COLUMNS + PACKET_OPTIONAL + flow_builder.REQUIRED + flow_builder.OPTIONAL
@@ -148,8 +147,6 @@ def text(column: pd.Series) -> pd.Series:
 
 
 def flows_from_packets(packets: pd.DataFrame, device: Device) -> pd.DataFrame:
-    from .. import flows as flow_builder
-
     missing = [c for c in flow_builder.REQUIRED if c not in packets]
     if missing:
         raise ToolError(
