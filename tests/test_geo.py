@@ -186,3 +186,20 @@ def run_script_code(code: str, env: dict):
         check=True,
         env={**os.environ, **env},
     )
+
+
+def test_a_damaged_cache_is_built_again(tmp_path):
+    """A cache file cut short (iotsig writes it by a rename, so never so; a copy may be) is
+    built again and replaced, not trusted."""
+    run_script_code(
+        "from iotsig import geo; geo.lookup(['8.8.8.8'])", {"XDG_CACHE_HOME": str(tmp_path)}
+    )
+    (cached,) = (tmp_path / "iotsig").glob("*.npz")
+    cached.write_bytes(cached.read_bytes()[:1000])
+    result = run_script_code(
+        "from iotsig import geo; print(geo.lookup(['8.8.8.8']).loc['8.8.8.8'].tolist())",
+        {"XDG_CACHE_HOME": str(tmp_path)},
+    )
+    assert result.stdout.strip() == "['US', '8.8.8.0/24', 'GOOGLE']"
+    assert cached.stat().st_size > 1_000_000
+    assert [p.name for p in (tmp_path / "iotsig").iterdir()] == [cached.name]  # no .part left

@@ -4,16 +4,18 @@ package ships (MaxMind GeoLite2 Country and ASN, converted by geoip2fast). Nothi
 up on the network, and an address the data does not know stays empty, never guessed.
 
 geoip2fast keeps its networks as pickled lists of Python integers: 0.33 s and 100 MB to
-load in every process. They are turned once into numpy arrays (first and last address of
-each network, its country or AS) cached beside the user's other caches, which load in a few
-milliseconds and are searched with numpy."""
+load in every process. They are turned once into numpy arrays (each network's first
+address and prefix length, its country or AS) cached beside the user's other caches, which
+load in a few milliseconds and are searched with numpy."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import threading
 import warnings
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +31,7 @@ _FILE = "geoip2fast-asn-ipv6.dat.gz"  # geoip2fast's data of IPv4 and IPv6 netwo
 _PRIVATE_COUNTRIES = 16  # geoip2fast's first 16 country entries are reserved ranges
 _NOT_KNOWN = {"", "--", "<unknown>", "IANA.ORG"}  # its words for "not known"
 _MASK = (1 << 64) - 1
+_FORMAT = 1  # of the cached arrays: a new layout, a new file name
 _lock = threading.Lock()
 _loaded: dict = {}
 
@@ -39,7 +42,7 @@ def _cache_path() -> Path:
     data = _data_file()
     home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     stamp = f"{version('geoip2fast')}-{data.stat().st_size}-{int(data.stat().st_mtime)}"
-    return Path(home) / "iotsig" / f"geoip2fast-{stamp}.npz"
+    return Path(home) / "iotsig" / f"geo{_FORMAT}-geoip2fast-{stamp}.npz"
 
 
 def _data_file() -> Path:
@@ -57,21 +60,27 @@ def _tables() -> dict[str, np.ndarray]:
             try:
                 with np.load(path, allow_pickle=False) as cached:
                     stored = {k: cached[k] for k in cached.files}
-            except (OSError, ValueError):
+            except (OSError, ValueError, zipfile.BadZipFile):  # none yet, or a damaged one
                 stored = _built()
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-                    with open(part, "wb") as sink:
-                        np.savez(sink, **stored)
-                    os.replace(part, path)
-                except OSError:  # a read-only home: built again by the next process
-                    pass
+                _save(path, stored)
             for kind in ("country", "org"):  # names: one UTF-8 text, a name a line
                 text = stored.pop(f"{kind}_names").tobytes().decode()
                 stored[f"{kind}_names"] = np.array(text.split("\n"), dtype=object)
             _loaded.update(stored)
     return _loaded
+
+
+def _save(path: Path, stored: dict) -> None:
+    """Write the cache whole (a temporary file renamed) or not at all."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, "wb") as sink:
+            np.savez(sink, **stored)
+        os.replace(part, path)
+    except OSError:  # a read-only home: built again by the next process
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
 
 
 def prefetch() -> None:
