@@ -36,7 +36,7 @@ OTHER_COLOUR = "#9a9a9a"
 # One colour per event name, for its listed times and its detections.
 EVENT_COLOURS = ["#111111", "#c2185b", "#00897b", "#6a1b9a", "#ef6c00", "#1565c0"]
 MARK_COLUMNS = ["time", "end", "event", "kind"]  # kind: listed or detected
-LEFT, RIGHT = 0.09, 0.93  # (right: the flows' axis of the activity panel)
+LEFT, RIGHT = 0.09, 0.91  # (right: room for the flows axis of the activity panel)
 
 
 def draw_timeline(
