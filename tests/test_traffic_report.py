@@ -795,3 +795,24 @@ def test_external_parties_are_coloured_by_organisation_with_a_legend():
         groups.index(g) + groups.count(g) - 1 == len(groups) - 1 - groups[::-1].index(g)
         for g in set(groups)
     )
+
+
+def test_a_detections_csv_of_start_times_alone_is_drawn_and_a_missing_one_is_an_error(
+    toggle, tmp_path
+):
+    """Another tool's detections: a start column is enough; a file that is not there is one
+    error line, before anything is written."""
+    output, _ = toggle
+    flows = sorted(output.glob("*.flows.csv"))
+    minimal = tmp_path / "found.csv"
+    minimal.write_text(f"start\n{TPLINK_CAPTURES[0].stem}.5\n")
+    run_script("traffic-report.py", *flows, "--detections", minimal, "-o", tmp_path / "a", "-q")
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "0 listed event time(s) (--events; dotted lines) and 1 detection(s)" in page
+    result = run_script(
+        "traffic-report.py", *flows, "--detections", tmp_path / "absent.csv",
+        "-o", tmp_path / "b", "-q", check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("absent.csv: no such file")
+    assert not (tmp_path / "b" / "report.html").exists()

@@ -180,15 +180,15 @@ def marked_times(events: pd.DataFrame | None, detections_path: Path | None) -> p
             pd.DataFrame(
                 {
                     "time": pd.to_numeric(found["start"], errors="coerce"),
-                    "end": pd.to_numeric(found.get("end"), errors="coerce"),
-                    "event": found.get("event", pd.Series("", index=found.index)),
+                    "end": pd.to_numeric(found.get("end", found["start"]), errors="coerce"),
+                    "event": found.get("event", pd.Series("", index=found.index)).astype(object),
                 }
             ).assign(kind="detected")
         )
     if not parts:
         return pd.DataFrame(columns=MARK_COLUMNS)
     times = pd.concat(parts, ignore_index=True)
-    times["event"] = times["event"].fillna("").astype(str)
+    times["event"] = times["event"].astype(object).fillna("").astype(str)
     return times.dropna(subset=["time"]).reset_index(drop=True)
 
 
