@@ -203,3 +203,22 @@ def test_a_damaged_cache_is_built_again(tmp_path):
     assert result.stdout.strip() == "['US', '8.8.8.0/24', 'GOOGLE']"
     assert cached.stat().st_size > 1_000_000
     assert [p.name for p in (tmp_path / "iotsig").iterdir()] == [cached.name]  # no .part left
+
+
+def test_a_worker_forked_while_the_data_loads_does_not_wait_forever():
+    """parallel.py forks its workers; one forked while this process's prefetch thread holds
+    geo's lock (that thread is not in the child) loads the data itself."""
+    code = """
+import os, signal
+from iotsig import geo
+geo._lock.acquire()  # as a prefetch thread loading at the fork holds it
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # (a child waiting on the inherited lock dies here)
+    print(geo.lookup(["8.8.8.8"]).loc["8.8.8.8"].tolist(), flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print(status)
+"""
+    result = run_script_code(code, {})
+    assert result.stdout.split("\n")[:2] == ["['US', '8.8.8.0/24', 'GOOGLE']", "0"]

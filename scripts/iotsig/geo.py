@@ -36,6 +36,16 @@ _lock = threading.Lock()
 _loaded: dict = {}
 
 
+def _unlocked_in_child() -> None:
+    """A worker forked while this process's prefetch thread held the lock would wait on
+    it forever (that thread is not in the child): the child starts with its own."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlocked_in_child)
+
+
 def _cache_path() -> Path:
     from importlib.metadata import version
 
