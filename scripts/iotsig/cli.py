@@ -207,9 +207,10 @@ def flow_settings(args) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def add_event_times_arguments(parser, detecting: bool = False) -> None:
+def add_event_times_arguments(parser, detecting: bool = False, drawing: bool = False) -> None:
     """--events TIMES.csv and how to read it: main.py, signature-extractor.py (a long
-    capture cut around each listed time) and event-detector.py (its detections scored)."""
+    capture cut around each listed time), event-detector.py (its detections scored) and
+    traffic-report.py (`drawing`: the times drawn, no windows cut)."""
     group = parser.add_argument_group(
         "long captures with a list of event times (see README: event-times CSV)"
     )
@@ -221,6 +222,8 @@ def add_event_times_arguments(parser, detecting: bool = False) -> None:
         + (
             "each detection is matched to a listed event, each listed event found or missed"
             if detecting
+            else "each listed time is drawn on the timeline"
+            if drawing
             else "the capture is cut into one recording per listed time of the event"
         ),
     )
@@ -238,6 +241,8 @@ def add_event_times_arguments(parser, detecting: bool = False) -> None:
         help="zone of the times written without one: a UTC offset (UTC-5, or "
         "--timezone=-05:00) or a name (America/New_York)",
     )
+    if drawing:
+        return
     group.add_argument(
         "--time-tolerance",
         type=non_negative,
@@ -522,9 +527,12 @@ class Command:
         device_name=None,
         signature=None,
         pattern=None,
+        events=None,
+        detections=None,
     ):
         """traffic-report.py's step (main.py's last): read the CSVs, write the report files
-        with a progress bar, and summarise."""
+        with a progress bar, and summarise. `events`: the listed event times (event_times'
+        table); `detections`: event-detector's detections.csv."""
         started = time.monotonic()
         with self.progress(total=5, unit=" step", desc="traffic report") as bar:
             bar.set_postfix_str("reading")
@@ -543,6 +551,8 @@ class Command:
                 device_name=device_name,
                 signature_path=signature,
                 pattern_path=pattern,
+                events=events,
+                detections_path=detections,
                 step=step,
             )
         for note in result.notes:

@@ -29,6 +29,7 @@ from . import signature as sig
 from .errors import InputError
 from .flows import FlowOptions, bursts_beside
 from .inputs import file_kind
+from .parties import unspecified_device_sides
 from .schema import BURSTS, DETECTIONS, FLOWS
 from .timefmt import utc
 
@@ -334,6 +335,9 @@ def _devices_rows(path: Path, table, required, columns, devices: set[str]):
         ends = frame["ts"] + pd.to_numeric(frame["duration"], errors="coerce").fillna(0)
         first, last = min(first, float(frame["ts"].min())), max(last, float(ends.max()))
         mine = frame["orig_h"].isin(devices) | frame["resp_h"].isin(devices)
+        # (a first cut, a chunk at a time: device_flows keeps those of each device's MAC)
+        unaddressed_orig, unaddressed_resp = unspecified_device_sides(frame)
+        mine |= unaddressed_orig | unaddressed_resp
         kept.append(frame[mine.to_numpy()])
 
     wanted = list(dict.fromkeys([*columns, "duration"]))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import geo
 from .fields import FLOW_FIELDS
 from .parties import UNSPECIFIED_ADDRESSES, address_class, canonical_ip, canonical_ips
 from .schema import BURSTS, FLOWS
@@ -916,6 +917,8 @@ def _name_remote(flows: pd.DataFrame, shared: CrossFlow) -> None:
         name = np.where(name != "", name, fallback)
     flows["remote_name"] = name
     flows["remote_class"] = _classify(flows["remote_h"].to_numpy(), shared.gateways)
+    for column, values in geo.columns_for(flows["remote_h"].to_numpy()).items():
+        flows[column] = values
 
 
 _PORT = re.compile(r":\d+$")

@@ -294,6 +294,30 @@ FLOWS = Table(
             "(private, link-local), multicast, broadcast or external",
             "remote_h",
         ),
+        (
+            "remote_country",
+            "str",
+            "country code of an external remote_h (ISO 3166, e.g. US), from the offline "
+            "data the geoip2fast package ships (MaxMind GeoLite2; the traffic report names its "
+            "date); empty for a private, link-local, multicast or broadcast address and for "
+            "one the data does not know",
+            "remote_h",
+        ),
+        (
+            "remote_asn",
+            "str",
+            "the network of the autonomous system that routes an external remote_h, as the "
+            "same data gives it (e.g. 8.8.8.0/24: that data has the system's network and "
+            "organisation, not its number); empty as remote_country",
+            "remote_h",
+        ),
+        (
+            "remote_org",
+            "text",
+            "the organisation of that autonomous system (e.g. GOOGLE), from the same data; "
+            "empty as remote_country",
+            "remote_h",
+        ),
         # A flow's field is the set of its packets' values: text stays text, the rest is "str".
         *[
             (f.name, "text" if f.type == "text" else "str", f.flow_meaning, f.name, f.spelling)
