@@ -84,10 +84,16 @@ def run_script(
 ) -> subprocess.CompletedProcess:
     """Run scripts/<name> as a user would, capturing its output: in this process (the
     command's main() on the arguments, its stdout and stderr captured), or, given `env`
-    (tshark's path, the cluster's address... are read once per process) or with
-    IOTSIG_TESTS_IN_PROCESS=0, as a process of its own."""
+    (tshark's path, the cluster's address... are read once per process), on a Dask
+    cluster, or with IOTSIG_TESTS_IN_PROCESS=0, as a process of its own."""
     arguments = [str(a) for a in args]
-    if env is None and name in COMMANDS and os.environ.get("IOTSIG_TESTS_IN_PROCESS") != "0":
+    in_process = (
+        env is None
+        and name in COMMANDS
+        and "--scheduler" not in arguments  # (a Dask client's event loop outlives the run)
+        and os.environ.get("IOTSIG_TESTS_IN_PROCESS") != "0"
+    )
+    if in_process:
         result = _run_in_process(name, arguments, cwd)
     else:
         command = [sys.executable, str(SCRIPTS / name), *arguments]
