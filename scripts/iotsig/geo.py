@@ -25,7 +25,7 @@ import pandas as pd
 from .parties import address_class
 
 # The columns this adds to a table of addresses (the flows CSV's remote_* columns).
-COLUMNS = ("remote_country", "remote_asn", "remote_org")
+COLUMNS = ("remote_country", "remote_network", "remote_org")
 
 _FILE = "geoip2fast-asn-ipv6.dat.gz"  # geoip2fast's data of IPv4 and IPv6 networks
 _PRIVATE_COUNTRIES = 16  # geoip2fast's first 16 country entries are reserved ranges
@@ -186,7 +186,7 @@ def _search(t: dict, kind: str, family: str, hi: np.ndarray, lo: np.ndarray) -> 
 
 
 def lookup(addresses) -> pd.DataFrame:
-    """remote_country, remote_asn, remote_org of distinct addresses (the index): country code,
+    """remote_country, remote_network, remote_org of distinct addresses (the index): country code,
     the autonomous system's announced network holding the address, the system's
     organisation. Empty for a private, link-local, multicast, broadcast or reserved address,
     and for one the data does not know."""
@@ -219,7 +219,7 @@ def lookup(addresses) -> pd.DataFrame:
                 ipaddress.IPv6Address((int(h) << 64) | int(v))
                 for h, v in zip(t["org_v6_start_hi"][row], t["org_v6_start_lo"][row])
             ]
-        out.loc[at, "remote_asn"] = [
+        out.loc[at, "remote_network"] = [
             f"{first}/{n}" if name else "" for first, n, name in zip(firsts, length, names)
         ]
     return out

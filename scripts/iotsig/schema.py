@@ -304,7 +304,7 @@ FLOWS = Table(
             "remote_h",
         ),
         (
-            "remote_asn",
+            "remote_network",
             "str",
             "the network of the autonomous system that routes an external remote_h, as the "
             "same data gives it (e.g. 8.8.8.0/24: that data has the system's network and "
