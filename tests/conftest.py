@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,12 +86,14 @@ def run_script(
     """Run scripts/<name> as a user would, capturing its output: in this process (the
     command's main() on the arguments, its stdout and stderr captured), or, given `env`
     (tshark's path, the cluster's address... are read once per process), on a Dask
-    cluster, or with IOTSIG_TESTS_IN_PROCESS=0, as a process of its own."""
+    cluster, from a thread, or with IOTSIG_TESTS_IN_PROCESS=0, as a process of its own."""
     arguments = [str(a) for a in args]
     in_process = (
         env is None
         and name in COMMANDS
         and "--scheduler" not in arguments  # (a Dask client's event loop outlives the run)
+        # (several at once, from threads: stdout, the folder and signals are the process's)
+        and threading.current_thread() is threading.main_thread()
         and os.environ.get("IOTSIG_TESTS_IN_PROCESS") != "0"
     )
     if in_process:
