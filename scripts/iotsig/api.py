@@ -31,8 +31,8 @@ import pandas as pd
 import yaml
 
 from . import csvio, detector, flows, packets, pipeline, profile
-from .csvio import as_read
 from . import signature as sig
+from .csvio import as_read
 from .errors import ToolError, warn
 from .event_times import TimesFormat, choose_event, for_device, read_event_times
 from .inputs import file_kind

@@ -69,7 +69,8 @@ def canonical(value) -> str:
     return sig.canonical_set(value)
 
 
-def _port(value) -> int:
+def port_number(value) -> int:
+    """A port cell as an int (-1: none)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -225,7 +226,7 @@ LEARNED_SETTINGS = ("idle_timeout", "max_duration", "burst_gap")
 def _key(values: dict) -> tuple:
     """A pattern's or a fingerprinted flow's KEY_COLUMNS, spelled one way."""
     return tuple(
-        _port(values[c])
+        port_number(values[c])
         if c == "server_port"
         else canonical(values[c])
         if c in sig.FINGERPRINT_FIELDS
@@ -255,7 +256,7 @@ def _pattern(row, tolerance: float) -> Pattern:
     offset = values["start_offset_median"]
     return Pattern(
         str(values["pattern"]),
-        _port(values["order"]),
+        port_number(values["order"]),
         str(values["role"]),
         key,
         str(values["remote"]),

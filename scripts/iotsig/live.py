@@ -22,6 +22,7 @@ that an event is reported without waiting for the next packet.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -42,7 +43,7 @@ from pandas.api.types import union_categoricals
 from . import csvio, detector, flows, packets, tshark
 from . import signature as sig
 from .coded import read_fields
-from .errors import InputError, Terminated, ToolError
+from .errors import InputError, OutputError, Terminated
 from .pipeline import FLOW_COLUMNS
 from .schema import BURSTS, DETECTIONS, FLOWS, PACKETS
 
@@ -96,7 +97,7 @@ class Watch:
     def advance(self, clock: float) -> list[detector.Occurrence]:
         """The occurrences complete at `clock` (packet time; math.inf once the stream has
         ended) and not reported before, in time order. What can no longer matter is let go."""
-        open_flows = self._build(clock)
+        self._build(clock)
         units = self._units(clock)
         options = detector.DetectOptions(
             self.detect_options.min_score,
@@ -106,10 +107,7 @@ class Watch:
         )
         found = [o for of in detector.candidates(units, self.capture, self.signatures, options)
                  for o in of]  # fmt: skip
-        # Per device, the time before which its flows are all finished.
-        settled = {device: clock - LATE for device in self.devices}
-        for device, start in open_flows.items():
-            settled[device] = min(settled[device], start)
+        settled = self._settled(clock)
         done = []
         for o in detector.chosen(found, options):
             key = (self.numbers[id(o.signature)], round(o.start, 6), o.first_frame)
@@ -124,15 +122,15 @@ class Watch:
 
     # -- building ----------------------------------------------------------------------
 
-    def _build(self, clock: float) -> dict[str, float]:
+    def _build(self, clock: float) -> None:
         """Build the flows and bursts of the packets held; let go of the finished ones at
-        the head (their devices' rows kept in done_flows/done_bursts). Keeps the devices'
-        flows and bursts still open in self.open_flows/self.open_bursts, and returns the
-        first start of an unfinished flow per device."""
+        the head (their devices' rows kept in done_flows/done_bursts), and keep the
+        devices' others in open_flows (finished or not: open_final) and open_bursts."""
         self.open_flows = self.done_flows.iloc[:0]
         self.open_bursts = self.done_bursts.iloc[:0]
+        self.open_final = np.zeros(0, dtype=bool)
         if self.held is None or not len(self.held):
-            return {}
+            return
         options = self.flow_options
         p = flows.prepare(self.held)
         conversation = flows.conversation_hash(p)
@@ -178,15 +176,7 @@ class Watch:
         kept[:let_go] = False
         self.open_flows = flows_now[kept]
         self.open_bursts = bursts_now[~gone & _of_devices(bursts_now, self.devices)]
-        unfinished = kept & ~final
-        starts: dict[str, float] = {}
-        for column in ("orig_h", "resp_h"):
-            frame = pd.DataFrame({"h": flows_now[column].to_numpy()[unfinished],
-                                  "ts": ts[unfinished]})  # fmt: skip
-            for device, start in frame.groupby("h")["ts"].min().items():
-                if device in self.devices:
-                    starts[device] = min(starts.get(device, math.inf), float(start))
-        return starts
+        self.open_final = final[kept]
 
     def _resume(self, p: flows.Packets, conversation: np.ndarray, clock: float) -> None:
         """Mark the first packet held of each conversation whose last chunk was let go
@@ -218,7 +208,47 @@ class Watch:
         bursts = bursts.assign(**flows.keepalives(bursts))
         bursts = bursts[bursts["ts"].to_numpy(float) >= self.keep_from]
         found = _concat([self.done_flows, self.open_flows])
+        found = found[found["ts"].to_numpy(float) >= self.keep_from]
         return sig.with_bursts(_as_read(found, FLOWS), _as_read(bursts, BURSTS))
+
+    def _settled(self, clock: float) -> dict[str, float]:
+        """Per device, the time before which nothing that may still change can start: a
+        flow not finished, or a burst its flow may still add to, of the kind (unit,
+        sides, protocol, server port) of one of the device's patterns (its application
+        fields may still come), and anything after the clock less LATE."""
+        settled = dict.fromkeys(self.devices, clock - LATE)
+        if not len(self.open_flows):
+            return settled
+        gap = self.flow_options.burst_gap + detector.JOIN_HORIZON
+        unfinished = set(self.open_flows["uid"][~self.open_final])
+        units = sig.with_bursts(
+            _as_read(self.open_flows, FLOWS), _as_read(self.open_bursts, BURSTS)
+        )
+        for device in self.devices:
+            kinds = {
+                p.key[: detector.PORT + 2]
+                for s in self.signatures
+                if s.device_ip == device
+                for p in s.patterns
+            }
+            view = detector.device_view(units, self.capture, device)
+            if view.empty:
+                continue
+            keys = view[detector.KEY_COLUMNS[: detector.PORT + 2]].astype(object).to_numpy()
+            kind = np.array(
+                [(k[0], k[1], k[2], detector.port_number(k[3]), k[4]) in kinds for k in keys],
+                dtype=bool,
+            )
+            flow = (view["unit"] == "flow").to_numpy()
+            changing = np.where(
+                flow,
+                view["uid"].isin(unfinished).to_numpy(),
+                clock - view["end"].to_numpy(float) <= gap,
+            )
+            starts = view["ts"].to_numpy(float)[kind & changing]
+            if len(starts):
+                settled[device] = min(settled[device], float(starts.min()))
+        return settled
 
     def _window(self, o: detector.Occurrence) -> float:
         return self.windows[id(o.signature)]
@@ -240,9 +270,7 @@ class Watch:
         target = clock - max(self.windows.values(), default=0) - JOIN_REACH - LATE
         keep = target
         for signature in self.signatures:
-            mine = sorted(
-                (o for o in found if o.signature is signature), key=lambda o: o.start
-            )
+            mine = sorted((o for o in found if o.signature is signature), key=lambda o: o.start)
             before = [o for o in mine if o.start <= target]
             if before and self._reach(before[-1]) >= target:
                 keep = min(keep, before[-1].start)
@@ -326,8 +354,9 @@ class Source:
 
     def __init__(self, source: str, name: str, capture_filter: str | None):
         self.source, self.name = source, name
-        self.stderr = tempfile.TemporaryFile()
-        self.capture_stderr = tempfile.TemporaryFile()
+        # (closed with the watch: stop())
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        self.capture_stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.dumpcap = None
         if is_interface(source):
             self.dumpcap, self.tshark = tshark.popen_interface(
@@ -458,11 +487,7 @@ def watch(
     state = Watch(signatures, flow_options, detect_options, name)
     rows = Rows(name)
     hooks = Hooks(hook, warn)
-    try:
-        sink = open(output, "wb")
-    except OSError as e:
-        raise ToolError(f"{output}: cannot write ({e.strerror})") from None
-    with sink:
+    with _created(output) as sink:
         csvio.write_header(sink, DETECTIONS)
         sink.flush()
 
@@ -528,10 +553,23 @@ def watch(
     return summary
 
 
+@contextlib.contextmanager
+def _created(path: Path):
+    """A new file to write a row at a time, or the one-line error."""
+    try:
+        sink = open(path, "wb")  # noqa: SIM115 (closed below, its error said first)
+    except OSError as e:
+        raise OutputError(path, f"cannot write ({e.strerror})") from None
+    with sink:
+        yield sink
+
+
 def _json_row(frame: pd.DataFrame) -> dict:
     """A detections CSV row as JSON values (NaN: null)."""
     row = frame.iloc[0].to_dict()
-    return {k: (None if isinstance(v, float) and math.isnan(v) else _plain(v)) for k, v in row.items()}
+    return {
+        k: (None if isinstance(v, float) and math.isnan(v) else _plain(v)) for k, v in row.items()
+    }
 
 
 def _plain(value):
@@ -590,9 +628,6 @@ class Hooks:
     def wait(self) -> None:
         deadline = time.monotonic() + HOOK_SECONDS
         for process, _ in self.running:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
         self.poll(final=True)
-
