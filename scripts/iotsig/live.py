@@ -51,7 +51,7 @@ BATCH_PACKETS = 20_000  # lines of tshark's output read before the flows are bui
 BATCH_SECONDS = 0.5  # ... or this much wall time, whichever comes first
 LATE = 2.0  # seconds a packet may reach the watch after its own time (buffers, pipes)
 DNS_MEMORY = 86_400.0  # seconds of DNS answers and TLS server names kept to name parties
-BURST_MEMORY = 6 * 3_600.0  # seconds of the devices' bursts kept to tell keep-alives
+BURST_MEMORY = 86_400.0  # seconds of the devices' bursts kept to tell keep-alives (a day)
 # How far an occurrence reaches past its window: its last bursts may be joined with the
 # next ones of their flow (detector.JOIN_MAX, each within detector.JOIN_HORIZON).
 JOIN_REACH = detector.JOIN_MAX * detector.JOIN_HORIZON
