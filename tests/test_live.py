@@ -317,10 +317,11 @@ def test_a_command_learned_from_recordings_is_detected_live_on_lo(tmp_path):
     finally:
         device.close()
     assert any("detected command" in x for x in lines), (lines, stderr)
+    print(f"detected {found_after:.1f} s after the command")
     assert found_after < 40, found_after  # window, join reach, the idle timeout
     assert watcher.returncode == 0, stderr
     assert "Traceback" not in stderr
-    assert "watching lo (capture filter: host 127.0.0.2)" in lines[0]
+    assert any("watching lo (capture filter: host 127.0.0.2)" in x for x in lines)
     assert "(terminated)" in lines[-1] and "dumpcap:" in lines[-1]
     table = detections(tmp_path / "live")
     assert table["event"].tolist() == ["command"]
