@@ -505,7 +505,7 @@ def watch(
                 hooks.run(row)
 
         stream = Source(source, name, capture_filter_text)
-        pending, lines = b"", 0
+        blocks, lines, rest = [], 0, b""  # (joined once a batch: no quadratic copying)
         ticked = arrived = time.monotonic()
         try:
             while True:
@@ -517,15 +517,16 @@ def watch(
                 if block == b"":
                     break
                 if block:
-                    pending += block
+                    blocks.append(block)
                     lines += block.count(b"\n")
                     arrived = time.monotonic()
                 if lines < batch_packets and time.monotonic() - ticked < batch_seconds:
                     continue
-                cut = pending.rfind(b"\n") + 1
+                text = rest + b"".join(blocks)
+                cut = text.rfind(b"\n") + 1
                 if cut:
-                    state.feed(rows.of(pending[:cut]))
-                    pending, lines = pending[cut:], 0
+                    state.feed(rows.of(text[:cut]))
+                blocks, lines, rest = [], 0, text[cut:]
                 if state.last_ts > -math.inf:
                     quiet = max(0.0, time.monotonic() - arrived - LATE)
                     report(state.advance(state.last_ts + quiet))
@@ -535,8 +536,9 @@ def watch(
             summary.stopped = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
         finally:
             stream.stop()
-        if pending.endswith(b"\n"):
-            state.feed(rows.of(pending))
+        text = rest + b"".join(blocks)
+        if text.endswith(b"\n"):
+            state.feed(rows.of(text))
         state.feed(rows.finish())
         if not state.packets and not summary.stopped:
             raise InputError(Path(source), stream.problem() or "nothing came through: no packet")
