@@ -421,19 +421,33 @@ class Rows:
         self.name = name
         self.datagrams = packets.Datagrams()
         self.cut_lines: list[str] = []
+        self.before = 0  # frames of tshark's sessions before its current one
+        self.last = 0  # the last frame number it gave
 
     def of(self, text: bytes) -> pd.DataFrame:
-        frames = [
-            self.datagrams.feed(packets.build_rows(raw, self.name), raw)
-            for raw in read_fields(
-                io.BytesIO(text),
-                packets.asked_fields(),
-                packets.NUMBER_FIELDS,
-                len(text) + 1,
-                self.cut_lines,
-            )
-        ]
+        frames = []
+        for raw in read_fields(
+            io.BytesIO(text),
+            packets.asked_fields(),
+            packets.NUMBER_FIELDS,
+            len(text) + 1,
+            self.cut_lines,
+        ):
+            self._count_on(raw)
+            frames.append(self.datagrams.feed(packets.build_rows(raw, self.name), raw))
         return self._table(frames)
+
+    def _count_on(self, raw) -> None:
+        """Frame numbers from the stream's first packet, across tshark's new sessions
+        (tshark.LIVE_SESSION_PACKETS), each of which numbers its frames from 1 again."""
+        numbers = raw["frame.number"]
+        if not len(numbers):
+            return
+        previous = np.r_[self.last, numbers[:-1]]
+        restarts = numbers < previous
+        offsets = self.before + np.cumsum(np.where(restarts, previous, 0))
+        self.before, self.last = int(offsets[-1]), int(numbers[-1])
+        raw["frame.number"] = numbers + offsets
 
     def finish(self) -> pd.DataFrame:
         return self._table([self.datagrams.finish()])

@@ -136,17 +136,24 @@ def check_stdin(path: Path) -> None:
         )
 
 
+# A live tshark starts a new session every so many packets (-M): its conversation and
+# reassembly tables would otherwise grow with weeks of packets. Its frame numbers start again
+# at 1 (the watch counts on); what it keeps from frame to frame (a TCP segment seen before,
+# an HTTP body being reassembled) is lost at the reset, as at a chunk's border.
+LIVE_SESSION_PACKETS = 500_000
+
+
 def fields_command(
     capture: Path, fields: list[str], display_filter: str | None = None, live: bool = False
 ) -> list[str]:
     """The argument list (never a shell string) for a tab-separated fields export.
     -n: no name resolution (no DNS lookups for addresses); MAC vendors still come from
     the OUI database through the *.oui_resolved fields. live: each packet's line written
-    as soon as it is read (-l), for a watch."""
+    as soon as it is read (-l), sessions of LIVE_SESSION_PACKETS, for a watch."""
     command = [
         tshark_path(),
         "-n",
-        *(["-l"] if live else []),
+        *(["-l", "-M", str(LIVE_SESSION_PACKETS)] if live else []),
         "-r",
         str(capture),
         "-T",
