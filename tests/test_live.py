@@ -113,6 +113,33 @@ def test_a_missing_interface_is_one_line_naming_the_interfaces(plug_signatures, 
     assert "no network interface named 'nosuch0'" in result.stderr and " lo" in result.stderr
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+    reason="needs root to run the command as a user who may not capture (setpriv)",
+)
+def test_no_permission_to_capture_is_one_line_naming_the_fix(plug_signatures):
+    import tempfile
+
+    # (a folder the other user can reach: pytest's are root's alone)
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder).chmod(0o777)
+        signature = Path(folder) / "signature.csv"
+        signature.write_bytes(plug_signatures["toggle"].read_bytes())
+        signature.chmod(0o644)
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             SCRIPTS / "event-detector.py", signature, "--live", "lo",
+             "-o", Path(folder) / "out"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": folder},
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert (
+        "error: lo: no permission to capture on lo (socket: Operation not permitted): run as "
+        "root, or add the user to the wireshark group" in result.stderr
+    ), result.stderr
+
+
 def test_live_takes_signatures_only(plug_signatures, tmp_path):
     result = run_script(
         "event-detector.py", plug_signatures["toggle"], TOGGLES[3], "--live", "lo",

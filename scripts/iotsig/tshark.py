@@ -233,7 +233,9 @@ def capture_problem(text: str, interface: str) -> str | None:
         return None
     said = " ".join(lines)
     if "permission" in said.lower() or "not permitted" in said.lower():
-        return f"no permission to capture on {interface} ({said}): {CAPTURE_FIX}"
+        # (dumpcap's own advice follows in many lines: ours is the one line)
+        reason = next((x.strip("()") for x in lines if "not permitted" in x), lines[0])
+        return f"no permission to capture on {interface} ({reason}): {CAPTURE_FIX}"
     return f"cannot capture on {interface}: {said}"
 
 
