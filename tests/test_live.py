@@ -94,6 +94,33 @@ def test_a_capture_piped_in_gives_the_offline_detections_csv_and_each_runs_the_h
     assert "watched live" in result.stdout.splitlines()[-1]
 
 
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_a_watch_stopped_by_a_signal_ends_with_its_line_and_a_whole_csv(
+    plug_signatures, tmp_path, how
+):
+    """The capture written into a FIFO that stays open (a quiet link), then Ctrl-C (the
+    terminal's process group) or SIGTERM before its flows are idle long enough: the watch
+    reports what the packets it read hold, as event-detector on them would."""
+    fifo = tmp_path / "link"
+    os.mkfifo(fifo)
+    watcher = start("event-detector.py", plug_signatures["toggle"], "--live", fifo, "-o", tmp_path)
+    with open(fifo, "wb") as sink:
+        replay(TOGGLES[3], sink, 0)
+        time.sleep(3)  # read
+        if how == "ctrl-c":
+            os.killpg(watcher.pid, signal.SIGINT)
+        else:
+            watcher.send_signal(signal.SIGTERM)
+        stdout, stderr = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    lines = stdout.splitlines()
+    assert "detected toggle" in lines[0]
+    assert lines[-1].startswith("event-detector: 1 detection(s)"), lines
+    assert ("(interrupted)" if how == "ctrl-c" else "(terminated)") in lines[-1]
+    assert len(detections(tmp_path)) == 1
+
+
 def test_a_failing_hook_is_a_warning_and_the_watch_goes_on(plug_signatures, tmp_path):
     result = run_script(
         "event-detector.py", plug_signatures["toggle"], "--live", TOGGLES[3],
