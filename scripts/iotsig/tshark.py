@@ -140,7 +140,7 @@ def check_stdin(path: Path) -> None:
 # reassembly tables would otherwise grow with weeks of packets. Its frame numbers start again
 # at 1 (the watch counts on); what it keeps from frame to frame (a TCP segment seen before,
 # an HTTP body being reassembled) is lost at the reset, as at a chunk's border.
-LIVE_SESSION_PACKETS = 500_000
+LIVE_SESSION_PACKETS = 100_000
 
 
 def fields_command(
