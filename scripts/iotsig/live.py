@@ -157,12 +157,10 @@ class Watch:
         gone = np.zeros(len(bursts_now), dtype=bool)
         if let_go:
             rows = built.flows["first_row"].to_numpy()[:let_go]
-            for key, boundary, end in zip(
-                conversation[rows].tolist(),
-                (chunk_start[:let_go] + options.max_duration).tolist(),
-                ends[:let_go].tolist(),
-            ):
-                self.resumes[key] = (boundary, end)
+            next_chunk = (chunk_start[:let_go] + options.max_duration).tolist()
+            self.resumes.update(
+                zip(conversation[rows].tolist(), zip(next_chunk, ends[:let_go].tolist()))
+            )
             gone = bursts_now["flow_uid"].isin(set(flows_now["uid"][:let_go])).to_numpy()
             mine_bursts = _of_devices(bursts_now, self.devices)
             self.done_flows = _concat([self.done_flows, flows_now[:let_go][mine[:let_go]]])
