@@ -23,6 +23,7 @@ that an event is reported without waiting for the next packet.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import json
 import math
@@ -56,6 +57,7 @@ BURST_MEMORY = 86_400.0  # seconds of the devices' bursts kept to tell keep-aliv
 # next ones of their flow (detector.JOIN_MAX, each within detector.JOIN_HORIZON).
 JOIN_REACH = detector.JOIN_MAX * detector.JOIN_HORIZON
 HOOK_SECONDS = 60.0  # an --on-detect command still running after this is stopped
+TRIM_SECONDS = 10.0  # how often the heap's free pages are given back (_trim_heap)
 
 
 class Watch:
@@ -518,7 +520,7 @@ def watch(
 
         stream = Source(source, name, capture_filter_text)
         blocks, lines, rest = [], 0, b""  # (joined once a batch: no quadratic copying)
-        ticked = arrived = time.monotonic()
+        ticked = arrived = trimmed = time.monotonic()
         try:
             while True:
                 wait = max(0.0, batch_seconds - (time.monotonic() - ticked))
@@ -543,6 +545,9 @@ def watch(
                     quiet = max(0.0, time.monotonic() - arrived - LATE)
                     report(state.advance(state.last_ts + quiet))
                 hooks.poll()
+                if time.monotonic() - trimmed > TRIM_SECONDS:
+                    _trim_heap()
+                    trimmed = time.monotonic()
                 ticked = time.monotonic()
         except (KeyboardInterrupt, Terminated) as e:
             summary.stopped = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
@@ -565,6 +570,13 @@ def watch(
     if rows.cut_lines:
         warn(f"{len(rows.cut_lines)} line(s) of tshark's output cut short: skipped")
     return summary
+
+
+def _trim_heap() -> None:
+    """Give the heap's free pages back to the kernel (glibc's malloc_trim): a watch runs for
+    weeks, and a busy batch must not leave its peak resident for good."""
+    with contextlib.suppress(OSError, AttributeError):  # (not glibc: nothing to do)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @contextlib.contextmanager

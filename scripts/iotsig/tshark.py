@@ -206,20 +206,26 @@ def popen_interface(
             f"cannot run {command[0]} ({e.strerror or e}): install it with "
             "'sudo apt-get install tshark' (Debian/Ubuntu)"
         ) from None
+    return dumpcap, _reading(dumpcap, fields_command(Path("-"), fields, live=True), stderr)
+
+
+def _reading(feeder: subprocess.Popen, command: list[str], stderr) -> subprocess.Popen:
+    """tshark (`command`, reading its standard input) started on the feeder's output;
+    the feeder killed if it cannot start."""
     try:
         process = subprocess.Popen(
-            fields_command(Path("-"), fields, live=True),
+            command,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            stdin=dumpcap.stdout,
+            stdin=feeder.stdout,
             env=dict(os.environ, LC_ALL="C.UTF-8"),
         )
     except OSError as e:
-        dumpcap.kill()
+        feeder.kill()
         raise ToolError(f"cannot run {tshark_path()} ({e.strerror or e})") from None
     finally:
-        dumpcap.stdout.close()  # tshark's now
-    return dumpcap, process
+        feeder.stdout.close()  # tshark's now: the feeder sees tshark go
+    return process
 
 
 def capture_problem(text: str, interface: str) -> str | None:
@@ -274,19 +280,7 @@ def popen_range(
         )
     except OSError as e:
         raise ToolError(f"cannot run {command[0]} ({e.strerror or e})") from None
-    try:
-        process = subprocess.Popen(
-            buffered(fields_command(Path("-"), fields)),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=cutter.stdout,
-            env=dict(os.environ, LC_ALL="C.UTF-8"),
-        )
-    except OSError as e:
-        cutter.kill()
-        raise ToolError(f"cannot run {tshark_path()} ({e.strerror or e})") from None
-    finally:
-        cutter.stdout.close()  # tshark's now: editcap sees tshark go
+    process = _reading(cutter, buffered(fields_command(Path("-"), fields)), stderr)
     _widen_pipe(process.stdout)
     return cutter, process
 

@@ -15,6 +15,7 @@ from ..cli import (
     check_distinct_names,
     ensure_output_dir,
     fraction,
+    give_back_freed_memory,
     jobs_for,
     non_negative,
     positive,
@@ -212,6 +213,7 @@ class EventDetector(Command):
             live.capture_filter(signatures) if args.capture_filter is None else args.capture_filter
         )
         tshark.tshark_path()
+        give_back_freed_memory()
         if live.is_interface(args.live):
             self.say(f"watching {args.live} (capture filter: {capture_filter or 'none'})")
 
