@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import os
 import shutil
 import signal
@@ -58,6 +61,19 @@ def quick_first(count: int, values: list) -> list:
     ]
 
 
+# The commands' classes, to run a command in this process (as csvkit's tests run its
+# utilities): no second Python to start and no pandas to import again, a second each.
+COMMANDS = {
+    "packet-translator.py": ("packet_translator", "PacketTranslator"),
+    "stream-identifier.py": ("stream_identifier", "StreamIdentifier"),
+    "signature-extractor.py": ("signature_extractor", "SignatureExtractor"),
+    "main.py": ("main", "Main"),
+    "event-detector.py": ("event_detector", "EventDetector"),
+    "traffic-report.py": ("traffic_report", "TrafficReport"),
+    "evaluate.py": ("evaluate", "Evaluate"),
+}
+
+
 def run_script(
     name: str,
     *args,
@@ -66,21 +82,54 @@ def run_script(
     cwd: Path | None = None,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess:
-    """Run scripts/<name> as a user would, capturing its output."""
-    command = [sys.executable, str(SCRIPTS / name), *map(str, args)]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
+    """Run scripts/<name> as a user would, capturing its output: in this process (the
+    command's main() on the arguments, its stdout and stderr captured), or, given `env`
+    (tshark's path, the cluster's address... are read once per process), on a Dask
+    cluster, or with IOTSIG_TESTS_IN_PROCESS=0, as a process of its own."""
+    arguments = [str(a) for a in args]
+    in_process = (
+        env is None
+        and name in COMMANDS
+        and "--scheduler" not in arguments  # (a Dask client's event loop outlives the run)
+        and os.environ.get("IOTSIG_TESTS_IN_PROCESS") != "0"
     )
+    if in_process:
+        result = _run_in_process(name, arguments, cwd)
+    else:
+        command = [sys.executable, str(SCRIPTS / name), *arguments]
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
     if check and result.returncode != 0:
         raise AssertionError(
             f"{name} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+def _run_in_process(name: str, arguments: list[str], cwd: Path | None):
+    module, class_name = COMMANDS[name]
+    command = getattr(importlib.import_module(f"iotsig.commands.{module}"), class_name)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = command().main(arguments)
+            except SystemExit as e:  # argparse's usage errors, --help, --version
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(
+        [name, *arguments], code, stdout.getvalue(), stderr.getvalue()
+    )
 
 
 @pytest.fixture

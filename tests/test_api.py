@@ -19,6 +19,7 @@ from iotsig import csvio
 from iotsig.api import typed
 from iotsig.schema import BURSTS, DETECTIONS, FLOWS, PACKETS, SIGNATURE
 
+import long_capture
 from conftest import CAPTURES, DATA, PLUG_IP, REPO, capinfos_count, run_script
 
 CAPTURE = DATA / "1724059939.pcap"
@@ -153,6 +154,14 @@ def test_learn_from_flow_dataframes(tmp_path):
         from_captures.patterns.drop(columns=settings),
     )
     assert from_frames.event == "toggle" and "toggle" in repr(from_frames)
+    # detect on flows in memory (and their bursts) as on the capture
+    held_out = sorted((PLUG_EVENTS / "toggle").glob("*.pcap"))[3]
+    flows = iotsig.read_flows(held_out, device_ip=PLUG_IP)
+    bursts = iotsig.read_bursts(held_out, device_ip=PLUG_IP)
+    in_memory = iotsig.detect(flows, from_captures, bursts=bursts)
+    on_file = iotsig.detect(held_out, from_captures)
+    same(in_memory.drop(columns="capture"), on_file.drop(columns="capture"))
+    assert list(in_memory["status"]) == ["detected"]
 
 
 def test_import_changes_nothing_in_the_callers_process():
@@ -192,3 +201,30 @@ def test_the_readme_example_runs():
     )
     assert result.returncode == 0, result.stderr
     assert "detected" in result.stdout
+
+
+@pytest.mark.skipif(
+    long_capture.missing_inputs() is not None, reason=str(long_capture.missing_inputs())
+)
+def test_learn_from_a_long_capture_and_its_times(tmp_path, monkeypatch):
+    """times=: each listed time a recording cut from the long capture, as main.py --events
+    cuts them: the same three files."""
+    built = long_capture.small_long_capture(tmp_path / "built")
+    run_script(
+        "main.py", "TapoLight", "192.168.1.231", built.pcap, "--events", built.times,
+        "-o", tmp_path / "command", "-q", "--no-report",
+    )  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    signature = iotsig.learn(
+        built.pcap, device="TapoLight", device_ip="192.168.1.231", times=built.times
+    )
+    assert list(work.iterdir()) == []
+    for kind, path in signature.write(tmp_path / "api").items():
+        assert path.read_bytes() == (tmp_path / "command" / path.name).read_bytes(), kind
+    with pytest.raises(TypeError, match="with times=, captures or flows CSVs"):
+        iotsig.learn(
+            iotsig.read_flows(built.pcap), device="TapoLight", device_ip="192.168.1.231",
+            times=built.times,
+        )  # fmt: skip

@@ -11,13 +11,22 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from iotsig import csvio, signature
 from iotsig.errors import InputError, collected
 from iotsig.profile import build_profile, policy, printable, unexpressible, validate_profile
 from iotsig.schema import FLOWS, SIGNATURE, SIGNATURE_VERSION
 
-from conftest import PHONE_IP, PLUG_IP, PLUG_MAC, TPLINK_CAPTURES, quick_first, run_script
+from conftest import (
+    CAPTURES,
+    PHONE_IP,
+    PLUG_IP,
+    PLUG_MAC,
+    TPLINK_CAPTURES,
+    quick_first,
+    run_script,
+)
 from signature_checks import (
     C_NAME,
     DOMAIN,
@@ -756,3 +765,43 @@ def test_a_flows_csv_saved_with_semicolons_is_read_with_one_note(flows, tmp_path
         f"{semicolons}: the separator is ';', not ',' (a spreadsheet's export where the decimal "
         "mark is a comma): read as such"
     ]
+
+
+BOOT = sorted((CAPTURES / "events" / "TpLinkPlug" / "boot").glob("*.pcap"))
+
+
+def test_a_boot_s_dhcp_discover_is_the_device_s_without_its_mac(tmp_path):
+    """The plug's DISCOVER/REQUEST from 0.0.0.0 (its MAC, no address yet): given only its IP,
+    the signature left that flow out (the device's flows were those with its IP or its
+    --device-mac), though stream-identifier credits it to the device. Now it is the
+    event's first pattern, the device opening it to broadcast, and profile.yaml's rule
+    matches what the device sends: from 0.0.0.0, not from its own address."""
+    outputs = {}
+    for name, mac in (("ip-only", []), ("with-mac", ["--device-mac", "50:c7:bf:f5:a0:83"])):
+        outputs[name] = tmp_path / name
+        run_script(
+            "main.py", "plug", PLUG_IP, *BOOT, *mac, "-o", outputs[name], "-q", "--no-report"
+        )
+    patterns = pd.read_csv(outputs["ip-only"] / "signature.csv", dtype=str, keep_default_na=False)
+    discover = patterns[patterns["dhcp_msg_type"].str.contains("discover")]
+    assert len(discover) == 1
+    assert discover.iloc[0][["device_side", "remote_class", "role"]].tolist() == [
+        "orig",
+        "broadcast",
+        "event",
+    ]
+    text = (outputs["ip-only"] / "pattern.txt").read_text()
+    assert "device 192.168.1.135  ->  broadcast (255.255.255.255)" in text
+    assert text == (outputs["with-mac"] / "pattern.txt").read_text()
+    rule = yaml.safe_load((outputs["ip-only"] / "profile.yaml").read_text())["interactions"]
+    rule = rule["event"][discover.iloc[0]["pattern"]]["protocols"]
+    assert rule["ipv4"] == {"src": "0.0.0.0", "dst": "broadcast"}
+    assert rule["dhcp"] == {"type": "discover", "client-mac": "self"}
+    # event-detector finds that pattern in the captures too (it translates them with the
+    # signature's device, so the DISCOVER's frames are the device's there as well).
+    run_script(
+        "event-detector.py", outputs["ip-only"] / "signature.csv", *BOOT, "-o", tmp_path / "d", "-q"
+    )
+    found = pd.read_csv(tmp_path / "d" / "detections.csv", dtype=str, keep_default_na=False)
+    assert len(found) == len(BOOT)
+    assert all(discover.iloc[0]["pattern"] in m.split(";") for m in found["matched_patterns"])

@@ -528,6 +528,8 @@ def test_flow_bytes_are_spread_over_the_bins_they_cover():
             "side": ["orig", "resp"],
             "orig_frame_bytes": [200, 30],
             "resp_frame_bytes": [100, 70],
+            "orig_pkts": [3, 1],
+            "resp_pkts": [1, 1],
         }
     )
     bins = traffic_report.spread_flows(flows, pd.Series({"c": 100.0}), 1.0)
@@ -537,6 +539,8 @@ def test_flow_bytes_are_spread_over_the_bins_they_cover():
     assert by_bin.loc[2, "sent"] == pytest.approx(70)
     assert by_bin.loc[2, "received"] == pytest.approx(30)
     assert bins["sent"].sum() == pytest.approx(270) and bins["received"].sum() == pytest.approx(130)
+    # Activity apart from volume: the packets spread the same way.
+    assert list(by_bin["pkts"]) == pytest.approx([2, 2, 2])
 
 
 # --- a huge signature: every picture and table bounded, time linear in flows ----------------
@@ -722,3 +726,93 @@ def test_a_recording_longer_than_a_day_has_utc_dates_and_times_on_its_axis(toggl
     flows.to_csv(tmp_path / f"{name}.flows.csv", index=False)
     run_script("traffic-report.py", tmp_path / f"{name}.flows.csv", "-o", tmp_path / "out", "-q")
     assert (tmp_path / "out" / "timeline.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_listed_times_and_detections_are_drawn_on_the_recording_they_fall_in(toggle, tmp_path):
+    """--events and --detections: each listed time a dotted line, each detection a span and a
+    triangle, on the volume and the activity panels of its recording; the page counts them."""
+    output, _ = toggle
+    detect = tmp_path / "detect"
+    run_script(
+        "event-detector.py", output / "signature.csv", *sorted(output.glob("*.flows.csv")),
+        "-o", detect, "-q",
+    )  # fmt: skip
+    detections = pd.read_csv(detect / "detections.csv")
+    assert len(detections) == 3
+    times = tmp_path / "times.csv"  # each recording's file name is its start, Unix time
+    times.write_text(
+        "time,event\n"
+        + "".join(f"{c.stem},toggle\n" for c in TPLINK_CAPTURES)
+        + "1600000000,toggle\n"
+    )
+    report = tmp_path / "report"
+    run_script(
+        "traffic-report.py", *sorted(output.glob("*.packets.csv")),
+        *sorted(output.glob("*.flows.csv")), "--signature", output / "signature.csv",
+        "--events", times, "--detections", detect / "detections.csv", "-o", report, "-q",
+    )  # fmt: skip
+    page = (report / "report.html").read_text()
+    assert "4 listed event time(s) (--events; dotted lines) and 3 detection(s)" in page
+    assert (report / "timeline.png").read_bytes() != (output / "timeline.png").read_bytes()
+
+    from iotsig.traffic_report import build, figures, timeline
+
+    marks = build.marked_times(
+        pd.read_csv(times).assign(time=lambda t: t["time"].astype(float)), detect / "detections.csv"
+    )
+    start = float(TPLINK_CAPTURES[0].stem)
+    figure = figures.new_figure(6, 2)
+    axes = figure.add_axes([0.1, 0.1, 0.8, 0.8])
+    colours = {"toggle": "#111111"}
+    timeline._draw_times(axes, marks, start, start + 60, colours, top=True)
+    dotted = [line for line in axes.lines if line.get_linestyle() == ":"]
+    assert len(dotted) == 1  # its own recording's listed time; not the others', nor 2020's
+    assert len(axes.patches) == 1  # its detection's span
+    triangles = [line for line in axes.lines if line.get_marker() == "v"]
+    assert len(triangles) == 1 and len(triangles[0].get_xdata()) == 1
+
+
+def test_external_parties_are_coloured_by_organisation_with_a_legend():
+    """The map colours each external party by its autonomous system's organisation (the
+    flows looked up where the CSV has no such columns), groups them on the ring, and the
+    legend names each with its country; the remote-parties table has both."""
+    flows = _synthetic_flows(12)  # external parties in 52.x: two of Amazon's systems
+    device = traffic_report.Device(ip=PLUG_IP, mac=PLUG_MAC, name="TpLinkPlug")
+    ends = traffic_report.endpoints(traffic_report.device_flows(flows, device))
+    external = ends[ends["remote_class"] == "external"]
+    assert set(external["org"]) == {"AMAZON-AES", "AMAZON-02"}
+    assert set(external["country"]) == {"US"}
+    assert set(ends.loc[ends["remote_class"] != "external", "org"]) == {""}
+    figure = traffic_report.endpoint_map_figure(ends, device)
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert "external: AMAZON-AES · US (5)" in legend
+    assert "external: AMAZON-02 · US (2)" in legend
+    assert not any(entry.startswith("external (") for entry in legend)
+    # One organisation's parties sit next to each other on the ring.
+    ring = traffic_report.figures._by_organisation(ends)
+    groups = ring["group"].tolist()
+    assert all(
+        groups.index(g) + groups.count(g) - 1 == len(groups) - 1 - groups[::-1].index(g)
+        for g in set(groups)
+    )
+
+
+def test_a_detections_csv_of_start_times_alone_is_drawn_and_a_missing_one_is_an_error(
+    toggle, tmp_path
+):
+    """Another tool's detections: a start column is enough; a file that is not there is one
+    error line, before anything is written."""
+    output, _ = toggle
+    flows = sorted(output.glob("*.flows.csv"))
+    minimal = tmp_path / "found.csv"
+    minimal.write_text(f"start\n{TPLINK_CAPTURES[0].stem}.5\n")
+    run_script("traffic-report.py", *flows, "--detections", minimal, "-o", tmp_path / "a", "-q")
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "0 listed event time(s) (--events; dotted lines) and 1 detection(s)" in page
+    result = run_script(
+        "traffic-report.py", *flows, "--detections", tmp_path / "absent.csv",
+        "-o", tmp_path / "b", "-q", check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("absent.csv: no such file")
+    assert not (tmp_path / "b" / "report.html").exists()

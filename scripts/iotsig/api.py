@@ -337,8 +337,10 @@ def learn(
 def _learn_in_windows(
     units, base_units, times, times_format, folder, device, device_ip, device_mac, event, options
 ) -> sig.Signature:
-    if not all(isinstance(u, Path) for u in units):
-        raise TypeError("recordings: with times=, captures or flows CSVs (not DataFrames)")
+    if not all(isinstance(u, Path) for u in units + base_units):
+        raise TypeError(
+            "recordings, baseline: with times=, captures or flows CSVs (not DataFrames)"
+        )
     times_path = _path(times, "times")
     listed = read_event_times(times_path, times_format or TimesFormat())
     listed = for_device(listed, times_path, device)

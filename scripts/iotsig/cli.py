@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from . import __version__, event_times, pipeline, traffic_report
+from . import __version__, event_times, packets, pipeline, traffic_report
 from .errors import IotsigWarning, OutputError, Terminated, ToolError
 from .flows import DEFAULT_BURST_GAP, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DURATION
 from .parallel import Workers
@@ -163,6 +163,18 @@ def add_jobs_argument(parser) -> None:
     )
 
 
+def add_device_ips_argument(parser, use: str) -> None:
+    """--device-ip, repeatable (args.device_ip: a list)."""
+    parser.add_argument(
+        "--device-ip",
+        type=ipv4_or_ipv6,
+        action="append",
+        default=[],
+        metavar="IP",
+        help=f"address of the device under study (repeatable): {use}",
+    )
+
+
 def add_flow_arguments(parser, learned: bool = False) -> None:
     """--idle-timeout, --max-duration and --burst-gap, for every command that builds flows
     (`learned`: event-detector's, whose default is the value the signatures record)."""
@@ -195,9 +207,10 @@ def flow_settings(args) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def add_event_times_arguments(parser, detecting: bool = False) -> None:
+def add_event_times_arguments(parser, detecting: bool = False, drawing: bool = False) -> None:
     """--events TIMES.csv and how to read it: main.py, signature-extractor.py (a long
-    capture cut around each listed time) and event-detector.py (its detections scored)."""
+    capture cut around each listed time), event-detector.py (its detections scored) and
+    traffic-report.py (`drawing`: the times drawn, no windows cut)."""
     group = parser.add_argument_group(
         "long captures with a list of event times (see README: event-times CSV)"
     )
@@ -209,6 +222,8 @@ def add_event_times_arguments(parser, detecting: bool = False) -> None:
         + (
             "each detection is matched to a listed event, each listed event found or missed"
             if detecting
+            else "each listed time is drawn on the timeline"
+            if drawing
             else "the capture is cut into one recording per listed time of the event"
         ),
     )
@@ -226,6 +241,8 @@ def add_event_times_arguments(parser, detecting: bool = False) -> None:
         help="zone of the times written without one: a UTC offset (UTC-5, or "
         "--timezone=-05:00) or a name (America/New_York)",
     )
+    if drawing:
+        return
     group.add_argument(
         "--time-tolerance",
         type=non_negative,
@@ -483,6 +500,24 @@ class Command:
                 self.warn(warning)
             yield item, result
 
+    def translate_captures(
+        self, captures, output_dir: Path, device_mac=None, device_ip=None, jobs=0
+    ):
+        """packet-translator's step: translate with a progress bar, warn and report per
+        capture. Returns the Translations written and the captures that failed."""
+        started = time.monotonic()
+        written, failed = [], []
+        with self.progress(
+            unit=" packets", unit_scale=True, desc=f"translating {len(captures)} capture(s)"
+        ) as bar:
+            results = packets.translate_many(
+                captures, output_dir, device_mac, device_ip, jobs, on_packets=bar.update
+            )
+            written += [result for _, result in self.successes(results, failed)]
+        for line in pipeline.translated_lines(written, len(failed), time.monotonic() - started):
+            self.say(line)
+        return written, failed
+
     def traffic_report(
         self,
         csv_files,
@@ -492,9 +527,12 @@ class Command:
         device_name=None,
         signature=None,
         pattern=None,
+        events=None,
+        detections=None,
     ):
         """traffic-report.py's step (main.py's last): read the CSVs, write the report files
-        with a progress bar, and summarise."""
+        with a progress bar, and summarise. `events`: the listed event times (event_times'
+        table); `detections`: event-detector's detections.csv."""
         started = time.monotonic()
         with self.progress(total=5, unit=" step", desc="traffic report") as bar:
             bar.set_postfix_str("reading")
@@ -513,6 +551,8 @@ class Command:
                 device_name=device_name,
                 signature_path=signature,
                 pattern_path=pattern,
+                events=events,
+                detections_path=detections,
                 step=step,
             )
         for note in result.notes:

@@ -29,6 +29,7 @@ from . import signature as sig
 from .errors import InputError
 from .flows import FlowOptions, bursts_beside
 from .inputs import file_kind
+from .parties import unspecified_device_sides
 from .schema import BURSTS, DETECTIONS, FLOWS
 from .timefmt import utc
 
@@ -99,42 +100,24 @@ class Pattern:
     def general(self) -> bool:
         return self.remote_kind == "class" and self.remote in sig.GENERALISABLE
 
-    def remote_matches(
-        self, remote: str, remote_general: str, remote_kind: str, remote_h: str
-    ) -> bool:
-        if self.general:
-            return remote_general == self.remote
-        if remote == self.remote:
-            return True
-        # A domain the capture never resolved (its DNS answer came before the capture
-        # started): the addresses the domain had in the training recordings still tell.
-        return (
-            self.remote_kind == "domain"
-            and remote_kind != "domain"
-            and remote_h in self.remote_addrs
-        )
-
     @property
     def is_dns(self) -> bool:
         return bool(self.key[DNS_NAME])
 
-    def packets_match(self, sizes: np.ndarray) -> bool:
-        return bool(sig.profile_matches(sizes[None, :], self.profile, self.slack)[0])
-
-    def counts_match(self, values: dict) -> bool:
+    def counts_fit(self, values: dict) -> np.ndarray:
+        """Which flows' counts (arrays per metric) lie in the pattern's ranges."""
+        fits = np.ones(len(next(iter(values.values()))), dtype=bool)
         for metric, low, high in self.ranges:
             if self.profile and metric in BYTE_METRICS:
                 continue  # the profile bounds the packets that matter; the counts, the rest
-            value = values[metric]
-            if value != value:  # NaN: the flow does not say
-                continue
-            if low == low and value < low:
-                return False
+            value = values[metric]  # NaN: the flow does not say, and fits
+            if low == low:
+                fits &= ~(value < low)
             # A resolver that gets no answer asks again on the same port: more packets
             # of one DNS query are retries, not another event.
-            if high == high and value > high and not self.is_dns:
-                return False
-        return True
+            if high == high and not self.is_dns:
+                fits &= ~(value > high)
+        return fits
 
 
 @dataclass
@@ -353,6 +336,9 @@ def _devices_rows(path: Path, table, required, columns, devices: set[str]):
         ends = frame["ts"] + pd.to_numeric(frame["duration"], errors="coerce").fillna(0)
         first, last = min(first, float(frame["ts"].min())), max(last, float(ends.max()))
         mine = frame["orig_h"].isin(devices) | frame["resp_h"].isin(devices)
+        # (a first cut, a chunk at a time: device_flows keeps those of each device's MAC)
+        unaddressed_orig, unaddressed_resp = unspecified_device_sides(frame)
+        mine |= unaddressed_orig | unaddressed_resp
         kept.append(frame[mine.to_numpy()])
 
     wanted = list(dict.fromkeys([*columns, "duration"]))
@@ -542,26 +528,27 @@ class Occurrence:
 
 def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
     """For each flow of the view, the index of the pattern it matches, or -1. Where
-    several would match, the one naming the remote most precisely wins."""
+    several would match, the one naming the remote most precisely wins (specific remotes
+    before classes, then the signature's order). Each pattern is tried at once on the
+    flows of its key and remote party: a signature of thousands of patterns to as many
+    addresses (a scan) costs thousands of lookups, not patterns times flows. A pattern by
+    class takes the flows of its class; by name or address, those of that remote, and a
+    domain's also the flows to the addresses it had in training whose remote is no name
+    (its DNS answer came before the capture started)."""
     result = np.full(len(view), -1, dtype=np.int64)
     if view.empty or not patterns:
         return result
-    # The patterns a flow may match, looked up by its key and remote party (as
-    # Pattern.remote_matches reads them): a signature of thousands of patterns to as many
-    # addresses (a scan) is thousands of lookups, not thousands of tries per flow.
-    by_remote: dict[tuple, list[int]] = {}  # (key, remote): the remote itself
-    by_address: dict[tuple, list[int]] = {}  # (key, address): a domain's known addresses
-    by_class: dict[tuple, list[int]] = {}  # (key, class): a generalised pattern
-    for number, pattern in enumerate(patterns):
-        if pattern.general:
-            by_class.setdefault((pattern.key, pattern.remote), []).append(number)
-            continue
-        by_remote.setdefault((pattern.key, pattern.remote), []).append(number)
-        if pattern.remote_kind == "domain":
-            for address in pattern.remote_addrs:
-                by_address.setdefault((pattern.key, address), []).append(number)
-    keys = view[KEY_COLUMNS].astype(object).to_numpy()
-    remotes = view[["remote", "remote_general", "remote_kind", "remote_h"]].astype(str).to_numpy()
+    keyed = view[KEY_COLUMNS].astype(object)
+    keyed["server_port"] = pd.to_numeric(keyed["server_port"]).astype(np.int64)
+    remotes = {c: view[c].astype(str) for c in ("remote", "remote_general", "remote_kind")}
+    remotes["remote_h"] = view["remote_h"].astype(str)
+    rows_of = {
+        column: keyed.assign(_remote=remotes[column].to_numpy())
+        .groupby([*KEY_COLUMNS, "_remote"], sort=False, dropna=False)
+        .indices
+        for column in ("remote", "remote_general", "remote_h")
+    }
+    not_domain = (remotes["remote_kind"] != "domain").to_numpy()
     counts = {
         m: pd.to_numeric(view[m], errors="coerce").to_numpy(dtype=float) for m in COUNT_METRICS
     }
@@ -571,29 +558,26 @@ def match_flows(view: pd.DataFrame, patterns: list[Pattern]) -> np.ndarray:
         if "keepalive" in view
         else np.zeros(len(view), dtype=bool)
     )
-    for row in range(len(view)):
-        key = list(keys[row])  # (fingerprints() already spelled the sets canonically)
-        key[PORT] = int(key[PORT])
-        key = tuple(key)
-        remote, remote_general, remote_kind, remote_h = remotes[row]
-        candidates = by_remote.get((key, remote), []) + by_class.get((key, remote_general), [])
-        if remote_kind != "domain":
-            candidates += by_address.get((key, remote_h), [])
-        if not candidates:
+    empty = np.array([], dtype=np.int64)
+    for number in sorted(range(len(patterns)), key=lambda n: (patterns[n].general, n)):
+        pattern = patterns[number]
+        if pattern.general:
+            rows = rows_of["remote_general"].get((*pattern.key, pattern.remote), empty)
+        else:
+            rows = [rows_of["remote"].get((*pattern.key, pattern.remote), empty)]
+            if pattern.remote_kind == "domain":  # a domain the capture never resolved
+                for address in pattern.remote_addrs:
+                    found = rows_of["remote_h"].get((*pattern.key, address), empty)
+                    rows.append(found[not_domain[found]])
+            rows = np.unique(np.concatenate(rows))
+        rows = rows[result[rows] < 0]  # (a more precise pattern took them)
+        if not pattern.periodic:
+            rows = rows[~keepalive[rows]]  # a connection's timer, not the event
+        if not len(rows):
             continue
-        values = {m: counts[m][row] for m in COUNT_METRICS}
-        # specific remotes before classes, each in the signature's order
-        for number in sorted(set(candidates), key=lambda n: (patterns[n].general, n)):
-            pattern = patterns[number]
-            if keepalive[row] and not pattern.periodic:
-                continue  # a connection's timer, not the event
-            if (
-                pattern.remote_matches(*remotes[row])
-                and pattern.counts_match(values)
-                and pattern.packets_match(sizes[row])
-            ):
-                result[row] = number
-                break
+        fits = pattern.counts_fit({m: counts[m][rows] for m in COUNT_METRICS})
+        fits &= sig.profile_matches(sizes[rows], pattern.profile, pattern.slack)
+        result[rows[fits]] = number
     return result
 
 

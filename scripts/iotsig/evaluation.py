@@ -343,11 +343,17 @@ def _rounded(value):
     return round(value, 4) if value == value else math.nan
 
 
-def table(results: list[EventResult], output_dir: Path, protocol: str = "baseline") -> pd.DataFrame:
+def table(
+    results: list[EventResult],
+    output_dir: Path,
+    protocol: str = "baseline",
+    method: str = "signature",
+) -> pd.DataFrame:
     rows = []
     for r in results:
         patterns = [p for signature in r.event_signatures for p in signature.patterns]
         row = {
+            "method": method,
             "device": r.device,
             "event": r.event,
             "protocol": protocol,

@@ -77,7 +77,7 @@ def write_flows(
     (nothing written) when the file must be read whole."""
     with csvio.temporary_folder(output) as folder:
         try:
-            routed = _route(Path(packets_csv), folder, options, partitions, chunk_bytes)
+            routed = route(Path(packets_csv), folder, options, partitions, chunk_bytes)
             shared = flows.cross_flow(routed.evidence, options)
             built = [
                 _build(folder, k, options, shared) for k in range(partitions) if routed.rows[k]
@@ -119,10 +119,17 @@ class _Routed:
     chunks: int
 
 
-def _route(
-    packets_csv: Path, folder: Path, options: flows.FlowOptions, partitions: int, chunk_bytes
+def route(
+    packets_csv: Path,
+    folder: Path,
+    options: flows.FlowOptions,
+    partitions: int,
+    chunk_bytes,
+    required: list[str] = flows.REQUIRED,
+    columns: list[str] = flows.REQUIRED + flows.OPTIONAL,
 ) -> _Routed:
-    """Pass 1: each chunk's packets appended to their partition's file, and its evidence."""
+    """Pass 1: each chunk's packets appended to their partition's file, and its evidence.
+    (features.py routes fewer columns: a partition's memory is its columns'.)"""
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
@@ -133,8 +140,8 @@ def _route(
         for frame in csvio.read_table_chunks(
             packets_csv,
             PACKETS,
-            required=flows.REQUIRED,
-            columns=flows.REQUIRED + flows.OPTIONAL,
+            required=required,
+            columns=columns,
             chunk_bytes=chunk_bytes,
         ):
             if not len(frame):  # (a block of blank lines)
@@ -209,15 +216,24 @@ class _Built:
     bursts_path: str = ""  # the partition's bursts (flows.build_of's), pickled
 
 
-def _build(folder: Path, k: int, options: flows.FlowOptions, shared: flows.CrossFlow) -> _Built:
-    """Pass 2: one partition's flows, sorted as the CSV is, written to its flows file."""
+def read_partition(folder: Path, k: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """One partition's packets (route's file, removed once read) and their rows in the
+    packets CSV."""
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
     with pa.OSFile(_packets_file(folder, k)) as source:  # (not mapped: RSS would count it)
         frame = ipc.open_stream(source).read_all().to_pandas()
     os.unlink(_packets_file(folder, k))
-    rows = frame.pop(ROW).to_numpy()
+    return frame, frame.pop(ROW).to_numpy()
+
+
+def _build(folder: Path, k: int, options: flows.FlowOptions, shared: flows.CrossFlow) -> _Built:
+    """Pass 2: one partition's flows, sorted as the CSV is, written to its flows file."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    frame, rows = read_partition(folder, k)
     both = flows.build_of(flows.prepare(frame, rows), options, shared)
     del frame
     built = both.flows

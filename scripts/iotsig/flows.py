@@ -16,6 +16,7 @@ notebook's subflows). Bursts are built in the same pass as the flows (build).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import geo
 from .fields import FLOW_FIELDS
 from .parties import UNSPECIFIED_ADDRESSES, address_class, canonical_ip, canonical_ips
 from .schema import BURSTS, FLOWS
@@ -36,7 +38,7 @@ PORT_SPAN = 65537  # endpoint key = address code * PORT_SPAN + port + 1
 # Columns the flow builder reads from a packets CSV: the packet's own, and what names the
 # remote party (DNS answers, TLS server name, HTTP host). The other application fields are
 # carried into the flows where the packets CSV has them.
-REQUIRED = [
+PACKET_COLUMNS = [  # (what features.py cuts its units from)
     "capture",
     "frame_number",
     "ts",
@@ -50,6 +52,9 @@ REQUIRED = [
     "dst_port",
     "tcp_flags",
     "l4_payload_len",
+]
+REQUIRED = [
+    *PACKET_COLUMNS,
     "highest_layer",
     "dns_qry_name",
     "dns_flags_response",
@@ -104,10 +109,27 @@ GENERIC_LAYERS = {
 
 @dataclass
 class FlowOptions:
+    """How flows are built (stream-identifier's flags): seconds, and the device's
+    addresses (one address or several; each checked and written canonically)."""
+
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_duration: float = DEFAULT_MAX_DURATION
     device_ips: tuple[str, ...] = ()
     burst_gap: float = DEFAULT_BURST_GAP
+
+    def __post_init__(self):
+        addresses = (self.device_ips,) if isinstance(self.device_ips, str) else self.device_ips
+        try:
+            self.device_ips = tuple(str(ipaddress.ip_address(a.strip())) for a in addresses)
+        except (ValueError, AttributeError):
+            raise ValueError(
+                f"device_ips: {self.device_ips!r} is not an IP address or a sequence of them"
+            ) from None
+        for name in ("idle_timeout", "max_duration", "burst_gap"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(
+                    f"{name}: a positive number of seconds, not {getattr(self, name)!r}"
+                )
 
     def settings(self) -> dict:
         """What a signature keeps of how its flows were built."""
@@ -399,6 +421,18 @@ def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, ...]:
     continued = (~cut_by_time[starts] | resumed[starts])[by_first]
     chunk_start = (segment_start + chunk * options.max_duration)[starts][by_first]
     return rows, np.repeat(np.arange(len(starts)), lengths[by_first]), continued, chunk_start
+
+
+def packets_in_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, ...]:
+    """The packets in flow order, flows numbered as build numbers them (the flows CSV's
+    order) and packets in time order within a flow: each packet's row in p, its flow, and
+    whether its flow's originator sent it. What features.py cuts its units from, without
+    the flows' statistics."""
+    rows, flow, _ = _assign_flows(p, options)
+    names = ("src_key", "dst_key", "src_port", "dst_port", "syn", "syn_ack")
+    s = {"flow": flow, **{name: p[name][rows] for name in names}}
+    tcp = values_at(p["l4_proto"], rows[_flow_starts(flow)]) == "tcp"
+    return rows, flow, _orient(s, tcp)
 
 
 def conversation_hash(p: Packets) -> np.ndarray:
@@ -903,6 +937,8 @@ def _name_remote(flows: pd.DataFrame, shared: CrossFlow) -> None:
         name = np.where(name != "", name, fallback)
     flows["remote_name"] = name
     flows["remote_class"] = _classify(flows["remote_h"].to_numpy(), shared.gateways)
+    for column, values in geo.columns_for(flows["remote_h"].to_numpy()).items():
+        flows[column] = values
 
 
 _PORT = re.compile(r":\d+$")

@@ -36,6 +36,31 @@ def canonical_ips(cell: str) -> str:
     return ";".join(canonical_ip(part) for part in cell.split(";"))
 
 
+def unspecified_device_sides(
+    flows: pd.DataFrame, device_ip: str | None = None
+) -> tuple[pd.Series, pd.Series]:
+    """(device is the originator, device is the responder) of the flows from or to the
+    unspecified address (a DHCP DISCOVER/REQUEST from 0.0.0.0) that stream-identifier
+    credited to the device by its packets' direction (its MAC), though no address of them
+    is the device's IP: their device_side column, where the flows have one. With
+    `device_ip`, only those whose MAC is one that address has in the other flows (flows
+    built for several devices credit each its own)."""
+    none = pd.Series(False, index=flows.index)
+    if "device_side" not in flows:
+        return none, none
+    side = flows["device_side"].astype(object).fillna("")
+    orig = (side == "orig") & flows["orig_h"].isin(UNSPECIFIED_ADDRESSES)
+    resp = (side == "resp") & flows["resp_h"].isin(UNSPECIFIED_ADDRESSES)
+    if device_ip is not None and (orig.any() or resp.any()):
+        if "orig_mac" not in flows or "resp_mac" not in flows:
+            return none, none
+        macs = set(flows.loc[flows["orig_h"] == device_ip, "orig_mac"].astype(object))
+        macs |= set(flows.loc[flows["resp_h"] == device_ip, "resp_mac"].astype(object))
+        orig &= flows["orig_mac"].astype(object).isin(macs)
+        resp &= flows["resp_mac"].astype(object).isin(macs)
+    return orig, resp
+
+
 def is_mac(address: str) -> bool:
     return (
         len(address) == 17

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from . import geo
 from .fields import application_text
 from .parties import describe_remote
 from .profile import printable, remote_name_problem, unexpressible
@@ -95,6 +96,9 @@ def _block(number: int, row, s) -> list[str]:
             + " opened before"
         )
     lines = [f"{number}. {row.pattern}", f"   {arrow}   ({opener})"]
+    where = _where(row.remote_addrs)
+    if where:
+        lines.append(f"   where: {where}")
     lines.append(f"   protocol: {_protocol(row)}")
     application = application_text(row)
     if application:
@@ -148,6 +152,17 @@ def _block(number: int, row, s) -> list[str]:
     elif remote_name_problem(row):
         lines.append(f"   (profile.yaml gives its addresses: {remote_name_problem(row)})")
     return lines + [""]
+
+
+def _where(addresses) -> str:
+    """Country and organisation of the remote addresses (external ones the offline data
+    knows), each place once: 'US, AMAZON-AES; IE, AMAZON-02'."""
+    found = geo.lookup(a for a in str(addresses or "").split(";") if a)
+    places = dict.fromkeys(
+        geo.where(country, org)
+        for country, org in zip(found["remote_country"], found["remote_org"])
+    )
+    return "; ".join(p for p in places if p)
 
 
 def _profile_words(text, device_opens: bool) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import csvio, detector, flow_partitions, flows, packets, profile, windows
+from . import csvio, detector, flow_partitions, flows, geo, packets, profile, windows
 from . import signature as sig
 from .errors import ToolError, collected
 from .parallel import run_parallel
@@ -140,6 +140,7 @@ def packets_to_flows(
     flow_partitions.PARTITION_BYTES of the file; the same bytes either way. `translation`:
     the one that just wrote it, whose cells are taken rather than read again."""
     started = time.perf_counter()
+    geo.prefetch()  # the flows' remote_country etc.: loaded while the packets are read
     options = options or flows.FlowOptions()
     output = flows_path(packets_csv, output_dir)
     if partitions is None:
@@ -238,6 +239,7 @@ def capture_to_flows(
     name>.packets.csv and .flows.csv. A module-level function of picklable arguments: it
     runs in a worker process."""
     started = time.perf_counter()
+    geo.prefetch()  # loaded while tshark reads the capture
     translation = packets.translate(
         capture, packets_path(capture, output_dir), device_mac, device_ip, on_packets=on_packets
     )

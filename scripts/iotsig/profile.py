@@ -103,6 +103,15 @@ def dump_profile(profile: dict, header: str = "") -> str:
     )
 
 
+def _unaddressed(row) -> bool:
+    """A DHCP DISCOVER to broadcast (with its REQUEST): the device has no address yet and
+    sends from 0.0.0.0, which a rule on its own address ('self') would never match."""
+    types = _items(getattr(row, "dhcp_msg_type", ""))
+    return (
+        "discover" in types and row.remote_class == "broadcast" and _family(row, "ipv4") == "ipv4"
+    )
+
+
 def policy(row, family: str) -> dict | None:
     """One pattern -> one policy, oriented originator (src) -> responder (dst); None when
     the format cannot express it (`unexpressible` says why)."""
@@ -123,6 +132,8 @@ def policy(row, family: str) -> dict | None:
     if proto != "arp":
         remote = _address_value(row)
         ends = ("self", remote) if row.device_side == "orig" else (remote, "self")
+        if row.device_side == "orig" and _unaddressed(row):
+            ends = ("0.0.0.0", remote)
         remote_family = _family(row, family)
         protocols[remote_family] = {"src": ends[0], "dst": ends[1]}
     result = {"protocols": {k: v for k, v in protocols.items() if v is not None}}

@@ -294,6 +294,30 @@ FLOWS = Table(
             "(private, link-local), multicast, broadcast or external",
             "remote_h",
         ),
+        (
+            "remote_country",
+            "str",
+            "country code of an external remote_h (ISO 3166, e.g. US), from the offline "
+            "data the geoip2fast package ships (MaxMind GeoLite2; the traffic report names its "
+            "date); empty for a private, link-local, multicast or broadcast address and for "
+            "one the data does not know",
+            "remote_h",
+        ),
+        (
+            "remote_network",
+            "str",
+            "the network of the autonomous system that routes an external remote_h, as the "
+            "same data gives it (e.g. 8.8.8.0/24: that data has the system's network and "
+            "organisation, not its number); empty as remote_country",
+            "remote_h",
+        ),
+        (
+            "remote_org",
+            "text",
+            "the organisation of that autonomous system (e.g. GOOGLE), from the same data; "
+            "empty as remote_country",
+            "remote_h",
+        ),
         # A flow's field is the set of its packets' values: text stays text, the rest is "str".
         *[
             (f.name, "text" if f.type == "text" else "str", f.flow_meaning, f.name, f.spelling)
@@ -656,6 +680,13 @@ DETECTIONS = Table(
 EVALUATION = Table(
     "evaluation",
     _cols(
+        (
+            "method",
+            "str",
+            "signature (the learned signatures and event-detector) or ml (a random forest "
+            "per device on its units' features, remote party and port)",
+            "--method",
+        ),
         ("device", "text", "device folder", "EVENTS_DIR/DEVICE"),
         ("event", "text", "event folder", "EVENTS_DIR/DEVICE/EVENT"),
         (
@@ -813,6 +844,57 @@ SCORED_EVENTS = Table(
     ),
 )
 
+_FEATURE_KEYS = _cols(
+    ("unit", "str", "flow, uniflow, burst or window (--unit)", "--unit"),
+    (
+        "uid",
+        "text",
+        "unit id: a flow's uid in the flows CSV (capture#N); a burst's, its flow's uid, '/', "
+        "its number in the flow; capture#uN a uniflow's, capture#wN a window's",
+        "computed",
+    ),
+    _flow_column("capture"),
+    _flow_column("ts", "time of the unit's first packet, epoch seconds"),
+    _flow_column("duration", "seconds from the unit's first to its last packet"),
+    _flow_column("proto", "tcp, udp, ... (empty for a window)"),
+    _flow_column("orig_h", "originator address (a uniflow's sender; a window's: the device's)"),
+    _flow_column("orig_p"),
+    _flow_column("resp_h", "responder address (a uniflow's receiver)"),
+    _flow_column("resp_p"),
+    ("packets", "int", "packets in the unit", "count"),
+    (
+        "label",
+        "text",
+        "--events: the event whose window holds the unit's first packet (a window unit: "
+        "that it overlaps), else idle; "
+        "--signature: the event of the pattern its flow matches, else idle; empty without",
+        "--events / --signature",
+    ),
+)
+
+FEATURES = Table(
+    "features",
+    _FEATURE_KEYS,
+    notes="Then one float column per value, in this order: with --header `tcp_fin`, "
+    "`tcp_syn`, `tcp_rst`, `tcp_psh`, `tcp_ack`, `tcp_urg`, `tcp_ece`, `tcp_cwr` (counts); "
+    "then per --features type, in the order given: IAT `iat_0`...`iat_{L-2}`, SIZE "
+    "`size_0`...`size_{L-1}`, IAT_SIZE `iat_size_0`...`iat_size_{2L-2}`, STATS "
+    "`stats_duration`, `stats_pkts_rate`, `stats_bytes_rate`, `stats_mean`, `stats_std`, "
+    "`stats_q1`, `stats_q2`, `stats_q3`, `stats_min`, `stats_max`, `stats_num_pkts`, "
+    "`stats_num_bytes`, SAMP_NUM `samp_num_0`...`samp_num_{L-2}`, SAMP_SIZE "
+    "`samp_size_0`...; with --fft the vector types are named `fft_iat_0`... (L: --length). "
+    "features.parquet holds the same table.",
+)
+
+
+def features_table(value_names: list[str]) -> Table:
+    """The features CSV of one run: the key columns, then its value columns (floats)."""
+    values = [
+        Column(name, "float", "feature value (see the features CSV notes)") for name in value_names
+    ]
+    return Table("features", _FEATURE_KEYS + values, FEATURES.notes)
+
+
 ALL_TABLES = [
     PACKETS,
     FLOWS,
@@ -823,6 +905,7 @@ ALL_TABLES = [
     EVALUATION,
     WINDOWS,
     SCORED_EVENTS,
+    FEATURES,
 ]
 
 if __name__ == "__main__":  # print the README's column tables

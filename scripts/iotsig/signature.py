@@ -20,7 +20,7 @@ from . import csvio, fields
 from .errors import InputError, ToolError
 from .fields import FINGERPRINT_FIELDS
 from .flows import bursts_beside
-from .parties import remote_party, server_ports
+from .parties import remote_party, server_ports, unspecified_device_sides
 from .schema import (
     BURSTS,
     FLOWS,
@@ -40,7 +40,7 @@ FINGERPRINT = [
     "server_side",
     *FINGERPRINT_FIELDS,
 ]
-OPTIONAL = ["remote_h", "handshake"]  # read where the flows CSV has them
+OPTIONAL = ["remote_h", "handshake", "device_side"]  # read where the flows CSV has them
 # A unit is what a pattern is learned from and matched to: a flow (the flows CSV), or a
 # burst inside a connection that was already open (the bursts CSV's rows with opens 0: a
 # lock's command inside its days-long link to the cloud), read as a flow of its own.
@@ -191,6 +191,9 @@ def device_flows(recording: Recording, device_ip: str, device_mac: str | None) -
     flows = recording.flows
     orig = flows["orig_h"] == device_ip
     resp = flows["resp_h"] == device_ip
+    unaddressed_orig, unaddressed_resp = unspecified_device_sides(flows, device_ip)
+    orig |= unaddressed_orig & ~resp
+    resp |= unaddressed_resp & ~orig
     if device_mac:
         orig |= (flows["orig_mac"].str.lower() == device_mac) & ~resp
         resp |= (

@@ -123,26 +123,28 @@ def cut(
     holds the windows' rows, not the captures'."""
     output_dir = Path(output_dir)
     spans = pd.concat([t[["start", "end"]] for t in tables.values()], ignore_index=True)
-    flows = window_rows(flow_files, spans, FLOWS)
-    bursts = window_rows(burst_files, spans, BURSTS) if burst_files else None
-    packets = window_rows(packet_files, spans, PACKETS) if packet_files else None
-    result = {}
-    done = 0  # windows of the kinds before
+    names = [
+        window_name(kind, number, start)
+        for kind, table in tables.items()
+        for number, start in enumerate(table["start"], start=1)
+    ]
+    # One table at a time, each window's rows written and let go before the next table is
+    # read: memory holds the windows' packets, not their packets, flows and bursts at once.
+    flow_counts = _write_windows(flow_files, spans, FLOWS, output_dir, names, "flows")
+    if burst_files:
+        _write_windows(
+            burst_files, spans, BURSTS, output_dir, names, "bursts",
+            lambda rows, at: _inside_connections_opened_before(rows, spans["start"].iat[at]),
+        )  # fmt: skip
+    packet_counts = (
+        _write_windows(packet_files, spans, PACKETS, output_dir, names, "packets")
+        if packet_files
+        else None
+    )
+    result, at = {}, 0
     for kind, table in tables.items():
         result[kind] = []
         for number, row in enumerate(table.itertuples(index=False), start=1):
-            at = done + number - 1
-            name = window_name(kind, number, row.start)
-            flows_csv = output_dir / f"{name}.flows.csv"
-            csvio.write_table(flows[at], FLOWS, flows_csv)
-            if bursts is not None:
-                inner = _inside_connections_opened_before(bursts[at], row.start)
-                csvio.write_table(inner, BURSTS, output_dir / f"{name}.bursts.csv")
-            packets_csv, packet_count = None, 0
-            if packets is not None:
-                packets_csv = output_dir / f"{name}.packets.csv"
-                csvio.write_table(packets[at], PACKETS, packets_csv)
-                packet_count = len(packets[at])
             listed = table.iloc[number - 1] if "line" in table else None
             result[kind].append(
                 Window(
@@ -150,15 +152,27 @@ def cut(
                     number,
                     row.start,
                     row.end,
-                    flows_csv,
-                    packets_csv,
-                    len(flows[at]),
-                    packet_count,
+                    output_dir / f"{names[at]}.flows.csv",
+                    None if packet_counts is None else output_dir / f"{names[at]}.packets.csv",
+                    flow_counts[at],
+                    0 if packet_counts is None else packet_counts[at],
                     listed,
                 )
             )
-        done += len(table)
+            at += 1
     return result
+
+
+def _write_windows(files, spans, table, output_dir, names, suffix, keep=None) -> list[int]:
+    """Each span's rows of the files (window_rows) in OUTPUT_DIR/<name>.<suffix>.csv,
+    through keep(rows, span number) where given; the rows written per window."""
+    counts, found = [], window_rows(files, spans, table)
+    for at in range(len(found)):
+        rows, found[at] = found[at], None  # (let go once written)
+        rows = keep(rows, at) if keep else rows
+        csvio.write_table(rows, table, output_dir / f"{names[at]}.{suffix}.csv")
+        counts.append(len(rows))
+    return counts
 
 
 def _inside_connections_opened_before(bursts: pd.DataFrame, start: float) -> pd.DataFrame:

@@ -12,6 +12,7 @@ writing it to tests/bench/<stage>-results.md and a verdict line to stderr.
     python tests/bench/bench.py chunks      # one 1M-packet capture in chunks on every core
     python tests/bench/bench.py windows     # cutting a 1M-packet CSV into --events windows
     python tests/bench/bench.py live        # event-detector --live: packets/s, memory over days
+    python tests/bench/bench.py features    # feature-extractor.py against stream-identifier.py
 
 The inputs are built once and cached in tests/.bench/ (git-ignored): the big capture from
 the shared public captures (../shared/pcaps next to the repository) with mergecap; its
@@ -61,6 +62,8 @@ SIGNATURE_RESULTS = HERE / "signature-results.md"
 EVALUATE_RESULTS = HERE / "evaluate-results.md"
 REPORT_RESULTS = HERE / "report-results.md"
 LONG_RESULTS = HERE / "long-results.md"
+FEATURES_RESULTS = HERE / "features-results.md"
+FEATURE_EXTRACTOR = REPO / "scripts" / "feature-extractor.py"
 DETECTOR = REPO / "scripts" / "event-detector.py"
 EVALUATE = REPO / "scripts" / "evaluate.py"
 MIN_PACKETS = 300_000  # the big capture's size: the translator's default, so one cache serves all
@@ -131,20 +134,26 @@ def big_capture(shared: Path, min_packets: int, name: str = "big") -> tuple[Path
     return big, packets
 
 
-def distinct_capture(shared: Path, min_packets: int) -> tuple[Path, int]:
+SPREAD_SECONDS = 7 * 86400  # --spread: each copy a week after the one before
+
+
+def distinct_capture(shared: Path, min_packets: int, spread: bool = False) -> tuple[Path, int]:
     """One pcapng of all the shared captures, copied as many times as needed to reach
     min_packets, each copy's addresses moved elsewhere (distinct.py: no conversation
-    repeats); rebuilt only when the inputs or the target change."""
+    repeats); rebuilt only when the inputs or the target change. `spread`: each copy also
+    moved SPREAD_SECONDS later than the one before, so that the traffic at any moment is
+    one home's, as in a week-long recording (without it, every copy replays the same
+    moments: ten copies are ten homes at once)."""
     from distinct import rewrite_copy
 
     inputs = shared_captures(shared)
     key = hashlib.sha256(
         json.dumps(
-            ["distinct", min_packets]
+            ["distinct", min_packets, SPREAD_SECONDS if spread else 0]
             + [(str(f.relative_to(shared)), f.stat().st_size) for f in inputs]
         ).encode()
     ).hexdigest()[:12]
-    name = f"distinct{min_packets}"  # one cached capture per size
+    name = f"{'spread' if spread else 'distinct'}{min_packets}"  # one per size and kind
     big, meta = CACHE / f"{name}-{key}.pcapng", CACHE / f"{name}-{key}.json"
     if big.exists() and meta.exists():
         return big, json.loads(meta.read_text())["packets"]
@@ -158,6 +167,10 @@ def distinct_capture(shared: Path, min_packets: int) -> tuple[Path, int]:
     copies = [CACHE / f"{name}-copy-{k}.pcapng.tmp" for k in range(repeats)]
     for shift, copy in enumerate(copies):
         rewrite_copy(one_set, copy, shift)
+        if spread and shift:
+            moved = copy.with_suffix(".moved.tmp")
+            run(["editcap", "-F", "pcapng", "-t", str(shift * SPREAD_SECONDS), copy, moved])
+            moved.replace(copy)
     run(["mergecap", "-F", "pcapng", "-a", "-w", big, *copies])
     for temporary in [one_set, *copies]:
         temporary.unlink()
@@ -625,6 +638,74 @@ def bench_flows(args) -> None:
         f"({'one core' if one_core(cpu, wall) else 'MORE than one core'}); in process "
         f"{rows / median['total'][0]:,.0f} rows/s; bursts +{overhead:.0%} (target <= 15%): "
         f"{met(overhead <= 0.15)}",
+    )
+
+
+# --- features: feature-extractor.py ------------------------------------------------------
+
+
+def bench_features(args) -> None:
+    """feature-extractor.py --unit flow --features IAT_SIZE,STATS on the flows benchmark's
+    1M-row packets CSV against stream-identifier.py on the same file (interleaved runs),
+    then its peak memory on the same CSV repeated to 10M rows (built in partitions)."""
+    big, _ = big_capture(args.shared, MIN_PACKETS)
+    cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    command = ["--unit", "flow", "--features", "IAT_SIZE,STATS", "-q"]
+    runs: dict[str, list] = {"flows": [], "features": []}
+    packets_csv, info = big_packets_csv(big, args.rows)
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        for round_number in range(args.repeat):
+            print(f"bench: round {round_number + 1}/{args.repeat}", file=sys.stderr)
+            runs["flows"].append(
+                measure([sys.executable, STREAM_IDENTIFIER, packets_csv, "-o", tmp, "-q"])
+            )
+            runs["features"].append(
+                measure([sys.executable, FEATURE_EXTRACTOR, packets_csv, *command, "-o", tmp])
+            )
+        units = len(pd.read_parquet(Path(tmp) / "features.parquet", columns=["uid"]))
+    wall = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
+    peak = {k: max(r[2] for r in v) for k, v in runs.items()}
+    ratio = wall["features"] / wall["flows"]
+    big_rows = args.big_rows
+    print(f"bench: {big_rows:,} rows: feature-extractor once (memory)", file=sys.stderr)
+    big_csv, _ = big_packets_csv(big, big_rows)
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        big_run = measure([sys.executable, FEATURE_EXTRACTOR, big_csv, *command, "-o", tmp])
+    growth = big_run[2] / peak["features"]
+    rows = info["rows"]
+    text = "\n".join(
+        [
+            f"`feature-extractor.py PACKETS.csv --unit flow --features IAT_SIZE,STATS -q` "
+            f"against `stream-identifier.py PACKETS.csv -q` on the flows benchmark's packets "
+            f"CSV ({rows:,} rows, the big capture's packets repeated: see flows-results.md; "
+            f"{units:,} flows of 2 packets or more), median of {args.repeat} interleaved runs; "
+            f"then feature-extractor once on the same packets repeated to {big_rows:,} rows "
+            f"(read in partitions by conversation). {machine(cores, load_before)}.",
+            "",
+            "| run | rows | wall time | CPU time | peak memory | compared |",
+            "|---|---:|---:|---:|---:|---|",
+            f"| stream-identifier.py | {rows:,} | {wall['flows']:.2f} s | {cpu['flows']:.2f} s | "
+            f"{peak['flows']:,.0f} MB | |",
+            f"| feature-extractor.py | {rows:,} | {wall['features']:.2f} s | "
+            f"{cpu['features']:.2f} s | {peak['features']:,.0f} MB | **{ratio:.2f}×** "
+            f"stream-identifier's wall time (target ≤ 1.3×): {met(ratio <= 1.3)}; CPU "
+            f"{cpu['features'] / cpu['flows']:.2f}× |",
+            f"| feature-extractor.py | {big_rows:,} | {big_run[0]:.1f} s | {big_run[1]:.1f} s "
+            f"| {big_run[2]:,.0f} MB | peak **{growth:.2f}×** its peak at {rows:,} "
+            f"(target ≤ 1.2×): {met(growth <= 1.2)} |",
+            "",
+            *busy_note(cores, load_before),
+            "Produced by `python tests/bench/bench.py features`.",
+            "",
+        ]
+    )
+    write_results(
+        FEATURES_RESULTS,
+        text,
+        f"feature-extractor {ratio:.2f}x stream-identifier's wall time (target <= 1.3x): "
+        f"{met(ratio <= 1.3)}; peak {big_run[2]:,.0f} MB at {big_rows:,} rows, "
+        f"{growth:.2f}x its peak at {rows:,} (target <= 1.2x): {met(growth <= 1.2)}",
     )
 
 
@@ -1218,7 +1299,7 @@ def bench_memory(args) -> None:
     cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
     rows, figures = [], {}
     for size in args.sizes:
-        capture, packets = distinct_capture(args.shared, size)
+        capture, packets = distinct_capture(args.shared, size, args.spread)
         with tempfile.TemporaryDirectory(prefix="bench-memory-", dir=CACHE) as tmp:
             out = Path(tmp)
             runs = {
@@ -1323,7 +1404,9 @@ def bench_memory(args) -> None:
         [
             "Peak memory on captures built from the shared public captures (all of them, "
             "copied as many times as needed, each copy's addresses moved so that no "
-            "conversation repeats: `distinct_capture()`, tests/bench/distinct.py), the device "
+            "conversation repeats: `distinct_capture()`, tests/bench/distinct.py"
+            + (", each copy a week after the one before: `--spread`" if args.spread else "")
+            + "), the device "
             f"{DEVICE_NAME} {DEVICE_IP}. One run each, one at a time; "
             f"{machine(cores, load_before)}.",
             "",
@@ -1345,11 +1428,13 @@ def bench_memory(args) -> None:
             "Produced by `python tests/bench/bench.py memory"
             + (" --events" if args.events else "")
             + (" --report" if args.report else "")
+            + (" --spread" if args.spread else "")
             + "`.",
             "",
         ]
     )
-    write_results(MEMORY_RESULTS, text, " ".join(verdicts))
+    path = MEMORY_RESULTS.with_name("memory-spread-results.md") if args.spread else MEMORY_RESULTS
+    write_results(path, text, " ".join(verdicts))
 
 
 LISTED_TIMES = 40
@@ -1599,6 +1684,11 @@ def main() -> None:
         help="main.py --events and event-detector --events too (a times list from the "
         "device's connections to its cloud)",
     )
+    memory.add_argument(
+        "--spread",
+        action="store_true",
+        help="the copies a week apart (a week-long recording of one home), not at once",
+    )
     memory.set_defaults(function=bench_memory)
     chunks = sub.add_parser("chunks", help="one big capture in chunks on every core")
     chunks.add_argument(
@@ -1617,6 +1707,10 @@ def main() -> None:
         "--speed", type=float, default=1000.0, help="pace of the memory replay (default: 1000)"
     )
     live_parser.set_defaults(function=bench_live)
+    features_parser = sub.add_parser("features", help="feature-extractor.py, time and memory")
+    features_parser.add_argument("--rows", type=int, default=1_000_000)
+    features_parser.add_argument("--big-rows", type=int, default=10_000_000)
+    features_parser.set_defaults(function=bench_features)
     for benchmark in (
         translator,
         flows_parser,
@@ -1626,11 +1720,21 @@ def main() -> None:
         long_parser,
         chunks,
         live_parser,
+        features_parser,
     ):
         benchmark.add_argument(
             "--repeat", type=int, default=3, help="runs; the median is reported (default: 3)"
         )
-    shared = (translator, flows_parser, evaluate, long_parser, memory, chunks, windows_parser)
+    shared = (
+        translator,
+        flows_parser,
+        evaluate,
+        long_parser,
+        memory,
+        chunks,
+        windows_parser,
+        features_parser,
+    )
     for benchmark in shared:  # the shared captures
         benchmark.add_argument(
             "--shared",

@@ -316,6 +316,9 @@ class EventDetector(Command):
                 results = pipeline.captures_to_flows(
                     kinds["capture"],
                     output_dir,
+                    # One device: the packets' direction too (a DHCP DISCOVER from 0.0.0.0
+                    # is the device's by its MAC, as main.py's translation says).
+                    device_ip=options.device_ips[0] if len(options.device_ips) == 1 else None,
                     options=options,
                     jobs=jobs_for(kinds["capture"], args.jobs),
                     on_packets=bar.update,

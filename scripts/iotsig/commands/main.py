@@ -174,6 +174,7 @@ class Main(Command):
                 device_name=args.device_name,
                 signature=output_dir / "signature.csv",
                 pattern=output_dir / "pattern.txt",
+                events=read_event_times(args, args.device_name) if args.events else None,
             )
         except ToolError as e:
             self.warn(f"no traffic report: {e}")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-from .. import packets, pipeline, tshark
+from .. import tshark
 from ..cli import (
     Command,
     add_jobs_argument,
@@ -53,30 +50,7 @@ class PacketTranslator(Command):
         check_distinct_names(args.captures, args.output_dir, "captures")
         jobs = jobs_for(args.captures, args.jobs)
         output_dir = ensure_output_dir(args.output_dir)
-        written, failed = translate_captures(
-            self, args.captures, output_dir, args.device_mac, args.device_ip, jobs
+        _, failed = self.translate_captures(
+            args.captures, output_dir, args.device_mac, args.device_ip, jobs
         )
         return 1 if failed else 0
-
-
-def translate_captures(
-    command: Command,
-    captures: list[Path],
-    output_dir: Path,
-    device_mac=None,
-    device_ip=None,
-    jobs: int = 0,
-):
-    """Translate with a progress bar, warn and report per capture."""
-    started = time.monotonic()
-    written, failed = [], []
-    with command.progress(
-        unit=" packets", unit_scale=True, desc=f"translating {len(captures)} capture(s)"
-    ) as bar:
-        results = packets.translate_many(
-            captures, output_dir, device_mac, device_ip, jobs, on_packets=bar.update
-        )
-        written += [result for _, result in command.successes(results, failed)]
-    for line in pipeline.translated_lines(written, len(failed), time.monotonic() - started):
-        command.say(line)
-    return written, failed

@@ -6,7 +6,13 @@ import time
 from pathlib import Path
 
 from .. import flows, pipeline
-from ..cli import Command, add_flow_arguments, check_distinct_names, ensure_output_dir, ipv4_or_ipv6
+from ..cli import (
+    Command,
+    add_device_ips_argument,
+    add_flow_arguments,
+    check_distinct_names,
+    ensure_output_dir,
+)
 from ..errors import ToolError
 
 
@@ -21,15 +27,7 @@ class StreamIdentifier(Command):
 
     def add_arguments(self, parser):
         parser.add_argument("packets", nargs="+", type=Path, metavar="PACKETS_CSV")
-        parser.add_argument(
-            "--device-ip",
-            type=ipv4_or_ipv6,
-            action="append",
-            default=[],
-            metavar="IP",
-            help="address of the device under study (repeatable); "
-            "default: the packets' direction column",
-        )
+        add_device_ips_argument(parser, "its side of each flow (default: the packets' direction)")
         add_flow_arguments(parser)
 
     def run(self, args):

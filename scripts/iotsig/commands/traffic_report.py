@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli import Command, ensure_output_dir, ipv4_or_ipv6, mac_address
+from ..cli import (
+    Command,
+    add_event_times_arguments,
+    ensure_output_dir,
+    ipv4_or_ipv6,
+    mac_address,
+    read_event_times,
+)
 
 
 class TrafficReport(Command):
@@ -55,8 +62,16 @@ class TrafficReport(Command):
             metavar="PATTERN_TXT",
             help="pattern.txt to include (default: the one beside --signature)",
         )
+        parser.add_argument(
+            "--detections",
+            type=Path,
+            metavar="DETECTIONS_CSV",
+            help="event-detector's detections.csv: each detection drawn on the timeline",
+        )
+        add_event_times_arguments(parser, drawing=True)
 
     def run(self, args):
+        events = read_event_times(args, args.device_name) if args.events else None
         output_dir = ensure_output_dir(args.output_dir)
         self.traffic_report(
             args.inputs,
@@ -66,5 +81,7 @@ class TrafficReport(Command):
             device_name=args.device_name,
             signature=args.signature,
             pattern=args.pattern,
+            events=events,
+            detections=args.detections,
         )
         return 0

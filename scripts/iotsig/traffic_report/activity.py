@@ -140,9 +140,10 @@ def activity(
     width: float,
     mine: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Bytes sent and received by the device per time bin of each recording: columns
-    capture, bin, sent, received. From the packets where given (read again a chunk at a
-    time: packet_summary.py), else spread evenly over each flow's duration."""
+    """The device's volume and activity per time bin of each recording: columns capture,
+    bin, sent and received (bytes), pkts (packets either way), flows (flows it started).
+    Bytes and packets from the packets where given (read again a chunk at a time:
+    packet_summary.py), else spread evenly over each flow's duration."""
     parts = []
     from_packets = set()
     if inputs.summary is not None and len(inputs.summary.groups):
@@ -153,15 +154,33 @@ def activity(
         f = mine[~text(mine["capture"]).isin(from_packets)]
         if len(f):
             parts.append(spread_flows(f, starts, width))
+    if mine is not None and len(mine):
+        parts.append(_flow_starts(mine, starts, width))
     if not parts:
-        return pd.DataFrame(columns=["capture", "bin", "sent", "received"])
-    return pd.concat(parts, ignore_index=True)
+        return pd.DataFrame(columns=ACTIVITY_COLUMNS)
+    bins = pd.concat(parts, ignore_index=True).reindex(columns=ACTIVITY_COLUMNS)
+    return bins.fillna(dict.fromkeys(ACTIVITY_COLUMNS[2:], 0.0))
+
+
+ACTIVITY_COLUMNS = ["capture", "bin", "sent", "received", "pkts", "flows"]
+
+
+def _flow_starts(mine: pd.DataFrame, starts: pd.Series, width: float) -> pd.DataFrame:
+    """How many of the device's flows start in each bin."""
+    capture = text(mine["capture"])
+    offset = mine["ts"].to_numpy(dtype=float) - capture.map(starts).to_numpy(dtype=float)
+    frame = pd.DataFrame(
+        {"capture": capture.to_numpy(), "bin": np.floor(offset / width).astype(np.int64)}
+    )
+    return (
+        frame.groupby(["capture", "bin"], as_index=False).size().rename(columns={"size": "flows"})
+    )
 
 
 def _added(chunks: list[pd.DataFrame]) -> pd.DataFrame:
     """The bins of several chunks as one (a bin cut by a chunk's end is in both)."""
     whole = pd.concat(chunks, ignore_index=True)
-    return whole.groupby(["capture", "bin"], as_index=False)[["sent", "received"]].sum()
+    return whole.groupby(["capture", "bin"], as_index=False)[["sent", "received", "pkts"]].sum()
 
 
 def _packet_bins(p: pd.DataFrame, device: Device, starts: pd.Series, width: float) -> pd.DataFrame:
@@ -185,9 +204,10 @@ def _packet_bins(p: pd.DataFrame, device: Device, starts: pd.Series, width: floa
             "bin": np.floor(offset[keep] / width).astype(np.int64),
             "sent": np.where(sent, size, 0)[keep],
             "received": np.where(received, size, 0)[keep],
+            "pkts": np.ones(int(keep.sum())),
         }
     )
-    return frame.groupby(["capture", "bin"], as_index=False)[["sent", "received"]].sum()
+    return frame.groupby(["capture", "bin"], as_index=False)[["sent", "received", "pkts"]].sum()
 
 
 def _categories(column: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -224,12 +244,16 @@ def spread_flows(f: pd.DataFrame, starts: pd.Series, width: float) -> pd.DataFra
     resp_b = pd.to_numeric(f["resp_frame_bytes"], errors="coerce").fillna(0).to_numpy()
     sent = np.where(device_orig, orig_b, resp_b) / count
     received = np.where(device_orig, resp_b, orig_b) / count
+    pkts = (
+        pd.to_numeric(f["orig_pkts"], errors="coerce").fillna(0).to_numpy()
+        + pd.to_numeric(f["resp_pkts"], errors="coerce").fillna(0).to_numpy()
+    ) / count
     codes, names = pd.factorize(capture)
     span = int(last.max()) + 2
     key_start = codes.astype(np.int64) * span + first
     key_end = codes.astype(np.int64) * span + last + 1
     out = []
-    for values in (sent, received):
+    for values in (sent, received, pkts):
         diff = np.zeros(len(names) * span)
         np.add.at(diff, key_start, values)
         np.add.at(diff, key_end, -values)
@@ -242,5 +266,6 @@ def spread_flows(f: pd.DataFrame, starts: pd.Series, width: float) -> pd.DataFra
             "bin": nonzero % span,
             "sent": out[0][nonzero],
             "received": out[1][nonzero],
+            "pkts": out[2][nonzero],
         }
     )

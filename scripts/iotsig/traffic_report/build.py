@@ -10,7 +10,7 @@ import pandas as pd
 
 from .. import csvio
 from ..errors import InputError, OutputError
-from ..schema import INVENTORY
+from ..schema import DETECTIONS, INVENTORY
 from ..signature import read_signature_csv
 from .activity import (
     MAX_TIMELINE_ROWS,
@@ -25,7 +25,7 @@ from .figures import draw_endpoint_map
 from .html import OTHER_FILES, OUTPUT_NAMES, csv_links, render_html
 from .inputs import Device, Inputs, find_device, flows_from_packets
 from .inventory import inventory
-from .timeline import MAX_PANELS, draw_timeline
+from .timeline import MARK_COLUMNS, MAX_PANELS, draw_timeline
 
 
 @dataclass
@@ -55,10 +55,15 @@ def build_report(
     signature_path: Path | None = None,
     pattern_path: Path | None = None,
     step=lambda name: None,
+    events: pd.DataFrame | None = None,
+    detections_path: Path | None = None,
 ) -> Report:
-    """Write inventory.csv, endpoint-map.png/.svg, timeline.png and report.html."""
+    """Write inventory.csv, endpoint-map.png/.svg, timeline.png and report.html. `events`:
+    listed event times (event_times.read_event_times); `detections_path`: a detections CSV;
+    both drawn on the timeline."""
     output_dir = Path(output_dir)
     notes = []
+    times = marked_times(events, detections_path)
     patterns, pattern_text = read_signature(signature_path, pattern_path)
     device = find_device(inputs, device_ip, device_mac, device_name, patterns)
     if inputs.flows is None and inputs.packets is not None:
@@ -84,7 +89,7 @@ def build_report(
     write_bytes(paths["map_png"], pictures["map_png"])
     write_bytes(paths["map_svg"], pictures["map_svg"])
     step("timeline")
-    matched, timeline_notes = _timeline(inputs, device, mine, patterns, pictures, notes)
+    matched, timeline_notes = _timeline(inputs, device, mine, patterns, pictures, notes, times)
     write_bytes(paths["timeline"], pictures["timeline"])
     step("report")
     others = [(name, name) for name in OTHER_FILES if (output_dir / name).is_file()]
@@ -100,6 +105,7 @@ def build_report(
         notes,
         others,
         timeline_notes,
+        times.groupby("kind").size().to_dict(),
     )
     csvio.write_text(paths["report"], page)
     return Report(paths, inventory_table, ends, matched, device, notes)
@@ -131,6 +137,7 @@ def _timeline(
     patterns: pd.DataFrame | None,
     pictures: dict,
     notes: list[str],
+    times: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Match the patterns, bin the bytes and draw timeline.png into `pictures`. Returns the
     matched flows and what the page should say about folding."""
@@ -151,9 +158,38 @@ def _timeline(
     )
     bins = activity(inputs, device, starts, width, mine)
     pictures["timeline"] = draw_timeline(
-        bins, width, captures, starts, ends_at, matched, patterns, device, source
+        bins, width, captures, starts, ends_at, matched, patterns, device, source, times
     )
     return matched, _folding_notes(patterns, captures)
+
+
+def marked_times(events: pd.DataFrame | None, detections_path: Path | None) -> pd.DataFrame:
+    """The listed event times and the detections as one table (timeline.MARK_COLUMNS)."""
+    parts = []
+    if events is not None and len(events):
+        parts.append(
+            pd.DataFrame(
+                {"time": events["time"], "end": events["time"], "event": events["event"]}
+            ).assign(kind="listed")
+        )
+    if detections_path is not None:
+        found = csvio.read_table(
+            detections_path, DETECTIONS, required=["start"], columns=["start", "end", "event"]
+        )
+        parts.append(
+            pd.DataFrame(
+                {
+                    "time": pd.to_numeric(found["start"], errors="coerce"),
+                    "end": pd.to_numeric(found.get("end", found["start"]), errors="coerce"),
+                    "event": found.get("event", pd.Series("", index=found.index)).astype(object),
+                }
+            ).assign(kind="detected")
+        )
+    if not parts:
+        return pd.DataFrame(columns=MARK_COLUMNS)
+    times = pd.concat(parts, ignore_index=True)
+    times["event"] = times["event"].astype(object).fillna("").astype(str)
+    return times.dropna(subset=["time"]).reset_index(drop=True)
 
 
 def _folding_notes(patterns: pd.DataFrame | None, captures: list[str]) -> list[str]:

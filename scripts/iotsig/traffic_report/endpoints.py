@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import geo
 from .. import signature as sig
 from ..parties import remote_party, server_ports
 from .inputs import Device, text
@@ -15,6 +16,8 @@ CLASS_ORDER = ["gateway", "local", "multicast", "broadcast", "external", ""]
 ENDPOINT_COLUMNS = [
     "remote",
     "remote_class",
+    "country",
+    "org",
     "addresses",
     "protocols",
     "flows",
@@ -26,7 +29,7 @@ ENDPOINT_COLUMNS = [
 
 def device_flows(flows: pd.DataFrame | None, device: Device) -> pd.DataFrame:
     """The flows the device is a side of, with the remote party and a protocol label."""
-    extra = ["side", "remote_addr", "remote", "klass", "label", "bytes", "pkts"]
+    extra = ["side", "remote_addr", "remote", "klass", "country", "org", "label", "bytes", "pkts"]
     if flows is None or flows.empty:
         return pd.DataFrame(columns=[*(flows.columns if flows is not None else []), *extra])
     # The one rule the signatures are learned with (signature.device_flows); non-IP flows
@@ -50,10 +53,28 @@ def device_flows(flows: pd.DataFrame | None, device: Device) -> pd.DataFrame:
     mine["remote_addr"] = remote_h
     mine["remote"] = np.where(name != "", name, remote_h)
     mine["klass"] = klass
+    mine["country"], mine["org"] = _located(mine, remote_h)
     mine["label"] = protocol_labels(mine)
     mine["bytes"] = _sum(mine, "orig_frame_bytes", "resp_frame_bytes")
     mine["pkts"] = _sum(mine, "orig_pkts", "resp_pkts")
     return mine
+
+
+def _located(mine: pd.DataFrame, remote_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Country and organisation of each flow's remote address: the flows CSV's, where its
+    remote_h is that address; looked up in the same offline data where it is not (the
+    CSV was made without knowing the device, or before it had these columns)."""
+    if "remote_country" not in mine or "remote_org" not in mine:
+        found = geo.columns_for(remote_h)
+        return found["remote_country"], found["remote_org"]
+    described = text(mine["remote_h"]).to_numpy() == remote_h
+    country = text(mine["remote_country"]).to_numpy().astype(object)
+    org = text(mine["remote_org"]).to_numpy().astype(object)
+    if not described.all():
+        found = geo.columns_for(remote_h[~described])
+        country[~described] = found["remote_country"]
+        org[~described] = found["remote_org"]
+    return country, org
 
 
 def _sum(frame: pd.DataFrame, a: str, b: str) -> pd.Series:
@@ -111,6 +132,15 @@ def endpoints(mine: pd.DataFrame) -> pd.DataFrame:
         .reindex(table.index)
         .fillna("")
     )
+    for column in ("country", "org"):  # a name's addresses may be in several places
+        table[column] = (
+            mine.loc[mine[column] != "", ["remote", column]]
+            .drop_duplicates()
+            .groupby("remote")[column]
+            .agg(lambda v: ";".join(sorted(v)))
+            .reindex(table.index)
+            .fillna("")
+        )
     labels = mine.groupby(["remote", "label"], sort=False)["bytes"].sum().reset_index()
     labels = labels.sort_values(["remote", "bytes"], ascending=[True, False])
     table["protocols"] = labels.groupby("remote")["label"].agg(", ".join).reindex(table.index)
@@ -131,6 +161,8 @@ def fold_small(ends: pd.DataFrame, limit: int) -> pd.DataFrame:
             {
                 "remote": f"{len(rest)} more parties (see the table)",
                 "remote_class": "",
+                "country": "",
+                "org": "",
                 "addresses": "",
                 "protocols": "various",
                 "flows": rest["flows"].sum(),

@@ -25,6 +25,9 @@ CLASS_COLOURS = {
     "broadcast": "#d0312d",
     "": "#7f7f7f",
 }
+# The external parties' organisations, largest first (tab10 without its blue, grey and the
+# class colours' near twins); the organisations past these share the external blue.
+ORG_COLOURS = ["#17becf", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#ff7f0e", "#2ca02c"]
 DEVICE_COLOUR = "#222222"
 MAX_MAP_NODES = 80  # more remote parties than this: the smallest are folded into one
 LABEL_CHARS = 40  # longest name drawn in a picture (the tables have it whole)
@@ -109,7 +112,7 @@ def endpoint_map_figure(ends: pd.DataFrame, device: Device):
     largest first), one edge each, as wide as its bytes. Few parties: horizontal two-line
     labels; many: one radial line each, which cannot run into its neighbours. Labels carry
     the label "endpoint-label" (tests measure them)."""
-    ends = fold_small(ends, MAX_MAP_NODES)
+    ends = _by_organisation(fold_small(ends, MAX_MAP_NODES))
     n = len(ends)
     radial = n > 8
     # Radial labels need the room all round; horizontal ones only left and right.
@@ -174,7 +177,7 @@ def _draw_ring(axes, ends: pd.DataFrame, radial: bool) -> None:
     weights = np.log1p(ends["bytes"].to_numpy(dtype=float))
     top = weights.max() if weights.max() > 0 else 1.0
     widths = 0.7 + 7.3 * weights / top
-    colours = [CLASS_COLOURS.get(c, CLASS_COLOURS[""]) for c in ends["remote_class"]]
+    colours = list(ends["colour"])
     segments = [[(0, 0), (a, b)] for a, b in zip(x, y)]
     axes.add_collection(
         LineCollection(
@@ -235,10 +238,45 @@ def _flat_label(axes, x: float, y: float, label: str) -> None:
     )
 
 
+def _by_organisation(ends: pd.DataFrame) -> pd.DataFrame:
+    """The parties in class order, the external ones grouped by organisation (the largest
+    by bytes first), each with its colour and its legend entry in `colour` and `group`."""
+    ends = ends.copy()
+    org = ends["org"].fillna("").astype(str) if "org" in ends else pd.Series("", ends.index)
+    country = (
+        ends["country"].fillna("").astype(str) if "country" in ends else pd.Series("", ends.index)
+    )
+    external = (ends["remote_class"] == "external") & (org != "")
+    sizes = ends[external].groupby(org[external])["bytes"].sum().sort_values(ascending=False)
+    coloured = list(sizes.index[: len(ORG_COLOURS)])
+    rank = {o: i for i, o in enumerate(sizes.index)}
+    countries = (
+        country[external]
+        .groupby(org[external])
+        .agg(lambda v: ", ".join(sorted({c for part in v for c in part.split(";") if c})))
+    )
+    klass = ends["remote_class"].fillna("")
+    ends["colour"] = [CLASS_COLOURS.get(c, CLASS_COLOURS[""]) for c in klass]
+    ends["group"] = [c or "unknown" for c in klass]
+    for i, name in enumerate(coloured):
+        at = external & (org == name)
+        ends.loc[at, "colour"] = ORG_COLOURS[i]
+        where = countries.get(name, "")
+        label = picture_text(name.replace(";", " / "), 40)  # (a name's addresses in two)
+        ends.loc[at, "group"] = f"external: {label}" + (f" · {where}" if where else "")
+    others = (ends["remote_class"] == "external") & ~org.isin(coloured)
+    if coloured and others.any():
+        ends.loc[others, "group"] = "external, other or unknown organisation"
+    ends["_class"] = klass.map({c: i for i, c in enumerate(CLASS_ORDER)}).fillna(9)
+    ends["_org"] = org.map(rank).where(external, len(rank)).fillna(len(rank))
+    ends = ends.sort_values(["_class", "_org"], kind="stable")
+    return ends.drop(columns=["_class", "_org"]).reset_index(drop=True)
+
+
 def _map_legend(axes, ends: pd.DataFrame) -> None:
     from matplotlib.lines import Line2D
 
-    present = [c for c in CLASS_ORDER if c in set(ends["remote_class"])]
+    groups = ends.groupby(["group", "colour"], sort=False).size()
     handles = [
         Line2D(
             [],
@@ -246,11 +284,11 @@ def _map_legend(axes, ends: pd.DataFrame) -> None:
             marker="o",
             linestyle="",
             markersize=9,
-            markerfacecolor=CLASS_COLOURS[c],
+            markerfacecolor=colour,
             markeredgecolor="white",
-            label=f"{c or 'unknown'} ({int((ends['remote_class'] == c).sum())})",
+            label=f"{group} ({count})",
         )
-        for c in present
+        for (group, colour), count in groups.items()
     ]
     handles.append(
         Line2D(
@@ -263,8 +301,15 @@ def _map_legend(axes, ends: pd.DataFrame) -> None:
             label="device under study",
         )
     )
+    # Under the ring, in two columns: a dozen organisations and classes never cover a label
+    # (the picture is saved to what is drawn, so it grows to hold it).
     axes.legend(
-        handles=handles, loc="lower left", fontsize=10, frameon=False, bbox_to_anchor=(0.0, 0.0)
+        handles=handles,
+        loc="upper center",
+        fontsize=10,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=2 if len(handles) > 4 else 1,
     )
 
 

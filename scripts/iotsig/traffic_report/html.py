@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from .. import __version__
+from .. import __version__, geo
 from ..errors import ToolError
 from .figures import CLASS_COLOURS
 from .inputs import Device, Inputs, text
@@ -126,6 +126,7 @@ def render_html(
     notes: list[str],
     other_links: list[tuple[str, str]] = (),
     timeline_notes: list[str] = (),
+    marked: dict | None = None,
 ) -> str:
     captures = set(inputs.summary.captures()) if inputs.summary is not None else set()
     if inputs.flows is not None:
@@ -149,8 +150,10 @@ def render_html(
             times={"first_time_utc", "last_time_utc"},
             ends=_records(ends),
             colours=CLASS_COLOURS,
+            geo_source=geo.source(),
             matched=len(matched),
             timeline_notes=timeline_notes,
+            marked=marked or {},
             map_uri=data_uri(pictures["map_svg"], "image/svg+xml"),
             timeline_uri=data_uri(pictures["timeline"], "image/png"),
             pattern_text=pattern_text

@@ -40,6 +40,7 @@ FLOW_COLUMNS = [
     "orig_frame_bytes",
     "resp_frame_bytes",
 ]
+GEO = ["remote_country", "remote_org"]  # where the remote addresses are (endpoints)
 FLOW_OPTIONAL = [
     "uid",
     "service",
@@ -98,10 +99,14 @@ def read_inputs(paths: list[Path]) -> Inputs:
         inputs.summary = summary_of(inputs.packets)
     if inputs.flow_files:
         frames = [
-            csvio.read_table(p, FLOWS, required=FLOW_COLUMNS, columns=FLOW_COLUMNS + FLOW_OPTIONAL)
+            csvio.read_table(
+                p, FLOWS, required=FLOW_COLUMNS, columns=FLOW_COLUMNS + FLOW_OPTIONAL + GEO
+            )
             for p in inputs.flow_files
         ]
         inputs.flows = with_columns(_concat(frames), FLOW_OPTIONAL)
+        if not all(c in f for f in frames for c in GEO):  # a CSV made before these columns:
+            inputs.flows = inputs.flows.drop(columns=GEO, errors="ignore")  # looked up instead
     return inputs
 
 
