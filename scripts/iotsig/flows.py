@@ -428,7 +428,7 @@ def packets_in_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, ...]
     order) and packets in time order within a flow: each packet's row in p, its flow, and
     whether its flow's originator sent it. What features.py cuts its units from, without
     the flows' statistics."""
-    rows, flow, _ = _assign_flows(p, options)
+    rows, flow = _assign_flows(p, options)[:2]
     names = ("src_key", "dst_key", "src_port", "dst_port", "syn", "syn_ack")
     s = {"flow": flow, **{name: p[name][rows] for name in names}}
     tcp = values_at(p["l4_proto"], rows[_flow_starts(flow)]) == "tcp"

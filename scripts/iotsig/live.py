@@ -365,8 +365,7 @@ class Source:
             )  # fmt: skip
         else:
             path = tshark.STDIN if tshark.is_stdin(source) else Path(source)
-            if not tshark.is_stdin(source) and not path.is_fifo():
-                tshark.check_capture(path)
+            tshark.check_capture(path)  # (a terminal as standard input refused; a pipe passes)
             self.tshark = tshark.popen_fields(path, packets.asked_fields(), self.stderr, live=True)
         self.blocks: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
