@@ -86,8 +86,8 @@ class EventDetector(Command):
             action="store_true",
             help="count patterns seen out of the signature's order as missing",
         )
-        live = parser.add_argument_group("watching live (see README: event-detector --live)")
-        live.add_argument(
+        watching = parser.add_argument_group("watching live (see README: event-detector --live)")
+        watching.add_argument(
             "--live",
             metavar="SOURCE",
             help="watch SOURCE instead of reading captures: a network interface (eth0), a "
@@ -95,13 +95,13 @@ class EventDetector(Command):
             f"is printed and appended to OUTPUT_DIR/{OUTPUT_NAME} as soon as it is complete, "
             "until the stream ends or Ctrl-C/SIGTERM",
         )
-        live.add_argument(
+        watching.add_argument(
             "--capture-filter",
             metavar="FILTER",
             help="capture filter on an interface (pcap syntax; default: the packets to or "
             "from the signatures' devices, 'host IP or host IP'; '' for every packet)",
         )
-        live.add_argument(
+        watching.add_argument(
             "--on-detect",
             metavar="CMD",
             help="run CMD (split as a shell would, but not run by one) for each detection, "
