@@ -32,6 +32,7 @@ import yaml
 
 from . import csvio, detector, flows, packets, pipeline, profile
 from . import signature as sig
+from .csvio import as_read
 from .errors import ToolError, warn
 from .event_times import TimesFormat, choose_event, for_device, read_event_times
 from .inputs import file_kind
@@ -513,16 +514,6 @@ def typed(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
         else:
             text = values.astype(object)
             out[column.name] = text.where(text.notna(), "").astype(str)
-    return out
-
-
-def as_read(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
-    """A typed table (or any frame of the table's columns) as the library reads CSVs:
-    numbers as float64 (NaN for empty), text as it is."""
-    out = frame.copy()
-    for name in table.of_type("int", "bool", "float"):
-        if name in out:
-            out[name] = pd.to_numeric(out[name], errors="coerce").astype("float64")
     return out
 
 

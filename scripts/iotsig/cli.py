@@ -704,6 +704,20 @@ def _keep_freed_memory() -> None:
         pass
 
 
+def give_back_freed_memory() -> None:
+    """Undo _keep_freed_memory, for a command that runs for weeks (event-detector
+    --live): glibc's defaults, so that freed arrays go back to the kernel and the
+    resident memory follows what is held, not the largest batch ever seen."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD: glibc's default
+        libc.mallopt(-1, 128 << 10)  # M_TRIM_THRESHOLD: glibc's default
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _raise_terminated(signum, frame):
     raise Terminated()
 

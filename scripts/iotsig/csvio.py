@@ -118,15 +118,25 @@ def write_table(frame: pd.DataFrame, table: Table, path: Path) -> None:
 def write_table_pieces(pieces: Iterable[pd.DataFrame], table: Table, path: Path) -> None:
     """write_table for a table given as consecutive pieces, each written as it comes (a
     table too big to hold at once): the same bytes as the whole table's."""
-    formats = {c.name: TIME_FORMAT for c in table.columns if c.spelling == "epoch"}
     with atomic_path(path) as tmp:
         try:
             with open(tmp, "wb") as sink:
-                sink.write((",".join(table.names) + "\n").encode())
+                write_header(sink, table)
                 for frame in pieces:
-                    write_rows(sink, to_csv_text(frame, table), formats=formats)
+                    append_rows(sink, frame, table)
         except OSError as e:
             raise OutputError(path, f"cannot write ({e.strerror})") from None
+
+
+def write_header(sink, table: Table) -> None:
+    sink.write((",".join(table.names) + "\n").encode())
+
+
+def append_rows(sink, frame: pd.DataFrame, table: Table) -> None:
+    """The frame's rows, as write_table writes them, to a binary sink (after write_header:
+    a live watch's detections.csv grows a row at a time)."""
+    formats = {c.name: TIME_FORMAT for c in table.columns if c.spelling == "epoch"}
+    write_rows(sink, to_csv_text(frame, table), formats=formats)
 
 
 @contextlib.contextmanager
@@ -506,6 +516,29 @@ def _numbers(text: pa.Array) -> pa.Array:
     """Text parsed as the CSV reader parses numbers ('' is missing). Its parser, but without
     the spaces around a number the reader skips: such a cell raises, and the CSV is read."""
     return pc.cast(pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text), pa.float64())
+
+
+def as_read(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
+    """A typed table (or any frame of the table's columns) as the library reads CSVs:
+    numbers as float64 (NaN for empty), text as it is."""
+    out = frame.copy()
+    for name in table.of_type("int", "bool", "float"):
+        if name in out:
+            out[name] = pd.to_numeric(out[name], errors="coerce").astype("float64")
+    return out
+
+
+def cells_frame(cells: dict, table: Table, columns: list[str]) -> pd.DataFrame:
+    """frame_cells' rows as read_table(compact=True) reads back the file written from
+    them (the `columns` among them), with no file: what a live watch builds flows from."""
+    names = [c for c in table.names if c in columns and c in cells]
+    numeric, text = _kinds(table, names)
+    frame = pa.table({n: _as_read(cells[n], n in numeric) for n in names}).to_pandas(
+        use_threads=False
+    )
+    for name in text:  # (the tool's own escaping, undone as its files are read)
+        frame[name] = unescape_formulas(frame[name])
+    return frame
 
 
 def read_cells(

@@ -70,7 +70,8 @@ def canonical(value) -> str:
     return sig.canonical_set(value)
 
 
-def _port(value) -> int:
+def port_number(value) -> int:
+    """A port cell as an int (-1: none)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -208,7 +209,7 @@ LEARNED_SETTINGS = ("idle_timeout", "max_duration", "burst_gap")
 def _key(values: dict) -> tuple:
     """A pattern's or a fingerprinted flow's KEY_COLUMNS, spelled one way."""
     return tuple(
-        _port(values[c])
+        port_number(values[c])
         if c == "server_port"
         else canonical(values[c])
         if c in sig.FINGERPRINT_FIELDS
@@ -238,7 +239,7 @@ def _pattern(row, tolerance: float) -> Pattern:
     offset = values["start_offset_median"]
     return Pattern(
         str(values["pattern"]),
-        _port(values["order"]),
+        port_number(values["order"]),
         str(values["role"]),
         key,
         str(values["remote"]),
@@ -473,6 +474,9 @@ class DetectOptions:
     min_score: float = DEFAULT_MIN_SCORE
     window: float | None = None  # seconds; None: from each signature's learned span
     strict_order: bool = False  # count patterns seen out of order as missing
+    # Devices known to send DNS queries though the flows given show none (a live watch
+    # that has let its earlier flows go): their DNS patterns stay expected.
+    dns_devices: frozenset = frozenset()
 
 
 @dataclass
@@ -629,7 +633,10 @@ def find_occurrences(
     # A device with cached addresses sends no DNS query: where the capture shows none at
     # all, the DNS patterns are not expected (the other patterns still name their remote
     # by the addresses learned in training).
-    no_dns = not (view["dns_qry_name"].astype(str) != "").any()
+    no_dns = (
+        not (view["dns_qry_name"].astype(str) != "").any()
+        and signature.device_ip not in options.dns_devices
+    )
     unobservable = frozenset(p.name for p in signature.patterns if p.is_dns and no_dns)
     occurrences, current, anchor, opened = [], None, None, 0.0
     for row in rows:
@@ -749,6 +756,28 @@ def detect(
     """Every occurrence scoring at least options.min_score, explained ones marked.
     timings: if given, seconds spent per signature label are added to it (the device's
     fingerprinted view counted for each signature that uses it: as if run alone)."""
+    found = candidates(flows, capture, signatures, options, timings)
+    return chosen([o for found_of in found for o in found_of], options)
+
+
+def chosen(occurrences: list[Occurrence], options: DetectOptions | None = None) -> list:
+    """Of every occurrence (candidates'), those scoring at least options.min_score,
+    explained ones marked, in time order."""
+    options = options or DetectOptions()
+    found = [o for o in occurrences if o.score >= options.min_score - 1e-9]
+    resolve(found)
+    return sorted(found, key=lambda o: (o.start, o.signature.event))
+
+
+def candidates(
+    flows: pd.DataFrame,
+    capture: str,
+    signatures: list[EventSignature],
+    options: DetectOptions | None = None,
+    timings: dict | None = None,
+) -> list[list[Occurrence]]:
+    """Every occurrence of each signature whatever its score (find_occurrences), a list
+    per signature; timings as detect's."""
     options = options or DetectOptions()
     views: dict[str, tuple[pd.DataFrame, float]] = {}
     found = []
@@ -759,15 +788,12 @@ def detect(
             views[signature.device_ip] = (view, time.perf_counter() - started)
             started = time.perf_counter()
         view, view_seconds = views[signature.device_ip]
-        for occurrence in find_occurrences(view, signature, capture, options):
-            if occurrence.score >= options.min_score - 1e-9:
-                found.append(occurrence)
+        found.append(find_occurrences(view, signature, capture, options))
         if timings is not None:
             timings[signature.label] = (
                 timings.get(signature.label, 0.0) + view_seconds + time.perf_counter() - started
             )
-    resolve(found)
-    return sorted(found, key=lambda o: (o.start, o.signature.event))
+    return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -813,11 +839,7 @@ def summary_line(capture: str, occurrences: list[Occurrence]) -> str:
     if not detected:
         text = f"{capture}: no event detected"
     else:
-        parts = [
-            f"{o.signature.event} at {utc(o.start)} (frames {_frames(o)}, score "
-            f"{o.score:.2f}, {len(o.counted)}/{o.total} patterns)"
-            for o in detected[:SUMMARY_DETECTIONS]
-        ]
+        parts = [detection_words(o) for o in detected[:SUMMARY_DETECTIONS]]
         if len(detected) > SUMMARY_DETECTIONS:  # a long capture: the CSV has them all
             parts.append(f"and {len(detected) - SUMMARY_DETECTIONS} more (see the detections CSV)")
         text = f"{capture}: {len(detected)} detection(s): " + "; ".join(parts)
@@ -826,6 +848,14 @@ def summary_line(capture: str, occurrences: list[Occurrence]) -> str:
             f"{o.signature.event} (by {o.explained_by})" for o in explained
         )
     return text
+
+
+def detection_words(o: Occurrence) -> str:
+    """An occurrence in a few words: event, time, frames, score."""
+    return (
+        f"{o.signature.event} at {utc(o.start)} (frames {_frames(o)}, score "
+        f"{o.score:.2f}, {len(o.counted)}/{o.total} patterns)"
+    )
 
 
 def _frames(o: Occurrence) -> str:

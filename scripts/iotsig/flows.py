@@ -182,7 +182,7 @@ def build_of(p: Packets, options: FlowOptions, shared: CrossFlow, bursts: bool =
     """flows_of, and (with `bursts`) the flows' bursts, each with the number of its flow
     in `flow` (its place among these flows) and its first packet's row in `first_row`:
     without uids and keep-alive marks (finished_bursts adds them)."""
-    rows, flow, continued = _assign_flows(p, options)
+    rows, flow, continued, chunk_start = _assign_flows(p, options)
     s = _in_flow_order(p, rows, flow)
     tcp = values_at(p["l4_proto"], rows[_flow_starts(flow)]) == "tcp"
     is_orig = _orient(s, tcp)
@@ -190,6 +190,7 @@ def build_of(p: Packets, options: FlowOptions, shared: CrossFlow, bursts: bool =
     _label_device(flows, s, p, is_orig, options)
     _name_remote(flows, shared)
     flows["first_row"] = p.rows[s["row"][_flow_starts(s["flow"])]]
+    flows["chunk_start"] = chunk_start  # (not a CSV column: live.py resumes segments by it)
     found = _bursts(s, p, is_orig, flows, continued, options) if bursts else pd.DataFrame()
     return Built(flows, found)
 
@@ -350,13 +351,23 @@ def prepare(packets: pd.DataFrame, rows: np.ndarray | None = None) -> Packets:
     p["src_key"] = p["src_addr"] * PORT_SPAN + src_port + 1
     p["dst_key"] = p["dst_addr"] * PORT_SPAN + dst_port + 1
     p["syn"], p["syn_ack"], p["closing"] = _tcp_kinds(p["tcp_flags"])
+    if RESUMES in packets:  # (live.py's, never a CSV's)
+        p[RESUMES] = pd.to_numeric(packets[RESUMES], errors="coerce").to_numpy(dtype=float)
     return p
 
 
-def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# A live watch (live.py) lets the packets of a long conversation's finished max_duration
+# chunks go: the first packet it keeps of such a conversation carries, in this column, where
+# the segment's next chunk starts, so that the chunks after it are cut where a whole
+# capture's are, and its first flow continues the one before (no new opening).
+RESUMES = "resumes_chunk_at"
+
+
+def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, ...]:
     """The packets in flow order, flows numbered by their first packet and packets in time
     order within a flow: for each, its row in p and its flow number; and for each flow
-    whether it continues the one before it in its conversation (cut by max_duration)."""
+    whether it continues the one before it in its conversation (cut by max_duration), and
+    when its max_duration chunk started."""
     # Conversation: capture, protocol and both endpoints (lower key first); sorted by it,
     # then time. lexsort is stable: packets at the same time keep their capture order.
     conversation = [
@@ -386,7 +397,15 @@ def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndar
     new_flow[syn_rows[closes_before[syn_rows] > since]] = True
     cut_by_time = new_flow.copy()
     segment = np.cumsum(new_flow)
-    segment_start = ts[np.flatnonzero(new_flow)][segment - 1]
+    segment_first = np.flatnonzero(new_flow)
+    origin = ts[segment_first]
+    resumed = np.zeros(len(order), dtype=bool)
+    if RESUMES in p:  # a conversation's first packet kept by a live watch (RESUMES)
+        given = p[RESUMES][order][segment_first]
+        at = ~np.isnan(given) & ~same[segment_first]
+        origin[at] = given[at]
+        resumed[segment_first[at]] = True
+    segment_start = origin[segment - 1]
     chunk = np.floor((ts - segment_start) / options.max_duration).astype(np.int64)
     new_flow |= np.r_[False, (chunk[1:] != chunk[:-1]) & same[1:]]
     # Number the flows by (first timestamp, first row) so the CSV reads in time order, and
@@ -399,8 +418,9 @@ def _assign_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, np.ndar
     flow_in_order = np.cumsum(new_flow) - 1
     rows = np.empty_like(order)
     rows[place[flow_in_order] + np.arange(len(order)) - starts[flow_in_order]] = order
-    continued = ~cut_by_time[starts][by_first]
-    return rows, np.repeat(np.arange(len(starts)), lengths[by_first]), continued
+    continued = (~cut_by_time[starts] | resumed[starts])[by_first]
+    chunk_start = (segment_start + chunk * options.max_duration)[starts][by_first]
+    return rows, np.repeat(np.arange(len(starts)), lengths[by_first]), continued, chunk_start
 
 
 def packets_in_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, ...]:
@@ -408,7 +428,7 @@ def packets_in_flows(p: Packets, options: FlowOptions) -> tuple[np.ndarray, ...]
     order) and packets in time order within a flow: each packet's row in p, its flow, and
     whether its flow's originator sent it. What features.py cuts its units from, without
     the flows' statistics."""
-    rows, flow, _ = _assign_flows(p, options)
+    rows, flow = _assign_flows(p, options)[:2]
     names = ("src_key", "dst_key", "src_port", "dst_port", "syn", "syn_ack")
     s = {"flow": flow, **{name: p[name][rows] for name in names}}
     tcp = values_at(p["l4_proto"], rows[_flow_starts(flow)]) == "tcp"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -135,15 +136,24 @@ def check_stdin(path: Path) -> None:
         )
 
 
+# A live tshark starts a new session every so many packets (-M): its conversation and
+# reassembly tables would otherwise grow with weeks of packets. Its frame numbers start again
+# at 1 (the watch counts on); what it keeps from frame to frame (a TCP segment seen before,
+# an HTTP body being reassembled) is lost at the reset, as at a chunk's border.
+LIVE_SESSION_PACKETS = 100_000
+
+
 def fields_command(
-    capture: Path, fields: list[str], display_filter: str | None = None
+    capture: Path, fields: list[str], display_filter: str | None = None, live: bool = False
 ) -> list[str]:
     """The argument list (never a shell string) for a tab-separated fields export.
     -n: no name resolution (no DNS lookups for addresses); MAC vendors still come from
-    the OUI database through the *.oui_resolved fields."""
+    the OUI database through the *.oui_resolved fields. live: each packet's line written
+    as soon as it is read (-l), sessions of LIVE_SESSION_PACKETS, for a watch."""
     command = [
         tshark_path(),
         "-n",
+        *(["-l", "-M", str(LIVE_SESSION_PACKETS)] if live else []),
         "-r",
         str(capture),
         "-T",
@@ -164,6 +174,84 @@ def fields_command(
     for field in fields:
         command += ["-e", field]
     return command
+
+
+CAPTURE_FIX = (
+    "run as root, or add the user to the wireshark group (sudo dpkg-reconfigure "
+    "wireshark-common; sudo usermod -aG wireshark USER; then log in again)"
+)
+
+
+def popen_interface(
+    interface: str, capture_filter: str, fields: list[str], stderr, capture_stderr
+) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """(dumpcap, tshark): dumpcap capturing on a network interface (with a capture
+    filter) into a pipe, tshark's live fields export of it. dumpcap says its drop counts
+    on capture_stderr when it stops (drop_counts)."""
+    if not Path("/sys/class/net", interface).exists() and interface not in ("any",):
+        raise ToolError(
+            f"no network interface named {interface!r} (the interfaces: "
+            + ", ".join(sorted(p.name for p in Path("/sys/class/net").iterdir()))
+            + ")"
+        )
+    command = [wireshark_tool("dumpcap"), "-i", interface, "-w", "-", "-q"]
+    if capture_filter:
+        command += ["-f", capture_filter]
+    try:
+        dumpcap = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=capture_stderr, stdin=subprocess.DEVNULL
+        )
+    except OSError as e:
+        raise ToolError(
+            f"cannot run {command[0]} ({e.strerror or e}): install it with "
+            "'sudo apt-get install tshark' (Debian/Ubuntu)"
+        ) from None
+    return dumpcap, _reading(dumpcap, fields_command(Path("-"), fields, live=True), stderr)
+
+
+def _reading(feeder: subprocess.Popen, command: list[str], stderr) -> subprocess.Popen:
+    """tshark (`command`, reading its standard input) started on the feeder's output;
+    the feeder killed if it cannot start."""
+    try:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=feeder.stdout,
+            env=dict(os.environ, LC_ALL="C.UTF-8"),
+        )
+    except OSError as e:
+        feeder.kill()
+        raise ToolError(f"cannot run {tshark_path()} ({e.strerror or e})") from None
+    finally:
+        feeder.stdout.close()  # tshark's now: the feeder sees tshark go
+    return process
+
+
+def capture_problem(text: str, interface: str) -> str | None:
+    """dumpcap's complaint, as one line naming the fix, or None."""
+    lines = [
+        line.strip().removeprefix("dumpcap: ")
+        for line in text.splitlines()
+        if line.strip() and not line.startswith(("Capturing on", "File:", "Packets"))
+    ]
+    if not lines:
+        return None
+    said = " ".join(lines)
+    if "permission" in said.lower() or "not permitted" in said.lower():
+        # (dumpcap's own advice follows in many lines: ours is the one line)
+        reason = next((x.strip("()") for x in lines if "not permitted" in x), lines[0])
+        return f"no permission to capture on {interface} ({reason}): {CAPTURE_FIX}"
+    return f"cannot capture on {interface}: {said}"
+
+
+def drop_counts(text: str) -> tuple[int, int] | None:
+    """(received, dropped) from dumpcap's closing line 'Packets received/dropped on
+    interface ...: R/D (...)', or None."""
+    found = re.findall(r"received/dropped on interface .*?: (\d+)/(\d+)", text)
+    if not found:
+        return None
+    return int(found[-1][0]), int(found[-1][1])
 
 
 def wireshark_tool(name: str) -> str:
@@ -192,19 +280,7 @@ def popen_range(
         )
     except OSError as e:
         raise ToolError(f"cannot run {command[0]} ({e.strerror or e})") from None
-    try:
-        process = subprocess.Popen(
-            buffered(fields_command(Path("-"), fields)),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=cutter.stdout,
-            env=dict(os.environ, LC_ALL="C.UTF-8"),
-        )
-    except OSError as e:
-        cutter.kill()
-        raise ToolError(f"cannot run {tshark_path()} ({e.strerror or e})") from None
-    finally:
-        cutter.stdout.close()  # tshark's now: editcap sees tshark go
+    process = _reading(cutter, buffered(fields_command(Path("-"), fields)), stderr)
     _widen_pipe(process.stdout)
     return cutter, process
 
@@ -235,10 +311,11 @@ def packet_count(capture: Path) -> int | None:
         return None
 
 
-def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
+def popen_fields(capture: Path, fields: list[str], stderr, live: bool = False) -> subprocess.Popen:
     """tshark's fields export of the capture, running. A pipe (standard input that is not a
     file, or a FIFO) is relayed to tshark's standard input by a thread, after its first
-    bytes were checked on their way: tshark reads any text as some format, silently."""
+    bytes were checked on their way: tshark reads any text as some format, silently.
+    live: each packet's line as soon as it is read (fields_command's)."""
     capture = Path(capture)
     pipe = _open_pipe(capture)
     stdin = subprocess.DEVNULL
@@ -252,7 +329,9 @@ def popen_fields(capture: Path, fields: list[str], stderr) -> subprocess.Popen:
     else:
         source = capture
     env = dict(os.environ, LC_ALL="C.UTF-8")
-    command = buffered(fields_command(source, fields))
+    command = fields_command(source, fields, live=live)
+    if not live:
+        command = buffered(command)
     try:
         process = subprocess.Popen(
             command,

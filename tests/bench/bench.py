@@ -11,6 +11,7 @@ writing it to tests/bench/<stage>-results.md and a verdict line to stderr.
     python tests/bench/bench.py memory      # peak memory, 1M and 10M packets (process tree)
     python tests/bench/bench.py chunks      # one 1M-packet capture in chunks on every core
     python tests/bench/bench.py windows     # cutting a 1M-packet CSV into --events windows
+    python tests/bench/bench.py live        # event-detector --live: packets/s, memory over days
     python tests/bench/bench.py features    # feature-extractor.py against stream-identifier.py
 
 The inputs are built once and cached in tests/.bench/ (git-ignored): the big capture from
@@ -43,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from iotsig import csvio, flows
-from iotsig.packets import FIELDS  # the translator's own field list and
+from iotsig.packets import FIELDS, asked_fields  # the translator's own field list and
 from iotsig.schema import BURSTS, FLOWS, PACKETS
 from iotsig.tshark import fields_command, tshark_path  # tshark options
 
@@ -1439,6 +1440,183 @@ def bench_memory(args) -> None:
 LISTED_TIMES = 40
 
 
+# --- live: event-detector --live through a pipe -------------------------------------------
+
+LIVE_RESULTS = HERE / "live-results.md"
+# The watcher in this process, so that its own CPU time (RUSAGE_SELF) is told from its
+# tshark's (RUSAGE_CHILDREN): the watcher's core and tshark's.
+LIVE_IN_PROCESS = """import json, resource, sys, time
+from pathlib import Path
+from iotsig import detector, live
+signatures = detector.read_signatures(Path(sys.argv[1]))
+options, _, _ = detector.flow_options(signatures)
+started = time.perf_counter()
+summary = live.watch("-", signatures, options, detector.DetectOptions(), Path(sys.argv[2]),
+                     lambda o, row: None, lambda text: None)
+wall = time.perf_counter() - started
+me, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps([summary.packets, wall, me.ru_utime + me.ru_stime,
+                  children.ru_utime + children.ru_stime]))"""
+
+
+def bench_live(args) -> None:
+    """event-detector --live: the 54-hour capture of bench long (60 placed events), its
+    signature learned by main.py --events: (1) piped in as fast as it goes, the detections
+    against the offline run's, packets/s of the whole command and of the watcher's own core;
+    (2) paced into a FIFO at --speed times its real pace, the resident memory of the watcher
+    and its tshark sampled against the packet time written: the peak over the whole replay
+    against the first hour's."""
+    import threading
+
+    import psutil
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from live_replay import records, replay
+
+    import long_capture
+
+    if long_capture.missing_inputs():
+        sys.exit(f"bench: {long_capture.missing_inputs()}")
+    cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    CACHE.mkdir(exist_ok=True)
+    built = long_capture.build_long_capture(CACHE / "two-days", long_capture.Spec(hours=54))
+    capture = CACHE / "two-days" / "long-pcap.pcap"  # (the pacer reads pcap)
+    if not capture.exists() or capture.stat().st_mtime < built.pcap.stat().st_mtime:
+        run(["editcap", "-F", "pcap", built.pcap, capture])
+    packets = packet_count(capture)
+    rows, verdicts = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        tmp = Path(tmp)
+        learn = [MAIN, "HueLightEssentials", "192.168.1.141", capture, "--events", built.times,
+                 "--event", "toggle", "-o", tmp / "learn", "--no-report", "-q"]  # fmt: skip
+        run([sys.executable, *learn])
+        signature = tmp / "learn" / "signature.csv"
+        run([sys.executable, DETECTOR, signature, capture, "-o", tmp / "offline", "-q"])
+        offline = pd.read_csv(tmp / "offline" / "detections.csv", dtype=str)
+        walls, own = [], []
+        for k in range(args.repeat):
+            out = tmp / f"live-{k}"
+            out.mkdir()
+            with open(capture, "rb") as stream:
+                started = time.perf_counter()
+                run([sys.executable, DETECTOR, signature, "--live", "-", "-o", out, "-q"],
+                    stdin=stream)  # fmt: skip
+                walls.append(time.perf_counter() - started)
+            with open(capture, "rb") as stream:
+                result = subprocess.run(
+                    [sys.executable, "-c", LIVE_IN_PROCESS, signature, out / "in-process.csv"],
+                    stdin=stream, stdout=subprocess.PIPE, text=True, check=True,
+                )  # fmt: skip
+            own.append(json.loads(result.stdout))
+            live = pd.read_csv(out / "detections.csv", dtype=str)
+            named = ["capture", "flows"]  # (the capture's name: stdin)
+            same = live.drop(columns=named).equals(offline.drop(columns=named)) and [
+                f.split("#")[-1] for f in live["flows"]
+            ] == [f.split("#")[-1] for f in offline["flows"]]
+            verdicts.append(same)
+        wall = statistics.median(walls)
+        counted, _, cpu, tshark_cpu = min(own, key=lambda r: r[2])
+        bare = []  # tshark alone, as the watch runs it: what bounds the command
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            run(fields_command(capture, asked_fields(), live=True), stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=TSHARK_ENV)  # fmt: skip
+            bare.append(time.perf_counter() - started)
+        rows.append(
+            f"| bare tshark as the watch runs it (`tshark -l -M ... -T fields`, every "
+            f"field) | {packets:,} | {statistics.median(bare):.2f} s | "
+            f"{packets / statistics.median(bare):,.0f} |"
+        )
+        rows += [
+            f"| piped in at once (`cat CAPTURE \\| event-detector.py SIGNATURE --live -`) | "
+            f"{packets:,} | {wall:.2f} s | **{packets / wall:,.0f}** |",
+            f"| the watcher's own core (CPU time of the Python process, tshark's apart: "
+            f"{tshark_cpu:.2f} s) | {counted:,} | {cpu:.2f} s CPU | **{counted / cpu:,.0f}** |",
+        ]
+        same = all(verdicts)
+        verdicts = [
+            f"{len(offline)} detections offline; the live runs' detections CSVs the same "
+            f"(but the capture's name, stdin): {met(same)}",
+            f"throughput >= 20,000 packets/s: the command {packets / wall:,.0f} "
+            f"({met(packets / wall >= 20_000)}), the watcher's core {counted / cpu:,.0f} "
+            f"({met(counted / cpu >= 20_000)})",
+        ]
+        # (2) memory over a paced replay
+        fifo = tmp / "paced" / capture.name
+        fifo.parent.mkdir()
+        os.mkfifo(fifo)
+        watcher = subprocess.Popen(
+            [sys.executable, DETECTOR, signature, "--live", fifo, "-o", fifo.parent, "-q"]
+        )
+        written: list[float] = []
+        _, frames = records(capture)
+        times = np.array([t for t, _ in frames])
+        samples = []
+
+        def sample():
+            root = psutil.Process(watcher.pid)
+            while watcher.poll() is None:
+                try:
+                    rss = root.memory_info().rss
+                    rest = sum(m.memory_info().rss for m in root.children(recursive=True))
+                except psutil.Error:
+                    break
+                samples.append((len(written), rss, rest))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        with open(fifo, "wb") as sink:
+            replay(capture, sink, args.speed, written)
+        watcher.wait()
+        sampler.join()
+        at = np.array([times[max(n - 1, 0)] - times[0] for n, _, _ in samples])
+        first = (at <= 3600) & (at > 0)
+        days = (times[-1] - times[0]) / 86_400
+        ratios = {}
+        for label, values in (
+            ("the watcher (Python)", np.array([r for _, r, _ in samples]) / 1e6),
+            ("its tshark (and dumpcap)", np.array([r for _, _, r in samples]) / 1e6),
+            ("both", np.array([r + t for _, r, t in samples]) / 1e6),
+        ):
+            first_hour, peak = values[first].max(), values.max()
+            ratios[label] = peak / first_hour
+            rows.append(
+                f"| paced at {args.speed:g}× into a FIFO ({days:.2f} days of packets in "
+                f"{(times[-1] - times[0]) / args.speed:.0f} s): resident memory of {label} | "
+                f"{packets:,} | first hour {first_hour:.0f} MB, whole replay {peak:.0f} MB | "
+                f"**{peak / first_hour:.2f}×** |"
+            )
+        verdicts.append(
+            "peak within 1.2× of the first hour's: "
+            + ", ".join(f"{k} {v:.2f}× ({met(v <= 1.2)})" for k, v in ratios.items())
+        )
+    command = "python tests/bench/bench.py live" + (
+        f" --speed {args.speed:g}" if args.speed != 1000 else ""
+    )
+    text = "\n".join(
+        [
+            f"event-detector --live on the 54-hour capture of `bench.py long` (60 event "
+            f"recordings of a Hue light placed in real traffic), its toggle signature learned by "
+            f"main.py --events; {machine(cores, load_before)}. The command's wall time counts "
+            f"its start-up; the watcher's core is its Python process's CPU time alone (tshark "
+            f"runs beside it, on the other core, as packet-translator's does); median wall of "
+            f"{args.repeat} runs, the least CPU.",
+            "",
+            "| run | packets | measured | packets/s or ratio |",
+            "|---|---:|---:|---:|",
+            *rows,
+            "",
+            *[f"- {v}" for v in verdicts],
+            "",
+            *busy_note(cores, load_before),
+            f"Produced by `{command}`.",
+            "",
+        ]
+    )
+    write_results(LIVE_RESULTS, text, "; ".join(verdicts))
+
+
 def _listed_times(flows_csv: Path, path: Path) -> Path:
     """An event-times CSV for the memory benchmark's --events runs: the starts of the
     device's TLS connections to its cloud (the plug's toggles, in every copy), at most
@@ -1535,6 +1713,11 @@ def main() -> None:
     windows_parser.add_argument("--min-packets", type=int, default=1_000_000)
     windows_parser.add_argument("--windows", type=int, default=71, help="(default: 71)")
     windows_parser.set_defaults(function=bench_windows)
+    live_parser = sub.add_parser("live", help="event-detector --live through a pipe")
+    live_parser.add_argument(
+        "--speed", type=float, default=1000.0, help="pace of the memory replay (default: 1000)"
+    )
+    live_parser.set_defaults(function=bench_live)
     features_parser = sub.add_parser("features", help="feature-extractor.py, time and memory")
     features_parser.add_argument("--rows", type=int, default=1_000_000)
     features_parser.add_argument("--big-rows", type=int, default=10_000_000)
@@ -1547,6 +1730,7 @@ def main() -> None:
         report,
         long_parser,
         chunks,
+        live_parser,
         features_parser,
     ):
         benchmark.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import csvio, detector, flows, pipeline, tshark, windows
+from .. import csvio, detector, flows, live, pipeline, tshark, windows
 from ..cli import (
     Command,
     add_event_times_arguments,
@@ -15,6 +15,7 @@ from ..cli import (
     check_distinct_names,
     ensure_output_dir,
     fraction,
+    give_back_freed_memory,
     jobs_for,
     non_negative,
     positive,
@@ -85,9 +86,39 @@ class EventDetector(Command):
             action="store_true",
             help="count patterns seen out of the signature's order as missing",
         )
+        watching = parser.add_argument_group("watching live (see README: event-detector --live)")
+        watching.add_argument(
+            "--live",
+            metavar="SOURCE",
+            help="watch SOURCE instead of reading captures: a network interface (eth0), a "
+            "named pipe or - (standard input) carrying a pcap/pcapng stream; each detection "
+            f"is printed and appended to OUTPUT_DIR/{OUTPUT_NAME} as soon as it is complete, "
+            "until the stream ends or Ctrl-C/SIGTERM",
+        )
+        watching.add_argument(
+            "--capture-filter",
+            metavar="FILTER",
+            help="capture filter on an interface (pcap syntax; default: the packets to or "
+            "from the signatures' devices, 'host IP or host IP'; '' for every packet)",
+        )
+        watching.add_argument(
+            "--on-detect",
+            metavar="CMD",
+            help="run CMD (split as a shell would, but not run by one) for each detection, "
+            "the detection as JSON on its standard input (the detections CSV's columns); "
+            "its failure is a warning",
+        )
         add_event_times_arguments(parser, detecting=True)
         add_flow_arguments(parser, learned=True)  # for captures, as the signatures learned
         add_jobs_argument(parser)
+
+    def check_arguments(self, parser, args):
+        if not args.live:
+            for flag in ("capture_filter", "on_detect"):
+                if getattr(args, flag) is not None:
+                    parser.error(f"--{flag.replace('_', '-')} is for --live")
+        elif args.events:
+            parser.error("--events scores captures; with --live, run it on the capture later")
 
     def run(self, args):
         started = time.monotonic()
@@ -107,7 +138,12 @@ class EventDetector(Command):
                 "signature_version column, as signature-extractor writes)"
             )
         inputs = kinds["capture"] + kinds["flows"] + kinds["packets"]
-        if not inputs:
+        if args.live and inputs:
+            raise ToolError(
+                f"--live {args.live} watches a live source: give signature CSVs only "
+                f"(not {inputs[0]})"
+            )
+        if not inputs and not args.live:
             if unread:
                 return 1
             raise ToolError("no capture or flows CSV among the arguments: nothing to search")
@@ -131,6 +167,8 @@ class EventDetector(Command):
             if unread:
                 return 1
             raise ToolError("none of the signatures has an event pattern")
+        if args.live:
+            return self.watch(signatures, args, started, failed=unread)
         times = read_event_times(args) if args.events else None
         check_distinct_names(inputs, args.output_dir, "inputs")
         output_dir = ensure_output_dir(args.output_dir)
@@ -162,6 +200,50 @@ class EventDetector(Command):
         self.say(
             f"event-detector: {detected} detection(s) of {len(signatures)} event "
             f"signature(s) in {len(sources)} capture(s) in {time.monotonic() - started:.1f} s"
+            + (f"; {len(failed)} input(s) failed" if failed else "")
+        )
+        return 1 if failed else 0
+
+    def watch(self, signatures, args, started, failed) -> int:
+        """--live: each detection as it is complete, until the stream ends or a signal."""
+        output = ensure_output_dir(args.output_dir) / OUTPUT_NAME
+        options = detector.DetectOptions(args.min_score, args.window, args.strict_order)
+        building = self.flow_options(signatures, args, building=True)
+        capture_filter = (
+            live.capture_filter(signatures) if args.capture_filter is None else args.capture_filter
+        )
+        tshark.tshark_path()
+        give_back_freed_memory()
+        if live.is_interface(args.live):
+            self.say(f"watching {args.live} (capture filter: {capture_filter or 'none'})")
+
+        def said(occurrence, row):
+            self.say(
+                f"{occurrence.capture}: {occurrence.status} {detector.detection_words(occurrence)}"
+            )
+
+        summary = live.watch(
+            args.live,
+            signatures,
+            building,
+            options,
+            output,
+            said,
+            self.warn,
+            capture_filter,
+            args.on_detect,
+        )
+        self.say(f"wrote {output}")
+        drops = (
+            f"; dumpcap: {summary.received} packet(s) received, {summary.dropped} dropped"
+            if summary.received is not None
+            else ""
+        )
+        ending = f" ({summary.stopped})" if summary.stopped else ""
+        self.say(
+            f"event-detector: {summary.detected} detection(s) of {len(signatures)} event "
+            f"signature(s) in {summary.packets} packet(s) watched live in "
+            f"{time.monotonic() - started:.1f} s{ending}{drops}"
             + (f"; {len(failed)} input(s) failed" if failed else "")
         )
         return 1 if failed else 0
