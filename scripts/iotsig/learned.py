@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import csvio, detector, evaluation, features, pipeline, windows
+from . import csvio, detector, evaluation, features, flows, pipeline, windows
 from . import signature as sig
 from .errors import ToolError
-from .schema import DETECTIONS
+from .schema import BURSTS, DETECTIONS, FLOWS, PACKETS
 from .signature import LearnOptions
 from .timefmt import utc
 
@@ -284,7 +284,7 @@ def evaluate_long(
             found = _long_ml(units, later, train_times, split, device_ip, options, seed)
         else:
             found = _long_signatures(
-                flows_csvs, later, train_times, times_file, device_name, device_ip, options,
+                flows_csvs, split, later, train_times, times_file, device_name, device_ip, options,
                 events, output_dir, notes,
             )  # fmt: skip
         scored, scores = windows.score_detections(found, test_times, spans, options, devices)
@@ -342,6 +342,7 @@ def _long_ml(units, later, train_times, split, device_ip, options, seed) -> pd.D
 
 def _long_signatures(
     flows_csvs,
+    later_from: float,
     later,
     train_times,
     times_file,
@@ -355,6 +356,7 @@ def _long_signatures(
     """main.py --events' learning from the first half's listed events (each event against
     the others' windows), event-detector on the second half's units."""
     signatures = []
+    flows_csvs = _before(flows_csvs, later_from, Path(folder) / "first-half")
     for event in events:
         place = Path(folder) / "signatures" / event
         (place / "windows").mkdir(parents=True, exist_ok=True)
@@ -372,6 +374,27 @@ def _long_signatures(
     for capture, part in later.groupby("capture", observed=True):
         occurrences += detector.detect(part.reset_index(drop=True), str(capture), signatures)
     return detector.detections_frame(occurrences)
+
+
+def _before(flows_csvs: list[Path], split: float, folder: Path) -> list[Path]:
+    """The flows CSVs cut at `split` (their bursts and packets CSVs too, beside them in
+    `folder`), as a user cuts the capture (editcap -B) to learn from its first half: the
+    second half's unlisted events are neither background nor 'sizes seen elsewhere'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spans = pd.DataFrame({"start": [-np.inf], "end": [split]})
+    cut = []
+    for flows_csv in map(Path, flows_csvs):
+        target = folder / flows_csv.name
+        for source, table, written in (
+            (flows_csv, FLOWS, target),
+            (flows.bursts_beside(flows_csv), BURSTS, flows.bursts_beside(target)),
+            (pipeline.packets_beside(flows_csv), PACKETS, pipeline.packets_beside(target)),
+        ):
+            if source.is_file():
+                [rows] = windows.window_rows([source], spans, table)
+                csvio.write_table(rows, table, written)
+        cut.append(target)
+    return cut
 
 
 def long_markdown(
