@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from . import geo
@@ -77,8 +79,6 @@ def pattern_text(signature) -> str:
 
 
 def _needed(signature) -> int:
-    import math
-
     return max(1, math.ceil(signature.support * len(signature.recordings) - 1e-9))
 
 
