@@ -203,6 +203,7 @@ def test_the_readme_example_runs():
     assert "detected" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     long_capture.missing_inputs() is not None, reason=str(long_capture.missing_inputs())
 )

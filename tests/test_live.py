@@ -42,7 +42,9 @@ def offline(signature: Path, capture: Path, folder: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batch", [1, 7, 100_000])
+@pytest.mark.parametrize(
+    "batch", [pytest.param(1, marks=pytest.mark.slow), 7, 100_000]
+)  # (one at a time: 9 s)
 def test_packets_fed_in_any_batches_give_the_offline_detections(plug_signatures, tmp_path, batch):
     """The held-out toggle recording fed a few packets at a time: the same occurrences,
     flows (uids), frames and times as event-detector on the capture."""
@@ -94,7 +96,7 @@ def test_a_capture_piped_in_gives_the_offline_detections_csv_and_each_runs_the_h
     assert "watched live" in result.stdout.splitlines()[-1]
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+@pytest.mark.parametrize("how", ["ctrl-c", pytest.param("kill", marks=pytest.mark.slow)])
 def test_a_watch_stopped_by_a_signal_ends_with_its_line_and_a_whole_csv(
     plug_signatures, tmp_path, how
 ):
