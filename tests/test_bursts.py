@@ -185,6 +185,7 @@ def test_lock_and_unlock_told_apart_in_most_actions_only(tmp_path):
         assert (mine["status"] == "false").sum() == 0, (event, mine["status"])
 
 
+@pytest.mark.slow  # (learns twice: 3.4 s)
 def test_events_nothing_tells_apart_are_refused_in_one_line(captures, tmp_path):
     """The device answers lock and unlock alike: learning lock says so, naming both
     events and what they share, and leaves the windows for a person to look at."""

@@ -188,6 +188,7 @@ def run_script_code(code: str, env: dict):
     )
 
 
+@pytest.mark.slow  # (rebuilds the cache: 2.5 s)
 def test_a_damaged_cache_is_built_again(tmp_path):
     """A cache file cut short (iotsig writes it by a rename, so never so; a copy may be) is
     built again and replaced, not trusted."""

@@ -770,6 +770,7 @@ def test_a_flows_csv_saved_with_semicolons_is_read_with_one_note(flows, tmp_path
 BOOT = sorted((CAPTURES / "events" / "TpLinkPlug" / "boot").glob("*.pcap"))
 
 
+@pytest.mark.slow  # (four boots through main.py: 3.3 s)
 def test_a_boot_s_dhcp_discover_is_the_device_s_without_its_mac(tmp_path):
     """The plug's DISCOVER/REQUEST from 0.0.0.0 (its MAC, no address yet): given only its IP,
     the signature left that flow out (the device's flows were those with its IP or its
