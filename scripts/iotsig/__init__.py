@@ -4,8 +4,8 @@ From Python (README: "From Python"), every function returns pandas DataFrames:
 
     import iotsig
     packets = iotsig.read_packets("capture.pcap")             # packet-translator
-    flows = iotsig.read_flows("capture.pcap", device_ip="192.168.1.135")  # stream-identifier
-    signature = iotsig.learn([...], device="plug", device_ip="192.168.1.135")
+    flows = iotsig.read_flows("capture.pcap", device_ip="192.0.2.10")  # stream-identifier
+    signature = iotsig.learn([...], device="plug", device_ip="192.0.2.10")
     detections = iotsig.detect("week.pcap", signature)         # event-detector
 
 The commands in scripts/ are thin users of the same library: packets (tshark -> packets

@@ -5,9 +5,9 @@ commands and these functions run the same library code). Intermediate files go t
 temporary folder that is removed; nothing is written in the working folder.
 
     import iotsig
-    packets = iotsig.read_packets("data/1724059939.pcap")
-    flows = iotsig.read_flows("data/1724059939.pcap", device_ip="192.168.1.135")
-    signature = iotsig.learn(["on-1.pcap", "on-2.pcap"], device="plug", device_ip="192.168.1.135")
+    packets = iotsig.read_packets("capture.pcap")
+    flows = iotsig.read_flows("capture.pcap", device_ip="192.0.2.10")
+    signature = iotsig.learn(["on-1.pcap", "on-2.pcap"], device="plug", device_ip="192.0.2.10")
     detections = iotsig.detect("week.pcap", signature)
 
 Columns are typed by the schema (README: "CSV columns"): whole numbers as pandas' nullable
