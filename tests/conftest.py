@@ -194,30 +194,25 @@ def plug_toggle(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def plug_signatures(tmp_path_factory) -> dict:
-    """toggle and boot of the TP-Link plug (tests/captures/events/) learned by main.py from
-    the first three recordings of each, the other event's first three as the baseline
-    (--idle): {event: its signature.csv}. The fourth recording of each is held out."""
+    """toggle and boot of the TP-Link plug (tests/captures/events/) learned from the first
+    three recordings of each, the other event's first three as the baseline: {event: its
+    signature.csv}. The fourth recording of each is held out. The stages main.py runs, each
+    once (the six captures are translated once for both events)."""
     base = tmp_path_factory.mktemp("signatures")
     events = CAPTURES / "events" / "TpLinkPlug"
-    first_three = {
-        event: sorted((events / event).glob("*.pcap"))[:3] for event in ("toggle", "boot")
-    }
+    captures = {event: sorted((events / event).glob("*.pcap"))[:3] for event in ("toggle", "boot")}
+    everything = [*captures["toggle"], *captures["boot"]]
+    run_script("packet-translator.py", *everything, "-o", base, "-q")
+    run_script("stream-identifier.py", *(base / f"{c.name}.packets.csv" for c in everything),
+               "-o", base, "-q")  # fmt: skip
+    flows = {e: [base / f"{c.name}.flows.csv" for c in cs] for e, cs in captures.items()}
     paths = {}
     for event, other in (("toggle", "boot"), ("boot", "toggle")):
+        baseline = [a for f in flows[other] for a in ("--baseline", f)]
         run_script(
-            "main.py",
-            "TpLinkPlug",
-            PLUG_IP,
-            *first_three[event],
-            "--idle",
-            *first_three[other],
-            "--event",
-            event,
-            "-o",
-            base / event,
-            "-q",
-            "--no-report",
-        )
+            "signature-extractor.py", *flows[event], *baseline, "--device-name", "TpLinkPlug",
+            "--device-ip", PLUG_IP, "--event", event, "-o", base / event, "-q",
+        )  # fmt: skip
         paths[event] = base / event / "signature.csv"
     return paths
 

@@ -96,7 +96,8 @@ def test_a_capture_piped_in_gives_the_offline_detections_csv_and_each_runs_the_h
     assert "watched live" in result.stdout.splitlines()[-1]
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", pytest.param("kill", marks=pytest.mark.slow)])
+@pytest.mark.slow  # (8.5 s: the quick tier keeps the piped watch and its closing line)
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
 def test_a_watch_stopped_by_a_signal_ends_with_its_line_and_a_whole_csv(
     plug_signatures, tmp_path, how
 ):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from iotsig import csvio
+from iotsig.commands.main import Main
 from iotsig.schema import FLOWS, PACKETS
 from iotsig.signature import read_signature_csv
 from iotsig.tshark import tshark_path
@@ -509,16 +510,19 @@ def test_idle_takes_one_capture_per_use_and_the_documented_row_after_the_capture
     }
     idle = {"before": [first], "repeated": [first, second], "row": [first, second]}
     for name, arguments in runs.items():
-        out = tmp_path / name
-        result = run_script("main.py", *arguments, "-o", out, "-q", "--no-report")
-        assert_clean_run(result, out)
-        assert sorted(p.name for p in (out / "idle").glob("*.flows.csv")) == [
-            f"{c.name}.flows.csv" for c in idle[name]
-        ], name
-        event = [c for c in TPLINK_CAPTURES if c not in idle[name]]
-        assert sorted(p.name for p in out.glob("*.flows.csv")) == [
-            f"{c.name}.flows.csv" for c in event
-        ], name
+        parsed = Main().parse([str(a) for a in arguments])
+        assert (parsed.idle, parsed.captures) == (
+            idle[name],
+            [c for c in TPLINK_CAPTURES if c not in idle[name]],
+        ), name
+    # ... and a run puts each where it says (the idle captures' CSVs in idle/).
+    out = tmp_path / "repeated"
+    result = run_script("main.py", *runs["repeated"], "-o", out, "-q", "--no-report")
+    assert_clean_run(result, out)
+    assert sorted(p.name for p in (out / "idle").glob("*.flows.csv")) == [
+        f"{c.name}.flows.csv" for c in idle["repeated"]
+    ]
+    assert sorted(p.name for p in out.glob("*.flows.csv")) == [f"{third.name}.flows.csv"]
     # A stray file after another option's value is still refused, in one line.
     result = run_script("main.py", *runs["row"], third, "-o", tmp_path / "stray", check=False)
     assert result.returncode == 2

@@ -56,20 +56,25 @@ def first_time(capture: Path) -> float:
     return float(out.split()[0])
 
 
+def timed_capture(frames: list[tuple[float, bytes]], path: Path) -> Path:
+    """(epoch time, Ethernet frame) pairs -> a pcap (microsecond times, link type 1)."""
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for when, frame in frames:
+            seconds, micros = divmod(round(when * 1e6), 1_000_000)
+            out.write(struct.pack("<IIII", seconds, micros, len(frame), len(frame)) + frame)
+    return path
+
+
 def with_added_frames(capture: Path, folder: Path) -> Path:
     """The capture with added_frames() inside it, one a second from 1.5 s after its first
-    packet (each frame a capture of its own, moved with editcap -t, merged with mergecap)."""
+    packet (tshark's time of it), merged in with mergecap."""
     start = first_time(capture)
-    parts = []
-    for number, frame in enumerate(added_frames()):
-        made = write_capture([frame], folder / f"{capture.stem}.added{number}.pcap")
-        moved = made.with_suffix(".moved.pcap")
-        shift = f"{start + 1.5 + number - first_time(made):.6f}"
-        subprocess.run(["editcap", "-t", shift, str(made), str(moved)], check=True)
-        parts.append(moved)
+    frames = [(start + 1.5 + n, frame) for n, frame in enumerate(added_frames())]
+    added = timed_capture(frames, folder / f"{capture.stem}.added.pcap")
     merged = folder / capture.name
     subprocess.run(
-        ["mergecap", "-F", "pcap", "-w", str(merged), str(capture), *map(str, parts)], check=True
+        ["mergecap", "-F", "pcap", "-w", str(merged), str(capture), str(added)], check=True
     )
     return merged
 

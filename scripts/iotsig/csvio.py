@@ -135,6 +135,8 @@ def write_header(sink, table: Table) -> None:
 def append_rows(sink, frame: pd.DataFrame, table: Table) -> None:
     """The frame's rows, as write_table writes them, to a binary sink (after write_header:
     a live watch's detections.csv grows a row at a time)."""
+    if not len(frame):  # (most of a long capture's windows: no column work for no rows)
+        return
     formats = {c.name: TIME_FORMAT for c in table.columns if c.spelling == "epoch"}
     write_rows(sink, to_csv_text(frame, table), formats=formats)
 
