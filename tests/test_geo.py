@@ -162,6 +162,7 @@ def test_the_arrays_answer_as_geoip2fast_does():
     assert np.all(np.diff(tables["country_v4_start"].astype(np.int64)) > 0)
 
 
+@pytest.mark.slow  # (1 s: builds the arrays in a process of its own)
 def test_no_writable_cache_still_answers(tmp_path):
     """Where the cache cannot be written (a read-only home), the arrays are built in the
     process and the answers are the same."""

@@ -118,6 +118,7 @@ def test_each_recording_lies_in_the_capture_at_its_listed_time(which, request):
         assert placement.recording.parent == EVENTS / row["device"] / row["event"]
 
 
+@pytest.mark.slow  # (the full capture: built in the full suite only)
 def test_capture_is_time_ordered_pcap_spanning_the_hours(full):
     info = subprocess.run(
         ["capinfos", "-t", "-E", "-o", "-u", "-S", "-a", "-M", str(full.pcap)],
@@ -137,7 +138,7 @@ def test_capture_is_time_ordered_pcap_spanning_the_hours(full):
 # --- the placements and the times file
 
 
-@pytest.mark.parametrize("which", ["small", "full"])
+@pytest.mark.parametrize("which", ["small", pytest.param("full", marks=pytest.mark.slow)])
 def test_times_file_parses_as_written(which, request):
     capture = request.getfixturevalue(which)
     with open(capture.times, newline="") as handle:
@@ -154,6 +155,7 @@ def test_times_file_parses_as_written(which, request):
     assert {row["damage"] for row in truth} == {"exact"}
 
 
+@pytest.mark.slow  # (the full capture: built in the full suite only)
 def test_placements_are_spread_over_the_hours(full):
     """20 recordings of each of the three events, each used once, in file-name order, at
     least 10 minutes apart and from both ends of the 27 hours."""
@@ -221,6 +223,7 @@ def local_minute(time_us: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M")
 
 
+@pytest.mark.slow  # (the full capture: built in the full suite only)
 def test_damage_minute_local(full, tmp_path):
     listed, truth = damaged(full, tmp_path / "log.csv", minute_local=True)
     assert all(MINUTE_LOCAL.match(row["time"]) for row in listed), listed[:3]
@@ -229,6 +232,7 @@ def test_damage_minute_local(full, tmp_path):
     assert [epoch_us(row["time"]) for row in truth] == [p.first_us for p in full.placements]
 
 
+@pytest.mark.slow  # (the full capture: built in the full suite only)
 def test_damage_shift(full, tmp_path):
     listed, truth = damaged(full, tmp_path / "log.csv", shift_share=0.1, shift_seconds=120)
     assert len(listed) == 60
@@ -246,6 +250,7 @@ def test_damage_shift(full, tmp_path):
     )
 
 
+@pytest.mark.slow  # (the full capture: built in the full suite only)
 def test_damage_wrong(full, tmp_path):
     listed, truth = damaged(full, tmp_path / "log.csv", wrong_share=0.05, wrong_distance=600)
     wrong = [epoch_us(row["listed_time"]) for row in truth if row["damage"] == "wrong"]
@@ -256,6 +261,7 @@ def test_damage_wrong(full, tmp_path):
     assert set(wrong) <= {epoch_us(row["time"]) for row in listed}
 
 
+@pytest.mark.slow  # (the full capture: built in the full suite only)
 def test_damage_drop(full, tmp_path):
     listed, truth = damaged(full, tmp_path / "log.csv", drop_share=0.1)
     assert len(listed) == 54 and len(truth) == 60
@@ -265,6 +271,7 @@ def test_damage_drop(full, tmp_path):
     assert {epoch_us(row["time"]) for row in listed} == kept
 
 
+@pytest.mark.slow  # (the full capture: built in the full suite only)
 def test_damage_together_is_disjoint_seeded_and_keeps_the_truth(full, tmp_path):
     options = {"minute_local": True, "shift_share": 0.1, "wrong_share": 0.05, "drop_share": 0.05}
     listed, truth = damaged(full, tmp_path / "a.csv", seed=3, **options)
