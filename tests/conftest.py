@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -159,37 +161,63 @@ def needed(request, fixture: str, parameter: str, default) -> set:
     return wanted
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder built by build(folder) once per test run: the xdist workers of a run share
+    it (the first to ask builds it, under a lock; the others wait for it and read it)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above the workers' own
+    folder = base / name
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 class Translations:
-    """packet-translator.py -q run on captures, into one directory: those not yet translated
-    are translated together in one run of the script, the others reused."""
+    """packet-translator.py -q run on captures, into one directory shared by the run's
+    workers: those not yet translated are translated together in one run of the script,
+    the others reused."""
 
     def __init__(self, directory: Path):
-        self.dir, self.done = directory, set()
+        self.dir, self.seen = directory, {}
 
     def of(self, captures) -> Path:
-        missing = [c for c in captures if c not in self.done]
-        names = [c.name for c in [*self.done, *missing]]
-        assert len(set(names)) == len(names), "two captures with the same file name"
-        if missing:
-            run_script("packet-translator.py", *missing, "-o", self.dir, "-q")
-            self.done.update(missing)
+        for capture in captures:
+            assert self.seen.setdefault(capture.name, capture) == capture, "two of one name"
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            missing = [c for c in captures if not (self.dir / f"{c.name}.packets.csv").exists()]
+            if missing:
+                run_script("packet-translator.py", *missing, "-o", self.dir, "-q")
         return self.dir
 
 
 @pytest.fixture(scope="session")
 def translations(tmp_path_factory) -> Translations:
-    return Translations(tmp_path_factory.mktemp("translated"))
+    return Translations(built_once(tmp_path_factory, "translated", lambda folder: None))
 
 
 @pytest.fixture(scope="session")
 def plug_toggle(tmp_path_factory):
     """main.py TpLinkPlug 192.168.1.135 data/*.pcap -o DIR --event toggle (the report
     included), run once: (DIR, the finished process)."""
-    output = tmp_path_factory.mktemp("toggle")
-    result = run_script(
-        "main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", output, "--event", "toggle"
-    )
-    return output, result
+
+    def build(folder: Path) -> None:
+        result = run_script(
+            "main.py", "TpLinkPlug", PLUG_IP, *TPLINK_CAPTURES, "-o", folder / "out",
+            "--event", "toggle",
+        )  # fmt: skip
+        said = [result.args, result.returncode, result.stdout, result.stderr]
+        (folder / "result.json").write_text(json.dumps(said))
+
+    folder = built_once(tmp_path_factory, "toggle", build)
+    said = json.loads((folder / "result.json").read_text())
+    return folder / "out", subprocess.CompletedProcess(*said)
 
 
 @pytest.fixture(scope="session")
@@ -198,23 +226,24 @@ def plug_signatures(tmp_path_factory) -> dict:
     three recordings of each, the other event's first three as the baseline: {event: its
     signature.csv}. The fourth recording of each is held out. The stages main.py runs, each
     once (the six captures are translated once for both events)."""
-    base = tmp_path_factory.mktemp("signatures")
     events = CAPTURES / "events" / "TpLinkPlug"
     captures = {event: sorted((events / event).glob("*.pcap"))[:3] for event in ("toggle", "boot")}
-    everything = [*captures["toggle"], *captures["boot"]]
-    run_script("packet-translator.py", *everything, "-o", base, "-q")
-    run_script("stream-identifier.py", *(base / f"{c.name}.packets.csv" for c in everything),
-               "-o", base, "-q")  # fmt: skip
-    flows = {e: [base / f"{c.name}.flows.csv" for c in cs] for e, cs in captures.items()}
-    paths = {}
-    for event, other in (("toggle", "boot"), ("boot", "toggle")):
-        baseline = [a for f in flows[other] for a in ("--baseline", f)]
-        run_script(
-            "signature-extractor.py", *flows[event], *baseline, "--device-name", "TpLinkPlug",
-            "--device-ip", PLUG_IP, "--event", event, "-o", base / event, "-q",
-        )  # fmt: skip
-        paths[event] = base / event / "signature.csv"
-    return paths
+
+    def build(base: Path) -> None:
+        everything = [*captures["toggle"], *captures["boot"]]
+        run_script("packet-translator.py", *everything, "-o", base, "-q")
+        run_script("stream-identifier.py", *(base / f"{c.name}.packets.csv" for c in everything),
+                   "-o", base, "-q")  # fmt: skip
+        flows = {e: [base / f"{c.name}.flows.csv" for c in cs] for e, cs in captures.items()}
+        for event, other in (("toggle", "boot"), ("boot", "toggle")):
+            baseline = [a for f in flows[other] for a in ("--baseline", f)]
+            run_script(
+                "signature-extractor.py", *flows[event], *baseline, "--device-name",
+                "TpLinkPlug", "--device-ip", PLUG_IP, "--event", event, "-o", base / event, "-q",
+            )  # fmt: skip
+
+    base = built_once(tmp_path_factory, "signatures", build)
+    return {event: base / event / "signature.csv" for event in ("toggle", "boot")}
 
 
 @pytest.fixture
