@@ -31,8 +31,9 @@ traffic (--interval seconds from its first packet in the capture). Units with fe
 `min_packets` packets are dropped (netml's flow_ptks_thres, default 2).
 
 Memory: a big packets CSV is read in partitions by conversation (flow_partitions.route),
-each cut into units kept compactly on disk (~13 bytes a packet) and turned into features a
-partition at a time; windows and --signature labels read the packets whole.
+each cut into units kept compactly on disk (26 bytes a packet: time, size, unit, flags, TTL)
+and turned into features a partition at a time; windows and --signature labels read the
+packets whole.
 """
 
 from __future__ import annotations
