@@ -104,7 +104,9 @@ def test_partitions_give_the_whole_files_units(extracted, tmp_path, monkeypatch)
     """The memory-flat path (a big packets CSV read in partitions by conversation) writes
     the same units and values as the one-pass path."""
     _, out, packets_csv = extracted
-    options = features.FeatureOptions(unit="burst", features=("IAT_SIZE", "STATS", "SAMP_SIZE"))
+    options = features.FeatureOptions(
+        unit="burst", features=("IAT_SIZE", "STATS", "SAMP_SIZE"), header=True
+    )
     (tmp_path / "whole").mkdir()
     (tmp_path / "cut").mkdir()
     whole = features.write_features([packets_csv], tmp_path / "whole", options)

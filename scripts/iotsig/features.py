@@ -118,10 +118,10 @@ TEXT_KEYS = {"capture", "proto", "orig_h", "resp_h"}
 @dataclass
 class Piece:
     """The units of some packets: per packet in unit order (units numbered from 0, packets
-    in time order within one) its time, size, TCP flags (bits of FLAGS) and TTL (0: none;
-    all 0 unless --header); per unit its
-    keys (PIECE_KEYS: rank_ts and rank_row are what numbers it in its uid, the time and
-    row of its flow's first packet, or of its own)."""
+    in time order within one) its time, size, TCP flags (bits of FLAGS) and TTL (0 where
+    none, and all 0 without --header); per unit its keys (PIECE_KEYS: rank_ts and rank_row
+    are what numbers it in its uid, the time and row of its flow's first packet, or of its
+    own)."""
 
     ts: np.ndarray
     size: np.ndarray
