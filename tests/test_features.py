@@ -95,13 +95,18 @@ def test_the_values_are_netmls_definitions_on_the_packets(extracted):
     assert np.allclose([row[f"stats_{s}"] for s in features.STATS], stats, rtol=1e-6)
     flags = "".join(mine["tcp_flags"].fillna("").astype(str))
     assert row["tcp_ack"] == flags.count("A") and row["tcp_syn"] == flags.count("S")
+    ttls = mine["ip_ttl"].to_numpy(float)
+    expected_ttls = np.pad(ttls, (0, max(0, length - len(ttls))))[:length]
+    assert np.array_equal([row[f"ttl_{i}"] for i in range(length)], expected_ttls)
 
 
 def test_partitions_give_the_whole_files_units(extracted, tmp_path, monkeypatch):
     """The memory-flat path (a big packets CSV read in partitions by conversation) writes
     the same units and values as the one-pass path."""
     _, out, packets_csv = extracted
-    options = features.FeatureOptions(unit="burst", features=("IAT_SIZE", "STATS", "SAMP_SIZE"))
+    options = features.FeatureOptions(
+        unit="burst", features=("IAT_SIZE", "STATS", "SAMP_SIZE"), header=True
+    )
     (tmp_path / "whole").mkdir()
     (tmp_path / "cut").mkdir()
     whole = features.write_features([packets_csv], tmp_path / "whole", options)

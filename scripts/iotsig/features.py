@@ -18,8 +18,10 @@ L (--length) is the packets per unit kept: by default netml's, the 90th percenti
 units' packet counts, rounded down. Padding rule (netml's): a longer unit is cut to L, a
 shorter one is padded with zeros at the end. --fft gives instead the real part of the
 FFT of each variable-length vector taken over as many points (numpy's fft with n: the same
-cut and padding first); STATS is never transformed. --header adds the counts of each TCP
-flag over the unit's packets (FIN, SYN, RST, PSH, ACK, URG, ECE, CWR: netml's order).
+cut and padding first); STATS is never transformed. --header adds, first, netml's header
+vector: the counts of each TCP flag over the unit's packets (FIN, SYN, RST, PSH, ACK, URG,
+ECE, CWR: netml's order), then the TTL (IPv6: hop limit) of its first L packets, cut and
+padded as SIZE (0 for a packet without an IP header too); never transformed.
 
 Units are cut from the packets as the flows CSV cuts flows (flows.packets_in_flows): a flow
 (both directions, its originator first in the key columns), its bursts (flows.py's rule:
@@ -29,8 +31,9 @@ traffic (--interval seconds from its first packet in the capture). Units with fe
 `min_packets` packets are dropped (netml's flow_ptks_thres, default 2).
 
 Memory: a big packets CSV is read in partitions by conversation (flow_partitions.route),
-each cut into units kept compactly on disk (~13 bytes a packet) and turned into features a
-partition at a time; windows and --signature labels read the packets whole.
+each cut into units kept compactly on disk (26 bytes a packet: time, size, unit, flags, TTL)
+and turned into features a partition at a time; windows and --signature labels read the
+packets whole.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ IDLE = "idle"
 # The packets CSV's columns the units need (flows.prepare reads the others as empty).
 COLUMNS = flows.PACKET_COLUMNS
 OPTIONAL_COLUMNS = ["direction"]
+HEADER_COLUMNS = ["ip_ttl"]  # needed with --header only (older packets CSVs lack it)
 
 
 @dataclass
@@ -114,13 +118,15 @@ TEXT_KEYS = {"capture", "proto", "orig_h", "resp_h"}
 @dataclass
 class Piece:
     """The units of some packets: per packet in unit order (units numbered from 0, packets
-    in time order within one) its time, size and TCP flags (bits of FLAGS); per unit its
-    keys (PIECE_KEYS: rank_ts and rank_row are what numbers it in its uid, the time and
-    row of its flow's first packet, or of its own)."""
+    in time order within one) its time, size, TCP flags (bits of FLAGS) and TTL (0 where
+    none, and all 0 without --header); per unit its keys (PIECE_KEYS: rank_ts and rank_row
+    are what numbers it in its uid, the time and row of its flow's first packet, or of its
+    own)."""
 
     ts: np.ndarray
     size: np.ndarray
     flags: np.ndarray
+    ttl: np.ndarray
     unit: np.ndarray
     keys: pd.DataFrame
 
@@ -140,6 +146,7 @@ class Piece:
             self.ts[mine],
             self.size[mine],
             self.flags[mine],
+            self.ttl[mine],
             new_number[self.unit[mine]],
             self.keys[keep].reset_index(drop=True),
         )
@@ -160,9 +167,8 @@ def cut_units(frame: pd.DataFrame, rows, options: FeatureOptions, device_ips=())
     if not len(frame):
         empty = np.zeros(0)
         keys = {k: pd.Series(dtype=object if k in TEXT_KEYS else float) for k in PIECE_KEYS}
-        return Piece(
-            empty, empty, empty.astype(np.uint8), empty.astype(np.int64), pd.DataFrame(keys)
-        )
+        flags = empty.astype(np.uint8)
+        return Piece(empty, empty, flags, flags, empty.astype(np.int64), pd.DataFrame(keys))
     p = flows.prepare(frame, rows)
     unit = options.unit
     if unit in ("flow", "burst"):
@@ -241,7 +247,17 @@ def cut_units(frame: pd.DataFrame, rows, options: FeatureOptions, device_ips=())
     }
     if unit == "window" and device_ips:
         table["orig_h"] = np.full(len(starts), ",".join(device_ips), dtype=object)
-    return Piece(ts, size, _flag_bits(p["tcp_flags"])[order], number, pd.DataFrame(table))
+    flags = _flag_bits(p["tcp_flags"])[order]
+    return Piece(ts, size, flags, _ttls(frame, options)[order], number, pd.DataFrame(table))
+
+
+def _ttls(frame: pd.DataFrame, options: FeatureOptions) -> np.ndarray:
+    """Per packet (in the frame's order), its TTL or hop limit, 0 where it has none (or
+    without --header: a byte a packet kept on disk, not worth reading the column for)."""
+    if not options.header:
+        return np.zeros(len(frame), np.uint8)
+    ttl = pd.to_numeric(frame["ip_ttl"], errors="coerce").to_numpy(dtype=float)
+    return np.nan_to_num(ttl, nan=0).astype(np.uint8)
 
 
 def _runs(p: flows.Packets, key: list[np.ndarray], options: flows.FlowOptions):
@@ -328,7 +344,7 @@ def value_names(options: FeatureOptions, length: int) -> list[str]:
     }
     names = []
     if options.header:
-        names += [f"tcp_{f}" for f in FLAG_NAMES]
+        names += [f"tcp_{f}" for f in FLAG_NAMES] + [f"ttl_{i}" for i in range(length)]
     for kind in options.features:
         if kind == "STATS":
             names += [f"stats_{s}" for s in STATS]
@@ -352,6 +368,8 @@ def values(piece: Piece, options: FeatureOptions, length: int, rate: float) -> d
             out[f"tcp_{name}"] = np.bincount(
                 piece.unit, weights=(bits >> i) & 1, minlength=n
             ).astype(float)
+        ttls = _scattered(piece.unit, pos, piece.ttl.astype(float), n, length)
+        out.update({f"ttl_{i}": ttls[:, i] for i in range(length)})
     iat = np.diff(ts, prepend=np.nan)  # (pos 0: not an IAT)
     later = pos > 0
     for kind in options.features:
@@ -547,10 +565,15 @@ class Written:
     warnings: list = field(default_factory=list)
 
 
-def read_packets(packets_csv: Path) -> pd.DataFrame:
-    return csvio.read_table(
-        packets_csv, PACKETS, required=COLUMNS, columns=COLUMNS + OPTIONAL_COLUMNS, compact=True
-    )
+def packet_columns(options: FeatureOptions) -> tuple[list[str], list[str]]:
+    """(the packets CSV columns required, those read) for these options."""
+    required = COLUMNS + (HEADER_COLUMNS if options.header else [])
+    return required, required + OPTIONAL_COLUMNS
+
+
+def read_packets(packets_csv: Path, options: FeatureOptions) -> pd.DataFrame:
+    required, columns = packet_columns(options)
+    return csvio.read_table(packets_csv, PACKETS, required=required, columns=columns, compact=True)
 
 
 def _pieces(packets_csv: Path, folder: Path, options: FeatureOptions, device_ips, whole: bool):
@@ -565,8 +588,7 @@ def _pieces(packets_csv: Path, folder: Path, options: FeatureOptions, device_ips
                 options.flow,
                 partitions,
                 csvio.CHUNK_BYTES,
-                COLUMNS,
-                COLUMNS + OPTIONAL_COLUMNS,
+                *packet_columns(options),
             )
         except csvio.NeedsWholeFile:
             partitions = 1
@@ -575,7 +597,7 @@ def _pieces(packets_csv: Path, folder: Path, options: FeatureOptions, device_ips
                 frame, rows = flow_partitions.read_partition(folder, k)
                 yield _saved(cut_units(frame, rows, options, device_ips), folder, f"{k}")
             return
-    frame = read_packets(packets_csv)
+    frame = read_packets(packets_csv, options)
     yield _saved(cut_units(frame, None, options, device_ips), folder, "whole")
 
 

@@ -50,9 +50,11 @@ FIELDS = list(
             "ip.src",
             "ip.dst",
             "ip.proto",
+            "ip.ttl",
             "ipv6.src",
             "ipv6.dst",
             "ipv6.nxt",
+            "ipv6.hlim",
             "ipv6.fraghdr.nxt",
             "ip.flags.mf",
             "ip.frag_offset",
@@ -729,6 +731,9 @@ def build_rows(
             ),
             net_depth,
         )
+    # Like the addresses, the conversation's header's own: each fragment carries its own
+    # (not its datagram's, as TTLs may differ), and an ICMP error's quoted one is not it.
+    out["ip_ttl"] = nth(select([has_v4, has_v6], [raw["ip.ttl"], raw["ipv6.hlim"]], ""), net_depth)
 
     layers = raw["frame.protocols"]
     out["highest_layer"] = layers.map(lambda s: s.rsplit(":", 1)[-1])

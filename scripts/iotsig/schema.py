@@ -113,6 +113,13 @@ PACKETS = Table(
             "ip.dst, ipv6.dst, arp.dst.proto_ipv4",
         ),
         (
+            "ip_ttl",
+            "int",
+            "IPv4 TTL or IPv6 hop limit of the conversation's IP header (each fragment's "
+            "own); empty for ARP and other non-IP frames",
+            "ip.ttl, ipv6.hlim",
+        ),
+        (
             "l4_proto",
             "str",
             "transport protocol: tcp, udp, icmp, icmpv6, igmp, ..., "
@@ -169,7 +176,7 @@ PACKETS = Table(
     notes=(
         "**Tunnels.** The conversation is the innermost IP header (or ARP message) that is "
         "not quoted inside an ICMP message, in the layer order of `frame.protocols`: every "
-        "column (MACs, addresses, `ip_version`, `l4_proto`, ports, TCP flags, payload "
+        "column (MACs, addresses, `ip_version`, `ip_ttl`, `l4_proto`, ports, TCP flags, payload "
         "length, application fields) comes from that packet, never mixed with an outer "
         "header. A tunnelled packet (GRE, IP-in-IP, 6in4, VXLAN and the like) is its inner "
         "packet: the MACs are the inner Ethernet header's where it has one (VXLAN), and the "
@@ -185,7 +192,8 @@ PACKETS = Table(
         "so that all the fragments fall in the datagram's flow: each fragment's `frame_len` "
         "counts (the flow's frame bytes are the whole datagram's), while `l4_payload_len`, "
         "`tcp_flags` and the application fields are in the completing frame's row only (the "
-        "payload counted once). Fragments of different datagrams are told apart by tshark's "
+        "payload counted once); `ip_ttl` is each fragment's own IP header's. Fragments of "
+        "different datagrams are told apart by tshark's "
         "reassembly (addresses, protocol and identification): never merged. A fragment whose "
         "datagram never completes (a fragment lost, or not completed within 100,000 frames) "
         "is kept as tshark gives it (`l4_proto` from the IP header, no ports, no payload "
@@ -876,7 +884,8 @@ FEATURES = Table(
     "features",
     _FEATURE_KEYS,
     notes="Then one float column per value, in this order: with --header `tcp_fin`, "
-    "`tcp_syn`, `tcp_rst`, `tcp_psh`, `tcp_ack`, `tcp_urg`, `tcp_ece`, `tcp_cwr` (counts); "
+    "`tcp_syn`, `tcp_rst`, `tcp_psh`, `tcp_ack`, `tcp_urg`, `tcp_ece`, `tcp_cwr` (counts), "
+    "`ttl_0`...`ttl_{L-1}` (the first packets' TTL or hop limit, 0 for none and padding); "
     "then per --features type, in the order given: IAT `iat_0`...`iat_{L-2}`, SIZE "
     "`size_0`...`size_{L-1}`, IAT_SIZE `iat_size_0`...`iat_size_{2L-2}`, STATS "
     "`stats_duration`, `stats_pkts_rate`, `stats_bytes_rate`, `stats_mean`, `stats_std`, "

@@ -7,7 +7,7 @@
 netml runs in a virtual environment of its own (it pins numpy 2.0, pandas 2.2, scikit-learn
 1.5), made once in tests/.bench/netml-venv (git-ignored; --venv elsewhere). For each capture
 and each feature type (IAT, SIZE, IAT_SIZE, STATS, SAMP_NUM, SAMP_SIZE; the vector types also
-with --fft; the TCP flag counts of --header), netml's flows are taken whole
+with --fft; --header's TCP flag counts and TTLs), netml's flows are taken whole
 (`pcap2flows(interval=...)` longer than any gap, `flow_ptks_thres=2`; q_interval set on the
 PCAP object, which netml 0.7.1 reads in flow2features but sets only when it splits by
 quantile) and ours are cut with an idle timeout and maximum duration longer than the
@@ -91,7 +91,9 @@ def netml_side(pcap: str) -> dict:
     except AttributeError as e:
         out["header_error"] = f"netml's header fails: {type(e).__name__}: {e}"
     else:
-        out["features"]["HEADER"] = [row[:8] for row in pcap_object.features.tolist()]
+        # (the 8 flag counts and the first dim packets' TTLs, then SIZE's dim values)
+        header = 8 + out["dim"]
+        out["features"]["HEADER"] = [row[:header] for row in pcap_object.features.tolist()]
     return out
 
 
@@ -162,7 +164,7 @@ def compare(capture: Path, netml: dict, work: Path) -> list[str]:
         "STATS": "stats_",
         "SAMP_NUM": "samp_num_",
         "SAMP_SIZE": "samp_size_",
-        "HEADER": "tcp_",
+        "HEADER": ("tcp_", "ttl_"),
     }
     rows_netml = [j for j, _ in both]
     rows_ours = [i for _, i in both]
@@ -170,7 +172,12 @@ def compare(capture: Path, netml: dict, work: Path) -> list[str]:
         fft = kind.startswith("FFT-")
         stem = names[kind.removeprefix("FFT-")]
         table = ours_fft if fft else ours
-        columns = [c for c in table.columns if c.startswith(("fft_" if fft else "") + stem)]
+        stems = stem if isinstance(stem, tuple) else (stem,)
+        columns = [
+            c
+            for c in table.columns
+            if c.startswith(tuple(("fft_" if fft else "") + s for s in stems))
+        ]
         if stem == "iat_":
             columns = [c for c in columns if not c.startswith(("iat_size_", "fft_iat_size_"))]
         theirs = np.asarray(values, dtype=float)[rows_netml]
@@ -201,7 +208,7 @@ def compare(capture: Path, netml: dict, work: Path) -> list[str]:
 
 
 compare.counts = []
-compare.skipped = []  # captures whose TCP flag counts netml cannot give
+compare.skipped = []  # captures whose header vector netml cannot give
 
 
 def main() -> int:
@@ -232,12 +239,13 @@ def main() -> int:
     ours_only = sum(c[3] for c in compare.counts)
     print(
         f"netml_check: {len(captures)} capture(s), {kept} TCP/UDP flow(s) both keep "
-        f"compared on {len(TYPES)} feature types, {len(FFT_TYPES)} FFT types and the TCP "
-        f"flag counts; {netml_only} flow(s) only netml keeps, {ours_only} only ours"
+        f"compared on {len(TYPES)} feature types, {len(FFT_TYPES)} FFT types and the header "
+        f"vector (TCP flag counts, TTLs); {netml_only} flow(s) only netml keeps, "
+        f"{ours_only} only ours"
     )
     if compare.skipped:
         print(
-            f"netml_check: {len(compare.skipped)} capture(s) without netml's TCP flag counts "
+            f"netml_check: {len(compare.skipped)} capture(s) without netml's header vector "
             "(its header features fail on an IPv6 packet)"
         )
     for problem in problems:

@@ -81,7 +81,10 @@ class FeatureExtractor(Command):
         )
         parser.add_argument("--fft", action="store_true", help="the real part of each vector's FFT")
         parser.add_argument(
-            "--header", action="store_true", help="add the counts of each TCP flag in the unit"
+            "--header",
+            action="store_true",
+            help="add the counts of each TCP flag in the unit and the TTLs (IPv6: hop limits) "
+            "of its first L packets, as netml (the packets CSV's ip_ttl)",
         )
         parser.add_argument(
             "--length",
