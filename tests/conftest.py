@@ -74,6 +74,7 @@ COMMANDS = {
     "event-detector.py": ("event_detector", "EventDetector"),
     "traffic-report.py": ("traffic_report", "TrafficReport"),
     "evaluate.py": ("evaluate", "Evaluate"),
+    "feature-extractor.py": ("feature_extractor", "FeatureExtractor"),
 }
 
 
