@@ -80,6 +80,7 @@ class Watch:
         self.done_bursts = pd.DataFrame(columns=BURSTS.names)
         self.resumes: dict[int, tuple[float, float]] = {}  # conversation: (next chunk, end)
         self.reported: dict[tuple, float] = {}  # occurrence key: its start
+        self.undecided: dict[str, float] = {}  # device: its first burst whose verdict waits
         self.dns_devices: set[str] = set()
         self.keep_from = -math.inf  # the devices' flows and bursts kept from this time
         self.last_ts = -math.inf
@@ -203,20 +204,90 @@ class Watch:
 
     def _units(self, clock: float) -> pd.DataFrame:
         """The devices' flows and bursts from keep_from on, as the detector reads a flows
-        CSV's, keep-alives marked over the bursts of the last BURST_MEMORY seconds."""
+        CSV's, keep-alives marked over the bursts of the last BURST_MEMORY seconds
+        (_keepalives; the devices' undecided ones in self.undecided)."""
         bursts = _concat([self.done_bursts, self.open_bursts]).reset_index(drop=True)
-        bursts = bursts.assign(**flows.keepalives(bursts))
+        marks, waiting = self._keepalives(bursts, clock)
+        bursts = bursts.assign(**marks)
+        self.undecided = {}
+        for device in self.devices:
+            mine = waiting & _of_devices(bursts, {device})
+            if mine.any():
+                self.undecided[device] = float(bursts["ts"].to_numpy(float)[mine].min())
         bursts = bursts[bursts["ts"].to_numpy(float) >= self.keep_from]
         found = _concat([self.done_flows, self.open_flows])
         found = found[found["ts"].to_numpy(float) >= self.keep_from]
         return sig.with_bursts(_as_read(found, FLOWS), _as_read(bursts, BURSTS))
 
+    def _keepalives(self, bursts: pd.DataFrame, clock: float) -> tuple[dict, np.ndarray]:
+        """flows.keepalives' marks, as far as the bursts seen so far tell, and which
+        bursts are still undecided. A series' period is its own over the bursts held (as
+        offline, over the whole capture), but for a burst with the sizes of a burst
+        pattern, the period its keep-alives had where it was learned (keepalive_period):
+        a watch's first hours of a series then know its period as the offline run does
+        from the later ones. A burst is a keep-alive once another of its series lies one
+        or two periods before or after it; one that may fit the device's burst patterns
+        (undecided_kind) waits for the one a period after it until that time (and the
+        tolerance) has passed: only then is it not a keep-alive."""
+        n = len(bursts)
+        marks = {"keepalive": np.zeros(n, np.int8), "period": np.full(n, np.nan)}
+        waiting = np.zeros(n, dtype=bool)
+        if not n:
+            return marks, waiting
+        series = flows.keepalive_series(bursts)
+        ts = bursts["ts"].to_numpy(float)
+        order = np.lexsort((ts, series))
+        series, ts = series[order], ts[order]
+        period = flows.series_periods(series, ts)[series]
+        prior, kind = self._priors(bursts)
+        # (the prior first: a few hours of a series' own gaps, the events' among them, can
+        # agree on another period, which the whole capture's would not)
+        period = np.where(np.isnan(prior[order]), period, prior[order])
+        keepalive = flows.near_period(series, ts, period, (1, 2, -1, -2))
+        open_until = ts + period + flows.keepalive_tolerance(np.nan_to_num(period))
+        waiting[order] = kind[order] & ~keepalive & (clock <= open_until)  # (NaN: False)
+        marks["keepalive"][order] = keepalive
+        marks["period"][order] = np.where(keepalive, np.round(period, 3), np.nan)
+        return marks, waiting
+
+    def _priors(self, bursts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Per burst, the keepalive_period of a burst event pattern it may fit (NaN:
+        none), and whether it may fit one at all: the device's, the pattern's protocol
+        and server port, its largest frame each way within the pattern's range widened
+        by the default --tolerance (the detector's own test says more; this only says
+        which bursts may have to wait)."""
+        prior = np.full(len(bursts), np.nan)
+        kind = np.zeros(len(bursts), dtype=bool)
+        widen = detector.DEFAULT_TOLERANCE
+        for signature in self.signatures:
+            for p in signature.patterns:
+                if p.unit != "burst" or p.role != "event" or len(p.size_max) != 2:
+                    continue
+                fits = _of_devices(bursts, {signature.device_ip}) & (
+                    bursts["proto"].astype(str).to_numpy() == p.key[detector.PORT - 1]
+                )
+                port = detector.port_number(p.key[detector.PORT])
+                fits &= (bursts["resp_p"].to_numpy(float) == port) | (
+                    bursts["orig_p"].to_numpy(float) == port
+                )
+                for (low, high), side in zip(p.size_max, ("orig", "resp")):
+                    if low == low and high == high:
+                        size = bursts[f"{side}_size_max"].to_numpy(float)
+                        fits &= (size >= low * (1 - widen)) & (size <= high * (1 + widen))
+                kind |= fits
+                if p.keepalive_period == p.keepalive_period:
+                    prior = np.where(fits & np.isnan(prior), p.keepalive_period, prior)
+        return prior, kind
+
     def _settled(self, clock: float) -> dict[str, float]:
         """Per device, the time before which nothing that may still change can start: a
         flow not finished, or a burst its flow may still add to, of the kind (unit,
         sides, protocol, server port) of one of the device's patterns (its application
-        fields may still come), and anything after the clock less LATE."""
+        fields may still come), a burst whose keep-alive verdict waits (_keepalives),
+        and anything after the clock less LATE."""
         settled = dict.fromkeys(self.devices, clock - LATE)
+        for device, start in self.undecided.items():
+            settled[device] = min(settled[device], start)
         if not len(self.open_flows):
             return settled
         gap = self.flow_options.burst_gap + detector.JOIN_HORIZON
