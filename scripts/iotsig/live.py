@@ -51,7 +51,13 @@ from .schema import BURSTS, DETECTIONS, FLOWS, PACKETS
 BATCH_PACKETS = 20_000  # lines of tshark's output read before the flows are built again
 BATCH_SECONDS = 0.5  # ... or this much wall time, whichever comes first
 LATE = 2.0  # seconds a packet may reach the watch after its own time (buffers, pipes)
-DNS_MEMORY = 86_400.0  # seconds of DNS answers and TLS server names kept to name parties
+# A stream faster than real time (a replay): its pace is measured once it has run for
+# PACE_MIN_WALL seconds, taken PACE_SAFETY of it, and its quiet clock waits PACE_LATE
+# wall seconds for a packet on its way (Pace).
+PACE_MIN_WALL = 1.0
+PACE_SAFETY = 0.9
+PACE_LATE = 0.5
+DNS_MEMORY = 86_400.0  # seconds of all DNS answers and TLS server names kept (then the last)
 BURST_MEMORY = 86_400.0  # seconds of the devices' bursts kept to tell keep-alives (a day)
 # How far an occurrence reaches past its window: its last bursts may be joined with the
 # next ones of their flow (detector.JOIN_MAX, each within detector.JOIN_HORIZON).
@@ -97,11 +103,13 @@ class Watch:
         self.last_ts = max(self.last_ts, float(np.nanmax(rows["ts"].to_numpy(float))))
         self.packets += len(rows)
 
-    def advance(self, clock: float) -> list[detector.Occurrence]:
+    def advance(self, clock: float, hold_clock: float | None = None) -> list[detector.Occurrence]:
         """The occurrences complete at `clock` (packet time; math.inf once the stream has
-        ended) and not reported before, in time order. What can no longer matter is let go."""
+        ended) and not reported before, in time order. What can no longer matter is let go.
+        hold_clock: how far the stream has surely gone in packet time, for the keep-alive
+        verdicts that wait for a neighbour (Pace; default: clock)."""
         self._build(clock)
-        units = self._units(clock)
+        units = self._units(clock if hold_clock is None else max(clock, hold_clock))
         options = detector.DetectOptions(
             self.detect_options.min_score,
             self.detect_options.window,
@@ -360,11 +368,17 @@ class Watch:
             ].reset_index(drop=True)
         self.reported = {k: s for k, s in self.reported.items() if s >= self.keep_from}
         if self.evidence is not None and math.isfinite(clock):
+            # A device may keep using an address it resolved days ago (the whole capture's
+            # answers name it offline): older than DNS_MEMORY, only the last answer of
+            # each address and name stays (as many as there are pairs).
             for name in ("dns_answers", "server_names"):
                 table = getattr(self.evidence, name)
-                recent = table["ts"].to_numpy(float) >= clock - DNS_MEMORY
-                if not recent.all():
-                    setattr(self.evidence, name, table[recent].reset_index(drop=True))
+                keep = table["ts"].to_numpy(float) >= clock - DNS_MEMORY
+                if not keep.all():
+                    pair = [c for c in table.columns if c != "ts"]
+                    keep |= ~table.duplicated(subset=pair, keep="last").to_numpy()
+                if not keep.all():
+                    setattr(self.evidence, name, table[keep].reset_index(drop=True))
 
 
 def _of_devices(frame: pd.DataFrame, devices: set) -> np.ndarray:
@@ -591,9 +605,12 @@ def watch(
         stream = Source(source, name, capture_filter_text)
         blocks, lines, rest = [], 0, b""  # (joined once a batch: no quadratic copying)
         ticked = arrived = trimmed = time.monotonic()
+        pace = Pace()
         try:
             while True:
-                wait = max(0.0, batch_seconds - (time.monotonic() - ticked))
+                # (a replay's clock moves fast when it is quiet: looked at twice as often)
+                every = batch_seconds / 2 if pace.rate() > 1 else batch_seconds
+                wait = max(0.0, every - (time.monotonic() - ticked))
                 try:
                     block = stream.blocks.get(timeout=wait)
                 except queue.Empty:
@@ -604,16 +621,19 @@ def watch(
                     blocks.append(block)
                     lines += block.count(b"\n")
                     arrived = time.monotonic()
-                if lines < batch_packets and time.monotonic() - ticked < batch_seconds:
+                if lines < batch_packets and time.monotonic() - ticked < every:
                     continue
                 text = rest + b"".join(blocks)
                 cut = text.rfind(b"\n") + 1
                 if cut:
                     state.feed(rows.of(text[:cut]))
                 blocks, lines, rest = [], 0, text[cut:]
+                if cut:
+                    pace.add(arrived, state.last_ts)
                 if state.last_ts > -math.inf:
-                    quiet = max(0.0, time.monotonic() - arrived - LATE)
-                    report(state.advance(state.last_ts + quiet))
+                    quiet = time.monotonic() - arrived
+                    clock = state.last_ts + max(0.0, quiet - LATE)
+                    report(state.advance(clock, pace.clock(state.last_ts, quiet)))
                 hooks.poll()
                 if time.monotonic() - trimmed > TRIM_SECONDS:
                     _trim_heap()
@@ -640,6 +660,34 @@ def watch(
     if rows.cut_lines:
         warn(f"{len(rows.cut_lines)} line(s) of tshark's output cut short: skipped")
     return summary
+
+
+class Pace:
+    """How fast packet time goes by in the stream: packet seconds per wall second since
+    its first batch (1 on a live link, 1000 in a replay at 1000 times its pace), a tenth
+    less to be safe. A quiet replay's keep-alive verdicts that wait for a neighbour
+    (Watch._keepalives) are made at that pace rather than held until its next packet;
+    flows are still let go by the wall clock (a flow cut too early would change)."""
+
+    def __init__(self):
+        self.first: tuple[float, float] | None = None  # (wall, last packet time)
+        self.last: tuple[float, float] | None = None
+
+    def add(self, wall: float, ts: float) -> None:
+        if self.first is None:
+            self.first = (wall, ts)  # (after the first batch: what was queued before it)
+        self.last = (wall, ts)
+
+    def rate(self) -> float:
+        if self.first is None or self.last[0] - self.first[0] < PACE_MIN_WALL:
+            return 1.0
+        wall = self.last[0] - self.first[0]
+        return max(1.0, PACE_SAFETY * (self.last[1] - self.first[1]) / wall)
+
+    def clock(self, last_ts: float, quiet: float) -> float:
+        """The packet time the stream has surely reached `quiet` wall seconds after its
+        last packet came (PACE_LATE of them for it to come through tshark)."""
+        return last_ts + self.rate() * max(0.0, quiet - PACE_LATE)
 
 
 def _trim_heap() -> None:

@@ -386,6 +386,7 @@ def _relay(head: bytes, pipe: int, sink) -> None:
         sink.write(head)
         while block := os.read(pipe, 1 << 20):
             sink.write(block)
+            sink.flush()  # (a live source's packets on to tshark as they come, not 8 KB later)
     except (OSError, ValueError):  # tshark closed its end, or the sink was closed
         pass
     finally:
