@@ -19,12 +19,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import live_replay
 from iotsig import csvio, detector, live, pipeline
 from iotsig.schema import DETECTIONS
 from live_replay import replay
 
+import test_bursts
 from conftest import CAPTURES, SCRIPTS, run_script, start
 
+lock_halves = test_bursts.lock_halves  # (the fixture: the lock's capture and log cut)
 TOGGLES = sorted((CAPTURES / "events" / "TpLinkPlug" / "toggle").glob("*.pcap"))
 
 
@@ -229,6 +232,48 @@ def test_a_camera_day_at_1000x_through_a_fifo_is_detected_as_offline_within_5_s(
         frames = re.search(r"frames (\d+)-(\d+)", line)
         if frames:
             late.append(at - written[int(frames.group(2)) - 1])
+    assert len(late) == len(want)
+    assert max(late) < 5.0, late
+
+
+# ---------------------------------------------------------------------------------------
+# The shared lock week: its actions look like its hourly status report, a keep-alive
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_lock_s_first_day_at_1000x_through_a_fifo_is_detected_as_offline(lock_halves, tmp_path):
+    """The lock's actions learned from the first half of its log; the first day of the
+    second half (15 actions, then 24 status reports of the actions' sizes, which are
+    keep-alives only by the report an hour after each) written to a FIFO at 1000 times its
+    pace: the offline detections, each within 5 s of its last packet."""
+    (first, _, first_log), (second, _, _) = lock_halves["first"], lock_halves["second"]
+    learn = tmp_path / "learn"
+    run_script(
+        "main.py", "lock", test_bursts.LOCK_IP, first, "--events", first_log, "--event",
+        "action", *test_bursts.READING, "-o", learn, "--no-report", "-q",
+    )  # fmt: skip
+    signature = learn / "signature.csv"
+    learned = pd.read_csv(signature, dtype=str, keep_default_na=False)
+    assert 3500 < float(learned["keepalive_period"].iloc[0]) < 3700  # (the hourly report)
+    day = tmp_path / "day.pcap"
+    subprocess.run(["editcap", "-F", "pcap", second, day], check=True)  # (the pacer's format)
+    start = pd.Timestamp(live_replay.records(day)[1][0][0], unit="s")
+    subprocess.run(
+        ["editcap", "-B", str(start + pd.Timedelta(days=1)), "-F", "pcap", str(second),
+         str(day)],
+        check=True, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    want = offline(signature, day, tmp_path / "offline")
+    assert len(want) == 15
+    fifo = tmp_path / "fifo" / "day.pcap"  # (named as the file: the same uids)
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    command = [sys.executable, SCRIPTS / "event-detector.py", signature, "--live", fifo,
+               "-o", tmp_path / "live"]  # fmt: skip
+    late = live_replay.watch_through_fifo(command, day, fifo, 1000.0)
+    got = detections(tmp_path / "live")
+    assert got.drop(columns="signature").equals(want.drop(columns="signature"))
     assert len(late) == len(want)
     assert max(late) < 5.0, late
 
