@@ -437,7 +437,13 @@ class Source:
     """tshark reading the source live; its output's lines come in blocks through a
     thread (lines()), so that the watch can also wake on a quiet link."""
 
-    def __init__(self, source: str, name: str, capture_filter: str | None):
+    def __init__(
+        self,
+        source: str,
+        name: str,
+        capture_filter: str | None,
+        session: int = tshark.LIVE_SESSION_PACKETS,
+    ):
         self.source, self.name = source, name
         # (closed with the watch: stop())
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
@@ -446,12 +452,14 @@ class Source:
         if is_interface(source):
             self.dumpcap, self.tshark = tshark.popen_interface(
                 source, capture_filter or "", packets.asked_fields(), self.stderr,
-                self.capture_stderr,
+                self.capture_stderr, session,
             )  # fmt: skip
         else:
             path = tshark.STDIN if tshark.is_stdin(source) else Path(source)
             tshark.check_capture(path)  # (a terminal as standard input refused; a pipe passes)
-            self.tshark = tshark.popen_fields(path, packets.asked_fields(), self.stderr, live=True)
+            self.tshark = tshark.popen_fields(
+                path, packets.asked_fields(), self.stderr, live=True, session=session
+            )
         self.blocks: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -575,11 +583,13 @@ def watch(
     hook: str | None = None,
     batch_packets: int = BATCH_PACKETS,
     batch_seconds: float = BATCH_SECONDS,
+    session_packets: int = tshark.LIVE_SESSION_PACKETS,
 ) -> Summary:
     """Watch the source until its end (or Ctrl-C, SIGTERM): each detection, as it is
     complete, appended to `output` (a detections CSV, flushed row by row), given to
     on_detection(occurrence, row) and, with `hook`, to that command as JSON on its
-    standard input."""
+    standard input. session_packets: tshark's new session every so many packets (-M;
+    tests lower it to cross several)."""
     name = "stdin" if tshark.is_stdin(source) else Path(source).name
     summary = Summary()
     state = Watch(signatures, flow_options, detect_options, name)
@@ -602,7 +612,7 @@ def watch(
                 on_detection(o, row)
                 hooks.run(row)
 
-        stream = Source(source, name, capture_filter_text)
+        stream = Source(source, name, capture_filter_text, session_packets)
         blocks, lines, rest = [], 0, b""  # (joined once a batch: no quadratic copying)
         ticked = arrived = trimmed = time.monotonic()
         pace = Pace()

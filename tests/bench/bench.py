@@ -1614,7 +1614,131 @@ def bench_live(args) -> None:
             "",
         ]
     )
-    write_results(LIVE_RESULTS, text, "; ".join(verdicts))
+    write_section(LIVE_RESULTS, "Throughput and memory", text, "; ".join(verdicts))
+
+
+LOCK = SHARED / "long" / "schlage-lock-01.pcap"
+LOCK_LOG = SHARED / "long" / "schlage-lock-01.android-events.csv"
+LOCK_READING = ["--event-column", "3", "--device-column", "2", "--timezone", "America/New_York"]
+
+
+def write_section(path: Path, title: str, text: str, verdict: str) -> None:
+    """One benchmark's section (`## title` up to the next one) of a results file that
+    several write, the others' left as they are."""
+    section = f"## {title}\n\n{text.rstrip()}\n"
+    old = path.read_text() if path.exists() else ""
+    parts = [p for p in old.split("\n## ") if p.strip()]
+    parts = [p if p.startswith("## ") else "## " + p for p in parts]
+    kept = [p.rstrip() + "\n" for p in parts if not p.startswith(f"## {title}\n")]
+    if old and not old.startswith("## "):  # (a file from before the sections: replaced)
+        kept = []
+    write_results(path, "\n".join(sorted(kept + [section])), verdict)
+
+
+def bench_live_lock(args) -> None:
+    """event-detector --live on the shared Schlage lock week, whose actions have the sizes
+    of its hourly status report (a keep-alive): lock and unlock relabelled 'action', the
+    log cut at the middle of its actions (as tests/test_bursts.py's lock_halves), learned
+    by main.py --events from the first half, the second half written to a FIFO at
+    --speed times its pace; its detections against event-detector's on the file, and
+    how long after each detection's last packet was written its line came."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from live_replay import watch_through_fifo
+
+    if not (LOCK.is_file() and LOCK_LOG.is_file()):
+        sys.exit(f"bench: {LOCK} is absent (the shared captures beside the repository)")
+    cores, load_before = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    CACHE.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
+        tmp = Path(tmp)
+        log = pd.read_csv(LOCK_LOG, header=None, names=["time", "device", "event"], dtype=str)
+        when = pd.to_datetime(log["time"], format="%B %d, %Y at %I:%M:%S%p")
+        log["utc"] = when.dt.tz_localize("America/New_York").dt.tz_convert("UTC")
+        log = log.sort_values("utc", kind="stable")
+        actions = log[log["event"] != "event_batt"]["utc"]
+        middle = (
+            actions.iloc[len(actions) // 2 - 1]
+            + (actions.iloc[len(actions) // 2] - actions.iloc[len(actions) // 2 - 1]) / 2
+        )
+        stamp = middle.strftime("%Y-%m-%d %H:%M:%S")
+        halves = {}
+        for part, flag in (("first", "-B"), ("second", "-A")):
+            pcap = tmp / f"{part}.pcap"
+            run(["editcap", "-F", "pcap", flag, stamp, LOCK, pcap], env={"TZ": "UTC"})
+            rows = log[(log["utc"] < middle) == (part == "first")]
+            listed = tmp / f"{part}-action.csv"
+            rows.assign(
+                event=rows["event"].replace({"event_lock": "action", "event_unlock": "action"})
+            )[["time", "device", "event"]].to_csv(listed, header=False, index=False)
+            halves[part] = (pcap, listed)
+        (first, first_log), (second, second_log) = halves["first"], halves["second"]
+        run([sys.executable, MAIN, "lock", "192.168.1.122", first, "--events", first_log,
+             "--event", "action", *LOCK_READING, "-o", tmp / "learn", "--no-report",
+             "-q"])  # fmt: skip
+        signature = tmp / "learn" / "signature.csv"
+        period = pd.read_csv(signature)["keepalive_period"].iloc[0]
+        run([sys.executable, DETECTOR, signature, second, "--events", second_log,
+             *LOCK_READING, "-o", tmp / "offline", "-q"])  # fmt: skip
+        offline = pd.read_csv(tmp / "offline" / "detections.csv", dtype=str)
+        scored = pd.read_csv(tmp / "offline" / "scored-events.csv", dtype=str)
+        found = int(((scored["event"] == "action") & (scored["status"] == "found")).sum())
+        listed = int((scored["event"] == "action").sum())
+        false = int((scored["status"] == "false").sum())
+        rows, verdicts = [], []
+        for k in range(args.repeat):
+            fifo = tmp / f"fifo-{k}" / second.name  # (named as the file: the same uids)
+            fifo.parent.mkdir()
+            os.mkfifo(fifo)
+            out = tmp / f"live-{k}"
+            command = [sys.executable, DETECTOR, signature, "--live", fifo, "-o", out, "-q"]
+            started = time.perf_counter()
+            late = watch_through_fifo(command, second, fifo, args.speed)
+            wall = time.perf_counter() - started
+            live = pd.read_csv(out / "detections.csv", dtype=str)
+            same = live.drop(columns="signature").equals(offline.drop(columns="signature"))
+            starts_off, starts_live = set(offline["start_utc"]), set(live["start_utc"])
+            rows.append(
+                f"| {k + 1} | {wall:.0f} s | {len(live)} | "
+                f"{len(starts_off - starts_live)} | {len(starts_live - starts_off)} | "
+                f"{'yes' if same else 'no'} | {np.median(late):.2f} s | {max(late):.2f} s |"
+            )
+            verdicts.append((same, max(late)))
+    days = (pd.Timestamp(actions.iloc[-1]) - middle).total_seconds() / 86_400
+    worst = max(v[1] for v in verdicts)
+    verdict = [
+        f"offline on the second half: {found} of {listed} actions found, {false} false "
+        f"({len(offline)} detections)",
+        f"live at {args.speed:g}x: the same detections CSV as offline in "
+        f"{sum(v[0] for v in verdicts)} of {len(verdicts)} runs: "
+        f"{met(all(v[0] for v in verdicts))}",
+        f"each within 5 s of its last packet: the latest {worst:.2f} s: {met(worst < 5)}",
+    ]
+    text = "\n".join(
+        [
+            f"The shared Schlage lock week (its actions have the sizes of its hourly status "
+            f"report), lock and unlock learned as one event 'action' by main.py --events "
+            f"from the first half of its log (keepalive_period {period:g} s: the status "
+            f"report's period where it was learned), the second half ({days:.1f} days, "
+            f"{packet_count(second):,} packets) written to a FIFO at {args.speed:g}× its "
+            f"pace into `event-detector.py SIGNATURE --live FIFO`; {machine(cores, load_before)}. "
+            "Late: from the wall time the detection's last packet was written to the line "
+            "on standard output (the row is in detections.csv before it).",
+            "",
+            "| run | wall | detections | offline's missed | not offline's | the same CSV | "
+            "late, median | late, most |",
+            "|---:|---:|---:|---:|---:|---|---:|---:|",
+            *rows,
+            "",
+            *[f"- {v}" for v in verdict],
+            "",
+            *busy_note(cores, load_before),
+            "Produced by `python tests/bench/bench.py live-lock"
+            + (f" --speed {args.speed:g}" if args.speed != 1000 else "")
+            + f" --repeat {args.repeat}`.",
+        ]
+    )
+    write_section(LIVE_RESULTS, "The Schlage lock's actions (keep-alive look-alikes)", text,
+                  "; ".join(verdict))  # fmt: skip
 
 
 def _listed_times(flows_csv: Path, path: Path) -> Path:
@@ -1718,6 +1842,14 @@ def main() -> None:
         "--speed", type=float, default=1000.0, help="pace of the memory replay (default: 1000)"
     )
     live_parser.set_defaults(function=bench_live)
+    lock_parser = sub.add_parser(
+        "live-lock", help="event-detector --live on the lock's second half, against offline"
+    )
+    lock_parser.add_argument(
+        "--speed", type=float, default=1000.0, help="pace of the replay (default: 1000)"
+    )
+    lock_parser.add_argument("--repeat", type=int, default=2, help="runs (default: 2)")
+    lock_parser.set_defaults(function=bench_live_lock)
     features_parser = sub.add_parser("features", help="feature-extractor.py, time and memory")
     features_parser.add_argument("--rows", type=int, default=1_000_000)
     features_parser.add_argument("--big-rows", type=int, default=10_000_000)
