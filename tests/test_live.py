@@ -206,6 +206,43 @@ def test_no_permission_to_capture_is_one_line_naming_the_fix(plug_signatures):
     ), result.stderr
 
 
+def test_dumpcap_s_drops_are_warned_as_they_grow_at_most_once_a_minute():
+    """dumpcap's counts as it says them (its closing line's form, the interface named
+    with a colon in it), read as the watch goes: a warning when the dropped count grew,
+    at most every DROPS_EVERY seconds; at the end, any drop. (dumpcap 4.0 says its counts
+    when it stops; a fake says them here as they grow.)"""
+    said, warnings = [""], []
+
+    def line(received, dropped):
+        return (
+            "Capturing on 'Loopback: lo'\nPackets received/dropped on interface "
+            f"'Loopback: lo': {received}/{dropped} (pcap:{dropped}/dumpcap:0/flushed:0/"
+            f"ps_ifdrop:0) (99.0%)\n"
+        )
+
+    drops = live.Drops(lambda: said[0], warnings.append, "lo")
+    drops.check(0.0)
+    said[0] = line(100, 0)
+    drops.check(1.0)
+    assert warnings == [] and drops.counts == (100, 0)
+    said[0] += line(200, 5)
+    drops.check(2.0)
+    assert warnings == ["lo: dumpcap has dropped 5 of 205 packets so far (the watch may "
+                        "miss events: a busy machine, or too small a capture buffer)"]  # fmt: skip
+    said[0] += line(300, 9)
+    drops.check(2.0 + live.DROPS_EVERY - 1)  # (within the minute: not yet)
+    assert len(warnings) == 1
+    drops.check(2.0 + live.DROPS_EVERY)
+    assert len(warnings) == 2 and "dropped 9 of 309 packets so far" in warnings[-1]
+    drops.check(2.0 + 3 * live.DROPS_EVERY)  # (not grown: nothing)
+    assert len(warnings) == 2
+    drops.check(1e6, final=True)
+    assert warnings[-1] == "lo: dumpcap dropped 9 of 309 packets"
+    quiet = live.Drops(lambda: line(50, 0), warnings.append, "lo")
+    quiet.check(0.0, final=True)
+    assert len(warnings) == 3 and quiet.counts == (50, 0)
+
+
 def test_live_takes_signatures_only(plug_signatures, tmp_path):
     result = run_script(
         "event-detector.py", plug_signatures["toggle"], TOGGLES[3], "--live", "lo",

@@ -63,6 +63,7 @@ BURST_MEMORY = 86_400.0  # seconds of the devices' bursts kept to tell keep-aliv
 # next ones of their flow (detector.JOIN_MAX, each within detector.JOIN_HORIZON).
 JOIN_REACH = detector.JOIN_MAX * detector.JOIN_HORIZON
 HOOK_SECONDS = 60.0  # an --on-detect command still running after this is stopped
+DROPS_EVERY = 60.0  # a growing drop count is said at most this often (seconds)
 TRIM_SECONDS = 10.0  # how often the heap's free pages are given back (_trim_heap)
 
 
@@ -486,11 +487,12 @@ class Source:
         warnings, errors = tshark.stderr_problems(self.stderr.read().decode("utf-8", "replace"))
         return "; ".join(errors + warnings) or None
 
-    def counts(self) -> tuple[int, int] | None:
+    def capture_said(self) -> str:
+        """What dumpcap has said so far (its counts among it); '' without dumpcap."""
         if self.dumpcap is None:
-            return None
+            return ""
         self.capture_stderr.seek(0)
-        return tshark.drop_counts(self.capture_stderr.read().decode("utf-8", "replace"))
+        return self.capture_stderr.read().decode("utf-8", "replace")
 
     def stop(self) -> None:
         """Stop capturing (dumpcap first: it says its counts) and tshark."""
@@ -503,6 +505,36 @@ class Source:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class Drops:
+    """dumpcap's received and dropped counts, as it says them on its standard error
+    (read(): all it said so far): a warning when the dropped count has grown since the
+    last warning, at most every DROPS_EVERY seconds of the watch; check(final=True) at
+    its end says any drop (the closing line has the counts)."""
+
+    def __init__(self, read: Callable[[], str], warn: Callable[[str], None], source: str):
+        self.read, self.warn, self.source = read, warn, source
+        self.counts: tuple[int, int] | None = None
+        self.said = 0  # the dropped count of the last warning
+        self.when = -math.inf
+
+    def check(self, now: float, final: bool = False) -> None:
+        counts = tshark.drop_counts(self.read())
+        if counts:
+            self.counts = counts
+        if not self.counts:
+            return
+        received, dropped = self.counts
+        if final and dropped:
+            self.warn(f"{self.source}: dumpcap dropped {dropped} of {received + dropped} packets")
+        elif dropped > self.said and now - self.when >= DROPS_EVERY:
+            self.warn(
+                f"{self.source}: dumpcap has dropped {dropped} of {received + dropped} "
+                "packets so far (the watch may miss events: a busy machine, or too small "
+                "a capture buffer)"
+            )
+            self.said, self.when = dropped, now
 
 
 class Rows:
@@ -613,6 +645,7 @@ def watch(
                 hooks.run(row)
 
         stream = Source(source, name, capture_filter_text, session_packets)
+        drops = Drops(stream.capture_said, warn, source)
         blocks, lines, rest = [], 0, b""  # (joined once a batch: no quadratic copying)
         ticked = arrived = trimmed = time.monotonic()
         pace = Pace()
@@ -645,6 +678,8 @@ def watch(
                     clock = state.last_ts + max(0.0, quiet - LATE)
                     report(state.advance(clock, pace.clock(state.last_ts, quiet)))
                 hooks.poll()
+                if stream.dumpcap is not None:
+                    drops.check(time.monotonic())
                 if time.monotonic() - trimmed > TRIM_SECONDS:
                     _trim_heap()
                     trimmed = time.monotonic()
@@ -662,11 +697,9 @@ def watch(
         report(state.advance(math.inf))  # the stream has ended: every occurrence is complete
         hooks.wait()
     summary.packets = state.packets
-    counts = stream.counts()
-    if counts:
-        summary.received, summary.dropped = counts
-        if summary.dropped:
-            warn(f"{source}: dumpcap dropped {summary.dropped} of {sum(counts)} packets")
+    drops.check(time.monotonic(), final=True)
+    if drops.counts:
+        summary.received, summary.dropped = drops.counts
     if rows.cut_lines:
         warn(f"{len(rows.cut_lines)} line(s) of tshark's output cut short: skipped")
     return summary
