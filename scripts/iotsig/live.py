@@ -632,11 +632,14 @@ def watch(
         sink.flush()
 
         def report(found: list) -> None:
-            for o in found:
-                frame = detector.detections_frame([o])
-                csvio.append_rows(sink, frame, DETECTIONS)
-                sink.flush()
-                row = _json_row(frame)
+            if not found:
+                return
+            # (the rows complete at once written at once: one CSV conversion, not one each)
+            frame = detector.detections_frame(found)
+            csvio.append_rows(sink, frame, DETECTIONS)
+            sink.flush()
+            for k, o in enumerate(found):
+                row = _json_row(frame.iloc[[k]])
                 if o.status == "detected":
                     summary.detected += 1
                 else:
