@@ -1693,6 +1693,7 @@ def bench_live_lock(args) -> None:
             )[["time", "device", "event"]].to_csv(listed, header=False, index=False)
             halves[part] = (pcap, listed)
         (first, first_log), (second, second_log) = halves["first"], halves["second"]
+        second_packets = packet_count(second)
         run([sys.executable, MAIN, "lock", "192.168.1.122", first, "--events", first_log,
              "--event", "action", *LOCK_READING, "-o", tmp / "learn", "--no-report",
              "-q"])  # fmt: skip
@@ -1740,7 +1741,7 @@ def bench_live_lock(args) -> None:
             f"report), lock and unlock learned as one event 'action' by main.py --events "
             f"from the first half of its log (keepalive_period {period:g} s: the status "
             f"report's period where it was learned), the second half ({days:.1f} days, "
-            f"{packet_count(second):,} packets) written to a FIFO at {args.speed:g}× its "
+            f"{second_packets:,} packets) written to a FIFO at {args.speed:g}× its "
             f"pace into `event-detector.py SIGNATURE --live FIFO`; {machine(cores, load_before)}. "
             "Late: from the wall time the detection's last packet was written to the line "
             "on standard output (the row is in detections.csv before it).",
