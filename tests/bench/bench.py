@@ -1664,7 +1664,7 @@ def bench_live_lock(args) -> None:
     --speed times its pace; its detections against event-detector's on the file, and
     how long after each detection's last packet was written its line came."""
     sys.path.insert(0, str(REPO / "tests"))
-    from live_replay import watch_through_fifo
+    from live_replay import records, watch_through_fifo
 
     if not (LOCK.is_file() and LOCK_LOG.is_file()):
         sys.exit(f"bench: {LOCK} is absent (the shared captures beside the repository)")
@@ -1694,6 +1694,8 @@ def bench_live_lock(args) -> None:
             halves[part] = (pcap, listed)
         (first, first_log), (second, second_log) = halves["first"], halves["second"]
         second_packets = packet_count(second)
+        _, frames = records(second)
+        days = (frames[-1][0] - frames[0][0]) / 86_400
         run([sys.executable, MAIN, "lock", "192.168.1.122", first, "--events", first_log,
              "--event", "action", *LOCK_READING, "-o", tmp / "learn", "--no-report",
              "-q"])  # fmt: skip
@@ -1725,7 +1727,6 @@ def bench_live_lock(args) -> None:
                 f"{'yes' if same else 'no'} | {np.median(late):.2f} s | {max(late):.2f} s |"
             )
             verdicts.append((same, max(late)))
-    days = (pd.Timestamp(actions.iloc[-1]) - middle).total_seconds() / 86_400
     worst = max(v[1] for v in verdicts)
     verdict = [
         f"offline on the second half: {found} of {listed} actions found, {false} false "
