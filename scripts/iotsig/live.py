@@ -45,6 +45,7 @@ from . import csvio, detector, flows, packets, tshark
 from . import signature as sig
 from .coded import read_fields
 from .errors import InputError, OutputError, Terminated
+from .parties import UNSPECIFIED_ADDRESSES, unspecified_device_sides
 from .pipeline import FLOW_COLUMNS
 from .schema import BURSTS, DETECTIONS, FLOWS, PACKETS
 
@@ -145,6 +146,7 @@ class Watch:
             return
         options = self.flow_options
         p = flows.prepare(self.held)
+        self._credit_unspecified(p)
         conversation = flows.conversation_hash(p)
         self._resume(p, conversation, clock)
         built = flows.build_of(p, options, flows.cross_flow([self.evidence], options))
@@ -187,6 +189,22 @@ class Watch:
         self.open_flows = flows_now[kept]
         self.open_bursts = bursts_now[~gone & _of_devices(bursts_now, self.devices)]
         self.open_final = final[kept]
+
+    def _credit_unspecified(self, p: flows.Packets) -> None:
+        """With one device (offline, event-detector then translates with its address), a
+        packet from the unspecified address sent from a MAC the device has sent from is
+        the device's (a DHCP DISCOVER before it has its address: flows credit it by the
+        direction column), whichever batch showed that MAC."""
+        if len(self.devices) != 1 or self.evidence is None:
+            return
+        macs = {m.lower() for m, ip in self.evidence.mac_ips if ip in self.devices}
+        macs -= {"", "ff:ff:ff:ff:ff:ff"}
+        early = p["ip_src"].isin(UNSPECIFIED_ADDRESSES).to_numpy()
+        early &= p["eth_src"].isin(macs).to_numpy()
+        if macs and early.any():
+            direction = p["direction"].astype(object).to_numpy(copy=True)
+            direction[early] = "sent"
+            p["direction"] = pd.Series(pd.Categorical(direction))
 
     def _resume(self, p: flows.Packets, conversation: np.ndarray, clock: float) -> None:
         """Mark the first packet held of each conversation whose last chunk was let go
@@ -383,7 +401,12 @@ class Watch:
 
 
 def _of_devices(frame: pd.DataFrame, devices: set) -> np.ndarray:
-    return (frame["orig_h"].isin(devices) | frame["resp_h"].isin(devices)).to_numpy()
+    """The rows with a device on either side, and (as the offline reading keeps them:
+    detector.read_device_units) those of the unspecified address that stream-identifier
+    credited to a device by its MAC (a DHCP DISCOVER from 0.0.0.0)."""
+    mine = frame["orig_h"].isin(devices) | frame["resp_h"].isin(devices)
+    orig, resp = unspecified_device_sides(frame)
+    return (mine | orig | resp).to_numpy()
 
 
 def _as_read(frame: pd.DataFrame, table) -> pd.DataFrame:
