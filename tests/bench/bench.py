@@ -1520,7 +1520,9 @@ def bench_live(args) -> None:
             named = ["capture", "flows"]  # (the capture's name: stdin)
             got = live[compared].assign(start=live["start"].astype(float).map("{:.6f}".format))
             copies_same.append(got.equals(per_copy[compared]))
-            differing = (live.drop(columns=named) != offline.drop(columns=named)).any(axis=1)
+            differing = (
+                live.drop(columns=named).fillna("") != offline.drop(columns=named).fillna("")
+            ).any(axis=1)  # (an empty cell is NaN: never equal to itself)
             verdicts_same.append(
                 live.drop(columns=named).equals(offline.drop(columns=named))
                 and [f.split("#")[-1] for f in live["flows"]]
