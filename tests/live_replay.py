@@ -49,3 +49,40 @@ def replay(capture: Path, sink, speed: float, written: list | None = None) -> No
         if written is not None:
             written.append(time.monotonic())
     sink.flush()
+
+
+def watch_through_fifo(command: list, capture: Path, fifo: Path, speed: float) -> list[float]:
+    """Run `command` (an event-detector --live on `fifo`, a named pipe there is) while the
+    capture is written into the FIFO at `speed` times its pace. Returns, for each
+    detection line it printed, how long after the detection's last frame was written the
+    line came (seconds of wall time). A failure is a RuntimeError with its stderr."""
+    import re
+    import subprocess
+    import threading
+
+    process = subprocess.Popen(
+        [str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    seen, errors = [], []
+    readers = [
+        threading.Thread(
+            target=lambda: seen.extend((time.monotonic(), line) for line in process.stdout)
+        ),
+        threading.Thread(target=lambda: errors.extend(process.stderr)),
+    ]
+    for reader in readers:
+        reader.start()
+    written: list[float] = []
+    with open(fifo, "wb") as sink:
+        replay(capture, sink, speed, written)
+    status = process.wait()
+    for reader in readers:
+        reader.join()
+    if status:
+        raise RuntimeError("".join(errors)[-2000:])
+    late = []
+    for at, line in seen:
+        frames = re.search(r"frames (\d+)-(\d+)", line)
+        if frames:
+            late.append(at - written[int(frames.group(2)) - 1])
+    return late

@@ -19,12 +19,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import live_replay
 from iotsig import csvio, detector, live, pipeline
 from iotsig.schema import DETECTIONS
 from live_replay import replay
 
+import test_bursts
 from conftest import CAPTURES, SCRIPTS, run_script, start
 
+lock_halves = test_bursts.lock_halves  # (the fixture: the lock's capture and log cut)
 TOGGLES = sorted((CAPTURES / "events" / "TpLinkPlug" / "toggle").glob("*.pcap"))
 
 
@@ -63,6 +66,35 @@ def test_packets_fed_in_any_batches_give_the_offline_detections(plug_signatures,
     got = detections(tmp_path)
     assert len(expected) >= 1
     assert got.equals(expected)
+
+
+def watched(signature: Path, capture: Path, folder: Path, **options) -> pd.DataFrame:
+    """live.watch on a capture file (read as a stream), in this process: its detections."""
+    signatures = detector.read_signatures(signature)
+    flow_options, _, _ = detector.flow_options(signatures)
+    warnings = []
+    live.watch(
+        str(capture), signatures, flow_options, detector.DetectOptions(),
+        folder / "detections.csv", lambda o, row: None, warnings.append, **options,
+    )  # fmt: skip
+    assert not warnings
+    return detections(folder)
+
+
+@pytest.mark.parametrize("event", ["toggle", "boot"])
+def test_tshark_s_new_sessions_every_few_packets_change_no_detection(
+    plug_signatures, tmp_path, event
+):
+    """tshark starts a new session every LIVE_SESSION_PACKETS (-M: its tables do not grow
+    with weeks of packets), numbering frames from 1 again and forgetting TCP segments
+    seen before. Every 7 packets here (15 sessions in the held-out toggle's 104 packets,
+    11 in the boot's 72): the offline detections, frames counted on across them. (The
+    boot's DHCP DISCOVER, from 0.0.0.0, is the device's by a MAC a later packet shows.)"""
+    capture = sorted((CAPTURES / "events" / "TpLinkPlug" / event).glob("*.pcap"))[3]
+    want = offline(plug_signatures[event], capture, tmp_path / "offline")
+    got = watched(plug_signatures[event], capture, tmp_path, session_packets=7)
+    assert len(want) >= 1
+    assert got.equals(want)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,6 +202,43 @@ def test_no_permission_to_capture_is_one_line_naming_the_fix(plug_signatures):
     ), result.stderr
 
 
+def test_dumpcap_s_drops_are_warned_as_they_grow_at_most_once_a_minute():
+    """dumpcap's counts as it says them (its closing line's form, the interface named
+    with a colon in it), read as the watch goes: a warning when the dropped count grew,
+    at most every DROPS_EVERY seconds; at the end, any drop. (dumpcap 4.0 says its counts
+    when it stops; a fake says them here as they grow.)"""
+    said, warnings = [""], []
+
+    def line(received, dropped):
+        return (
+            "Capturing on 'Loopback: lo'\nPackets received/dropped on interface "
+            f"'Loopback: lo': {received}/{dropped} (pcap:{dropped}/dumpcap:0/flushed:0/"
+            f"ps_ifdrop:0) (99.0%)\n"
+        )
+
+    drops = live.Drops(lambda: said[0], warnings.append, "lo")
+    drops.check(0.0)
+    said[0] = line(100, 0)
+    drops.check(1.0)
+    assert warnings == [] and drops.counts == (100, 0)
+    said[0] += line(200, 5)
+    drops.check(2.0)
+    assert warnings == ["lo: dumpcap has dropped 5 of 205 packets so far (the watch may "
+                        "miss events: a busy machine, or too small a capture buffer)"]  # fmt: skip
+    said[0] += line(300, 9)
+    drops.check(2.0 + live.DROPS_EVERY - 1)  # (within the minute: not yet)
+    assert len(warnings) == 1
+    drops.check(2.0 + live.DROPS_EVERY)
+    assert len(warnings) == 2 and "dropped 9 of 309 packets so far" in warnings[-1]
+    drops.check(2.0 + 3 * live.DROPS_EVERY)  # (not grown: nothing)
+    assert len(warnings) == 2
+    drops.check(1e6, final=True)
+    assert warnings[-1] == "lo: dumpcap dropped 9 of 309 packets"
+    quiet = live.Drops(lambda: line(50, 0), warnings.append, "lo")
+    quiet.check(0.0, final=True)
+    assert len(warnings) == 3 and quiet.counts == (50, 0)
+
+
 def test_live_takes_signatures_only(plug_signatures, tmp_path):
     result = run_script(
         "event-detector.py", plug_signatures["toggle"], TOGGLES[3], "--live", "lo",
@@ -232,6 +301,70 @@ def test_a_camera_day_at_1000x_through_a_fifo_is_detected_as_offline_within_5_s(
             late.append(at - written[int(frames.group(2)) - 1])
     assert len(late) == len(want)
     assert max(late) < 5.0, late
+
+
+# ---------------------------------------------------------------------------------------
+# The shared lock week: its actions look like its hourly status report, a keep-alive
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lock_signature(lock_halves, tmp_path_factory) -> Path:
+    """The lock's actions (lock and unlock as one event) learned from the first half."""
+    first, _, first_log = lock_halves["first"]
+    learn = tmp_path_factory.mktemp("lock-learned")
+    run_script(
+        "main.py", "lock", test_bursts.LOCK_IP, first, "--events", first_log, "--event",
+        "action", *test_bursts.READING, "-o", learn, "--no-report", "-q",
+    )  # fmt: skip
+    return learn / "signature.csv"
+
+
+@pytest.mark.slow
+def test_the_lock_s_first_day_at_1000x_through_a_fifo_is_detected_as_offline(
+    lock_halves, lock_signature, tmp_path
+):
+    """The lock's actions learned from the first half of its log; the first day of the
+    second half (15 actions, then 24 status reports of the actions' sizes, which are
+    keep-alives only by the report an hour after each) written to a FIFO at 1000 times its
+    pace: the offline detections, each within 5 s of its last packet."""
+    second = lock_halves["second"][0]
+    signature = lock_signature
+    learned = pd.read_csv(signature, dtype=str, keep_default_na=False)
+    assert 3500 < float(learned["keepalive_period"].iloc[0]) < 3700  # (the hourly report)
+    day = tmp_path / "day.pcap"
+    subprocess.run(["editcap", "-F", "pcap", second, day], check=True)  # (the pacer's format)
+    start = pd.Timestamp(live_replay.records(day)[1][0][0], unit="s")
+    subprocess.run(
+        ["editcap", "-B", str(start + pd.Timedelta(days=1)), "-F", "pcap", str(second),
+         str(day)],
+        check=True, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    want = offline(signature, day, tmp_path / "offline")
+    assert len(want) == 15
+    fifo = tmp_path / "fifo" / "day.pcap"  # (named as the file: the same uids)
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    command = [sys.executable, SCRIPTS / "event-detector.py", signature, "--live", fifo,
+               "-o", tmp_path / "live"]  # fmt: skip
+    late = live_replay.watch_through_fifo(command, day, fifo, 1000.0)
+    got = detections(tmp_path / "live")
+    assert got.drop(columns="signature").equals(want.drop(columns="signature"))
+    assert len(late) == len(want)
+    assert max(late) < 5.0, late
+
+
+@pytest.mark.slow
+def test_the_lock_s_second_half_across_tshark_s_new_sessions_is_detected_as_offline(
+    lock_halves, lock_signature, tmp_path
+):
+    """tshark's new session every 300 packets (10 of them in 3,152): frame numbers count
+    on, and the 18 actions are the offline run's."""
+    second = lock_halves["second"][0]
+    want = offline(lock_signature, second, tmp_path / "offline")
+    got = watched(lock_signature, second, tmp_path, session_packets=300)
+    assert len(want) == 18
+    assert got.drop(columns="signature").equals(want.drop(columns="signature"))
 
 
 # ---------------------------------------------------------------------------------------

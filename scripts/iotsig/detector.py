@@ -95,6 +95,10 @@ class Pattern:
     unit: str = "flow"  # or "burst": a burst inside a connection already open
     periodic: bool = False  # keep-alive bursts may match it
     slack: float = sig.PROFILE_SLACK  # bytes around each item (none for accepted ranges)
+    # The period of the keep-alives that carry its sizes where it was learned (NaN: none),
+    # and its largest frame each way, (low, high) of orig then resp: a live watch's prior.
+    keepalive_period: float = math.nan
+    size_max: tuple = ()
 
     @property
     def general(self) -> bool:
@@ -252,6 +256,8 @@ def _pattern(row, tolerance: float) -> Pattern:
         str(values["unit"]),
         bool(values["periodic"] == values["periodic"] and values["periodic"]),
         0.0 if values["accepted_profile"] else sig.PROFILE_SLACK,
+        float(values["keepalive_period"]),
+        tuple((values[f"{s}_size_max_min"], values[f"{s}_size_max_max"]) for s in ("orig", "resp")),
     )
 
 
@@ -301,16 +307,17 @@ def read_flows(path: Path, bursts: bool = False) -> pd.DataFrame:
 
 
 def read_device_units(
-    path: Path, devices: set[str], bursts: bool = False, table=FLOWS
+    path: Path, devices: set[str], bursts: bool = False, table=FLOWS, extra: list | None = None
 ) -> tuple[pd.DataFrame, tuple[float, float]]:
     """read_flows for the flows (and bursts) of the given devices only, read a chunk at a
     time: memory holds the devices' units, not a week of a whole home's flows. Also the
     extent of the capture: (first packet, last packet) over all its flows. (table=BURSTS:
-    a bursts CSV's rows of the devices, as they are.)"""
+    a bursts CSV's rows of the devices, as they are, with its `extra` columns too.)"""
     if bursts and not bursts_beside(path).is_file():
         read_flows(path, bursts)  # (raises the error that names the missing file)
     if table is BURSTS:
-        return _devices_rows(path, BURSTS, BURST_COLUMNS, BURST_COLUMNS, devices)
+        columns = BURST_COLUMNS + list(extra or [])
+        return _devices_rows(path, BURSTS, columns, columns, devices)
     flows, extent = _devices_rows(path, FLOWS, sig.REQUIRED, UNIT_COLUMNS, devices)
     if not bursts:
         return flows, extent

@@ -714,6 +714,20 @@ def keepalives(bursts: pd.DataFrame) -> dict[str, np.ndarray]:
     result = {"keepalive": np.zeros(n, np.int8), "period": np.full(n, np.nan)}
     if n < KEEPALIVE_MIN_GAPS + 1:
         return result
+    series = keepalive_series(bursts)
+    ts = bursts["ts"].to_numpy(float)
+    order = np.lexsort((ts, series))
+    series, ts = series[order], ts[order]
+    period = series_periods(series, ts)[series]
+    keepalive = near_period(series, ts, period, (1, 2, -1, -2))
+    result["keepalive"][order] = keepalive
+    result["period"][order] = np.where(keepalive, np.round(period, 3), np.nan)
+    return result
+
+
+def keepalive_series(bursts: pd.DataFrame) -> np.ndarray:
+    """Each burst's series (a number): the same capture, protocol, parties, server port
+    and largest frame each way (to KEEPALIVE_SIZE_BIN bytes)."""
     remote_h, resp_h = bursts["remote_h"].to_numpy(), bursts["resp_h"].to_numpy()
     near = np.where(remote_h == resp_h, bursts["orig_h"].to_numpy(), resp_h)
     name = bursts["remote_name"].fillna("").to_numpy()
@@ -726,28 +740,29 @@ def keepalives(bursts: pd.DataFrame) -> dict[str, np.ndarray]:
     for column in ("orig_size_max", "resp_size_max"):
         binned = np.nan_to_num(bursts[column].to_numpy(float), nan=-1) // KEEPALIVE_SIZE_BIN
         key.append(pd.factorize(binned)[0])
-    series = _series_ids(key)
-    ts = bursts["ts"].to_numpy(float)
-    order = np.lexsort((ts, series))
-    series, ts = series[order], ts[order]
-    period = _series_periods(series, ts)
-    steady = ~np.isnan(period[series])
+    return _series_ids(key)
+
+
+def near_period(
+    series: np.ndarray, ts: np.ndarray, period: np.ndarray, multiples: tuple
+) -> np.ndarray:
+    """Which bursts (sorted by series, then time; `period` each, NaN for none) have
+    another of their series `multiples` of their period away (within the tolerance)."""
+    found = np.zeros(len(ts), dtype=bool)
+    steady = ~np.isnan(period)
     if not steady.any():
-        return result
-    tolerance = keepalive_tolerance(np.nan_to_num(period[series], nan=0.0))
+        return found
+    period = np.nan_to_num(period)
+    tolerance = keepalive_tolerance(period)
     # One sorted line of all the times, each series far from the others.
-    span = float(ts.max() - ts.min()) + 4 * float(np.nanmax(period)) + 10.0
+    span = float(ts.max() - ts.min()) + 4 * float(period.max()) + 10.0
     line = series * span + (ts - ts.min())
-    near_period = np.zeros(len(ts), dtype=bool)
-    for k in (1, 2, -1, -2):
-        target = line + k * np.nan_to_num(period[series])
+    for k in multiples:
+        target = line + k * period
         low = np.searchsorted(line, target - abs(k) * tolerance, side="left")
         high = np.searchsorted(line, target + abs(k) * tolerance, side="right")
-        near_period |= high > low
-    keepalive = steady & near_period
-    result["keepalive"][order] = keepalive
-    result["period"][order] = np.where(keepalive, np.round(period[series], 3), np.nan)
-    return result
+        found |= high > low
+    return steady & found
 
 
 def _series_ids(codes: list[np.ndarray]) -> np.ndarray:
@@ -757,7 +772,7 @@ def _series_ids(codes: list[np.ndarray]) -> np.ndarray:
     return ids
 
 
-def _series_periods(series: np.ndarray, ts: np.ndarray) -> np.ndarray:
+def series_periods(series: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Each series' period (NaN where it has none), from its bursts sorted by series, time."""
     periods = np.full(int(series.max()) + 1, np.nan)
     same = series[1:] == series[:-1]

@@ -45,18 +45,26 @@ from . import csvio, detector, flows, packets, tshark
 from . import signature as sig
 from .coded import read_fields
 from .errors import InputError, OutputError, Terminated
+from .parties import UNSPECIFIED_ADDRESSES, unspecified_device_sides
 from .pipeline import FLOW_COLUMNS
 from .schema import BURSTS, DETECTIONS, FLOWS, PACKETS
 
 BATCH_PACKETS = 20_000  # lines of tshark's output read before the flows are built again
 BATCH_SECONDS = 0.5  # ... or this much wall time, whichever comes first
 LATE = 2.0  # seconds a packet may reach the watch after its own time (buffers, pipes)
-DNS_MEMORY = 86_400.0  # seconds of DNS answers and TLS server names kept to name parties
+# A stream faster than real time (a replay): its pace is measured once it has run for
+# PACE_MIN_WALL seconds, taken PACE_SAFETY of it, and its quiet clock waits PACE_LATE
+# wall seconds for a packet on its way (Pace).
+PACE_MIN_WALL = 1.0
+PACE_SAFETY = 0.9
+PACE_LATE = 0.5
+DNS_MEMORY = 86_400.0  # seconds of all DNS answers and TLS server names kept (then the last)
 BURST_MEMORY = 86_400.0  # seconds of the devices' bursts kept to tell keep-alives (a day)
 # How far an occurrence reaches past its window: its last bursts may be joined with the
 # next ones of their flow (detector.JOIN_MAX, each within detector.JOIN_HORIZON).
 JOIN_REACH = detector.JOIN_MAX * detector.JOIN_HORIZON
 HOOK_SECONDS = 60.0  # an --on-detect command still running after this is stopped
+DROPS_EVERY = 60.0  # a growing drop count is said at most this often (seconds)
 TRIM_SECONDS = 10.0  # how often the heap's free pages are given back (_trim_heap)
 
 
@@ -80,6 +88,7 @@ class Watch:
         self.done_bursts = pd.DataFrame(columns=BURSTS.names)
         self.resumes: dict[int, tuple[float, float]] = {}  # conversation: (next chunk, end)
         self.reported: dict[tuple, float] = {}  # occurrence key: its start
+        self.undecided: dict[str, float] = {}  # device: its first burst whose verdict waits
         self.dns_devices: set[str] = set()
         self.keep_from = -math.inf  # the devices' flows and bursts kept from this time
         self.last_ts = -math.inf
@@ -96,11 +105,13 @@ class Watch:
         self.last_ts = max(self.last_ts, float(np.nanmax(rows["ts"].to_numpy(float))))
         self.packets += len(rows)
 
-    def advance(self, clock: float) -> list[detector.Occurrence]:
+    def advance(self, clock: float, hold_clock: float | None = None) -> list[detector.Occurrence]:
         """The occurrences complete at `clock` (packet time; math.inf once the stream has
-        ended) and not reported before, in time order. What can no longer matter is let go."""
+        ended) and not reported before, in time order. What can no longer matter is let go.
+        hold_clock: how far the stream has surely gone in packet time, for the keep-alive
+        verdicts that wait for a neighbour (Pace; default: clock)."""
         self._build(clock)
-        units = self._units(clock)
+        units = self._units(clock if hold_clock is None else max(clock, hold_clock))
         options = detector.DetectOptions(
             self.detect_options.min_score,
             self.detect_options.window,
@@ -135,6 +146,7 @@ class Watch:
             return
         options = self.flow_options
         p = flows.prepare(self.held)
+        self._credit_unspecified(p)
         conversation = flows.conversation_hash(p)
         self._resume(p, conversation, clock)
         built = flows.build_of(p, options, flows.cross_flow([self.evidence], options))
@@ -178,6 +190,22 @@ class Watch:
         self.open_bursts = bursts_now[~gone & _of_devices(bursts_now, self.devices)]
         self.open_final = final[kept]
 
+    def _credit_unspecified(self, p: flows.Packets) -> None:
+        """With one device (offline, event-detector then translates with its address), a
+        packet from the unspecified address sent from a MAC the device has sent from is
+        the device's (a DHCP DISCOVER before it has its address: flows credit it by the
+        direction column), whichever batch showed that MAC."""
+        if len(self.devices) != 1 or self.evidence is None:
+            return
+        macs = {m.lower() for m, ip in self.evidence.mac_ips if ip in self.devices}
+        macs -= {"", "ff:ff:ff:ff:ff:ff"}
+        early = p["ip_src"].isin(UNSPECIFIED_ADDRESSES).to_numpy()
+        early &= p["eth_src"].isin(macs).to_numpy()
+        if macs and early.any():
+            direction = p["direction"].astype(object).to_numpy(copy=True)
+            direction[early] = "sent"
+            p["direction"] = pd.Series(pd.Categorical(direction))
+
     def _resume(self, p: flows.Packets, conversation: np.ndarray, clock: float) -> None:
         """Mark the first packet held of each conversation whose last chunk was let go
         with where its next chunk starts (flows.RESUMES), when that packet is in the same
@@ -203,20 +231,90 @@ class Watch:
 
     def _units(self, clock: float) -> pd.DataFrame:
         """The devices' flows and bursts from keep_from on, as the detector reads a flows
-        CSV's, keep-alives marked over the bursts of the last BURST_MEMORY seconds."""
+        CSV's, keep-alives marked over the bursts of the last BURST_MEMORY seconds
+        (_keepalives; the devices' undecided ones in self.undecided)."""
         bursts = _concat([self.done_bursts, self.open_bursts]).reset_index(drop=True)
-        bursts = bursts.assign(**flows.keepalives(bursts))
+        marks, waiting = self._keepalives(bursts, clock)
+        bursts = bursts.assign(**marks)
+        self.undecided = {}
+        for device in self.devices:
+            mine = waiting & _of_devices(bursts, {device})
+            if mine.any():
+                self.undecided[device] = float(bursts["ts"].to_numpy(float)[mine].min())
         bursts = bursts[bursts["ts"].to_numpy(float) >= self.keep_from]
         found = _concat([self.done_flows, self.open_flows])
         found = found[found["ts"].to_numpy(float) >= self.keep_from]
         return sig.with_bursts(_as_read(found, FLOWS), _as_read(bursts, BURSTS))
 
+    def _keepalives(self, bursts: pd.DataFrame, clock: float) -> tuple[dict, np.ndarray]:
+        """flows.keepalives' marks, as far as the bursts seen so far tell, and which
+        bursts are still undecided. A series' period is its own over the bursts held (as
+        offline, over the whole capture), but for a burst with the sizes of a burst
+        pattern, the period its keep-alives had where it was learned (keepalive_period):
+        a watch's first hours of a series then know its period as the offline run does
+        from the later ones. A burst is a keep-alive once another of its series lies one
+        or two periods before or after it; one that may fit the device's burst patterns
+        (undecided_kind) waits for the one a period after it until that time (and the
+        tolerance) has passed: only then is it not a keep-alive."""
+        n = len(bursts)
+        marks = {"keepalive": np.zeros(n, np.int8), "period": np.full(n, np.nan)}
+        waiting = np.zeros(n, dtype=bool)
+        if not n:
+            return marks, waiting
+        series = flows.keepalive_series(bursts)
+        ts = bursts["ts"].to_numpy(float)
+        order = np.lexsort((ts, series))
+        series, ts = series[order], ts[order]
+        period = flows.series_periods(series, ts)[series]
+        prior, kind = self._priors(bursts)
+        # (the prior first: a few hours of a series' own gaps, the events' among them, can
+        # agree on another period, which the whole capture's would not)
+        period = np.where(np.isnan(prior[order]), period, prior[order])
+        keepalive = flows.near_period(series, ts, period, (1, 2, -1, -2))
+        open_until = ts + period + flows.keepalive_tolerance(np.nan_to_num(period))
+        waiting[order] = kind[order] & ~keepalive & (clock <= open_until)  # (NaN: False)
+        marks["keepalive"][order] = keepalive
+        marks["period"][order] = np.where(keepalive, np.round(period, 3), np.nan)
+        return marks, waiting
+
+    def _priors(self, bursts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Per burst, the keepalive_period of a burst event pattern it may fit (NaN:
+        none), and whether it may fit one at all: the device's, the pattern's protocol
+        and server port, its largest frame each way within the pattern's range widened
+        by the default --tolerance (the detector's own test says more; this only says
+        which bursts may have to wait)."""
+        prior = np.full(len(bursts), np.nan)
+        kind = np.zeros(len(bursts), dtype=bool)
+        widen = detector.DEFAULT_TOLERANCE
+        for signature in self.signatures:
+            for p in signature.patterns:
+                if p.unit != "burst" or p.role != "event" or len(p.size_max) != 2:
+                    continue
+                fits = _of_devices(bursts, {signature.device_ip}) & (
+                    bursts["proto"].astype(str).to_numpy() == p.key[detector.PORT - 1]
+                )
+                port = detector.port_number(p.key[detector.PORT])
+                fits &= (bursts["resp_p"].to_numpy(float) == port) | (
+                    bursts["orig_p"].to_numpy(float) == port
+                )
+                for (low, high), side in zip(p.size_max, ("orig", "resp")):
+                    if low == low and high == high:
+                        size = bursts[f"{side}_size_max"].to_numpy(float)
+                        fits &= (size >= low * (1 - widen)) & (size <= high * (1 + widen))
+                kind |= fits
+                if p.keepalive_period == p.keepalive_period:
+                    prior = np.where(fits & np.isnan(prior), p.keepalive_period, prior)
+        return prior, kind
+
     def _settled(self, clock: float) -> dict[str, float]:
         """Per device, the time before which nothing that may still change can start: a
         flow not finished, or a burst its flow may still add to, of the kind (unit,
         sides, protocol, server port) of one of the device's patterns (its application
-        fields may still come), and anything after the clock less LATE."""
+        fields may still come), a burst whose keep-alive verdict waits (_keepalives),
+        and anything after the clock less LATE."""
         settled = dict.fromkeys(self.devices, clock - LATE)
+        for device, start in self.undecided.items():
+            settled[device] = min(settled[device], start)
         if not len(self.open_flows):
             return settled
         gap = self.flow_options.burst_gap + detector.JOIN_HORIZON
@@ -289,15 +387,26 @@ class Watch:
             ].reset_index(drop=True)
         self.reported = {k: s for k, s in self.reported.items() if s >= self.keep_from}
         if self.evidence is not None and math.isfinite(clock):
+            # A device may keep using an address it resolved days ago (the whole capture's
+            # answers name it offline): older than DNS_MEMORY, only the last answer of
+            # each address and name stays (as many as there are pairs).
             for name in ("dns_answers", "server_names"):
                 table = getattr(self.evidence, name)
-                recent = table["ts"].to_numpy(float) >= clock - DNS_MEMORY
-                if not recent.all():
-                    setattr(self.evidence, name, table[recent].reset_index(drop=True))
+                keep = table["ts"].to_numpy(float) >= clock - DNS_MEMORY
+                if not keep.all():
+                    pair = [c for c in table.columns if c != "ts"]
+                    keep |= ~table.duplicated(subset=pair, keep="last").to_numpy()
+                if not keep.all():
+                    setattr(self.evidence, name, table[keep].reset_index(drop=True))
 
 
 def _of_devices(frame: pd.DataFrame, devices: set) -> np.ndarray:
-    return (frame["orig_h"].isin(devices) | frame["resp_h"].isin(devices)).to_numpy()
+    """The rows with a device on either side, and (as the offline reading keeps them:
+    detector.read_device_units) those of the unspecified address that stream-identifier
+    credited to a device by its MAC (a DHCP DISCOVER from 0.0.0.0)."""
+    mine = frame["orig_h"].isin(devices) | frame["resp_h"].isin(devices)
+    orig, resp = unspecified_device_sides(frame)
+    return (mine | orig | resp).to_numpy()
 
 
 def _as_read(frame: pd.DataFrame, table) -> pd.DataFrame:
@@ -352,7 +461,13 @@ class Source:
     """tshark reading the source live; its output's lines come in blocks through a
     thread (lines()), so that the watch can also wake on a quiet link."""
 
-    def __init__(self, source: str, name: str, capture_filter: str | None):
+    def __init__(
+        self,
+        source: str,
+        name: str,
+        capture_filter: str | None,
+        session: int = tshark.LIVE_SESSION_PACKETS,
+    ):
         self.source, self.name = source, name
         # (closed with the watch: stop())
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
@@ -361,12 +476,14 @@ class Source:
         if is_interface(source):
             self.dumpcap, self.tshark = tshark.popen_interface(
                 source, capture_filter or "", packets.asked_fields(), self.stderr,
-                self.capture_stderr,
+                self.capture_stderr, session,
             )  # fmt: skip
         else:
             path = tshark.STDIN if tshark.is_stdin(source) else Path(source)
             tshark.check_capture(path)  # (a terminal as standard input refused; a pipe passes)
-            self.tshark = tshark.popen_fields(path, packets.asked_fields(), self.stderr, live=True)
+            self.tshark = tshark.popen_fields(
+                path, packets.asked_fields(), self.stderr, live=True, session=session
+            )
         self.blocks: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -393,11 +510,12 @@ class Source:
         warnings, errors = tshark.stderr_problems(self.stderr.read().decode("utf-8", "replace"))
         return "; ".join(errors + warnings) or None
 
-    def counts(self) -> tuple[int, int] | None:
+    def capture_said(self) -> str:
+        """What dumpcap has said so far (its counts among it); '' without dumpcap."""
         if self.dumpcap is None:
-            return None
+            return ""
         self.capture_stderr.seek(0)
-        return tshark.drop_counts(self.capture_stderr.read().decode("utf-8", "replace"))
+        return self.capture_stderr.read().decode("utf-8", "replace")
 
     def stop(self) -> None:
         """Stop capturing (dumpcap first: it says its counts) and tshark."""
@@ -410,6 +528,36 @@ class Source:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class Drops:
+    """dumpcap's received and dropped counts, as it says them on its standard error
+    (read(): all it said so far): a warning when the dropped count has grown since the
+    last warning, at most every DROPS_EVERY seconds of the watch; check(final=True) at
+    its end says any drop (the closing line has the counts)."""
+
+    def __init__(self, read: Callable[[], str], warn: Callable[[str], None], source: str):
+        self.read, self.warn, self.source = read, warn, source
+        self.counts: tuple[int, int] | None = None
+        self.said = 0  # the dropped count of the last warning
+        self.when = -math.inf
+
+    def check(self, now: float, final: bool = False) -> None:
+        counts = tshark.drop_counts(self.read())
+        if counts:
+            self.counts = counts
+        if not self.counts:
+            return
+        received, dropped = self.counts
+        if final and dropped:
+            self.warn(f"{self.source}: dumpcap dropped {dropped} of {received + dropped} packets")
+        elif dropped > self.said and now - self.when >= DROPS_EVERY:
+            self.warn(
+                f"{self.source}: dumpcap has dropped {dropped} of {received + dropped} "
+                "packets so far (the watch may miss events: a busy machine, or too small "
+                "a capture buffer)"
+            )
+            self.said, self.when = dropped, now
 
 
 class Rows:
@@ -490,11 +638,13 @@ def watch(
     hook: str | None = None,
     batch_packets: int = BATCH_PACKETS,
     batch_seconds: float = BATCH_SECONDS,
+    session_packets: int = tshark.LIVE_SESSION_PACKETS,
 ) -> Summary:
     """Watch the source until its end (or Ctrl-C, SIGTERM): each detection, as it is
     complete, appended to `output` (a detections CSV, flushed row by row), given to
     on_detection(occurrence, row) and, with `hook`, to that command as JSON on its
-    standard input."""
+    standard input. session_packets: tshark's new session every so many packets (-M;
+    tests lower it to cross several)."""
     name = "stdin" if tshark.is_stdin(source) else Path(source).name
     summary = Summary()
     state = Watch(signatures, flow_options, detect_options, name)
@@ -505,11 +655,14 @@ def watch(
         sink.flush()
 
         def report(found: list) -> None:
-            for o in found:
-                frame = detector.detections_frame([o])
-                csvio.append_rows(sink, frame, DETECTIONS)
-                sink.flush()
-                row = _json_row(frame)
+            if not found:
+                return
+            # (the rows complete at once written at once: one CSV conversion, not one each)
+            frame = detector.detections_frame(found)
+            csvio.append_rows(sink, frame, DETECTIONS)
+            sink.flush()
+            for k, o in enumerate(found):
+                row = _json_row(frame.iloc[[k]])
                 if o.status == "detected":
                     summary.detected += 1
                 else:
@@ -517,12 +670,16 @@ def watch(
                 on_detection(o, row)
                 hooks.run(row)
 
-        stream = Source(source, name, capture_filter_text)
+        stream = Source(source, name, capture_filter_text, session_packets)
+        drops = Drops(stream.capture_said, warn, source)
         blocks, lines, rest = [], 0, b""  # (joined once a batch: no quadratic copying)
         ticked = arrived = trimmed = time.monotonic()
+        pace = Pace()
         try:
             while True:
-                wait = max(0.0, batch_seconds - (time.monotonic() - ticked))
+                # (a replay's clock moves fast when it is quiet: looked at twice as often)
+                every = batch_seconds / 2 if pace.rate() > 1 else batch_seconds
+                wait = max(0.0, every - (time.monotonic() - ticked))
                 try:
                     block = stream.blocks.get(timeout=wait)
                 except queue.Empty:
@@ -533,17 +690,22 @@ def watch(
                     blocks.append(block)
                     lines += block.count(b"\n")
                     arrived = time.monotonic()
-                if lines < batch_packets and time.monotonic() - ticked < batch_seconds:
+                if lines < batch_packets and time.monotonic() - ticked < every:
                     continue
                 text = rest + b"".join(blocks)
                 cut = text.rfind(b"\n") + 1
                 if cut:
                     state.feed(rows.of(text[:cut]))
                 blocks, lines, rest = [], 0, text[cut:]
+                if cut:
+                    pace.add(arrived, state.last_ts)
                 if state.last_ts > -math.inf:
-                    quiet = max(0.0, time.monotonic() - arrived - LATE)
-                    report(state.advance(state.last_ts + quiet))
+                    quiet = time.monotonic() - arrived
+                    clock = state.last_ts + max(0.0, quiet - LATE)
+                    report(state.advance(clock, pace.clock(state.last_ts, quiet)))
                 hooks.poll()
+                if stream.dumpcap is not None:
+                    drops.check(time.monotonic())
                 if time.monotonic() - trimmed > TRIM_SECONDS:
                     _trim_heap()
                     trimmed = time.monotonic()
@@ -561,14 +723,40 @@ def watch(
         report(state.advance(math.inf))  # the stream has ended: every occurrence is complete
         hooks.wait()
     summary.packets = state.packets
-    counts = stream.counts()
-    if counts:
-        summary.received, summary.dropped = counts
-        if summary.dropped:
-            warn(f"{source}: dumpcap dropped {summary.dropped} of {sum(counts)} packets")
+    drops.check(time.monotonic(), final=True)
+    if drops.counts:
+        summary.received, summary.dropped = drops.counts
     if rows.cut_lines:
         warn(f"{len(rows.cut_lines)} line(s) of tshark's output cut short: skipped")
     return summary
+
+
+class Pace:
+    """How fast packet time goes by in the stream: packet seconds per wall second since
+    its first batch (1 on a live link, 1000 in a replay at 1000 times its pace), a tenth
+    less to be safe. A quiet replay's keep-alive verdicts that wait for a neighbour
+    (Watch._keepalives) are made at that pace rather than held until its next packet;
+    flows are still let go by the wall clock (a flow cut too early would change)."""
+
+    def __init__(self):
+        self.first: tuple[float, float] | None = None  # (wall, last packet time)
+        self.last: tuple[float, float] | None = None
+
+    def add(self, wall: float, ts: float) -> None:
+        if self.first is None:
+            self.first = (wall, ts)  # (after the first batch: what was queued before it)
+        self.last = (wall, ts)
+
+    def rate(self) -> float:
+        if self.first is None or self.last[0] - self.first[0] < PACE_MIN_WALL:
+            return 1.0
+        wall = self.last[0] - self.first[0]
+        return max(1.0, PACE_SAFETY * (self.last[1] - self.first[1]) / wall)
+
+    def clock(self, last_ts: float, quiet: float) -> float:
+        """The packet time the stream has surely reached `quiet` wall seconds after its
+        last packet came (PACE_LATE of them for it to come through tshark)."""
+        return last_ts + self.rate() * max(0.0, quiet - PACE_LATE)
 
 
 def _trim_heap() -> None:

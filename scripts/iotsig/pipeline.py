@@ -538,6 +538,9 @@ def learn_in_windows(
         learned.patterns["accepted_profile"] = sig.accepted_profiles(
             learned.patterns, _units_elsewhere(burst_files, spans, device_ip, device_mac)
         )
+        learned.patterns["keepalive_period"] = sig.keepalive_periods(
+            learned.patterns, _keepalive_units(burst_files, device_ip, device_mac)
+        )
     if not learned.event_patterns.empty:
         found = _found_in(learned, events, bursts=with_bursts)
     learned.warnings[:0] = warnings
@@ -632,6 +635,19 @@ def _units_elsewhere(
         away &= ~((ts >= start) & (ts < end))
     units = units[away & (units["keepalive"] == 0).to_numpy()]
     mine = sig.device_flows(sig.Recording("elsewhere", units), device_ip, device_mac)
+    return sig.fingerprints(mine) if len(mine) else mine
+
+
+def _keepalive_units(burst_files: list[Path], device_ip: str, device_mac) -> pd.DataFrame:
+    """The device's keep-alive bursts inside connections already open, with their period,
+    fingerprinted (read a chunk at a time: only the device's are kept)."""
+    pieces = []
+    for path in burst_files:
+        units, _ = detector.read_device_units(path, {device_ip}, table=BURSTS, extra=["period"])
+        units = sig.burst_units(units)
+        pieces.append(units[(units["keepalive"] == 1).to_numpy()])
+    units = pd.concat(pieces, ignore_index=True)
+    mine = sig.device_flows(sig.Recording("keep-alives", units), device_ip, device_mac)
     return sig.fingerprints(mine) if len(mine) else mine
 
 

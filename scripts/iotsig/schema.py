@@ -547,8 +547,20 @@ SIGNATURE = Table(
         ),
         ("max_duration", "float", "the same, for --max-duration", "--max-duration"),
         ("burst_gap", "float", "the same, for --burst-gap", "--burst-gap"),
+        (
+            "keepalive_period",
+            "float",
+            "for a burst event pattern learned from long captures: the period (seconds) of "
+            "the keep-alives there that carry its sizes (the same fingerprint, the largest "
+            "frame each way within its range), which a live watch uses for their series "
+            "until it has seen that series' own period; empty: none (a signature without "
+            "this column reads as empty)",
+            "bursts.period",
+        ),
     ),
 )
+# Columns a signature of version 3 may lack (written before them), and what they were then.
+SIGNATURE_V3_DEFAULTS = {"keepalive_period": float("nan")}
 # Columns a signature of version 2 lacks, and what they were then.
 SIGNATURE_V2_DEFAULTS = {
     "unit": "flow",
@@ -557,6 +569,7 @@ SIGNATURE_V2_DEFAULTS = {
     "idle_timeout": float("nan"),
     "max_duration": float("nan"),
     "burst_gap": float("nan"),
+    "keepalive_period": float("nan"),
 }
 
 

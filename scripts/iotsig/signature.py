@@ -27,6 +27,7 @@ from .schema import (
     RANGE_METRICS,
     SIGNATURE,
     SIGNATURE_V2_DEFAULTS,
+    SIGNATURE_V3_DEFAULTS,
     SIGNATURE_VERSION,
 )
 from .windows import WindowOptions
@@ -800,6 +801,28 @@ def accepted_profiles(patterns: pd.DataFrame, elsewhere: pd.DataFrame) -> list[s
     return accepted
 
 
+def keepalive_periods(patterns: pd.DataFrame, keepalives: pd.DataFrame) -> list[float]:
+    """keepalive_period for each pattern: for a burst event pattern, the median period of
+    the fingerprinted keep-alive bursts `keepalives` of its fingerprint whose largest
+    frame each way lies in its range (a status report that looks like the event); NaN
+    for the others, or where there is none."""
+    periods = []
+    for row in patterns.itertuples(index=False):
+        if row.unit != "burst" or row.role != "event" or not len(keepalives):
+            periods.append(math.nan)
+            continue
+        same = _same_fingerprint(keepalives, row)
+        for side in ("orig", "resp"):
+            sizes = keepalives[f"{side}_size_max"].to_numpy(float)
+            low, high = getattr(row, f"{side}_size_max_min"), getattr(row, f"{side}_size_max_max")
+            if low == low and high == high:
+                same &= (sizes >= low) & (sizes <= high)
+        period = keepalives["period"].to_numpy(float)[same]
+        period = period[~np.isnan(period)]
+        periods.append(round(float(np.median(period)), 3) if len(period) else math.nan)
+    return periods
+
+
 def _same_fingerprint(units: pd.DataFrame, pattern) -> np.ndarray:
     same = np.ones(len(units), dtype=bool)
     for column in FINGERPRINT:
@@ -1118,4 +1141,8 @@ def read_signature_csv(path: Path) -> pd.DataFrame:
         older = [c for c in SIGNATURE.names if c not in SIGNATURE_V2_DEFAULTS]
         frame = csvio.read_table(path, SIGNATURE, required=older, columns=older)
         return frame.assign(**SIGNATURE_V2_DEFAULTS).reindex(columns=SIGNATURE.names)
-    return csvio.read_table(path, SIGNATURE)
+    # (a file of version 3 written before its last columns: those read as they were then)
+    older = [c for c in SIGNATURE.names if c not in SIGNATURE_V3_DEFAULTS]
+    frame = csvio.read_table(path, SIGNATURE, required=older)
+    missing = {k: v for k, v in SIGNATURE_V3_DEFAULTS.items() if k not in frame}
+    return frame.assign(**missing).reindex(columns=SIGNATURE.names)

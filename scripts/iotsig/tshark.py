@@ -144,16 +144,20 @@ LIVE_SESSION_PACKETS = 100_000
 
 
 def fields_command(
-    capture: Path, fields: list[str], display_filter: str | None = None, live: bool = False
+    capture: Path,
+    fields: list[str],
+    display_filter: str | None = None,
+    live: bool = False,
+    session: int = LIVE_SESSION_PACKETS,
 ) -> list[str]:
     """The argument list (never a shell string) for a tab-separated fields export.
     -n: no name resolution (no DNS lookups for addresses); MAC vendors still come from
     the OUI database through the *.oui_resolved fields. live: each packet's line written
-    as soon as it is read (-l), sessions of LIVE_SESSION_PACKETS, for a watch."""
+    as soon as it is read (-l), sessions of `session` packets, for a watch."""
     command = [
         tshark_path(),
         "-n",
-        *(["-l", "-M", str(LIVE_SESSION_PACKETS)] if live else []),
+        *(["-l", "-M", str(session)] if live else []),
         "-r",
         str(capture),
         "-T",
@@ -183,7 +187,12 @@ CAPTURE_FIX = (
 
 
 def popen_interface(
-    interface: str, capture_filter: str, fields: list[str], stderr, capture_stderr
+    interface: str,
+    capture_filter: str,
+    fields: list[str],
+    stderr,
+    capture_stderr,
+    session: int = LIVE_SESSION_PACKETS,
 ) -> tuple[subprocess.Popen, subprocess.Popen]:
     """(dumpcap, tshark): dumpcap capturing on a network interface (with a capture
     filter) into a pipe, tshark's live fields export of it. dumpcap says its drop counts
@@ -206,7 +215,8 @@ def popen_interface(
             f"cannot run {command[0]} ({e.strerror or e}): install it with "
             "'sudo apt-get install tshark' (Debian/Ubuntu)"
         ) from None
-    return dumpcap, _reading(dumpcap, fields_command(Path("-"), fields, live=True), stderr)
+    command = fields_command(Path("-"), fields, live=True, session=session)
+    return dumpcap, _reading(dumpcap, command, stderr)
 
 
 def _reading(feeder: subprocess.Popen, command: list[str], stderr) -> subprocess.Popen:
@@ -311,7 +321,13 @@ def packet_count(capture: Path) -> int | None:
         return None
 
 
-def popen_fields(capture: Path, fields: list[str], stderr, live: bool = False) -> subprocess.Popen:
+def popen_fields(
+    capture: Path,
+    fields: list[str],
+    stderr,
+    live: bool = False,
+    session: int = LIVE_SESSION_PACKETS,
+) -> subprocess.Popen:
     """tshark's fields export of the capture, running. A pipe (standard input that is not a
     file, or a FIFO) is relayed to tshark's standard input by a thread, after its first
     bytes were checked on their way: tshark reads any text as some format, silently.
@@ -329,7 +345,7 @@ def popen_fields(capture: Path, fields: list[str], stderr, live: bool = False) -
     else:
         source = capture
     env = dict(os.environ, LC_ALL="C.UTF-8")
-    command = fields_command(source, fields, live=live)
+    command = fields_command(source, fields, live=live, session=session)
     if not live:
         command = buffered(command)
     try:
@@ -386,6 +402,7 @@ def _relay(head: bytes, pipe: int, sink) -> None:
         sink.write(head)
         while block := os.read(pipe, 1 << 20):
             sink.write(block)
+            sink.flush()  # (a live source's packets on to tshark as they come, not 8 KB later)
     except (OSError, ValueError):  # tshark closed its end, or the sink was closed
         pass
     finally:
