@@ -156,8 +156,9 @@ def test_learn_from_flow_dataframes(tmp_path):
     assert from_frames.event == "toggle" and "toggle" in repr(from_frames)
     # detect on flows in memory (and their bursts) as on the capture
     held_out = sorted((PLUG_EVENTS / "toggle").glob("*.pcap"))[3]
-    flows = iotsig.read_flows(held_out, device_ip=PLUG_IP)
-    bursts = iotsig.read_bursts(held_out, device_ip=PLUG_IP)
+    packets = iotsig.read_packets(held_out)  # (read once for both)
+    flows = iotsig.read_flows(packets, device_ip=PLUG_IP)
+    bursts = iotsig.read_bursts(packets, device_ip=PLUG_IP)
     in_memory = iotsig.detect(flows, from_captures, bursts=bursts)
     on_file = iotsig.detect(held_out, from_captures)
     same(in_memory.drop(columns="capture"), on_file.drop(columns="capture"))

@@ -503,7 +503,7 @@ def test_a_scheduler_that_cannot_be_reached_is_one_line_naming_it(address, tmp_p
 @pytest.mark.parametrize(
     "lacking, where",
     [
-        pytest.param("scheduler", "the scheduler", id="scheduler"),
+        pytest.param("scheduler", "the scheduler", id="scheduler", marks=pytest.mark.slow),
         pytest.param("worker", "1 of 1 worker(s): tcp://127.0.0.1:", id="worker",
                      marks=pytest.mark.slow),
     ],

@@ -81,7 +81,7 @@ def watched(signature: Path, capture: Path, folder: Path, **options) -> pd.DataF
     return detections(folder)
 
 
-@pytest.mark.parametrize("event", ["toggle", "boot"])
+@pytest.mark.parametrize("event", ["toggle", pytest.param("boot", marks=pytest.mark.slow)])
 def test_tshark_s_new_sessions_every_few_packets_change_no_detection(
     plug_signatures, tmp_path, event
 ):
