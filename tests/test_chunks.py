@@ -20,7 +20,7 @@ SHARED_PCAPS = SHARED / "pcaps"
 CAPTURE_FILES = (
     sorted(p for p in CAPTURES.iterdir() if p.suffix in (".pcap", ".pcapng")) + TPLINK_CAPTURES
 )
-QUICK = {"tls_esni_sni_both.pcap"}  # six chunks, TLS handshakes across their borders
+QUICK = {"http-lines-split.pcap"}  # two chunks, an HTTP request in several segments
 
 
 def chunks_of(monkeypatch, frames: int = 10**9) -> None:
