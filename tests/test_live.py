@@ -248,6 +248,24 @@ def test_live_takes_signatures_only(plug_signatures, tmp_path):
     assert "give signature CSVs only" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "arguments, said",
+    [
+        (["--keepalive-wait", "0"], "--keepalive-wait is for --live"),
+        (
+            ["--live", "lo", "--keepalive-wait", "-1"],
+            "argument --keepalive-wait: must be 0 or more",
+        ),
+    ],
+)
+def test_keepalive_wait_is_a_live_option_of_seconds(plug_signatures, tmp_path, arguments, said):
+    result = run_script(
+        "event-detector.py", plug_signatures["toggle"], *arguments, "-o", tmp_path, check=False
+    )
+    assert result.returncode == 2
+    assert said in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # The shared camera week: a day through a FIFO at 1000 times its pace
 # ---------------------------------------------------------------------------------------
@@ -321,13 +339,16 @@ def lock_signature(lock_halves, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("wait", [None, 0])
 def test_the_lock_s_first_day_at_1000x_through_a_fifo_is_detected_as_offline(
-    lock_halves, lock_signature, tmp_path
+    lock_halves, lock_signature, tmp_path, wait
 ):
     """The lock's actions learned from the first half of its log; the first day of the
     second half (15 actions, then 24 status reports of the actions' sizes, which are
     keep-alives only by the report an hour after each) written to a FIFO at 1000 times its
-    pace: the offline detections, each within 5 s of its last packet."""
+    pace: the offline detections, each within 5 s of its last packet. With
+    --keepalive-wait 0, each action without the hour's wait (within 2 s), and besides them
+    only status reports with no report a period or two before (the watch's first)."""
     second = lock_halves["second"][0]
     signature = lock_signature
     learned = pd.read_csv(signature, dtype=str, keep_default_na=False)
@@ -347,11 +368,23 @@ def test_the_lock_s_first_day_at_1000x_through_a_fifo_is_detected_as_offline(
     os.mkfifo(fifo)
     command = [sys.executable, SCRIPTS / "event-detector.py", signature, "--live", fifo,
                "-o", tmp_path / "live"]  # fmt: skip
+    if wait is not None:
+        command += ["--keepalive-wait", str(wait)]
     late = live_replay.watch_through_fifo(command, day, fifo, 1000.0)
     got = detections(tmp_path / "live")
-    assert got.drop(columns="signature").equals(want.drop(columns="signature"))
-    assert len(late) == len(want)
-    assert max(late) < 5.0, late
+    if wait is None:
+        assert got.drop(columns="signature").equals(want.drop(columns="signature"))
+        assert len(late) == len(want)
+        assert max(late) < 5.0, late
+        return
+    assert len(late) == len(got)
+    actions = got["start_utc"].isin(want["start_utc"]).to_numpy()
+    assert actions.sum() == len(want)  # every action, and at once
+    assert max(t for t, a in zip(late, actions) if a) < 2.0, late
+    # The others: reports that no report precedes within two periods, as in the first hour.
+    others = pd.to_datetime(got.loc[~actions, "start_utc"])
+    assert 1 <= len(others) <= 3, got.loc[~actions, "start_utc"].tolist()
+    assert others.min() - pd.Timestamp(start, tz="UTC") < pd.Timedelta(hours=2)
 
 
 @pytest.mark.slow

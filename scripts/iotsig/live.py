@@ -73,8 +73,12 @@ class Watch:
     as csvio.read_table(compact=True) reads them): feed() them, then advance(clock) gives
     the occurrences complete by then, each once."""
 
-    def __init__(self, signatures, flow_options, detect_options, capture: str):
+    def __init__(
+        self, signatures, flow_options, detect_options, capture: str,
+        keepalive_wait: float = math.inf,
+    ):  # fmt: skip
         self.signatures = list(signatures)
+        self.keepalive_wait = keepalive_wait  # (seconds a look-alike's verdict may wait)
         self.flow_options = flow_options
         self.detect_options = detect_options
         self.capture = capture
@@ -271,7 +275,10 @@ class Watch:
         # agree on another period, which the whole capture's would not)
         period = np.where(np.isnan(prior[order]), period, prior[order])
         keepalive = flows.near_period(series, ts, period, (1, 2, -1, -2))
-        open_until = ts + period + flows.keepalive_tolerance(np.nan_to_num(period))
+        waits = np.minimum(
+            period + flows.keepalive_tolerance(np.nan_to_num(period)), self.keepalive_wait
+        )
+        open_until = ts + waits
         waiting[order] = kind[order] & ~keepalive & (clock <= open_until)  # (NaN: False)
         marks["keepalive"][order] = keepalive
         marks["period"][order] = np.where(keepalive, np.round(period, 3), np.nan)
@@ -639,15 +646,18 @@ def watch(
     batch_packets: int = BATCH_PACKETS,
     batch_seconds: float = BATCH_SECONDS,
     session_packets: int = tshark.LIVE_SESSION_PACKETS,
+    keepalive_wait: float = math.inf,
 ) -> Summary:
     """Watch the source until its end (or Ctrl-C, SIGTERM): each detection, as it is
     complete, appended to `output` (a detections CSV, flushed row by row), given to
     on_detection(occurrence, row) and, with `hook`, to that command as JSON on its
     standard input. session_packets: tshark's new session every so many packets (-M;
-    tests lower it to cross several)."""
+    tests lower it to cross several). keepalive_wait: at most this many seconds (packet
+    time) that a burst which may be a keep-alive waits for the next of its series
+    (Watch._keepalives; the default waits its period, as the offline verdict)."""
     name = "stdin" if tshark.is_stdin(source) else Path(source).name
     summary = Summary()
-    state = Watch(signatures, flow_options, detect_options, name)
+    state = Watch(signatures, flow_options, detect_options, name, keepalive_wait)
     rows = Rows(name)
     hooks = Hooks(hook, warn)
     with _created(output) as sink:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -108,13 +109,23 @@ class EventDetector(Command):
             "the detection as JSON on its standard input (the detections CSV's columns); "
             "its failure is a warning",
         )
+        watching.add_argument(
+            "--keepalive-wait",
+            metavar="S",
+            type=non_negative,
+            help="at most S seconds that a burst with the sizes of a burst pattern and of a "
+            "keep-alive series waits for the series' next keep-alive before it counts as an "
+            "event (default: the series' period, as the offline run judges it: the same "
+            "detections, an hour late for an hourly look-alike; 0: at once, and a look-alike "
+            "with no keep-alive a period or two before it counts as an event)",
+        )
         add_event_times_arguments(parser, detecting=True)
         add_flow_arguments(parser, learned=True)  # for captures, as the signatures learned
         add_jobs_argument(parser)
 
     def check_arguments(self, parser, args):
         if not args.live:
-            for flag in ("capture_filter", "on_detect"):
+            for flag in ("capture_filter", "on_detect", "keepalive_wait"):
                 if getattr(args, flag) is not None:
                     parser.error(f"--{flag.replace('_', '-')} is for --live")
         elif args.events:
@@ -232,6 +243,7 @@ class EventDetector(Command):
             self.warn,
             capture_filter,
             args.on_detect,
+            keepalive_wait=math.inf if args.keepalive_wait is None else args.keepalive_wait,
         )
         self.say(f"wrote {output}")
         drops = (
