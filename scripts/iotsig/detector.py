@@ -96,7 +96,8 @@ class Pattern:
     periodic: bool = False  # keep-alive bursts may match it
     slack: float = sig.PROFILE_SLACK  # bytes around each item (none for accepted ranges)
     # The period of the keep-alives that carry its sizes where it was learned (NaN: none),
-    # and its largest frame each way, (low, high) of orig then resp: a live watch's prior.
+    # and its largest frame each way, (low, high) of orig then resp, widened by the
+    # tolerance: which bursts a live watch gives that period.
     keepalive_period: float = math.nan
     size_max: tuple = ()
 
@@ -257,7 +258,13 @@ def _pattern(row, tolerance: float) -> Pattern:
         bool(values["periodic"] == values["periodic"] and values["periodic"]),
         0.0 if values["accepted_profile"] else sig.PROFILE_SLACK,
         float(values["keepalive_period"]),
-        tuple((values[f"{s}_size_max_min"], values[f"{s}_size_max_max"]) for s in ("orig", "resp")),
+        tuple(
+            (
+                values[f"{s}_size_max_min"] * (1 - tolerance),
+                values[f"{s}_size_max_max"] * (1 + tolerance),
+            )
+            for s in ("orig", "resp")
+        ),
     )
 
 

@@ -288,11 +288,10 @@ class Watch:
         """Per burst, the keepalive_period of a burst event pattern it may fit (NaN:
         none), and whether it may fit one at all: the device's, the pattern's protocol
         and server port, its largest frame each way within the pattern's range widened
-        by the default --tolerance (the detector's own test says more; this only says
+        by the --tolerance it was read with (the detector's own test says more; this only says
         which bursts may have to wait)."""
         prior = np.full(len(bursts), np.nan)
         kind = np.zeros(len(bursts), dtype=bool)
-        widen = detector.DEFAULT_TOLERANCE
         for signature in self.signatures:
             for p in signature.patterns:
                 if p.unit != "burst" or p.role != "event" or len(p.size_max) != 2:
@@ -307,7 +306,7 @@ class Watch:
                 for (low, high), side in zip(p.size_max, ("orig", "resp")):
                     if low == low and high == high:
                         size = bursts[f"{side}_size_max"].to_numpy(float)
-                        fits &= (size >= low * (1 - widen)) & (size <= high * (1 + widen))
+                        fits &= (size >= low) & (size <= high)
                 kind |= fits
                 if p.keepalive_period == p.keepalive_period:
                     prior = np.where(fits & np.isnan(prior), p.keepalive_period, prior)
